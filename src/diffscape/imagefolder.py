@@ -1,0 +1,111 @@
+"""Folders of generated images: ``DIR/<class>/<index>.png`` (+ ``samples.json``).
+
+This is what ``diffscape sample`` writes and what the evaluator and the judge read. Images of an
+unconditional model go to ``DIR/unconditional/``. A plain folder of images (with or without class
+subfolders) reads the same way, so users can evaluate images made by other tools.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from diffscape.errors import DiffscapeError
+
+UNCONDITIONAL = "unconditional"
+SAMPLES_JSON = "samples.json"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+
+
+@dataclass(frozen=True)
+class SampleSet:
+    """Images read from a sample folder, in a stable order (class folder, then file name)."""
+
+    images: np.ndarray  # uint8 (N, 3, H, W)
+    class_names: list[str | None]  # requested class of each image (None: no class folder)
+    paths: list[Path]
+
+    @property
+    def classes(self) -> list[str]:
+        """Class folders present, sorted; excludes ``unconditional`` and loose images."""
+        return sorted({c for c in self.class_names if c not in (None, UNCONDITIONAL)})
+
+    def select(self, class_name: str) -> np.ndarray:
+        idx = [i for i, c in enumerate(self.class_names) if c == class_name]
+        return self.images[idx]
+
+
+def _index_key(p: Path) -> tuple[int, str]:
+    return (int(p.stem), "") if p.stem.isdigit() else (1 << 62, p.stem)
+
+
+def list_images(root: str | Path) -> list[tuple[Path, str | None]]:
+    """(path, class folder or None) for every image directly in ``root`` or one level below."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DiffscapeError(f"{root} is not a folder of images")
+    found: list[tuple[Path, str | None]] = []
+    for p in sorted(root.iterdir(), key=_index_key):
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+            found.append((p, None))
+    for d in sorted(x for x in root.iterdir() if x.is_dir() and not x.name.startswith(".")):
+        for p in sorted(d.iterdir(), key=_index_key):
+            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+                found.append((p, d.name))
+    return found
+
+
+def read_image(path: Path, size: int | None = None) -> np.ndarray:
+    """uint8 (3, H, W) RGB; resized (bicubic, antialiased) to ``size`` if given and different."""
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        if size is not None and im.size != (size, size):
+            im = im.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=None)
+        return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1).copy()
+
+
+def load_sample_folder(root: str | Path, size: int | None = None) -> SampleSet:
+    """Read every image of a sample folder into memory (generated sets are small: 10k x 32 px
+    is 30 MB). Images of different sizes need ``size``."""
+    entries = list_images(root)
+    if not entries:
+        raise DiffscapeError(
+            f"{root} holds no images (expected {root}/<class>/<i>.png as written by "
+            "`diffscape sample`)"
+        )
+    arrays = [read_image(p, size) for p, _ in entries]
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        raise DiffscapeError(f"{root} mixes image sizes {sorted(shapes)}; pass a size to resize")
+    return SampleSet(
+        images=np.stack(arrays),
+        class_names=[c for _, c in entries],
+        paths=[p for p, _ in entries],
+    )
+
+
+def read_samples_json(root: str | Path) -> dict | None:
+    path = Path(root) / SAMPLES_JSON
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def save_png(path: Path, image_chw: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.ascontiguousarray(image_chw.transpose(1, 2, 0))).save(path)
+
+
+def make_grid(images: np.ndarray, nrow: int, pad: int = 2, fill: int = 255) -> np.ndarray:
+    """uint8 (N, 3, H, W) -> one uint8 (3, H', W') image, ``nrow`` images per row."""
+    n, c, h, w = images.shape
+    ncol = nrow
+    rows = (n + ncol - 1) // ncol
+    grid = np.full((c, rows * (h + pad) + pad, ncol * (w + pad) + pad), fill, np.uint8)
+    for i in range(n):
+        r, k = divmod(i, ncol)
+        y, x = pad + r * (h + pad), pad + k * (w + pad)
+        grid[:, y : y + h, x : x + w] = images[i]
+    return grid
