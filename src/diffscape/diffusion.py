@@ -1,0 +1,120 @@
+"""Noise schedules, the forward process, the training target and guidance — thin over diffusers.
+
+We compute the betas ourselves and hand them to diffusers schedulers as ``trained_betas`` so that
+every sampler (DDPM, DDIM, DPM-Solver++) uses exactly the schedule the model was trained with,
+including our rescaled linear schedule, which diffusers does not offer.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers.schedulers.scheduling_ddpm import betas_for_alpha_bar
+
+from diffscape.config import DiffusionConfig
+
+Sampler = Literal["ddpm", "ddim", "dpm"]
+SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpm")
+
+
+def linear_betas(timesteps: int, start: float, end: float, rescale: bool) -> torch.Tensor:
+    """Ho et al. 2020's linear schedule. With ``rescale`` the endpoints are multiplied by
+    1000/T, so that T=500 ends at about the same total noise as T=1000 (improved-diffusion's
+    ``get_named_beta_schedule``); without it, the endpoints are used as given for any T."""
+    scale = 1000.0 / timesteps if rescale else 1.0
+    return torch.linspace(start * scale, end * scale, timesteps, dtype=torch.float64)
+
+
+def cosine_betas(timesteps: int) -> torch.Tensor:
+    """Nichol & Dhariwal 2021, eq. 17 (s = 0.008, betas capped at 0.999): diffusers'
+    ``squaredcos_cap_v2``."""
+    return betas_for_alpha_bar(timesteps, max_beta=0.999).to(torch.float64)
+
+
+def sigmoid_betas(timesteps: int, start: float, end: float) -> torch.Tensor:
+    """Sigmoid schedule as in diffusers' DDPMScheduler ("sigmoid"), between start and end."""
+    x = torch.linspace(-6, 6, timesteps, dtype=torch.float64)
+    return torch.sigmoid(x) * (end - start) + start
+
+
+def make_betas(cfg: DiffusionConfig) -> torch.Tensor:
+    if cfg.schedule == "linear":
+        return linear_betas(cfg.timesteps, cfg.beta_start, cfg.beta_end, cfg.rescale_linear)
+    if cfg.schedule == "cosine":
+        return cosine_betas(cfg.timesteps)
+    if cfg.schedule == "sigmoid":
+        return sigmoid_betas(cfg.timesteps, cfg.beta_start, cfg.beta_end)
+    raise ValueError(f"unknown schedule {cfg.schedule!r}")
+
+
+def make_scheduler(
+    cfg: DiffusionConfig, sampler: Sampler = "ddpm", eta: float = 0.0
+) -> DDPMScheduler | DDIMScheduler | DPMSolverMultistepScheduler:
+    """A fresh diffusers scheduler for this model's betas and prediction type.
+
+    Fast samplers use "trailing" timestep spacing so the first step starts at t = T-1 (pure
+    noise), as recommended by Lin et al. 2023 ("Common diffusion noise schedules and sample
+    steps are flawed"); diffusers' default "leading" starts lower and leaves noise in images at
+    few steps. DDPM uses all T steps, where spacing does not matter.
+    """
+    common = {
+        "num_train_timesteps": cfg.timesteps,
+        "trained_betas": make_betas(cfg).tolist(),
+        "prediction_type": cfg.prediction,
+    }
+    if sampler == "ddpm":
+        return DDPMScheduler(**common, clip_sample=True, variance_type="fixed_small")
+    if sampler == "ddim":
+        return DDIMScheduler(**common, clip_sample=True, timestep_spacing="trailing")
+    if sampler == "dpm":
+        return DPMSolverMultistepScheduler(
+            **common,
+            algorithm_type="dpmsolver++",
+            solver_order=2,
+            timestep_spacing="trailing",
+            thresholding=False,
+        )
+    raise ValueError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
+
+
+def alphas_cumprod(cfg: DiffusionConfig) -> torch.Tensor:
+    return torch.cumprod(1.0 - make_betas(cfg), dim=0)
+
+
+def q_sample(
+    x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, alpha_bar: torch.Tensor
+) -> torch.Tensor:
+    """x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps (Ho et al. 2020, eq. 4). Same as diffusers'
+    ``add_noise``, but with ``alpha_bar`` passed in (no scheduler state in the training step)."""
+    ab = alpha_bar.to(device=x0.device, dtype=torch.float32)[t].view(-1, 1, 1, 1)
+    return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+
+
+def training_target(
+    x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, alpha_bar: torch.Tensor, prediction: str
+) -> torch.Tensor:
+    """What the network is trained to predict: eps, or v = sqrt(ab) eps - sqrt(1-ab) x0
+    (Salimans & Ho 2022)."""
+    if prediction == "epsilon":
+        return noise
+    ab = alpha_bar.to(device=x0.device, dtype=torch.float32)[t].view(-1, 1, 1, 1)
+    return ab.sqrt() * noise - (1 - ab).sqrt() * x0
+
+
+def guide(out_cond: torch.Tensor, out_uncond: torch.Tensor, w: float) -> torch.Tensor:
+    """Classifier-free guidance (Ho & Salimans 2022) in our convention:
+    out = out_uncond + w (out_cond - out_uncond); w=0 unconditional, w=1 conditional, w>1 guided.
+    """
+    return out_uncond + w * (out_cond - out_uncond)
+
+
+def drop_labels(
+    labels: torch.Tensor, p: float, null_class: int, generator: torch.Generator
+) -> torch.Tensor:
+    """Replace each label by the "no class" token with probability ``p`` (per sample)."""
+    if p <= 0:
+        return labels
+    u = torch.rand(labels.shape, generator=generator, device=generator.device)
+    return torch.where(u.to(labels.device) < p, torch.full_like(labels, null_class), labels)
