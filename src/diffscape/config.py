@@ -77,7 +77,6 @@ class TrainConfig:
     sample_every_steps: int = 500  # EMA sample grid of every class, 0 = never
     sample_steps: int = 25  # DDIM steps for those grids
     max_bad_steps: int = 5  # stop after this many non-finite steps in a row
-    num_workers: int = 0  # DataLoader workers
 
 
 @dataclass(frozen=True)

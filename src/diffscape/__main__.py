@@ -1,0 +1,5 @@
+import sys
+
+from diffscape.cli import main
+
+sys.exit(main())
