@@ -44,6 +44,10 @@ from diffscape.model import build_unet, count_parameters, null_class
 class TrainingInterrupted(DiffscapeError):
     """SIGINT/SIGTERM: the run saved a checkpoint and stopped; the message says how to resume."""
 
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
 
 class NonFiniteLossError(DiffscapeError):
     """Too many non-finite steps in a row."""
@@ -58,6 +62,8 @@ class RunResult:
     images_per_second: float  # over this call's steps
     skipped_steps: int
     parameters: int
+    processes: int  # Accelerate processes that trained together
+    main_process: bool  # whether this is the process that wrote the outputs
 
 
 def lr_at(step: int, cfg_lr: float, warmup_steps: int, total_steps: int, schedule: str) -> float:
@@ -393,6 +399,7 @@ def train(
                     "grad_norm": _num(last_grad_norm),
                     "images_per_second": window_steps * t.batch_size / max(elapsed, 1e-9),
                     "skipped_steps": state.skipped_steps,
+                    "processes": world,
                     "seconds": time.perf_counter() - t_start,
                 }
                 if main:
@@ -424,7 +431,8 @@ def train(
                 raise TrainingInterrupted(
                     f"stopped by {name} after step {state.step}; saved {final_ckpt or 'checkpoint'}"
                     f". Resume with the same command plus --resume "
-                    f"(e.g. diffscape train {dataset_dir} --out {run_dir} --resume)"
+                    f"(e.g. diffscape train {dataset_dir} --out {run_dir} --resume)",
+                    signum=stop.signum or signal.SIGINT,
                 )
     if bar is not None:
         bar.close()
@@ -445,6 +453,8 @@ def train(
         images_per_second=steps_done * t.batch_size / max(seconds, 1e-9),
         skipped_steps=state.skipped_steps,
         parameters=params,
+        processes=world,
+        main_process=main,
     )
 
 

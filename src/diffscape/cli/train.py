@@ -84,24 +84,30 @@ def resolve_from_args(args: argparse.Namespace):  # noqa: ANN201
 
 def run(args: argparse.Namespace) -> int:
     from diffscape.data.dataset import load_dataset
-    from diffscape.train import prepare_config, train
+    from diffscape.train import TrainingInterrupted, prepare_config, train
 
     cfg = prepare_config(resolve_from_args(args), load_dataset(args.dataset))
     if args.dry_run:
         sys.stdout.write(cfg.to_json())
         return 0
     resume = True if args.resume else (False if args.fresh else None)
-    result = train(
-        cfg,
-        args.dataset,
-        args.out,
-        resume=resume,
-        progress=not args.no_progress,
-        cpu=True if args.cpu else None,
-    )
+    try:
+        result = train(
+            cfg,
+            args.dataset,
+            args.out,
+            resume=resume,
+            progress=not args.no_progress,
+            cpu=True if args.cpu else None,
+        )
+    except TrainingInterrupted as e:
+        print(f"diffscape: {e}", file=sys.stderr)
+        return 128 + int(e.signum)  # the shell convention for "killed by signal N"
+    if not result.main_process:
+        return 0
     print(
         f"trained {result.steps} steps ({result.parameters / 1e6:.2f}M parameters, "
         f"{result.images_per_second:.1f} img/s, {result.seconds:.0f} s, "
-        f"{result.skipped_steps} skipped); checkpoint: {result.final_checkpoint}"
+        f"{result.skipped_steps} skipped, {result.processes} process(es)); checkpoint: {result.final_checkpoint}"
     )
     return 0
