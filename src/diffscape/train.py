@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import gather_object
 
 from diffscape import diffusion
@@ -203,6 +205,11 @@ def train(
     if t.precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("train.precision: fp16 needs a CUDA GPU; use bf16 or fp32 on a CPU")
 
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        # Accelerate keeps one process-wide state and refuses a second Accelerator with other
+        # settings (e.g. bf16 after fp32). A single process may train several runs in a row
+        # (sweeps, notebooks), so forget the previous run's state first.
+        AcceleratorState._reset_state(reset_partial_state=True)
     accelerator = Accelerator(
         cpu=bool(cpu) if cpu is not None else not torch.cuda.is_available(),
         mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[t.precision],

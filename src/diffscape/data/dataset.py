@@ -170,6 +170,11 @@ class SplitWriter:
     def labels(self) -> list[int]:
         return list(self._labels)
 
+    def close(self) -> None:
+        """Close the raw file without finishing, e.g. when giving up on a failed build."""
+        if not self._raw.closed:
+            self._raw.close()
+
     def finish(self) -> None:
         """Write the ``.npy`` files into ``tmp_dir`` and delete the raw file."""
         self._raw.close()

@@ -1,0 +1,183 @@
+"""``diffscape data {prepare,synth,show}``: make and look at dataset folders."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from diffscape.cli import HelpFormatter
+
+if TYPE_CHECKING:
+    from diffscape.data.dataset import Dataset
+
+# Pillow's decompression-bomb limit, as diffscape.data.prepare.DEFAULT_MAX_PIXELS (not imported
+# from there: that pulls in numpy and Pillow, and --help should stay instant).
+MAX_PIXELS = 89_478_485
+
+PREPARE_EXAMPLES = """\
+examples:
+  diffscape data prepare photos/ --out data/photos32
+  diffscape data prepare archive.zip --size 64 --out data/landscapes64
+  diffscape data prepare pics/ --test-fraction 0.2 --seed 1 --out data/pics
+
+SRC layouts:
+  SRC/<class>/*.jpg          class folders; a stratified test split is held out
+  SRC/<split>/<class>/*.jpg  split folders, kept: train, training, "Training Data" -> train;
+                             val, valid, validation, "Validation Data" -> val; test, testing,
+                             "Testing Data" -> test (any case); wrapper folders above them
+                             are fine (Kaggle's Landscape Recognition layout works as is)
+  SRC/*.jpg                  unlabelled images; a test split is held out
+  SRC.zip                    any of these, read without unpacking
+Images are EXIF-rotated, made RGB (transparency over white), centre-cropped and resized.
+Unreadable images are skipped and listed in manifest.json; other files are ignored.
+Running it again on unchanged input with the same options does nothing.
+"""
+
+DATA_EXAMPLES = """\
+examples:
+  diffscape data prepare photos.zip --out data/photos32
+  diffscape data synth --out data/synth
+  diffscape data show data/photos32 --out grid.png
+"""
+
+SYNTH_EXAMPLES = """\
+examples:
+  diffscape data synth --out data/synth
+  diffscape data synth --n 500 --size 64 --seed 3 --out data/synth64
+"""
+
+SHOW_EXAMPLES = """\
+examples:
+  diffscape data show data/photos32 --out grid.png
+  diffscape data show data/photos32 --split test --per-class 12 --out test-grid.png
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    data = subparsers.add_parser(
+        "data",
+        help="make and inspect dataset folders",
+        description="Make dataset folders (prepare photos, synthesize landscapes) and look at them.",
+        formatter_class=HelpFormatter,
+        epilog=DATA_EXAMPLES,
+    )
+    data.set_defaults(func=lambda args: data.print_help() or 2)
+    sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+
+    p = sub.add_parser(
+        "prepare",
+        help="photos (folder or .zip) -> dataset folder",
+        description="Decode, EXIF-rotate, centre-crop and resize photos into a dataset folder\n"
+        "(manifest.json + memory-mappable uint8 arrays per split).",
+        formatter_class=HelpFormatter,
+        epilog=PREPARE_EXAMPLES,
+    )
+    p.add_argument("src", metavar="SRC", help="folder or .zip of photos (never modified)")
+    p.add_argument(
+        "--out",
+        required=True,
+        default=argparse.SUPPRESS,  # required: no "(default: None)" in --help
+        help="dataset folder to write; an older dataset there is replaced",
+    )
+    p.add_argument("--size", type=int, default=32, help="image side in pixels, multiple of 8")
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.1,
+        help="share of each class held out as test when SRC has no split folders (0 = none)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the held-out split")
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=MAX_PIXELS,
+        help="skip images with more pixels than this (decompression bombs)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_prepare)
+
+    s = sub.add_parser(
+        "synth",
+        help="procedural landscapes -> dataset folder",
+        description="Generate a labelled dataset of procedural landscape images.",
+        formatter_class=HelpFormatter,
+        epilog=SYNTH_EXAMPLES,
+    )
+    s.add_argument("--out", required=True, default=argparse.SUPPRESS, help="dataset folder")
+    s.add_argument("--n", type=int, default=2500, help="number of images, all splits together")
+    s.add_argument("--size", type=int, default=32, help="image side in pixels, multiple of 8")
+    s.add_argument("--seed", type=int, default=0, help="seed: same seed, same images")
+    s.add_argument("--test-fraction", type=float, default=0.2, help="share held out as test")
+    s.set_defaults(func=_synth)
+
+    v = sub.add_parser(
+        "show",
+        help="dataset folder -> PNG with one row of samples per class",
+        description="Draw random images of one split, one labelled row per class\n"
+        "(class name and image count on the left).",
+        formatter_class=HelpFormatter,
+        epilog=SHOW_EXAMPLES,
+    )
+    v.add_argument("dataset", metavar="DIR", help="prepared dataset folder")
+    v.add_argument("--out", required=True, default=argparse.SUPPRESS, help="PNG file to write")
+    v.add_argument("--split", default="train", help="split to draw from: train, val or test")
+    v.add_argument("--per-class", type=int, default=8, help="images per class row")
+    v.add_argument("--seed", type=int, default=0, help="seed of the random choice of images")
+    v.set_defaults(func=_show)
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from diffscape.data.prepare import prepare_dataset
+
+    ds = prepare_dataset(
+        args.src,
+        args.out,
+        size=args.size,
+        test_fraction=args.test_fraction,
+        seed=args.seed,
+        progress=not args.no_progress,
+        max_pixels=args.max_pixels,
+    )
+    print(summary(ds))
+    return 0
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from diffscape.data.synth import synthesize
+
+    ds = synthesize(
+        n=args.n, size=args.size, out=args.out, seed=args.seed, test_fraction=args.test_fraction
+    )
+    print(summary(ds))
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from diffscape.data.dataset import load_dataset
+    from diffscape.data.show import show_dataset
+
+    ds = load_dataset(args.dataset)
+    sheet = show_dataset(ds, split=args.split, per_class=args.per_class, seed=args.seed)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out)
+    rows = ds.num_classes or 1
+    print(f"wrote {out}: {rows} rows of up to {args.per_class} {args.split} images")
+    return 0
+
+
+def summary(ds: Dataset) -> str:
+    """A few lines: where, image size, classes, and per split the count per class."""
+    classes = ", ".join(ds.classes) if ds.labelled else "none (unlabelled)"
+    lines = [f"dataset {ds.root}: {ds.size}x{ds.size} px, classes: {classes}"]
+    for split in ds.splits:
+        counts = ds.manifest["splits"][split]["counts"]
+        per_class = ", ".join(f"{c} {n}" for c, n in counts.items())
+        lines.append(
+            f"  {split:5} {ds.count(split):6d}" + (f"  ({per_class})" if per_class else "")
+        )
+    if skipped := ds.manifest.get("skipped"):
+        lines.append(f"  skipped {len(skipped)} file(s), listed in {ds.root / 'manifest.json'}")
+    return "\n".join(lines)

@@ -1,0 +1,110 @@
+"""``data show``: labelled rows of images (geometry, pixels) and per-class contact sheets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from diffscape.data.dataset import (
+    Dataset,
+    DatasetError,
+    SplitWriter,
+    make_tmp_dir,
+    write_manifest_and_publish,
+)
+from diffscape.data.show import labelled_rows_image, show_dataset
+
+RED, BLUE = (255, 0, 0), (0, 0, 255)
+
+
+def solid(colour: tuple[int, int, int], n: int, size: int = 32) -> np.ndarray:
+    return np.broadcast_to(np.array(colour, np.uint8)[None, :, None, None], (n, 3, size, size))
+
+
+def write_dataset(out: Path, classes: list[str], images: np.ndarray, labels: list[int]) -> Dataset:
+    """A one-split ("train") dataset from uint8 (N, 3, S, S) images, via the real writer."""
+    tmp = make_tmp_dir(out)
+    writer = SplitWriter(tmp, "train", images.shape[-1])
+    for image, label in zip(images, labels, strict=True):
+        writer.add(np.ascontiguousarray(image), label)
+    writer.finish()
+    return write_manifest_and_publish(
+        tmp,
+        out,
+        classes=classes,
+        size=images.shape[-1],
+        split_labels={"train": writer.labels},
+        source="test",
+        resize="none",
+        skipped=[],
+    )
+
+
+def count(sheet, colour: tuple[int, int, int]) -> int:
+    return int((np.asarray(sheet) == colour).all(axis=-1).sum())
+
+
+def test_rows_are_upscaled_by_nearest_and_labelled() -> None:
+    scale = 3
+    rows = [
+        ("red\n2 images", solid(RED, 2, 8)),
+        ("blue", solid(BLUE, 3, 8)),
+        ("empty", np.zeros((0, 3, 8, 8), np.uint8)),
+    ]
+    sheet = labelled_rows_image(rows, scale=scale)
+    assert sheet.mode == "RGB"
+    assert count(sheet, RED) == 2 * (8 * scale) ** 2  # every pixel became a scale x scale block
+    assert count(sheet, BLUE) == 3 * (8 * scale) ** 2
+    pixels = np.asarray(sheet)
+    blue_cols = np.flatnonzero((pixels == BLUE).all(axis=-1).any(axis=0))
+    label_w = int(blue_cols.min()) - scale * 2  # first image starts after the padding
+    # the label column holds text (dark pixels) and nothing else
+    assert pixels[:, :label_w].min() < 100
+    assert not (pixels[:, :label_w] == BLUE).all(axis=-1).any()
+    # the widest row (3 images) sets the width: padding + 3 x (image + padding)
+    assert sheet.width == label_w + scale * (3 * (8 + 2) + 2)
+
+
+def test_row_height_is_the_upscaled_image_for_32_px() -> None:
+    for n_rows in (1, 5):
+        rows = [(f"class {k}\n{k} images", solid(RED, 4)) for k in range(n_rows)]
+        assert labelled_rows_image(rows).height == n_rows * 2 * (32 + 4)
+
+
+def test_rows_image_refuses_bad_input() -> None:
+    with pytest.raises(ValueError, match="at least one row"):
+        labelled_rows_image([])
+    with pytest.raises(ValueError, match="one shape"):
+        labelled_rows_image([("a", solid(RED, 1, 8)), ("b", solid(RED, 1, 16))])
+
+
+def test_show_dataset_one_row_per_class_seeded(tmp_path: Path) -> None:
+    a = solid(RED, 3)
+    b = np.stack([solid((0, 10 * i, 255), 1)[0] for i in range(10)])  # distinct blues
+    ds = write_dataset(
+        tmp_path / "ds",
+        ["a", "b", "c"],
+        np.concatenate([b[:5], a, b[5:]]),
+        [1] * 5 + [0] * 3 + [1] * 5,
+    )
+    sheet = show_dataset(ds, "train", per_class=4, seed=0)
+    assert sheet.height == 3 * 2 * (32 + 4)  # "c" has no image but still gets its row
+    assert count(sheet, RED) == 3 * 64 * 64  # all 3 of "a" (fewer than per_class)
+    pixels = np.asarray(sheet)
+    b_pixels = (pixels[..., 0] == 0) & (pixels[..., 2] == 255)  # white has R = 255
+    assert b_pixels.sum() == 4 * 64 * 64  # 4 of "b"'s 10
+    assert np.array_equal(np.asarray(show_dataset(ds, "train", 4, seed=0)), np.asarray(sheet))
+    assert not np.array_equal(np.asarray(show_dataset(ds, "train", 4, seed=1)), np.asarray(sheet))
+    with pytest.raises(DatasetError, match="no split 'val'"):
+        show_dataset(ds, "val")
+    with pytest.raises(ValueError, match="per_class"):
+        show_dataset(ds, "train", per_class=0)
+
+
+def test_show_unlabelled_dataset_is_one_row(tmp_path: Path) -> None:
+    ds = write_dataset(tmp_path / "ds", [], solid(RED, 6), [-1] * 6)
+    sheet = show_dataset(ds, "train", per_class=8)
+    assert sheet.height == 2 * (32 + 4)
+    assert count(sheet, RED) == 6 * 64 * 64

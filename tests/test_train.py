@@ -1,0 +1,303 @@
+"""Training that survives: exact resume, signals, SIGKILL during a save, NaN guard, refusals,
+two Accelerate processes. Tiny networks on tiny data; subprocesses where a real process must die."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from fixtures_data import colour_dataset
+
+from diffscape import checkpoint, config
+from diffscape.train import NonFiniteLossError, batch_indices, lr_at, train
+
+TINY = [
+    "model.channels=[16, 32]",
+    "model.attention_resolutions=[16]",
+    "model.conditional=true",
+    "model.dropout=0.1",
+    "train.batch_size=8",
+    "train.log_every_steps=1",
+    "train.sample_every_steps=0",
+    "train.warmup_steps=2",
+]
+ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory):
+    return colour_dataset(tmp_path_factory.mktemp("data") / "ds", n_train=40)
+
+
+def cfg(*extra):
+    return config.resolve("tiny", TINY + list(extra))
+
+
+def losses(run: Path) -> list[float]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(x)["loss"] for x in lines if not json.loads(x).get("skipped")]
+
+
+def test_resume_equals_uninterrupted_run(ds, tmp_path):
+    train(
+        cfg("train.steps=12", "train.checkpoint_every_steps=0"),
+        ds.root,
+        tmp_path / "a",
+        progress=False,
+    )
+    train(
+        cfg("train.steps=5", "train.checkpoint_every_steps=0"),
+        ds.root,
+        tmp_path / "b",
+        progress=False,
+    )
+    # continue the same run folder to 12 steps (steps may grow; shape may not change)
+    r = train(
+        cfg("train.steps=12", "train.checkpoint_every_steps=0"),
+        ds.root,
+        tmp_path / "b",
+        progress=False,
+    )
+    assert r.steps == 12
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")  # bit-identical on CPU
+    wa = (
+        checkpoint.latest_checkpoint(tmp_path / "a") / "ema" / "diffusion_pytorch_model.safetensors"
+    )
+    wb = (
+        checkpoint.latest_checkpoint(tmp_path / "b") / "ema" / "diffusion_pytorch_model.safetensors"
+    )
+    assert wa.read_bytes() == wb.read_bytes()
+
+
+def test_checkpoint_contents_and_pruning(ds, tmp_path):
+    train(cfg("train.steps=8", "train.checkpoint_every_steps=2", "train.keep_last=2",
+              "train.milestone_every_steps=4"), ds.root, tmp_path / "r", progress=False)  # fmt: skip
+    steps = [s for s, _ in checkpoint.list_checkpoints(tmp_path / "r")]
+    assert steps == [4, 6, 8]  # last two + the milestone at 4
+    ck = checkpoint.latest_checkpoint(tmp_path / "r")
+    names = {p.name for p in ck.iterdir()}
+    assert {"model", "ema", "optimizer.safetensors", "rng.safetensors", "state.json",
+            "config.json", "run.json", "COMPLETE"} <= names  # fmt: skip
+    assert json.loads((ck / "state.json").read_text())["step"] == 8
+    assert json.loads((ck / "run.json").read_text())["classes"] == ["c0", "c1", "c2"]
+    assert config.load_config_json(ck / "config.json").model.num_classes == 3
+    assert (tmp_path / "r" / "config.json").is_file()
+    assert not any(p.suffix in (".bin", ".pt", ".pkl") for p in ck.rglob("*"))
+
+
+def test_changed_shape_is_refused(ds, tmp_path):
+    train(cfg("train.steps=2"), ds.root, tmp_path / "r", progress=False)
+    with pytest.raises(config.ConfigError, match=r"model\.channels"):
+        train(
+            cfg("train.steps=4", "model.channels=[16, 48]"), ds.root, tmp_path / "r", progress=False
+        )
+
+
+def test_nan_guard_skips_then_stops(ds, tmp_path, monkeypatch):
+    import diffscape.train as tr
+
+    real = tr.diffusion.training_target
+    calls = {"n": 0}
+
+    def poisoned(*a, **k):  # steps 3 and 4 get a NaN target, then 6 onwards
+        calls["n"] += 1
+        out = real(*a, **k)
+        return out * float("nan") if calls["n"] in (3, 4) or calls["n"] >= 6 else out
+
+    monkeypatch.setattr(tr.diffusion, "training_target", poisoned)
+    run = tmp_path / "r"
+    with pytest.raises(NonFiniteLossError, match="5 non-finite"):
+        train(cfg("train.steps=30", "train.checkpoint_every_steps=5"), ds.root, run, progress=False)
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    skipped = [r["step"] for r in records if r.get("skipped")]
+    assert skipped == [3, 4, 6, 7, 8, 9, 10]
+    # the checkpoint at step 5 stays; it holds the weights after step 5's good update, and the
+    # skipped steps 6.. never touched them (a checkpoint at step 10 was never written)
+    assert [s for s, _ in checkpoint.list_checkpoints(run)] == [5]
+
+
+def test_skipped_step_leaves_weights_untouched(ds, tmp_path, monkeypatch):
+    import diffscape.train as tr
+
+    real = tr.diffusion.training_target
+    calls = {"n": 0}
+
+    def poisoned(*a, **k):
+        calls["n"] += 1
+        return real(*a, **k) * (float("nan") if calls["n"] == 3 else 1.0)
+
+    train(cfg("train.steps=2"), ds.root, tmp_path / "r", progress=False)
+    before = (
+        checkpoint.latest_checkpoint(tmp_path / "r")
+        / "model"
+        / "diffusion_pytorch_model.safetensors"
+    )
+    before_bytes = before.read_bytes()
+    monkeypatch.setattr(tr.diffusion, "training_target", poisoned)
+    calls["n"] = 2  # the next call (step 3) is poisoned
+    train(cfg("train.steps=3"), ds.root, tmp_path / "r", progress=False)
+    after = (
+        checkpoint.latest_checkpoint(tmp_path / "r")
+        / "model"
+        / "diffusion_pytorch_model.safetensors"
+    )
+    assert after.read_bytes() == before_bytes
+
+
+def test_malicious_pickle_is_never_loaded(ds, tmp_path):
+    run = tmp_path / "r"
+    train(cfg("train.steps=2"), ds.root, run, progress=False)
+    ck = checkpoint.latest_checkpoint(run)
+    sentinel = tmp_path / "PWNED"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {sentinel}",))
+
+    # replace the weights by a pickle carrying a payload, as an attacker would
+    (ck / "model" / "diffusion_pytorch_model.safetensors").unlink()
+    torch.save({"x": Evil()}, ck / "model" / "diffusion_pytorch_model.bin")
+    torch.save({"x": Evil()}, ck / "training_state.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="safetensors"):
+        train(cfg("train.steps=4"), ds.root, run, progress=False)
+    from diffscape.sample import load_for_sampling
+
+    with pytest.raises(Exception):  # noqa: B017 - diffusers refuses .bin with use_safetensors
+        load_for_sampling(run, use_ema=False)
+    assert not sentinel.exists()
+
+
+def _train_cmd(ds_root: Path, run: Path, *extra: str) -> list[str]:
+    sets = []
+    for s in TINY + list(extra):
+        sets += ["--set", s]
+    return [sys.executable, "-m", "diffscape", "train", str(ds_root), "--out", str(run),
+            "--no-progress", *sets]  # fmt: skip
+
+
+def _wait_for(predicate, timeout=120.0):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_sigterm_saves_and_exits(ds, tmp_path):
+    run = tmp_path / "r"
+    proc = subprocess.Popen(_train_cmd(ds.root, run, "train.steps=100000",
+                                       "train.checkpoint_every_steps=0"),
+                            env=ENV, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    metrics = run / "metrics.jsonl"
+    assert _wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 3)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "--resume" in err
+    saved = checkpoint.list_checkpoints(run)
+    assert len(saved) == 1 and saved[0][0] >= 3
+
+
+def test_sigkill_during_save_then_resume(ds, tmp_path):
+    """Kill the process while it writes its second checkpoint (the window is widened by a
+    sleep before the COMPLETE marker); the resume must start from the first."""
+    run = tmp_path / "r"
+    script = tmp_path / "slow_save.py"
+    script.write_text(
+        "import sys, time\n"
+        "import diffscape.checkpoint as c\n"
+        "real = c.write_marker\n"
+        "n = {'calls': 0}\n"
+        "def slow(folder):\n"
+        "    n['calls'] += 1\n"
+        "    if n['calls'] == 2:\n"
+        "        print('SAVING', folder, flush=True)\n"
+        "        time.sleep(60)\n"
+        "    real(folder)\n"
+        "c.write_marker = slow\n"
+        "from diffscape.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    cmd = _train_cmd(ds.root, run, "train.steps=6", "train.checkpoint_every_steps=2")
+    proc = subprocess.Popen([sys.executable, str(script), *cmd[3:]], env=ENV,
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    line = proc.stdout.readline()
+    assert line.startswith("SAVING")
+    proc.kill()
+    proc.wait(timeout=30)
+    assert [s for s, _ in checkpoint.list_checkpoints(run)] == [2]
+    assert any(p.name.startswith(".tmp-") for p in (run / "checkpoints").iterdir())
+    done = subprocess.run(cmd + ["--resume"], env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "from step-0000002" in done.stderr
+    assert [s for s, _ in checkpoint.list_checkpoints(run)] == [4, 6]
+    assert not any(p.name.startswith(".tmp-") for p in (run / "checkpoints").iterdir())
+    # and the resumed losses equal an uninterrupted run's (same thread count: float sums differ)
+    ref = subprocess.run(
+        _train_cmd(ds.root, tmp_path / "ref", "train.steps=6", "train.checkpoint_every_steps=2"),
+        env=ENV, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert ref.returncode == 0, ref.stderr
+    assert losses(run) == losses(tmp_path / "ref")
+
+
+@pytest.mark.timeout(600)
+def test_two_accelerate_processes_train_checkpoint_resume(ds, tmp_path):
+    if (
+        shutil.which("accelerate") is None
+        and not (Path(sys.executable).parent / "accelerate").exists()
+    ):
+        pytest.skip("accelerate CLI not installed")
+    exe = Path(sys.executable).parent / "accelerate"
+    run = tmp_path / "ddp"
+
+    def launch(steps: int) -> subprocess.CompletedProcess:
+        # `--cpu --num_processes 2` silently starts one process; --multi_gpu with a CPU-only
+        # Accelerator gives two gloo processes (measured on this machine).
+        cmd = [str(exe), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+               str(29500 + os.getpid() % 1000), "-m", "diffscape", "train", str(ds.root),
+               "--out", str(run), "--no-progress", "--cpu"]  # fmt: skip
+        for s in TINY + [f"train.steps={steps}", "train.checkpoint_every_steps=2"]:
+            cmd += ["--set", s]
+        return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+
+    first = launch(4)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.stdout.count("trained 4 steps") == 1  # only the main process reports
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]  # one writer
+    assert all(r["processes"] == 2 for r in records)
+    second = launch(6)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "from step-0000004" in second.stderr
+    assert [s for s, _ in checkpoint.list_checkpoints(run)] == [4, 6]
+
+
+def test_data_order_and_lr_are_pure_functions():
+    a = batch_indices(0, 7, 10, 23)
+    assert (a == batch_indices(0, 7, 10, 23)).all() and len(set(a.tolist())) == 10
+    # consecutive steps of one epoch cover the data without repeats
+    first_epoch = [i for s in range(2) for i in batch_indices(3, s, 10, 20).tolist()]
+    assert sorted(first_epoch) == list(range(20))
+    assert lr_at(0, 1.0, 10, 100, "constant") == pytest.approx(0.1)
+    assert lr_at(50, 1.0, 10, 100, "constant") == 1.0
+    assert lr_at(100, 1.0, 10, 100, "cosine") == pytest.approx(0.0, abs=1e-9)
+
+
+def test_cpu_bf16_autocast_trains_close_to_fp32(ds, tmp_path):
+    train(cfg("train.steps=6"), ds.root, tmp_path / "f", progress=False)
+    train(cfg("train.steps=6", "train.precision=bf16"), ds.root, tmp_path / "b", progress=False)
+    f, b = losses(tmp_path / "f"), losses(tmp_path / "b")
+    assert all(abs(x - y) < 0.05 * x for x, y in zip(f, b, strict=True))
+    with pytest.raises(config.ConfigError, match="fp16"):
+        if torch.cuda.is_available():
+            pytest.skip("fp16 is allowed on a GPU")
+        train(cfg("train.steps=1", "train.precision=fp16"), ds.root, tmp_path / "h", progress=False)
