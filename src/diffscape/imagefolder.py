@@ -44,18 +44,24 @@ def _index_key(p: Path) -> tuple[int, str]:
 
 
 def list_images(root: str | Path) -> list[tuple[Path, str | None]]:
-    """(path, class folder or None) for every image directly in ``root`` or one level below."""
+    """(path, class folder) for every image one level below ``root``; when there are no image
+    subfolders, the images directly in ``root`` (class None). Loose images beside class folders
+    are figures (``grid.png``, ``confusion.png``), not samples, and are ignored."""
     root = Path(root)
     if not root.is_dir():
         raise DiffscapeError(f"{root} is not a folder of images")
+
+    def images_in(folder: Path) -> list[Path]:
+        return sorted(
+            (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
+            key=_index_key,
+        )
+
     found: list[tuple[Path, str | None]] = []
-    for p in sorted(root.iterdir(), key=_index_key):
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
-            found.append((p, None))
     for d in sorted(x for x in root.iterdir() if x.is_dir() and not x.name.startswith(".")):
-        for p in sorted(d.iterdir(), key=_index_key):
-            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
-                found.append((p, d.name))
+        found += [(p, d.name) for p in images_in(d)]
+    if not found:
+        found = [(p, None) for p in images_in(root)]
     return found
 
 
