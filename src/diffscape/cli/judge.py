@@ -1,0 +1,254 @@
+"""``diffscape judge {train,score,cas}``: classifiers that check generated images' classes."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from diffscape.cli import HelpFormatter
+
+if TYPE_CHECKING:
+    from diffscape.judge.cnn import CNNSettings
+
+JUDGE_EXAMPLES = """\
+examples:
+  diffscape judge train data/synth --kind cnn --out judges/synth-cnn
+  diffscape judge score judges/synth-cnn samples/a
+  diffscape judge cas samples/a data/synth
+"""
+
+TRAIN_EXAMPLES = """\
+examples:
+  diffscape judge train data/synth --kind cnn --out judges/synth-cnn
+  diffscape judge train data/photos32 --kind svc --grid --out judges/photos-svc
+  diffscape judge train data/photos64 --kind svc --size 32 --out judges/photos-svc32
+
+Validation (early stopping for the CNN, (C, gamma) choice for the SVC grid) uses the dataset's
+val split, or --val-fraction of each class of train, held out with --seed, when it has none. The
+test split is only measured. The SVC grid is the report's: C in 1, 10, 100 x gamma in scale,
+0.001, 0.01, 0.1, on pixels / 255 (z-scored per pixel with --standardize).
+Writes JUDGE/judge.json (kind, classes, size, accuracies, settings) and the model
+(model.skops or model.safetensors; neither is ever unpickled).
+"""
+
+SCORE_EXAMPLES = """\
+examples:
+  diffscape judge score judges/synth-cnn samples/a
+  diffscape judge score judges/synth-cnn samples/a --real data/synth:test --out reports/a
+
+SAMPLES holds SAMPLES/<class>/<i>.png (as `diffscape sample --per-class` writes); each image is
+counted correct when the judge predicts the class of its folder. Folder names must be the
+judge's classes. Writes accuracy.json, confusion.json and confusion.png. A generated accuracy far
+above the judge's real test accuracy usually means the samples are less varied than real photos,
+not better.
+"""
+
+CAS_EXAMPLES = """\
+examples:
+  diffscape judge cas samples/a data/synth
+  diffscape judge cas samples/a data/photos32:test --out reports/a --seed 1
+
+Classification Accuracy Score (Ravuri & Vinyals, 2019): the judge CNN is trained on the
+generated images only and tested on real test images, beside the same CNN trained on as many
+real training images per class. Close to the real baseline = samples right and varied; near
+chance (1 / classes) = the samples teach nothing about the real classes. Writes cas.json.
+"""
+
+
+def _add_cnn_options(p: argparse.ArgumentParser, val_help: str) -> None:
+    p.add_argument("--epochs", type=int, default=40, help="CNN: at most this many epochs")
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=6,
+        help="CNN: stop this many epochs after the val accuracy last rose",
+    )
+    p.add_argument("--batch", type=int, default=64, help="CNN: images per step")
+    p.add_argument("--lr", type=float, default=2e-3, help="CNN: AdamW peak learning rate")
+    p.add_argument(
+        "--widths",
+        default="32,64,128",
+        help="CNN: channels of each conv block (each halves the image), comma-separated",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.15,
+        help=val_help,
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seeds hold-out, weights, order, augmentation"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    judge = subparsers.add_parser(
+        "judge",
+        help="train class judges, score samples against them, CAS",
+        description="Classifiers trained on real images that check whether generated images "
+        "belong to the class\nthey were requested as, and the Classification Accuracy Score.",
+        formatter_class=HelpFormatter,
+        epilog=JUDGE_EXAMPLES,
+    )
+    judge.set_defaults(func=lambda args: judge.print_help() or 2)
+    sub = judge.add_subparsers(dest="judge_command", metavar="SUBCOMMAND")
+
+    t = sub.add_parser(
+        "train",
+        help="dataset folder -> judge folder (SVC or small CNN)",
+        description="Train a judge on a dataset's train split: an RBF SVC on raw pixels (the "
+        "report's judge)\nor a small CNN with augmentation and early stopping (much better on "
+        "photos).",
+        formatter_class=HelpFormatter,
+        epilog=TRAIN_EXAMPLES,
+    )
+    t.add_argument("dataset", metavar="DATASET", help="dataset folder (data prepare / data synth)")
+    t.add_argument("--kind", choices=["svc", "cnn"], default="cnn", help="classifier")
+    t.add_argument("--out", required=True, default=argparse.SUPPRESS, help="judge folder to write")
+    t.add_argument("--grid", action="store_true", help="SVC: search the report's (C, gamma) grid")
+    t.add_argument(
+        "--size",
+        type=int,
+        default=argparse.SUPPRESS,  # None would print "(default: None)"
+        help="resize images to this side (default: the dataset's size)",
+    )
+    t.add_argument("--C", type=float, default=100.0, dest="svc_c", help="SVC without --grid: C")
+    t.add_argument(
+        "--gamma", default="0.01", help="SVC without --grid: RBF gamma (a number or 'scale')"
+    )
+    t.add_argument(
+        "--standardize", action="store_true", help="SVC: z-score every pixel before the SVC"
+    )
+    _add_cnn_options(t, "share of each class held out for validation when there is no val split")
+    t.set_defaults(func=_train)
+
+    s = sub.add_parser(
+        "score",
+        help="judge + samples folder -> accuracy per class, confusion matrix",
+        description="Classify generated images with a judge and compare with the class each was "
+        "requested as.",
+        formatter_class=HelpFormatter,
+        epilog=SCORE_EXAMPLES,
+    )
+    s.add_argument("judge", metavar="JUDGE", help="judge folder (judge train)")
+    s.add_argument("samples", metavar="SAMPLES", help="samples folder: SAMPLES/<class>/<i>.png")
+    s.add_argument(
+        "--real",
+        metavar="DATASET[:SPLIT]",
+        default=argparse.SUPPRESS,
+        help="recompute the judge's real accuracy on this split (default split test) "
+        "(default: the test accuracy recorded in judge.json)",
+    )
+    s.add_argument(
+        "--out", default=argparse.SUPPRESS, help="folder for the results (default: SAMPLES)"
+    )
+    s.set_defaults(func=_score)
+
+    c = sub.add_parser(
+        "cas",
+        help="Classification Accuracy Score: train on samples, test on real",
+        description="Train the judge CNN on generated images only, test it on real test images, "
+        "and compare\nwith the same CNN trained on an equal number of real images.",
+        formatter_class=HelpFormatter,
+        epilog=CAS_EXAMPLES,
+    )
+    c.add_argument("samples", metavar="SAMPLES", help="samples folder: SAMPLES/<class>/<i>.png")
+    c.add_argument(
+        "dataset",
+        metavar="DATASET[:SPLIT]",
+        help="real dataset: scored on SPLIT (default test), baseline drawn from train",
+    )
+    c.add_argument(
+        "--out", default=argparse.SUPPRESS, help="folder for cas.json (default: SAMPLES)"
+    )
+    _add_cnn_options(c, "share of each class of each training set held out for early stopping")
+    c.set_defaults(func=_cas)
+
+
+def _cnn_settings(args: argparse.Namespace) -> CNNSettings:
+    from diffscape.errors import DiffscapeError
+    from diffscape.judge.cnn import CNNSettings
+
+    try:
+        widths = tuple(int(w) for w in args.widths.split(","))
+    except ValueError:
+        raise DiffscapeError(
+            f"--widths must be integers separated by commas, got {args.widths!r}"
+        ) from None
+    return CNNSettings(
+        widths=widths,
+        max_epochs=args.epochs,
+        patience_epochs=args.patience,
+        batch=args.batch,
+        lr=args.lr,
+    )
+
+
+def _gamma(text: str) -> float | str:
+    from diffscape.errors import DiffscapeError
+
+    if text == "scale":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise DiffscapeError(f"--gamma must be a number or 'scale', got {text!r}") from None
+
+
+def _train(args: argparse.Namespace) -> int:
+    from diffscape.judge.svc import SVCSettings, format_grid
+    from diffscape.judge.train import train_judge
+
+    svc = SVCSettings(C=args.svc_c, gamma=_gamma(args.gamma), standardize=args.standardize)
+    result = train_judge(
+        args.dataset,
+        args.kind,
+        args.out,
+        grid=args.grid,
+        seed=args.seed,
+        size=getattr(args, "size", None),
+        val_fraction=args.val_fraction,
+        svc=svc,
+        cnn=_cnn_settings(args),
+        progress=not args.no_progress,
+    )
+    if result.grid:
+        selected = result.info["selected"]
+        best = next(r for r in result.grid if (r.C, r.gamma) == (selected["C"], selected["gamma"]))
+        print(format_grid(result.grid, best))
+    acc = result.accuracy
+    parts = [f"{k} {100 * v:.1f}%" for k, v in acc.items() if v is not None]
+    print(f"{result.kind} judge -> {result.judge_dir}: accuracy " + ", ".join(parts))
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from diffscape.judge.score import format_score, score
+
+    out = getattr(args, "out", None)
+    result = score(args.judge, args.samples, real=getattr(args, "real", None), out=out)
+    print(format_score(result))
+    print(f"wrote accuracy.json, confusion.json, confusion.png to {Path(out or args.samples)}")
+    return 0
+
+
+def _cas(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from diffscape.judge.cas import cas, format_cas
+
+    result = cas(
+        args.samples,
+        args.dataset,
+        out=getattr(args, "out", None),
+        seed=args.seed,
+        val_fraction=args.val_fraction,
+        settings=_cnn_settings(args),
+        progress=not args.no_progress,
+    )
+    print(format_cas(result))
+    print(f"wrote {Path(getattr(args, 'out', None) or args.samples) / 'cas.json'}")
+    return 0

@@ -1,0 +1,164 @@
+"""Classification Accuracy Score (Ravuri & Vinyals, "Classification Accuracy Score for
+Conditional Generative Models", NeurIPS 2019).
+
+Train a classifier on generated images only (labelled by the class they were requested as) and
+measure it on real test images. It rewards samples that are both right for their class and as
+varied as the real data, which a judge trained on real images cannot see: a model that draws one
+perfect forest per class fools a judge but teaches a classifier little. The same CNN trained on
+an equal number of real training images (the same count per class) is the ceiling to read it by;
+chance is 1 / classes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from diffscape.data.dataset import Dataset, parse_dataset_spec
+from diffscape.errors import DiffscapeError
+from diffscape.imagefolder import UNCONDITIONAL, load_sample_folder
+from diffscape.judge.cnn import CNNSettings, fit_cnn
+from diffscape.judge.data import map_class_names, stratified_holdout
+from diffscape.judge.score import confusion_matrix, per_class_accuracy
+
+CAS_JSON = "cas.json"
+
+
+def matched_real_subset(
+    y_real: np.ndarray, counts: np.ndarray, classes: list[str], rng: np.random.Generator
+) -> tuple[np.ndarray, list[str]]:
+    """Indices of a seeded random subset of real images with ``counts[c]`` images of class c
+    (all of them when there are fewer), plus a note for each class that fell short."""
+    chosen: list[np.ndarray] = []
+    short: list[str] = []
+    for c, want in enumerate(counts):
+        idx = np.flatnonzero(y_real == c)
+        if len(idx) < want:
+            short.append(f"{classes[c]}: {len(idx)} real images for {want} generated")
+        chosen.append(rng.permutation(idx)[: int(want)])
+    return np.sort(np.concatenate(chosen)), short
+
+
+def cas(
+    samples_dir: str | os.PathLike[str],
+    dataset: Dataset | str,
+    *,
+    out: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+    val_fraction: float = 0.15,
+    settings: CNNSettings | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """CAS of ``samples_dir`` against ``dataset`` (``DIR`` or ``DIR:split``; scored on the test
+    split by default, the real baseline drawn from train). Early stopping uses ``val_fraction`` of
+    each training set (generated or real), never the test images. Writes cas.json into ``out``
+    (default ``samples_dir``) and returns what it holds."""
+    settings = settings or CNNSettings()
+    if isinstance(dataset, Dataset):
+        ds, split = dataset, "test"
+        ds.count(split)  # a clear error when there is no test split
+    else:
+        ds, split = parse_dataset_spec(str(dataset), default_split="test")
+    if split == "train":
+        raise DiffscapeError("CAS scores on real held-out images; pass DATASET:test (or :val)")
+    samples = load_sample_folder(samples_dir, size=ds.size)
+    if any(c in (None, UNCONDITIONAL) for c in samples.class_names):
+        raise DiffscapeError(
+            f"{samples_dir} has images without a class folder; CAS needs <class>/<i>.png"
+        )
+    classes = ds.classes
+    y_gen = map_class_names(samples.class_names, classes, str(samples_dir))
+    x_test = np.array(ds.images(split))
+    y_test = np.asarray(ds.labels(split), np.int64)
+
+    rng = np.random.default_rng(seed)
+    y_train_all = np.asarray(ds.labels("train"), np.int64)
+    counts = np.bincount(y_gen, minlength=len(classes))
+    real_idx, short = matched_real_subset(y_train_all, counts, classes, rng)
+    x_real = np.array(ds.images("train"))[real_idx]
+    y_real = y_train_all[real_idx]
+    log(
+        f"CAS: {len(y_gen)} generated vs {len(y_real)} real training images, "
+        f"scored on {len(y_test)} real {split} images ({len(classes)} classes, chance "
+        f"{100 / len(classes):.0f}%)"
+    )
+
+    def train_and_test(x: np.ndarray, y: np.ndarray, name: str) -> dict[str, Any]:
+        keep, held = stratified_holdout(y, val_fraction, np.random.default_rng(seed))
+        # The same seed for both sources, so the two CNNs differ only in their training images.
+        trained = fit_cnn(
+            x[keep],
+            y[keep],
+            x[held],
+            y[held],
+            len(classes),
+            settings,
+            torch.Generator().manual_seed(seed),
+            progress=progress,
+            desc=f"cas {name}",
+        )
+        matrix = confusion_matrix(y_test, trained.predict(x_test), len(classes))
+        return {
+            "accuracy": float(np.trace(matrix) / max(1, len(y_test))),
+            "per_class": per_class_accuracy(matrix, classes),
+            "confusion": matrix.tolist(),
+            "n_train": int(len(keep)),
+            "n_val": int(len(held)),
+            "best_epoch": trained.best_epoch,
+        }
+
+    generated = train_and_test(samples.images, y_gen, "generated")
+    real = train_and_test(x_real, y_real, "real")
+    result: dict[str, Any] = {
+        "samples": str(samples_dir),
+        "dataset": str(ds.root),
+        "test_split": split,
+        "classes": classes,
+        "n_test": len(y_test),
+        "cas": generated["accuracy"],
+        "real_baseline": real["accuracy"],
+        "ratio": generated["accuracy"] / real["accuracy"] if real["accuracy"] else None,
+        "chance": 1 / len(classes),
+        "generated": generated,
+        "real": real,
+        "real_shortfall": short,
+        "seed": seed,
+        "val_fraction": val_fraction,
+        "settings": asdict(settings),
+    }
+    out_dir = Path(out) if out is not None else Path(samples_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / CAS_JSON).write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def format_cas(result: dict[str, Any]) -> str:
+    lines = [f"{'class':<16} {'generated':>10} {'real':>8}"]
+    gen, real = result["generated"]["per_class"], result["real"]["per_class"]
+    for name in result["classes"]:
+        if name in real or name in gen:
+            g = gen.get(name, {}).get("accuracy")
+            r = real.get(name, {}).get("accuracy")
+            lines.append(f"{name:<16} {_pct(g):>10} {_pct(r):>8}")
+    lines.append(
+        f"{'all (CAS)':<16} {_pct(result['cas']):>10} {_pct(result['real_baseline']):>8}"
+        f"   on {result['n_test']} real {result['test_split']} images; chance "
+        f"{_pct(result['chance'])}"
+    )
+    lines.append(
+        f"trained on {result['generated']['n_train']} + {result['generated']['n_val']} (val) "
+        f"generated vs {result['real']['n_train']} + {result['real']['n_val']} (val) real images"
+    )
+    return "\n".join(lines)
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"

@@ -1,0 +1,276 @@
+"""A small CNN classifier for small images: network, augmentation, training with early stopping.
+
+The network is deliberately small (a few conv blocks, global average pooling, one linear layer)
+so that it trains in seconds to minutes on a CPU at 32 px; it still beats an RBF SVC on raw pixels
+by a wide margin because convolutions share weights across positions and pooling makes it
+tolerant to where things are in the picture.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from diffscape.judge.data import check_images
+
+
+@dataclass(frozen=True)
+class CNNConfig:
+    """The architecture; stored in judge.json so that loading rebuilds the net from it alone."""
+
+    num_classes: int
+    size: int  # input pixels per side
+    widths: tuple[int, ...] = (32, 64, 128)  # channels per conv block; each block halves the size
+    convs_per_block: int = 2  # 3x3 conv-BN-ReLU layers per block
+    dropout: float = 0.2  # before the linear head
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CNNConfig:
+        return cls(
+            num_classes=int(d["num_classes"]),
+            size=int(d["size"]),
+            widths=tuple(int(w) for w in d["widths"]),
+            convs_per_block=int(d["convs_per_block"]),
+            dropout=float(d["dropout"]),
+        )
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "widths": list(self.widths)}
+
+
+@dataclass(frozen=True)
+class CNNSettings:
+    """How a CNN judge is built and trained (its architecture less what the data decides)."""
+
+    widths: tuple[int, ...] = (32, 64, 128)  # channels per conv block; each block halves the size
+    convs_per_block: int = 2  # 3x3 conv-BN-ReLU layers per block
+    dropout: float = 0.2  # before the linear head
+    max_epochs: int = 40  # upper bound; early stopping usually ends sooner
+    patience_epochs: int = 6  # stop after this many epochs without a better validation score
+    batch: int = 64  # images per optimizer step
+    lr: float = 2e-3  # AdamW peak learning rate, cosine-decayed to 0 over max_epochs
+    weight_decay: float = 0.05  # AdamW decoupled weight decay
+    flip: bool = True  # random horizontal flips (never vertical: skies are up in landscapes)
+    shift: float = 0.125  # random translation up to this fraction of the size (reflect-padded)
+    jitter: float = 0.1  # brightness, contrast and saturation scaled by U(1 - j, 1 + j)
+
+
+class SmallCNN(nn.Module):
+    """[conv3x3-BN-ReLU x convs_per_block, maxpool2] per width, global average pool, dropout,
+    linear."""
+
+    def __init__(self, config: CNNConfig) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = 3
+        for w in config.widths:
+            for _ in range(config.convs_per_block):
+                # No conv bias: the BatchNorm right after it has its own shift.
+                layers += [nn.Conv2d(c_in, w, 3, padding=1, bias=False), nn.BatchNorm2d(w)]
+                layers.append(nn.ReLU(inplace=True))
+                c_in = w
+            layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Dropout(config.dropout),
+            nn.Linear(c_in, config.num_classes),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))
+
+
+def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images on the [0, 1] scale (the input normalisation)."""
+    x = images.reshape(len(images), 3, -1).astype(np.float64) / 255.0
+    mean = x.mean(axis=(0, 2))
+    std = x.std(axis=(0, 2)).clip(min=1e-3)
+    return mean.tolist(), std.tolist()
+
+
+def normalise(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """Float images in [0, 1] -> the network's input (per-channel z-scores)."""
+    return (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+
+
+def augment(x: Tensor, settings: CNNSettings, gen: torch.Generator) -> Tensor:
+    """Random flip, shift and light colour jitter of float images in [0, 1], (B, 3, H, W)."""
+    b, _, h, w = x.shape
+    if settings.flip:
+        flip = torch.rand(b, generator=gen) < 0.5
+        x = torch.where(flip.view(b, 1, 1, 1), x.flip(3), x)
+    pad = int(round(settings.shift * min(h, w)))
+    if pad:
+        # A random crop of the reflect-padded image = a shift that never shows a black border.
+        padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+        dy = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
+        dx = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
+        rows = (dy.view(b, 1) + torch.arange(h)).view(b, 1, h, 1)
+        cols = (dx.view(b, 1) + torch.arange(w)).view(b, 1, 1, w)
+        x = padded[torch.arange(b).view(b, 1, 1, 1), torch.arange(3).view(1, 3, 1, 1), rows, cols]
+    if settings.jitter:
+        j = settings.jitter
+
+        def factor() -> Tensor:
+            return (1 + (2 * torch.rand(b, generator=gen) - 1) * j).view(b, 1, 1, 1)
+
+        x = x * factor()  # brightness
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = (x - mean) * factor() + mean  # contrast
+        gray = x.mean(dim=1, keepdim=True)
+        x = (x - gray) * factor() + gray  # saturation
+        x = x.clamp(0, 1)
+    return x
+
+
+def lr_at(epoch: float, settings: CNNSettings) -> float:
+    """Cosine decay from the peak to 0 over ``max_epochs`` (``epoch`` may be fractional)."""
+    return settings.lr * 0.5 * (1 + math.cos(math.pi * min(epoch / settings.max_epochs, 1.0)))
+
+
+@dataclass
+class TrainedCNN:
+    """A trained network with what is needed to run and describe it."""
+
+    net: SmallCNN
+    config: CNNConfig
+    mean: list[float]
+    std: list[float]
+    best_epoch: int  # 1-based epoch whose weights were kept
+    history: list[dict]  # per epoch: train loss, train (augmented) accuracy, val loss/accuracy
+
+    def predict(self, images: np.ndarray, batch: int = 256) -> np.ndarray:
+        return predict(self.net, self.mean, self.std, images, batch)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {k: v.detach().contiguous() for k, v in self.net.state_dict().items()}
+
+
+@torch.inference_mode()
+def logits(
+    net: nn.Module, mean: list[float], std: list[float], images: np.ndarray, batch: int = 256
+) -> Tensor:
+    images = check_images(images)
+    net.eval()
+    m, s = torch.tensor(mean), torch.tensor(std)
+    out = [
+        net(normalise(torch.from_numpy(np.array(images[i : i + batch])).float() / 255.0, m, s))
+        for i in range(0, len(images), batch)
+    ]
+    return torch.cat(out) if out else torch.empty(0, 0)
+
+
+def predict(
+    net: nn.Module, mean: list[float], std: list[float], images: np.ndarray, batch: int = 256
+) -> np.ndarray:
+    if len(images) == 0:
+        return np.empty(0, np.int64)
+    return logits(net, mean, std, images, batch).argmax(1).numpy().astype(np.int64)
+
+
+def fit_cnn(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    num_classes: int,
+    settings: CNNSettings,
+    gen: torch.Generator,
+    progress: bool = True,
+    desc: str = "cnn",
+) -> TrainedCNN:
+    """Train with AdamW and augmentation, with early stopping on the validation images.
+
+    Training stops ``patience_epochs`` after the validation accuracy last rose; the weights kept
+    are those of the best-accuracy epoch with the lowest validation loss. (Loss alone keeps
+    falling long after accuracy saturates on easy data, so it would never stop.)"""
+    x_train, x_val = check_images(x_train), check_images(x_val)
+    if len(x_val) == 0:
+        raise ValueError("early stopping needs at least one validation image")
+    # Weight init and dropout draw from torch's global RNG (they take no generator): seed it from
+    # ``gen`` inside a fork, so the result depends on ``gen`` alone and the caller's RNG is untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+        return _fit(x_train, y_train, x_val, y_val, num_classes, settings, gen, progress, desc)
+
+
+def _fit(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    num_classes: int,
+    settings: CNNSettings,
+    gen: torch.Generator,
+    progress: bool,
+    desc: str,
+) -> TrainedCNN:
+    size = x_train.shape[-1]
+    config = CNNConfig(
+        num_classes, size, settings.widths, settings.convs_per_block, settings.dropout
+    )
+    net = SmallCNN(config)
+    mean, std = channel_stats(x_train)
+    m, s = torch.tensor(mean), torch.tensor(std)
+    xt = torch.from_numpy(np.ascontiguousarray(x_train))
+    yt = torch.from_numpy(np.asarray(y_train, np.int64))
+    yv = torch.from_numpy(np.asarray(y_val, np.int64))
+    opt = torch.optim.AdamW(net.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    steps_per_epoch = max(1, math.ceil(len(xt) / settings.batch))
+
+    best: tuple[float, float] | None = None  # (val accuracy, -val loss) of the kept weights
+    best_state: dict[str, Tensor] = {}
+    best_epoch = 0
+    rose_epoch = 0  # last epoch the validation accuracy went up
+    history: list[dict] = []
+    bar = tqdm(range(1, settings.max_epochs + 1), desc=desc, unit="epoch", disable=not progress)
+    for epoch in bar:
+        net.train()
+        order = torch.randperm(len(xt), generator=gen)
+        loss_sum, correct = 0.0, 0
+        for step in range(steps_per_epoch):
+            idx = order[step * settings.batch : (step + 1) * settings.batch]
+            if len(idx) < 2:  # BatchNorm cannot train on a single image
+                continue
+            for group in opt.param_groups:
+                group["lr"] = lr_at(epoch - 1 + step / steps_per_epoch, settings)
+            x = augment(xt[idx].float() / 255.0, settings, gen)
+            out = net(normalise(x, m, s))
+            loss = F.cross_entropy(out, yt[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.item() * len(idx)
+            correct += int((out.argmax(1) == yt[idx]).sum())
+        val_logits = logits(net, mean, std, x_val)
+        val_loss = float(F.cross_entropy(val_logits, yv))
+        val_acc = float((val_logits.argmax(1) == yv).float().mean())
+        history.append(
+            {
+                "epoch": epoch,
+                "train_loss": loss_sum / len(xt),
+                "train_accuracy": correct / len(xt),
+                "val_loss": val_loss,
+                "val_accuracy": val_acc,
+            }
+        )
+        bar.set_postfix(loss=f"{loss_sum / len(xt):.3f}", val_acc=f"{val_acc:.3f}")
+        if best is None or val_acc > best[0]:
+            rose_epoch = epoch
+        if best is None or (val_acc, -val_loss) > best:
+            best, best_epoch = (val_acc, -val_loss), epoch
+            best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        if epoch - rose_epoch >= settings.patience_epochs:
+            break
+    bar.close()
+    net.load_state_dict(best_state)
+    net.eval()
+    return TrainedCNN(net, config, mean, std, best_epoch, history)

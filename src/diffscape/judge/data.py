@@ -1,0 +1,119 @@
+"""Image arrays for the judges: resizing, validation hold-outs, class-name mapping.
+
+Every judge consumes uint8 (N, 3, H, W) arrays, the dataset format's own layout, so datasets,
+sample folders and callers' arrays all go through the same few helpers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from diffscape.data.dataset import Dataset
+from diffscape.errors import DiffscapeError
+
+
+def check_images(images: np.ndarray) -> np.ndarray:
+    """Accept only what the judges are trained on: uint8 RGB in NCHW layout."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] != 3:
+        raise DiffscapeError(
+            f"expected uint8 images of shape (N, 3, H, W), got {images.dtype} {images.shape}"
+        )
+    return images
+
+
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (N, 3, H, W) -> uint8 (N, 3, size, size); a no-op (no copy) at the right size.
+
+    Uses the same resampling as :func:`diffscape.imagefolder.read_image` (PIL bicubic), so an image
+    read from a sample folder at ``size`` and one resized here are identical.
+    """
+    images = check_images(images)
+    if images.shape[2:] == (size, size):
+        return images
+    out = np.empty((len(images), 3, size, size), np.uint8)
+    for i, im in enumerate(images):
+        pil = Image.fromarray(np.ascontiguousarray(im.transpose(1, 2, 0)))
+        pil = pil.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=None)
+        out[i] = np.asarray(pil).transpose(2, 0, 1)
+    return out
+
+
+def stratified_holdout(
+    labels: np.ndarray, fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """(keep, held_out) index arrays; ``fraction`` of every class is held out (at least one image
+    of each class with two or more), so that a small class still shows up in validation."""
+    keep: list[np.ndarray] = []
+    held: list[np.ndarray] = []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        k = int(round(fraction * len(idx)))
+        k = min(max(k, 1), len(idx) - 1) if len(idx) >= 2 else 0
+        held.append(idx[:k])
+        keep.append(idx[k:])
+    return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
+
+
+@dataclass(frozen=True)
+class Splits:
+    """In-memory train/val/test arrays at the judge's size, plus where validation came from."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray | None  # None when the dataset has no test split
+    y_test: np.ndarray | None
+    val_source: str  # "val split" or "N% of train held out (seed S)"
+
+
+def load_splits(
+    dataset: Dataset, size: int, val_fraction: float, rng: np.random.Generator
+) -> Splits:
+    """Read a labelled dataset into memory at ``size``; validation is the dataset's val split, or
+    a seeded stratified part of train when it has none."""
+    if not dataset.labelled:
+        raise DiffscapeError(f"{dataset.root} has no classes; a judge needs labelled images")
+    if "train" not in dataset.splits:
+        raise DiffscapeError(f"{dataset.root} has no train split")
+
+    def read(split: str) -> tuple[np.ndarray, np.ndarray]:
+        x = resize_images(np.array(dataset.images(split)), size)  # read into memory
+        y = np.asarray(dataset.labels(split), np.int64)
+        if (y < 0).any():
+            raise DiffscapeError(
+                f"{dataset.root}:{split} has unlabelled images; a judge needs labels"
+            )
+        return x, y
+
+    x_train, y_train = read("train")
+    if "val" in dataset.splits:
+        x_val, y_val = read("val")
+        source = "val split"
+    else:
+        keep, held = stratified_holdout(y_train, val_fraction, rng)
+        x_val, y_val = x_train[held], y_train[held]
+        x_train, y_train = x_train[keep], y_train[keep]
+        source = f"{val_fraction:.0%} of train held out"
+    x_test = y_test = None
+    if "test" in dataset.splits:
+        x_test, y_test = read("test")
+    return Splits(x_train, y_train, x_val, y_val, x_test, y_test, source)
+
+
+def map_class_names(names: Sequence[str | None], classes: Sequence[str], what: str) -> np.ndarray:
+    """Class names -> indices into ``classes``; names that are not there are refused, by name."""
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted({str(n) for n in names if n not in index})
+    if unknown:
+        raise DiffscapeError(
+            f"{what} has classes the judge does not know: {', '.join(unknown)} "
+            f"(it knows: {', '.join(classes)}). Images must sit in <class>/ subfolders named "
+            "after the judge's classes."
+        )
+    return np.asarray([index[n] for n in names], np.int64)  # type: ignore[index]

@@ -1,0 +1,192 @@
+"""``train_judge``: fit an SVC (optionally over the report's grid) or a small CNN on a dataset and
+write a judge folder (see :mod:`diffscape.judge.store`).
+
+Model selection uses validation images only: the dataset's val split, or a seeded stratified part
+of train held out when there is none. The test split is scored at the end (and, for the SVC grid,
+on every row, to print the report's table) but never chooses anything.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from diffscape.data.dataset import Dataset, load_dataset, make_tmp_dir
+from diffscape.errors import DiffscapeError
+from diffscape.judge.cnn import CNNSettings, fit_cnn
+from diffscape.judge.data import Splits, load_splits
+from diffscape.judge.store import check_out, publish, write_cnn_judge, write_svc_judge
+from diffscape.judge.svc import GridRow, SVCSettings, features, fit_grid
+
+Kind = Literal["svc", "cnn"]
+
+
+@dataclass(frozen=True)
+class JudgeResult:
+    judge_dir: Path
+    kind: Kind
+    classes: list[str]
+    size: int
+    accuracy: dict[str, float | None]  # train / val / test
+    grid: list[GridRow] | None  # the SVC grid, one row per (C, gamma); None otherwise
+    info: dict[str, Any]  # what was written to judge.json
+
+
+def _accuracy(pred: np.ndarray, y: np.ndarray | None) -> float | None:
+    return None if y is None or len(y) == 0 else float((pred == y).mean())
+
+
+def train_judge(
+    dataset: Dataset | str | os.PathLike[str],
+    kind: Kind,
+    out: str | os.PathLike[str],
+    *,
+    grid: bool = False,
+    seed: int = 0,
+    size: int | None = None,
+    val_fraction: float = 0.15,
+    svc: SVCSettings | None = None,
+    cnn: CNNSettings | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> JudgeResult:
+    """Train a judge of ``kind`` on ``dataset`` (resized to ``size``, default its own) into ``out``.
+
+    ``grid`` (SVC only) searches ``svc.grid_C`` x ``svc.grid_gamma`` and keeps the best validation
+    accuracy; without it the SVC uses ``svc.C`` and ``svc.gamma``. ``seed`` fixes the validation
+    hold-out, the CNN's initialisation, data order and augmentation. Without a val split,
+    ``val_fraction`` of each class of train is held out for validation.
+    """
+    if kind not in ("svc", "cnn"):
+        raise DiffscapeError(f"unknown judge kind {kind!r}; choose svc or cnn")
+    if grid and kind != "svc":
+        raise DiffscapeError("--grid searches the SVC's (C, gamma); it applies to --kind svc only")
+    ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
+    size = size or ds.size
+    svc, cnn = svc or SVCSettings(), cnn or CNNSettings()
+    if kind == "cnn" and size < 2 ** len(cnn.widths):
+        raise DiffscapeError(
+            f"a {len(cnn.widths)}-block CNN halves the image {len(cnn.widths)} times; "
+            f"use --size {2 ** len(cnn.widths)} or more (got {size})"
+        )
+    out = Path(out)
+    check_out(out)  # before training, not after
+    settings = svc if kind == "svc" else cnn
+    data = load_splits(ds, size, val_fraction, np.random.default_rng(seed))
+    log(
+        f"judge {kind}: {ds.num_classes} classes at {size} px; train {len(data.y_train)}, "
+        f"val {len(data.y_val)} ({data.val_source}), test "
+        f"{0 if data.y_test is None else len(data.y_test)}"
+    )
+    info: dict[str, Any] = {
+        "classes": ds.classes,
+        "size": size,
+        "seed": seed,
+        "dataset": {
+            "path": str(ds.root),
+            "content_hash": ds.content_hash,
+            "size": ds.size,
+            "n": {"train": len(data.y_train), "val": len(data.y_val)}
+            | ({"test": len(data.y_test)} if data.y_test is not None else {}),
+            "val_source": data.val_source,
+        },
+        "settings": asdict(settings),
+    }
+    start = time.perf_counter()
+    if kind == "svc":
+        accuracy, rows, save = _train_svc(data, svc, grid, info, log)
+    else:
+        accuracy, rows, save = _train_cnn(data, cnn, seed, info, progress)
+    info["train_seconds"] = round(time.perf_counter() - start, 1)
+    info["accuracy"] = accuracy
+    tmp = make_tmp_dir(out)
+    try:
+        save(tmp, info)
+        publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return JudgeResult(out, kind, ds.classes, size, accuracy, rows, info)
+
+
+Saver = Callable[[Path, dict[str, Any]], None]  # writes the model and judge.json into a folder
+
+
+def _train_svc(
+    data: Splits,
+    settings: SVCSettings,
+    grid: bool,
+    info: dict[str, Any],
+    log: Callable[[str], None],
+) -> tuple[dict[str, float | None], list[GridRow] | None, Saver]:
+    x_train, x_val = features(data.x_train), features(data.x_val)
+    x_test = None if data.x_test is None else features(data.x_test)
+    if not grid:
+        settings = SVCSettings(
+            C=settings.C,
+            gamma=settings.gamma,
+            standardize=settings.standardize,
+            grid_C=(settings.C,),
+            grid_gamma=(settings.gamma,),
+        )
+
+    def on_row(r: GridRow) -> None:
+        test = "-" if r.test is None else f"{100 * r.test:.1f}%"
+        log(
+            f"  C={r.C:g} gamma={r.gamma}: train {100 * r.train:.1f}%, val {100 * r.val:.1f}%, "
+            f"test {test} ({r.fit_seconds:.1f} s)"
+        )
+
+    model, rows, best = fit_grid(
+        x_train, data.y_train, x_val, data.y_val, x_test, data.y_test, settings, on_row
+    )
+    info["selected"] = {"C": best.C, "gamma": best.gamma, "by": "val accuracy"}
+    if grid:
+        info["grid"] = [asdict(r) for r in rows]
+    accuracy = {"train": best.train, "val": best.val, "test": best.test}
+    return accuracy, rows if grid else None, lambda tmp, info: write_svc_judge(tmp, model, info)
+
+
+def _train_cnn(
+    data: Splits,
+    settings: CNNSettings,
+    seed: int,
+    info: dict[str, Any],
+    progress: bool,
+) -> tuple[dict[str, float | None], None, Saver]:
+    gen = torch.Generator().manual_seed(seed)
+    trained = fit_cnn(
+        data.x_train,
+        data.y_train,
+        data.x_val,
+        data.y_val,
+        len(info["classes"]),
+        settings,
+        gen,
+        progress=progress,
+        desc="judge cnn",
+    )
+    accuracy = {
+        "train": _accuracy(trained.predict(data.x_train), data.y_train),
+        "val": _accuracy(trained.predict(data.x_val), data.y_val),
+        "test": None
+        if data.x_test is None
+        else _accuracy(trained.predict(data.x_test), data.y_test),
+    }
+    info["best_epoch"] = trained.best_epoch
+    info["epochs_run"] = len(trained.history)
+    info["history"] = trained.history
+
+    def save(tmp: Path, info: dict[str, Any]) -> None:
+        state = trained.state_dict()
+        write_cnn_judge(tmp, state, trained.config, trained.mean, trained.std, info)
+
+    return accuracy, None, save
