@@ -72,3 +72,16 @@ def test_schedulers_carry_our_betas(sampler):
     cfg = _d(timesteps=500, schedule="linear")
     s = diffusion.make_scheduler(cfg, sampler)
     assert torch.allclose(s.betas.double(), diffusion.make_betas(cfg), atol=1e-7)
+
+
+def test_min_snr_weights():
+    cfg = _d()
+    ab = diffusion.alphas_cumprod(cfg)
+    t = torch.tensor([0, 100, 999])
+    assert diffusion.loss_weights(t, ab, "epsilon", "none", 5.0) is None
+    w = diffusion.loss_weights(t, ab, "epsilon", "min_snr", 5.0)
+    snr = (ab / (1 - ab))[t].float()
+    assert torch.allclose(w, torch.clamp(snr, max=5.0) / snr)
+    assert w[0] < 1e-2 and w[-1].item() == pytest.approx(1.0)  # easy steps down-weighted
+    wv = diffusion.loss_weights(t, ab, "v_prediction", "min_snr", 5.0)
+    assert torch.allclose(wv, torch.clamp(snr, max=5.0) / (snr + 1))

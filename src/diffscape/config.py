@@ -51,6 +51,8 @@ class DiffusionConfig:
     beta_start: float = 1e-4  # linear schedule, at T=1000
     beta_end: float = 0.02  # linear schedule, at T=1000
     prediction: Prediction = "epsilon"  # what the network predicts: noise or v
+    loss_weighting: Literal["none", "min_snr"] = "none"  # per-timestep loss weight
+    min_snr_gamma: float = 5.0  # min-SNR-gamma clamp (Hang et al. 2023), when used
 
 
 @dataclass(frozen=True)

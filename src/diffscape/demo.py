@@ -153,7 +153,7 @@ def run_demo(
             progress=progress, log=lambda m: None,
         )  # fmt: skip
         judge_info = json.loads((judge_dir / "judge.json").read_text())
-    real_acc = judge_info.get("test_accuracy")
+    real_acc = judge_info["accuracy"].get("test")
     timings["judge"] = stages.done(f"accuracy on real test images {_pct(real_acc)}")
 
     # 3. train for the time budget

@@ -103,6 +103,20 @@ def training_target(
     return ab.sqrt() * noise - (1 - ab).sqrt() * x0
 
 
+def loss_weights(
+    t: torch.Tensor, alpha_bar: torch.Tensor, prediction: str, weighting: str, gamma: float
+) -> torch.Tensor | None:
+    """Per-sample MSE weights. ``min_snr``: Hang et al. 2023 ("Efficient Diffusion Training via
+    Min-SNR Weighting Strategy"), min(SNR, gamma)/SNR for eps targets and min(SNR, gamma)/(SNR+1)
+    for v targets, which stops easy low-noise steps from dominating; ``none``: plain MSE."""
+    if weighting == "none":
+        return None
+    ab = alpha_bar.to(device=t.device, dtype=torch.float32)[t]
+    snr = ab / (1 - ab)
+    clamped = torch.clamp(snr, max=gamma)
+    return clamped / (snr + 1) if prediction == "v_prediction" else clamped / snr
+
+
 def guide(out_cond: torch.Tensor, out_uncond: torch.Tensor, w: float) -> torch.Tensor:
     """Classifier-free guidance (Ho & Salimans 2022) in our convention:
     out = out_uncond + w (out_cond - out_uncond); w=0 unconditional, w=1 conditional, w>1 guided.

@@ -357,7 +357,15 @@ def train(
                 group["lr"] = lr
             with accelerator.autocast():
                 pred = train_model(x_t, tt, class_labels=class_labels).sample
-            loss = F.mse_loss(pred.float(), target.float())
+            weights = diffusion.loss_weights(
+                tt, alpha_bar, cfg.diffusion.prediction, cfg.diffusion.loss_weighting,
+                cfg.diffusion.min_snr_gamma,
+            )  # fmt: skip
+            if weights is None:
+                loss = F.mse_loss(pred.float(), target.float())
+            else:
+                per_sample = (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
+                loss = (weights * per_sample).mean()
             accelerator.backward(loss)
             max_norm = t.grad_clip if t.grad_clip > 0 else float("inf")
             grad_norm = accelerator.clip_grad_norm_(train_model.parameters(), max_norm)
