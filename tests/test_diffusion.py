@@ -81,7 +81,7 @@ def test_min_snr_weights():
     assert diffusion.loss_weights(t, ab, "epsilon", "none", 5.0) is None
     w = diffusion.loss_weights(t, ab, "epsilon", "min_snr", 5.0)
     snr = (ab / (1 - ab))[t].float()
-    assert torch.allclose(w, torch.clamp(snr, max=5.0) / snr)
+    assert torch.allclose(w, torch.clamp(snr, max=5.0) / snr, rtol=1e-3)
     assert w[0] < 1e-2 and w[-1].item() == pytest.approx(1.0)  # easy steps down-weighted
     wv = diffusion.loss_weights(t, ab, "v_prediction", "min_snr", 5.0)
-    assert torch.allclose(wv, torch.clamp(snr, max=5.0) / (snr + 1))
+    assert torch.allclose(wv, torch.clamp(snr, max=5.0) / (snr + 1), rtol=1e-3)
