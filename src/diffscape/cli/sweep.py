@@ -1,0 +1,143 @@
+"""``diffscape sweep`` and ``diffscape report``: parse, then call :func:`diffscape.sweep.run_sweep`
+and :func:`diffscape.report.build_report`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+SWEEP_EPILOG = """\
+examples:
+  diffscape sweep schedule-cpu --out runs/schedule          # a shipped sweep, by name
+  diffscape sweep my-sweep.toml --out runs/mine --data data/photos32
+  diffscape sweep guidance-cpu --out runs/guidance --dry-run  # list the runs, do nothing
+  diffscape sweep --list                                    # the shipped sweeps
+
+Each run is trained, sampled, evaluated (FID/KID) and judged (per-class accuracy) into
+RUNS/<run>/ and RUNS/<run>/samples/<sampling>/ (result.json last). Running the same command
+again skips finished runs, retries failed ones and resumes interrupted training; a failing run
+is recorded with its error and the sweep goes on. With several GPUs, runs go one per GPU.
+Without a dataset (--data or `dataset = ...` in the file) the default synthetic landscapes are
+made in RUNS/_data. At the end RUNS/report.html and RUNS/results.csv are written.
+
+A sweep file (TOML):
+  preset = "tiny"                       # where every run starts
+  [base]                                # overrides for every run
+  model.conditional = true
+  train = { steps = 1500, batch_size = 32 }
+  [grid]                                # cartesian product of training settings, or:
+  "model.activation" = ["gelu", "relu", "silu"]
+  # [[runs]]  name = "cosine"  diffusion = { schedule = "cosine" }
+  [sample]                              # n per class, sampler, steps, guidance, eta, seed
+  n = 50
+  [sample.grid]                         # sampling-only variation: one model, no retraining
+  guidance = [0, 1, 2, 3, 5]            # (or [[sample.runs]] sampler = "dpm" steps = 20 ...)
+  [evaluate]                            # n, n_real, split, floor; enabled = false to skip
+  n = 250
+  [judge]                               # kind = "cnn" | "svc", or path = "judges/x"
+  kind = "svc"
+The full format is in the docstring of diffscape/sweep.py.
+"""
+
+REPORT_EPILOG = """\
+examples:
+  diffscape report runs/schedule --out runs/schedule/report.html
+  diffscape report runs/a runs/b --out compare.html           # several run folders
+
+One self-contained HTML page (no server, no network): a sortable table of every run (its
+changes from the base config, FID and KID ± std with their n, the real-vs-real floor, judge
+accuracy overall and per class, training time, img/s), plots the data supports (loss curves,
+FID against sampler steps, accuracy against guidance, FID against accuracy) and each run's
+per-class sample grid; results.csv is written beside it.
+
+Reads, per run folder: config.json, metrics.jsonl (training log), samples/<...>/grid.png and
+samples.json, metrics.json (diffscape evaluate) and accuracy.json (diffscape judge score), in the
+sample folder or the run folder, result.json (written by sweeps: status, error), and a sweep's
+sweep.json and _floor/metrics.json.
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from diffscape.cli import HelpFormatter
+
+    p = sub.add_parser(
+        "sweep",
+        help="a study: train, sample and score every run of a sweep file",
+        description="Run a hyperparameter study: every run of a sweep file is trained, sampled, "
+        "evaluated and judged, then one report page is written.",
+        epilog=SWEEP_EPILOG,
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("sweep", nargs="?", help="sweep .toml file, or a shipped sweep's name")
+    p.add_argument("--out", help="folder for the runs (re-run with it to continue)")
+    p.add_argument("--data", help="prepared dataset folder (default: the file's, else synthetic)")
+    p.add_argument(
+        "--only",
+        action="append",
+        metavar="RUN",
+        help="run only this run (folder name; repeatable)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the runs and exit")
+    p.add_argument("--list", action="store_true", help="list the shipped sweeps and exit")
+    p.add_argument("--no-report", action="store_true", help="do not write RUNS/report.html")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_sweep_command)
+
+    r = sub.add_parser(
+        "report",
+        help="one self-contained HTML page from sweep or run folders",
+        description="Build a report page from a sweep folder, a run folder, or several.",
+        epilog=REPORT_EPILOG,
+        formatter_class=HelpFormatter,
+    )
+    r.add_argument("runs", nargs="+", help="sweep folder(s) or run folder(s)")
+    r.add_argument("--out", default="report.html", help="HTML file to write")
+    r.add_argument("--title", help="page title (default: the sweep's name)")
+    r.set_defaults(func=run_report_command)
+
+
+def run_sweep_command(args: argparse.Namespace) -> int:
+    from diffscape import sweep
+
+    if args.list:
+        for name, description in sweep.shipped_sweeps().items():
+            print(f"{name:<16} {' '.join(description.split())[:100]}")
+        return 0
+    if not args.sweep:
+        raise sweep.SweepError("give a sweep file or a shipped sweep's name (see --list)")
+    spec = sweep.load_sweep(args.sweep)
+    if args.dry_run:
+        print(sweep.describe_plan(spec, sweep.plan(spec)))
+        return 0
+    if not args.out:
+        raise sweep.SweepError("--out RUNS: say where the runs go")
+    from diffscape.train import TrainingInterrupted
+
+    try:
+        results = sweep.run_sweep(
+            spec, args.out, data=args.data, progress=not args.no_progress, only=args.only
+        )
+    except TrainingInterrupted as e:
+        print(f"diffscape: {e}\nRun the same sweep command again to continue.", file=sys.stderr)
+        return 128 + int(e.signum)
+    failed = [r for r in results if r.get("status") != "ok"]
+    print(f"{len(results) - len(failed)} of {len(results)} runs finished in {args.out}")
+    for r in failed:
+        print(f"  {r['name']}: {r.get('status')} {r.get('error', '')}")
+    if not args.no_report and args.only is None:
+        from diffscape.report import build_report
+
+        page = build_report(args.out, Path(args.out) / "report.html")
+        print(f"report: {page}")
+    return 1 if failed else 0
+
+
+def run_report_command(args: argparse.Namespace) -> int:
+    from diffscape.report import build_report
+
+    page = build_report(
+        args.runs if len(args.runs) > 1 else args.runs[0], args.out, title=args.title
+    )
+    print(f"wrote {page} and {page.with_name('results.csv')}")
+    return 0

@@ -1,0 +1,52 @@
+"""One page a person reads: every run of a sweep (or any run folders) with its numbers, plots
+and samples, as a self-contained HTML file, plus ``results.csv`` beside it.
+
+:func:`build_report` accepts a sweep folder, a single run folder (with its samples, evaluation
+and judge outputs) or a list of either; :mod:`diffscape.report.rows` documents which files it
+reads in each run folder.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from diffscape.report.rows import Collection, Row, collect
+from diffscape.report.table import write_csv
+
+CSV_NAME = "results.csv"
+
+__all__ = ["CSV_NAME", "Collection", "Row", "build_report", "collect", "write_csv"]
+
+
+def build_report(
+    runs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    out_html: str | os.PathLike[str],
+    *,
+    title: str | None = None,
+    csv: bool = True,
+) -> Path:
+    """Write the report page for ``runs`` (a sweep folder, a run folder, a folder of run folders,
+    or a list of these) to ``out_html``, and ``results.csv`` beside it; returns the page's path.
+    """
+    from dataclasses import replace
+
+    from diffscape.report.page import render
+    from diffscape.report.plots import all_plots
+
+    paths = [Path(runs)] if isinstance(runs, str | os.PathLike) else [Path(p) for p in runs]
+    coll = collect(paths)
+    if title:
+        coll = replace(coll, title=title)
+    out = Path(out_html)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    csv_name = None
+    if csv:
+        write_csv(coll.rows, out.with_name(CSV_NAME))
+        csv_name = CSV_NAME
+    page = render(coll, all_plots(coll.rows, coll.floor), csv_name)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, out)
+    return out

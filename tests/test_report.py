@@ -1,0 +1,322 @@
+"""The report page: which files it reads, what it shows, and the page itself in headless Chromium.
+
+Run folders here are written by hand (config.json, metrics.jsonl, samples/<name>/...) in the
+formats train / sample / evaluate / judge write, so these tests need no training; the sweep tests
+build a report from real runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffscape import config
+from diffscape.cli import main
+from diffscape.report import build_report, collect
+
+CLASSES = ["Coast", "Desert", "Forest"]
+CHROMIUM_CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+# ---- headless Chromium -------------------------------------------------------------------------
+
+
+def find_chromium() -> str | None:
+    for name in CHROMIUM_CANDIDATES:
+        path = shutil.which(name)
+        if path:
+            return path
+    return "/usr/bin/chromium" if Path("/usr/bin/chromium").is_file() else None
+
+
+def chromium_args(tmp: Path) -> list[str]:
+    exe = find_chromium()
+    if exe is None:
+        pytest.skip("Chromium not found (CI installs it with `apt-get install chromium`)")
+    return [
+        exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--disable-dev-shm-usage", f"--user-data-dir={tmp / 'chromium-profile'}",
+    ]  # fmt: skip
+
+
+# Runs first in <head>: records script errors, failed resources and console.error calls; on
+# load it clicks every header (the sort must not throw), then FID twice, and writes what it saw
+# into the DOM for --dump-dom to return.
+PROBE = """<script>
+window.__errors = [];
+window.onerror = function (m) { window.__errors.push(String(m)); };
+window.addEventListener("error", function (e) {
+  if (e.target && e.target !== window) { window.__errors.push("resource " + (e.target.src || e.target.href)); }
+}, true);
+(function () { var orig = console.error; console.error = function () {
+  window.__errors.push("console " + Array.prototype.join.call(arguments, " ")); orig.apply(console, arguments); }; })();
+window.addEventListener("load", function () {
+  var out = {};
+  try {
+    var ths = Array.prototype.slice.call(document.querySelectorAll("#runs thead th"));
+    ths.forEach(function (th) { th.click(); });
+    var fid = ths.filter(function (th) { return th.textContent.trim().indexOf("FID") === 0; })[0];
+    fid.click(); fid.click();
+    out.sort = fid.getAttribute("aria-sort");
+    out.order = Array.prototype.map.call(document.querySelectorAll("#runs tbody tr"), function (tr) {
+      return tr.cells[0].getAttribute("data-sort"); });
+    out.svgs = document.querySelectorAll("svg.plot").length;
+    out.images = Array.prototype.filter.call(document.images, function (i) {
+      return i.complete && i.naturalWidth > 0; }).length;
+    out.allImages = document.images.length;
+  } catch (err) { window.__errors.push("probe " + err); }
+  out.errors = window.__errors;
+  var pre = document.createElement("pre"); pre.id = "probe-result";
+  pre.textContent = JSON.stringify(out); document.body.appendChild(pre);
+});
+</script>"""
+
+
+def check_page(html_path: Path, tmp: Path, screenshot: Path | None = None) -> dict:
+    """Open the page in headless Chromium: no script errors, no console output, no failed
+    resources; returns what the probe saw (sort state, row order, plots, decoded images)."""
+    args = chromium_args(tmp)
+    text = html_path.read_text()
+    probe = html_path.with_name("probe-" + html_path.name)
+    probe.write_text(text.replace("<head>", "<head>" + PROBE, 1))
+    proc = subprocess.run(
+        [*args, "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000",
+         "--dump-dom", probe.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    found = re.search(r'<pre id="probe-result">(.*?)</pre>', proc.stdout, re.S)
+    assert found, f"the probe did not run; stderr:\n{proc.stderr[-2000:]}"
+    seen = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    assert seen["errors"] == [], seen["errors"]
+    console = [ln for ln in proc.stderr.splitlines() if ":CONSOLE" in ln]
+    assert console == [], console
+    if screenshot is not None:
+        subprocess.run(
+            [*args, "--hide-scrollbars", f"--screenshot={screenshot}", "--window-size=1400,2000",
+             html_path.as_uri()],
+            capture_output=True, timeout=120, check=True,
+        )  # fmt: skip
+        assert screenshot.stat().st_size > 10_000
+    return seen
+
+
+def assert_self_contained(text: str) -> None:
+    """Nothing is fetched: no external src/href/url(), only data: URIs and in-page links."""
+    refs = re.findall(r'(?:src|href)="([^"]*)"', text) + re.findall(r"url\(([^)]*)\)", text)
+    external = [r for r in refs if not r.startswith(("data:", "#")) and r != "results.csv"]
+    assert external == [], external
+    assert "http://" not in text.replace("http://www.w3.org", "")
+    assert "https://" not in text
+
+
+# ---- run folders by hand -----------------------------------------------------------------------
+
+
+def _grid(path: Path, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (3 * 36, 4 * 36, 3), dtype=np.uint8)).save(path)
+
+
+def _write(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2))
+
+
+def metrics_json(fid: float, n: int = 40, kind: str = "samples") -> dict:
+    kid = {"mean": fid / 1000, "std": fid / 20000, "subset_size": n, "subsets": 100}
+    return {
+        "real": {"dataset": "/data/synth", "split": "train"},
+        "fake": {"source": "x", "kind": kind},
+        "n_real": n,
+        "n_fake": n,
+        "fid": fid,
+        "kid": kid,
+        "per_class": {
+            c: {"n_real": 10, "n_fake": 10, "fid": fid + i, "kid": kid}
+            for i, c in enumerate(CLASSES)
+        },
+        "warnings": ["n < 2048: FID is biased"],
+    }
+
+
+def accuracy_json(acc: float, n: int = 30) -> dict:
+    return {
+        "accuracy": acc,
+        "n": n,
+        "per_class": {
+            c: {"n": n // 3, "correct": 0, "accuracy": min(1.0, acc + 0.1 * i)}
+            for i, c in enumerate(CLASSES)
+        },
+        "real": {"accuracy": 0.93, "n": 120, "source": "judge.json"},
+        "warning": None,
+    }
+
+
+def make_run(
+    root: Path,
+    name: str,
+    overrides: list[str],
+    samplings: dict[str, dict],
+    steps: int = 40,
+    resumed: bool = False,
+) -> Path:
+    """A run folder as train() + sample_to_folder + evaluate + judge score leave it."""
+    run = root / name
+    cfg = config.resolve("tiny", ["model.conditional=true", *overrides]).to_dict()
+    cfg["model"]["num_classes"] = len(CLASSES)
+    _write(run / "config.json", cfg)
+    lines = []
+    for i, step in enumerate(range(5, steps + 1, 5)):
+        seconds = step * 0.5 - (10 if resumed and step > steps // 2 else 0)
+        lines.append(
+            {"step": step, "loss": 1.0 / (1 + i) + 0.01 * len(name), "lr": 2e-4,
+             "grad_norm": 1.0, "images_per_second": 60.0 + i, "seconds": seconds}
+        )  # fmt: skip
+    (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    (run / "checkpoints").mkdir()
+    (run / "samples").mkdir()
+    _grid(run / "samples" / f"step-{steps:07d}.png", 0)
+    for i, (variant, s) in enumerate(samplings.items()):
+        d = run / "samples" / variant
+        samples = {"sampler": s.get("sampler", "ddim"), "steps": s.get("steps", 50)}
+        samples |= {"guidance": s.get("guidance", 1.0), "n": 30, "eta": 0.0, "seed": 0}
+        _write(d / "samples.json", samples)
+        if s.get("failed"):
+            _write(d / "result.json", {"name": s.get("name", variant), "status": "failed",
+                   "stage": "sample", "error": "RuntimeError: out of memory",
+                   "traceback": "Traceback (most recent call last):\n  ...\nRuntimeError: out of memory"})  # fmt: skip
+            continue
+        _grid(d / "grid.png", i + 1)
+        _write(d / "metrics.json", metrics_json(s["fid"]))
+        if "acc" in s:
+            _write(d / "accuracy.json", accuracy_json(s["acc"]))
+        if "name" in s:
+            _write(d / "result.json", {"name": s["name"], "status": "ok", "changes": {}})
+    return run
+
+
+def make_sweep(root: Path) -> Path:
+    """A sampling sweep (guidance and steps on one model) plus a second model, one failure."""
+    sweep = root / "sweep"
+    guid = {
+        f"ddim-50-w{w}": {
+            "guidance": w,
+            "fid": 30 + 5 * abs(w - 1.5),
+            "acc": min(0.95, 0.3 + 0.2 * w),
+            "name": f"w={w}",
+        }
+        for w in (0, 1, 2, 3)
+    }
+    steps = {
+        f"ddim-{k}-w1": {"steps": k, "fid": 20 + 200 / k, "acc": 0.7, "name": f"steps={k}"}
+        for k in (10, 100)
+    }
+    make_run(sweep, "model", [], {**guid, **steps}, resumed=True)
+    make_run(sweep, "cosine", ["diffusion.schedule=cosine"],
+             {"ddim-50-w1": {"fid": 25.0, "acc": 0.6, "name": "cosine"},
+              "ddim-20-w1": {"failed": True, "name": "cosine-20"}})  # fmt: skip
+    _write(sweep / "_floor" / "metrics.json", metrics_json(4.2, kind="dataset"))
+    return sweep
+
+
+# ---- tests ---------------------------------------------------------------------------------------
+
+
+def test_folder_of_runs_gives_every_row_plot_and_csv(tmp_path):
+    sweep = make_sweep(tmp_path)
+    page = build_report(sweep, tmp_path / "out" / "report.html")
+    text = page.read_text()
+    assert_self_contained(text)
+    coll = collect(sweep)
+    assert len(coll.rows) == 8
+    assert coll.floor is not None and coll.floor["fid"] == 4.2
+    # four plots drawn, none "not drawn"
+    assert text.count("<svg") == 4 and "Not drawn" not in text
+    for key in ("loss", "steps", "guidance", "tradeoff"):
+        assert f'id="plot-{key}"' in text
+    # the failure shows with its error and traceback; the floor row is there
+    assert "RuntimeError: out of memory" in text and "<summary>traceback</summary>" in text
+    assert 'class="floor"' in text and "4.20" in text
+    # config as a diff from what all runs share; numbers with their n
+    assert "diffusion.schedule=cosine" in text
+    assert "n 40 / 40" in text and "n 30" in text
+    rows = list(csv.DictReader((tmp_path / "out" / "results.csv").open()))
+    assert len(rows) == 8
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["cosine-20"]["status"] == "failed"
+    assert "out of memory" in by_name["cosine-20"]["error"]
+    assert float(by_name["w=2"]["accuracy"]) == pytest.approx(0.7)
+    assert float(by_name["w=2"]["accuracy_Forest"]) == pytest.approx(0.9)
+    assert by_name["cosine"]["diffusion.schedule"] == "cosine"
+    # training time sums the segments of a resumed log (seconds restart at each train call)
+    assert float(by_name["w=0"]["train_seconds"]) == pytest.approx(10.0 + 10.0)
+
+
+def test_single_run_folder_as_the_demo_leaves_it(tmp_path):
+    """One run, its samples in a subfolder, the scores beside them: at the run's top level
+    (metrics.json) or in a folder of their own (eval/accuracy.json)."""
+    run = make_run(tmp_path, "demo", ["train.steps=300"], {"final": {"fid": 50.0}})
+    metrics = json.loads((run / "samples" / "final" / "metrics.json").read_text())
+    (run / "samples" / "final" / "metrics.json").unlink()
+    metrics["floor"] = {
+        "fid": 7.5,
+        "kid": {"mean": 0.001, "std": 0.0005},
+        "n_fake": 40,
+        "n_real": 40,
+    }
+    _write(run / "metrics.json", metrics)
+    _write(run / "eval" / "accuracy.json", accuracy_json(0.8))
+    page = build_report([run], tmp_path / "report.html", title="Demo")
+    text = page.read_text()
+    assert "<title>Demo</title>" in text
+    (row,) = collect(run).rows
+    assert row.metrics["fid"] == 50.0 and row.accuracy["accuracy"] == 0.8
+    assert 'class="floor"' in text and "7.50" in text  # the run's own real-vs-real floor
+    assert row.changes == {"model.conditional": True, "train.steps": 300}  # against the preset
+    assert "Not drawn" in text and "needs judge accuracy at two or more guidance" in text
+    assert text.count("<svg") == 1  # the loss curve only
+
+
+def test_run_without_samples_and_list_of_runs(tmp_path):
+    a = make_run(tmp_path, "a", ["model.activation=gelu"], {})
+    b = make_run(tmp_path, "b", ["model.activation=relu"], {"s": {"fid": 10.0}})
+    coll = collect([a, b])
+    assert [r.name for r in coll.rows] == ["a", "b"]
+    assert coll.rows[0].grid.name.startswith("step-")  # the training grid stands in
+    assert coll.rows[0].changes == {"model.activation": "gelu"}  # against what both share
+    page = build_report([a, b], tmp_path / "r.html", csv=False)
+    assert not (tmp_path / "results.csv").exists()
+    assert "training grid" in page.read_text()
+
+
+def test_nothing_to_report_says_what_it_expected(tmp_path):
+    with pytest.raises(Exception, match="holds no runs"):
+        build_report(tmp_path, tmp_path / "r.html")
+
+
+def test_report_command(tmp_path, capsys):
+    sweep = make_sweep(tmp_path)
+    assert main(["report", str(sweep), "--out", str(tmp_path / "r" / "x.html")]) == 0
+    assert (tmp_path / "r" / "x.html").is_file() and (tmp_path / "r" / "results.csv").is_file()
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_page_in_headless_chromium(tmp_path):
+    sweep = make_sweep(tmp_path)
+    page = build_report(sweep, tmp_path / "report.html")
+    seen = check_page(page, tmp_path, screenshot=tmp_path / "shot.png")
+    assert seen["svgs"] == 4
+    assert seen["images"] == seen["allImages"] == 7  # every grid decodes; the failed run has none
+    # sorted by FID, descending after the second click, missing values last
+    assert seen["sort"] == "descending"
+    names = seen["order"]
+    assert names[0] == "steps=10" and names[-1] == "cosine-20"

@@ -1,0 +1,338 @@
+"""Sweeps: the file format and plan, then real tiny sweeps that get killed and resume, fail and
+go on, run one subprocess per "GPU", and vary sampling only. Tiny networks, tiny data, few steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from fixtures_data import colour_dataset
+from test_report import check_page
+
+import diffscape.train
+from diffscape import checkpoint
+from diffscape import sweep as sweep_module
+from diffscape.cli import main
+from diffscape.config import ConfigError
+from diffscape.report import build_report
+from diffscape.sweep import (
+    SweepError,
+    load_sweep,
+    plan,
+    run_sweep,
+    shipped_sweeps,
+)
+
+TINY = """
+preset = "tiny"
+[base]
+model = { channels = [16, 32], attention_resolutions = [16], conditional = true }
+train = { steps = STEPS, batch_size = 8, log_every_steps = 2, sample_every_steps = 0, checkpoint_every_steps = 4, warmup_steps = 2 }
+[sample]
+n = 2
+steps = 3
+"""
+ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONUNBUFFERED": "1"}
+
+
+def spec_file(tmp: Path, body: str, steps: int = 8, dataset: Path | None = None) -> Path:
+    """TINY + body; top-level keys (dataset) go first, before any table."""
+    path = tmp / "sweep.toml"
+    top = f'dataset = "{dataset}"\n' if dataset else ""
+    path.write_text(top + TINY.replace("STEPS", str(steps)) + body)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory):
+    return colour_dataset(tmp_path_factory.mktemp("data") / "ds", n_train=24, n_test=6)
+
+
+@pytest.fixture(autouse=True)
+def own_cache(monkeypatch, tmp_path):
+    # Inception features of the real split are cached by content hash; keep them per test.
+    monkeypatch.setenv("DIFFSCAPE_CACHE", str(tmp_path / "cache"))
+
+
+# ---- the file format ---------------------------------------------------------------------------
+
+
+def test_grid_is_a_product_with_readable_safe_names(tmp_path):
+    spec = load_sweep(
+        spec_file(
+            tmp_path,
+            """
+[grid]
+model.activation = ["gelu", "relu"]
+"train.lr" = [1e-4, 2e-4]
+""",
+        )
+    )
+    runs = plan(spec)
+    assert [r.name for r in runs] == [
+        "activation=gelu_lr=0.0001",
+        "activation=gelu_lr=0.0002",
+        "activation=relu_lr=0.0001",
+        "activation=relu_lr=0.0002",
+    ]
+    assert runs[0].config.model.activation == "gelu" and runs[0].config.train.lr == 1e-4
+    assert runs[0].config.model.channels == (16, 32)  # [base] as nested tables
+    assert runs[0].changes == {"model.activation": "gelu", "train.lr": 1e-4}
+    assert all(r.sampling == "ddim-3-w1" for r in runs)
+
+
+def test_named_runs_and_sampling_variants(tmp_path):
+    spec = load_sweep(
+        spec_file(
+            tmp_path,
+            """
+[[runs]]
+name = "cosine T/500"
+diffusion = { schedule = "cosine", timesteps = 500 }
+[[runs]]
+"diffusion.timesteps" = 200
+[[sample.runs]]
+sampler = "ddpm"
+[[sample.runs]]
+sampler = "dpm"
+steps = 10
+""",
+        )
+    )
+    runs = plan(spec)
+    assert [(r.training, r.sampling) for r in runs] == [
+        ("cosine-T-500", "ddpm-w1"),
+        ("cosine-T-500", "dpm-10-w1"),
+        ("timesteps=200", "ddpm-w1"),
+        ("timesteps=200", "dpm-10-w1"),
+    ]
+    assert runs[0].name == "cosine-T-500/ddpm-w1"
+    # ancestral sampling takes every one of the model's T steps, whatever [sample] says
+    assert runs[0].sample.steps == 500 and runs[2].sample.steps == 200
+    assert runs[0].changes["sample.steps"] == 500
+
+
+def test_sampling_grid_names_rows_after_the_sampling(tmp_path):
+    spec = load_sweep(spec_file(tmp_path, "[sample.grid]\nguidance = [0, 2.5]\n"))
+    runs = plan(spec)
+    assert [r.name for r in runs] == ["ddim-3-w0", "ddim-3-w2.5"]
+    assert {r.training for r in runs} == {"model"}
+    assert runs[1].changes == {"sample.guidance": 2.5}
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("[grid]\nx = [1]\n[[runs]]\nname='a'\n", "either \\[grid\\] or \\[\\[runs\\]\\]"),
+        ("[grid]\nmodel.activation = 'gelu'\n", "must be a non-empty list"),
+        ("[grid]\nactivation = ['gelu']\n", "'activation' is not a setting"),
+        ("[evaluate]\nn = 1\n", "at least 2"),
+        ("[judge]\nkind = 'resnet'\n", "not one of cnn, svc"),
+        ("colour = 1\n", "unknown key colour"),
+        ("[grid]\n'train.lr' = [1e-4, 0.0001]\n", "share the name"),
+    ],
+)
+def test_bad_files_name_the_problem(tmp_path, body, message):
+    with pytest.raises(SweepError, match=message):
+        load_sweep(spec_file(tmp_path, body))
+
+
+def test_bad_values_and_lists_in_sample(tmp_path):
+    bad = tmp_path / "list.toml"
+    bad.write_text('preset = "tiny"\n[sample]\nguidance = [0, 1]\n')
+    with pytest.raises(SweepError, match=r"under \[sample.grid\]"):
+        load_sweep(bad)
+    spec = load_sweep(spec_file(tmp_path, "[grid]\nmodel.activation = ['gelu', 'tanh']\n"))
+    with pytest.raises(SweepError, match="activation=tanh: model.activation: 'tanh'"):
+        plan(spec)  # every config is checked before anything trains
+    with pytest.raises(SweepError, match="shipped sweeps: activation"):
+        load_sweep("no-such-sweep")
+    assert isinstance(SweepError("x"), ValueError) and not issubclass(SweepError, ConfigError)
+
+
+def test_shipped_sweeps_plan_and_cpu_variants_are_cpu_sized():
+    names = shipped_sweeps()
+    for study in ("schedule", "activation", "guidance", "sampler"):
+        assert study in names and f"{study}-cpu" in names
+    for name in names:
+        spec = load_sweep(name)
+        runs = plan(spec)
+        trainings = {r.training for r in runs}
+        if name.endswith("-cpu"):
+            assert spec.preset == "tiny"
+            assert all(r.config.train.steps <= 1500 for r in runs)
+            assert spec.evaluate.n is not None and spec.evaluate.n <= 250
+        if name.startswith(("guidance", "sampler")):
+            assert len(trainings) == 1  # one model, sampled several ways: no retraining
+    assert [r.sample.guidance for r in plan(load_sweep("guidance"))] == [0, 1, 2, 3, 5]
+    sampler = [(r.sample.sampler, r.sample.steps) for r in plan(load_sweep("sampler"))]
+    assert sampler == [("ddpm", 1000), ("ddim", 10), ("ddim", 20), ("ddim", 50)] + [
+        ("ddim", 100),
+        ("dpm", 10),
+        ("dpm", 20),
+        ("dpm", 50),
+    ]
+    schedule = [r.config.diffusion for r in plan(load_sweep("schedule-cpu"))]
+    assert {(d.schedule, d.timesteps, d.rescale_linear) for d in schedule} == {
+        ("linear", 1000, True),
+        ("linear", 500, True),
+        ("linear", 500, False),
+        ("cosine", 1000, True),
+    }
+    acts = [r.config.model.activation for r in plan(load_sweep("activation"))]
+    assert acts == ["gelu", "relu", "silu"]
+
+
+def test_cli_list_and_dry_run(capsys):
+    assert main(["sweep", "--list"]) == 0
+    assert "schedule-cpu" in capsys.readouterr().out
+    assert main(["sweep", "sampler-cpu", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "8 run(s)" in out and "dpm-50-w1" in out
+
+
+# ---- real sweeps ---------------------------------------------------------------------------------
+
+
+def _spy_on_train(monkeypatch) -> list[Path]:
+    calls: list[Path] = []
+    real = diffscape.train.train
+
+    def spy(cfg, dataset_dir, run_dir, **kw):
+        calls.append(Path(run_dir))
+        return real(cfg, dataset_dir, run_dir, **kw)
+
+    monkeypatch.setattr(diffscape.train, "train", spy)
+    return calls
+
+
+def test_killed_sweep_resumes_skips_finished_runs_and_reports(ds, tmp_path, monkeypatch, capfd):
+    body = """
+[grid]
+model.activation = ["silu", "relu"]
+[evaluate]
+n = 6
+floor = false
+[judge]
+kind = "svc"
+"""
+    spec = spec_file(tmp_path, body, steps=16, dataset=ds.root)
+    runs = tmp_path / "runs"
+    first = runs / "activation=silu" / "samples" / "ddim-3-w1" / "result.json"
+    second = runs / "activation=relu"
+    log = (tmp_path / "sweep.log").open("w")
+    env = {**ENV, "DIFFSCAPE_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "diffscape", "sweep", str(spec), "--out", str(runs), "--no-progress"],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    # Kill it for good (no chance to save) once the first run is finished and the second one
+    # has a checkpoint: mid-training, or at worst while it samples or is scored.
+    while not (first.is_file() and checkpoint.latest_checkpoint(second) is not None):
+        assert proc.poll() is None, (tmp_path / "sweep.log").read_text()
+        assert time.monotonic() < deadline, "the sweep did not get to its second run"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (second / "samples" / "ddim-3-w1" / "result.json").exists()
+    finished = first.stat().st_mtime_ns
+    calls = _spy_on_train(monkeypatch)
+
+    results = run_sweep(spec, runs, progress=False)
+
+    assert calls == [second]  # the finished run was neither trained nor touched
+    assert first.stat().st_mtime_ns == finished
+    assert [r["status"] for r in results] == ["ok", "ok"]
+    assert "activation=silu: finished before, skipped" in capfd.readouterr().err
+    steps = [json.loads(x)["step"] for x in (second / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(2, 17, 2))  # resumed: one log, as if never interrupted
+    r = results[1]
+    assert r["n_fake"] == 6 and r["fid"] > 0 and r["kid"]["mean"] is not None
+    assert 0 <= r["accuracy"] <= 1 and r["n_judged"] == 6
+    sweep_json = json.loads((runs / "sweep.json").read_text())
+    assert [x["name"] for x in sweep_json["runs"]] == ["activation=silu", "activation=relu"]
+
+    page = build_report(runs, tmp_path / "report.html")
+    text = page.read_text()
+    assert "model.activation=relu" in text and "model.activation=silu" in text
+    assert text.count('class="card ') == 2 and text.count("data:image/png;base64,") == 2
+    seen = check_page(page, tmp_path, screenshot=tmp_path / "report.png")
+    assert seen["images"] == 2 and seen["svgs"] == 2  # loss curves; FID against accuracy
+
+
+def test_failures_are_recorded_and_runs_go_one_per_gpu(ds, tmp_path, monkeypatch):
+    """Two "GPUs": each training runs in its own worker process with its CUDA_VISIBLE_DEVICES
+    (on a CPU machine the workers train on the CPU). One run cannot train (its image size does
+    not match the data); it is recorded as failed and the other finishes."""
+    body = """
+[[runs]]
+name = "ok"
+[[runs]]
+name = "wrong-size"
+model.image_size = 16
+[evaluate]
+enabled = false
+[judge]
+enabled = false
+"""
+    spec = spec_file(tmp_path, body, steps=4, dataset=ds.root)
+    runs = tmp_path / "runs"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    results = run_sweep(spec, runs, progress=False, gpus=2)
+    by_name = {r["name"]: r for r in results}
+    assert by_name["ok"]["status"] == "ok" and by_name["ok"]["steps"] == 4
+    bad = by_name["wrong-size"]
+    assert bad["status"] == "failed" and bad["stage"] == "train"
+    assert "model.image_size is 16" in bad["error"] and "Traceback" in bad["traceback"]
+    for name in ("ok", "wrong-size"):
+        assert "[sweep]" in (runs / name / "sweep.log").read_text()  # a log per worker
+    # a re-run retries only the failure (and fails the same way)
+    calls = _spy_on_train(monkeypatch)
+    again = run_sweep(spec, runs, progress=False, gpus=1)
+    assert calls == [runs / "wrong-size"] and again[1]["status"] == "failed"
+    text = build_report(runs, tmp_path / "r.html").read_text()
+    assert "failed" in text and "model.image_size is 16" in text
+
+
+def test_sampling_only_sweep_trains_once(ds, tmp_path, monkeypatch):
+    body = """
+[sample.grid]
+guidance = [0, 3]
+[evaluate]
+enabled = false
+[judge]
+kind = "svc"
+"""
+    spec = spec_file(tmp_path, body, steps=4)
+    calls = _spy_on_train(monkeypatch)
+    results = run_sweep(spec, tmp_path / "runs", data=ds.root, progress=False, gpus=1)
+    assert calls == [tmp_path / "runs" / "model"]
+    assert [(r["name"], r["status"]) for r in results] == [("ddim-3-w0", "ok"), ("ddim-3-w3", "ok")]
+    assert all(r["n_judged"] == 6 and "fid" not in r for r in results)
+    samples = json.loads((tmp_path / "runs/model/samples/ddim-3-w3/samples.json").read_text())
+    assert samples["guidance"] == 3 and samples["n"] == 6
+    text = build_report(tmp_path / "runs", tmp_path / "r.html").read_text()
+    assert 'id="plot-guidance"' in text  # accuracy against guidance
+    assert "needs FID for two or more step counts" in text  # said, not drawn
+    # settings changed since: the rows are redone (training is already complete)
+    spec.write_text(spec.read_text().replace("n = 2\n", "n = 1\n"))
+    results = run_sweep(spec, tmp_path / "runs", data=ds.root, progress=False, gpus=1)
+    assert all(r["n_judged"] == 3 for r in results)
+
+
+def test_without_a_dataset_the_default_synthetic_set_is_made(tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep_module, "DEFAULT_SYNTH_N", 20)
+    spec = load_sweep(spec_file(tmp_path, ""))
+    made = sweep_module.ensure_data(spec, None, tmp_path / "runs", progress=False)
+    assert made == (tmp_path / "runs" / "_data").resolve()
+    assert json.loads((made / "manifest.json").read_text())["classes"][0] == "Coast"
+    again = sweep_module.ensure_data(spec, None, tmp_path / "runs", progress=False)
+    assert again == made  # made once
