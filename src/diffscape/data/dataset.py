@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from diffscape.atomic import publish_dir
 from diffscape.errors import DiffscapeError
 
 FORMAT = "diffscape-dataset"
@@ -247,16 +248,7 @@ def write_manifest_and_publish(
     if extra:
         manifest.update(extra)
     (tmp_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    if out_dir.exists():
-        old = out_dir.with_name(out_dir.name + ".old")
-        if old.exists():
-            shutil.rmtree(old)
-        out_dir.rename(old)
-        tmp_dir.rename(out_dir)
-        shutil.rmtree(old)
-    else:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp_dir.rename(out_dir)
+    publish_dir(tmp_dir, out_dir)
     return load_dataset(out_dir)
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from sklearn.pipeline import Pipeline
 from sklearn.svm import SVC
 
+from diffscape.atomic import publish_dir
 from diffscape.errors import DiffscapeError
 from diffscape.judge.cnn import CNNConfig, SmallCNN, predict
 from diffscape.judge.data import check_images, resize_images
@@ -87,14 +87,7 @@ def publish(tmp: Path, out: Path) -> None:
     """Move a finished judge folder into place, replacing an old one only once this is complete."""
     if out.exists():
         check_out(out)
-        old = out.with_name(out.name + ".old")
-        if old.exists():
-            shutil.rmtree(old)
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(out)
+    publish_dir(tmp, out)
 
 
 def write_svc_judge(tmp: Path, model: SVC | Pipeline, info: dict[str, Any]) -> None:
