@@ -44,8 +44,10 @@ class DemoSettings:
     preset: str = "tiny"  # model preset (32 px)
     synth_images: int = 5000  # procedural landscapes to make (80% train, 20% test)
     samples_per_class: int = 40  # generated images per class
-    sampler: str = "ddim"  # sampler for the demo's samples
-    sampler_steps: int = 50  # its steps
+    # DPM-Solver++ at 20 steps: on the demo model FID 269 / KID 0.204 vs DDIM-50's 279 / 0.220 and
+    # DDPM-1000's 300 / 0.239 (bench/bench_samplers.py), same judge accuracy (98.5%), 2.5x faster.
+    sampler: str = "dpm"  # sampler for the demo's samples
+    sampler_steps: int = 20  # its steps
     guidance: float = 1.0  # classifier-free guidance scale (1 = plain conditional)
     eval_fake: int = 200  # generated images embedded for FID/KID
     eval_real: int = 200  # real test images embedded (the floor uses as many train images)
