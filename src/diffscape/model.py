@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from diffusers import UNet2DModel
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from torch import nn
 
 from diffscape.config import ModelConfig
@@ -62,7 +63,7 @@ def build_unet(cfg: ModelConfig) -> UNet2DModel:
         dropout=cfg.dropout,
         num_class_embeds=num_class_embeds(cfg),
     )
-    return apply_activation(unet, cfg.activation)
+    return cpu_fp32_attention(apply_activation(unet, cfg.activation))
 
 
 def apply_activation(module: nn.Module, name: str) -> nn.Module:
@@ -82,10 +83,50 @@ def apply_activation(module: nn.Module, name: str) -> nn.Module:
     return module
 
 
+class CpuAutocastFp32Attention(AttnProcessor2_0):
+    """diffusers' SDPA attention, run in fp32 while CPU autocast is on; unchanged elsewhere.
+
+    torch's CPU flash-attention kernel is about 5x slower in bf16 than in fp32 at this UNet's
+    shapes (64 tokens, 32-channel heads: 25.6 vs 5.0 ms fwd+bwd, one thread), about 7% of a bf16
+    training step of the small preset (bench/bench.py, docs/benchmarks.md). The projections
+    around it are small, so the whole block runs in fp32 (more exact too) and its output goes
+    back to the input's dtype, so the rest of the network sees what diffusers' processor gives.
+    On CUDA, bf16 SDPA is fast and this processor is diffusers' own.
+    """
+
+    # diffusers passes only the keyword arguments named in this signature: keep its names.
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        *args: object,
+        **kwargs: object,
+    ) -> torch.Tensor:
+        if hidden_states.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            with torch.autocast("cpu", enabled=False):
+                out = super().__call__(
+                    attn, hidden_states.float(), encoder_hidden_states, attention_mask, temb
+                )
+            return out.to(hidden_states.dtype)
+        return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+
+
+def cpu_fp32_attention(unet: nn.Module) -> nn.Module:
+    """Give every attention block :class:`CpuAutocastFp32Attention`, in place (not saved: a
+    diffusers folder loads with diffusers' default processor and computes the same thing)."""
+    for module in unet.modules():
+        if isinstance(module, Attention):
+            module.set_processor(CpuAutocastFp32Attention())
+    return unet
+
+
 def load_unet(path: str | Path, dtype: torch.dtype | None = None) -> UNet2DModel:
     """Load a saved UNet folder (diffusers format) and restore its activation everywhere."""
     unet = UNet2DModel.from_pretrained(str(path), torch_dtype=dtype)
-    return apply_activation(unet, unet.config.act_fn)
+    return cpu_fp32_attention(apply_activation(unet, unet.config.act_fn))
 
 
 def count_parameters(module: nn.Module) -> int:
