@@ -12,6 +12,7 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from fixtures_data import colour_dataset
 
 from diffscape import config
+from diffscape import train as train_module
 from diffscape.model import CpuAutocastFp32Attention, build_unet
 from diffscape.train import train
 
@@ -105,3 +106,10 @@ def test_compiled_training_step_matches_eager(ds, tmp_path, fp32_losses):
     train(config.resolve("tiny", [*TINY, "train.compile=true"]), ds.root, tmp_path / "c",
           progress=False)  # fmt: skip
     assert _losses(tmp_path / "c") == pytest.approx(fp32_losses, rel=1e-3)
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns(ds, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(train_module, "_cpu_has_bf16", lambda: False)
+    over = [*TINY, "train.steps=1", "train.precision=bf16"]
+    train(config.resolve("tiny", over), ds.root, tmp_path / "w", progress=False, cpu=True)
+    assert "set train.precision=fp32" in capsys.readouterr().err

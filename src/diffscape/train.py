@@ -220,6 +220,12 @@ def train(
             f"train.batch_size {t.batch_size} must be divisible by the {world} processes"
         )
     main = accelerator.is_main_process
+    if t.precision == "bf16" and accelerator.device.type == "cpu" and not _cpu_has_bf16() and main:
+        print(
+            "warning: train.precision=bf16 on a CPU without native bf16 (AVX512-BF16 or AMX) "
+            "is usually slower than fp32; set train.precision=fp32",
+            file=sys.stderr,
+        )
 
     ckpt = latest_checkpoint(run_dir)
     if ckpt is not None and resume is False:
@@ -471,6 +477,13 @@ def train(
         processes=world,
         main_process=main,
     )
+
+
+def _cpu_has_bf16() -> bool:
+    """Whether bf16 autocast pays on this CPU (measured 2-3x on AMX, docs/benchmarks.md); without
+    AVX512-BF16 or AMX, bf16 is emulated. torch.cpu's probes are private: unknown means yes."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: True)() for name in probes)
 
 
 def _num(x: torch.Tensor | float) -> float | None:
