@@ -185,15 +185,17 @@ def child_conv(spec: dict) -> dict:
     for run in variants.values():
         run()
     rates: dict[str, list[float]] = {k: [] for k in variants}
+    calls = spec.get("calls", 2)  # a GPU needs more calls per timing than a CPU
     for _ in range(spec.get("rounds", 7)):
         for k, run in variants.items():
             sync()
             t0 = time.perf_counter()
-            run()
-            run()
+            for _ in range(calls):
+                run()
             sync()
-            rates[k].append(2 * flops / (time.perf_counter() - t0) / 1e9)
+            rates[k].append(calls * flops / (time.perf_counter() - t0) / 1e9)
     return {
+        "batch": b,
         "flops_per_call": flops,
         "gflops": {k: statistics.median(v) for k, v in rates.items()},
         "gflops_max": {k: max(v) for k, v in rates.items()},
@@ -491,7 +493,9 @@ def plan(args: argparse.Namespace) -> tuple[list[tuple[str, dict]], list[tuple[s
     for p in sorted(used, key=lambda p: (PRESETS + (p,)).index(p)):
         once.append((f"flops/{p}", {"kind": "flops", "preset": p, "device": "cpu"}))
     if "conv" in parts:
-        rep.append(("conv", {"kind": "conv", "device": dev, "rounds": 7}))
+        # batch 64 fills two CPU cores; a GPU needs a bigger batch and more calls per timing
+        size = {"batch": 64, "calls": 2} if cpu else {"batch": 256, "calls": 20}
+        rep.append(("conv", {"kind": "conv", "device": dev, "rounds": 7, **size}))
     for p in args.presets if "train" in parts else ():
         big = p in BIG and cpu
         batch = args.big_batch if big else _cfg(p).train.batch_size
@@ -505,7 +509,7 @@ def plan(args: argparse.Namespace) -> tuple[list[tuple[str, dict]], list[tuple[s
         for w in (1.0, GUIDED):
             spec = {"kind": "sample", "preset": p, "device": dev, "guidance": w,
                     "batch": args.big_batch if big else args.sample_batch,
-                    "steps": 2, "windows": 2 if big else 3}  # fmt: skip
+                    "steps": args.sample_steps, "windows": 2 if big else 3}  # fmt: skip
             rep.append((f"sample/{p}/w={w:g}", spec))
     if "eval" in parts:
         spec = {"kind": "eval", "device": dev, "batch": args.eval_batch, "size": 32, "windows": 3}
@@ -528,7 +532,8 @@ def plan(args: argparse.Namespace) -> tuple[list[tuple[str, dict]], list[tuple[s
                         "threads_override": args.other_threads}  # fmt: skip
                 rep.append((f"study/{name} @ {args.other_threads} threads", spec))
         base = {"kind": "sample", "preset": p, "device": dev, "guidance": GUIDED,
-                "batch": args.sample_batch, "steps": 2, "windows": 3, "samplers": ["ddim"]}  # fmt: skip
+                "batch": args.sample_batch, "steps": args.sample_steps, "windows": 3,
+                "samplers": ["ddim"]}  # fmt: skip
         for name, extra in (
             ("sample: inference_mode, batched guidance", {}),
             ("sample: no_grad", {"mode": "no_grad"}),
@@ -570,7 +575,12 @@ def run_all(args: argparse.Namespace) -> dict[str, list[dict]]:
     once, rep = plan(args)
     results: dict[str, list[dict]] = {}
 
+    start = time.perf_counter()
+
     def go(key: str, spec: dict) -> None:
+        if args.budget and time.perf_counter() - start > args.budget:
+            print(f"  {key:60s} skipped: --budget {args.budget:g} s spent", file=sys.stderr)
+            return
         threads = spec.pop("threads_override", args.threads)
         t0 = time.perf_counter()
         rec = run_child(spec, threads)
@@ -617,7 +627,8 @@ def tabulate(results: dict[str, list[dict]], args: argparse.Namespace) -> tuple[
     ceiling = {}
     if "conv" in results:
         recs = [r for r in results["conv"] if "gflops" in r]
-        say("Conv ceiling: 3x3 conv 128->128 ch, 32x32, batch 64, fwd+bwd (GFLOP/s)")
+        batch = recs[0].get("batch", 64) if recs else 64
+        say(f"Conv ceiling: 3x3 conv 128->128 ch, 32x32, batch {batch}, fwd+bwd (GFLOP/s)")
         say(f"{'variant':12s}{'median':>9s}{'min-max':>15s}{'vs fp32 NCHW':>14s}")
         ref = _med([r["gflops"]["fp32 NCHW"] for r in recs])
         for k in recs[0]["gflops"] if recs else ():
@@ -638,7 +649,7 @@ def tabulate(results: dict[str, list[dict]], args: argparse.Namespace) -> tuple[
     if train_rows:
         say("Training (train.py's step: memmap data, flips, AdamW, EMA, NaN guard)")
         say(f"{'preset':8s}{'settings':15s}{'batch':>6s}{'img/s':>8s}{'min-max':>14s}{'x':>6s}"
-            f"{'GFLOP/s':>9s}{'%own':>6s}{'%bf16':>6s}{'RSS MiB':>9s}")  # fmt: skip
+            f"{'GFLOP/s':>9s}{'%own':>6s}{'%bf16':>6s}{_mem_label(args):>9s}")  # fmt: skip
         for key in train_rows:
             _, p, name = key.split("/")
             recs = [r for r in results[key] if "ips" in r]
@@ -646,7 +657,7 @@ def tabulate(results: dict[str, list[dict]], args: argparse.Namespace) -> tuple[
             ref = _agg([r for r in results.get(f"train/{p}/fp32 baseline", []) if "ips" in r])[0]
             gf = med * flops.get(p, {}).get("train_flops_per_image", math.nan) / 1e9
             spec_settings = FAST if name == "fast" else BASELINE
-            rss = _med([r["peak_rss_mib"] for r in recs])
+            rss = _mem(recs)
             say(f"{p:8s}{name:15s}{_batch(key, args):6d}"
                 f"{med:8.2f}{lo:7.2f}-{hi:<6.2f}{med / ref:6.2f}{gf:9.1f}"
                 f"{100 * gf / own_ceiling(spec_settings):6.0f}{100 * gf / top:6.0f}{rss:9.0f}")  # fmt: skip
@@ -660,7 +671,8 @@ def tabulate(results: dict[str, list[dict]], args: argparse.Namespace) -> tuple[
             "Sampling (sample.denoise, fp32, inference_mode; ddpm at T=1000 from its per-step cost)"
         )
         say(f"{'preset':8s}{'guidance':>9s}{'batch':>6s}{'s/step':>8s}"
-            f"{'ddpm img/s':>11s}{'ddim50':>8s}{'dpm20':>8s}{'GFLOP/s':>9s}{'%fp32':>6s}{'RSS':>6s}")  # fmt: skip
+            f"{'ddpm img/s':>11s}{'ddim50':>8s}{'dpm20':>8s}{'GFLOP/s':>9s}{'%fp32':>6s}"
+            f"{_mem_label(args)[:-4]:>6s}")  # fmt: skip
         for key in sample_rows:
             _, p, w = key.split("/")
             recs = [r for r in results[key] if "ddim" in r]
@@ -673,7 +685,7 @@ def tabulate(results: dict[str, list[dict]], args: argparse.Namespace) -> tuple[
             fwd = flops.get(p, {}).get("forward_flops_per_image", math.nan)
             forwards = 2 if w != "w=1" else 1
             gf = batch * forwards * fwd / sps / 1e9
-            rss = _med([r["peak_rss_mib"] for r in recs])
+            rss = _mem(recs)
             say(f"{p:8s}{w:>9s}{batch:6d}{sps:8.3f}{ips['ddpm']:11.3f}{ips['ddim']:8.2f}"
                 f"{ips['dpm']:8.2f}{gf:9.1f}{100 * gf / ceiling.get('fp32 NCHW', math.nan):6.0f}"
                 f"{rss:6.0f}")  # fmt: skip
@@ -686,7 +698,7 @@ def tabulate(results: dict[str, list[dict]], args: argparse.Namespace) -> tuple[
         gf = med * recs[0]["flops_per_image"] / 1e9 if recs else math.nan
         say(f"Evaluation: Inception features, batch {args.eval_batch}, 32 px -> 299 px: "
             f"{med:.2f} img/s ({lo:.2f}-{hi:.2f}), {gf:.0f} GFLOP/s, "
-            f"RSS {_med([r['peak_rss_mib'] for r in recs]):.0f} MiB")  # fmt: skip
+            f"{_mem_label(args)[:-4]} {_mem(recs):.0f} MiB")  # fmt: skip
         say("")
         summary["eval"] = {"ips": med, "min": lo, "max": hi, "gflops": gf}
     study = [k for k in results if k.startswith("study/")]
@@ -695,7 +707,7 @@ def tabulate(results: dict[str, list[dict]], args: argparse.Namespace) -> tuple[
         fl = flops.get(p, {}).get("train_flops_per_image", math.nan)
         say(f"Study: preset {p}, batch {_cfg(p).train.batch_size}, each row against the first")
         say(f"{'variant':46s}{'img/s':>7s}{'min-max':>13s}{'x':>6s}{'cpu img/s':>10s}{'x':>6s}"
-            f"{'GFLOP/s':>8s}{'%bf16':>6s}{'RSS':>6s}  note")  # fmt: skip
+            f"{'GFLOP/s':>8s}{'%bf16':>6s}{_mem_label(args)[:-4]:>6s}  note")  # fmt: skip
         ref_w = ref_c = ref_s = math.nan
         for key in study:
             name = key.split("/", 1)[1]
@@ -724,7 +736,7 @@ def tabulate(results: dict[str, list[dict]], args: argparse.Namespace) -> tuple[
                 note += f", compile+1st step {recs[0]['first_step_seconds']:.0f} s"
             say(f"{name:46s}{med:7.2f}{lo:6.2f}-{hi:<6.2f}{med / ref_w:6.2f}{cmed:10.2f}"
                 f"{cmed / ref_c:6.2f}{gf:8.1f}{100 * gf / top:6.0f}"
-                f"{_med([r['peak_rss_mib'] for r in recs]):6.0f}  {note}")  # fmt: skip
+                f"{_mem(recs):6.0f}  {note}")  # fmt: skip
             summary.setdefault("study", {})[name] = {
                 "ips": med, "min": lo, "max": hi, "ratio": med / ref_w, "cpu_ips": cmed,
                 "cpu_ratio": cmed / ref_c, "gflops": gf, "pct_bf16_ceiling": 100 * gf / top,
@@ -774,6 +786,15 @@ def tabulate(results: dict[str, list[dict]], args: argparse.Namespace) -> tuple[
     return "\n".join(lines), summary
 
 
+def _mem(recs: list[dict]) -> float:
+    """Peak memory of the measurement: the GPU's allocations on CUDA, else the process's RSS."""
+    return _med([r.get("peak_cuda_mib", r.get("peak_rss_mib", math.nan)) for r in recs])
+
+
+def _mem_label(args: argparse.Namespace) -> str:
+    return "GPU MiB" if args.device == "cuda" else "RSS MiB"
+
+
 def _batch(key: str, args: argparse.Namespace) -> int:
     p = key.split("/")[1]
     if key.startswith("sample/"):
@@ -795,6 +816,11 @@ def main() -> None:
     ap.add_argument("--big-batch", type=int, default=8, help="batch of base/base64 on a CPU")
     ap.add_argument("--sample-batch", type=int, default=32, help="sampling batch (guided: 2x)")
     ap.add_argument("--eval-batch", type=int, default=16)
+    ap.add_argument("--sample-steps", type=int, default=0,
+                    help="sampler steps per timing (0: 2 on a CPU, 10 on a GPU)")  # fmt: skip
+    ap.add_argument("--budget", type=float, default=0,
+                    help="seconds; measurements not started by then are skipped, and the table "
+                    "shows what was measured (0: no limit)")  # fmt: skip
     ap.add_argument("--study-preset", default="small")
     ap.add_argument("--study-rows", default="", help="only study rows naming one of these words")
     ap.add_argument("--no-compile", dest="compile", action="store_false",
@@ -806,6 +832,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(HERE / "results" / "bench.json"))
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    args.sample_steps = args.sample_steps or (2 if args.device == "cpu" else 10)
     if args.child:
         child_main(json.loads(args.child))
         return

@@ -1,24 +1,32 @@
 #!/usr/bin/env bash
-# The bench.py table on a CUDA device, in under 5 minutes: bf16 autocast, channels-last, fused
-# AdamW for every preset at its own batch, plus the baseline / fast / fast+torch.compile rows on
-# the `base` preset. Prints the device name first; writes bench/results/bench-gpu*.json.
+# The bench.py table on a CUDA device, in about 5 minutes: the conv ceiling, every preset's
+# training (fp32 baseline vs bf16 + channels-last), sampling and Inception throughput; then what
+# each setting buys on the `base` preset, fused AdamW and torch.compile included (compile time
+# shown). Prints the device name first; writes bench/results/bench-gpu*.json.
 #
-#     bash bench/gpu.sh
+#     bash bench/gpu.sh                  # PYTHON=python3 bash bench/gpu.sh to pick the interpreter
 #
-# Written without a GPU to try it on (the development machine has none): the first run on a GPU
-# is its test. Each part has its own timeout so that one slow part cannot eat the others' time.
-set -euo pipefail
+# Each part has a --budget (measurements not started by then are skipped, the table shows what
+# was measured) and a hard timeout, so one slow part cannot eat the others' time. torch.compile
+# runs in its own part: a long compile cannot cost the study's table.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 
-$PY -c 'import torch; assert torch.cuda.is_available(), "no CUDA device"; print("device:", torch.cuda.get_device_name(), "| torch", torch.__version__)'
-nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader || true
+$PY -c 'import torch; assert torch.cuda.is_available(), "no CUDA device"; print("device:", torch.cuda.get_device_name(), "| torch", torch.__version__)' || exit 1
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv,noheader || true
 
-# conv ceiling, every preset's training (fp32 vs fast), sampling, Inception: about 2.5 min
-timeout 170 $PY bench/bench.py --device cuda --repeats 1 --parts conv,train,sample,eval \
-    --steps 10 --sample-batch 256 --eval-batch 128 --out bench/results/bench-gpu.json "$@"
+echo "== part 1: conv ceiling, training, sampling, evaluation (every preset)"
+timeout 240 $PY bench/bench.py --device cuda --repeats 1 --parts conv,train,sample,eval \
+    --steps 10 --sample-batch 256 --eval-batch 128 --budget 150 \
+    --out bench/results/bench-gpu.json "$@"
 
-# what each setting buys on the GPU model, torch.compile included (its compile time is shown)
-timeout 120 $PY bench/bench.py --device cuda --repeats 1 --parts study --study-preset base \
-    --study-rows "baseline,bf16 + channels_last,fast" --steps 10 --sample-batch 256 \
-    --out bench/results/bench-gpu-study.json "$@"
+echo "== part 2: what each setting buys (preset base)"
+timeout 150 $PY bench/bench.py --device cuda --repeats 1 --parts study --study-preset base \
+    --study-rows "baseline,bf16 + channels_last,fused,fast:" --no-compile --steps 10 \
+    --sample-batch 256 --budget 90 --out bench/results/bench-gpu-study.json "$@"
+
+echo "== part 3: torch.compile against the same fast settings (preset base)"
+timeout 180 $PY bench/bench.py --device cuda --repeats 1 --parts study --study-preset base \
+    --study-rows "fast" --steps 10 --sample-batch 256 \
+    --out bench/results/bench-gpu-compile.json "$@"
