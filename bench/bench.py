@@ -67,7 +67,7 @@ FAST = {
     **BASELINE,
     "precision": "bf16",
     "channels_last": True,
-    "optimizer": "foreach",
+    "optimizer": "auto",  # as train.py: fused on CUDA, foreach on a CPU
     "ema": "foreach",
     "attention": "fp32",
 }
@@ -236,7 +236,10 @@ def child_train(spec: dict) -> dict:
     if spec["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     kw = {"loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **kw[spec["optimizer"]])
+    optimizer = spec["optimizer"]
+    if optimizer == "auto":
+        optimizer = "fused" if dev == "cuda" else "foreach"
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **kw[optimizer])
     net = torch.compile(model) if spec["compile"] else model
     gen = torch.Generator().manual_seed(0)
     alpha_bar = diffusion.alphas_cumprod(cfg.diffusion).to(dev)
@@ -437,7 +440,38 @@ def _loadavg() -> float:
         return float("nan")
 
 
-def run_child(spec: dict, threads: int) -> dict:
+def run_in_process(spec: dict) -> dict:
+    """One measurement in this process (``--in-process``): no start-up cost per measurement
+    (17-20 s each on the H100 machine, where it made bench/gpu.sh overrun its budget), at the price
+    of a shared allocator. GPU peak memory is reset per measurement; host RSS is not measurable
+    per measurement, so it is left out. Never used for rows that patch modules (guidance as two
+    forwards): they need their own process."""
+    import gc
+
+    import torch
+
+    if spec["device"] == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    load0 = _loadavg()
+    try:
+        out = CHILDREN[spec["kind"]](spec)
+    except Exception as e:  # noqa: BLE001 - reported in the table, the bench goes on
+        return {"error": f"{type(e).__name__}: {e}"}
+    finally:
+        if spec.get("compile"):
+            torch._dynamo.reset()
+        gc.collect()
+    if spec["device"] == "cuda":
+        out["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    out["load"] = [load0, _loadavg()]
+    out["threads"] = torch.get_num_threads()
+    return json.loads(json.dumps(out))  # the same types as a child's JSON line
+
+
+def run_child(spec: dict, threads: int, in_process: bool = False) -> dict:
+    if in_process and spec.get("guidance_batching") != "separate" and not threads:
+        return run_in_process(spec)
     env = dict(os.environ)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
@@ -583,7 +617,7 @@ def run_all(args: argparse.Namespace) -> dict[str, list[dict]]:
             return
         threads = spec.pop("threads_override", args.threads)
         t0 = time.perf_counter()
-        rec = run_child(spec, threads)
+        rec = run_child(spec, threads, args.in_process)
         rec["seconds"] = time.perf_counter() - t0
         results.setdefault(key, []).append(rec)
         what = rec.get("error", "").splitlines()[-1:] if "error" in rec else ""
@@ -829,10 +863,15 @@ def main() -> None:
     ap.add_argument("--quality-steps", type=int, default=150)
     ap.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "diffscape-bench-ds"))
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--in-process", choices=["auto", "yes", "no"], default="auto",
+                    help="run the measurements in this process instead of one subprocess each "
+                    "(auto: yes on cuda, where a subprocess costs ~20 s of start-up; no on a "
+                    "CPU, where a clean peak RSS per measurement matters)")  # fmt: skip
     ap.add_argument("--out", default=str(HERE / "results" / "bench.json"))
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.sample_steps = args.sample_steps or (2 if args.device == "cpu" else 10)
+    args.in_process = {"yes": True, "no": False}.get(args.in_process, args.device == "cuda")
     if args.child:
         child_main(json.loads(args.child))
         return

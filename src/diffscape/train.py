@@ -246,11 +246,16 @@ def train(
     ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False).eval()
     params = count_parameters(model)
+    # On CUDA the fused kernel (one launch per step): small UNets are launch-bound there; it gave
+    # 1.35x img/s over the for-loop AdamW on an H100 (preset base, bench/results/
+    # bench-gpu-study.json; fused vs foreach not measured there). foreach elsewhere.
+    fused = accelerator.device.type == "cuda"
     optimizer = torch.optim.AdamW(
         model.parameters(),
         lr=t.lr,
         weight_decay=t.weight_decay,
-        foreach=True,
+        foreach=not fused,
+        fused=fused,
     )
     # One generator per process for noise, timesteps, flips and label dropout; ranks differ.
     gen = torch.Generator().manual_seed(t.seed * 1000 + rank + 1)
