@@ -34,6 +34,7 @@ from diffscape.metrics.scores import (
     fid_from_features,
     inception_score_from_logits,
     kid_from_features,
+    kid_subset_size,
 )
 
 CLASSES = ["dark", "light"]
@@ -152,11 +153,25 @@ def test_kid_matches_torchmetrics_metric_given_the_same_random_state():
         mean, std = metric.compute()
     ours = kid_from_features(a, b, subsets=20, subset_size=30, seed=7, dtype=torch.float32)
     assert (ours.mean, ours.std) == pytest.approx((float(mean), float(std)), rel=1e-5)
-    # default subset size is min(1000, n); seeded, so repeatable, and the global RNG is untouched
+    # default subset size: half the smaller set when 1000 would take all of it; seeded, so
+    # repeatable, and the global RNG is untouched
     state = torch.get_rng_state()
     k1, k2 = kid_from_features(a, b, seed=3), kid_from_features(a, b, seed=3)
-    assert k1 == k2 and k1.subset_size == 50
+    assert k1 == k2 and k1.subset_size == 25
     assert torch.equal(state, torch.get_rng_state())
+
+
+def test_kid_std_is_not_zero_when_both_sets_are_small_and_equal():
+    # With subsets of all n images on both sides every subset gives the same MMD (std exactly 0),
+    # which a report would show as "± 0": the default size leaves room for sampling noise.
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn(40, 8, generator=g), torch.randn(40, 8, generator=g) + 0.5
+    whole = kid_from_features(a, b, subset_size=40, subsets=10)
+    assert whole.std == pytest.approx(0, abs=1e-12)
+    kid = kid_from_features(a, b, subsets=50)
+    assert kid.subset_size == 20 and kid.std > 0.01 * abs(kid.mean)
+    assert kid.mean == pytest.approx(whole.mean, rel=0.2)  # unbiased at either size
+    assert kid_subset_size(5000, 3000) == 1000 and kid_subset_size(1000, 4000) == 500
 
 
 def test_inception_score_of_confident_diverse_logits_is_number_of_classes():

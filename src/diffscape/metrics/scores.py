@@ -70,6 +70,16 @@ class KID:
         }
 
 
+def kid_subset_size(n_real: int, n_fake: int) -> int:
+    """torchmetrics' 1000 images per subset, shrunk for small sets. Where the subsets would hold
+    the whole of the smaller set, every subset of it is the same and the std over subsets says
+    nothing of that side's sampling noise (with n_real == n_fake it is exactly 0), so take half
+    of it instead. KID's mean is unbiased at any subset size."""
+    n = min(n_real, n_fake)
+    size = min(KID_MAX_SUBSET_SIZE, n)
+    return max(2, n // 2) if size == n else size
+
+
 def kid_from_features(
     real: np.ndarray | torch.Tensor,
     fake: np.ndarray | torch.Tensor,
@@ -80,7 +90,7 @@ def kid_from_features(
     dtype: torch.dtype = torch.float64,
 ) -> KID:
     """Kernel Inception Distance (Bińkowski et al. 2018): unbiased MMD² with the cubic polynomial
-    kernel, mean ± std over random subsets of ``subset_size`` (default ``min(1000, n)``).
+    kernel, mean ± std over random subsets of ``subset_size`` (default :func:`kid_subset_size`).
 
     Draws the same permutations as torchmetrics' ``KernelInceptionDistance.compute`` (one
     ``randperm`` of the real set, then one of the fake set, per subset) but from ``seed`` rather
@@ -90,7 +100,7 @@ def kid_from_features(
     """
     f_real, f_fake = _as_tensor(real).to(dtype), _as_tensor(fake).to(dtype)
     n_real, n_fake = f_real.shape[0], f_fake.shape[0]
-    size = min(KID_MAX_SUBSET_SIZE, n_real, n_fake) if subset_size is None else subset_size
+    size = kid_subset_size(n_real, n_fake) if subset_size is None else subset_size
     if size < 2 or size > min(n_real, n_fake):
         raise ValueError(f"KID subset size {size} needs 2 <= size <= n ({n_real}, {n_fake})")
     g = _generator(seed)
