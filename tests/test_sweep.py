@@ -329,7 +329,7 @@ kind = "svc"
 
 
 def test_without_a_dataset_the_default_synthetic_set_is_made(tmp_path, monkeypatch):
-    monkeypatch.setattr(sweep_module, "DEFAULT_SYNTH_N", 20)
+    monkeypatch.setattr(sweep_module.runner, "DEFAULT_SYNTH_N", 20)
     spec = load_sweep(spec_file(tmp_path, ""))
     made = sweep_module.ensure_data(spec, None, tmp_path / "runs", progress=False)
     assert made == (tmp_path / "runs" / "_data").resolve()

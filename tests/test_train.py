@@ -301,3 +301,30 @@ def test_cpu_bf16_autocast_trains_close_to_fp32(ds, tmp_path):
         if torch.cuda.is_available():
             pytest.skip("fp16 is allowed on a GPU")
         train(cfg("train.steps=1", "train.precision=fp16"), ds.root, tmp_path / "h", progress=False)
+
+
+_RSS_WRAPPER = """\
+import resource, runpy, sys
+sys.argv = ["diffscape", *sys.argv[1:]]
+try:
+    runpy.run_module("diffscape", run_name="__main__")
+finally:
+    print("MAXRSS_KIB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+"""
+
+
+def test_peak_memory_does_not_grow_with_the_dataset(tmp_path):
+    # 64 vs 40,000 training images (123 MB of pixels): the loop reads the memory-mapped arrays
+    # per batch, so the bigger set must not cost anything like its size in peak RSS.
+    def peak_rss_mib(n_train: int) -> float:
+        ds = colour_dataset(tmp_path / f"ds{n_train}", n_train=n_train, n_test=8)
+        cmd = _train_cmd(ds.root, tmp_path / f"run{n_train}", "train.steps=20")
+        cmd[1:3] = ["-c", _RSS_WRAPPER]  # python -c WRAPPER train ... instead of -m diffscape
+        done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        line = next(x for x in done.stderr.splitlines() if x.startswith("MAXRSS_KIB"))
+        return int(line.split()[1]) / 1024
+
+    small, big = peak_rss_mib(64), peak_rss_mib(40_000)
+    data_mib = 40_000 * 3 * 32 * 32 / 2**20
+    assert big - small < 0.15 * data_mib, (small, big, data_mib)  # < 18 MiB of 117 MiB

@@ -37,7 +37,7 @@ A sweep file (TOML):
   n = 250
   [judge]                               # kind = "cnn" | "svc", or path = "judges/x"
   kind = "svc"
-The full format is in the docstring of diffscape/sweep.py.
+The full format is in the docstring of diffscape/sweep/__init__.py (`python -c "import diffscape.sweep; help(diffscape.sweep)"`).
 """
 
 REPORT_EPILOG = """\

@@ -1,0 +1,153 @@
+"""Hyperparameter studies: a sweep file -> one folder per training run, each trained, sampled,
+evaluated (FID/KID) and judged (per-class accuracy); then ``diffscape report`` reads them all.
+
+A sweep file (TOML; shipped ones in ``diffscape/sweeps/``, by name)::
+
+    name = "schedule"                 # optional, for the report's title
+    description = "..."               # optional, shown in the report
+    preset = "tiny"                   # the preset every run starts from
+    dataset = "data/synth"            # optional, relative to this file; --data wins; neither:
+                                      #   the default synthetic set is made in RUNS/_data
+    [base]                            # overrides for every run: dotted keys or nested tables
+    model.conditional = true
+    train = { steps = 1500, batch_size = 32 }
+
+    [grid]                            # EITHER a cartesian product of training settings ...
+    "model.activation" = ["gelu", "relu", "silu"]
+
+    [[runs]]                          # ... OR named runs, each with its overrides
+    name = "cosine"
+    diffusion = { schedule = "cosine" }
+
+    [sample]                          # how every model is sampled
+    n = 50                            # images per class (in total for unconditional models)
+    sampler = "ddim"                  # ddpm | ddim | dpm
+    steps = 50                        # sampler steps (ddpm always takes all T)
+    guidance = 1.0                    # classifier-free guidance weight w
+    [sample.grid]                     # sampling-only variation, on the same trained model(s):
+    guidance = [0, 1, 2, 3, 5]        #   a cartesian product ...
+    # [[sample.runs]]                 #   ... or a list of settings, e.g. {sampler="ddpm"}
+
+    [evaluate]                        # FID/KID against a real split (enabled = false: skip)
+    n = 250                           # generated images used (default: all of them)
+    n_real = 250                      # real images (default: n)
+    [judge]                           # kind = "cnn" | "svc", trained once into RUNS/_judge,
+    kind = "svc"                      #   or path = "judges/x"; enabled = false: skip
+
+Output folder::
+
+    RUNS/sweep.json                   the sweep as planned (the report's base config, run list)
+    RUNS/_data/  RUNS/_judge/         shared: default dataset, judge (made once)
+    RUNS/_floor/metrics.json          real vs real: the held-out test split against the same
+                                      reference split, the best FID/KID these n allow
+    RUNS/<run>/                       a training run (config.json, metrics.jsonl, checkpoints/)
+    RUNS/<run>/samples/<variant>/     one sampling of it: <class>/<i>.png, grid.png,
+                                      samples.json, metrics.json, accuracy.json, result.json
+
+``result.json`` is written last, so a re-run skips what is finished (status ok, same settings),
+retries what failed, and resumes interrupted training (``train`` continues from its latest
+checkpoint). A failure (in training, sampling, evaluation or judging) is recorded in
+result.json with its traceback and the sweep goes on with the next run.
+
+Runs go one after another on one device. With several GPUs visible, each training run (with its
+samplings) goes to a subprocess of its own, one per GPU (``CUDA_VISIBLE_DEVICES``).
+"""
+
+# The package's API in one namespace: `from diffscape import sweep; sweep.run_sweep(...)`.
+from diffscape.sweep.plan import (  # noqa: E402
+    PlannedRun,
+    base_config,
+    describe_plan,
+    plan,
+    resolve_config,
+)
+from diffscape.sweep.runner import (  # noqa: E402
+    DATA_DIR,
+    DEFAULT_SYNTH_N,
+    FLOOR_DIR,
+    JUDGE_DIR,
+    RESULT_JSON,
+    SWEEP_JSON,
+    ensure_data,
+    ensure_floor,
+    ensure_judge,
+    evaluate_run,
+    is_finished,
+    log,
+    read_result,
+    record_failure,
+    run_parallel,
+    run_sweep,
+    run_training,
+    sweep_record,
+    write_json_atomic,
+)
+from diffscape.sweep.spec import (  # noqa: E402
+    BASE_RUN_NAME,
+    TOP_KEYS,
+    EvaluateSettings,
+    JudgeSettings,
+    SampleSettings,
+    SweepError,
+    SweepSpec,
+    Variant,
+    changes_name,
+    check_sample,
+    flatten_overrides,
+    grid_variants,
+    listed_runs,
+    load_sweep,
+    parse_sweep,
+    safe_name,
+    sampling_name,
+    sampling_variants,
+    settings,
+    shipped_sweeps,
+)
+
+__all__ = [
+    "BASE_RUN_NAME",
+    "DATA_DIR",
+    "DEFAULT_SYNTH_N",
+    "EvaluateSettings",
+    "FLOOR_DIR",
+    "JUDGE_DIR",
+    "JudgeSettings",
+    "PlannedRun",
+    "RESULT_JSON",
+    "SWEEP_JSON",
+    "SampleSettings",
+    "SweepError",
+    "SweepSpec",
+    "TOP_KEYS",
+    "Variant",
+    "base_config",
+    "changes_name",
+    "check_sample",
+    "describe_plan",
+    "ensure_data",
+    "ensure_floor",
+    "ensure_judge",
+    "evaluate_run",
+    "flatten_overrides",
+    "grid_variants",
+    "is_finished",
+    "listed_runs",
+    "load_sweep",
+    "log",
+    "parse_sweep",
+    "plan",
+    "read_result",
+    "record_failure",
+    "resolve_config",
+    "run_parallel",
+    "run_sweep",
+    "run_training",
+    "safe_name",
+    "sampling_name",
+    "sampling_variants",
+    "settings",
+    "shipped_sweeps",
+    "sweep_record",
+    "write_json_atomic",
+]

@@ -1,0 +1,370 @@
+"""The sweep file: parsing and checking a TOML study into a :class:`SweepSpec` (format in
+``diffscape.sweep``'s docstring)."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import os
+import re
+import tomllib
+import typing
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from diffscape.config import SECTIONS
+from diffscape.errors import DiffscapeError
+
+BASE_RUN_NAME = "model"  # the one training run of a sweep without [grid] or [[runs]]
+
+
+class SweepError(DiffscapeError, ValueError):
+    """A bad sweep file; the message names the table and key."""
+
+
+# ---- the sweep file ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SampleSettings:
+    n: int = 50  # images per class (per_class for conditional models; in total otherwise)
+    sampler: Literal["ddpm", "ddim", "dpm"] = "ddim"  # diffusers scheduler
+    steps: int = 50  # sampler steps; ddpm ignores it and takes all T
+    guidance: float = 1.0  # classifier-free guidance w: 0 uncond, 1 cond, >1 guided
+    eta: float = 0.0  # DDIM noise (0 = deterministic)
+    seed: int = 0  # image i of class c depends only on (seed, c, i)
+
+
+@dataclass(frozen=True)
+class EvaluateSettings:
+    enabled: bool = True  # FID/KID of every sampling (Inception: a few images/s on a CPU)
+    n: int | None = None  # generated images used; None: all that were made
+    n_real: int | None = None  # real images; None: same as n (the whole split when n is None)
+    split: str = "train"  # the real split generated images are compared with
+    floor: bool = True  # also score the test split against it once: the real-vs-real floor
+
+
+@dataclass(frozen=True)
+class JudgeSettings:
+    enabled: bool = True  # per-class accuracy of conditional samples
+    kind: Literal["cnn", "svc"] = "cnn"  # judge trained once per sweep into RUNS/_judge
+    path: str | None = None  # an already trained judge folder instead (relative to the file)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One training run or one sampling of the sweep: a name and what it changes."""
+
+    name: str
+    changes: dict[str, Any]  # dotted training overrides, or sample settings
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    name: str
+    description: str
+    preset: str
+    dataset: str | None  # absolute, or None: --data or the default synthetic set
+    base: dict[str, Any]  # dotted overrides applied to every run
+    trainings: tuple[Variant, ...]
+    samplings: tuple[Variant, ...]  # changes over ``sample``
+    sample: SampleSettings
+    evaluate: EvaluateSettings
+    judge: JudgeSettings
+    source: str  # where the spec was read from
+    raw: dict[str, Any] = field(repr=False, default_factory=dict)  # as read, paths absolute
+
+
+TOP_KEYS = (
+    "name", "description", "preset", "dataset", "base", "grid", "runs", "sample", "evaluate",
+    "judge",
+)  # fmt: skip
+
+
+def shipped_sweeps() -> dict[str, str]:
+    """{name: description} of the sweep files that come with diffscape."""
+    folder = resources.files("diffscape") / "sweeps"
+    out = {}
+    for p in sorted(folder.iterdir(), key=lambda p: p.name):
+        if p.name.endswith(".toml"):
+            data = tomllib.loads(p.read_text())
+            out[p.name.removesuffix(".toml")] = str(data.get("description", "")).strip()
+    return out
+
+
+def load_sweep(source: str | os.PathLike[str] | dict[str, Any]) -> SweepSpec:
+    """A sweep from a TOML file, a shipped name (``schedule-cpu``), the ``sweep.json`` a sweep
+    wrote, or plain data as the TOML would parse (paths relative to the current folder)."""
+    if isinstance(source, dict):
+        return parse_sweep(source, "<dict>", Path.cwd())
+    path = Path(source)
+    if path.is_file():
+        text = path.read_text()
+        if path.suffix == ".json":
+            return parse_sweep(json.loads(text)["spec"], str(path), path.parent)
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise SweepError(f"{path}: not valid TOML: {e}") from None
+        return parse_sweep(data, str(path), path.parent)
+    shipped = resources.files("diffscape") / "sweeps" / f"{source}.toml"
+    if shipped.is_file():
+        return parse_sweep(tomllib.loads(shipped.read_text()), f"shipped:{source}", Path.cwd())
+    raise SweepError(
+        f"no sweep file {source!r}; give a path to a .toml file or one of the shipped sweeps: "
+        f"{', '.join(shipped_sweeps())}"
+    )
+
+
+def parse_sweep(data: dict[str, Any], source: str, root: Path) -> SweepSpec:
+    unknown = sorted(set(data) - set(TOP_KEYS))
+    if unknown:
+        raise SweepError(
+            f"{source}: unknown key {', '.join(unknown)}; known: {', '.join(TOP_KEYS)}"
+        )
+    if "grid" in data and "runs" in data:
+        raise SweepError(f"{source}: give either [grid] or [[runs]], not both")
+    raw = copy.deepcopy(data)
+    dataset = data.get("dataset")
+    if dataset is not None:
+        dataset = str((root / str(dataset)).resolve())
+        raw["dataset"] = dataset
+    base = flatten_overrides(_table(data, "base", source), f"{source} [base]")
+    if "grid" in data:
+        trainings = grid_variants(
+            flatten_overrides(_table(data, "grid", source), f"{source} [grid]"),
+            f"{source} [grid]",
+        )
+    elif "runs" in data:
+        trainings = listed_runs(data["runs"], source)
+    else:
+        trainings = (Variant(BASE_RUN_NAME, {}),)
+
+    sample_table = dict(_table(data, "sample", source))
+    sample_grid = _table(sample_table, "grid", f"{source} [sample]")
+    sample_runs = sample_table.pop("runs", None)
+    sample_table.pop("grid", None)
+    if sample_grid and sample_runs is not None:
+        raise SweepError(f"{source}: give either [sample.grid] or [[sample.runs]], not both")
+    sample = settings(SampleSettings, sample_table, f"{source} [sample]")
+    samplings = sampling_variants(sample, sample_grid, sample_runs, f"{source} [sample]")
+
+    judge_table = dict(_table(data, "judge", source))
+    if judge_table.get("path") is not None:
+        judge_table["path"] = str((root / str(judge_table["path"])).resolve())
+        raw.setdefault("judge", {})["path"] = judge_table["path"]
+    spec = SweepSpec(
+        name=str(data.get("name") or Path(source).stem.removeprefix("shipped:")),
+        description=str(data.get("description", "")).strip(),
+        preset=str(data.get("preset", "tiny")),
+        dataset=dataset,
+        base=base,
+        trainings=trainings,
+        samplings=samplings,
+        sample=sample,
+        evaluate=settings(
+            EvaluateSettings, _table(data, "evaluate", source), f"{source} [evaluate]"
+        ),
+        judge=settings(JudgeSettings, judge_table, f"{source} [judge]"),
+        source=source,
+        raw=raw,
+    )
+    return spec
+
+
+def _table(data: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise SweepError(f"{where}: {key} must be a table, e.g. [{key}]")
+    return value
+
+
+def flatten_overrides(table: dict[str, Any], where: str) -> dict[str, Any]:
+    """Nested tables and dotted keys alike -> {"section.name": value}, checked against the
+    config's sections (the values are checked when the run's config is resolved)."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            out[prefix] = value
+
+    walk("", table)
+    for key in out:
+        section, _, name = key.partition(".")
+        if section not in SECTIONS or not name or "." in name:
+            raise SweepError(
+                f"{where}: {key!r} is not a setting; use section.name with a section of "
+                f"{', '.join(SECTIONS)} (e.g. train.lr)"
+            )
+    return out
+
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return "-".join(_value_text(v) for v in value)
+    if isinstance(value, float):
+        return format(value, "g")
+    return str(value)
+
+
+def safe_name(text: str) -> str:
+    """Letters, digits and ``._=-`` only, so that a name is a folder on any system."""
+    name = re.sub(r"[^A-Za-z0-9._=-]+", "-", text).strip("-.")
+    return name or "run"
+
+
+def changes_name(changes: dict[str, Any]) -> str:
+    """``{"model.activation": "gelu", "train.lr": 1e-4}`` -> ``activation=gelu_lr=0.0001``;
+    the section is kept only where two keys share a name."""
+    if not changes:
+        return "base"
+    short = [k.partition(".")[2] for k in changes]
+    parts = [
+        f"{s if short.count(s) == 1 else k}={_value_text(v)}"
+        for (k, v), s in zip(changes.items(), short, strict=True)
+    ]
+    return safe_name("_".join(parts))
+
+
+def _unique(variants: list[Variant], where: str) -> tuple[Variant, ...]:
+    names = [v.name for v in variants]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise SweepError(f"{where}: two runs would share the name {', '.join(dupes)}; name them")
+    return tuple(variants)
+
+
+def grid_variants(axes: dict[str, Any], where: str) -> tuple[Variant, ...]:
+    """The cartesian product of the axes, in the order they are written."""
+    for key, values in axes.items():
+        if not isinstance(values, list) or not values:
+            raise SweepError(f"{where}: {key} must be a non-empty list of values")
+    combos = [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
+    return _unique([Variant(changes_name(c), c) for c in combos], where)
+
+
+def listed_runs(runs: Any, source: str) -> tuple[Variant, ...]:
+    if not isinstance(runs, list) or not runs:
+        raise SweepError(f"{source}: [[runs]] must be a list of tables")
+    out = []
+    for i, entry in enumerate(runs):
+        where = f"{source} [[runs]] #{i + 1}"
+        if not isinstance(entry, dict):
+            raise SweepError(f"{where}: each run must be a table")
+        entry = dict(entry)
+        name = entry.pop("name", None)
+        changes = flatten_overrides(entry, where)
+        out.append(Variant(safe_name(str(name)) if name else changes_name(changes), changes))
+    return _unique(out, f"{source} [[runs]]")
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """A TOML value -> the field's type (int/float/str/bool/Literal/optional), or raise."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is Literal:
+        if value not in args:
+            raise SweepError(f"{where}: {value!r} is not one of {', '.join(map(str, args))}")
+        return value
+    if type(None) in args:  # X | None
+        if value is None:
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+    if hint is bool and isinstance(value, bool):
+        return value
+    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if hint is str and isinstance(value, str):
+        return value
+    raise SweepError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def settings(cls: type, table: dict[str, Any], where: str) -> Any:
+    """A settings dataclass from a TOML table; unknown keys and wrong types name the key."""
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(table) - set(hints))
+    if unknown:
+        raise SweepError(f"{where}: unknown key {', '.join(unknown)}; known: {', '.join(hints)}")
+    for key, value in table.items():
+        if isinstance(value, list) and cls is SampleSettings:
+            raise SweepError(
+                f"{where}: {key} is a list; to vary it put it under [sample.grid], "
+                f"e.g. [sample.grid] {key} = {value}"
+            )
+    values = {k: _coerce(v, hints[k], f"{where} {k}") for k, v in table.items()}
+    out = cls(**values)
+    if isinstance(out, SampleSettings):
+        check_sample(out, where)
+    if isinstance(out, EvaluateSettings):
+        for name in ("n", "n_real"):
+            v = getattr(out, name)
+            if v is not None and v < 2:
+                raise SweepError(f"{where} {name}: FID/KID need at least 2 images")
+    return out
+
+
+def check_sample(s: SampleSettings, where: str) -> None:
+    if s.n < 1:
+        raise SweepError(f"{where} n: at least 1 image per class")
+    if s.steps < 1:
+        raise SweepError(f"{where} steps: at least 1 sampler step")
+    if s.guidance < 0:
+        raise SweepError(f"{where} guidance: must be >= 0")
+
+
+def sampling_name(s: SampleSettings, extra: Iterable[str] = ()) -> str:
+    """``ddim-50-w1``: sampler, steps (ddpm takes all T), guidance, then anything else set."""
+    parts = [s.sampler] + ([] if s.sampler == "ddpm" else [str(s.steps)])
+    parts.append(f"w{s.guidance:g}")
+    for key in extra:
+        parts.append(f"{key}{_value_text(getattr(s, key))}")
+    return safe_name("-".join(parts))
+
+
+def sampling_variants(
+    sample: SampleSettings, grid: dict[str, Any], runs: Any, where: str
+) -> tuple[Variant, ...]:
+    """The samplings of every trained model: one (``[sample]`` as is), a grid over it, or a list
+    of changes to it. A variant's changes are the sample settings that differ between them."""
+    known = [f.name for f in fields(SampleSettings)]
+    if grid:
+        for key, values in grid.items():
+            if key not in known:
+                raise SweepError(f"{where}.grid: unknown key {key}; known: {', '.join(known)}")
+            if not isinstance(values, list) or not values:
+                raise SweepError(f"{where}.grid: {key} must be a non-empty list")
+        changes = [dict(zip(grid, vs, strict=True)) for vs in itertools.product(*grid.values())]
+    elif runs is not None:
+        if not isinstance(runs, list) or not runs:
+            raise SweepError(f"{where}: [[sample.runs]] must be a list of tables")
+        if not all(isinstance(r, dict) for r in runs):
+            raise SweepError(f"{where}: each [[sample.runs]] entry must be a table")
+        changes = [dict(r) for r in runs]
+    else:
+        changes = [{}]
+    made = []
+    for i, c in enumerate(changes):
+        s = settings(SampleSettings, {**asdict(sample), **c}, f"{where} variant #{i + 1}")
+        made.append(s)
+    # Name by the standard triple plus whatever else differs between the variants.
+    varying = [k for k in ("eta", "seed", "n") if len({getattr(s, k) for s in made}) > 1]
+    varying += [k for k in ("eta", "seed") if k not in varying and getattr(made[0], k)]
+    out = [
+        Variant(sampling_name(s, varying), {k: getattr(s, k) for k in _varying_keys(made)})
+        for s in made
+    ]
+    return _unique(out, f"{where} (samplings)")
+
+
+def _varying_keys(made: list[SampleSettings]) -> list[str]:
+    return [f.name for f in fields(SampleSettings) if len({getattr(s, f.name) for s in made}) > 1]
