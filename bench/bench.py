@@ -580,8 +580,9 @@ def plan(args: argparse.Namespace) -> tuple[list[tuple[str, dict]], list[tuple[s
                 rep.append((f"study/{name}", {**base, **extra}))
     if parts & {"e2e", "quality"}:
         ds = _synth_dataset(args)
-        old = ["train.log_every_steps=5", "train.sample_every_steps=0", "train.warmup_steps=10"]
-        new = [*old, "train.precision=bf16", "train.channels_last=true"]
+        common = ["train.log_every_steps=5", "train.sample_every_steps=0", "train.warmup_steps=10"]
+        old = [*common, "train.precision=fp32", "train.channels_last=false"]
+        new = [*common, "train.precision=bf16", "train.channels_last=true"]
         if "e2e" in parts:
             for name, ov in (("small, fp32 (old preset)", old), ("small, new preset", new)):
                 spec = {"kind": "e2e", "device": dev, "dataset": ds,
@@ -620,6 +621,11 @@ def run_all(args: argparse.Namespace) -> dict[str, list[dict]]:
         rec = run_child(spec, threads, args.in_process)
         rec["seconds"] = time.perf_counter() - t0
         results.setdefault(key, []).append(rec)
+        # every measurement on disk as it comes, so that nothing measured is lost if the run is
+        # cut short: `--retabulate OUT.partial.json` prints the table from it
+        partial = Path(args.out).with_suffix(".partial.json")
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps({"args": vars(args), "raw": results}, default=str) + "\n")
         what = rec.get("error", "").splitlines()[-1:] if "error" in rec else ""
         speed = rec.get("ips", "")
         speed = f"{speed:.2f} img/s" if isinstance(speed, float) else ""
@@ -868,12 +874,22 @@ def main() -> None:
                     "(auto: yes on cuda, where a subprocess costs ~20 s of start-up; no on a "
                     "CPU, where a clean peak RSS per measurement matters)")  # fmt: skip
     ap.add_argument("--out", default=str(HERE / "results" / "bench.json"))
+    ap.add_argument("--retabulate", metavar="JSON",
+                    help="print the table of a saved run (its .json or .partial.json) and exit")  # fmt: skip
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.sample_steps = args.sample_steps or (2 if args.device == "cpu" else 10)
     args.in_process = {"yes": True, "no": False}.get(args.in_process, args.device == "cuda")
     if args.child:
         child_main(json.loads(args.child))
+        return
+
+    if args.retabulate:
+        saved = json.loads(Path(args.retabulate).read_text())
+        for key, value in saved["args"].items():
+            if key not in ("retabulate", "out"):
+                setattr(args, key, value)
+        print(tabulate(saved["raw"], args)[0])
         return
 
     t0 = time.perf_counter()
@@ -893,6 +909,7 @@ def main() -> None:
     record = {"machine": info, "args": vars(args), "command": " ".join(sys.argv),
               "summary": summary, "table": header + "\n" + table, "raw": results}  # fmt: skip
     out.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    out.with_suffix(".partial.json").unlink(missing_ok=True)
     print(f"wrote {out}")
 
 

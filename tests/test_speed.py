@@ -109,7 +109,27 @@ def test_compiled_training_step_matches_eager(ds, tmp_path, fp32_losses):
 
 
 def test_bf16_on_a_cpu_without_native_bf16_warns(ds, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(train_module, "_cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(train_module, "cpu_has_bf16", lambda: False)
     over = [*TINY, "train.steps=1", "train.precision=bf16"]
     train(config.resolve("tiny", over), ds.root, tmp_path / "w", progress=False, cpu=True)
     assert "set train.precision=fp32" in capsys.readouterr().err
+
+
+def test_auto_precision_is_bf16_only_on_a_cpu_with_native_bf16():
+    from diffscape.train import resolve_precision
+
+    assert resolve_precision("auto", "cpu", True) == "bf16"
+    assert resolve_precision("auto", "cpu", False) == "fp32"  # emulated bf16 is slower
+    assert resolve_precision("auto", "cuda", True) == "fp32"  # measured faster at 32 px
+    for explicit in ("fp32", "bf16", "fp16"):
+        assert resolve_precision(explicit, "cpu", False) == explicit
+
+
+def test_auto_precision_trains_in_fp32_without_native_bf16(ds, tmp_path, monkeypatch, capsys,
+                                                           fp32_losses):  # fmt: skip
+    # Same losses as an fp32 run, bit for bit: "auto" fell back to fp32 on this (pretend) CPU.
+    monkeypatch.setattr(train_module, "cpu_has_bf16", lambda: False)
+    train(config.resolve("tiny", [*TINY, "train.precision=auto"]), ds.root, tmp_path / "a",
+          progress=False, cpu=True)  # fmt: skip
+    assert "precision: auto -> fp32 on cpu" in capsys.readouterr().err
+    assert _losses(tmp_path / "a") == fp32_losses

@@ -304,27 +304,42 @@ def test_cpu_bf16_autocast_trains_close_to_fp32(ds, tmp_path):
 
 
 _RSS_WRAPPER = """\
-import resource, runpy, sys
+import runpy, sys, threading, time
+def anon_mib():
+    for line in open("/proc/self/status"):
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) / 1024
+peak = [0.0]
+def watch():
+    while True:
+        peak[0] = max(peak[0], anon_mib())
+        time.sleep(0.02)
+threading.Thread(target=watch, daemon=True).start()
 sys.argv = ["diffscape", *sys.argv[1:]]
 try:
     runpy.run_module("diffscape", run_name="__main__")
 finally:
-    print("MAXRSS_KIB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+    peak[0] = max(peak[0], anon_mib())
+    print("PEAK_ANON_MIB", peak[0], file=sys.stderr)
 """
 
 
-def test_peak_memory_does_not_grow_with_the_dataset(tmp_path):
-    # 64 vs 40,000 training images (123 MB of pixels): the loop reads the memory-mapped arrays
-    # per batch, so the bigger set must not cost anything like its size in peak RSS.
-    def peak_rss_mib(n_train: int) -> float:
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs Linux /proc")
+def test_memory_does_not_grow_with_the_dataset(tmp_path):
+    # 64 vs 40,000 training images (117 MiB of pixels): the loop reads the memory-mapped arrays
+    # per batch, so the bigger set must not cost anything like its size. Measured as the peak of
+    # anonymous memory (RssAnon, sampled every 20 ms): the memmap's file-backed pages also show
+    # in RSS (the kernel maps whole page-cache folios, ~80 MiB over 20 steps here), but they are
+    # clean page cache that the kernel takes back under pressure, not memory the run holds.
+    def peak_anon_mib(n_train: int) -> float:
         ds = colour_dataset(tmp_path / f"ds{n_train}", n_train=n_train, n_test=8)
         cmd = _train_cmd(ds.root, tmp_path / f"run{n_train}", "train.steps=20")
         cmd[1:3] = ["-c", _RSS_WRAPPER]  # python -c WRAPPER train ... instead of -m diffscape
         done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
-        line = next(x for x in done.stderr.splitlines() if x.startswith("MAXRSS_KIB"))
-        return int(line.split()[1]) / 1024
+        line = next(x for x in done.stderr.splitlines() if x.startswith("PEAK_ANON_MIB"))
+        return float(line.split()[1])
 
-    small, big = peak_rss_mib(64), peak_rss_mib(40_000)
+    small, big = peak_anon_mib(64), peak_anon_mib(40_000)
     data_mib = 40_000 * 3 * 32 * 32 / 2**20
     assert big - small < 0.15 * data_mib, (small, big, data_mib)  # < 18 MiB of 117 MiB

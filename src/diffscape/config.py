@@ -22,7 +22,7 @@ from diffscape.errors import DiffscapeError
 Activation = Literal["silu", "relu", "gelu", "mish"]
 Schedule = Literal["linear", "cosine", "sigmoid"]
 Prediction = Literal["epsilon", "v_prediction"]
-Precision = Literal["fp32", "bf16", "fp16"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 
 class ConfigError(DiffscapeError, ValueError):
@@ -68,7 +68,9 @@ class TrainConfig:
     ema_warmup: bool = True  # decay min(ema_decay, (1+step)/(10+step)) early on
     label_dropout: float = 0.1  # per-sample chance to drop the class (conditional only)
     hflip: bool = True  # random horizontal flips, on the fly
-    precision: Precision = "fp32"  # autocast dtype; fp16 only on GPU (with loss scaling)
+    # autocast dtype; fp16 only on GPU (with loss scaling); auto: bf16 on a CPU with native bf16
+    # (AMX/AVX512-BF16; 1.6-2.1x here), else fp32 (incl. CUDA: faster at 32 px on an H100)
+    precision: Precision = "fp32"
     channels_last: bool = False  # NHWC memory format for convolutions
     compile: bool = False  # torch.compile the UNet
     seed: int = 0  # seeds weights, data order, noise and dropout

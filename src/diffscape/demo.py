@@ -94,7 +94,10 @@ def measure_train_speed(cfg: config.RunConfig, steps: int = 6) -> float:
     x = torch.randn(b, 3, m.image_size, m.image_size)
     t = torch.randint(0, cfg.diffusion.timesteps, (b,))
     y = torch.zeros(b, dtype=torch.long) if m.conditional else None
-    dtype = torch.bfloat16 if cfg.train.precision == "bf16" else None
+    from diffscape.train import cpu_has_bf16, resolve_precision
+
+    precision = resolve_precision(cfg.train.precision, "cpu", cpu_has_bf16())
+    dtype = torch.bfloat16 if precision == "bf16" else None
 
     def step() -> None:
         with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):

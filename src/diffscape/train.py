@@ -204,6 +204,8 @@ def train(
     t = cfg.train
     if t.precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("train.precision: fp16 needs a CUDA GPU; use bf16 or fp32 on a CPU")
+    on_cpu = bool(cpu) if cpu is not None else not torch.cuda.is_available()
+    precision = resolve_precision(t.precision, "cpu" if on_cpu else "cuda", cpu_has_bf16())
 
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         # Accelerate keeps one process-wide state and refuses a second Accelerator with other
@@ -211,8 +213,7 @@ def train(
         # (sweeps, notebooks), so forget the previous run's state first.
         AcceleratorState._reset_state(reset_partial_state=True)
     accelerator = Accelerator(
-        cpu=bool(cpu) if cpu is not None else not torch.cuda.is_available(),
-        mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[t.precision],
+        cpu=on_cpu, mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
     )
     world, rank = accelerator.num_processes, accelerator.process_index
     if t.batch_size % world:
@@ -220,7 +221,9 @@ def train(
             f"train.batch_size {t.batch_size} must be divisible by the {world} processes"
         )
     main = accelerator.is_main_process
-    if t.precision == "bf16" and accelerator.device.type == "cpu" and not _cpu_has_bf16() and main:
+    if t.precision == "auto" and main:
+        print(f"precision: auto -> {precision} on {accelerator.device.type}", file=sys.stderr)
+    if precision == "bf16" and accelerator.device.type == "cpu" and not cpu_has_bf16() and main:
         print(
             "warning: train.precision=bf16 on a CPU without native bf16 (AVX512-BF16 or AMX) "
             "is usually slower than fp32; set train.precision=fp32",
@@ -484,11 +487,25 @@ def train(
     )
 
 
-def _cpu_has_bf16() -> bool:
-    """Whether bf16 autocast pays on this CPU (measured 2-3x on AMX, docs/benchmarks.md); without
-    AVX512-BF16 or AMX, bf16 is emulated. torch.cpu's probes are private: unknown means yes."""
+def cpu_has_bf16() -> bool:
+    """Whether bf16 autocast pays on this CPU (1.6-2.1x for small/base/base64 on AMX,
+    docs/benchmarks.md); without AVX512-BF16 or AMX, bf16 is emulated and slower than fp32.
+    torch.cpu's probes are private: unknown means yes."""
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: True)() for name in probes)
+
+
+def resolve_precision(precision: str, device_type: str, native_cpu_bf16: bool) -> str:
+    """``train.precision`` -> the autocast dtype used ("fp32" | "bf16" | "fp16").
+
+    "auto" is bf16 on a CPU with native bf16 (AMX/AVX512-BF16: 1.6x for `small`, 1.8-2.1x for
+    `base`/`base64` on the development VM) and fp32 elsewhere: emulated bf16 is slower than fp32,
+    and on an H100 bf16 autocast measured 0.86-0.90x of fp32/TF32 for `small` and `base` at 32 px
+    (launch-bound: autocast adds cast kernels; docs/benchmarks.md). Set bf16 explicitly for big,
+    compute-bound GPU batches."""
+    if precision != "auto":
+        return precision
+    return "bf16" if device_type == "cpu" and native_cpu_bf16 else "fp32"
 
 
 def _num(x: torch.Tensor | float) -> float | None:
