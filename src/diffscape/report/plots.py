@@ -231,14 +231,9 @@ def fid_vs_accuracy(rows: list[Row], floor: dict[str, Any] | None) -> Plot:
     fig, (ax,) = _figure(height=3.8)
     xs = [100 * s["accuracy"] for _, s in pts]
     ys = [s["fid"] for _, s in pts]
-    dx, dy = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
-    placed: list[tuple[float, float]] = []
-    for i, (name, x, y) in enumerate(zip([n for n, _ in pts], xs, ys, strict=True)):
+    names = [n for n, _ in pts]
+    for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
         ax.scatter(x, y, color=PALETTE[i % len(PALETTE)], s=40, zorder=3)
-        # Points close together get their labels stacked instead of printed on each other.
-        near = sum(abs(x - px) < 0.08 * dx and abs(y - py) < 0.05 * dy for px, py in placed)
-        placed.append((x, y))
-        ax.annotate(name, (x, y), xytext=(5, 4 + 10 * near), textcoords="offset points", fontsize=8)
     _floor_lines(ax, floor, "fid")
     real = next((s["judge_real_accuracy"] for _, s in pts if s["judge_real_accuracy"]), None)
     if real is not None:
@@ -247,9 +242,18 @@ def fid_vs_accuracy(rows: list[Row], floor: dict[str, Any] | None) -> Plot:
     ax.set_ylabel("FID, lower is better")
     if floor or real is not None:
         ax.legend(fontsize=8, frameon=False)
-    low = min(100 * s["accuracy"] for _, s in pts)
-    ax.set_xlim(max(-4.0, math.floor(low / 10) * 10 - 5), 104)
+    low = min(xs)
+    ax.set_xlim(max(-4.0, math.floor(low / 10) * 10 - 5), 102)
     ax.margins(y=0.12)
+    # Labels are wide and short: a label is stacked above the earlier ones that it would overlap,
+    # judged in axis fractions (after the limits are known), not in data units.
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    placed: list[tuple[float, float]] = []
+    for name, x, y in zip(names, xs, ys, strict=True):
+        fx, fy = (x - x0) / (x1 - x0), (y - y0) / (y1 - y0)
+        near = sum(abs(fx - px) < 0.25 and abs(fy - py) < 0.06 for px, py in placed)
+        placed.append((fx, fy))
+        ax.annotate(name, (x, y), xytext=(5, 4 + 10 * near), textcoords="offset points", fontsize=8)
     return Plot("tradeoff", title, to_svg(fig, "tradeoff"), "best runs sit bottom right")
 
 
