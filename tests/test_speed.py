@@ -119,7 +119,7 @@ def test_auto_precision_is_bf16_only_on_a_cpu_with_native_bf16():
     from diffscape.train import resolve_precision
 
     assert resolve_precision("auto", "cpu", True) == "bf16"
-    assert resolve_precision("auto", "cpu", False) == "fp32"  # emulated bf16 is slower
+    assert resolve_precision("auto", "cpu", False) == "fp32"  # emulated bf16: expected slower
     assert resolve_precision("auto", "cuda", True) == "fp32"  # measured faster at 32 px
     for explicit in ("fp32", "bf16", "fp16"):
         assert resolve_precision(explicit, "cpu", False) == explicit

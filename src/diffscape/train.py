@@ -489,7 +489,8 @@ def train(
 
 def cpu_has_bf16() -> bool:
     """Whether bf16 autocast pays on this CPU (1.6-2.1x for small/base/base64 on AMX,
-    docs/benchmarks.md); without AVX512-BF16 or AMX, bf16 is emulated and slower than fp32.
+    docs/benchmarks.md); without AVX512-BF16 or AMX, bf16 is emulated in software (expected
+    slower than fp32; no such CPU was at hand to measure).
     torch.cpu's probes are private: unknown means yes."""
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: True)() for name in probes)
@@ -499,8 +500,8 @@ def resolve_precision(precision: str, device_type: str, native_cpu_bf16: bool) -
     """``train.precision`` -> the autocast dtype used ("fp32" | "bf16" | "fp16").
 
     "auto" is bf16 on a CPU with native bf16 (AMX/AVX512-BF16: 1.6x for `small`, 1.8-2.1x for
-    `base`/`base64` on the development VM) and fp32 elsewhere: emulated bf16 is slower than fp32,
-    and on an H100 bf16 autocast measured 0.86-0.90x of fp32/TF32 for `small` and `base` at 32 px
+    `base`/`base64` on the development VM) and fp32 elsewhere: emulated bf16 is expected to be
+    slower than fp32, and on an H100 bf16 autocast measured 0.86-0.90x of fp32/TF32 for `small` and `base` at 32 px
     (launch-bound: autocast adds cast kernels; docs/benchmarks.md). Set bf16 explicitly for big,
     compute-bound GPU batches."""
     if precision != "auto":
