@@ -501,9 +501,9 @@ def resolve_precision(precision: str, device_type: str, native_cpu_bf16: bool) -
 
     "auto" is bf16 on a CPU with native bf16 (AMX/AVX512-BF16: 1.6x for `small`, 1.8-2.1x for
     `base`/`base64` on the development VM) and fp32 elsewhere: emulated bf16 is expected to be
-    slower than fp32, and on an H100 bf16 autocast measured 0.86-0.90x of fp32/TF32 for `small` and `base` at 32 px
-    (launch-bound: autocast adds cast kernels; docs/benchmarks.md). Set bf16 explicitly for big,
-    compute-bound GPU batches."""
+    slower than fp32, and on an H100 bf16 autocast measured 0.86-0.90x of fp32/TF32 for `small`
+    and `base` at 32 px (launch-bound: autocast adds cast kernels; docs/benchmarks.md). Set bf16
+    explicitly for big, compute-bound GPU batches."""
     if precision != "auto":
         return precision
     return "bf16" if device_type == "cpu" and native_cpu_bf16 else "fp32"
