@@ -123,14 +123,6 @@ def _windows(
     return {"ips": statistics.median(wall), "cpu_ips": statistics.median(cpu), "windows": wall}
 
 
-def _restore_diffusers_attention(unet) -> None:  # noqa: ANN001
-    from diffusers.models.attention_processor import Attention, AttnProcessor2_0
-
-    for m in unet.modules():
-        if isinstance(m, Attention):
-            m.set_processor(AttnProcessor2_0())
-
-
 def child_flops(spec: dict) -> dict:
     """FLOPs per image of one training step (fwd+bwd) and of one forward, counted."""
     import torch
@@ -222,7 +214,7 @@ def child_train(spec: dict) -> dict:
     import torch.nn.functional as F
 
     from diffscape import diffusion
-    from diffscape.model import build_unet
+    from diffscape.model import build_unet, set_attention_processor
     from diffscape.train import _flip, batch_indices, ema_decay_at, ema_update, load_batch
 
     dev, sync = spec["device"], _sync_fn(spec["device"])
@@ -232,7 +224,7 @@ def child_train(spec: dict) -> dict:
     model = build_unet(cfg.model).to(dev)
     ema = build_unet(cfg.model).to(dev).requires_grad_(False)
     if spec["attention"] == "diffusers":
-        _restore_diffusers_attention(model)
+        set_attention_processor(model)  # diffusers' processor, bf16 attention under autocast
     if spec["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     kw = {"loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
@@ -413,6 +405,19 @@ CHILDREN = {
 }
 
 
+def measure(spec: dict) -> dict:
+    """One measurement and what every record carries: GPU peak memory, load before/after, threads."""
+    import torch
+
+    load0 = _loadavg()
+    out = CHILDREN[spec["kind"]](spec)
+    if spec["device"] == "cuda":
+        out["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    out["load"] = [load0, _loadavg()]
+    out["threads"] = torch.get_num_threads()
+    return out
+
+
 def child_main(spec: dict) -> None:
     import resource
 
@@ -420,13 +425,8 @@ def child_main(spec: dict) -> None:
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
-    load0 = _loadavg()
-    out = CHILDREN[spec["kind"]](spec)
+    out = measure(spec)
     out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    if spec["device"] == "cuda":
-        out["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
-    out["load"] = [load0, _loadavg()]
-    out["threads"] = torch.get_num_threads()
     print("BENCH " + json.dumps(out))
 
 
@@ -453,19 +453,14 @@ def run_in_process(spec: dict) -> dict:
     if spec["device"] == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    load0 = _loadavg()
     try:
-        out = CHILDREN[spec["kind"]](spec)
+        out = measure(spec)
     except Exception as e:  # noqa: BLE001 - reported in the table, the bench goes on
         return {"error": f"{type(e).__name__}: {e}"}
     finally:
         if spec.get("compile"):
             torch._dynamo.reset()
         gc.collect()
-    if spec["device"] == "cuda":
-        out["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
-    out["load"] = [load0, _loadavg()]
-    out["threads"] = torch.get_num_threads()
     return json.loads(json.dumps(out))  # the same types as a child's JSON line
 
 

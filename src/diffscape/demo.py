@@ -159,7 +159,8 @@ def run_demo(
         from diffscape.judge.cnn import CNNSettings
 
         train_judge(
-            ds, "cnn", judge_dir, seed=s.seed, cnn=CNNSettings(max_epochs=s.judge_epochs, patience_epochs=s.judge_patience),
+            ds, "cnn", judge_dir, seed=s.seed,
+            cnn=CNNSettings(max_epochs=s.judge_epochs, patience_epochs=s.judge_patience),
             progress=progress, log=lambda m: None,
         )  # fmt: skip
         judge_info = json.loads((judge_dir / "judge.json").read_text())

@@ -10,6 +10,7 @@ user, in two lines) rebuilds exactly the trained network from a diffusers folder
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -114,13 +115,21 @@ class CpuAutocastFp32Attention(AttnProcessor2_0):
         return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
 
 
+def set_attention_processor(
+    unet: nn.Module, make: Callable[[], AttnProcessor2_0] = AttnProcessor2_0
+) -> nn.Module:
+    """Give every attention block a processor from ``make()``, in place (diffusers' own by
+    default)."""
+    for module in unet.modules():
+        if isinstance(module, Attention):
+            module.set_processor(make())
+    return unet
+
+
 def cpu_fp32_attention(unet: nn.Module) -> nn.Module:
     """Give every attention block :class:`CpuAutocastFp32Attention`, in place (not saved: a
     diffusers folder loads with diffusers' default processor and computes the same thing)."""
-    for module in unet.modules():
-        if isinstance(module, Attention):
-            module.set_processor(CpuAutocastFp32Attention())
-    return unet
+    return set_attention_processor(unet, CpuAutocastFp32Attention)
 
 
 def load_unet(path: str | Path, dtype: torch.dtype | None = None) -> UNet2DModel:

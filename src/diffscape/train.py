@@ -205,7 +205,8 @@ def train(
     if t.precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("train.precision: fp16 needs a CUDA GPU; use bf16 or fp32 on a CPU")
     on_cpu = bool(cpu) if cpu is not None else not torch.cuda.is_available()
-    precision = resolve_precision(t.precision, "cpu" if on_cpu else "cuda", cpu_has_bf16())
+    native_bf16 = on_cpu and cpu_has_bf16()
+    precision = resolve_precision(t.precision, "cpu" if on_cpu else "cuda", native_bf16)
 
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         # Accelerate keeps one process-wide state and refuses a second Accelerator with other
@@ -223,7 +224,7 @@ def train(
     main = accelerator.is_main_process
     if t.precision == "auto" and main:
         print(f"precision: auto -> {precision} on {accelerator.device.type}", file=sys.stderr)
-    if precision == "bf16" and accelerator.device.type == "cpu" and not cpu_has_bf16() and main:
+    if precision == "bf16" and on_cpu and not native_bf16 and main:
         print(
             "warning: train.precision=bf16 on a CPU without native bf16 (AVX512-BF16 or AMX) "
             "is usually slower than fp32; set train.precision=fp32",

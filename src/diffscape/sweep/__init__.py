@@ -54,14 +54,14 @@ samplings) goes to a subprocess of its own, one per GPU (``CUDA_VISIBLE_DEVICES`
 """
 
 # The package's API in one namespace: `from diffscape import sweep; sweep.run_sweep(...)`.
-from diffscape.sweep.plan import (  # noqa: E402
+from diffscape.sweep.plan import (
     PlannedRun,
     base_config,
     describe_plan,
     plan,
     resolve_config,
 )
-from diffscape.sweep.runner import (  # noqa: E402
+from diffscape.sweep.runner import (
     DATA_DIR,
     DEFAULT_SYNTH_N,
     FLOOR_DIR,
@@ -82,7 +82,7 @@ from diffscape.sweep.runner import (  # noqa: E402
     sweep_record,
     write_json_atomic,
 )
-from diffscape.sweep.spec import (  # noqa: E402
+from diffscape.sweep.spec import (
     BASE_RUN_NAME,
     TOP_KEYS,
     EvaluateSettings,
