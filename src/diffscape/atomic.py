@@ -1,9 +1,102 @@
-"""Publishing a folder built elsewhere: readers never see a half-written one."""
+"""Writing files and folders so that readers never see a half-written one.
+
+Every file the package writes goes through ``write_text``/``write_json``/``write_bytes`` (or
+``atomic_path`` for writers that need a file name, such as ``np.save``); every folder built in
+one go (a dataset, a judge, a samples folder) is built in ``tmp_dir_beside(out)`` and moved into
+place with ``publish_dir``. All temporaries carry the writer's PID, so ``clean_stale_tmp`` can
+remove the leftovers of killed processes without touching a live writer's.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+# ".<name>.tmp-<pid>" (folders and files) — the one naming rule for temporaries.
+_TMP = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)$")
+
+
+def tmp_name(name: str) -> str:
+    return f".{name}.tmp-{os.getpid()}"
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def clean_stale_tmp(folder: Path) -> list[Path]:
+    """Delete temporaries in ``folder`` left by processes that no longer run; returns them."""
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        m = _TMP.match(p.name)
+        if not m or int(m.group("pid")) == os.getpid() or pid_alive(int(m.group("pid"))):
+            continue
+        with contextlib.suppress(OSError):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+            removed.append(p)
+    return removed
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is fsynced and renamed onto it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(tmp_name(path.name))
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> Path:
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike[str], data: Any) -> Path:
+    """Indented JSON with a final newline; values JSON cannot hold (paths, ...) as strings."""
+    return write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def tmp_dir_beside(out: str | os.PathLike[str]) -> Path:
+    """A fresh, empty temporary folder beside ``out`` (same file system: rename is atomic).
+    Leftovers of killed writers beside it are removed first."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_tmp(out.parent)
+    tmp = out.with_name(tmp_name(out.name))
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    return tmp
 
 
 def publish_dir(tmp: Path, out: Path) -> None:
@@ -12,7 +105,7 @@ def publish_dir(tmp: Path, out: Path) -> None:
     An existing ``out`` is moved aside first and deleted only once the new one is in place.
     """
     if out.exists():
-        old = out.with_name(out.name + ".old")
+        old = out.with_name(tmp_name(out.name + ".old"))
         if old.exists():
             shutil.rmtree(old)
         out.rename(old)

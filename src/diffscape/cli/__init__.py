@@ -46,15 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
     from diffscape import __version__
 
     parser.add_argument("--version", action="version", version=f"diffscape {__version__}")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the full traceback of any error (or set DIFFSCAPE_DEBUG=1)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"diffscape.cli.{name}")
-        except ModuleNotFoundError as e:  # a command group not built yet
-            if e.name != f"diffscape.cli.{name}":
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(f"diffscape.cli.{name}").register(sub)
     return parser
 
 
@@ -67,14 +66,53 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    debug = args.debug or os.environ.get("DIFFSCAPE_DEBUG", "") not in ("", "0")
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("diffscape: interrupted", file=sys.stderr)
         return 130
-    except DiffscapeError as e:
-        print(f"diffscape: error: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:
+        if debug:
+            raise
+        print(f"diffscape: {error_line(e)}", file=sys.stderr)
+        return 2 if isinstance(e, DiffscapeError | OSError | MemoryError) else 1
+
+
+def error_line(e: BaseException) -> str:
+    """One line for an exception: the message of an anticipated one (DiffscapeError, or what
+    the operating system refused), else its type and message plus where the full traceback
+    was written."""
+    if isinstance(e, DiffscapeError):
+        return "error: " + _one_line(str(e))
+    if isinstance(e, OSError) and e.strerror:
+        where = f" {e.filename}" if e.filename else ""
+        return f"error: cannot use{where}: {e.strerror} (check the path, its permissions and free space)"
+    if isinstance(e, MemoryError):
+        return "error: out of memory; use a smaller --batch, model or dataset"
+    path = _write_traceback(e)
+    return (
+        f"internal error: {type(e).__name__}: {_one_line(str(e))[:300]} (full traceback in {path}; "
+        "please report it)"
+    )
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _write_traceback(e: BaseException) -> str:
+    import tempfile
+    import traceback
+
+    text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+    try:
+        fd, path = tempfile.mkstemp(prefix="diffscape-traceback-", suffix=".txt")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        return path
+    except OSError:
+        return "(could not be written; run with --debug)"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,226 @@
+"""Every file and folder name diffscape writes, what kind a folder is, and the rules for --out.
+
+The files on disk are a contract between commands (train writes what sample reads, sweeps write
+what the report reads); this module is that contract written down. Other modules import the
+names from here instead of spelling string literals.
+
+Kinds of folder, each recognised by its marker file::
+
+    dataset   manifest.json + <split>_images.npy / <split>_labels.npy
+    run       run.json + config.json, metrics.jsonl, samples/step-N.png, checkpoints/step-N/
+    samples   samples.json + <class>/<index>.png, grid.png (+ metrics.json, accuracy.json)
+    judge     judge.json + the classifier's files
+    sweep     sweep.json + one run folder per training run, _data/, _judge/, _floor/
+    demo      demo.json + data/, judge/, run/, report.html, summary.json
+    report    report.json + report.html, results.csv (``diffscape report --out DIR``)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+from diffscape.errors import DiffscapeError
+
+Kind = Literal["dataset", "run", "samples", "judge", "sweep", "demo", "report"]
+
+# ---- dataset -------------------------------------------------------------------------------------
+MANIFEST = "manifest.json"
+
+
+def images_file(split: str) -> str:
+    return f"{split}_images.npy"
+
+
+def labels_file(split: str) -> str:
+    return f"{split}_labels.npy"
+
+
+# ---- run -----------------------------------------------------------------------------------------
+RUN_JSON = "run.json"  # class names and the dataset's identity (the run's marker)
+CONFIG_JSON = "config.json"  # the frozen RunConfig
+METRICS_JSONL = "metrics.jsonl"  # one line per logged step
+TRAIN_SAMPLES = "samples"  # step-N.png grids while training
+CHECKPOINTS = "checkpoints"
+TENSORBOARD = "tensorboard"
+LOCK = ".lock"  # held (flock) while a process writes into the folder
+
+
+def train_grid_name(step: int) -> str:
+    return f"step-{step:07d}.png"
+
+
+# ---- checkpoint ----------------------------------------------------------------------------------
+COMPLETE = "COMPLETE"  # written last; lists every file with its size and sha256
+MODEL_DIR = "model"  # diffusers UNet2DModel folder
+EMA_DIR = "ema"
+OPTIMIZER_TENSORS = "optimizer.safetensors"
+OPTIMIZER_JSON = "optimizer.json"
+RNG_TENSORS = "rng.safetensors"
+STATE_JSON = "state.json"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:07d}"
+
+
+def checkpoint_step(name: str) -> int | None:
+    m = _STEP_DIR.match(name)
+    return int(m.group(1)) if m else None
+
+
+# ---- samples -------------------------------------------------------------------------------------
+SAMPLES_JSON = "samples.json"  # how the images were made (the folder's marker)
+GRID_PNG = "grid.png"
+UNCONDITIONAL = "unconditional"  # the class folder of an unconditional model's images
+EVAL_JSON = "metrics.json"  # diffscape evaluate
+ACCURACY_JSON = "accuracy.json"  # diffscape judge score
+CONFUSION_PNG = "confusion.png"
+RESULT_JSON = "result.json"  # a sweep row's outcome, written last
+
+
+def sample_name(index: int) -> str:
+    return f"{index:05d}.png"
+
+
+# ---- judge ---------------------------------------------------------------------------------------
+JUDGE_JSON = "judge.json"
+
+# ---- sweep, demo, report -------------------------------------------------------------------------
+SWEEP_JSON = "sweep.json"
+SWEEP_DATA = "_data"
+SWEEP_JUDGE = "_judge"
+SWEEP_FLOOR = "_floor"
+SWEEP_LOG = "sweep.log"
+DEMO_JSON = "demo.json"
+SUMMARY_JSON = "summary.json"
+REPORT_HTML = "report.html"
+REPORT_JSON = "report.json"
+RESULTS_CSV = "results.csv"
+FLOOR_JSON = "floor.json"
+
+MARKERS: dict[str, str] = {
+    "dataset": MANIFEST,
+    "run": RUN_JSON,
+    "samples": SAMPLES_JSON,
+    "judge": JUDGE_JSON,
+    "sweep": SWEEP_JSON,
+    "demo": DEMO_JSON,
+    "report": REPORT_JSON,
+}
+
+
+def kind_of(path: str | os.PathLike[str]) -> str | None:
+    """The kind of folder ``path`` is, by its marker file; None for anything else."""
+    p = Path(path)
+    for kind, marker in MARKERS.items():
+        if (p / marker).is_file():
+            return kind
+    return None
+
+
+def is_dataset_dir(path: str | os.PathLike[str]) -> bool:
+    return (Path(path) / MANIFEST).is_file()
+
+
+def is_run_dir(path: str | os.PathLike[str]) -> bool:
+    """A training run: run.json, or (runs from before run.json) config.json + checkpoints/."""
+    p = Path(path)
+    return (p / RUN_JSON).is_file() or ((p / CONFIG_JSON).is_file() and (p / CHECKPOINTS).is_dir())
+
+
+def is_checkpoint_dir(path: str | os.PathLike[str]) -> bool:
+    return (Path(path) / COMPLETE).is_file()
+
+
+def is_samples_dir(path: str | os.PathLike[str]) -> bool:
+    return (Path(path) / SAMPLES_JSON).is_file()
+
+
+def is_judge_dir(path: str | os.PathLike[str]) -> bool:
+    return (Path(path) / JUDGE_JSON).is_file()
+
+
+def is_sweep_dir(path: str | os.PathLike[str]) -> bool:
+    return (Path(path) / SWEEP_JSON).is_file()
+
+
+def is_demo_dir(path: str | os.PathLike[str]) -> bool:
+    """demo.json, or (demos from before it) summary.json beside a run/ folder."""
+    p = Path(path)
+    return (p / DEMO_JSON).is_file() or ((p / SUMMARY_JSON).is_file() and (p / "run").is_dir())
+
+
+_PREDICATES = {
+    "dataset": is_dataset_dir,
+    "run": is_run_dir,
+    "samples": is_samples_dir,
+    "judge": is_judge_dir,
+    "sweep": is_sweep_dir,
+    "demo": is_demo_dir,
+    "report": lambda p: (Path(p) / REPORT_JSON).is_file(),
+}
+
+
+def is_kind(path: str | os.PathLike[str], kind: str) -> bool:
+    return _PREDICATES[kind](path)
+
+
+class OutError(DiffscapeError):
+    """--out names something this command may not replace."""
+
+
+def _is_empty_dir(p: Path) -> bool:
+    return p.is_dir() and not any(c for c in p.iterdir() if c.name != LOCK)
+
+
+def check_out(out: str | os.PathLike[str], kind: str, *, what: str = "--out") -> Path:
+    """The one rule for every command that writes a folder: ``out`` may be new, an empty folder,
+    or a folder of the same ``kind`` (recognised by its marker); anything else is refused with
+    one line naming it. Returns ``out`` as a Path."""
+    p = Path(out)
+    if p.is_symlink() and not p.exists():
+        raise OutError(f"{what} {p} is a broken symbolic link; pick another folder")
+    if not p.exists():
+        return p
+    if not p.is_dir():
+        raise OutError(f"{what} {p} is a file, not a folder; pick another path")
+    if _is_empty_dir(p) or is_kind(p, kind):
+        return p
+    found = kind_of(p)
+    what_it_is = f"a {found} folder" if found else "not empty and not a diffscape folder"
+    raise OutError(
+        f"{what} {p} is {what_it_is}; a {kind} is written only into a new or empty folder or "
+        f"over an older {kind}. Pick another folder (nothing was changed)"
+    )
+
+
+# ---- names that come from files ------------------------------------------------------------------
+_BAD_CHARS = re.compile(r"[\x00-\x1f/\\]")
+MAX_NAME_BYTES = 200
+
+
+def safe_component(name: object, what: str = "name") -> str:
+    """``name`` if it is usable as exactly one path component (a class folder, a run name...);
+    otherwise a DiffscapeError. Names read from files (manifests, zips, samples.json, sweep
+    files) go through this before any path is built from them."""
+    if not isinstance(name, str):
+        raise DiffscapeError(f"{what} {name!r} is not a string")
+    bad = (
+        not name
+        or name in (".", "..")
+        or _BAD_CHARS.search(name) is not None
+        or name != name.strip()
+        or len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES
+        or (len(name) >= 2 and name[1] == ":")  # a Windows drive ("C:")
+    )
+    if bad:
+        raise DiffscapeError(
+            f"{what} {name!r} cannot be used as a folder name (it must be one path component: "
+            "no '/', '\\', '..', control characters or surrounding spaces, at most "
+            f"{MAX_NAME_BYTES} bytes); rename it"
+        )
+    return name

@@ -1,0 +1,53 @@
+"""One writer per folder: an exclusive OS file lock (``flock``) on ``<folder>/.lock``.
+
+The kernel releases the lock when its holder exits, however it exits, so a killed process never
+leaves a stale lock behind; the file itself only says who holds it (PID and command), for the
+message the second process prints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from diffscape.errors import DiffscapeError
+from diffscape.layout import LOCK
+
+
+class FolderBusy(DiffscapeError):
+    """Another process holds the folder's lock."""
+
+
+def _holder(path: Path) -> str:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return "another process"
+    return f"process {text}" if text else "another process"
+
+
+@contextlib.contextmanager
+def hold(folder: str | os.PathLike[str], what: str = "folder") -> Iterator[Path]:
+    """Hold ``folder``'s lock for the duration (creating the folder); FolderBusy if taken."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FolderBusy(
+                f"{what} {folder} is in use by {_holder(path)}; wait for it to finish or stop "
+                "it, or pick another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:200]
+        os.write(fd, f"{os.getpid()} ({command})\n".encode())
+        yield folder
+    finally:
+        os.close(fd)  # releases the lock
