@@ -58,6 +58,9 @@ class DiffusionConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     steps: int = 2000  # optimizer steps in total
+    # wall-clock budget: at this many minutes the step in progress finishes, a checkpoint is
+    # saved and training ends (exit 0, logged as ended by the budget); 0 = no budget
+    minutes: float = 0.0
     batch_size: int = 32  # images per step, summed over processes
     lr: float = 2e-4  # peak AdamW learning rate
     warmup_steps: int = 100  # linear LR warm-up from 0

@@ -32,10 +32,26 @@ def _holder(path: Path) -> str:
 
 @contextlib.contextmanager
 def hold(folder: str | os.PathLike[str], what: str = "folder") -> Iterator[Path]:
-    """Hold ``folder``'s lock for the duration (creating the folder); FolderBusy if taken."""
+    """Hold ``folder``'s lock (``folder/.lock``) for the duration, creating the folder;
+    FolderBusy if another process holds it."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / LOCK
+    with _hold_file(folder / LOCK, folder, what):
+        yield folder
+
+
+@contextlib.contextmanager
+def hold_beside(out: str | os.PathLike[str], what: str = "folder") -> Iterator[Path]:
+    """Hold a lock for a folder that is built elsewhere and renamed into place (a samples
+    folder): the lock file is ``.<name>.lock`` beside it, so it survives the rename."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with _hold_file(out.with_name(f".{out.name}{LOCK}"), out, what):
+        yield out
+
+
+@contextlib.contextmanager
+def _hold_file(path: Path, folder: Path, what: str) -> Iterator[None]:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
@@ -48,6 +64,6 @@ def hold(folder: str | os.PathLike[str], what: str = "folder") -> Iterator[Path]
         os.ftruncate(fd, 0)
         command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:200]
         os.write(fd, f"{os.getpid()} ({command})\n".encode())
-        yield folder
+        yield
     finally:
         os.close(fd)  # releases the lock
