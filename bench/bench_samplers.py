@@ -36,7 +36,7 @@ def main() -> None:
 
     from diffscape.data.dataset import load_dataset
     from diffscape.imagefolder import SampleSet
-    from diffscape.metrics.evaluate import evaluate
+    from diffscape.metrics.evaluate import EvalSettings, evaluate
     from diffscape.metrics.features import InceptionExtractor
     from diffscape.metrics.weights import resolve_inception_weights
     from diffscape.sample import generate_images, load_for_sampling, plan
@@ -57,8 +57,8 @@ def main() -> None:
         seconds = time.perf_counter() - t0
         fake = SampleSet(images=images, class_names=folders, paths=[Path(f) for f in folders])
         m = evaluate(
-            (ds, "test"), fake, n=args.n, n_real=args.n_real, extractor=extractor, out=None,
-            per_class=False, progress=False, print_summary=False, say=lambda _: None,
+            (ds, "test"), fake, EvalSettings(n=args.n, n_real=args.n_real, per_class=False),
+            extractor=extractor, progress=False, say=lambda _: None,
         )  # fmt: skip
         row = {
             "sampler": sampler,

@@ -123,7 +123,7 @@ def run_demo(
     """Run the whole pipeline into ``out``; returns the summary (also ``out/summary.json``)."""
     from diffscape.judge.score import score
     from diffscape.judge.train import train_judge
-    from diffscape.metrics.evaluate import evaluate
+    from diffscape.metrics.evaluate import EvalSettings, evaluate, write_metrics
     from diffscape.report import build_report
     from diffscape.sample import sample_to_folder
     from diffscape.train import train
@@ -198,17 +198,14 @@ def run_demo(
     n_fake = min(s.eval_fake, len(fake.images))
     n_real = min(s.eval_real, ds.count(test_split))
     stages.start("evaluate", (n_fake + n_real) / 3.5 + 30, f"{n_fake} generated vs {n_real} real")
-    quiet = {"progress": progress, "print_summary": False, "say": lambda m: None}
-    metrics = evaluate(
-        (ds, test_split), fake, n=n_fake, n_real=n_real, seed=s.seed,
-        out=run_dir / "metrics.json", fake_name=str(samples_dir), **quiet,
-    )  # fmt: skip
+    quiet = {"progress": progress, "say": lambda m: None}
+    eval_settings = EvalSettings(n=n_fake, n_real=n_real, seed=s.seed)
+    metrics = evaluate((ds, test_split), fake, eval_settings, fake_name=str(samples_dir), **quiet)
+    write_metrics(run_dir / "metrics.json", metrics)
     floor = evaluate(
-        (ds, test_split), (ds, "train"), n=n_fake, n_real=n_real, seed=s.seed,
-        out=out / "floor.json", fake_name=f"{ds.root}:train", **quiet,
-    )  # fmt: skip
-    metrics["floor"] = {k: floor.get(k) for k in ("fid", "kid", "n_fake", "n_real")}
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        (ds, test_split), (ds, "train"), eval_settings, fake_name=f"{ds.root}:train", **quiet
+    )
+    write_metrics(out / "floor.json", floor)  # the report finds it there (layout.FLOOR_JSON)
     timings["evaluate"] = stages.done(
         f"FID {metrics['fid']:.1f} (floor {floor['fid']:.1f}), "
         f"KID {metrics['kid']['mean']:.4f} (floor {floor['kid']['mean']:.4f})"

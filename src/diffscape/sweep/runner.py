@@ -256,7 +256,7 @@ def ensure_floor(ctx: _Context) -> None:
     if "test" not in ds.splits or e.split == "test":
         log("no real-vs-real floor: the dataset has no test split apart from the reference")
         return
-    from diffscape.metrics.evaluate import evaluate, write_json
+    from diffscape.metrics.evaluate import EvalSettings, evaluate, write_metrics
 
     n_test = ds.count("test") if e.n is None else min(e.n, ds.count("test"))
     n_ref = e.n_real or e.n
@@ -268,17 +268,13 @@ def ensure_floor(ctx: _Context) -> None:
         metrics = evaluate(
             (ds, "test"),
             (ds, e.split),
-            n=n_ref or ds.count(e.split),
-            n_real=n_test,
+            EvalSettings(n=n_ref or ds.count(e.split), n_real=n_test),
             extractor=extractor,
-            out=None,
             fake_name=f"{ds.root}:{e.split}",
             progress=progress,
-            print_summary=False,
             say=log,
         )
-        metrics["weights"] = extractor.weights.to_json()
-        write_json(path, metrics)
+        write_metrics(path, metrics)
     except Exception as err:  # optional: the runs are still worth doing
         log(f"real-vs-real floor failed ({type(err).__name__}: {err}); going on without it")
 
@@ -422,28 +418,24 @@ def evaluate_run(ctx: _Context, run: PlannedRun, trained: dict[str, Any]) -> dic
 def _evaluate(ctx: _Context, run: PlannedRun, samples: Path, made: int) -> dict[str, Any]:
     from diffscape.data.dataset import load_dataset
     from diffscape.imagefolder import load_sample_folder
-    from diffscape.metrics.evaluate import evaluate, write_json
+    from diffscape.metrics.evaluate import EvalSettings, evaluate, write_metrics
 
     e = ctx.spec.evaluate
     ds = load_dataset(ctx.data)
     n = made if e.n is None else min(e.n, made)
     n_real = e.n_real or e.n
     extractor = ctx.extractor()
+    n_real = None if n_real is None else min(n_real, ds.count(e.split))
     metrics = evaluate(
         (ds, e.split),
         load_sample_folder(samples),
-        n=n,
-        n_real=None if n_real is None else min(n_real, ds.count(e.split)),
+        EvalSettings(n=n, n_real=n_real),
         extractor=extractor,
-        out=None,
         fake_name=run.name,
         progress=ctx.progress,
-        print_summary=False,
         say=log,
     )
-    # evaluate() records the weights only when it loads them itself; this one was shared.
-    metrics["weights"] = extractor.weights.to_json()
-    write_json(samples / "metrics.json", metrics)
+    write_metrics(samples / "metrics.json", metrics)
     return metrics
 
 
