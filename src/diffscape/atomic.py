@@ -18,12 +18,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-# ".<name>.tmp-<pid>" (folders and files) — the one naming rule for temporaries.
-_TMP = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)$")
+# ".<name>.tmp-<pid>" (folders and files) — the one naming rule for temporaries. A file's
+# temporary keeps its suffix after the PID (".a.npy.tmp-7.npy") because some writers choose the
+# format by it (PIL) or append it when it is missing (np.save).
+_TMP = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)(?:\.[A-Za-z0-9]+)?$")
 
 
 def tmp_name(name: str) -> str:
     return f".{name}.tmp-{os.getpid()}"
+
+
+def _full(path: str | os.PathLike[str]) -> Path:
+    """``path`` made absolute without resolving links, so that "." and "a/.." have a name."""
+    return Path(os.path.abspath(path))
 
 
 def pid_alive(pid: int) -> bool:
@@ -58,9 +65,9 @@ def clean_stale_tmp(folder: Path) -> list[Path]:
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is fsynced and renamed onto it."""
-    path = Path(path)
+    path = _full(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(tmp_name(path.name))
+    tmp = path.with_name(tmp_name(path.name) + path.suffix)
     try:
         yield tmp
         with open(tmp, "rb+") as f:
@@ -89,7 +96,7 @@ def write_json(path: str | os.PathLike[str], data: Any) -> Path:
 def tmp_dir_beside(out: str | os.PathLike[str]) -> Path:
     """A fresh, empty temporary folder beside ``out`` (same file system: rename is atomic).
     Leftovers of killed writers beside it are removed first."""
-    out = Path(out)
+    out = _full(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_tmp(out.parent)
     tmp = out.with_name(tmp_name(out.name))
@@ -104,12 +111,17 @@ def publish_dir(tmp: Path, out: Path) -> None:
 
     An existing ``out`` is moved aside first and deleted only once the new one is in place.
     """
+    out = _full(out)
     if out.exists():
         old = out.with_name(tmp_name(out.name + ".old"))
         if old.exists():
             shutil.rmtree(old)
         out.rename(old)
-        tmp.rename(out)
+        try:
+            tmp.rename(out)
+        except BaseException:
+            old.rename(out)  # put the previous folder back
+            raise
         shutil.rmtree(old)
     else:
         out.parent.mkdir(parents=True, exist_ok=True)

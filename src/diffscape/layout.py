@@ -79,6 +79,8 @@ UNCONDITIONAL = "unconditional"  # the class folder of an unconditional model's 
 EVAL_JSON = "metrics.json"  # diffscape evaluate
 ACCURACY_JSON = "accuracy.json"  # diffscape judge score
 CONFUSION_PNG = "confusion.png"
+CONFUSION_JSON = "confusion.json"  # diffscape judge score
+CAS_JSON = "cas.json"  # diffscape judge cas
 RESULT_JSON = "result.json"  # a sweep row's outcome, written last
 
 
@@ -88,6 +90,8 @@ def sample_name(index: int) -> str:
 
 # ---- judge ---------------------------------------------------------------------------------------
 JUDGE_JSON = "judge.json"
+SVC_FILE = "model.skops"  # an SVC judge's model (skops, never unpickled)
+CNN_FILE = "model.safetensors"  # a CNN judge's weights
 
 # ---- sweep, demo, report -------------------------------------------------------------------------
 SWEEP_JSON = "sweep.json"
@@ -199,7 +203,8 @@ def check_out(out: str | os.PathLike[str], kind: str, *, what: str = "--out") ->
 
 
 # ---- names that come from files ------------------------------------------------------------------
-_BAD_CHARS = re.compile(r"[\x00-\x1f/\\]")
+_BAD_CHARS = re.compile(r"[\x00-\x1f\x7f/\\]")
+_DRIVE = re.compile(r"^[A-Za-z]:")  # "C:" or "C:x" means a drive on Windows
 MAX_NAME_BYTES = 200
 
 
@@ -211,16 +216,16 @@ def safe_component(name: object, what: str = "name") -> str:
         raise DiffscapeError(f"{what} {name!r} is not a string")
     bad = (
         not name
-        or name in (".", "..")
+        or name.startswith(".")  # ".", "..", and names of locks and temporaries
         or _BAD_CHARS.search(name) is not None
         or name != name.strip()
         or len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES
-        or (len(name) >= 2 and name[1] == ":")  # a Windows drive ("C:")
+        or _DRIVE.match(name) is not None
     )
     if bad:
         raise DiffscapeError(
             f"{what} {name!r} cannot be used as a folder name (it must be one path component: "
-            "no '/', '\\', '..', control characters or surrounding spaces, at most "
-            f"{MAX_NAME_BYTES} bytes); rename it"
+            "no '/', '\\', leading '.', drive letter, control characters or surrounding "
+            f"spaces, at most {MAX_NAME_BYTES} bytes); rename it"
         )
     return name

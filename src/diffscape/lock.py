@@ -45,8 +45,9 @@ def hold_beside(out: str | os.PathLike[str], what: str = "folder") -> Iterator[P
     """Hold a lock for a folder that is built elsewhere and renamed into place (a samples
     folder): the lock file is ``.<name>.lock`` beside it, so it survives the rename."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with _hold_file(out.with_name(f".{out.name}{LOCK}"), out, what):
+    full = Path(os.path.abspath(out))  # "." and "a/.." name a folder too
+    full.parent.mkdir(parents=True, exist_ok=True)
+    with _hold_file(full.with_name(f".{full.name}{LOCK}"), out, what):
         yield out
 
 

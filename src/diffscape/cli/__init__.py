@@ -10,6 +10,7 @@ import argparse
 import importlib
 import os
 import sys
+from typing import NoReturn
 
 from diffscape.errors import DiffscapeError
 
@@ -29,8 +30,16 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
     """Keeps the hand-wrapped examples in descriptions and shows every default."""
 
 
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (argparse prints the whole usage first);
+    sub-commands inherit it through ``add_subparsers``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="diffscape",
         formatter_class=HelpFormatter,
         description=(
