@@ -367,6 +367,10 @@ def test_run_folder_is_sampled_through_the_hook(tmp_path, monkeypatch):
     s = E.open_fake(str(run), n=3, seed=9)
     assert len(s.images) == 3
     assert calls == [(run, run / "samples" / "evaluate-n3-seed9", 3, 9)]
+    assert E.fake_is_run(str(run)) and not E.fake_is_run(str(run / "samples"))
+    # a finished samples folder (samples.json) is used again, not sampled a second time
+    (run / "samples" / "evaluate-n3-seed9" / "samples.json").write_text("{}")
+    assert len(E.open_fake(str(run), n=3, seed=9).images) == 3 and len(calls) == 1
 
 
 # ---- CLI ---------------------------------------------------------------------------------------
@@ -435,3 +439,111 @@ def test_cli_real_network_end_to_end(tmp_path, monkeypatch, capsys, converted_hu
     captured = capsys.readouterr()
     assert "real: 8 images' features from the cache" in captured.err
     assert "in all: embedding 4 images" in captured.err
+
+
+# ---- careless and hostile input ------------------------------------------------------------------
+
+
+def one_error_line(err: str) -> str:
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("diffscape: error:")
+    return lines[0]
+
+
+def test_cli_corrupt_png_in_fake_folder_is_one_line_naming_it(tmp_path, capsys):
+    ds = make_dataset(tmp_path / "ds", {"train": 2})
+    samples = make_samples(tmp_path / "s", {"dark": 2})
+    bad = samples / "dark" / "1.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    out = tmp_path / "m.json"
+    args = ["evaluate", "--real", str(ds.root), "--fake", str(samples), "--out", str(out)]
+    capsys.readouterr()
+    assert main(args) == 2
+    assert str(bad) in one_error_line(capsys.readouterr().err)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"not a pickle at all", b"", b"PK\x03\x04truncated zip"],
+    ids=["garbage", "empty", "truncated-zip"],
+)
+def test_cli_garbage_weights_file_is_one_line(tmp_path, capsys, content):
+    ds = make_dataset(tmp_path / "ds", {"train": 2, "test": 2})
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(content)
+    out = tmp_path / "m.json"
+    args = ["evaluate", "--real", f"{ds.root}:train", "--fake", f"{ds.root}:test"]
+    capsys.readouterr()
+    assert main([*args, "--inception-weights", str(weights), "--out", str(out)]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "w.pth" in line and "not a weights file" in line
+    assert not out.exists()
+
+
+def test_weights_file_holding_other_objects_is_refused(tmp_path):
+    path = tmp_path / "w.pth"
+    torch.save({"Conv2d_1a_3x3.conv.weight": torch.zeros(1), "fc.weight": [1, 2]}, path)
+    with pytest.raises(DiffscapeError, match="no Conv2d_1a_3x3 tensors"):
+        W.resolve_inception_weights(path)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("n", 1), ("n", 0), ("n_real", 1), ("batch", 0), ("seed", -1), ("bootstrap", -1),
+     ("n", 2.5), ("batch", True)],
+)  # fmt: skip
+def test_settings_out_of_range_are_refused(field, value):
+    with pytest.raises(DiffscapeError, match=field):
+        E.EvalSettings(**{field: value})
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--n", "0"), ("--n-real", "1"), ("--batch", "0"), ("--seed", "-1")]
+)
+def test_cli_bad_numbers_are_one_line_before_any_work(tmp_path, capsys, flag, value):
+    ds = make_dataset(tmp_path / "ds", {"train": 2, "test": 2})
+    args = ["evaluate", "--real", str(ds.root), "--fake", f"{ds.root}:test", flag, value]
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "m.json")]) == 2
+    assert flag.lstrip("-").replace("-", "_") in one_error_line(capsys.readouterr().err)
+
+
+def test_cli_out_that_is_a_folder_is_refused_before_embedding(tmp_path, capsys):
+    ds = make_dataset(tmp_path / "ds", {"train": 2, "test": 2})
+    args = ["evaluate", "--real", str(ds.root), "--fake", f"{ds.root}:test", "--out", str(tmp_path)]
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "is a folder" in one_error_line(capsys.readouterr().err)
+
+
+def test_corrupt_cache_entry_is_recomputed(tmp_path):
+    ds = make_dataset(tmp_path / "ds", {"train": 3})
+    ext = TinyExtractor()
+    kw = {"content_hash": ds.content_hash, "split": "train", "progress": False}
+    first, _ = dataset_features(ds.images("train"), ext, **kw)
+    for npy in (tmp_path / "cache" / "features").glob("*.npy"):
+        npy.write_bytes(npy.read_bytes()[:40])  # truncated by a full disk, say
+    again, cached = dataset_features(ds.images("train"), ext, **kw)
+    assert not cached and ext.images_seen == 12
+    np.testing.assert_allclose(again["2048"], first["2048"], rtol=0, atol=FEATURE_ATOL)
+
+
+def test_library_writes_nothing_into_the_working_directory(tmp_path, monkeypatch):
+    ds = make_dataset(tmp_path / "ds", {"train": 4})
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    r = E.evaluate((ds, "train"), (ds, "train"), E.EvalSettings(n=8), extractor=TinyExtractor())
+    assert r["n_fake"] == 8 and list(cwd.iterdir()) == []
+
+
+def test_cache_location_follows_xdg_cache_home(tmp_path, monkeypatch):
+    from diffscape.metrics.features import cache_dir
+
+    monkeypatch.delenv("DIFFSCAPE_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "diffscape" / "features"
+    monkeypatch.setenv("DIFFSCAPE_CACHE", str(tmp_path / "mine"))
+    assert cache_dir() == tmp_path / "mine" / "features"

@@ -122,8 +122,10 @@ def run(args: argparse.Namespace) -> int:
         EvalSettings,
         default_n,
         evaluate,
+        fake_is_run,
         format_summary,
         open_fake,
+        resolve_extractor,
         write_metrics,
     )
 
@@ -140,11 +142,15 @@ def run(args: argparse.Namespace) -> int:
     )
     check_out_file(Path(args.out))
     real = parse_dataset_spec(args.real, default_split="train")
+    # Missing or damaged weights fail before a run is sampled (minutes) or anything embedded;
+    # a folder of images is read first (seconds), so a bad image fails before the network.
+    extractor = resolve_extractor(settings) if fake_is_run(args.fake) else None
     # A run folder is sampled with as many images as will be scored; evaluate() itself says
     # which default n it chose.
     n_to_sample = args.n if args.n is not None else default_n(args.device)[0]
     fake = open_fake(args.fake, n=n_to_sample, seed=args.seed)
-    result = evaluate(real, fake, settings, fake_name=args.fake)
+    extractor = extractor or resolve_extractor(settings)
+    result = evaluate(real, fake, settings, extractor=extractor, fake_name=args.fake)
     # The library writes nothing; the command writes where --out says (./metrics.json by default).
     write_metrics(args.out, result)
     print(format_summary(result, args.out))

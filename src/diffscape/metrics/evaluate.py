@@ -127,6 +127,17 @@ def fake_run_samples(run_dir: Path, n: int, seed: int) -> Path:
     return run_dir / layout.TRAIN_SAMPLES / f"evaluate-n{n}-seed{seed}"
 
 
+def _split_spec(spec: str) -> tuple[Path, str | None]:
+    head, sep, tail = spec.rpartition(":")
+    return (Path(head), tail) if sep and tail in SPLITS else (Path(spec), None)
+
+
+def fake_is_run(spec: str) -> bool:
+    """Whether ``--fake`` names a training run (which open_fake samples: minutes of work)."""
+    path, split = _split_spec(spec)
+    return split is None and layout.is_run_dir(path) and not layout.is_dataset_dir(path)
+
+
 def open_fake(spec: str, *, n: int, seed: int = 0) -> Side:
     """``--fake`` -> a sample folder's images, or a dataset split (``DIR:split``, default
     ``test``: the real-vs-real floor), or a training run sampled first.
@@ -136,8 +147,7 @@ def open_fake(spec: str, *, n: int, seed: int = 0) -> Side:
     finished samples folder), imported only here so that evaluation works without the sampling
     code.
     """
-    head, sep, tail = spec.rpartition(":")
-    path, split = (Path(head), tail) if sep and tail in SPLITS else (Path(spec), None)
+    path, split = _split_spec(spec)
     if layout.is_dataset_dir(path):
         return parse_dataset_spec(spec, default_split="test")
     if split is not None:

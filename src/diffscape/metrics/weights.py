@@ -101,7 +101,7 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except Exception as e:
         raise DiffscapeError(
             f"{path} is not a weights file diffscape can read safely ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}). {FIX_HINT.format(hub=hub_weights_path())}"
+            f"{_first_sentence(e)}). {FIX_HINT.format(hub=hub_weights_path())}"
         ) from None
     tensors_only = isinstance(sd, dict) and all(isinstance(v, torch.Tensor) for v in sd.values())
     if not tensors_only or "Conv2d_1a_3x3.conv.weight" not in sd:
@@ -110,6 +110,11 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
             + FIX_HINT.format(hub=hub_weights_path())
         )
     return sd
+
+
+def _first_sentence(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text.split(". ")[0].rstrip(".") or "unreadable"
 
 
 def has_genuine_logits(sd: dict[str, torch.Tensor]) -> bool:
