@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import copy
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from diffscape.config import ConfigError, RunConfig, from_dict, load_preset
+from diffscape.config import ConfigError, RunConfig, resolve
 from diffscape.sweep.spec import (
     EvaluateSettings,
     JudgeSettings,
@@ -38,12 +37,9 @@ class PlannedRun:
 
 
 def resolve_config(preset: str, overrides: dict[str, Any]) -> RunConfig:
-    """defaults <- preset <- dotted overrides, validated (errors name the field)."""
-    data = copy.deepcopy(load_preset(preset))
-    for key, value in overrides.items():
-        section, _, name = key.partition(".")
-        data.setdefault(section, {})[name] = value
-    return from_dict(data)
+    """defaults <- preset <- dotted overrides, validated (errors name the field):
+    :func:`diffscape.config.resolve` with a sweep's ``{"train.lr": 1e-4}`` mapping."""
+    return resolve(preset, overrides)
 
 
 def plan(spec: SweepSpec) -> list[PlannedRun]:

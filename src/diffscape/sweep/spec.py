@@ -1,5 +1,7 @@
 """The sweep file: parsing and checking a TOML study into a :class:`SweepSpec` (format in
-``diffscape.sweep``'s docstring)."""
+``diffscape.sweep``'s docstring). Every value is parsed by the config's settings engine; the
+``[sample]``, ``[evaluate]`` and ``[judge]`` dataclasses live in :mod:`diffscape.config` and are
+re-exported here under their old names."""
 
 from __future__ import annotations
 
@@ -9,14 +11,22 @@ import json
 import os
 import re
 import tomllib
-import typing
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from diffscape.config import SECTIONS
+from diffscape.config import (
+    ALL_SECTIONS,
+    ConfigError,
+    EvaluateSettings,
+    JudgeSettings,
+    SampleSettings,
+    check_settings,
+    parse_section,
+    split_key,
+)
 from diffscape.errors import DiffscapeError
 
 BASE_RUN_NAME = "model"  # the one training run of a sweep without [grid] or [[runs]]
@@ -27,32 +37,6 @@ class SweepError(DiffscapeError, ValueError):
 
 
 # ---- the sweep file ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SampleSettings:
-    n: int = 50  # images per class (per_class for conditional models; in total otherwise)
-    sampler: Literal["ddpm", "ddim", "dpm"] = "ddim"  # diffusers scheduler
-    steps: int = 50  # sampler steps; ddpm ignores it and takes all T
-    guidance: float = 1.0  # classifier-free guidance w: 0 uncond, 1 cond, >1 guided
-    eta: float = 0.0  # DDIM noise (0 = deterministic)
-    seed: int = 0  # image i of class c depends only on (seed, c, i)
-
-
-@dataclass(frozen=True)
-class EvaluateSettings:
-    enabled: bool = True  # FID/KID of every sampling (Inception: a few images/s on a CPU)
-    n: int | None = None  # generated images used; None: all that were made
-    n_real: int | None = None  # real images; None: same as n (the whole split when n is None)
-    split: str = "train"  # the real split generated images are compared with
-    floor: bool = True  # also score the test split against it once: the real-vs-real floor
-
-
-@dataclass(frozen=True)
-class JudgeSettings:
-    enabled: bool = True  # per-class accuracy of conditional samples
-    kind: Literal["cnn", "svc"] = "cnn"  # judge trained once per sweep into RUNS/_judge
-    path: str | None = None  # an already trained judge folder instead (relative to the file)
 
 
 @dataclass(frozen=True)
@@ -197,12 +181,10 @@ def flatten_overrides(table: dict[str, Any], where: str) -> dict[str, Any]:
 
     walk("", table)
     for key in out:
-        section, _, name = key.partition(".")
-        if section not in SECTIONS or not name or "." in name:
-            raise SweepError(
-                f"{where}: {key!r} is not a setting; use section.name with a section of "
-                f"{', '.join(SECTIONS)} (e.g. train.lr)"
-            )
+        try:
+            split_key(key)
+        except ConfigError as e:
+            raise SweepError(f"{where}: {e}") from None
     return out
 
 
@@ -267,59 +249,29 @@ def listed_runs(runs: Any, source: str) -> tuple[Variant, ...]:
     return _unique(out, f"{source} [[runs]]")
 
 
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """A TOML value -> the field's type (int/float/str/bool/Literal/optional), or raise."""
-    args = typing.get_args(hint)
-    if typing.get_origin(hint) is Literal:
-        if value not in args:
-            raise SweepError(f"{where}: {value!r} is not one of {', '.join(map(str, args))}")
-        return value
-    if type(None) in args:  # X | None
-        if value is None:
-            return None
-        (hint,) = [a for a in args if a is not type(None)]
-    if hint is bool and isinstance(value, bool):
-        return value
-    if hint is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if hint is str and isinstance(value, str):
-        return value
-    raise SweepError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
-
-
 def settings(cls: type, table: dict[str, Any], where: str) -> Any:
-    """A settings dataclass from a TOML table; unknown keys and wrong types name the key."""
-    hints = typing.get_type_hints(cls)
-    unknown = sorted(set(table) - set(hints))
-    if unknown:
-        raise SweepError(f"{where}: unknown key {', '.join(unknown)}; known: {', '.join(hints)}")
-    for key, value in table.items():
-        if isinstance(value, list) and cls is SampleSettings:
-            raise SweepError(
-                f"{where}: {key} is a list; to vary it put it under [sample.grid], "
-                f"e.g. [sample.grid] {key} = {value}"
-            )
-    values = {k: _coerce(v, hints[k], f"{where} {k}") for k, v in table.items()}
-    out = cls(**values)
-    if isinstance(out, SampleSettings):
-        check_sample(out, where)
-    if isinstance(out, EvaluateSettings):
-        for name in ("n", "n_real"):
-            v = getattr(out, name)
-            if v is not None and v < 2:
-                raise SweepError(f"{where} {name}: FID/KID need at least 2 images")
-    return out
+    """A settings dataclass (``SampleSettings``, ``EvaluateSettings``, ``JudgeSettings``) from a
+    TOML table, parsed by the config's engine; its errors become a SweepError saying where."""
+    (section,) = [name for name, c in ALL_SECTIONS.items() if c is cls]
+    if cls is SampleSettings:
+        for key, value in table.items():
+            if isinstance(value, list):
+                raise SweepError(
+                    f"{where}: {key} is a list; to vary it put it under [sample.grid], "
+                    f"e.g. [sample.grid] {key} = {value}"
+                )
+    try:
+        return parse_section(section, table)
+    except ConfigError as e:
+        raise SweepError(f"{where}: {e}") from None
 
 
 def check_sample(s: SampleSettings, where: str) -> None:
-    if s.n < 1:
-        raise SweepError(f"{where} n: at least 1 image per class")
-    if s.steps < 1:
-        raise SweepError(f"{where} steps: at least 1 sampler step")
-    if s.guidance < 0:
-        raise SweepError(f"{where} guidance: must be >= 0")
+    """Raise a SweepError when ``s`` (built directly) breaks the bounds of the settings table."""
+    try:
+        check_settings(s)
+    except ConfigError as e:
+        raise SweepError(f"{where}: {e}") from None
 
 
 def sampling_name(s: SampleSettings, extra: Iterable[str] = ()) -> str:
