@@ -6,14 +6,15 @@ from pathlib import Path
 
 import numpy as np
 
-from diffscape.data.dataset import Dataset, SplitWriter, make_tmp_dir, write_manifest_and_publish
+from diffscape.atomic import tmp_dir_beside
+from diffscape.data.dataset import Dataset, SplitWriter, write_manifest_and_publish
 
 
 def colour_dataset(
     out: Path, n_train: int = 48, n_test: int = 12, classes: int = 3, size: int = 32, seed: int = 0
 ) -> Dataset:
     """Class k = a noisy image dominated by colour channel k % 3."""
-    tmp = make_tmp_dir(out)
+    tmp = tmp_dir_beside(out)
     rng = np.random.default_rng(seed)
     labels = {}
     for split, m in (("train", n_train), ("test", n_test)):

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from diffscape.atomic import tmp_dir_beside
 from diffscape.data.dataset import (
     Dataset,
     DatasetError,
     SplitWriter,
-    make_tmp_dir,
     write_manifest_and_publish,
 )
 from diffscape.data.show import labelled_rows_image, show_dataset
@@ -25,7 +25,7 @@ def solid(colour: tuple[int, int, int], n: int, size: int = 32) -> np.ndarray:
 
 def write_dataset(out: Path, classes: list[str], images: np.ndarray, labels: list[int]) -> Dataset:
     """A one-split ("train") dataset from uint8 (N, 3, S, S) images, via the real writer."""
-    tmp = make_tmp_dir(out)
+    tmp = tmp_dir_beside(out)
     writer = SplitWriter(tmp, "train", images.shape[-1])
     for image, label in zip(images, labels, strict=True):
         writer.add(np.ascontiguousarray(image), label)

@@ -15,11 +15,11 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.svm import SVC, SVR
 
+from diffscape.atomic import tmp_dir_beside
 from diffscape.cli import main
 from diffscape.data.dataset import (
     Dataset,
     SplitWriter,
-    make_tmp_dir,
     write_manifest_and_publish,
 )
 from diffscape.data.synth import synthesize
@@ -52,7 +52,7 @@ def cnn_judge(synth: Dataset, tmp_path_factory: pytest.TempPathFactory):
 
 def write_dataset(out: Path, classes: list[str], splits: dict[str, tuple]) -> Dataset:
     """A dataset folder from in-memory (images, labels) per split."""
-    tmp = make_tmp_dir(out)
+    tmp = tmp_dir_beside(out)
     labels = {}
     for split, (images, ys) in splits.items():
         w = SplitWriter(tmp, split, images.shape[-1])
@@ -141,7 +141,7 @@ def test_train_refuses_to_overwrite_a_folder_that_is_not_a_judge(tmp_path: Path)
     ds = write_dataset(tmp_path / "ds", ["a", "b"], {"train": (x, np.arange(12) % 2)})
     (tmp_path / "j").mkdir()
     (tmp_path / "j" / "notes.txt").write_text("mine")
-    with pytest.raises(DiffscapeError, match="not a judge folder"):
+    with pytest.raises(DiffscapeError, match="not a diffscape folder"):
         train_judge(ds, "svc", tmp_path / "j", **QUIET)
     assert (tmp_path / "j" / "notes.txt").read_text() == "mine"
     train_judge(ds, "svc", tmp_path / "j2", **QUIET)

@@ -29,6 +29,7 @@ from diffscape.data.dataset import (
     load_dataset,
 )
 from diffscape.data.prepare import DEFAULT_MAX_PIXELS, prepare_dataset, preprocess_image
+from diffscape.layout import OutError
 
 RED, BLUE, GREEN, WHITE = (255, 0, 0), (0, 0, 255), (0, 255, 0), (255, 255, 255)
 KAGGLE_COLOURS = {
@@ -375,7 +376,7 @@ def test_bad_options_and_outputs_are_refused(tmp_path: Path) -> None:
         prepare_dataset(src, src / "out", progress=False)
     precious = tmp_path / "precious"
     save(Image.new("RGB", (4, 4)), precious / "keep.png")
-    with pytest.raises(DatasetError, match="not a prepared dataset"):
+    with pytest.raises(OutError, match="not a diffscape folder"):
         prepare_dataset(src, precious, progress=False)
     assert (precious / "keep.png").is_file()
     with pytest.raises(DatasetError, match="does not exist"):

@@ -6,10 +6,16 @@ import argparse
 from typing import TYPE_CHECKING
 
 from diffscape.cli import HelpFormatter
+from diffscape.layout import MANIFEST
 
 if TYPE_CHECKING:
     from diffscape.data.dataset import Dataset
 
+OUT_HELP = (
+    "dataset folder to write: a new or empty folder, or an older dataset (replaced once the new "
+    "one is complete); anything else is refused"
+)
+SIZE_HELP = "image side in pixels: a multiple of 8 from 8 to 1024"  # dataset.MAX_SIZE
 # Pillow's decompression-bomb limit, as diffscape.data.prepare.DEFAULT_MAX_PIXELS (not imported
 # from there: that pulls in numpy and Pillow, and --help should stay instant).
 MAX_PIXELS = 89_478_485
@@ -77,9 +83,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--out",
         required=True,
         default=argparse.SUPPRESS,  # required: no "(default: None)" in --help
-        help="dataset folder to write; an older dataset there is replaced",
+        help=OUT_HELP,
     )
-    p.add_argument("--size", type=int, default=32, help="image side in pixels, multiple of 8")
+    p.add_argument("--size", type=int, default=32, help=SIZE_HELP)
     p.add_argument(
         "--test-fraction",
         type=float,
@@ -103,9 +109,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=HelpFormatter,
         epilog=SYNTH_EXAMPLES,
     )
-    s.add_argument("--out", required=True, default=argparse.SUPPRESS, help="dataset folder")
-    s.add_argument("--n", type=int, default=2500, help="number of images, all splits together")
-    s.add_argument("--size", type=int, default=32, help="image side in pixels, multiple of 8")
+    s.add_argument("--out", required=True, default=argparse.SUPPRESS, help=OUT_HELP)
+    s.add_argument(
+        "--n", type=int, default=2500, help="number of images, all splits together (5 or more)"
+    )
+    s.add_argument("--size", type=int, default=32, help=SIZE_HELP)
     s.add_argument("--seed", type=int, default=0, help="seed: same seed, same images")
     s.add_argument("--test-fraction", type=float, default=0.2, help="share held out as test")
     s.set_defaults(func=_synth)
@@ -121,7 +129,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     v.add_argument("dataset", metavar="DIR", help="prepared dataset folder")
     v.add_argument("--out", required=True, default=argparse.SUPPRESS, help="PNG file to write")
     v.add_argument("--split", default="train", help="split to draw from: train, val or test")
-    v.add_argument("--per-class", type=int, default=8, help="images per class row")
+    v.add_argument("--per-class", type=int, default=8, help="images per class row, 1 to 100")
     v.add_argument("--seed", type=int, default=0, help="seed of the random choice of images")
     v.set_defaults(func=_show)
 
@@ -155,14 +163,17 @@ def _synth(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from PIL import Image
+
+    from diffscape.atomic import atomic_path
     from diffscape.data.dataset import load_dataset
     from diffscape.data.show import show_dataset
 
     ds = load_dataset(args.dataset)
     sheet = show_dataset(ds, split=args.split, per_class=args.per_class, seed=args.seed)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out)
+    with atomic_path(out) as tmp:  # the temporary's name hides the suffix: name the format
+        sheet.save(tmp, format=Image.registered_extensions().get(out.suffix.lower(), "PNG"))
     rows = ds.num_classes or 1
     print(f"wrote {out}: {rows} rows of up to {args.per_class} {args.split} images")
     return 0
@@ -179,5 +190,5 @@ def summary(ds: Dataset) -> str:
             f"  {split:5} {ds.count(split):6d}" + (f"  ({per_class})" if per_class else "")
         )
     if skipped := ds.manifest.get("skipped"):
-        lines.append(f"  skipped {len(skipped)} file(s), listed in {ds.root / 'manifest.json'}")
+        lines.append(f"  skipped {len(skipped)} file(s), listed in {ds.root / MANIFEST}")
     return "\n".join(lines)

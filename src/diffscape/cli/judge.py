@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
 
 from diffscape.cli import HelpFormatter
+from diffscape.judge.settings import (  # light: the defaults live there, once
+    MAX_BLOCKS,
+    MAX_WIDTH,
+    VAL_FRACTION,
+    CNNSettings,
+    SVCSettings,
+)
 
-if TYPE_CHECKING:
-    from diffscape.judge.cnn import CNNSettings
+CNN, SVC = CNNSettings(), SVCSettings()
+GRID_C = ", ".join(f"{c:g}" for c in SVC.grid_C)
+GRID_GAMMA = ", ".join(str(g) for g in SVC.grid_gamma)
 
 JUDGE_EXAMPLES = """\
 examples:
@@ -17,7 +24,7 @@ examples:
   diffscape judge cas samples/a data/synth
 """
 
-TRAIN_EXAMPLES = """\
+TRAIN_EXAMPLES = f"""\
 examples:
   diffscape judge train data/synth --kind cnn --out judges/synth-cnn
   diffscape judge train data/photos32 --kind svc --grid --out judges/photos-svc
@@ -25,8 +32,8 @@ examples:
 
 Validation (early stopping for the CNN, (C, gamma) choice for the SVC grid) uses the dataset's
 val split, or --val-fraction of each class of train, held out with --seed, when it has none. The
-test split is only measured. The SVC grid is the report's: C in 1, 10, 100 x gamma in scale,
-0.001, 0.01, 0.1, on pixels / 255 (z-scored per pixel with --standardize).
+test split is only measured. The SVC grid is the report's: C in {GRID_C} x gamma in
+{GRID_GAMMA}, on pixels / 255 (z-scored per pixel with --standardize).
 Writes JUDGE/judge.json (kind, classes, size, accuracies, settings) and the model
 (model.skops or model.safetensors; neither is ever unpickled).
 """
@@ -56,25 +63,27 @@ chance (1 / classes) = the samples teach nothing about the real classes. Writes 
 
 
 def _add_cnn_options(p: argparse.ArgumentParser, val_help: str) -> None:
-    p.add_argument("--epochs", type=int, default=40, help="CNN: at most this many epochs")
+    p.add_argument(
+        "--epochs", type=int, default=CNN.max_epochs, help="CNN: at most this many epochs, 1-10000"
+    )
     p.add_argument(
         "--patience",
         type=int,
-        default=6,
-        help="CNN: stop this many epochs after the val accuracy last rose",
+        default=CNN.patience_epochs,
+        help="CNN: stop this many epochs (1 or more) after the val accuracy last rose",
     )
-    p.add_argument("--batch", type=int, default=64, help="CNN: images per step")
-    p.add_argument("--lr", type=float, default=2e-3, help="CNN: AdamW peak learning rate")
+    p.add_argument("--batch", type=int, default=CNN.batch, help="CNN: images per step, 2-65536")
+    p.add_argument(
+        "--lr", type=float, default=CNN.lr, help="CNN: AdamW peak learning rate, in (0, 10]"
+    )
     p.add_argument(
         "--widths",
-        default="32,64,128",
-        help="CNN: channels of each conv block (each halves the image), comma-separated",
+        default=",".join(str(w) for w in CNN.widths),
+        help="CNN: channels of each conv block (each halves the image), comma-separated; "
+        f"1-{MAX_BLOCKS} blocks of 1-{MAX_WIDTH}",
     )
     p.add_argument(
-        "--val-fraction",
-        type=float,
-        default=0.15,
-        help=val_help,
+        "--val-fraction", type=float, default=VAL_FRACTION, help=val_help + ", in (0, 1)"
     )
     p.add_argument(
         "--seed", type=int, default=0, help="seeds hold-out, weights, order, augmentation"
@@ -105,7 +114,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     t.add_argument("dataset", metavar="DATASET", help="dataset folder (data prepare / data synth)")
     t.add_argument("--kind", choices=["svc", "cnn"], default="cnn", help="classifier")
-    t.add_argument("--out", required=True, default=argparse.SUPPRESS, help="judge folder to write")
+    t.add_argument(
+        "--out",
+        required=True,
+        default=argparse.SUPPRESS,
+        help="judge folder to write: new, empty or an older judge",
+    )
     t.add_argument("--grid", action="store_true", help="SVC: search the report's (C, gamma) grid")
     t.add_argument(
         "--size",
@@ -113,9 +127,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=argparse.SUPPRESS,  # None would print "(default: None)"
         help="resize images to this side (default: the dataset's size)",
     )
-    t.add_argument("--C", type=float, default=100.0, dest="svc_c", help="SVC without --grid: C")
+    t.add_argument("--C", type=float, default=SVC.C, dest="svc_c", help="SVC without --grid: C > 0")
     t.add_argument(
-        "--gamma", default="0.01", help="SVC without --grid: RBF gamma (a number or 'scale')"
+        "--gamma",
+        default=str(SVC.gamma),
+        help="SVC without --grid: RBF gamma (a number > 0 or 'scale')",
     )
     t.add_argument(
         "--standardize", action="store_true", help="SVC: z-score every pixel before the SVC"
@@ -168,7 +184,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _cnn_settings(args: argparse.Namespace) -> CNNSettings:
     from diffscape.errors import DiffscapeError
-    from diffscape.judge.cnn import CNNSettings
 
     try:
         widths = tuple(int(w) for w in args.widths.split(","))
@@ -197,7 +212,7 @@ def _gamma(text: str) -> float | str:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from diffscape.judge.svc import SVCSettings, format_grid
+    from diffscape.judge.svc import format_grid
     from diffscape.judge.train import train_judge
 
     svc = SVCSettings(C=args.svc_c, gamma=_gamma(args.gamma), standardize=args.standardize)

@@ -17,30 +17,39 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
-from diffscape.atomic import publish_dir
+from diffscape.atomic import publish_dir, tmp_dir_beside, write_json
+from diffscape.data.memory import check_fits
 from diffscape.errors import DiffscapeError
+from diffscape.layout import MANIFEST, images_file, labels_file, safe_component
+
+__all__ = [  # MANIFEST, images_file, labels_file live in diffscape.layout; re-exported here
+    "FORMAT",
+    "MANIFEST",
+    "MAX_SIZE",
+    "SPLITS",
+    "UNLABELLED",
+    "Dataset",
+    "DatasetError",
+    "SplitWriter",
+    "images_file",
+    "labels_file",
+    "load_dataset",
+    "make_tmp_dir",
+    "parse_dataset_spec",
+    "write_manifest_and_publish",
+]
 
 FORMAT = "diffscape-dataset"
 FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 SPLITS = ("train", "val", "test")
 UNLABELLED = -1
-
-
-def images_file(split: str) -> str:
-    return f"{split}_images.npy"
-
-
-def labels_file(split: str) -> str:
-    return f"{split}_labels.npy"
+MAX_SIZE = 1024  # pixels per side; a 1024 px image is already 3 MiB of uint8
 
 
 class DatasetError(DiffscapeError, ValueError):
@@ -91,6 +100,17 @@ class Dataset:
         self._split(split)
         return np.load(self.root / labels_file(split), mmap_mode="r")
 
+    def read_images(self, split: str, copies: float = 1.0) -> np.ndarray:
+        """The images of ``split`` read into memory, once it is clear that they fit (with
+        ``copies`` times their size on top for what the caller derives from them)."""
+        nbytes = self.count(split) * 3 * self.size * self.size
+        check_fits(
+            int(nbytes * (1 + copies)),
+            f"reading {self.root}:{split} ({self.count(split)} images of {self.size} px)",
+            "use a smaller dataset (or --size), or free memory",
+        )
+        return np.array(self.images(split))
+
     def _split(self, split: str) -> dict[str, Any]:
         try:
             return self.manifest["splits"][split]
@@ -101,7 +121,8 @@ class Dataset:
 
 
 def load_dataset(root: str | os.PathLike[str]) -> Dataset:
-    """Open a prepared dataset folder, checking that it is complete."""
+    """Open a prepared dataset folder, checking that its manifest is sound and that its arrays
+    are complete and agree with it (shapes, counts, label range); reads only the labels."""
     root = Path(root)
     path = root / MANIFEST
     if not path.is_file():
@@ -109,19 +130,103 @@ def load_dataset(root: str | os.PathLike[str]) -> Dataset:
             f"{root} is not a prepared dataset (no {MANIFEST}). Make one with "
             "`diffscape data prepare SRC --out DIR` or `diffscape data synth --out DIR`."
         )
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != FORMAT:
-        raise DatasetError(f"{path} is not a {FORMAT} manifest")
+    ds = Dataset(root=root, manifest=_read_manifest(path))
+    for split in ds.splits:
+        _check_split(ds, split)
+    return ds
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    again = "prepare the data again"
+    try:
+        manifest = json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path} is not valid JSON ({e}); {again}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise DatasetError(f"{path} is not a {FORMAT} manifest; {again}")
     if manifest.get("version") != FORMAT_VERSION:
         raise DatasetError(
             f"{path} has format version {manifest.get('version')}, this diffscape reads "
-            f"{FORMAT_VERSION}; prepare the data again"
+            f"{FORMAT_VERSION}; {again}"
         )
-    for split in manifest["splits"]:
-        for name in (images_file(split), labels_file(split)):
-            if not (root / name).is_file():
-                raise DatasetError(f"{root} is incomplete: {name} is missing; prepare it again")
-    return Dataset(root=root, manifest=manifest)
+    classes, size, splits = (manifest.get(k) for k in ("classes", "size", "splits"))
+    if not isinstance(classes, list) or len(set(map(str, classes))) != len(classes):
+        raise DatasetError(f"{path}: classes must be a list of distinct names; {again}")
+    for name in classes:
+        try:
+            safe_component(name, "class name")
+        except DiffscapeError as e:
+            raise DatasetError(f"{path}: {e}") from None
+    if not _is_int(size) or not 1 <= size <= MAX_SIZE:
+        raise DatasetError(f"{path}: size must be 1 to {MAX_SIZE} pixels, got {size!r}; {again}")
+    if not isinstance(splits, dict) or not splits or not set(splits) <= set(SPLITS):
+        raise DatasetError(f"{path}: splits must be some of {', '.join(SPLITS)}; {again}")
+    for split, entry in splits.items():
+        if not isinstance(entry, dict) or not _is_int(entry.get("n")) or entry["n"] < 0:
+            raise DatasetError(f"{path}: split {split} has no image count n; {again}")
+    if not isinstance(manifest.get("content_hash"), str):
+        raise DatasetError(f"{path} has no content_hash; {again}")
+    return manifest
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def read_npy_header(f: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran order, dtype) from the header of the .npy data in ``f``, leaving ``f`` at
+    the first byte of data; ValueError when it is not .npy data (versions 1.0 and 2.0)."""
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(f)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(f)
+    raise ValueError(f"unsupported .npy version {version}")
+
+
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) of an .npy file, read from its header alone; DatasetError when the file
+    is missing, not an .npy file, or shorter than its header says."""
+    if not path.is_file():
+        raise DatasetError(f"{path.parent} is incomplete: {path.name} is missing; prepare it again")
+    try:
+        with open(path, "rb") as f:
+            shape, fortran, dtype = read_npy_header(f)
+            offset = f.tell()
+    except (ValueError, OSError, SyntaxError) as e:
+        raise DatasetError(
+            f"{path} is not a readable .npy array ({e}); prepare the data again"
+        ) from None
+    nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if fortran or dtype.hasobject or path.stat().st_size < offset + nbytes:
+        raise DatasetError(
+            f"{path} is truncated or damaged (its header promises {nbytes} bytes of "
+            f"{dtype} {shape}); prepare the data again"
+        )
+    return tuple(shape), dtype
+
+
+def _check_split(ds: Dataset, split: str) -> None:
+    n, k, s = ds.count(split), ds.num_classes, ds.size
+    bad = f"{ds.root}: {split} split disagrees with {MANIFEST}"
+    shape, dtype = _npy_header(ds.root / images_file(split))
+    if dtype != np.uint8 or shape != (n, 3, s, s):
+        raise DatasetError(f"{bad}: images are {dtype} {shape}, expected uint8 {(n, 3, s, s)}")
+    shape, dtype = _npy_header(ds.root / labels_file(split))
+    if dtype != np.int64 or shape != (n,):
+        raise DatasetError(f"{bad}: labels are {dtype} {shape}, expected int64 ({n},)")
+    labels = np.asarray(ds.labels(split))
+    if n and (labels.min() < UNLABELLED or labels.max() >= k):
+        raise DatasetError(
+            f"{bad}: labels range from {labels.min()} to {labels.max()} but there are {k} "
+            "classes; prepare the data again"
+        )
+    counts = ds.manifest["splits"][split].get("counts")
+    if k and isinstance(counts, dict):
+        per_class = np.bincount(labels[labels >= 0], minlength=k).tolist()
+        found = dict(zip(ds.classes, per_class, strict=True))
+        if {c: counts.get(c) for c in ds.classes} != found:
+            raise DatasetError(f"{bad}: per-class counts differ from the labels")
 
 
 def parse_dataset_spec(spec: str, default_split: str = "train") -> tuple[Dataset, str]:
@@ -247,25 +352,10 @@ def write_manifest_and_publish(
         manifest["splits"][split] = {"n": len(labels), "counts": counts}
     if extra:
         manifest.update(extra)
-    (tmp_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    write_json(tmp_dir / MANIFEST, manifest)
     publish_dir(tmp_dir, out_dir)
     return load_dataset(out_dir)
 
 
-def make_tmp_dir(out_dir: Path) -> Path:
-    """A fresh temporary folder beside ``out_dir`` (same file system, so rename is atomic)."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    return tmp
-
-
-def iter_batches(
-    images: np.ndarray, batch: int
-) -> Iterator[tuple[int, np.ndarray]]:  # pragma: no cover - tiny helper
-    """(start, uint8 batch) over a (memory-mapped) array, ``batch`` at a time."""
-    for start in range(0, len(images), batch):
-        yield start, np.asarray(images[start : start + batch])
+# Old name of atomic.tmp_dir_beside, still imported by tests/test_metrics_evaluate.py.
+make_tmp_dir = tmp_dir_beside

@@ -37,16 +37,17 @@ from typing import IO, Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from diffscape.atomic import tmp_dir_beside
 from diffscape.data.dataset import (
-    MANIFEST,
+    MAX_SIZE,
     UNLABELLED,
     Dataset,
     DatasetError,
     SplitWriter,
     load_dataset,
-    make_tmp_dir,
     write_manifest_and_publish,
 )
+from diffscape.layout import MANIFEST, check_out, safe_component
 
 # Bump when preprocessing changes, so that re-running `prepare` rebuilds instead of a no-op.
 PREPARE_VERSION = 1
@@ -169,6 +170,17 @@ class SourceFile:
     mtime: float  # seconds since the epoch (a zip stores 2-second resolution)
 
 
+def _unsafe_member(rel: str) -> str | None:
+    """Why a zip member's path must not be used (it points outside the archive's own tree, so
+    a folder in it would not be a class), or None."""
+    p = PurePosixPath(rel)
+    if p.is_absolute() or rel.startswith("\\") or (len(rel) >= 2 and rel[1] == ":"):
+        return "unsafe path in the archive: absolute"
+    if ".." in p.parts:
+        return "unsafe path in the archive: contains .."
+    return None
+
+
 def _is_candidate(rel: str) -> bool:
     parts = PurePosixPath(rel).parts
     if any(p.startswith(".") or p in _JUNK_DIRS for p in parts):
@@ -182,6 +194,7 @@ class _Source:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._zip: zipfile.ZipFile | None = None
+        self.unsafe: list[dict[str, str]] = []  # zip members skipped by files(), with the reason
         if path.is_dir():
             return
         if not path.is_file():
@@ -198,7 +211,12 @@ class _Source:
         found: list[SourceFile] = []
         if self._zip is not None:
             for info in self._zip.infolist():
-                if not info.is_dir() and _is_candidate(info.filename):
+                name = info.filename
+                if info.is_dir() or PurePosixPath(name).suffix.lower() not in PHOTO_SUFFIXES:
+                    continue
+                if why := _unsafe_member(name):
+                    self.unsafe.append(_skip(name, why))
+                elif _is_candidate(name):
                     mtime = time.mktime((*info.date_time, 0, 0, -1))  # local time, 2 s steps
                     found.append(SourceFile(info.filename, info.file_size, mtime))
         else:
@@ -257,9 +275,12 @@ def _skip(rel: str, reason: str) -> dict[str, str]:
     return {"path": rel, "reason": reason}
 
 
-def _plan(files: list[SourceFile], test_fraction: float, seed: int) -> _Plan:
+def _plan(
+    files: list[SourceFile], test_fraction: float, seed: int, skipped: list[dict[str, str]]
+) -> _Plan:
+    """Where each file goes; ``skipped`` (files already left out, with reasons) is extended."""
     parts = [PurePosixPath(f.rel).parts for f in files]
-    skipped: list[dict[str, str]] = []
+    skipped = list(skipped)
     # (file, split or None, path below the split folder / wrapper folders)
     placed: list[tuple[SourceFile, str | None, tuple[str, ...]]] = []
     # Split folders count at the shallowest depth where any folder has a split name, so that a
@@ -282,6 +303,8 @@ def _plan(files: list[SourceFile], test_fraction: float, seed: int) -> _Plan:
         placed = [(f, None, p[depth:]) for f, p in zip(files, parts, strict=True)]
 
     classes = sorted({rest[0] for _, _, rest in placed if len(rest) > 1})
+    for name in classes:  # folder names become path components of samples later: check now
+        safe_component(name, "class name")
     if split_depth is None:
         layout = "class-folders" if classes else "flat"
     items: list[_Item] = []
@@ -360,15 +383,17 @@ def prepare_dataset(
         if existing is not None and existing.manifest.get("input_fingerprint") == fingerprint:
             print(f"{out} is up to date (same input files and options); nothing rewritten")
             return existing
-        plan = _plan(files, test_fraction, seed)
+        plan = _plan(files, test_fraction, seed, source.unsafe)
         return _write(source, plan, out, size, max_pixels, progress, options, fingerprint)
     finally:
         source.close()
 
 
 def _check_options(size: int, test_fraction: float, max_pixels: int) -> None:
-    if size < 8 or size % 8:
-        raise DatasetError(f"--size must be a multiple of 8 and at least 8 (got {size}), e.g. 32")
+    if size < 8 or size % 8 or size > MAX_SIZE:
+        raise DatasetError(
+            f"--size must be a multiple of 8 from 8 to {MAX_SIZE} (got {size}), e.g. 32"
+        )
     if not 0 <= test_fraction < 1:
         raise DatasetError(f"--test-fraction must be in [0, 1) (got {test_fraction}), e.g. 0.1")
     if max_pixels < 1:
@@ -383,12 +408,7 @@ def _check_out(src: Path, out: Path) -> None:
         )
     if out_abs == src_abs:
         raise DatasetError(f"--out {out} is SRC itself; pick another folder")
-    replaceable = not out.exists() or (out / MANIFEST).is_file()
-    if not replaceable and (out.is_file() or any(out.iterdir())):
-        raise DatasetError(
-            f"--out {out} exists and is not a prepared dataset; it would be replaced, so "
-            "pick a new or empty folder (or delete it)"
-        )
+    check_out(out, "dataset")
 
 
 def _existing_dataset(out: Path) -> Dataset | None:
@@ -422,7 +442,7 @@ def _write(
 
     class_index = {name: i for i, name in enumerate(plan.classes)}
     skipped = list(plan.skipped)
-    tmp = make_tmp_dir(out)
+    tmp = tmp_dir_beside(out)
     writers = {s: SplitWriter(tmp, s, size) for s in plan.splits}
     try:
         with _pixel_limit(max_pixels):

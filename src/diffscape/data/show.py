@@ -9,12 +9,13 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from diffscape.data.dataset import Dataset
+from diffscape.data.dataset import Dataset, DatasetError
 from diffscape.imagefolder import make_grid
 
 PAD = 2  # pixels around each image, before upscaling (as make_grid)
 FONT_PX = 12  # label text height in pixels; the default font is Pillow's bundled one
 TEXT_MARGIN = 6  # pixels between the label column and its neighbours
+MAX_PER_CLASS = 100  # images per row at most (a row of 100 32-px images is 6,800 px wide)
 
 
 def labelled_rows_image(rows: list[tuple[str, np.ndarray]], scale: int = 2) -> Image.Image:
@@ -70,8 +71,8 @@ def show_dataset(
     An unlabelled dataset gives one row. Only the drawn images are read from the
     memory-mapped array.
     """
-    if per_class < 1:
-        raise ValueError(f"per_class must be >= 1, got {per_class}")
+    if not 1 <= per_class <= MAX_PER_CLASS:
+        raise DatasetError(f"per_class (--per-class) must be 1 to {MAX_PER_CLASS}, got {per_class}")
     images = ds.images(split)
     labels = np.asarray(ds.labels(split))
     rng = np.random.default_rng(seed)

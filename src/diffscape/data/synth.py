@@ -20,19 +20,15 @@ import os
 import shutil
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 from tqdm import tqdm
 
-from diffscape.data.dataset import (
-    Dataset,
-    SplitWriter,
-    make_tmp_dir,
-    write_manifest_and_publish,
-)
+from diffscape.atomic import tmp_dir_beside
+from diffscape.data.dataset import MAX_SIZE, Dataset, SplitWriter, write_manifest_and_publish
 from diffscape.errors import DiffscapeError
+from diffscape.layout import check_out
 
 CLASSES = ("Coast", "Desert", "Forest", "Glacier", "Mountain")
 SYNTH_VERSION = 1  # bump when the pictures change, so cached statistics are not reused
@@ -456,9 +452,9 @@ _RENDERERS = {
 
 
 def _check_size(size: int) -> None:
-    if not isinstance(size, int | np.integer) or size < 8 or size % 8:
+    if not isinstance(size, int | np.integer) or size < 8 or size % 8 or size > MAX_SIZE:
         raise SynthError(
-            f"size must be a multiple of 8 and at least 8 (got {size!r}); try 32 or 64"
+            f"size must be a multiple of 8 from 8 to {MAX_SIZE} (got {size!r}); try 32 or 64"
         )
 
 
@@ -518,7 +514,7 @@ def synthesize(
         raise SynthError(f"seed must be a non-negative integer, got {seed!r}")
     if not 0 <= test_fraction < 1:
         raise SynthError(f"test_fraction must be in [0, 1), got {test_fraction!r}")
-    out_dir = Path(out)
+    out_dir = check_out(out, "dataset")  # before any work: never replace what is not a dataset
     is_test = np.zeros(n, bool)
     is_test[split_test_indices(n, seed, test_fraction)] = True
     if is_test.all():
@@ -527,7 +523,7 @@ def synthesize(
             "lower test_fraction or raise n"
         )
 
-    tmp = make_tmp_dir(out_dir)
+    tmp = tmp_dir_beside(out_dir)
     writers: dict[str, SplitWriter] = {}
     try:
         writers["train"] = SplitWriter(tmp, "train", size)

@@ -11,7 +11,6 @@ chance is 1 / classes.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from dataclasses import asdict
@@ -21,14 +20,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from diffscape.atomic import write_json
 from diffscape.data.dataset import Dataset, parse_dataset_spec
-from diffscape.errors import DiffscapeError
-from diffscape.imagefolder import UNCONDITIONAL, load_sample_folder
+from diffscape.imagefolder import load_sample_folder
 from diffscape.judge.cnn import CNNSettings, fit_cnn
-from diffscape.judge.data import map_class_names, stratified_holdout
+from diffscape.judge.data import VAL_FRACTION, JudgeError, map_class_names, stratified_holdout
 from diffscape.judge.score import confusion_matrix, per_class_accuracy
-
-CAS_JSON = "cas.json"
+from diffscape.layout import CAS_JSON, UNCONDITIONAL
 
 
 def matched_real_subset(
@@ -52,7 +50,7 @@ def cas(
     *,
     out: str | os.PathLike[str] | None = None,
     seed: int = 0,
-    val_fraction: float = 0.15,
+    val_fraction: float = VAL_FRACTION,
     settings: CNNSettings | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
@@ -62,28 +60,32 @@ def cas(
     each training set (generated or real), never the test images. Writes cas.json into ``out``
     (default ``samples_dir``) and returns what it holds."""
     settings = settings or CNNSettings()
+    if not 0 < val_fraction < 1:
+        raise JudgeError(f"--val-fraction must be in (0, 1), got {val_fraction}")
     if isinstance(dataset, Dataset):
         ds, split = dataset, "test"
         ds.count(split)  # a clear error when there is no test split
     else:
         ds, split = parse_dataset_spec(str(dataset), default_split="test")
     if split == "train":
-        raise DiffscapeError("CAS scores on real held-out images; pass DATASET:test (or :val)")
+        raise JudgeError("CAS scores on real held-out images; pass DATASET:test (or :val)")
     samples = load_sample_folder(samples_dir, size=ds.size)
     if any(c in (None, UNCONDITIONAL) for c in samples.class_names):
-        raise DiffscapeError(
+        raise JudgeError(
             f"{samples_dir} has images without a class folder; CAS needs <class>/<i>.png"
         )
     classes = ds.classes
     y_gen = map_class_names(samples.class_names, classes, str(samples_dir))
-    x_test = np.array(ds.images(split))
+    x_test = ds.read_images(split, copies=0.0)
     y_test = np.asarray(ds.labels(split), np.int64)
 
     rng = np.random.default_rng(seed)
     y_train_all = np.asarray(ds.labels("train"), np.int64)
     counts = np.bincount(y_gen, minlength=len(classes))
     real_idx, short = matched_real_subset(y_train_all, counts, classes, rng)
-    x_real = np.array(ds.images("train"))[real_idx]
+    x_real = np.asarray(
+        ds.images("train")[real_idx]
+    )  # reads only the chosen rows of the memory map
     y_real = y_train_all[real_idx]
     log(
         f"CAS: {len(y_gen)} generated vs {len(y_real)} real training images, "
@@ -135,8 +137,7 @@ def cas(
         "settings": asdict(settings),
     }
     out_dir = Path(out) if out is not None else Path(samples_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / CAS_JSON).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out_dir / CAS_JSON, result)
     return result
 
 

@@ -17,7 +17,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from diffscape.data.dataset import MAX_SIZE
 from diffscape.judge.data import check_images
+from diffscape.judge.settings import (
+    MAX_CLASSES,
+    CNNSettings,
+    JudgeError,
+    check_architecture,
+)
+
+__all__ = ["CNNConfig", "CNNSettings", "SmallCNN", "TrainedCNN", "fit_cnn", "predict"]
 
 
 @dataclass(frozen=True)
@@ -30,35 +39,44 @@ class CNNConfig:
     convs_per_block: int = 2  # 3x3 conv-BN-ReLU layers per block
     dropout: float = 0.2  # before the linear head
 
+    def __post_init__(self) -> None:
+        check_architecture(self.widths, self.convs_per_block, self.dropout)
+        if not 1 <= self.num_classes <= MAX_CLASSES:
+            raise JudgeError(f"a CNN judge has 1 to {MAX_CLASSES} classes, got {self.num_classes}")
+        if not 2 ** len(self.widths) <= self.size <= MAX_SIZE:
+            raise JudgeError(
+                f"a {len(self.widths)}-block CNN takes images of {2 ** len(self.widths)} to "
+                f"{MAX_SIZE} px, got {self.size}"
+            )
+
     @classmethod
     def from_dict(cls, d: dict) -> CNNConfig:
-        return cls(
-            num_classes=int(d["num_classes"]),
-            size=int(d["size"]),
-            widths=tuple(int(w) for w in d["widths"]),
-            convs_per_block=int(d["convs_per_block"]),
-            dropout=float(d["dropout"]),
-        )
+        """The config judge.json holds; JudgeError when it is not one."""
+        try:
+            return cls(
+                num_classes=int(d["num_classes"]),
+                size=int(d["size"]),
+                widths=tuple(int(w) for w in d["widths"]),
+                convs_per_block=int(d["convs_per_block"]),
+                dropout=float(d["dropout"]),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            if isinstance(e, JudgeError):
+                raise
+            raise JudgeError(f"not a CNN judge config ({type(e).__name__}: {e})") from None
+
+    def num_params(self) -> int:
+        """Numbers in the state dict (weights and BatchNorm statistics), to compare with a
+        weights file before building the network."""
+        n, c_in = 0, 3
+        for w in self.widths:
+            for _ in range(self.convs_per_block):
+                n += 9 * c_in * w + 4 * w + 1  # conv, BN weight/bias/mean/var, batch count
+                c_in = w
+        return n + c_in * self.num_classes + self.num_classes
 
     def to_dict(self) -> dict:
         return {**asdict(self), "widths": list(self.widths)}
-
-
-@dataclass(frozen=True)
-class CNNSettings:
-    """How a CNN judge is built and trained (its architecture less what the data decides)."""
-
-    widths: tuple[int, ...] = (32, 64, 128)  # channels per conv block; each block halves the size
-    convs_per_block: int = 2  # 3x3 conv-BN-ReLU layers per block
-    dropout: float = 0.2  # before the linear head
-    max_epochs: int = 40  # upper bound; early stopping usually ends sooner
-    patience_epochs: int = 6  # stop after this many epochs without a better validation score
-    batch: int = 64  # images per optimizer step
-    lr: float = 2e-3  # AdamW peak learning rate, cosine-decayed to 0 over max_epochs
-    weight_decay: float = 0.05  # AdamW decoupled weight decay
-    flip: bool = True  # random horizontal flips (never vertical: skies are up in landscapes)
-    shift: float = 0.125  # random translation up to this fraction of the size (reflect-padded)
-    jitter: float = 0.1  # brightness, contrast and saturation scaled by U(1 - j, 1 + j)
 
 
 class SmallCNN(nn.Module):
@@ -194,7 +212,10 @@ def fit_cnn(
     falling long after accuracy saturates on easy data, so it would never stop.)"""
     x_train, x_val = check_images(x_train), check_images(x_val)
     if len(x_val) == 0:
-        raise ValueError("early stopping needs at least one validation image")
+        raise JudgeError(
+            "early stopping needs at least one validation image: give some class two or more "
+            "images (or the dataset a val split)"
+        )
     # Weight init and dropout draw from torch's global RNG (they take no generator): seed it from
     # ``gen`` inside a fork, so the result depends on ``gen`` alone and the caller's RNG is untouched.
     with torch.random.fork_rng(devices=[]):

@@ -13,14 +13,17 @@ import numpy as np
 from PIL import Image
 
 from diffscape.data.dataset import Dataset
-from diffscape.errors import DiffscapeError
+from diffscape.data.memory import check_fits
+from diffscape.judge.settings import VAL_FRACTION, JudgeError
+
+__all__ = ["VAL_FRACTION", "JudgeError", "Splits", "load_splits", "map_class_names"]
 
 
 def check_images(images: np.ndarray) -> np.ndarray:
     """Accept only what the judges are trained on: uint8 RGB in NCHW layout."""
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] != 3:
-        raise DiffscapeError(
+        raise JudgeError(
             f"expected uint8 images of shape (N, 3, H, W), got {images.dtype} {images.shape}"
         )
     return images
@@ -73,22 +76,32 @@ class Splits:
 
 
 def load_splits(
-    dataset: Dataset, size: int, val_fraction: float, rng: np.random.Generator
+    dataset: Dataset,
+    size: int,
+    val_fraction: float,
+    rng: np.random.Generator,
+    bytes_per_value: int = 0,  # what the judge adds per pixel value (the SVC's float copies)
 ) -> Splits:
-    """Read a labelled dataset into memory at ``size``; validation is the dataset's val split, or
-    a seeded stratified part of train when it has none."""
+    """Read a labelled dataset into memory at ``size``, once it is clear that it fits;
+    validation is the dataset's val split, or a seeded stratified part of train when it has
+    none."""
     if not dataset.labelled:
-        raise DiffscapeError(f"{dataset.root} has no classes; a judge needs labelled images")
+        raise JudgeError(f"{dataset.root} has no classes; a judge needs labelled images")
     if "train" not in dataset.splits:
-        raise DiffscapeError(f"{dataset.root} has no train split")
+        raise JudgeError(f"{dataset.root} has no train split")
+    n = sum(dataset.count(s) for s in dataset.splits)
+    per_image = 3 * (dataset.size**2 + size**2 * (1 + bytes_per_value))
+    check_fits(
+        n * per_image,
+        f"a judge on {dataset.root} ({n} images at {size} px)",
+        "use --size to train on smaller images, or a smaller dataset",
+    )
 
     def read(split: str) -> tuple[np.ndarray, np.ndarray]:
         x = resize_images(np.array(dataset.images(split)), size)  # read into memory
         y = np.asarray(dataset.labels(split), np.int64)
         if (y < 0).any():
-            raise DiffscapeError(
-                f"{dataset.root}:{split} has unlabelled images; a judge needs labels"
-            )
+            raise JudgeError(f"{dataset.root}:{split} has unlabelled images; a judge needs labels")
         return x, y
 
     x_train, y_train = read("train")
@@ -111,7 +124,7 @@ def map_class_names(names: Sequence[str | None], classes: Sequence[str], what: s
     index = {c: i for i, c in enumerate(classes)}
     unknown = sorted({str(n) for n in names if n not in index})
     if unknown:
-        raise DiffscapeError(
+        raise JudgeError(
             f"{what} has classes the judge does not know: {', '.join(unknown)} "
             f"(it knows: {', '.join(classes)}). Images must sit in <class>/ subfolders named "
             "after the judge's classes."

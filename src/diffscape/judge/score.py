@@ -8,30 +8,27 @@ relative to it: a judge that gets 70% of real photos right cannot vouch for more
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn import metrics
 
+from diffscape.atomic import atomic_path, write_json
 from diffscape.data.dataset import parse_dataset_spec
-from diffscape.errors import DiffscapeError
-from diffscape.imagefolder import UNCONDITIONAL, load_sample_folder
-from diffscape.judge.data import map_class_names
+from diffscape.imagefolder import load_sample_folder
+from diffscape.judge.data import JudgeError, map_class_names
 from diffscape.judge.store import load_judge
+from diffscape.layout import ACCURACY_JSON, CONFUSION_JSON, CONFUSION_PNG, UNCONDITIONAL
 
-ACCURACY_JSON = "accuracy.json"
-CONFUSION_JSON = "confusion.json"
-CONFUSION_PNG = "confusion.png"
 VARIETY_MARGIN = 0.10  # warn when generated accuracy beats real accuracy by more than this
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
     """int64 (K, K): row = requested (true) class, column = predicted class."""
-    m = np.zeros((num_classes, num_classes), np.int64)
-    np.add.at(m, (y_true, y_pred), 1)
-    return m
+    labels = np.arange(num_classes)
+    return metrics.confusion_matrix(y_true, y_pred, labels=labels).astype(np.int64)
 
 
 def per_class_accuracy(matrix: np.ndarray, classes: list[str]) -> dict[str, dict[str, Any]]:
@@ -66,8 +63,9 @@ def real_accuracy(judge: Any, real: str | None) -> dict[str, Any] | None:
         return {"accuracy": acc, "n": n, "source": "judge.json (test split at training time)"}
     ds, split = parse_dataset_spec(real, default_split="test")
     y = map_class_names([ds.classes[i] for i in ds.labels(split)], judge.classes, f"{real}")
-    pred = judge.predict(np.array(ds.images(split)))
-    return {"accuracy": float((pred == y).mean()), "n": len(y), "source": f"{ds.root}:{split}"}
+    pred = judge.predict(ds.read_images(split, copies=1.0))  # + the copy resized to the judge's
+    accuracy = float(metrics.accuracy_score(y, pred))
+    return {"accuracy": accuracy, "n": len(y), "source": f"{ds.root}:{split}"}
 
 
 def score(
@@ -83,14 +81,14 @@ def score(
     samples = load_sample_folder(samples_dir, size=judge.size)
     loose = sum(1 for c in samples.class_names if c in (None, UNCONDITIONAL))
     if loose:
-        raise DiffscapeError(
+        raise JudgeError(
             f"{samples_dir} has {loose} images without a class folder; scoring needs "
             "<class>/<i>.png (sample a conditional model with --per-class)"
         )
     y_true = map_class_names(samples.class_names, judge.classes, str(samples_dir))
     y_pred = judge.predict(samples.images)
     matrix = confusion_matrix(y_true, y_pred, len(judge.classes))
-    accuracy = float((y_true == y_pred).mean())
+    accuracy = float(metrics.accuracy_score(y_true, y_pred))
     real_acc = real_accuracy(judge, real)
     warning = variety_warning(accuracy, None if real_acc is None else real_acc["accuracy"])
     result: dict[str, Any] = {
@@ -110,9 +108,8 @@ def score(
         "matrix": matrix.tolist(),
     }
     out_dir = Path(out) if out is not None else Path(samples_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / ACCURACY_JSON).write_text(json.dumps(result, indent=2) + "\n")
-    (out_dir / CONFUSION_JSON).write_text(json.dumps(confusion, indent=2) + "\n")
+    write_json(out_dir / ACCURACY_JSON, result)
+    write_json(out_dir / CONFUSION_JSON, confusion)
     title = f"{judge.kind} judge: {100 * accuracy:.1f}% of {len(y_true)} samples"
     plot_confusion(matrix, judge.classes, out_dir / CONFUSION_PNG, title)
     return result
@@ -144,7 +141,8 @@ def plot_confusion(matrix: np.ndarray, classes: list[str], path: Path, title: st
                 j, i, str(matrix[i, j]), ha="center", va="center", color=color, fontsize=fontsize
             )
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
 
 
 def format_score(result: dict[str, Any]) -> str:

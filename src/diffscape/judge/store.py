@@ -11,6 +11,7 @@ A judge folder holds
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,17 +23,18 @@ from safetensors.torch import load_file, save_file
 from sklearn.pipeline import Pipeline
 from sklearn.svm import SVC
 
-from diffscape.atomic import publish_dir
+from diffscape.atomic import publish_dir, write_json
+from diffscape.data.dataset import MAX_SIZE
+from diffscape.data.memory import check_fits
 from diffscape.errors import DiffscapeError
 from diffscape.judge.cnn import CNNConfig, SmallCNN, predict
-from diffscape.judge.data import check_images, resize_images
+from diffscape.judge.data import JudgeError, check_images, resize_images
 from diffscape.judge.svc import features, load_svc, save_svc
+from diffscape.layout import CNN_FILE, JUDGE_JSON, SVC_FILE, check_out, safe_component
 
 FORMAT = "diffscape-judge"
 FORMAT_VERSION = 1
-JUDGE_JSON = "judge.json"
-SVC_FILE = "model.skops"
-CNN_FILE = "model.safetensors"
+MODEL_FILES = {"svc": SVC_FILE, "cnn": CNN_FILE}
 
 
 class Judge(Protocol):
@@ -77,17 +79,10 @@ class CNNJudge:
         return predict(self.net, self.mean, self.std, resize_images(images, self.size))
 
 
-def check_out(out: Path) -> None:
-    """A judge may replace an older judge or an empty folder, never anything else."""
-    if out.exists() and not (out / JUDGE_JSON).is_file() and any(out.iterdir()):
-        raise DiffscapeError(f"{out} exists and is not a judge folder; choose another --out")
-
-
 def publish(tmp: Path, out: Path) -> None:
-    """Move a finished judge folder into place, replacing an old one only once this is complete."""
-    if out.exists():
-        check_out(out)
-    publish_dir(tmp, out)
+    """Move a finished judge folder into place, replacing an old one only once this is complete
+    (and only if it still is a judge: the folder may have changed while training)."""
+    publish_dir(tmp, check_out(out, "judge"))
 
 
 def write_svc_judge(tmp: Path, model: SVC | Pipeline, info: dict[str, Any]) -> None:
@@ -115,38 +110,105 @@ def write_cnn_judge(
 
 
 def write_info(folder: Path, info: dict[str, Any]) -> None:
-    info = {"format": FORMAT, "version": FORMAT_VERSION, **info}
-    (folder / JUDGE_JSON).write_text(json.dumps(info, indent=2) + "\n")
+    write_json(folder / JUDGE_JSON, {"format": FORMAT, "version": FORMAT_VERSION, **info})
 
 
 def read_info(judge_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """judge.json, checked field by field (it names files and sizes that loading relies on)."""
     path = Path(judge_dir) / JUDGE_JSON
     if not path.is_file():
-        raise DiffscapeError(
+        raise JudgeError(
             f"{judge_dir} is not a judge folder (no {JUDGE_JSON}); make one with "
             "`diffscape judge train DATASET --out JUDGE`"
         )
-    info = json.loads(path.read_text())
-    if info.get("format") != FORMAT or info.get("version") != FORMAT_VERSION:
-        raise DiffscapeError(f"{path} is not a {FORMAT} v{FORMAT_VERSION} file; train it again")
+    again = "train the judge again"
+    try:
+        info = json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise JudgeError(f"{path} is not valid JSON ({e}); {again}") from None
+    if not isinstance(info, dict) or (info.get("format"), info.get("version")) != (
+        FORMAT,
+        FORMAT_VERSION,
+    ):
+        raise JudgeError(f"{path} is not a {FORMAT} v{FORMAT_VERSION} file; {again}")
+    kind, classes, size, model = (info.get(k) for k in ("kind", "classes", "size", "model"))
+    if kind not in MODEL_FILES:
+        raise JudgeError(f"{path} has unknown kind {kind!r}; {again}")
+    if not isinstance(classes, list) or not classes or len(set(map(str, classes))) != len(classes):
+        raise JudgeError(f"{path}: classes must be a list of distinct names; {again}")
+    for name in classes:
+        try:
+            safe_component(name, "class name")
+        except DiffscapeError as e:
+            raise JudgeError(f"{path}: {e}") from None
+    if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= MAX_SIZE:
+        raise JudgeError(f"{path}: size must be 1 to {MAX_SIZE} pixels, got {size!r}; {again}")
+    if not isinstance(model, dict) or model.get("file") != MODEL_FILES[kind]:
+        raise JudgeError(f"{path}: a {kind} judge's model file is {MODEL_FILES[kind]}; {again}")
     return info
 
 
 def load_judge(judge_dir: str | os.PathLike[str]) -> SVCJudge | CNNJudge:
-    """Open a judge folder; nothing in it is unpickled."""
+    """Open a judge folder; nothing in it is unpickled, and nothing larger than its files is
+    allocated. JudgeError (one line) for anything that is not a judge written by diffscape."""
     root = Path(judge_dir)
     info = read_info(root)
     classes, size = list(info["classes"]), int(info["size"])
     model_path = root / info["model"]["file"]
     if not model_path.is_file():
-        raise DiffscapeError(f"{root} is incomplete: {model_path.name} is missing")
+        raise JudgeError(f"{root} is incomplete: {model_path.name} is missing")
     if info["kind"] == "svc":
-        return SVCJudge(load_svc(model_path), classes, size, info)
-    if info["kind"] == "cnn":
+        model = load_svc(model_path)
+        _check_svc(model, len(classes), size, model_path)
+        return SVCJudge(model, classes, size, info)
+    net, mean, std = _load_cnn(info, model_path)
+    return CNNJudge(net, mean, std, classes, size, info)
+
+
+def _check_svc(model: SVC | Pipeline, k: int, size: int, path: Path) -> None:
+    """The SVC must take this judge's images and predict indices into its classes."""
+    svc = model[-1] if isinstance(model, Pipeline) else model
+    n_features = getattr(model, "n_features_in_", None)
+    labels = np.asarray(getattr(svc, "classes_", []))
+    if (
+        n_features != 3 * size * size
+        or labels.dtype.kind not in "iu"
+        or not (len(labels) >= 2 and labels.min() >= 0 and labels.max() < k)
+    ):
+        raise JudgeError(
+            f"{path} does not fit its judge.json ({k} classes at {size} px); train it again"
+        )
+
+
+def _load_cnn(info: dict[str, Any], path: Path) -> tuple[SmallCNN, list[float], list[float]]:
+    """The network and its input normalisation; the architecture is checked against judge.json
+    and the weights file's size before anything is allocated."""
+    try:
         config = CNNConfig.from_dict(info["model"]["config"])
-        net = SmallCNN(config)
-        net.load_state_dict(load_file(str(model_path)))
-        net.eval()
         norm = info["model"]["normalisation"]
-        return CNNJudge(net, list(norm["mean"]), list(norm["std"]), classes, size, info)
-    raise DiffscapeError(f"{root}/{JUDGE_JSON} has unknown kind {info['kind']!r}")
+        mean, std = [float(m) for m in norm["mean"]], [float(s) for s in norm["std"]]
+    except (KeyError, TypeError, ValueError) as e:
+        raise JudgeError(f"{path.parent / JUDGE_JSON}: {e}; train the judge again") from None
+    if (config.num_classes, config.size) != (len(info["classes"]), info["size"]) or not (
+        len(mean) == len(std) == 3 and all(math.isfinite(x) for x in mean + std) and min(std) > 0
+    ):
+        raise JudgeError(f"{path.parent / JUDGE_JSON} contradicts itself; train the judge again")
+    if 4 * config.num_params() > path.stat().st_size:
+        raise JudgeError(
+            f"{path} holds {path.stat().st_size} bytes, less than the {config.num_params()} "
+            "float32 weights judge.json describes; train the judge again"
+        )
+    check_fits(3 * path.stat().st_size, f"loading {path}", "free memory, or train a smaller judge")
+    net = SmallCNN(config)
+    try:
+        net.load_state_dict(load_file(str(path)))
+    except Exception as e:  # safetensors and torch raise several types for a bad file
+        raise JudgeError(
+            f"{path} is not this judge's weights ({type(e).__name__}: {_first_line(e)}); "
+            "train the judge again"
+        ) from None
+    return net.eval(), mean, std
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:200]

@@ -7,15 +7,23 @@ squared distances the RBF kernel sees (roughly by 1 / pixel variance, about 15x 
 numeric gamma tuned without it means something else with it; ``gamma="scale"`` adapts to either.
 
 Saved with skops (no pickle); loading accepts only the scikit-learn and numpy types listed in
-:data:`TRUSTED_TYPES` and refuses any file that mentions another.
+:data:`TRUSTED_TYPES` and refuses any file that mentions another. Before skops reads anything,
+the file's ``schema.json`` is inspected: only the node kinds that saving an SVC produces are
+accepted (skops would otherwise call a trusted type such as ``numpy.ndarray`` with arguments
+from the file, e.g. ``numpy.ndarray((10**11,))``), and each array must hold exactly the bytes its
+header promises, so loading allocates no more than the file's size.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import time
-from collections.abc import Callable
+import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import skops.io as sio
@@ -23,10 +31,12 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from diffscape.errors import DiffscapeError
+from diffscape.data.dataset import read_npy_header
+from diffscape.data.memory import check_fits
 from diffscape.judge.data import check_images
+from diffscape.judge.settings import Gamma, JudgeError, SVCSettings
 
-Gamma = float | str  # a number, or "scale" (1 / (n_features * X.var())) as in scikit-learn
+__all__ = ["SVCSettings", "fit_grid", "format_grid", "load_svc", "save_svc"]
 
 # What a saved SVC judge may contain. skops already trusts most scikit-learn and numpy types by
 # default; checking against our own short list as well means a judge file holding anything else
@@ -50,15 +60,13 @@ TRUSTED_TYPES = frozenset(
         "builtins.bool",
     }
 )
-
-
-@dataclass(frozen=True)
-class SVCSettings:
-    C: float = 100.0  # RBF SVC regularisation; the report's best
-    gamma: Gamma = 0.01  # RBF width on x/255 pixels; the report's best
-    standardize: bool = False  # z-score each pixel before the SVC (see the module docstring)
-    grid_C: tuple[float, ...] = (1.0, 10.0, 100.0)  # the report's grid
-    grid_gamma: tuple[Gamma, ...] = ("scale", 0.001, 0.01, 0.1)  # the report's grid
+# The skops node kinds an SVC judge is saved as; others (ConstructorFromReduceNode, which calls
+# a type with arguments from the file, FunctionNode, MethodNode, ...) are refused unread.
+SKOPS_LOADERS = frozenset(
+    {"DictNode", "ListNode", "TupleNode", "JsonNode", "TypeNode", "NdArrayNode", "DTypeNode"}
+    | {"ObjectNode"}
+)
+MAX_SCHEMA_BYTES = 64 << 20  # an SVC judge's schema.json is a few kB
 
 
 def features(images: np.ndarray) -> np.ndarray:
@@ -143,19 +151,91 @@ def save_svc(model: SVC | Pipeline, path: Path) -> None:
 
 
 def load_svc(path: Path) -> SVC | Pipeline:
-    """Load a skops file, refusing any type outside :data:`TRUSTED_TYPES` (never unpickles)."""
+    """Load a skops file, refusing any type outside :data:`TRUSTED_TYPES` (never unpickles) and
+    any file that would make skops construct or allocate more than it holds."""
+    check_skops_file(path)
     untrusted = sio.get_untrusted_types(file=path)
     refused = sorted(set(untrusted) - TRUSTED_TYPES)
     if refused:
-        raise DiffscapeError(
+        raise JudgeError(
             f"{path} contains types a diffscape judge never holds: {', '.join(refused)}; "
             "refusing to load it. Train the judge again with `diffscape judge train`."
         )
-    model = sio.load(path, trusted=list(untrusted))
+    try:
+        model = sio.load(path, trusted=list(untrusted))
+    except Exception as e:  # a hostile or damaged file can fail in many ways inside skops
+        raise JudgeError(
+            f"{path} cannot be loaded ({type(e).__name__}: {e}); train the judge again"
+        ) from None
     # skops trusts most scikit-learn types by default, so also check the shape of what loaded.
     steps = [s for _, s in model.steps] if isinstance(model, Pipeline) else [model]
     kinds = [type(s) for s in steps]
     if kinds not in ([SVC], [StandardScaler, SVC]):
         names = " + ".join(k.__name__ for k in kinds)
-        raise DiffscapeError(f"{path} holds {names}, not an SVC judge")
+        raise JudgeError(f"{path} holds {names}, not an SVC judge")
     return model
+
+
+def check_skops_file(path: Path) -> None:
+    """Inspect a skops file without loading it: a zip whose members fit in memory, a schema
+    made only of :data:`SKOPS_LOADERS` nodes, and arrays that hold what their headers say."""
+    again = "train the judge again with `diffscape judge train`"
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, ValueError):
+        raise JudgeError(f"{path} is not a skops file (a pickle, or damaged?); {again}") from None
+    with zf:
+        members = {i.filename: i for i in zf.infolist()}
+        check_fits(
+            2 * sum(i.file_size for i in members.values()),
+            f"loading {path}",
+            "this judge is larger than this machine's memory",
+        )
+        info = members.get("schema.json")
+        if info is None or info.file_size > MAX_SCHEMA_BYTES:
+            raise JudgeError(f"{path} has no usable schema.json; {again}")
+        try:
+            schema = json.loads(zf.read(info))
+        except (ValueError, RecursionError, zipfile.BadZipFile) as e:
+            raise JudgeError(f"{path}: schema.json is damaged ({e}); {again}") from None
+        for node in _schema_nodes(schema):
+            loader = node["__loader__"]
+            if loader not in SKOPS_LOADERS:
+                what = f"{node.get('__module__')}.{node.get('__class__')}"
+                raise JudgeError(f"{path} holds a {loader} ({what}), which no judge does; {again}")
+            if loader == "NdArrayNode":
+                _check_array(zf, members, node, path)
+
+
+def _schema_nodes(schema: Any) -> Iterator[dict[str, Any]]:
+    """Every dict with a ``__loader__`` in a skops schema (iteratively: no recursion limit)."""
+    stack = [schema]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if "__loader__" in item:
+                yield item
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def _check_array(
+    zf: zipfile.ZipFile, members: dict[str, zipfile.ZipInfo], node: dict[str, Any], path: Path
+) -> None:
+    """An array node must name an .npy member whose data is exactly what its header says."""
+    name = node.get("file")
+    if node.get("type") != "numpy" or not isinstance(name, str) or name not in members:
+        raise JudgeError(f"{path} has an array that is not a stored .npy member; train it again")
+    try:
+        with zf.open(members[name]) as f:
+            shape, _, dtype = read_npy_header(f)
+            header = f.tell()
+    except (ValueError, SyntaxError, OSError, zipfile.BadZipFile) as e:
+        raise JudgeError(f"{path}: array {name} is damaged ({e}); train it again") from None
+    promised = math.prod(shape) * dtype.itemsize
+    if dtype.hasobject or promised != members[name].file_size - header:
+        raise JudgeError(
+            f"{path}: array {name} claims {dtype} {shape} ({promised} bytes) but holds "
+            f"{members[name].file_size - header} bytes; refusing to load it, train it again"
+        )

@@ -19,12 +19,13 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from diffscape.data.dataset import Dataset, load_dataset, make_tmp_dir
-from diffscape.errors import DiffscapeError
+from diffscape.atomic import tmp_dir_beside
+from diffscape.data.dataset import MAX_SIZE, Dataset, load_dataset
 from diffscape.judge.cnn import CNNSettings, fit_cnn
-from diffscape.judge.data import Splits, load_splits
-from diffscape.judge.store import check_out, publish, write_cnn_judge, write_svc_judge
+from diffscape.judge.data import VAL_FRACTION, JudgeError, Splits, load_splits
+from diffscape.judge.store import publish, write_cnn_judge, write_svc_judge
 from diffscape.judge.svc import GridRow, SVCSettings, features, fit_grid
+from diffscape.layout import check_out
 
 Kind = Literal["svc", "cnn"]
 
@@ -52,7 +53,7 @@ def train_judge(
     grid: bool = False,
     seed: int = 0,
     size: int | None = None,
-    val_fraction: float = 0.15,
+    val_fraction: float = VAL_FRACTION,
     svc: SVCSettings | None = None,
     cnn: CNNSettings | None = None,
     progress: bool = True,
@@ -66,21 +67,27 @@ def train_judge(
     ``val_fraction`` of each class of train is held out for validation.
     """
     if kind not in ("svc", "cnn"):
-        raise DiffscapeError(f"unknown judge kind {kind!r}; choose svc or cnn")
+        raise JudgeError(f"unknown judge kind {kind!r}; choose svc or cnn")
     if grid and kind != "svc":
-        raise DiffscapeError("--grid searches the SVC's (C, gamma); it applies to --kind svc only")
+        raise JudgeError("--grid searches the SVC's (C, gamma); it applies to --kind svc only")
+    if not 0 < val_fraction < 1:
+        raise JudgeError(f"--val-fraction must be in (0, 1), got {val_fraction}")
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
     size = size or ds.size
     svc, cnn = svc or SVCSettings(), cnn or CNNSettings()
     if kind == "cnn" and size < 2 ** len(cnn.widths):
-        raise DiffscapeError(
+        raise JudgeError(
             f"a {len(cnn.widths)}-block CNN halves the image {len(cnn.widths)} times; "
             f"use --size {2 ** len(cnn.widths)} or more (got {size})"
         )
-    out = Path(out)
-    check_out(out)  # before training, not after
+    if not 1 <= size <= MAX_SIZE:
+        raise JudgeError(f"--size must be 1 to {MAX_SIZE} pixels, got {size}")
+    out = check_out(out, "judge")  # before training, not after
     settings = svc if kind == "svc" else cnn
-    data = load_splits(ds, size, val_fraction, np.random.default_rng(seed))
+    # The SVC works on float32 features, which scikit-learn copies to float64: 12 bytes a value.
+    extra = 12 if kind == "svc" else 0
+    data = load_splits(ds, size, val_fraction, np.random.default_rng(seed), extra)
+    _check_trainable(ds, data)
     log(
         f"judge {kind}: {ds.num_classes} classes at {size} px; train {len(data.y_train)}, "
         f"val {len(data.y_val)} ({data.val_source}), test "
@@ -107,7 +114,7 @@ def train_judge(
         accuracy, rows, save = _train_cnn(data, cnn, seed, info, progress)
     info["train_seconds"] = round(time.perf_counter() - start, 1)
     info["accuracy"] = accuracy
-    tmp = make_tmp_dir(out)
+    tmp = tmp_dir_beside(out)
     try:
         save(tmp, info)
         publish(tmp, out)
@@ -115,6 +122,22 @@ def train_judge(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return JudgeResult(out, kind, ds.classes, size, accuracy, rows, info)
+
+
+def _check_trainable(ds: Dataset, data: Splits) -> None:
+    """Two classes to tell apart and something to validate on, or one line saying so."""
+    present = np.unique(data.y_train)
+    if len(present) < 2:
+        names = ", ".join(ds.classes[c] for c in present) or "none"
+        raise JudgeError(
+            f"{ds.root}: the training images are of {len(present)} class ({names}); a judge "
+            "tells classes apart, so it needs images of at least two"
+        )
+    if len(data.y_val) == 0:
+        raise JudgeError(
+            f"{ds.root}: no image can be held out for validation (every class has one "
+            "training image); add images or a val split"
+        )
 
 
 Saver = Callable[[Path, dict[str, Any]], None]  # writes the model and judge.json into a folder
