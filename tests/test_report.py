@@ -20,6 +20,7 @@ from PIL import Image
 
 from diffscape import config
 from diffscape.cli import main
+from diffscape.errors import DiffscapeError
 from diffscape.report import build_report, collect
 
 CLASSES = ["Coast", "Desert", "Forest"]
@@ -299,7 +300,7 @@ def test_run_without_samples_and_list_of_runs(tmp_path):
 
 
 def test_nothing_to_report_says_what_it_expected(tmp_path):
-    with pytest.raises(Exception, match="holds no runs"):
+    with pytest.raises(DiffscapeError, match="holds no runs"):
         build_report(tmp_path, tmp_path / "r.html")
 
 
@@ -320,3 +321,76 @@ def test_page_in_headless_chromium(tmp_path):
     assert seen["sort"] == "descending"
     names = seen["order"]
     assert names[0] == "steps=10" and names[-1] == "cosine-20"
+
+
+# ---- found through the layout ------------------------------------------------------------------
+
+
+def test_sweep_json_lists_the_rows_even_those_not_run(tmp_path):
+    sweep = make_sweep(tmp_path)
+    planned = [
+        {"name": "w=2", "training": "model", "sample_dir": "model/samples/ddim-50-w2",
+         "changes": {}},
+        {"name": "cosine", "training": "cosine", "sample_dir": "cosine/samples/ddim-50-w1",
+         "changes": {"diffusion.schedule": "cosine"}},
+        {"name": "later", "training": "later", "sample_dir": "later/samples/ddim-50-w1",
+         "changes": {"train.lr": 1e-3}},
+    ]  # fmt: skip
+    _write(sweep / "sweep.json", {"name": "mini", "description": "three rows", "runs": planned})
+    coll = collect(sweep)
+    assert [r.name for r in coll.rows] == ["w=2", "cosine", "later"]
+    assert [r.status for r in coll.rows] == ["ok", "ok", "not run"]
+    assert coll.rows[0].metrics["fid"] == pytest.approx(32.5)
+    assert coll.title == "Sweep: mini" and coll.floor["fid"] == 4.2
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"training": "../outside", "sample_dir": "x"}, {"training": "m", "sample_dir": "m/../../x"},
+     {"training": "/etc", "sample_dir": "x"}],
+)  # fmt: skip
+def test_sweep_json_paths_outside_the_sweep_are_refused(tmp_path, bad):
+    sweep = tmp_path / "sweep"
+    _write(sweep / "sweep.json", {"name": "x", "runs": [{"name": "r", **bad}]})
+    with pytest.raises(DiffscapeError, match="sweep.json"):
+        collect(sweep)
+
+
+def make_demo(root: Path, floor_at: str) -> Path:
+    """A demo folder: run/ with samples-final/, scores at the run level, and the floor in
+    _floor/floor.json (now), in floor.json, or inside run/metrics.json under "floor" (demos from
+    before)."""
+    demo = root / "demo"
+    run = make_run(demo, "run", ["train.steps=300"], {"final": {"fid": 50.0}})
+    (run / "samples" / "final").rename(run / "samples-final")
+    metrics = json.loads((run / "samples-final" / "metrics.json").read_text())
+    (run / "samples-final" / "metrics.json").unlink()
+    floor = metrics_json(7.5, kind="dataset")
+    if floor_at == "key":
+        metrics["floor"] = {k: floor[k] for k in ("fid", "kid", "n_fake", "n_real")}
+        _write(demo / "summary.json", {"wall_seconds": 1.0})
+    else:
+        _write(demo / floor_at, {**floor, "settings": {"n": 40}})
+        _write(demo / "demo.json", {"version": 1})
+    _write(run / "metrics.json", metrics)
+    _write(run / "accuracy.json", accuracy_json(0.8))
+    return demo
+
+
+@pytest.mark.parametrize("floor_at", ["_floor/floor.json", "floor.json", "key"])
+def test_demo_floor_found_from_the_demo_or_its_run(tmp_path, floor_at):
+    demo = make_demo(tmp_path, floor_at)
+    for where in (demo, demo / "run"):
+        coll = collect(where)
+        (row,) = coll.rows
+        assert row.sample_dir == demo / "run" / "samples-final"
+        assert row.metrics["fid"] == 50.0 and row.accuracy["accuracy"] == 0.8
+        assert coll.floor is not None and coll.floor["fid"] == 7.5
+    page = build_report(demo / "run", tmp_path / "r.html").read_text()
+    assert 'class="floor"' in page and "7.50" in page
+
+
+def test_report_into_a_folder_path_is_one_clear_error(tmp_path):
+    sweep = make_sweep(tmp_path)
+    with pytest.raises(DiffscapeError, match="is a folder"):
+        build_report(sweep, tmp_path)

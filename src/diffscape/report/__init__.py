@@ -12,10 +12,12 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from diffscape import atomic, layout
+from diffscape.errors import DiffscapeError
 from diffscape.report.rows import Collection, Row, collect
 from diffscape.report.table import write_csv
 
-CSV_NAME = "results.csv"
+CSV_NAME = layout.RESULTS_CSV
 
 __all__ = ["CSV_NAME", "Collection", "Row", "build_report", "collect", "write_csv"]
 
@@ -40,13 +42,11 @@ def build_report(
     if title:
         coll = replace(coll, title=title)
     out = Path(out_html)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_dir():
+        raise DiffscapeError(f"{out} is a folder; give the report's file name ({out}/report.html)")
     csv_name = None
     if csv:
         write_csv(coll.rows, out.with_name(CSV_NAME))
         csv_name = CSV_NAME
-    page = render(coll, all_plots(coll.rows, coll.floor), csv_name)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out)
+    atomic.write_text(out, render(coll, all_plots(coll.rows, coll.floor), csv_name))
     return out

@@ -124,7 +124,7 @@ def _row_html(
     badge = f' <span class="badge {esc(row.status.replace(" ", "-"))}">{esc(status)}</span>'
     name = f'<a href="#run-{i}">{esc(row.name)}</a>' + (badge if status else "")
     if row.error:
-        stage = (row.result or {}).get("stage")
+        stage = row.result.stage if row.result else None
         where = f"in {stage}: " if stage else ""
         name += f'<div class="error">{esc(where + row.error)}</div>'
     changes = (

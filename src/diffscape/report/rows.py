@@ -1,35 +1,40 @@
 """Finding runs on disk and reading what they hold into one :class:`Row` per (model, sampling).
 
-What is looked for, per run folder (a training run, as ``diffscape train`` writes it):
+Everything is found by the names and predicates of :mod:`diffscape.layout`, nothing by searching:
 
-- ``config.json``: the run's settings (the table shows them as a diff from the base);
-- ``metrics.jsonl``: the training log (loss curves, training time, img/s);
-- sample folders: ``samples/<name>/`` (or any folder below the run, checkpoints aside) holding
-  ``samples.json`` (as ``diffscape sample`` writes) or ``result.json``, with ``grid.png``;
-- ``metrics.json`` (``diffscape evaluate``: FID, KID, per class, n) and ``accuracy.json``
-  (``diffscape judge score``: accuracy overall and per class, n), in the sample folder; for a
-  run with one sample folder also in the run folder or anywhere below it (checkpoints aside);
-- ``result.json`` (sweeps: status ``ok``/``failed``, the error and its traceback, timings).
+- a sweep folder (``sweep.json``) lists its rows: training folder, sampling folder, name, changes;
+  rows not done yet still show. A demo folder (``demo.json``) holds one run in ``run/``.
+- the real-vs-real floor of a sweep or demo (:func:`diffscape.results.read_floor`:
+  ``_floor/floor.json``, or older ``_floor/metrics.json`` / ``floor.json``); a run folder takes
+  the floor of the study it lies in.
+- a run folder (``run.json``, or ``config.json`` + ``checkpoints/``) gives ``config.json`` (the
+  settings, shown as a diff from the base), ``metrics.jsonl`` (loss curves, time, img/s) and its
+  samplings: the samples folders (``samples.json``) or sweep rows (``result.json``) directly in
+  it or in its ``samples/`` folder. Each holds ``grid.png``, ``metrics.json`` (``diffscape
+  evaluate``), ``accuracy.json`` (``diffscape judge score``) and, in sweeps, ``result.json``
+  (status ``ok``/``failed``, the error and its traceback, timings).
+- scores kept for the whole run: ``RUN/metrics.json`` and ``RUN/accuracy.json`` (the demo), or,
+  for a run with one sampling, one folder below (``judge score --out RUN/eval``).
+- a folder of run folders: each run in it.
 
-A sweep folder adds ``sweep.json`` (the base config and the planned runs, so that runs not done
-yet show as such) and ``_floor/metrics.json`` (real vs real). A ``metrics.json`` that compares
-two dataset splits (``fake.kind == "dataset"``) is taken as the floor, not as a run's scores,
-and so is a ``"floor"`` entry (fid, kid, n_fake, n_real) inside a run's metrics.json.
-Without a sample folder, a run still shows its training log and its latest training grid.
+Older folders still read: a ``metrics.json`` comparing two dataset splits (``fake.kind ==
+"dataset"``) is taken as the floor, not as a run's scores, and so is the ``"floor"`` entry (fid,
+kid, n_fake, n_real) that older demos added to their run's metrics.json. Without a samples
+folder, a run still shows its training log and its latest training grid.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from diffscape import layout
 from diffscape.errors import DiffscapeError
+from diffscape.results import RunResult, read_floor, read_result
 
-SKIP_DIRS = {"checkpoints", "tensorboard", ".ipynb_checkpoints"}
 DERIVED_FIELDS = {"model.num_classes", "preset"}  # set by the dataset or bookkeeping, not choices
 SAMPLE_KEYS = ("sampler", "steps", "guidance", "eta", "seed")
 
@@ -47,18 +52,18 @@ class Row:
     sampling: dict[str, Any] | None  # samples.json (or the sweep's sample settings)
     metrics: dict[str, Any] | None  # metrics.json
     accuracy: dict[str, Any] | None  # accuracy.json
-    result: dict[str, Any] | None  # result.json
+    result: RunResult | None  # result.json (sweep rows)
     grid: Path | None  # grid.png (or the latest training grid)
     grid_caption: str = ""
     changes: dict[str, Any] = field(default_factory=dict)  # filled in by :func:`collect`
 
     @property
     def error(self) -> str | None:
-        return None if self.result is None else self.result.get("error")
+        return None if self.result is None else self.result.error
 
     @property
     def traceback(self) -> str | None:
-        return None if self.result is None else self.result.get("traceback")
+        return None if self.result is None else self.result.traceback
 
 
 @dataclass(frozen=True)
@@ -110,158 +115,158 @@ def flatten(config: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def is_floor(metrics: dict[str, Any]) -> bool:
-    return metrics.get("fake", {}).get("kind") == "dataset"
+    """A metrics.json that compares two dataset splits: real vs real, not a run's scores."""
+    fake = metrics.get("fake")
+    return isinstance(fake, dict) and fake.get("kind") == "dataset"
 
 
 def _latest_training_grid(train_dir: Path) -> Path | None:
-    grids = sorted((train_dir / "samples").glob("step-*.png"))
+    grids = sorted((train_dir / layout.TRAIN_SAMPLES).glob("step-*.png"))
     return grids[-1] if grids else None
 
 
-def _sample_dirs(run_dir: Path) -> list[Path]:
-    """Folders below a run that hold a sampling (samples.json or result.json), depth <= 3."""
+def _is_sampling(d: Path) -> bool:
+    return layout.is_samples_dir(d) or (d / layout.RESULT_JSON).is_file()
+
+
+def sample_dirs(run_dir: Path) -> list[Path]:
+    """A run's samplings: folders directly in the run or in its ``samples/`` folder that are
+    samples folders (samples.json) or sweep rows (result.json)."""
     found = []
-
-    def walk(d: Path, depth: int) -> None:
-        for child in sorted(p for p in d.iterdir() if p.is_dir()):
-            if child.name in SKIP_DIRS or child.name.startswith("."):
-                continue
-            if (child / "samples.json").is_file() or (child / "result.json").is_file():
-                found.append(child)
-            elif depth < 3:
-                walk(child, depth + 1)
-
-    walk(run_dir, 1)
+    for parent in (run_dir, run_dir / layout.TRAIN_SAMPLES):
+        if parent.is_dir():
+            found += [d for d in sorted(parent.iterdir()) if d.is_dir() and _is_sampling(d)]
     return found
 
 
-def _find_all(run_dir: Path, name: str) -> list[dict[str, Any]]:
-    """Every ``name`` below a run (depth <= 3, checkpoints aside), parsed."""
-    out = []
+def _run_level(run_dir: Path, name: str, samplings: list[Path]) -> dict[str, Any] | None:
+    """A result file kept for the whole run: ``RUN/name`` (the demo's metrics.json and
+    accuracy.json), or for a run with at most one sampling ``RUN/<folder>/name`` one level
+    below (``judge score --out RUN/eval``), when exactly one such folder holds it."""
+    top = read_json(run_dir / name)
+    if top is not None or len(samplings) > 1:
+        return top
+    skip = {layout.CHECKPOINTS, layout.TENSORBOARD, layout.TRAIN_SAMPLES}
+    folders = [
+        d
+        for d in sorted(run_dir.iterdir())
+        if d.is_dir() and d.name not in skip and d not in samplings and d.name[0] != "."
+    ]
+    below = [data for d in folders if (data := read_json(d / name)) is not None]
+    return below[0] if len(below) == 1 else None
 
-    def walk(d: Path, depth: int) -> None:
-        data = read_json(d / name)
-        if data is not None:
-            out.append(data)
-        if depth < 3:
-            for child in sorted(p for p in d.iterdir() if p.is_dir()):
-                if child.name not in SKIP_DIRS and not child.name.startswith("."):
-                    walk(child, depth + 1)
 
-    walk(run_dir, 0)
-    return out
+def _scores(metrics: dict[str, Any] | None, floors: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """A run's metrics, or None when they are a floor (which goes to ``floors``). An old demo's
+    metrics.json carries its floor under a "floor" key."""
+    if metrics is None:
+        return None
+    if is_floor(metrics):
+        floors.append(metrics)
+        return None
+    if isinstance(metrics.get("floor"), dict):
+        floors.append(metrics["floor"])
+    return metrics
 
 
-def is_run_dir(path: Path) -> bool:
-    return (path / "config.json").is_file() and (
-        (path / "metrics.jsonl").is_file() or (path / "checkpoints").is_dir()
+def _sampling_row(
+    run_dir: Path, d: Path, only: bool, shared: dict[str, Any], floors: list[dict[str, Any]]
+) -> Row:
+    result = read_result(d)
+    sampling = read_json(d / layout.SAMPLES_JSON) or (result.sample if result else None)
+    name = (result.name if result else "") or (run_dir.name if only else f"{run_dir.name}/{d.name}")
+    metrics = _scores(read_json(d / layout.EVAL_JSON), floors)
+    grid = d / layout.GRID_PNG
+    return Row(
+        name=name,
+        status=result.status if result else "unknown",
+        train_dir=run_dir,
+        sample_dir=d,
+        config=shared["config"],
+        log=shared["log"],
+        sampling=sampling,
+        metrics=metrics if metrics is not None else (shared["metrics"] if only else None),
+        accuracy=read_json(d / layout.ACCURACY_JSON) or (shared["accuracy"] if only else None),
+        result=result,
+        grid=grid if grid.is_file() else None,
+        grid_caption="samples (grid.png)",
     )
 
 
 def rows_from_run(run_dir: Path, floors: list[dict[str, Any]]) -> list[Row]:
-    """The rows of one training run folder: one per sample folder (or one for the training)."""
-    config = read_json(run_dir / "config.json")
-    log = read_log(run_dir / "metrics.jsonl")
-    sample_dirs = _sample_dirs(run_dir)
-    found_metrics = _find_all(run_dir, "metrics.json")
-    for m in found_metrics:
-        if is_floor(m):
-            floors.append(m)
-    scores = [m for m in found_metrics if not is_floor(m)]
-    top_metrics = read_json(run_dir / "metrics.json")
-    top_accuracy = read_json(run_dir / "accuracy.json")
-    if len(sample_dirs) <= 1:  # one sampling: its scores may lie anywhere in the run folder
-        top_metrics = (
-            top_metrics if top_metrics is not None else (scores[0] if len(scores) == 1 else None)
+    """The rows of one training run folder: one per sampling (or one for the training)."""
+    samplings = sample_dirs(run_dir)
+    shared = {
+        "config": read_json(run_dir / layout.CONFIG_JSON),
+        "log": read_log(run_dir / layout.METRICS_JSONL),
+        "metrics": _scores(_run_level(run_dir, layout.EVAL_JSON, samplings), floors),
+        "accuracy": _run_level(run_dir, layout.ACCURACY_JSON, samplings),
+    }
+    if samplings:
+        only = len(samplings) == 1
+        return [_sampling_row(run_dir, d, only, shared, floors) for d in samplings]
+    grid = _latest_training_grid(run_dir)
+    return [
+        Row(
+            name=run_dir.name,
+            status="unknown",
+            train_dir=run_dir,
+            sample_dir=None,
+            config=shared["config"],
+            log=shared["log"],
+            sampling=None,
+            metrics=shared["metrics"],
+            accuracy=shared["accuracy"],
+            result=None,
+            grid=grid,
+            grid_caption=f"training grid ({grid.stem})" if grid else "",
         )
-        accs = _find_all(run_dir, "accuracy.json")
-        top_accuracy = top_accuracy or (accs[0] if len(accs) == 1 else None)
-    if top_metrics is not None and is_floor(top_metrics):
-        top_metrics = None
-    if not sample_dirs:
-        grid = _latest_training_grid(run_dir)
-        return [
-            Row(
-                name=run_dir.name,
-                status="unknown",
-                train_dir=run_dir,
-                sample_dir=None,
-                config=config,
-                log=log,
-                sampling=None,
-                metrics=top_metrics,
-                accuracy=top_accuracy,
-                result=None,
-                grid=grid,
-                grid_caption=f"training grid ({grid.stem})" if grid else "",
-            )
-        ]
-    rows = []
-    for d in sample_dirs:
-        only = len(sample_dirs) == 1
-        metrics = read_json(d / "metrics.json")
-        if metrics is not None and is_floor(metrics):
-            floors.append(metrics)
-            metrics = None
-        result = read_json(d / "result.json")
-        sampling = read_json(d / "samples.json") or (result or {}).get("sample")
-        name = (result or {}).get("name") or (run_dir.name if only else f"{run_dir.name}/{d.name}")
-        rows.append(
-            Row(
-                name=name,
-                status=(result or {}).get("status", "unknown"),
-                train_dir=run_dir,
-                sample_dir=d,
-                config=config,
-                log=log,
-                sampling=sampling,
-                metrics=metrics if metrics is not None else (top_metrics if only else None),
-                accuracy=read_json(d / "accuracy.json") or (top_accuracy if only else None),
-                result=result,
-                grid=d / "grid.png" if (d / "grid.png").is_file() else None,
-                grid_caption="samples (grid.png)",
-            )
-        )
-    return rows
+    ]
+
+
+def _planned_paths(root: Path, run: dict[str, Any]) -> tuple[Path, Path]:
+    """(training folder, sampling folder) of a sweep.json row, each a path inside the sweep."""
+    training = layout.safe_component(run.get("training"), "sweep.json training folder")
+    parts = Path(str(run.get("sample_dir", ""))).parts
+    for part in parts:
+        layout.safe_component(part, "sweep.json sample folder")
+    return root / training, root.joinpath(*parts)
 
 
 def rows_from_sweep(root: Path, sweep: dict[str, Any], floors: list[dict[str, Any]]) -> list[Row]:
-    """The planned rows of a sweep, in its order; runs not done yet still get a row."""
+    """The planned rows of a sweep (``sweep.json``), in its order; runs not done yet still get
+    a row."""
     rows = []
     per_training: dict[Path, list[Row]] = {}
     for run in sweep.get("runs", []):
-        train_dir = root / run["training"]
-        sample_dir = root / run["sample_dir"]
+        train_dir, sample_dir = _planned_paths(root, run)
         if train_dir not in per_training:
             per_training[train_dir] = rows_from_run(train_dir, floors) if train_dir.is_dir() else []
         found = [r for r in per_training[train_dir] if r.sample_dir == sample_dir]
         if found and found[0].result is not None:
-            rows.append(_renamed(found[0], run["name"]))
+            rows.append(replace(found[0], name=run["name"]))
             continue
-        status = "incomplete" if (train_dir / "checkpoints").is_dir() else "not run"
-        rows.append(
-            Row(
-                name=run["name"],
-                status=status,
-                train_dir=train_dir if train_dir.is_dir() else None,
-                sample_dir=None,
-                config=read_json(train_dir / "config.json"),
-                log=read_log(train_dir / "metrics.jsonl"),
-                sampling=None,
-                metrics=None,
-                accuracy=None,
-                result={"changes": run.get("changes", {})},
-                grid=_latest_training_grid(train_dir) if train_dir.is_dir() else None,
-                grid_caption="latest training grid",
-            )
-        )
+        rows.append(_planned_row(run, train_dir))
     return rows
 
 
-def _renamed(row: Row, name: str) -> Row:
-    from dataclasses import replace
-
-    return replace(row, name=name)
+def _planned_row(run: dict[str, Any], train_dir: Path) -> Row:
+    """A sweep row without its result.json: not started, or interrupted."""
+    exists = train_dir.is_dir()
+    return Row(
+        name=run["name"],
+        status="incomplete" if (train_dir / layout.CHECKPOINTS).is_dir() else "not run",
+        train_dir=train_dir if exists else None,
+        sample_dir=None,
+        config=read_json(train_dir / layout.CONFIG_JSON),
+        log=read_log(train_dir / layout.METRICS_JSONL),
+        sampling=None,
+        metrics=None,
+        accuracy=None,
+        result=RunResult(name=run["name"], status="missing", changes=run.get("changes") or {}),
+        grid=_latest_training_grid(train_dir) if exists else None,
+        grid_caption="latest training grid",
+    )
 
 
 def _as_paths(runs: str | Path | Iterable[str | Path]) -> list[Path]:
@@ -270,54 +275,73 @@ def _as_paths(runs: str | Path | Iterable[str | Path]) -> list[Path]:
     return [Path(p) for p in runs]
 
 
+@dataclass
+class _Found:
+    """What collect() gathers over the folders it is given."""
+
+    rows: list[Row] = field(default_factory=list)
+    floors: list[dict[str, Any]] = field(default_factory=list)
+    title: str = ""
+    description: str = ""
+    base: dict[str, Any] | None = None
+
+
+def _study_floor(study: Path, found: _Found) -> None:
+    """The real-vs-real floor of a sweep or demo folder (results.read_floor knows where)."""
+    floor = read_floor(study)
+    if floor is not None:
+        found.floors.append(floor.metrics)
+
+
+def _collect_one(p: Path, found: _Found) -> None:
+    """Rows and floors of one folder: a sweep, a demo, a run, or a folder of runs."""
+    if not p.is_dir():
+        raise DiffscapeError(f"{p} is not a folder; give a sweep folder or a run folder")
+    _study_floor(p, found)
+    if layout.is_sweep_dir(p):
+        sweep = read_json(p / layout.SWEEP_JSON) or {}
+        found.rows += rows_from_sweep(p, sweep, found.floors)
+        found.title = found.title or f"Sweep: {sweep.get('name', p.name)}"
+        found.description = found.description or sweep.get("description", "")
+        found.base = found.base or flatten(sweep.get("base_config"))
+    elif layout.is_run_dir(p):
+        _study_floor(p.parent, found)  # a run of a demo or sweep: the study's floor
+        found.rows += rows_from_run(p, found.floors)
+    elif layout.is_demo_dir(p) and layout.is_run_dir(p / "run"):
+        found.rows += rows_from_run(p / "run", found.floors)
+    else:
+        children = [c for c in sorted(p.iterdir()) if c.is_dir() and layout.is_run_dir(c)]
+        if not children:
+            raise DiffscapeError(
+                f"{p} holds no runs: expected a sweep folder (sweep.json), a run folder "
+                "(run.json, or config.json + checkpoints/) or a folder of run folders"
+            )
+        for c in children:
+            found.rows += rows_from_run(c, found.floors)
+
+
 def collect(runs: str | Path | Iterable[str | Path]) -> Collection:
-    """Every row found in sweep folders, run folders, or folders of run folders."""
+    """Every row found in sweep folders, demo folders, run folders, or folders of run folders."""
     paths = _as_paths(runs)
-    rows: list[Row] = []
-    floors: list[dict[str, Any]] = []
-    title, description, base = "", "", None
-    notes: list[str] = []
+    found = _Found()
     for p in paths:
-        if not p.is_dir():
-            raise DiffscapeError(f"{p} is not a folder; give a sweep folder or a run folder")
-        sweep = read_json(p / "sweep.json")
-        floor = read_json(p / "_floor" / "metrics.json")
-        if floor is not None:
-            floors.append(floor)
-        if sweep is not None:
-            rows += rows_from_sweep(p, sweep, floors)
-            title = title or f"Sweep: {sweep.get('name', p.name)}"
-            description = description or sweep.get("description", "")
-            base = base or flatten(sweep.get("base_config"))
-        elif is_run_dir(p):
-            rows += rows_from_run(p, floors)
-        else:
-            children = [c for c in sorted(p.iterdir()) if c.is_dir() and is_run_dir(c)]
-            if not children:
-                raise DiffscapeError(
-                    f"{p} holds no runs: expected a sweep folder (sweep.json), a run folder "
-                    "(config.json + metrics.jsonl) or a folder of run folders"
-                )
-            for c in children:
-                rows += rows_from_run(c, floors)
+        _collect_one(p, found)
+    title = found.title
     if not title:
         # The folder and its parent: "demo/run" says more than "run".
         names = ", ".join("/".join(p.resolve().parts[-2:]) for p in paths)
-        title = f"Run: {names}" if len(rows) == 1 else f"Runs: {names}"
-    # A run's own floor (the demo stores it in its metrics.json under "floor").
-    floors += [
-        r.metrics["floor"] for r in rows if r.metrics and isinstance(r.metrics.get("floor"), dict)
-    ]
+        title = f"Run: {names}" if len(found.rows) == 1 else f"Runs: {names}"
+    notes: list[str] = []
+    base = found.base
     if base is None:
-        base, why = infer_base(rows)
+        base, why = infer_base(found.rows)
         if why:
             notes.append(why)
-    rows = [_with_changes(r, base, rows) for r in rows]
     return Collection(
         title=title,
-        description=description,
-        rows=rows,
-        floor=floors[0] if floors else None,
+        description=found.description,
+        rows=[_with_changes(r, base, found.rows) for r in found.rows],
+        floor=found.floors[0] if found.floors else None,
         base=base,
         sources=paths,
         notes=notes,
@@ -352,11 +376,9 @@ def infer_base(rows: list[Row]) -> tuple[dict[str, Any] | None, str]:
 def _with_changes(row: Row, base: dict[str, Any] | None, rows: list[Row]) -> Row:
     """What the sweep set for this run (even where it equals the base, e.g. the grid's silu),
     then whatever else differs from the base, then the sampling settings that vary."""
-    from dataclasses import replace
-
     changes: dict[str, Any] = {
         k: v
-        for k, v in ((row.result or {}).get("changes") or {}).items()
+        for k, v in (row.result.changes if row.result else {}).items()
         if not k.startswith("sample.")
     }
     if base is not None and row.config:
@@ -374,8 +396,3 @@ def _with_changes(row: Row, base: dict[str, Any] | None, rows: list[Row]) -> Row
 def varying_sample_keys(rows: list[Row]) -> list[str]:
     samplings = [r.sampling for r in rows if r.sampling]
     return [k for k in SAMPLE_KEYS if len({json.dumps(s.get(k)) for s in samplings}) > 1]
-
-
-def natural_key(text: str) -> list[Any]:
-    """Sort "w10" after "w2"."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]

@@ -7,6 +7,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from diffscape.atomic import atomic_path
 from diffscape.report.rows import Row
 
 
@@ -93,7 +94,7 @@ def write_csv(rows: list[Row], path: Path) -> Path:
         for k in changed:
             rec[k] = row.changes.get(k)
     fields = list(records[0]) if records else ["name"]
-    with open(path, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         w.writerows(records)
