@@ -168,7 +168,7 @@ def test_malicious_pickle_is_never_loaded(ds, tmp_path):
         train(cfg("train.steps=4"), ds.root, run, progress=False)
     from diffscape.sample import load_for_sampling
 
-    with pytest.raises(Exception):  # noqa: B017 - diffusers refuses .bin with use_safetensors
+    with pytest.raises(checkpoint.CheckpointError, match="safetensors"):
         load_for_sampling(run, use_ema=False)
     assert not sentinel.exists()
 
@@ -246,6 +246,42 @@ def test_sigkill_during_save_then_resume(ds, tmp_path):
     )  # fmt: skip
     assert ref.returncode == 0, ref.stderr
     assert losses(run) == losses(tmp_path / "ref")
+
+
+def _run_cli(cmd: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+
+
+def test_minutes_budget_stops_saves_and_resumes_exactly(ds, tmp_path):
+    """`train --minutes`: at the deadline the step in progress finishes, a checkpoint is saved,
+    the exit code is 0 and the stop is logged; `--resume` then continues exactly."""
+    run = tmp_path / "r"
+    fixed = ["train.lr_schedule=constant", "train.checkpoint_every_steps=0"]  # LR free of steps
+    cut = _run_cli(_train_cmd(ds.root, run, *fixed, "train.steps=100000") + ["--minutes", "0.02"])
+    assert cut.returncode == 0, cut.stderr
+    assert "budget" in cut.stderr and "stopped by the --minutes budget" in cut.stdout
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    stopped = records[-1]["step"]
+    assert 1 <= stopped < 100000 and records[-1]["stopped_by"] == "budget"
+    assert [r["step"] for r in records] == list(range(1, stopped + 1))
+    assert [s for s, _ in checkpoint.list_checkpoints(run)] == [stopped]
+
+    total = stopped + 3
+    more = _run_cli(_train_cmd(ds.root, run, *fixed, f"train.steps={total}") + ["--resume"])
+    assert more.returncode == 0, more.stderr
+    assert f"trained {total} steps (" in more.stdout  # ended by train.steps, not a budget
+    ref = _run_cli(_train_cmd(ds.root, tmp_path / "ref", *fixed, f"train.steps={total}"))
+    assert ref.returncode == 0, ref.stderr
+    assert losses(run) == losses(tmp_path / "ref")  # bit-identical (same thread count)
+
+
+def test_minutes_budget_in_process_reports_stopped_by(ds, tmp_path):
+    c = cfg("train.steps=100000", "train.minutes=0.0001", "train.checkpoint_every_steps=0")
+    r = train(c, ds.root, tmp_path / "r", progress=False)
+    assert r.stopped_by == "budget" and r.steps == 1  # the first step always finishes
+    assert r.final_checkpoint == checkpoint.latest_checkpoint(tmp_path / "r")
+    done = train(cfg("train.steps=2"), ds.root, tmp_path / "r", progress=False)
+    assert done.stopped_by == "steps" and done.steps == 2
 
 
 @pytest.mark.timeout(600)

@@ -11,6 +11,7 @@ examples:
   diffscape train data/landscape32 --out runs/small --preset small --conditional \\
       --set train.steps=20000 --set model.activation=gelu
   diffscape train data/synth --out runs/tiny --resume          # continue after a stop
+  diffscape train data/synth --out runs/tiny --minutes 10      # stop (and save) at 10 minutes
   diffscape train data/synth --out runs/x --set diffusion.schedule=cosine --dry-run
   accelerate launch --multi_gpu --num_processes 2 -m diffscape train data/synth --out runs/ddp
 
@@ -20,11 +21,13 @@ model.* (image_size, channels, layers_per_block, attention_resolutions, activati
 batch_size, lr, warmup_steps, grad_clip, ema_decay, label_dropout, precision, seed,
 checkpoint_every_steps, keep_last, sample_every_steps, log_every_steps, ...).
 Stopping with Ctrl-C or SIGTERM saves a checkpoint; run the same command again to continue.
+Only one `train` at a time writes into a run folder: a second one is refused (exit 2).
 """
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     from diffscape.cli import HelpFormatter
+    from diffscape.config import describe_settings
 
     p = sub.add_parser(
         "train",
@@ -32,7 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Train a DDPM (unconditional, or class-conditional with classifier-free "
         "guidance) on a prepared dataset folder. Writes config.json, metrics.jsonl, sample "
         "grids and checkpoints into the run folder.",
-        epilog=EPILOG,
+        epilog=EPILOG
+        + "\nsettings, key=default:\n"
+        + describe_settings("model", "diffusion", "train"),
         formatter_class=HelpFormatter,
     )
     p.add_argument("dataset", help="prepared dataset folder (data prepare / data synth)")
@@ -56,6 +61,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="class-conditional (same as model.conditional=true)",
     )
     p.add_argument("--steps", type=int, help="total optimizer steps (same as train.steps=N)")
+    p.add_argument(
+        "--minutes",
+        type=float,
+        metavar="M",
+        help="wall-clock budget (same as train.minutes=M): at M minutes the step in progress "
+        "finishes, a checkpoint is saved and training ends (exit 0); train.steps still caps it",
+    )
     group = p.add_mutually_exclusive_group()
     group.add_argument(
         "--resume", action="store_true", help="require a checkpoint in --out and continue it"
@@ -79,6 +91,8 @@ def resolve_from_args(args: argparse.Namespace):  # noqa: ANN201
         overrides.append("model.conditional=true")
     if args.steps is not None:
         overrides.append(f"train.steps={args.steps}")
+    if args.minutes is not None:
+        overrides.append(f"train.minutes={args.minutes}")
     return config.resolve(args.preset, overrides)
 
 
@@ -105,9 +119,11 @@ def run(args: argparse.Namespace) -> int:
         return 128 + int(e.signum)  # the shell convention for "killed by signal N"
     if not result.main_process:
         return 0
+    budget = " (stopped by the --minutes budget)" if result.stopped_by == "budget" else ""
     print(
-        f"trained {result.steps} steps ({result.parameters / 1e6:.2f}M parameters, "
+        f"trained {result.steps} steps{budget} ({result.parameters / 1e6:.2f}M parameters, "
         f"{result.images_per_second:.1f} img/s, {result.seconds:.0f} s, "
-        f"{result.skipped_steps} skipped, {result.processes} process(es)); checkpoint: {result.final_checkpoint}"
+        f"{result.skipped_steps} skipped, {result.processes} process(es)); "
+        f"checkpoint: {result.final_checkpoint}"
     )
     return 0
