@@ -1,8 +1,12 @@
+import inspect
+import typing
+
 import pytest
 import torch
 from diffusers import DDPMScheduler
 
 from diffscape import config, diffusion
+from diffscape.errors import DiffscapeError
 
 
 def _d(**kw):
@@ -85,3 +89,18 @@ def test_min_snr_weights():
     assert w[0] < 1e-2 and w[-1].item() == pytest.approx(1.0)  # easy steps down-weighted
     wv = diffusion.loss_weights(t, ab, "v_prediction", "min_snr", 5.0)
     assert torch.allclose(wv, torch.clamp(snr, max=5.0) / (snr + 1), rtol=1e-3)
+
+
+def test_sampler_names_are_listed_once():
+    assert diffusion.SAMPLERS == typing.get_args(config.Sampler) == ("ddpm", "ddim", "dpm")
+    assert "eta" not in inspect.signature(diffusion.make_scheduler).parameters  # eta goes to step()
+
+
+def test_sampler_steps_are_the_steps_really_taken():
+    assert diffusion.sampler_steps(1000, "ddpm", 20) == 1000  # DDPM always walks all T
+    assert diffusion.sampler_steps(1000, "ddim") == diffusion.DEFAULT_STEPS == 50
+    assert diffusion.sampler_steps(20, "dpm") == 20  # the default, capped at T
+    assert diffusion.sampler_steps(1000, "ddim", 7) == 7
+    for bad in (0, -1, 1001):
+        with pytest.raises(DiffscapeError, match="timesteps=1000"):
+            diffusion.sampler_steps(1000, "ddim", bad)

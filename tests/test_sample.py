@@ -1,18 +1,25 @@
-"""Samplers, guidance, per-class folders, seeds, export to diffusers."""
+"""Samplers, guidance, per-class folders, seeds, export to diffusers; samples folders written
+as a whole, bounded settings and hostile names."""
 
 import json
+import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from fixtures_data import colour_dataset
+from PIL import Image
 
-from diffscape import config
+import diffscape.sample as sample_module
+from diffscape import config, diffusion
 from diffscape.cli import main
 from diffscape.errors import DiffscapeError
-from diffscape.imagefolder import load_sample_folder
+from diffscape.imagefolder import load_sample_folder, make_grid
 from diffscape.sample import (
+    class_names,
+    denoise,
     generate_images,
     image_generator,
     load_for_sampling,
@@ -50,6 +57,49 @@ def test_each_sampler_gives_finite_images_in_range(runs, sampler, steps):
                            sampler=sampler, steps=steps, progress=False)  # fmt: skip
     assert imgs.dtype == np.uint8 and imgs.shape == (3, 3, 32, 32)
     assert imgs.std() > 0  # not a blank image
+
+
+class ExactDenoiser(torch.nn.Module):
+    """A "perfect" epsilon network for data that is always the image ``target``: from x_t it
+    returns the exact noise, (x_t - sqrt(ab_t) target) / sqrt(1 - ab_t)."""
+
+    def __init__(self, target: torch.Tensor, alpha_bar: torch.Tensor):
+        super().__init__()
+        self.register_buffer("target", target)
+        self.register_buffer("alpha_bar", alpha_bar.float())
+        self.unused = torch.nn.Parameter(torch.zeros(()))  # the sampler reads the device here
+
+    def forward(self, x, t, class_labels=None):
+        ab = self.alpha_bar[t.long()].view(-1, 1, 1, 1)
+        return SimpleNamespace(sample=(x - ab.sqrt() * self.target) / (1 - ab).sqrt())
+
+
+@pytest.mark.parametrize(("sampler", "steps"), [("ddpm", None), ("ddim", 5), ("dpm", 5)])
+def test_each_sampler_recovers_the_data_of_an_exact_denoiser(runs, sampler, steps):
+    """On the unclamped output: a sampler wired with the wrong betas, timesteps or prediction
+    type lands away from the only image the data holds (or outside [-1, 1])."""
+    cfg = load_for_sampling(runs["cond"]).cfg
+    ramp = torch.linspace(-0.9, 0.9, 32)
+    target = torch.stack([ramp.view(1, -1).expand(32, 32), ramp.view(-1, 1).expand(32, 32),
+                          torch.full((32, 32), 0.3)])  # fmt: skip
+    net = ExactDenoiser(target, diffusion.alphas_cumprod(cfg.diffusion))
+    gens = [image_generator(1, c, 0) for c in range(2)]
+    noise = torch.stack([torch.randn((3, 32, 32), generator=g) for g in gens])
+    x = denoise(net, cfg, noise, torch.tensor([0, 1]), gens, sampler=sampler, steps=steps)
+    assert torch.isfinite(x).all()
+    assert (x - target).abs().max() < 2e-3
+
+
+def test_non_finite_pixels_are_an_error_not_black_images(runs):
+    cfg = load_for_sampling(runs["cond"]).cfg
+    net = ExactDenoiser(
+        torch.full((3, 32, 32), float("nan")), diffusion.alphas_cumprod(cfg.diffusion)
+    )
+    gens = [image_generator(1, 0, 0)]
+    with pytest.raises(DiffscapeError, match="NaN"):
+        denoise(
+            net, cfg, torch.randn(1, 3, 32, 32), torch.tensor([0]), gens, sampler="dpm", steps=2
+        )
 
 
 def test_ddim_eta0_is_deterministic_and_eta1_is_not(runs):
@@ -165,6 +215,210 @@ def test_slerp_endpoints_and_norm():
 
 def test_interpolate_cli(runs, tmp_path):
     png = tmp_path / "walk.png"
-    rc = main(["interpolate", str(runs["cond"]), "--seeds", "1", "2", "--frames", "4",
-               "--class", "c2", "--steps", "3", "--out", str(png)])  # fmt: skip
+    args = ["interpolate", str(runs["cond"]), "--seeds", "1", "2", "--frames", "4",
+            "--class", "c2", "--steps", "3"]  # fmt: skip
+    rc = main([*args, "--out", str(png)])
     assert rc == 0 and png.is_file()
+    row = np.asarray(Image.open(png).convert("RGB"))
+    assert row.shape == (32 + 4, 4 * (32 + 2) + 2, 3)  # 4 frames of 32 px, 2 px white borders
+    assert (row[:2] == 255).all() and (row[:, 34:36] == 255).all()
+    tiles = [row[2:34, 2 + k * 34 : 34 + k * 34].astype(int) for k in range(4)]
+    assert np.abs(tiles[0] - tiles[3]).mean() > 1  # the two seeds' ends differ
+    assert all(t.std() > 0 for t in tiles)  # not blank
+    # the ends are the plain DDIM images of the two seeds (slerp ends at its endpoints)
+    m = load_for_sampling(runs["cond"])
+    ends = generate_images(m.unet, m.cfg, class_idx=[2], index=[0], seed=2, sampler="ddim",
+                           steps=3, progress=False)  # fmt: skip
+    assert np.abs(tiles[3] - ends[0].transpose(1, 2, 0).astype(int)).max() <= 1
+    again = tmp_path / "again.png"
+    assert main([*args, "--out", str(again)]) == 0
+    assert again.read_bytes() == png.read_bytes()  # deterministic for given seeds
+    assert main([*args, "--out", str(tmp_path / "walk.txt")]) == 2  # only a .png is written
+    assert not (tmp_path / "walk.txt").exists()
+
+
+def test_make_grid_keeps_the_look():
+    """torchvision's grid with our look: 2 px white borders, row-major, a lone image framed."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (5, 3, 4, 6), dtype=np.uint8)
+    grid = make_grid(images, nrow=2)
+    assert grid.dtype == np.uint8 and grid.shape == (3, 3 * (4 + 2) + 2, 2 * (6 + 2) + 2)
+    for i, im in enumerate(images):
+        r, k = divmod(i, 2)
+        assert np.array_equal(grid[:, 2 + r * 6 : 6 + r * 6, 2 + k * 8 : 8 + k * 8], im)
+    mask = np.ones(grid.shape[1:], bool)
+    for i in range(5):
+        r, k = divmod(i, 2)
+        mask[2 + r * 6 : 6 + r * 6, 2 + k * 8 : 8 + k * 8] = False
+    assert (grid[:, mask] == 255).all()  # borders and the empty sixth cell are white
+    one = make_grid(images[:1], nrow=1)
+    assert one.shape == (3, 8, 10) and np.array_equal(one[:, 2:6, 2:8], images[0])
+
+
+# ---- a samples folder is written as a whole ------------------------------------------------------
+
+
+def _sample(runs, out, *extra):
+    return main(["sample", str(runs["cond"]), "--out", str(out), "--steps", "2", "--no-progress",
+                 *extra])  # fmt: skip
+
+
+def _one_error_line(capsys):
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+def test_existing_samples_are_replaced_only_with_overwrite_never_merged(runs, tmp_path, capsys):
+    out = tmp_path / "s"
+    assert _sample(runs, out, "--n", "2", "--per-class") == 0
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert _sample(runs, out, "--n", "1", "--class", "c1") == 2
+    assert "--overwrite" in _one_error_line(capsys)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert _sample(runs, out, "--n", "1", "--class", "c1", "--overwrite") == 0
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.png")) == [
+        "c1/00000.png",
+        "grid.png",
+    ]
+    assert json.loads((out / "samples.json").read_text())["counts"] == {"c1": 1}
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".s.tmp")] == []
+
+
+def test_a_folder_that_is_not_samples_is_refused_and_untouched(runs, tmp_path, capsys):
+    out = tmp_path / "thesis"
+    out.mkdir()
+    (out / "thesis.tex").write_text("years of work")
+    for extra in ([], ["--overwrite"]):
+        assert _sample(runs, out, "--n", "1", *extra) == 2
+        assert "not empty and not a diffscape folder" in _one_error_line(capsys)
+        assert [p.name for p in out.iterdir()] == ["thesis.tex"]
+        assert (out / "thesis.tex").read_text() == "years of work"
+    assert _sample(runs, runs["cond"], "--n", "1", "--overwrite") == 2  # a run is not samples
+    assert "run folder" in _one_error_line(capsys)
+
+
+def test_interrupt_leaves_nothing_half_written(runs, tmp_path, monkeypatch):
+    out = tmp_path / "s"
+    sample_to_folder(runs["cond"], out, n=1, steps=2, progress=False)
+    old = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    real = sample_module.write_samples
+
+    def write_then_interrupt(folder, *args):
+        real(folder, *args)
+        assert any(folder.rglob("*.png"))  # the temporary folder was filled
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sample_module, "write_samples", write_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        sample_to_folder(runs["cond"], out, n=3, steps=2, progress=False, overwrite=True)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".s.lock", "s"]  # no .tmp left
+
+
+def test_read_only_parent_fails_before_any_image(runs, tmp_path, monkeypatch, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        if os.access(ro, os.W_OK):  # root writes anyway: say what access(2) says to others
+            real_access = os.access
+
+            def access(path, mode):
+                return False if str(path) == str(ro) and mode & os.W_OK else real_access(path, mode)
+
+            monkeypatch.setattr(os, "access", access)
+
+        def no_images(*a, **k):
+            raise AssertionError("images were generated before the write check")
+
+        monkeypatch.setattr(sample_module, "generate_images", no_images)
+        assert _sample(runs, ro / "s", "--n", "1") == 2
+        assert "cannot write into" in _one_error_line(capsys)
+        assert list(ro.iterdir()) == []
+    finally:
+        ro.chmod(0o755)
+
+
+# ---- bounded settings ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--batch", "-3"], ["--batch", "0"], ["--batch", "5000"], ["--n", "0"], ["--n", "-1"],
+        ["--seed", "-1"], ["--seed", str(2**63)], ["--guidance", "nan"], ["--guidance", "inf"],
+        ["--guidance", "1e300"], ["--eta", "nan"], ["--eta", "2"], ["--steps", "0"],
+        ["--sampler", "euler"],
+    ],
+)  # fmt: skip
+def test_bad_numbers_exit_2_with_one_line(runs, tmp_path, capsys, bad):
+    with pytest.raises(SystemExit) as e:
+        main(["sample", str(runs["cond"]), "--out", str(tmp_path / "s"), *bad])
+    assert e.value.code == 2
+    assert bad[0] in _one_error_line(capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_steps_beyond_the_model_are_refused_and_real_steps_recorded(runs, tmp_path, capsys):
+    assert _sample(runs, tmp_path / "a", "--steps", "51") == 2  # T = 50
+    assert "timesteps=50" in _one_error_line(capsys)
+    assert not (tmp_path / "a").exists()
+    for sampler, steps, recorded in (("ddim", None, 50), ("dpm", 3, 3), ("ddpm", 3, 50)):
+        rec = sample_to_folder(runs["cond"], tmp_path / sampler, n=1, sampler=sampler,
+                               steps=steps, progress=False)  # fmt: skip
+        assert rec["steps"] == recorded
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [{"batch": -3}, {"batch": 0}, {"n": 0}, {"seed": -1}, {"guidance": float("nan")},
+     {"eta": float("nan")}, {"steps": 0}, {"sampler": "euler"}],
+)  # fmt: skip
+def test_library_refuses_bad_numbers(runs, tmp_path, kw):
+    with pytest.raises(DiffscapeError, match=next(iter(kw))):
+        sample_to_folder(runs["cond"], tmp_path / "s", progress=False, **kw)
+    assert list(tmp_path.iterdir()) == []
+    m = load_for_sampling(runs["cond"])
+    if "n" not in kw:
+        with pytest.raises(DiffscapeError):
+            generate_images(m.unet, m.cfg, class_idx=[0], index=[0], progress=False,
+                            **{"seed": 0, "steps": 2, **kw})  # fmt: skip
+
+
+# ---- names from files ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["../../evil", "/tmp/evil", "..", "a/b", "", " c0"])
+def test_hostile_class_names_in_run_json_are_refused(runs, tmp_path, name):
+    cfg = load_for_sampling(runs["cond"]).cfg
+    (tmp_path / "run.json").write_text(json.dumps({"classes": [name, "c1", "c2"]}))
+    with pytest.raises(DiffscapeError, match="class name"):
+        class_names(tmp_path, cfg)
+    (tmp_path / "run.json").write_text("{not json")
+    with pytest.raises(DiffscapeError, match="not valid JSON"):
+        class_names(tmp_path, cfg)
+    (tmp_path / "run.json").write_text(json.dumps({"classes": ["a", "b", "c"]}))
+    assert class_names(tmp_path, cfg) == ["a", "b", "c"]
+
+
+def test_hostile_class_argument_is_refused(runs, tmp_path, capsys):
+    assert _sample(runs, tmp_path / "s", "--class", "../../evil") == 2
+    assert "class name" in _one_error_line(capsys)
+    assert [p.name for p in tmp_path.iterdir() if p.name != ".s.lock"] == []
+    assert not (tmp_path.parent / "evil").exists()
+
+
+def test_corrupt_png_in_a_samples_folder_is_named(tmp_path):
+    (tmp_path / "c0").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "c0" / "00000.png")
+    bad = tmp_path / "c0" / "00001.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    with pytest.raises(DiffscapeError, match="00001.png") as e:
+        load_sample_folder(tmp_path)
+    assert "\n" not in str(e.value)
+    good = (tmp_path / "c0" / "00000.png").read_bytes()
+    bad.write_bytes(good[: len(good) // 2])  # truncated
+    with pytest.raises(DiffscapeError, match="00001.png"):
+        load_sample_folder(tmp_path)

@@ -7,16 +7,16 @@ including our rescaled linear schedule, which diffusers does not offer.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from diffusers.schedulers.scheduling_ddpm import betas_for_alpha_bar
 
-from diffscape.config import DiffusionConfig
+from diffscape.config import SAMPLERS, DiffusionConfig, Sampler, SampleSettings
+from diffscape.errors import DiffscapeError
 
-Sampler = Literal["ddpm", "ddim", "dpm"]
-SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpm")
+# The sampler names (Sampler, SAMPLERS) are listed once, in config.py, so that the CLI can offer
+# them without importing torch; they are importable from here too.
+DEFAULT_STEPS = SampleSettings().steps  # DDIM / DPM-Solver++ steps when none are asked for: 50
 
 
 def linear_betas(timesteps: int, start: float, end: float, rescale: bool) -> torch.Tensor:
@@ -49,8 +49,24 @@ def make_betas(cfg: DiffusionConfig) -> torch.Tensor:
     raise ValueError(f"unknown schedule {cfg.schedule!r}")
 
 
+def sampler_steps(timesteps: int, sampler: Sampler, steps: int | None = None) -> int:
+    """The denoising steps a sampler really takes: DDPM all ``timesteps`` (T), whatever
+    ``steps`` says; DDIM and DPM-Solver++ ``steps`` (None: ``DEFAULT_STEPS``, at most T).
+    More steps than T are refused: the schedulers cannot visit a training step twice."""
+    if sampler == "ddpm":
+        return timesteps
+    if steps is None:
+        return min(DEFAULT_STEPS, timesteps)
+    if not 1 <= steps <= timesteps:
+        raise DiffscapeError(
+            f"{sampler} cannot take {steps} steps: this model has diffusion.timesteps={timesteps},"
+            f" so choose 1..{timesteps} steps"
+        )
+    return steps
+
+
 def make_scheduler(
-    cfg: DiffusionConfig, sampler: Sampler = "ddpm", eta: float = 0.0
+    cfg: DiffusionConfig, sampler: Sampler = "ddpm"
 ) -> DDPMScheduler | DDIMScheduler | DPMSolverMultistepScheduler:
     """A fresh diffusers scheduler for this model's betas and prediction type.
 

@@ -7,7 +7,6 @@ subfolders) reads the same way, so users can evaluate images made by other tools
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,9 +14,9 @@ import numpy as np
 from PIL import Image
 
 from diffscape.errors import DiffscapeError
+from diffscape.layout import SAMPLES_JSON as SAMPLES_JSON  # re-exported: older imports
+from diffscape.layout import UNCONDITIONAL
 
-UNCONDITIONAL = "unconditional"
-SAMPLES_JSON = "samples.json"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
 
@@ -33,10 +32,6 @@ class SampleSet:
     def classes(self) -> list[str]:
         """Class folders present, sorted; excludes ``unconditional`` and loose images."""
         return sorted({c for c in self.class_names if c not in (None, UNCONDITIONAL)})
-
-    def select(self, class_name: str) -> np.ndarray:
-        idx = [i for i, c in enumerate(self.class_names) if c == class_name]
-        return self.images[idx]
 
 
 def _index_key(p: Path) -> tuple[int, str]:
@@ -83,7 +78,7 @@ def load_sample_folder(root: str | Path, size: int | None = None) -> SampleSet:
             f"{root} holds no images (expected {root}/<class>/<i>.png as written by "
             "`diffscape sample`)"
         )
-    arrays = [read_image(p, size) for p, _ in entries]
+    arrays = [_read_sample(p, size) for p, _ in entries]
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
         raise DiffscapeError(f"{root} mixes image sizes {sorted(shapes)}; pass a size to resize")
@@ -94,9 +89,18 @@ def load_sample_folder(root: str | Path, size: int | None = None) -> SampleSet:
     )
 
 
-def read_samples_json(root: str | Path) -> dict | None:
-    path = Path(root) / SAMPLES_JSON
-    return json.loads(path.read_text()) if path.is_file() else None
+def _read_sample(path: Path, size: int | None) -> np.ndarray:
+    try:
+        return read_image(path, size)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        # PIL: UnidentifiedImageError (an OSError) for garbage, OSError for a truncated file
+        raise DiffscapeError(
+            f"{path} is not a readable image ({_one_line(e)}); delete or replace it"
+        ) from None
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def save_png(path: Path, image_chw: np.ndarray) -> None:
@@ -105,13 +109,14 @@ def save_png(path: Path, image_chw: np.ndarray) -> None:
 
 
 def make_grid(images: np.ndarray, nrow: int, pad: int = 2, fill: int = 255) -> np.ndarray:
-    """uint8 (N, 3, H, W) -> one uint8 (3, H', W') image, ``nrow`` images per row."""
-    n, c, h, w = images.shape
-    ncol = nrow
-    rows = (n + ncol - 1) // ncol
-    grid = np.full((c, rows * (h + pad) + pad, ncol * (w + pad) + pad), fill, np.uint8)
-    for i in range(n):
-        r, k = divmod(i, ncol)
-        y, x = pad + r * (h + pad), pad + k * (w + pad)
-        grid[:, y : y + h, x : x + w] = images[i]
-    return grid
+    """uint8 (N, 3, H, W) -> one uint8 (3, H', W') image: torchvision's grid, ``nrow`` images
+    per row (at most N), ``pad`` pixels of ``fill`` around every image."""
+    import torch
+    from torchvision.utils import make_grid as torchvision_grid
+
+    batch = torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8))
+    if len(batch) == 1:  # torchvision returns a lone image without its border
+        grid = torch.nn.functional.pad(batch[0], (pad, pad, pad, pad), value=fill)
+    else:
+        grid = torchvision_grid(batch, nrow=nrow, padding=pad, pad_value=fill)
+    return grid.numpy()

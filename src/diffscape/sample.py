@@ -9,7 +9,9 @@ batch it was computed in (diffusers' ``randn_tensor`` accepts one generator per 
 from __future__ import annotations
 
 import json
+import os
 import platform
+import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,11 +21,11 @@ import numpy as np
 import torch
 from diffusers import UNet2DModel
 
-from diffscape import __version__, diffusion
+from diffscape import __version__, atomic, config, diffusion, layout, lock
 from diffscape.checkpoint import resolve_checkpoint
 from diffscape.config import RunConfig, load_config_json
 from diffscape.errors import DiffscapeError
-from diffscape.imagefolder import SAMPLES_JSON, UNCONDITIONAL, make_grid, save_png
+from diffscape.imagefolder import make_grid, save_png
 from diffscape.model import load_unet, null_class
 
 
@@ -41,15 +43,32 @@ def load_for_sampling(
 ) -> LoadedModel:
     """A run folder (its latest complete checkpoint) or a checkpoint folder -> the network."""
     ckpt = resolve_checkpoint(Path(path))
-    cfg = load_config_json(ckpt / "config.json")
-    weights = "ema" if use_ema else "model"
+    cfg = load_config_json(ckpt / layout.CONFIG_JSON)
+    classes = class_names(ckpt, cfg)
+    weights = layout.EMA_DIR if use_ema else layout.MODEL_DIR
     unet = load_unet(ckpt / weights).eval()
     unet.to(device or default_device())
-    info = json.loads((ckpt / "run.json").read_text()) if (ckpt / "run.json").is_file() else {}
-    classes = list(info.get("classes", []))
-    if cfg.model.conditional and len(classes) != cfg.model.num_classes:
-        classes = [f"class{i}" for i in range(cfg.model.num_classes)]
-    return LoadedModel(unet, cfg, classes if cfg.model.conditional else [], ckpt, weights)
+    return LoadedModel(unet, cfg, classes, ckpt, weights)
+
+
+def class_names(ckpt: Path, cfg: RunConfig) -> list[str]:
+    """A conditional model's class names from the checkpoint's run.json, each checked as one
+    safe folder name (they become ``OUT/<class>/``); ``class<i>`` when run.json has none that
+    fit the model. Unconditional models: no classes."""
+    if not cfg.model.conditional:
+        return []
+    path = ckpt / layout.RUN_JSON
+    try:
+        info = json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise DiffscapeError(f"{path} is not valid JSON ({e}); the checkpoint is damaged") from None
+    names = info.get("classes") if isinstance(info, dict) else None
+    if not isinstance(names, list) or len(names) != cfg.model.num_classes:
+        return [f"class{i}" for i in range(cfg.model.num_classes)]
+    names = [layout.safe_component(c, f"class name in {path}") for c in names]
+    if len(set(names)) != len(names):
+        raise DiffscapeError(f"{path} lists a class name twice; each class needs its own folder")
+    return names
 
 
 def default_device() -> torch.device:
@@ -110,10 +129,11 @@ def denoise(
     eta: float = 0.0,
     guidance: float = 1.0,
 ) -> torch.Tensor:
-    """Run a sampler from ``noise`` (B, 3, H, W) to images in [-1, 1] (float, on CPU)."""
+    """Run a sampler from ``noise`` (B, 3, H, W) to images (float, on CPU), not clamped: about
+    [-1, 1] for a trained model; ``to_uint8`` clamps."""
     device = next(unet.parameters()).device
-    sched = diffusion.make_scheduler(cfg.diffusion, sampler, eta=eta)
-    n_steps = cfg.diffusion.timesteps if sampler == "ddpm" or not steps else steps
+    sched = diffusion.make_scheduler(cfg.diffusion, sampler)
+    n_steps = diffusion.sampler_steps(cfg.diffusion.timesteps, sampler, steps)
     sched.set_timesteps(n_steps, device=device)
     x = noise.to(device) * sched.init_noise_sigma
     if labels is not None:
@@ -124,11 +144,16 @@ def denoise(
         model_in = sched.scale_model_input(x, t)
         out = model_output(unet, model_in, t, labels, null, guidance)
         x = sched.step(out, t, x, generator=generators, **extra).prev_sample
-    return x.float().clamp(-1, 1).cpu()
+    if not torch.isfinite(x).all():  # would become black images silently
+        raise DiffscapeError(
+            f"{sampler} produced NaN or infinite pixels: the weights are damaged or the settings "
+            f"diverge (guidance {guidance:g}); try another checkpoint or a smaller --guidance"
+        )
+    return x.float().cpu()
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """[-1, 1] float -> uint8 (N, 3, H, W), rounding to nearest."""
+    """[-1, 1] float -> uint8 (N, 3, H, W), rounding to nearest, clamped to [0, 255]."""
     return ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
@@ -149,6 +174,7 @@ def generate_images(
     """Images for the given (class, index) pairs as uint8 (N, 3, H, W)."""
     if len(class_idx) != len(index):
         raise ValueError("class_idx and index must have the same length")
+    check_settings(sampler=sampler, steps=steps, eta=eta, guidance=guidance, seed=seed, batch=batch)
     conditional = cfg.model.conditional
     if not conditional and any(c is not None for c in class_idx):
         raise DiffscapeError("this model is unconditional: it cannot sample a class")
@@ -192,6 +218,13 @@ def grid_image(images: np.ndarray, row_names: Sequence[str], per_row: int):  # n
     return labelled_rows_image(rows)
 
 
+def check_settings(**given: object) -> None:
+    """Sample settings given to the library (``n``, ``sampler``, ``steps``, ``eta``,
+    ``guidance``, ``seed``, ``batch``) checked by the settings engine against the bounds that
+    ``--help`` shows: a one-line ConfigError naming the setting. None: not given (default)."""
+    config.parse_section("sample", {k: v for k, v in given.items() if v is not None})
+
+
 def plan(
     model: LoadedModel, n: int, per_class: bool, classes: Sequence[str] | None
 ) -> tuple[list[int | None], list[int], list[str]]:
@@ -206,8 +239,8 @@ def plan(
                 "this model is unconditional (trained without --conditional): it cannot make "
                 f"images of class {', '.join(classes)}; drop --class"
             )
-        return [None] * n, list(range(n)), [UNCONDITIONAL] * n
-    chosen = list(classes) if classes else list(model.classes)
+        return [None] * n, list(range(n)), [layout.UNCONDITIONAL] * n
+    chosen = [layout.safe_component(c, "class name") for c in classes or model.classes]
     unknown = [c for c in chosen if c not in model.classes]
     if unknown:
         raise DiffscapeError(
@@ -234,58 +267,104 @@ def sample_to_folder(
     per_class: bool = False,
     classes: Sequence[str] | None = None,
     sampler: diffusion.Sampler = "ddim",
-    steps: int | None = 50,
+    steps: int | None = None,
     eta: float = 0.0,
     guidance: float | None = None,
     seed: int = 0,
     batch: int | None = None,
     use_ema: bool = True,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict:
     """Sample from a run or checkpoint into ``out/<class>/<index>.png`` + ``grid.png`` +
-    ``samples.json``; returns the samples.json record."""
-    model = load_for_sampling(source, use_ema=use_ema)
-    if not model.cfg.model.conditional and guidance not in (None, 0.0, 1.0):
-        raise DiffscapeError(
-            "this model is unconditional: --guidance needs a model trained with --conditional"
-        )
-    w = 1.0 if guidance is None else guidance
-    class_idx, index, folders = plan(model, n, per_class, classes)
-    device = next(model.unet.parameters()).device
-    if batch is None:
-        batch = 256 if device.type == "cuda" else 64
-    images = generate_images(
-        model.unet, model.cfg, class_idx=class_idx, index=index, seed=seed, sampler=sampler,
-        steps=steps, eta=eta, guidance=w, batch=batch, progress=progress,
-    )  # fmt: skip
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for img, folder, i in zip(images, folders, index, strict=True):
-        save_png(out / folder / f"{i:05d}.png", img)
-    names = sorted(set(folders), key=folders.index)
-    per_row = min(8, max(1, min(folders.count(f) for f in names)))
-    rows = []
-    for name in names:
-        picks = [j for j, f in enumerate(folders) if f == name][:per_row]
-        rows.append(images[picks])
-    grid_image(np.concatenate(rows), names, per_row).save(out / "grid.png")
-    record = {
-        "checkpoint": str(model.checkpoint.resolve()),
-        "weights": model.weights,
-        "sampler": sampler,
-        "steps": model.cfg.diffusion.timesteps if sampler == "ddpm" else steps,
-        "eta": eta,
-        "guidance": w if model.cfg.model.conditional else None,
-        "seed": seed,
-        "n": len(index),
-        "per_class": per_class,
-        "classes": names,
-        "counts": {name: folders.count(name) for name in names},
-        "image_size": model.cfg.model.image_size,
-        "versions": versions(),
-    }
-    (out / SAMPLES_JSON).write_text(json.dumps(record, indent=2) + "\n")
+    ``samples.json``; returns the samples.json record.
+
+    The folder is written as a whole: built beside ``out`` and renamed into place when done, so
+    an interruption leaves nothing half-written. An existing samples folder is replaced only
+    with ``overwrite`` (its old images are deleted, never mixed with the new ones); ``steps``
+    None is the sampler's default, and the record says the steps really taken.
+    """
+    check_settings(sampler=sampler, n=n, batch=batch, steps=steps, seed=seed, guidance=guidance,
+                   eta=eta)  # fmt: skip
+    out = samples_out(out, overwrite)
+    with lock.hold_beside(out, "samples folder"):
+        samples_out(out, overwrite)  # again: another writer may have finished meanwhile
+        model = load_for_sampling(source, use_ema=use_ema)
+        if not model.cfg.model.conditional and guidance not in (None, 0.0, 1.0):
+            raise DiffscapeError(
+                "this model is unconditional: --guidance needs a model trained with --conditional"
+            )
+        w = 1.0 if guidance is None else guidance
+        class_idx, index, folders = plan(model, n, per_class, classes)
+        names = sorted(set(folders), key=folders.index)
+        record = {
+            "checkpoint": str(model.checkpoint.resolve()),
+            "weights": model.weights,
+            "sampler": sampler,
+            "steps": diffusion.sampler_steps(model.cfg.diffusion.timesteps, sampler, steps),
+            "eta": eta,
+            "guidance": w if model.cfg.model.conditional else None,
+            "seed": seed,
+            "n": len(index),
+            "per_class": per_class,
+            "classes": names,
+            "counts": {name: folders.count(name) for name in names},
+            "image_size": model.cfg.model.image_size,
+            "versions": versions(),
+        }
+        if batch is None:
+            batch = 256 if next(model.unet.parameters()).device.type == "cuda" else 64
+        tmp = atomic.tmp_dir_beside(out)
+        try:
+            images = generate_images(
+                model.unet, model.cfg, class_idx=class_idx, index=index, seed=seed,
+                sampler=sampler, steps=steps, eta=eta, guidance=w, batch=batch, progress=progress,
+            )  # fmt: skip
+            write_samples(tmp, images, folders, index, record)
+            atomic.publish_dir(tmp, out)
+        finally:  # interrupted or failed: no half-written folder stays behind
+            shutil.rmtree(tmp, ignore_errors=True)
     return record
+
+
+def samples_out(out: str | Path, overwrite: bool) -> Path:
+    """``out`` as a Path when a samples folder may be written there: a new or empty folder, or
+    an older samples folder with ``overwrite``, in a folder this process can write to (checked
+    before any image is made). Otherwise a one-line error that says what to do."""
+    out = layout.check_out(out, "samples")
+    if layout.is_samples_dir(out) and not overwrite:
+        raise layout.OutError(
+            f"--out {out} already holds samples; add --overwrite to replace them (the old images "
+            "are deleted, never mixed with the new ones), or pick another folder"
+        )
+    parent = Path(os.path.abspath(out)).parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise DiffscapeError(
+            f"cannot write into {parent} (read-only file system or no permission); pick an "
+            "--out in a folder you can write to"
+        )
+    return out
+
+
+def write_samples(
+    folder: Path, images: np.ndarray, folders: Sequence[str], index: Sequence[int], record: dict
+) -> None:
+    """The files of a samples folder: ``<class>/<index>.png``, grid.png (one labelled row of
+    up to 8 images per class) and samples.json (written last)."""
+    for img, name, i in zip(images, folders, index, strict=True):
+        save_png(folder / name / layout.sample_name(i), img)
+    names = record["classes"]
+    per_row = min(8, max(1, min(folders.count(f) for f in names)))
+    picks = [[j for j, f in enumerate(folders) if f == name][:per_row] for name in names]
+    grid_image(np.concatenate([images[p] for p in picks]), names, per_row).save(
+        folder / layout.GRID_PNG
+    )
+    atomic.write_json(folder / layout.SAMPLES_JSON, record)
+
+
+MAX_FRAMES = 256  # images in an interpolation row, denoised in one batch
 
 
 def interpolate(
@@ -297,13 +376,21 @@ def interpolate(
     frames: int = 8,
     class_name: str | None = None,
     sampler: diffusion.Sampler = "ddim",
-    steps: int = 50,
+    steps: int | None = None,
     guidance: float = 1.0,
 ) -> np.ndarray:
     """A row of images whose starting noise walks from seed_a's to seed_b's (slerp), with the
-    deterministic DDIM (eta 0) or DPM-Solver++ so the row changes smoothly."""
+    deterministic DDIM (eta 0) or DPM-Solver++ so the row changes smoothly. ``steps`` None is
+    the sampler's default."""
     if sampler == "ddpm":
         raise DiffscapeError("interpolation needs a deterministic sampler: ddim or dpm")
+    check_settings(sampler=sampler, steps=steps, guidance=guidance, seed=seed_a)
+    check_settings(seed=seed_b)
+    if isinstance(frames, bool) or not isinstance(frames, int) or not 2 <= frames <= MAX_FRAMES:
+        raise DiffscapeError(f"frames {frames!r}: give 2..{MAX_FRAMES} images in the row")
+    out_png = Path(out_png)
+    if out_png.suffix.lower() != ".png":
+        raise DiffscapeError(f"interpolate writes a PNG image: {out_png} must end in .png")
     model = load_for_sampling(source)
     class_idx, _, _ = plan(model, 1, False, [class_name] if class_name else None)
     k = class_idx[0]
@@ -317,10 +404,10 @@ def interpolate(
         model.unet, model.cfg, noise, labels, gens, sampler=sampler, steps=steps, guidance=guidance
     )
     images = to_uint8(x)
-    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
     from PIL import Image
 
-    Image.fromarray(make_grid(images, nrow=frames).transpose(1, 2, 0)).save(out_png)
+    with atomic.atomic_path(out_png) as tmp:
+        Image.fromarray(make_grid(images, nrow=frames).transpose(1, 2, 0)).save(tmp, format="PNG")
     return images
 
 
@@ -333,7 +420,7 @@ def export_diffusers(source: str | Path, out: str | Path, use_ema: bool = True) 
     diffusion.make_scheduler(model.cfg.diffusion, "ddpm").save_pretrained(out / "scheduler")
     model.cfg.save(out / "diffscape_config.json")
     info = {"classes": model.classes, "null_class": null_class(model.cfg.model)}
-    (out / "classes.json").write_text(json.dumps(info, indent=2) + "\n")
+    atomic.write_json(out / "classes.json", info)
     if model.cfg.model.activation != "silu":
         print(
             f"note: activation {model.cfg.model.activation!r} also replaces the SiLU that "

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+
+from diffscape import config
 
 SAMPLE_EPILOG = """\
 examples:
@@ -13,31 +16,33 @@ examples:
 
 Images go to OUT/<class>/<index>.png (OUT/unconditional/ for unconditional models), with
 grid.png and samples.json. An image depends only on (seed, class, index): the same seed gives
-the same images whatever --batch is.
+the same images whatever --batch is. OUT is written as a whole (nothing half-written if
+interrupted); an existing samples folder is replaced only with --overwrite, never merged.
+Without --steps, ddim and dpm take 50 steps, or T if the model has fewer noise levels.
 """
 
 
 def add_sampler_args(p: argparse.ArgumentParser) -> None:
-    """Sampler options shared with `evaluate` when it samples from a run itself."""
-    p.add_argument(
-        "--sampler",
-        choices=("ddpm", "ddim", "dpm"),
-        default="ddim",
-        help="ddpm: ancestral, all T steps; ddim; dpm: DPM-Solver++ (2M)",
-    )
-    p.add_argument("--steps", type=int, default=50, help="steps for ddim/dpm (ddpm uses all T)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
-    p.add_argument(
-        "--guidance",
-        type=float,
-        default=None,
-        help="classifier-free guidance w: 0 unconditional, 1 conditional (default), >1 guided",
-    )
-    p.add_argument("--seed", type=int, default=0, help="images depend only on (seed, class, index)")
-    p.add_argument(
-        "--batch", type=int, default=None, help="images per batch (default: 64 CPU, 256 GPU)"
+    """Sampler options, typed, bounded and described by the settings engine (config.py)."""
+    config.add_setting_arguments(
+        p,
+        "sample",
+        ["sampler", "steps", "eta", "guidance", "seed", "batch"],
+        defaults={"steps": None, "guidance": None},  # None: the sampler's / the model's default
     )
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+
+
+def sample_value(name: str) -> Callable[[str], object]:
+    """argparse ``type=``: one field of the sample settings, parsed and bounded by the engine."""
+
+    def parse(text: str) -> object:
+        try:
+            return getattr(config.parse_section("sample", {name: text}), name)
+        except config.ConfigError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return parse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -52,8 +57,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=HelpFormatter,
     )
     p.add_argument("source", help="run folder (latest checkpoint) or a checkpoint folder")
-    p.add_argument("--out", required=True, help="folder to write images into")
-    p.add_argument("--n", type=int, default=16, help="images in total (per class with --per-class)")
+    p.add_argument("--out", required=True, help="folder to write (new, empty, or older samples)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace the samples folder --out if it exists"
+    )
+    n_bounds = config.bounds_text(
+        next(r for r in config.table("sample") if r.key == "sample.n").meta
+    )
+    p.add_argument(
+        "--n",
+        type=sample_value("n"),
+        default=16,
+        help=f"images in total (per class with --per-class); {n_bounds}",
+    )
     p.add_argument("--per-class", action="store_true", help="--n images for every class")
     p.add_argument(
         "--class", dest="classes", default=None, help="comma-separated class names, or all"
@@ -84,13 +100,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=HelpFormatter,
     )
     i.add_argument("source", help="run folder or checkpoint folder")
-    i.add_argument("--seeds", type=int, nargs=2, default=(0, 1), metavar=("A", "B"))
-    i.add_argument("--frames", type=int, default=8, help="images in the row")
+    i.add_argument(
+        "--seeds",
+        type=sample_value("seed"),
+        nargs=2,
+        default=(0, 1),
+        metavar=("A", "B"),
+        help=f"the two seeds, each at most {config.SEED_MAX}",
+    )
+    i.add_argument("--frames", type=int, default=8, help="images in the row, at least 2")
     i.add_argument("--class", dest="class_name", default=None, help="class (conditional models)")
-    i.add_argument("--sampler", choices=("ddim", "dpm"), default="ddim")
-    i.add_argument("--steps", type=int, default=50)
-    i.add_argument("--guidance", type=float, default=1.0)
-    i.add_argument("--out", required=True, help="PNG to write")
+    i.add_argument(
+        "--sampler",
+        choices=[s for s in config.SAMPLERS if s != "ddpm"],  # the deterministic ones
+        default="ddim",
+    )
+    config.add_setting_arguments(i, "sample", ["steps", "guidance"], defaults={"steps": None})
+    i.add_argument("--out", required=True, help="PNG file to write")
     i.set_defaults(func=run_interpolate)
 
 
@@ -117,6 +143,7 @@ def run_sample(args: argparse.Namespace) -> int:
         batch=args.batch,
         use_ema=not args.no_ema,
         progress=not args.no_progress,
+        overwrite=args.overwrite,
     )
     counts = ", ".join(f"{k} {v}" for k, v in record["counts"].items())
     print(f"wrote {record['n']} images ({counts}) and grid.png to {args.out}")
