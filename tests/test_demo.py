@@ -1,21 +1,28 @@
 """The demo: a shortened run in CI (completes, writes the report); the full one marked slow."""
 
 import json
+from pathlib import Path
 
 import pytest
 
-from diffscape.demo import DemoSettings, run_demo
+from diffscape import layout
+from diffscape.config import EvaluateSettings, SampleSettings
+from diffscape.demo import STAGES, DemoSettings, run_demo
+from diffscape.errors import DiffscapeError
 
 SHORT = DemoSettings(
     minutes=0.05,
+    max_steps=12,  # the budget ends training; the cap keeps it short wherever it does not
     synth_images=400,
-    samples_per_class=3,
-    sampler_steps=5,
-    eval_fake=10,
-    eval_real=10,
+    sample=SampleSettings(n=3, sampler="dpm", steps=5),
+    evaluate=EvaluateSettings(split="test", n=10, n_real=10),
     judge_epochs=2,
-    min_steps=5,
 )
+
+
+@pytest.fixture(autouse=True)
+def own_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("DIFFSCAPE_CACHE", str(tmp_path / "cache"))
 
 
 def test_short_demo_completes_and_writes_report(tmp_path):
@@ -23,22 +30,46 @@ def test_short_demo_completes_and_writes_report(tmp_path):
     summary = run_demo(tmp_path / "demo", SHORT, say=lines.append, progress=False)
     out = tmp_path / "demo"
     assert (out / "report.html").is_file() and (out / "report.html").stat().st_size > 10_000
-    assert (out / "run" / "samples-final" / "grid.png").is_file()
+    assert Path(summary.paths["grid"]).is_file()
+    assert Path(summary.paths["grid"]).is_relative_to(out / "run")
+    assert layout.is_demo_dir(out) and (out / layout.DEMO_JSON).is_file()
     saved = json.loads((out / "summary.json").read_text())
-    assert saved["steps"] >= SHORT.min_steps
+    assert 1 <= saved["steps"] <= SHORT.max_steps
     assert 0.0 <= saved["judge_sample_accuracy"] <= 1.0
     assert set(saved["judge_per_class"]) == {"Coast", "Desert", "Forest", "Glacier", "Mountain"}
-    assert saved["kid"]["mean"] == pytest.approx(summary["kid"]["mean"])
+    assert saved["kid"]["mean"] == pytest.approx(summary.kid["mean"])
     assert saved["floor"]["fid"] is not None
+    # the floor has its own file; the run's metrics.json holds the run's scores only
+    assert (out / "_floor" / "floor.json").is_file()
+    run_metrics = json.loads((out / "run/samples/final/metrics.json").read_text())
+    assert "floor" not in run_metrics and run_metrics["fake"]["kind"] != "dataset"
     # one line per stage with its estimate, and a summary that says where the report is
-    assert sum(1 for x in lines if x.startswith("[")) == 7
+    assert sum(1 for x in lines if x.startswith("[")) == STAGES == 8
     assert str(out / "report.html") in lines[-1]
+
+    # run again: nothing is redone, and each stage says so
+    again = []
+    second = run_demo(out, SHORT, say=again.append, progress=False)
+    stage_lines = [x for x in again if x.startswith("[")]
+    assert len(stage_lines) == STAGES
+    assert all("before" in x or "using" in x for x in stage_lines[:-1]), stage_lines
+    assert second.steps == summary.steps and second.fid == summary.fid
+
+
+def test_demo_refuses_a_foreign_folder_and_no_budget(tmp_path):
+    (tmp_path / "thesis.txt").write_text("keep me")
+    with pytest.raises(layout.OutError, match="not empty"):
+        run_demo(tmp_path, SHORT, say=lambda _: None, progress=False)
+    assert (tmp_path / "thesis.txt").read_text() == "keep me"
+    with pytest.raises(DiffscapeError, match="budget"):
+        run_demo(tmp_path / "new", DemoSettings(minutes=0), say=lambda _: None)
+    assert not (tmp_path / "new").exists()
 
 
 @pytest.mark.slow
 def test_full_demo_meets_its_targets(tmp_path):
     """Issue targets on 2 CPU cores: <= 10 min; judge accuracy >= 90% overall, >= 80% per class."""
     summary = run_demo(tmp_path / "demo", DemoSettings(), progress=False)
-    assert summary["wall_seconds"] <= 600
-    assert summary["judge_sample_accuracy"] >= 0.90
-    assert all(v["accuracy"] >= 0.80 for v in summary["judge_per_class"].values())
+    assert summary.wall_seconds <= 600
+    assert summary.judge_sample_accuracy >= 0.90
+    assert all(v["accuracy"] >= 0.80 for v in summary.judge_per_class.values())

@@ -250,13 +250,13 @@ kind = "svc"
 
     assert calls == [second]  # the finished run was neither trained nor touched
     assert first.stat().st_mtime_ns == finished
-    assert [r["status"] for r in results] == ["ok", "ok"]
+    assert [r.status for r in results] == ["ok", "ok"]
     assert "activation=silu: finished before, skipped" in capfd.readouterr().err
     steps = [json.loads(x)["step"] for x in (second / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(2, 17, 2))  # resumed: one log, as if never interrupted
     r = results[1]
-    assert r["n_fake"] == 6 and r["fid"] > 0 and r["kid"]["mean"] is not None
-    assert 0 <= r["accuracy"] <= 1 and r["n_judged"] == 6
+    assert r.n_fake == 6 and r.fid > 0 and r.kid["mean"] is not None
+    assert 0 <= r.accuracy <= 1 and r.n_judged == 6
     sweep_json = json.loads((runs / "sweep.json").read_text())
     assert [x["name"] for x in sweep_json["runs"]] == ["activation=silu", "activation=relu"]
 
@@ -287,17 +287,17 @@ enabled = false
     runs = tmp_path / "runs"
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
     results = run_sweep(spec, runs, progress=False, gpus=2)
-    by_name = {r["name"]: r for r in results}
-    assert by_name["ok"]["status"] == "ok" and by_name["ok"]["steps"] == 4
+    by_name = {r.name: r for r in results}
+    assert by_name["ok"].status == "ok" and by_name["ok"].steps == 4
     bad = by_name["wrong-size"]
-    assert bad["status"] == "failed" and bad["stage"] == "train"
-    assert "model.image_size is 16" in bad["error"] and "Traceback" in bad["traceback"]
+    assert bad.status == "failed" and bad.stage == "train"
+    assert "model.image_size is 16" in bad.error and "Traceback" in bad.traceback
     for name in ("ok", "wrong-size"):
         assert "[sweep]" in (runs / name / "sweep.log").read_text()  # a log per worker
     # a re-run retries only the failure (and fails the same way)
     calls = _spy_on_train(monkeypatch)
     again = run_sweep(spec, runs, progress=False, gpus=1)
-    assert calls == [runs / "wrong-size"] and again[1]["status"] == "failed"
+    assert calls == [runs / "wrong-size"] and again[1].status == "failed"
     text = build_report(runs, tmp_path / "r.html").read_text()
     assert "failed" in text and "model.image_size is 16" in text
 
@@ -315,8 +315,8 @@ kind = "svc"
     calls = _spy_on_train(monkeypatch)
     results = run_sweep(spec, tmp_path / "runs", data=ds.root, progress=False, gpus=1)
     assert calls == [tmp_path / "runs" / "model"]
-    assert [(r["name"], r["status"]) for r in results] == [("ddim-3-w0", "ok"), ("ddim-3-w3", "ok")]
-    assert all(r["n_judged"] == 6 and "fid" not in r for r in results)
+    assert [(r.name, r.status) for r in results] == [("ddim-3-w0", "ok"), ("ddim-3-w3", "ok")]
+    assert all(r.n_judged == 6 and r.fid is None for r in results)
     samples = json.loads((tmp_path / "runs/model/samples/ddim-3-w3/samples.json").read_text())
     assert samples["guidance"] == 3 and samples["n"] == 6
     text = build_report(tmp_path / "runs", tmp_path / "r.html").read_text()
@@ -325,7 +325,7 @@ kind = "svc"
     # settings changed since: the rows are redone (training is already complete)
     spec.write_text(spec.read_text().replace("n = 2\n", "n = 1\n"))
     results = run_sweep(spec, tmp_path / "runs", data=ds.root, progress=False, gpus=1)
-    assert all(r["n_judged"] == 3 for r in results)
+    assert all(r.n_judged == 3 for r in results)
 
 
 def test_without_a_dataset_the_default_synthetic_set_is_made(tmp_path, monkeypatch):

@@ -6,15 +6,15 @@ import argparse
 
 EPILOG = """\
 examples:
-  diffscape demo                          # about 10 minutes on 2 CPU cores
+  diffscape demo                          # about 8 minutes on 2 CPU cores
   diffscape demo --minutes 2 --out /tmp/quick
   diffscape demo --minutes 30             # longer training, better samples
   diffscape demo --data data/landscape32  # the same pipeline on a prepared real dataset
 
-Stages: procedural landscapes -> CNN judge on the real training images -> train a conditional
-DDPM for --minutes -> sample every class -> FID/KID against the test split beside the
-real-vs-real floor -> judge the samples -> report.html. Running it again reuses the data and
-the judge, and continues training only if --minutes grew.
+Stages: procedural landscapes -> CNN judge on the real training images -> real-vs-real floor
+-> train a conditional DDPM until --minutes have passed -> sample every class -> FID/KID
+against the test split -> judge the samples -> report.html. Running it again does only what is
+missing: with the same settings nothing is redone; changed settings redo what they affect.
 """
 
 
@@ -30,7 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=HelpFormatter,
     )
     p.add_argument("--out", default="diffscape-demo", help="folder for everything the demo writes")
-    p.add_argument("--minutes", type=float, default=None, help="training budget (default 5)")
+    p.add_argument(
+        "--minutes", type=float, default=None, help="training budget in minutes (default 5)"
+    )
     p.add_argument("--data", default=None, help="a prepared dataset instead of the built-in one")
     p.add_argument("--seed", type=int, default=0, help="seeds data, weights and sampling")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -42,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
 
     from diffscape.demo import DemoSettings, run_demo
 
-    s = DemoSettings(seed=args.seed)
+    s = DemoSettings()
+    s = replace(s, seed=args.seed, sample=replace(s.sample, seed=args.seed))
     if args.minutes is not None:
         s = replace(s, minutes=args.minutes)
     run_demo(args.out, s, data=args.data, progress=not args.no_progress)

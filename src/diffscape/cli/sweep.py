@@ -16,7 +16,7 @@ examples:
 
 Each run is trained, sampled, evaluated (FID/KID) and judged (per-class accuracy) into
 RUNS/<run>/ and RUNS/<run>/samples/<sampling>/ (result.json last). Running the same command
-again skips finished runs, retries failed ones and resumes interrupted training; a failing run
+again skips finished work, retries what failed and resumes interrupted training; a failing run
 is recorded with its error and the sweep goes on. With several GPUs, runs go one per GPU.
 Without a dataset (--data or `dataset = ...` in the file) the default synthetic landscapes are
 made in RUNS/_data. At the end RUNS/report.html and RUNS/results.csv are written.
@@ -54,7 +54,7 @@ per-class sample grid; results.csv is written beside it.
 Reads, per run folder: config.json, metrics.jsonl (training log), samples/<...>/grid.png and
 samples.json, metrics.json (diffscape evaluate) and accuracy.json (diffscape judge score), in the
 sample folder or the run folder, result.json (written by sweeps: status, error), and a sweep's
-sweep.json and _floor/metrics.json.
+sweep.json and its real-vs-real floor (_floor/floor.json).
 """
 
 
@@ -121,10 +121,10 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     except TrainingInterrupted as e:
         print(f"diffscape: {e}\nRun the same sweep command again to continue.", file=sys.stderr)
         return 128 + int(e.signum)
-    failed = [r for r in results if r.get("status") != "ok"]
+    failed = [r for r in results if not r.ok]
     print(f"{len(results) - len(failed)} of {len(results)} runs finished in {args.out}")
     for r in failed:
-        print(f"  {r['name']}: {r.get('status')} {r.get('error', '')}")
+        print(f"  {r.name}: {r.status} {r.error or ''}")
     if not args.no_report and args.only is None:
         from diffscape.report import build_report
 

@@ -38,9 +38,10 @@ Output folder::
 
     RUNS/sweep.json                   the sweep as planned (the report's base config, run list)
     RUNS/_data/  RUNS/_judge/         shared: default dataset, judge (made once)
-    RUNS/_floor/metrics.json          real vs real: the held-out test split against the same
+    RUNS/_floor/floor.json            real vs real: the held-out test split against the same
                                       reference split, the best FID/KID these n allow
-    RUNS/<run>/                       a training run (config.json, metrics.jsonl, checkpoints/)
+    RUNS/<run>/                       a training run (config.json, metrics.jsonl, checkpoints/,
+                                      train.json once trained)
     RUNS/<run>/samples/<variant>/     one sampling of it: <class>/<i>.png, grid.png,
                                       samples.json, metrics.json, accuracy.json, result.json
 
@@ -62,25 +63,13 @@ from diffscape.sweep.plan import (
     resolve_config,
 )
 from diffscape.sweep.runner import (
-    DATA_DIR,
     DEFAULT_SYNTH_N,
-    FLOOR_DIR,
-    JUDGE_DIR,
-    RESULT_JSON,
-    SWEEP_JSON,
     ensure_data,
-    ensure_floor,
-    ensure_judge,
-    evaluate_run,
-    is_finished,
     log,
-    read_result,
-    record_failure,
-    run_parallel,
+    run_spec,
     run_sweep,
-    run_training,
+    study_spec,
     sweep_record,
-    write_json_atomic,
 )
 from diffscape.sweep.spec import (
     BASE_RUN_NAME,
@@ -107,15 +96,10 @@ from diffscape.sweep.spec import (
 
 __all__ = [
     "BASE_RUN_NAME",
-    "DATA_DIR",
     "DEFAULT_SYNTH_N",
     "EvaluateSettings",
-    "FLOOR_DIR",
-    "JUDGE_DIR",
     "JudgeSettings",
     "PlannedRun",
-    "RESULT_JSON",
-    "SWEEP_JSON",
     "SampleSettings",
     "SweepError",
     "SweepSpec",
@@ -126,28 +110,21 @@ __all__ = [
     "check_sample",
     "describe_plan",
     "ensure_data",
-    "ensure_floor",
-    "ensure_judge",
-    "evaluate_run",
     "flatten_overrides",
     "grid_variants",
-    "is_finished",
     "listed_runs",
     "load_sweep",
     "log",
     "parse_sweep",
     "plan",
-    "read_result",
-    "record_failure",
     "resolve_config",
-    "run_parallel",
+    "run_spec",
     "run_sweep",
-    "run_training",
     "safe_name",
     "sampling_name",
     "sampling_variants",
     "settings",
     "shipped_sweeps",
+    "study_spec",
     "sweep_record",
-    "write_json_atomic",
 ]

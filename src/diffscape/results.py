@@ -1,0 +1,258 @@
+"""What a study records, as typed dataclasses, written and read back through this one module.
+
+    <study>/<training>/train.json                       TrainRecord: a finished train stage
+    <study>/<training>/samples/<sampling>/metrics.json  FID/KID (evaluate's record + its settings)
+    <study>/<training>/samples/<sampling>/result.json   RunResult: one row's outcome, written last
+    <study>/_floor/floor.json                           Floor: real vs real, once per study
+    <demo>/summary.json                                 DemoSummary
+    <sweep>/sweep.json, <demo>/demo.json                plain records (the folders' markers)
+
+Every write is atomic (:func:`diffscape.atomic.write_json`). Reading is tolerant: a missing,
+unreadable or damaged file reads as None (its stage is simply done again), unknown keys are
+ignored and missing ones take their defaults, so files written by older versions still read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from diffscape import atomic, layout
+
+Status = Literal["ok", "failed", "missing"]
+T = TypeVar("T")
+
+
+def now() -> str:
+    """The time a record is written, in UTC, to the second."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def plain(value: Any) -> Any:
+    """JSON's view of a value (tuples become lists), for comparing with what was written."""
+    return json.loads(json.dumps(value, default=str))
+
+
+# ---- records -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One row of a study: a training run sampled one way, and what came of it."""
+
+    name: str  # the row's name in the report
+    status: Status  # ok | failed (stage, error, traceback say where and why) | missing
+    training: str = ""  # folder <study>/<training>
+    sampling: str = ""  # folder <study>/<training>/samples/<sampling>
+    changes: dict[str, Any] = field(default_factory=dict)  # dotted settings beyond the base
+    sample: dict[str, Any] = field(default_factory=dict)  # the sample settings
+    steps: int | None = None  # optimizer steps the model was trained for
+    n_samples: int | None = None  # images generated
+    fid: float | None = None
+    kid: dict[str, Any] | None = None  # mean, std, subsets, subset_size
+    n_fake: int | None = None  # generated images FID/KID used
+    n_real: int | None = None  # real images FID/KID used
+    accuracy: float | None = None  # judge accuracy over all samples
+    n_judged: int | None = None
+    per_class: dict[str, Any] | None = None  # judge accuracy per class: {class: {accuracy, n}}
+    seconds: dict[str, float] = field(default_factory=dict)  # per stage
+    settings: dict[str, Any] = field(default_factory=dict)  # what a re-run must match to skip
+    stage: str | None = None  # failed: the stage that failed
+    error: str | None = None  # failed: one line
+    traceback: str | None = None  # failed: the whole traceback
+    finished_at: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+@dataclass(frozen=True)
+class TrainRecord:
+    """A train stage that finished (by its steps or its time budget), and what it trained."""
+
+    steps: int  # optimizer steps in total
+    seconds: float  # wall time of the call that finished it
+    images_per_second: float  # over that call
+    stopped_by: str = "steps"  # steps | budget (train.minutes)
+    settings: dict[str, Any] = field(default_factory=dict)  # config + dataset it was trained on
+    finished_at: str | None = None
+
+
+@dataclass(frozen=True)
+class Floor:
+    """FID/KID of real images against real images: what the scores read for a perfect model at
+    the study's sizes. ``metrics`` is the evaluation's whole record (what the report shows)."""
+
+    fid: float | None
+    kid: dict[str, Any] | None
+    n_fake: int | None
+    n_real: int | None
+    metrics: dict[str, Any]
+    settings: dict[str, Any] | None = None  # None: written before floors recorded them
+
+
+@dataclass(frozen=True)
+class DemoSummary:
+    """What ``diffscape demo`` did and found (``summary.json``)."""
+
+    wall_seconds: float
+    timings_seconds: dict[str, float]  # per stage
+    settings: dict[str, Any]  # the DemoSettings
+    steps: int | None
+    train_images_per_second: float | None
+    fid: float | None
+    kid: dict[str, Any] | None
+    floor: dict[str, Any] | None  # fid, kid, n_fake, n_real of the real-vs-real floor
+    n_fake: int | None
+    n_real: int | None
+    judge_real_test_accuracy: float | None
+    judge_sample_accuracy: float | None
+    judge_per_class: dict[str, Any] | None
+    paths: dict[str, str]  # data, run, samples, grid, judge, report
+
+
+# ---- reading and writing -------------------------------------------------------------------------
+
+
+def read_json(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """A JSON object from ``path``; None when missing, unreadable or not an object."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_json(path: str | os.PathLike[str], data: dict[str, Any]) -> Path:
+    """A plain record (sweep.json, demo.json), written atomically."""
+    return atomic.write_json(path, plain(data))
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON value has the field's type (loosely: dict, list, str, int, float, None)."""
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in typing.get_args(hint))
+    if origin is Literal:
+        return value in typing.get_args(hint)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, origin or hint)
+
+
+def _typed(data: dict[str, Any], key: str, hint: Any) -> Any:
+    value = data.get(key)
+    return value if _fits(value, hint) else None
+
+
+def from_record(cls: type[T], data: dict[str, Any] | None) -> T | None:
+    """``cls`` from a record read from disk: unknown keys are ignored, a missing key or a value
+    of the wrong type takes the field's default; None when a field without default is unusable."""
+    if data is None:
+        return None
+    hints = typing.get_type_hints(cls)
+    kwargs = {
+        f.name: data[f.name]
+        for f in fields(cls)  # type: ignore[arg-type]
+        if f.name in data and _fits(data[f.name], hints[f.name])
+    }
+    try:
+        return cls(**kwargs)
+    except TypeError:  # a required field is missing or unusable
+        return None
+
+
+def result_path(sample_dir: str | os.PathLike[str]) -> Path:
+    return Path(sample_dir) / layout.RESULT_JSON
+
+
+def write_result(sample_dir: str | os.PathLike[str], result: RunResult) -> Path:
+    return atomic.write_json(result_path(sample_dir), plain(asdict(result)))
+
+
+def read_result(sample_dir: str | os.PathLike[str]) -> RunResult | None:
+    """A row's result.json (from this version or older ones), or None."""
+    return from_record(RunResult, read_json(result_path(sample_dir)))
+
+
+def write_train(run_dir: str | os.PathLike[str], record: TrainRecord) -> Path:
+    return atomic.write_json(Path(run_dir) / layout.TRAIN_JSON, plain(asdict(record)))
+
+
+def read_train(run_dir: str | os.PathLike[str]) -> TrainRecord | None:
+    return from_record(TrainRecord, read_json(Path(run_dir) / layout.TRAIN_JSON))
+
+
+def write_metrics(
+    sample_dir: str | os.PathLike[str], metrics: dict[str, Any], settings: Any
+) -> Path:
+    """A sampling's metrics.json: the evaluation's record plus the settings it was made with."""
+    return atomic.write_json(
+        Path(sample_dir) / layout.EVAL_JSON, plain({**metrics, "settings": settings})
+    )
+
+
+def read_metrics(sample_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    return read_json(Path(sample_dir) / layout.EVAL_JSON)
+
+
+def read_accuracy(sample_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    return read_json(Path(sample_dir) / layout.ACCURACY_JSON)
+
+
+def floor_path(study_dir: str | os.PathLike[str]) -> Path:
+    """THE place of a study's real-vs-real floor (sweeps and the demo alike)."""
+    return Path(study_dir) / layout.SWEEP_FLOOR / layout.FLOOR_JSON
+
+
+def write_floor(study_dir: str | os.PathLike[str], metrics: dict[str, Any], settings: Any) -> Floor:
+    atomic.write_json(floor_path(study_dir), plain({**metrics, "settings": settings}))
+    floor = read_floor(study_dir)
+    assert floor is not None
+    return floor
+
+
+def read_floor(study_dir: str | os.PathLike[str]) -> Floor | None:
+    """The floor of a sweep or demo folder: ``_floor/floor.json``; older sweeps wrote
+    ``_floor/metrics.json`` and older demos ``floor.json`` beside their run."""
+    study = Path(study_dir)
+    for path in (
+        floor_path(study),
+        study / layout.SWEEP_FLOOR / layout.EVAL_JSON,
+        study / layout.FLOOR_JSON,
+    ):
+        data = read_json(path)
+        fake = (data or {}).get("fake")
+        if data is None or (isinstance(fake, dict) and fake.get("kind") != "dataset"):
+            continue  # not a real-vs-real record
+        settings = data.pop("settings", None)
+        return Floor(
+            fid=_typed(data, "fid", float | None),
+            kid=_typed(data, "kid", dict[str, Any] | None),
+            n_fake=_typed(data, "n_fake", int | None),
+            n_real=_typed(data, "n_real", int | None),
+            metrics=data,
+            settings=settings if isinstance(settings, dict) else None,
+        )
+    return None
+
+
+def write_summary(demo_dir: str | os.PathLike[str], summary: DemoSummary) -> Path:
+    return atomic.write_json(Path(demo_dir) / layout.SUMMARY_JSON, plain(asdict(summary)))
+
+
+def read_summary(demo_dir: str | os.PathLike[str]) -> DemoSummary | None:
+    return from_record(DemoSummary, read_json(Path(demo_dir) / layout.SUMMARY_JSON))
