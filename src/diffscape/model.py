@@ -10,15 +10,20 @@ user, in two lines) rebuilds exactly the trained network from a diffusers folder
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import UNet2DModel
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from torch import nn
 
-from diffscape.config import ModelConfig
+from diffscape.config import ConfigError, ModelConfig, from_dict, load_config_json
+from diffscape.errors import DiffscapeError
+from diffscape.layout import COMPLETE, CONFIG_JSON
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "silu": nn.SiLU,
@@ -40,31 +45,116 @@ def null_class(cfg: ModelConfig) -> int:
     return cfg.num_classes
 
 
-def build_unet(cfg: ModelConfig) -> UNet2DModel:
-    """A freshly initialised UNet for this config (weights drawn from torch's global RNG:
-    seed it first)."""
+class ModelTooLarge(DiffscapeError):
+    """The network would not fit in this machine's memory."""
+
+
+class ModelFolderError(DiffscapeError):
+    """A diffusers model folder that diffscape did not write or cannot trust."""
+
+
+def unet_kwargs(cfg: ModelConfig) -> dict[str, Any]:
+    """The ``UNet2DModel`` arguments for this config (diffusers' defaults for the rest)."""
     if cfg.conditional and cfg.num_classes < 1:
-        raise ValueError("model.num_classes must be set (>= 1) for a conditional model")
+        raise ConfigError("model.num_classes must be set (>= 1) for a conditional model")
     levels = len(cfg.channels)
     sizes = [cfg.image_size // 2**i for i in range(levels)]
     attn = set(cfg.attention_resolutions)
-    down = tuple("AttnDownBlock2D" if s in attn else "DownBlock2D" for s in sizes)
-    up = tuple("AttnUpBlock2D" if s in attn else "UpBlock2D" for s in reversed(sizes))
-    unet = UNet2DModel(
-        sample_size=cfg.image_size,
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=tuple(cfg.channels),
-        layers_per_block=cfg.layers_per_block,
-        down_block_types=down,
-        up_block_types=up,
-        attention_head_dim=cfg.attention_head_dim,
-        norm_num_groups=cfg.norm_groups,
-        act_fn=cfg.activation,
-        dropout=cfg.dropout,
-        num_class_embeds=num_class_embeds(cfg),
-    )
+    return {
+        "sample_size": cfg.image_size,
+        "in_channels": 3,
+        "out_channels": 3,
+        "block_out_channels": tuple(cfg.channels),
+        "layers_per_block": cfg.layers_per_block,
+        "down_block_types": tuple("AttnDownBlock2D" if s in attn else "DownBlock2D" for s in sizes),
+        "up_block_types": tuple(
+            "AttnUpBlock2D" if s in attn else "UpBlock2D" for s in reversed(sizes)
+        ),
+        "attention_head_dim": cfg.attention_head_dim,
+        "norm_num_groups": cfg.norm_groups,
+        "act_fn": cfg.activation,
+        "dropout": cfg.dropout,
+        "num_class_embeds": num_class_embeds(cfg),
+    }
+
+
+def build_unet(cfg: ModelConfig) -> UNet2DModel:
+    """A freshly initialised UNet for this config (weights drawn from torch's global RNG:
+    seed it first). Refused in one line if training it would not fit in memory."""
+    check_memory(cfg, training=True)
+    unet = UNet2DModel(**unet_kwargs(cfg))
     return cpu_fp32_attention(apply_activation(unet, cfg.activation))
+
+
+# --- memory ------------------------------------------------------------------------------------
+
+# Bytes per parameter: training holds fp32 weights, the EMA copy, gradients and AdamW's two
+# moments (5 x 4); loading holds the weights and the file's tensors being copied in (2 x 4).
+TRAIN_BYTES_PER_PARAMETER = 20
+LOAD_BYTES_PER_PARAMETER = 8
+_GIB = 2**30
+
+
+def _meta_unet(cfg: ModelConfig) -> UNet2DModel:
+    """The network on torch's meta device: shapes and config, no memory for the weights."""
+    with torch.device("meta"):
+        return UNet2DModel(**unet_kwargs(cfg))
+
+
+def parameter_count(cfg: ModelConfig) -> int:
+    """Parameters of ``build_unet(cfg)``, counted without allocating them (about 20 ms)."""
+    return count_parameters(_meta_unet(cfg))
+
+
+def activation_bytes(cfg: ModelConfig, *, training: bool) -> int:
+    """A rough lower bound on the fp32 feature maps of one image: a forward pass keeps every
+    level's skip connections plus a few working maps; training keeps about four maps per ResNet
+    block (norm, activation, two convolutions) on both paths for the backward pass."""
+    total = 0
+    for i, width in enumerate(cfg.channels):
+        pixels = (cfg.image_size // 2**i) ** 2
+        maps = 4 * (2 * cfg.layers_per_block + 1) if training else cfg.layers_per_block + 2
+        total += maps * pixels * width
+    return 4 * total
+
+
+def estimate_memory_bytes(cfg: ModelConfig, *, training: bool = False, batch: int = 1) -> int:
+    """About how much memory the network needs: parameters times the bytes each costs (see
+    above) plus ``batch`` images' feature maps. A lower bound: frameworks add their own."""
+    per_parameter = TRAIN_BYTES_PER_PARAMETER if training else LOAD_BYTES_PER_PARAMETER
+    return parameter_count(cfg) * per_parameter + batch * activation_bytes(cfg, training=training)
+
+
+def available_memory_bytes() -> int | None:
+    """Memory this machine can give without swapping: MemAvailable from /proc/meminfo, else
+    the free physical pages; None where neither is known."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(cfg: ModelConfig, *, training: bool, batch: int = 1) -> int:
+    """Refuse (ModelTooLarge, one line) a network that would not fit in available memory;
+    return the estimate in bytes otherwise."""
+    params = parameter_count(cfg)
+    need = estimate_memory_bytes(cfg, training=training, batch=batch)
+    have = available_memory_bytes()
+    if have is not None and need > have:
+        raise ModelTooLarge(
+            f"model of {params:,} parameters needs about {need / _GIB:.1f} GiB "
+            f"({'training' if training else 'loading'}, batch {batch}), this machine has "
+            f"{have / _GIB:.1f} GiB available; use smaller model.channels, model.image_size, "
+            "model.layers_per_block or fewer classes"
+        )
+    return need
 
 
 def apply_activation(module: nn.Module, name: str) -> nn.Module:
@@ -133,9 +223,106 @@ def cpu_fp32_attention(unet: nn.Module) -> nn.Module:
 
 
 def load_unet(path: str | Path, dtype: torch.dtype | None = None) -> UNet2DModel:
-    """Load a saved UNet folder (diffusers format) and restore its activation everywhere."""
-    unet = UNet2DModel.from_pretrained(str(path), torch_dtype=dtype)
+    """Load a saved UNet folder (diffusers format) and restore its activation everywhere.
+
+    The folder's ``config.json`` is checked before anything is allocated: it must describe a
+    network ``build_unet`` makes (within the config bounds), match the checkpoint's own
+    ``config.json`` when the folder is part of one, and fit in memory; weights must be
+    safetensors (anything else would be unpickled)."""
+    path = Path(path)
+    saved = read_unet_config(path)
+    cfg = model_config_from_unet(saved, path)
+    expected = _meta_unet(cfg).config
+    for key, value in saved.items():
+        if key in expected and not key.startswith("_") and _plain(value) != _plain(expected[key]):
+            raise ModelFolderError(
+                f"{path / CONFIG_JSON}: {key}={value!r} is not what diffscape builds "
+                f"({expected[key]!r}); this folder was not written by diffscape"
+            )
+    _check_against_checkpoint(path, cfg)
+    check_memory(cfg, training=False)
+    if not (path / "diffusion_pytorch_model.safetensors").is_file():
+        raise ModelFolderError(
+            f"{path} has no diffusion_pytorch_model.safetensors; diffscape only loads "
+            "safetensors weights"
+        )
+    try:
+        unet = UNet2DModel.from_pretrained(str(path), torch_dtype=dtype, use_safetensors=True)
+    except (OSError, ValueError, RuntimeError) as e:  # weights that do not fit the config
+        line = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ModelFolderError(f"{path}: cannot load the weights ({line})") from None
     return cpu_fp32_attention(apply_activation(unet, unet.config.act_fn))
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, as JSON stores them."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def read_unet_config(path: Path) -> dict[str, Any]:
+    """A diffusers model folder's config.json as a dict, or ModelFolderError."""
+    file = Path(path) / CONFIG_JSON
+    if not file.is_file():
+        raise ModelFolderError(f"{path} is not a model folder (no {CONFIG_JSON})")
+    if file.stat().st_size > 1 << 20:
+        raise ModelFolderError(f"{file} is {file.stat().st_size} bytes, not a model config")
+    try:
+        data = json.loads(file.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ModelFolderError(f"{file} is not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ModelFolderError(f"{file} is not a table of settings")
+    return data
+
+
+def model_config_from_unet(saved: dict[str, Any], path: Path) -> ModelConfig:
+    """The ModelConfig that ``build_unet`` turns into this diffusers config, validated by the
+    config module like any other (bounds included)."""
+    try:
+        levels = len(saved["block_out_channels"])
+        if levels > 32:  # sizes below would halve past one pixel long before
+            raise ValueError(f"{levels} levels")
+        sizes = [saved["sample_size"] // 2**i for i in range(levels)]
+        down = saved["down_block_types"]
+        classes = saved.get("num_class_embeds")
+        model = {
+            "image_size": saved["sample_size"],
+            "channels": list(saved["block_out_channels"]),
+            "layers_per_block": saved["layers_per_block"],
+            "attention_resolutions": [
+                s for s, kind in zip(sizes, down, strict=True) if "Attn" in str(kind)
+            ],
+            "attention_head_dim": saved["attention_head_dim"],
+            "activation": saved["act_fn"],
+            "dropout": saved.get("dropout", 0.0),
+            "norm_groups": saved["norm_num_groups"],
+            "conditional": classes is not None,
+            "num_classes": classes - 1 if isinstance(classes, int) else 0,
+        }
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelFolderError(
+            f"{path / CONFIG_JSON} does not describe a diffscape UNet ({type(e).__name__}: {e})"
+        ) from None
+    try:
+        return from_dict({"model": model}).model
+    except ConfigError as e:
+        raise ModelFolderError(f"{path / CONFIG_JSON}: {e}") from None
+
+
+def _check_against_checkpoint(path: Path, cfg: ModelConfig) -> None:
+    """Inside a checkpoint, the model folder must describe the network of the checkpoint's own
+    config.json (the file sampling and resuming trust)."""
+    ckpt = path.parent
+    if not ((ckpt / COMPLETE).is_file() and (ckpt / CONFIG_JSON).is_file()):
+        return
+    run_model = load_config_json(ckpt / CONFIG_JSON).model
+    if unet_kwargs(run_model) != unet_kwargs(cfg):
+        theirs, ours = unet_kwargs(run_model), unet_kwargs(cfg)
+        key = next(k for k in ours if ours[k] != theirs[k])
+        raise ModelFolderError(
+            f"{path / CONFIG_JSON} disagrees with {ckpt / CONFIG_JSON} ({key}: {ours[key]!r} vs "
+            f"{theirs[key]!r}); the checkpoint was altered"
+        )
 
 
 def count_parameters(module: nn.Module) -> int:
