@@ -10,7 +10,7 @@ never moves the caller's random state).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -62,12 +62,7 @@ class KID:
     subsets: int
 
     def to_json(self) -> dict[str, float | int]:
-        return {
-            "mean": self.mean,
-            "std": self.std,
-            "subset_size": self.subset_size,
-            "subsets": self.subsets,
-        }
+        return asdict(self)
 
 
 def kid_subset_size(n_real: int, n_fake: int) -> int:
@@ -150,13 +145,7 @@ class Interval:
     confidence: float
 
     def to_json(self) -> dict[str, float | int]:
-        return {
-            "low": self.low,
-            "high": self.high,
-            "std": self.std,
-            "samples": self.samples,
-            "confidence": self.confidence,
-        }
+        return asdict(self)
 
 
 def bootstrap_fid(

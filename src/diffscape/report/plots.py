@@ -10,6 +10,7 @@ import io
 import math
 import re
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,17 +115,29 @@ def _floor_lines(ax: Any, floor: dict[str, Any] | None, key: str) -> None:
         ax.axhline(value, color="#555", linestyle="--", linewidth=1, label="real vs real")
 
 
-def fid_vs_steps(rows: list[Row], floor: dict[str, Any] | None) -> Plot:
-    title = "FID and KID against sampler steps"
+def _lines(
+    rows: list[Row], y: str, x: str, line: Callable[[dict[str, Any]], str]
+) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """Rows' summaries with ``y`` and ``x``, grouped into lines by (model, ``line(summary)``);
+    only lines along which ``x`` takes two or more values."""
     classes = class_names(rows)
-    # One line per model, sampler and guidance weight: only the step count varies along it.
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         s = summary(r, classes)
-        if s["fid"] is not None and s["sampler_steps"] is not None:
-            w = "" if s["guidance"] is None else f" w={s['guidance']:g}"
-            groups[(_training_label(r), f"{s['sampler']}{w}")].append(s)
-    groups = {k: v for k, v in groups.items() if len({s["sampler_steps"] for s in v}) >= 2}
+        if s[y] is not None and s[x] is not None:
+            groups[(_training_label(r), line(s))].append(s)
+    return {k: v for k, v in groups.items() if len({s[x] for s in v}) >= 2}
+
+
+def fid_vs_steps(rows: list[Row], floor: dict[str, Any] | None) -> Plot:
+    title = "FID and KID against sampler steps"
+    # One line per model, sampler and guidance weight: only the step count varies along it.
+    groups = _lines(
+        rows,
+        "fid",
+        "sampler_steps",
+        lambda s: s["sampler"] + ("" if s["guidance"] is None else f" w={s['guidance']:g}"),
+    )
     if not groups:
         return Plot(
             "steps", title, None, "needs FID for two or more step counts of one sampler and model"
@@ -167,13 +180,7 @@ def fid_vs_steps(rows: list[Row], floor: dict[str, Any] | None) -> Plot:
 def accuracy_vs_guidance(rows: list[Row]) -> Plot:
     title = "Judge accuracy against guidance"
     classes = class_names(rows)
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for r in rows:
-        s = summary(r, classes)
-        if s["accuracy"] is not None and s["guidance"] is not None:
-            key = (_training_label(r), f"{s['sampler']} {s['sampler_steps']}")
-            groups[key].append(s)
-    groups = {k: v for k, v in groups.items() if len({s["guidance"] for s in v}) >= 2}
+    groups = _lines(rows, "accuracy", "guidance", lambda s: f"{s['sampler']} {s['sampler_steps']}")
     if not groups:
         return Plot(
             "guidance",
