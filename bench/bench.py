@@ -49,8 +49,9 @@ CLASSES = 5  # the benched networks are conditional, as with labelled data
 GUIDED = 3.0  # guidance weight of the guided sampling rows (any w not in {0, 1} batches 2x)
 FULL_STEPS = {"ddim": 50, "dpm": 20}  # ddpm runs its T steps (diffusion.timesteps)
 
-# Training settings. BASELINE is the straightforward loop: fp32, NCHW, torch's default
-# (for-loop) AdamW, EMA by a loop over parameters, a host sync (.item()) every step, diffusers'
+# Training settings, each row timing diffscape.train.train_step (the step train() runs) with the
+# preset's loss, LR and EMA settings. BASELINE is the straightforward loop: fp32, NCHW, torch's
+# default (for-loop) AdamW, EMA by a loop over parameters, a host sync every step, diffusers'
 # attention processor, no compile. FAST is what train.py does with precision=bf16 and
 # channels_last=true (the `small` preset after this study): foreach AdamW and EMA as in train.py.
 BASELINE = {
@@ -59,7 +60,7 @@ BASELINE = {
     "optimizer": "loop",  # loop | foreach | fused
     "ema": "loop",  # loop | foreach | off
     "sync": True,  # the NaN guard's host sync each step
-    "data": "memmap",  # memmap: train.py's load_batch + flips; memory: fixed tensors
+    "data": "memmap",  # memmap: a memory-mapped split + flips; memory: one batch in RAM, no flips
     "attention": "diffusers",  # diffusers | fp32 (model.CpuAutocastFp32Attention)
     "compile": False,
 }
@@ -209,72 +210,51 @@ def _memmap_data(n: int, size: int, folder: str):  # noqa: ANN202
 
 
 def child_train(spec: dict) -> dict:
-    """Training steps that mirror train.py's loop, with each optimisation switchable."""
+    """train.py's own step (``diffscape.train.train_step``), with each optimisation switchable:
+    the settings that are config fields go through the config, the rest through StepParts."""
     import torch
-    import torch.nn.functional as F
 
-    from diffscape import diffusion
-    from diffscape.model import build_unet, set_attention_processor
-    from diffscape.train import _flip, batch_indices, ema_decay_at, ema_update, load_batch
+    from diffscape.checkpoint import TrainingState
+    from diffscape.model import set_attention_processor
+    from diffscape.train import build_model, ema_decay_at, make_accelerator, step_parts, train_step
 
-    dev, sync = spec["device"], _sync_fn(spec["device"])
-    cfg = _cfg(spec["preset"])
-    b, s = spec["batch"], cfg.model.image_size
-    torch.manual_seed(0)
-    model = build_unet(cfg.model).to(dev)
-    ema = build_unet(cfg.model).to(dev).requires_grad_(False)
+    dev, sync, b, memmap = (
+        spec["device"],
+        _sync_fn(spec["device"]),
+        spec["batch"],
+        spec["data"] == "memmap",
+    )
+    on = {True: "true", False: "false"}
+    cfg = _cfg(spec["preset"], f"train.batch_size={b}", f"train.precision={spec['precision']}",
+               f"train.channels_last={on[spec['channels_last']]}",
+               f"train.compile={on[spec['compile']]}", f"train.hflip={on[memmap]}")  # fmt: skip
+    accelerator = make_accelerator(cfg, cpu=dev == "cpu")
+    model, ema, _ = build_model(cfg, accelerator)
     if spec["attention"] == "diffusers":
         set_attention_processor(model)  # diffusers' processor, bf16 attention under autocast
-    if spec["channels_last"]:
-        model = model.to(memory_format=torch.channels_last)
     kw = {"loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
     optimizer = spec["optimizer"]
     if optimizer == "auto":
         optimizer = "fused" if dev == "cuda" else "foreach"
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **kw[optimizer])
-    net = torch.compile(model) if spec["compile"] else model
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, **kw[optimizer])
     gen = torch.Generator().manual_seed(0)
-    alpha_bar = diffusion.alphas_cumprod(cfg.diffusion).to(dev)
-    amp = spec["precision"] == "bf16"
-    tmp = tempfile.TemporaryDirectory()
-    images, labels = _memmap_data(max(1024, 4 * b), s, tmp.name)
-    fixed = load_batch(images, labels, batch_indices(0, 0, b, len(images)))
-    data_seconds = [0.0]
-    state = {"step": 0}
+    parts = step_parts(cfg, accelerator, model, ema if spec["ema"] == "foreach" else None, opt, gen)
+    parts.guard = spec["sync"]  # the NaN guard's host sync
+    ema.to(accelerator.device)
     e_params, m_params = list(ema.parameters()), list(model.parameters())
+    tmp = tempfile.TemporaryDirectory()
+    images, labels = _memmap_data(max(1024, 4 * b), cfg.model.image_size, tmp.name)
+    if not memmap:  # one batch's worth, in memory, no flips
+        images, labels = images[:b].copy(), labels[:b].copy()
+    state = TrainingState(step=0)
 
     def step() -> None:
-        t0 = time.perf_counter()
-        if spec["data"] == "memmap":
-            x0, y = load_batch(images, labels, batch_indices(0, state["step"], b, len(images)))
-            x0 = _flip(x0, gen)
-        else:
-            x0, y = fixed
-        noise = torch.randn(x0.shape, generator=gen)
-        tt = torch.randint(0, cfg.diffusion.timesteps, (b,), generator=gen)
-        y = diffusion.drop_labels(y, 0.1, CLASSES, gen)
-        x0, noise, tt, y = (v.to(dev) for v in (x0, noise, tt, y))
-        if spec["channels_last"]:
-            x0 = x0.contiguous(memory_format=torch.channels_last)
-        data_seconds[0] += time.perf_counter() - t0
-        x_t = diffusion.q_sample(x0, noise, tt, alpha_bar)
-        with torch.autocast(torch.device(dev).type, dtype=torch.bfloat16, enabled=amp):
-            pred = net(x_t, tt, class_labels=y).sample
-        loss = F.mse_loss(pred.float(), noise)
-        loss.backward()
-        gn = torch.nn.utils.clip_grad_norm_(m_params, 1.0)
-        if spec["sync"] and not bool(torch.isfinite(loss) & torch.isfinite(gn)):
-            raise RuntimeError("non-finite loss in the bench")
-        opt.step()
-        decay = ema_decay_at(state["step"], 0.999, True)
-        if spec["ema"] == "foreach":
-            ema_update(ema, model, decay)
-        elif spec["ema"] == "loop":
+        train_step(parts, state, images, labels)
+        if spec["ema"] == "loop":  # the baseline: one lerp per parameter
+            decay = ema_decay_at(state.step - 1, cfg.train.ema_decay, cfg.train.ema_warmup)
             with torch.no_grad():
                 for e, p in zip(e_params, m_params, strict=True):
                     e.lerp_(p, 1.0 - decay)
-        opt.zero_grad(set_to_none=True)
-        state["step"] += 1
 
     sync()
     t0 = time.perf_counter()
@@ -283,15 +263,30 @@ def child_train(spec: dict) -> dict:
     first_step_seconds = time.perf_counter() - t0
     for _ in range(spec["warmup"]):
         step()
-    data_seconds[0] = 0.0
-    n_steps0 = state["step"]
-    t_loop = time.perf_counter()
+    n_steps0, t_loop = state.step, time.perf_counter()
     out = _windows(step, spec["windows"], spec["steps"], b, sync)
-    out["data_fraction"] = data_seconds[0] / (time.perf_counter() - t_loop)
-    out["data_ms_per_step"] = 1e3 * data_seconds[0] / (state["step"] - n_steps0)
+    step_ms = 1e3 * (time.perf_counter() - t_loop) / (state.step - n_steps0)
+    out["data_ms_per_step"] = _data_ms(images, labels, b, cfg.train.hflip, spec["steps"])
+    out["data_fraction"] = out["data_ms_per_step"] / step_ms
     out["first_step_seconds"] = first_step_seconds
     tmp.cleanup()
     return out
+
+
+def _data_ms(images, labels, b: int, flip: bool, steps: int) -> float:  # noqa: ANN001
+    """Milliseconds per step of the step's data part (batch indices, load_batch, flips), timed
+    on its own over as many batches as the timed windows."""
+    import torch
+
+    from diffscape.train import batch_indices, load_batch, random_flip
+
+    gen = torch.Generator().manual_seed(1)
+    t0 = time.perf_counter()
+    for k in range(steps):
+        x0, _ = load_batch(images, labels, batch_indices(0, k, b, len(images)))
+        if flip:
+            random_flip(x0, gen)
+    return 1e3 * (time.perf_counter() - t0) / steps
 
 
 def child_sample(spec: dict) -> dict:

@@ -1,4 +1,5 @@
 """Training throughput per preset at its image size: fp32 vs bf16 autocast, img/s and peak memory.
+Each measurement times diffscape.train.train_step (the step train() runs) on random images.
 
 Each (preset, precision) runs in its own subprocess (clean peak RSS), `--repeats` times, in
 interleaved order so that machine noise hits every variant alike; the table shows the median,
@@ -19,54 +20,30 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
 
 def one(preset: str, precision: str, batch: int | None, steps: int, warmup: int) -> dict:
-    """Time `steps` training steps (after `warmup`) of the real network and optimizer."""
+    """Time `steps` steps of diffscape.train.train_step (after `warmup`) on the CPU."""
     import resource
-
-    import torch
-    import torch.nn.functional as F
 
     from diffscape import config
     from diffscape.model import build_unet, count_parameters
+    from diffscape.train import measure_train_speed
 
-    cfg = config.resolve(preset, ["model.conditional=true", "model.num_classes=5"])
-    b = batch or cfg.train.batch_size
-    torch.manual_seed(0)
-    unet = build_unet(cfg.model)
-    opt = torch.optim.AdamW(unet.parameters(), lr=1e-4, foreach=True)
-    s = cfg.model.image_size
-    x = torch.randn(b, 3, s, s)
-    y = torch.randint(0, 5, (b,))
-    t = torch.randint(0, 1000, (b,))
-    dtype = torch.bfloat16 if precision == "bf16" else None
-
-    def step() -> None:
-        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-            out = unet(x, t, class_labels=y).sample
-        F.mse_loss(out.float(), x).backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    for _ in range(warmup):
-        step()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    dt = time.perf_counter() - t0
+    over = ["model.conditional=true", "model.num_classes=5", f"train.precision={precision}"]
+    b = batch or config.resolve(preset, over).train.batch_size
+    cfg = config.resolve(preset, [*over, f"train.batch_size={b}"])
+    ips = measure_train_speed(cfg, steps, warmup=warmup, cpu=True)
     return {
         "preset": preset,
         "precision": precision,
-        "image_size": s,
+        "image_size": cfg.model.image_size,
         "batch": b,
-        "parameters": count_parameters(unet),
-        "images_per_second": steps * b / dt,
+        "parameters": count_parameters(build_unet(cfg.model)),
+        "images_per_second": ips,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 

@@ -326,9 +326,11 @@ def step_parts(
     return StepParts(cfg, accelerator, model, net, ema, optimizer, gen, alpha_bar)
 
 
-def measure_train_speed(cfg: RunConfig, steps: int = 6, cpu: bool | None = None) -> float:
+def measure_train_speed(
+    cfg: RunConfig, steps: int = 6, *, warmup: int = 1, cpu: bool | None = None
+) -> float:
     """Training images/s of this config on this machine: :func:`train_step` on random images
-    held in memory, after one warm-up step (allocations, kernel selection)."""
+    held in memory, after ``warmup`` steps (allocations, kernel selection, compiling)."""
     accelerator = make_accelerator(cfg, cpu)
     model, ema, optimizer = build_model(cfg, accelerator)
     parts = step_parts(cfg, accelerator, model, ema, optimizer, torch.Generator().manual_seed(0))
@@ -337,7 +339,8 @@ def measure_train_speed(cfg: RunConfig, steps: int = 6, cpu: bool | None = None)
     images = rng.integers(0, 256, (b, 3, s, s), dtype=np.uint8)
     labels = rng.integers(0, max(1, cfg.model.num_classes), b)
     state = TrainingState(step=0)
-    train_step(parts, state, images, labels)
+    for _ in range(warmup):
+        train_step(parts, state, images, labels)
     sync = torch.cuda.synchronize if accelerator.device.type == "cuda" else (lambda: None)
     sync()
     t0 = time.perf_counter()
