@@ -36,3 +36,34 @@ def colour_dataset(
         resize="none",
         skipped=[],
     )
+
+
+# --- hostile and careless input: the one-line refusal ----------------------------------------
+
+
+def snapshot(*paths: Path) -> dict[str, bytes | None]:
+    """Every file under ``paths`` (files or folders) by path, with its bytes; None for a path
+    that does not exist. Equal snapshots = nothing was created, changed or deleted."""
+    found: dict[str, bytes | None] = {}
+    for root in paths:
+        if not root.exists():
+            found[str(root)] = None
+        for p in [root] if root.is_file() else sorted(root.rglob("*")):
+            found[str(p)] = p.read_bytes() if p.is_file() else b"<dir>"
+    return found
+
+
+def assert_refused(capsys, argv: list[str], *sentinels: Path) -> str:
+    """Run the real CLI: exit code 2, one line on stderr without a traceback, and every sentinel
+    byte-identical afterwards. Returns the line."""
+    from diffscape.cli import main
+
+    before = snapshot(*sentinels)
+    capsys.readouterr()
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, (code, err)
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("diffscape: error: "), err
+    assert snapshot(*sentinels) == before
+    return err.strip()

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures_data import assert_refused
 
 from diffscape.atomic import tmp_dir_beside
 from diffscape.data.dataset import (
     Dataset,
     DatasetError,
     SplitWriter,
+    load_dataset,
     write_manifest_and_publish,
 )
 from diffscape.data.show import labelled_rows_image, show_dataset
+from diffscape.layout import MANIFEST, images_file, labels_file
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
 
@@ -108,3 +113,79 @@ def test_show_unlabelled_dataset_is_one_row(tmp_path: Path) -> None:
     sheet = show_dataset(ds, "train", per_class=8)
     assert sheet.height == 2 * (32 + 4)
     assert count(sheet, RED) == 6 * 64 * 64
+
+
+# --- damaged or hostile dataset folders: one line, nothing written ----------------------------
+
+
+def _edit_manifest(**changes):
+    def edit(root: Path) -> None:
+        manifest = json.loads((root / MANIFEST).read_text())
+        for key, value in changes.items():
+            node, *path = key.split(".")
+            target = manifest
+            for part in [node, *path][:-1]:
+                target = target[part]
+            target[[node, *path][-1]] = value
+        (root / MANIFEST).write_text(json.dumps(manifest))
+
+    return edit
+
+
+def _write(name: str, data: bytes | None = None, cut: float | None = None):
+    def edit(root: Path) -> None:
+        path = root / name
+        content = path.read_bytes()
+        path.write_bytes(data if data is not None else content[: int(len(content) * cut)])
+
+    return edit
+
+
+def _labels(values: list[int]):
+    def edit(root: Path) -> None:
+        np.save(root / labels_file("train"), np.asarray(values, np.int64))
+
+    return edit
+
+
+DAMAGE = {
+    "manifest not JSON": (_write(MANIFEST, b'{"format": "diffscape-dataset", '), "not valid JSON"),
+    "manifest is a list": (_write(MANIFEST, b"[1, 2]"), "not a diffscape-dataset manifest"),
+    "class ../../../X": (_edit_manifest(classes=["a", "../../../X"]), "class name"),
+    "class /": (_edit_manifest(classes=["a", "/"]), "class name"),
+    "duplicate classes": (_edit_manifest(classes=["a", "a"]), "distinct"),
+    "split ../evil": (_edit_manifest(splits={"../evil": {"n": 1}}), "splits must be"),
+    "size 10**6": (_edit_manifest(size=10**6), "size must be"),
+    "n missing": (_edit_manifest(**{"splits.train": {}}), "no image count"),
+    "images truncated": (_write(images_file("train"), cut=0.5), "truncated"),
+    "images header cut": (_write(images_file("train"), cut=0.005), "not a readable .npy"),
+    "images garbage": (_write(images_file("train"), os.urandom(5000)), "not a readable .npy"),
+    "labels garbage": (_write(labels_file("train"), os.urandom(300)), "not a readable .npy"),
+    "images missing": (lambda root: (root / images_file("train")).unlink(), "is missing"),
+    "label out of range": (_labels([0, 1, 7]), "labels range from 0 to 7"),
+    "negative label": (_labels([0, -5, 1]), "labels range from -5"),
+    "count mismatch": (_edit_manifest(**{"splits.train.n": 4}), "expected uint8"),
+    "fewer labels": (_labels([0, 1]), "expected int64"),
+    "per-class counts": (_edit_manifest(**{"splits.train.counts": {"a": 3, "b": 0}}), "counts"),
+}
+
+
+@pytest.mark.parametrize("name", list(DAMAGE))
+def test_damaged_dataset_is_one_line(name: str, tmp_path: Path, capsys) -> None:
+    damage, message = DAMAGE[name]
+    root = write_dataset(tmp_path / "ds", ["a", "b"], solid(RED, 3), [0, 1, 0]).root
+    damage(root)
+    png = tmp_path / "sheet.png"
+    err = assert_refused(capsys, ["data", "show", str(root), "--out", str(png)], tmp_path)
+    assert message in err
+    with pytest.raises(DatasetError):
+        load_dataset(root)
+
+
+@pytest.mark.parametrize(
+    "args", [["--per-class", "0"], ["--per-class", "1000000"], ["--split", "nope"]]
+)
+def test_show_bad_arguments_are_one_line(args: list[str], tmp_path: Path, capsys) -> None:
+    root = write_dataset(tmp_path / "ds", ["a", "b"], solid(RED, 3), [0, 1, 0]).root
+    argv = ["data", "show", str(root), "--out", str(tmp_path / "s.png"), *args]
+    assert_refused(capsys, argv, tmp_path)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import pickle
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import skops.io as sio
 import torch
+from fixtures_data import assert_refused
 from PIL import Image
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.neighbors import KNeighborsClassifier
@@ -27,7 +32,7 @@ from diffscape.errors import DiffscapeError
 from diffscape.imagefolder import save_png
 from diffscape.judge import CNNSettings, SVCSettings, load_judge, score, train_judge
 from diffscape.judge.cnn import CNNConfig, SmallCNN, logits
-from diffscape.judge.data import stratified_holdout
+from diffscape.judge.data import JudgeError, stratified_holdout
 from diffscape.judge.score import confusion_matrix, variety_warning
 from diffscape.judge.store import write_cnn_judge, write_svc_judge
 from diffscape.judge.svc import features, format_grid, load_svc
@@ -375,3 +380,288 @@ def test_cli_help_has_examples(sub: str, capsys) -> None:
         main(["judge", sub, "--help"])
     out = capsys.readouterr().out
     assert "examples:" in out and f"diffscape judge {sub} " in out
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile and careless input: one line, exit 2, nothing written
+
+JUDGE_CLASSES = ["a", "b", "c"]
+
+
+def small_svc_judge(root: Path) -> Path:
+    x = np.random.default_rng(0).integers(0, 256, (30, 3, 8, 8), dtype=np.uint8)
+    model = SVC(C=10.0, gamma="scale").fit(features(x), np.arange(30) % 3)
+    root.mkdir()
+    write_svc_judge(root, model, {"classes": JUDGE_CLASSES, "size": 8})
+    return root
+
+
+def small_cnn_judge(root: Path) -> Path:
+    config = CNNConfig(num_classes=3, size=8, widths=(8,), convs_per_block=1)
+    torch.manual_seed(0)
+    root.mkdir()
+    state = SmallCNN(config).state_dict()
+    write_cnn_judge(
+        root, state, config, [0.5] * 3, [0.25] * 3, {"classes": JUDGE_CLASSES, "size": 8}
+    )
+    return root
+
+
+def _info(**changes):
+    """Change judge.json: keys are dotted paths (model.config.widths)."""
+
+    def edit(judge: Path) -> None:
+        info = json.loads((judge / "judge.json").read_text())
+        for key, value in changes.items():
+            *parents, last = key.split(".")
+            target = info
+            for part in parents:
+                target = target[part]
+            target[last] = value
+        (judge / "judge.json").write_text(json.dumps(info))
+
+    return edit
+
+
+def _replace(name: str, data) -> object:
+    def edit(judge: Path) -> None:
+        path = judge / name
+        path.write_bytes(data(path.read_bytes()) if callable(data) else data)
+
+    return edit
+
+
+def _skops_members(change) -> object:
+    """Rewrite model.skops (a zip) with its members changed by ``change`` (a hand-made file)."""
+
+    def edit(judge: Path) -> None:
+        path = judge / "model.skops"
+        with zipfile.ZipFile(path) as zin:
+            members = {i.filename: zin.read(i) for i in zin.infolist()}
+        change(members)
+        with zipfile.ZipFile(path, "w") as zout:
+            for name, data in members.items():
+                zout.writestr(name, data)
+
+    return edit
+
+
+def _skops_schema(change) -> object:
+    """Rewrite model.skops with its schema.json changed by ``change(schema, members)``."""
+
+    def change_members(members: dict) -> None:
+        schema = json.loads(members["schema.json"])
+        change(schema, members)
+        members["schema.json"] = json.dumps(schema).encode()
+
+    return _skops_members(change_members)
+
+
+def _json_node(value, node_id: int) -> dict:
+    return {
+        "__class__": type(value).__name__,
+        "__module__": "builtins",
+        "__loader__": "JsonNode",
+        "content": json.dumps(value),
+        "is_json": True,
+        "__id__": node_id,
+    }
+
+
+def _ndarray_call(schema: dict, members: dict) -> None:
+    """numpy.ndarray((10**11,)): every type in it is one skops trusts; loading it allocates
+    745 GiB."""
+    shape = {
+        "__class__": "tuple",
+        "__module__": "builtins",
+        "__loader__": "TupleNode",
+        "content": [_json_node(10**11, 9001)],
+        "__id__": 9002,
+    }
+    schema["content"]["content"]["evil"] = {
+        "__class__": "ndarray",
+        "__module__": "numpy",
+        "__loader__": "ConstructorFromReduceNode",
+        "content": shape,
+        "__id__": 9003,
+    }
+
+
+def _npy_header_bomb(schema: dict, members: dict) -> None:
+    """An array member whose header promises (10**11,) float64 (745 GiB) and holds 16 bytes."""
+    name = next(n for n in members if n.endswith(".npy"))
+    header = io.BytesIO()
+    spec = {"descr": "<f8", "fortran_order": False, "shape": (10**11,)}
+    np.lib.format.write_array_header_1_0(header, spec)
+    members[name] = header.getvalue() + b"\0" * 16
+
+
+def _pickle_of_state(judge: Path) -> None:
+    """A torch pickle (what torch.save writes) where the safetensors file belongs."""
+    path = judge / "model.safetensors"
+    state = SmallCNN(CNNConfig(num_classes=3, size=8, widths=(8,), convs_per_block=1))
+    torch.save(state.state_dict(), path)
+
+
+JUDGE_DAMAGE = {  # name: (judge kind, damage, what the line says)
+    "judge.json not JSON": ("svc", _replace("judge.json", b'{"format": '), "not valid JSON"),
+    "judge.json a list": ("svc", _replace("judge.json", b"[]"), "not a diffscape-judge"),
+    "class ../../../X": ("svc", _info(classes=["a", "../../../X", "c"]), "class name"),
+    "model file ../..": ("cnn", _info(**{"model.file": "../../../etc/passwd"}), "model file is"),
+    "kind evil": ("svc", _info(kind="evil"), "unknown kind"),
+    "size 10**6": ("cnn", _info(size=10**6), "size must be"),
+    "svc: pickle": ("svc", _replace("model.skops", pickle.dumps(SVC())), "not a skops file"),
+    "svc: garbage": ("svc", _replace("model.skops", os.urandom(4000)), "not a skops file"),
+    "svc: empty": ("svc", _replace("model.skops", b""), "not a skops file"),
+    "svc: ndarray((10**11,))": ("svc", _skops_schema(_ndarray_call), "ConstructorFromReduceNode"),
+    "svc: .npy header 745 GiB": ("svc", _skops_schema(_npy_header_bomb), "claims float64"),
+    "svc: schema garbage": (
+        "svc",
+        _skops_members(lambda m: m.update({"schema.json": b"{"})),
+        "schema.json is damaged",
+    ),
+    "svc: other image size": ("svc", _info(size=16), "does not fit its judge.json"),
+    "svc: fewer classes": ("svc", _info(classes=["a", "b"]), "does not fit its judge.json"),
+    "cnn: torch pickle": ("cnn", _pickle_of_state, "not this judge's weights"),
+    "cnn: garbage": (
+        "cnn",
+        _replace("model.safetensors", lambda b: os.urandom(len(b))),
+        "not this",
+    ),
+    "cnn: truncated": (
+        "cnn",
+        _replace("model.safetensors", lambda b: b[: len(b) // 2]),
+        "less than",
+    ),
+    "cnn: widths 10**6": ("cnn", _info(**{"model.config.widths": [10**6]}), "CNN widths"),
+    "cnn: 3 x 4096 wide": ("cnn", _info(**{"model.config.widths": [4096] * 3}), "less than"),
+    "cnn: 7 classes": ("cnn", _info(**{"model.config.num_classes": 7}), "contradicts itself"),
+    "cnn: std 0": ("cnn", _info(**{"model.normalisation.std": [0, 1, 1]}), "contradicts itself"),
+    "cnn: config missing": ("cnn", _info(**{"model.config": {}}), "num_classes"),
+}
+
+
+@pytest.mark.parametrize("name", list(JUDGE_DAMAGE))
+def test_damaged_or_hostile_judge_is_one_line(name: str, tmp_path: Path, capsys) -> None:
+    kind, damage, message = JUDGE_DAMAGE[name]
+    judge = (small_svc_judge if kind == "svc" else small_cnn_judge)(tmp_path / "judge")
+    images = np.random.default_rng(1).integers(0, 256, (6, 3, 8, 8), dtype=np.uint8)
+    samples = write_samples(tmp_path / "samples", images, JUDGE_CLASSES * 2)
+    assert main(["judge", "score", str(judge), str(samples)]) == 0  # intact, it works
+    for p in samples.glob("*.*"):
+        p.unlink()
+    damage(judge)
+    err = assert_refused(capsys, ["judge", "score", str(judge), str(samples)], tmp_path)
+    assert message in err
+    with pytest.raises(JudgeError):
+        load_judge(judge)
+
+
+def tiny_dataset(root: Path, labels: list[int], classes: list[str] = JUDGE_CLASSES) -> Dataset:
+    x = np.random.default_rng(0).integers(0, 256, (len(labels), 3, 8, 8), dtype=np.uint8)
+    return write_dataset(root, classes, {"train": (x, np.asarray(labels))})
+
+
+@pytest.mark.parametrize(
+    "labels, kind, message",
+    [
+        ([0] * 12, "svc", "at least two"),
+        ([1] * 12, "cnn", "at least two"),
+        ([0, 1, 2], "svc", "held out for validation"),
+        ([0, 1], "cnn", "held out for validation"),
+    ],
+    ids=["one class svc", "one class cnn", "one image each svc", "one image each cnn"],
+)
+def test_untrainable_data_is_one_line(labels, kind: str, message: str, tmp_path: Path, capsys):
+    ds = tiny_dataset(tmp_path / "ds", labels)
+    argv = ["judge", "train", str(ds.root), "--kind", kind, "--out", str(tmp_path / "j")]
+    assert message in assert_refused(capsys, argv + ["--no-progress"], tmp_path)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--epochs", "0"],
+        ["--patience", "0"],
+        ["--batch", "1"],
+        ["--lr", "nan"],
+        ["--lr", "-1"],
+        ["--widths", "0"],
+        ["--widths", "1000000"],
+        ["--widths", "a,b"],
+        ["--val-fraction", "0"],
+        ["--val-fraction", "1.5"],
+        ["--kind", "svc", "--gamma", "-1"],
+        ["--kind", "svc", "--gamma", "nan"],
+        ["--kind", "svc", "--C", "inf"],
+        ["--kind", "svc", "--C", "0"],
+        ["--size", "100000"],
+        ["--grid"],
+    ],
+    ids=lambda a: " ".join(a),
+)
+def test_bad_train_arguments_are_one_line(args: list[str], tmp_path: Path, capsys) -> None:
+    ds = tiny_dataset(tmp_path / "ds", [0, 1, 2] * 4)
+    argv = ["judge", "train", str(ds.root), "--out", str(tmp_path / "j"), "--no-progress"]
+    assert_refused(capsys, argv + args, tmp_path)
+
+
+def _a_run(tmp_path: Path) -> Path:
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "run.json").write_text("{}\n")
+    return tmp_path / "run"
+
+
+@pytest.mark.parametrize(
+    "make_out, message",
+    [
+        (lambda tmp: tmp / "ds", "is a dataset folder"),
+        (_a_run, "is a run folder"),
+        (lambda tmp: tmp / "ds" / "manifest.json", "is a file"),
+    ],
+    ids=["dataset", "run", "file"],
+)
+def test_train_out_follows_the_out_rule(make_out, message: str, tmp_path: Path, capsys) -> None:
+    ds = tiny_dataset(tmp_path / "ds", [0, 1, 2] * 4)
+    argv = ["judge", "train", str(ds.root), "--kind", "svc", "--out", str(make_out(tmp_path))]
+    assert message in assert_refused(capsys, argv, tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["svc", "cnn"])
+def test_train_refuses_data_that_would_not_fit_in_memory(
+    kind: str, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    import diffscape.data.memory
+
+    ds = tiny_dataset(tmp_path / "ds", [0, 1, 2] * 4)
+    monkeypatch.setattr(diffscape.data.memory, "available_bytes", lambda: 1_000)
+    argv = ["judge", "train", str(ds.root), "--kind", kind, "--out", str(tmp_path / "j")]
+    err = assert_refused(capsys, argv + ["--no-progress"], tmp_path)
+    assert "needs about" in err and "--size" in err
+
+
+def test_memory_estimate_lets_what_fits_through(tmp_path: Path, monkeypatch) -> None:
+    import diffscape.data.memory
+
+    ds = tiny_dataset(tmp_path / "ds", [0, 1, 2] * 4)
+    # 12 images x 3 x 8 x 8 x (1 + 1 + 12) bytes = 32 kB for an SVC; 1 MB is plenty.
+    monkeypatch.setattr(diffscape.data.memory, "available_bytes", lambda: 1_000_000)
+    assert train_judge(ds, "svc", tmp_path / "j", **QUIET).kind == "svc"
+
+
+def test_settings_defaults_are_the_clis(capsys) -> None:
+    """The CLI's defaults are read from the settings dataclasses, not written twice."""
+    with pytest.raises(SystemExit):
+        main(["judge", "train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    cnn, svc = CNNSettings(), SVCSettings()
+    for shown in (
+        f"(default: {cnn.max_epochs})",
+        f"(default: {cnn.patience_epochs})",
+        f"(default: {cnn.batch})",
+        f"(default: {cnn.lr})",
+        f"(default: {','.join(map(str, cnn.widths))})",
+        f"(default: {svc.C})",
+        f"(default: {svc.gamma})",
+    ):
+        assert shown in text

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures_data import assert_refused, colour_dataset
 
 from diffscape.cli import main
 from diffscape.data.dataset import Dataset
@@ -70,3 +71,28 @@ def test_cas_refuses_unknown_classes_before_training(
     assert "Volcano" in capsys.readouterr().err
     with pytest.raises(DiffscapeError, match="held-out"):
         cas(tmp_path / "s", f"{synth.root}:train", progress=False, log=lambda _: None)
+
+
+def _labels_out_of_range(root: Path) -> None:
+    np.save(root / "test_labels.npy", np.full(len(np.load(root / "test_labels.npy")), 9))
+
+
+@pytest.mark.parametrize(
+    "args, damage, message",
+    [
+        (["--val-fraction", "0"], None, "--val-fraction"),
+        (["--epochs", "0"], None, "epochs"),
+        ([], _labels_out_of_range, "labels range"),
+        ([], lambda root: (root / "manifest.json").write_text("{"), "not valid JSON"),
+    ],
+    ids=["val-fraction 0", "epochs 0", "labels out of range", "manifest not JSON"],
+)
+def test_cas_careless_input_is_one_line(args, damage, message, tmp_path: Path, capsys) -> None:
+    ds = colour_dataset(tmp_path / "ds", n_train=12, n_test=6, size=8)
+    samples = tmp_path / "s"
+    for i, name in enumerate(ds.classes):
+        save_png(samples / name / "0.png", np.full((3, 8, 8), 40 * i, np.uint8))
+    if damage:
+        damage(ds.root)
+    argv = ["judge", "cas", str(samples), str(ds.root), "--no-progress", *args]
+    assert message in assert_refused(capsys, argv, tmp_path)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures_data import assert_refused
 from PIL import Image
 
 from diffscape.cli import main
@@ -485,3 +486,90 @@ def test_cli_synth_calls_synthesize(tmp_path: Path, monkeypatch, capsys) -> None
     assert calls == [(6, 32, out, 3, 0.2)]
     assert json.loads((out / MANIFEST).read_text())["classes"] == ["a_sand", "b_sea", "c_snow"]
     assert "b_sea" in capsys.readouterr().out
+
+
+# --- hostile and careless input --------------------------------------------------------------
+
+
+def test_zip_members_outside_the_archive_tree_are_skipped_with_a_reason(tmp_path: Path) -> None:
+    """An absolute member used to yield the class "/" (and so sample folders at "/"); members
+    with ".." were silently ignored. Both are now skipped and listed with the reason."""
+    src = make_class_folders(tmp_path / "src", per_class=3)
+    archive = zip_tree(src, tmp_path / "evil.zip")
+    png = (src / "a_sand" / "img00.png").read_bytes()
+    with zipfile.ZipFile(archive, "a") as zf:
+        for name in ("/tmp/a.jpg", "/etc/x/b.png", "../../escape/c.png", "b_sea/../../d.png"):
+            zf.writestr(zipfile.ZipInfo(name), png)  # ZipInfo keeps the name as given
+        zf.writestr(zipfile.ZipInfo("C:/win/e.png"), png)
+    ds = prepare_dataset(archive, tmp_path / "out", test_fraction=0, progress=False)
+    assert ds.classes == ["a_sand", "b_sea", "c_snow"]
+    assert ds.count("train") == 9
+    reasons = {s["path"]: s["reason"] for s in ds.manifest["skipped"]}
+    assert reasons == {
+        "/tmp/a.jpg": "unsafe path in the archive: absolute",
+        "/etc/x/b.png": "unsafe path in the archive: absolute",
+        "C:/win/e.png": "unsafe path in the archive: absolute",
+        "../../escape/c.png": "unsafe path in the archive: contains ..",
+        "b_sea/../../d.png": "unsafe path in the archive: contains ..",
+    }
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.zip", "out", "src"]
+
+
+@pytest.mark.parametrize("name", ["Coast ", " Coast", "new\nline", "x" * 201])
+def test_class_folder_names_that_cannot_be_folders_are_refused(
+    name: str, tmp_path: Path, capsys
+) -> None:
+    src = make_class_folders(tmp_path / "src", per_class=2)
+    save(Image.new("RGB", (8, 8)), src / name / "1.png")
+    err = assert_refused(
+        capsys, ["data", "prepare", str(src), "--out", str(tmp_path / "out")], tmp_path
+    )
+    assert "class name" in err and "rename it" in err
+
+
+def _thesis(tmp_path: Path) -> Path:
+    (tmp_path / "thesis").mkdir()
+    (tmp_path / "thesis" / "chapter1.tex").write_text("months of work\n")
+    return tmp_path / "thesis"
+
+
+def _run(tmp_path: Path) -> Path:
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "run.json").write_text("{}\n")
+    return tmp_path / "run"
+
+
+def _a_file(tmp_path: Path) -> Path:
+    (tmp_path / "notes.txt").write_text("mine\n")
+    return tmp_path / "notes.txt"
+
+
+@pytest.mark.parametrize(
+    "make_out, message",
+    [
+        (_thesis, "not a diffscape folder"),
+        (_run, "is a run folder"),
+        (_a_file, "is a file"),
+        (lambda tmp: tmp / "src", "inside SRC"),
+        (lambda tmp: tmp / "src" / "a_sand", "inside SRC"),
+    ],
+    ids=["thesis", "run", "file", "src", "inside-src"],
+)
+def test_prepare_refuses_out_that_is_not_a_dataset(
+    make_out, message: str, tmp_path: Path, capsys
+) -> None:
+    src = make_class_folders(tmp_path / "src", per_class=2)
+    out = make_out(tmp_path)
+    argv = ["data", "prepare", str(src), "--out", str(out), "--no-progress"]
+    assert message in assert_refused(capsys, argv, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--size", "2048"], ["--size", "0"], ["--test-fraction", "-0.1"], ["--max-pixels", "0"]],
+    ids=lambda a: " ".join(a),
+)
+def test_prepare_bad_arguments_are_one_line(args: list[str], tmp_path: Path, capsys) -> None:
+    src = make_class_folders(tmp_path / "src", per_class=2)
+    argv = ["data", "prepare", str(src), "--out", str(tmp_path / "out"), *args]
+    assert_refused(capsys, argv, tmp_path)

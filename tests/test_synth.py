@@ -6,7 +6,9 @@ import json
 
 import numpy as np
 import pytest
+from fixtures_data import assert_refused
 
+from diffscape.cli import main
 from diffscape.data.dataset import load_dataset
 from diffscape.data.synth import (
     CLASSES,
@@ -183,3 +185,64 @@ def test_failure_midway_leaves_no_folder(tmp_path, monkeypatch) -> None:
     with pytest.raises(KeyboardInterrupt):
         synth.synthesize(20, 8, tmp_path / "d", progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Careless --out and arguments: refused in one line, nothing touched
+
+
+def _thesis(tmp_path):
+    out = tmp_path / "thesis"
+    out.mkdir()
+    (out / "chapter1.tex").write_text("months of work\n")
+    return out
+
+
+def _run(tmp_path):
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "run.json").write_text('{"classes": []}\n')
+    (out / "config.json").write_text("{}\n")
+    return out
+
+
+def _file(tmp_path):
+    out = tmp_path / "notes.txt"
+    out.write_text("a file, not a folder\n")
+    return out
+
+
+@pytest.mark.parametrize("make_out", [_thesis, _run, _file], ids=["thesis", "run", "file"])
+def test_synth_never_replaces_what_is_not_a_dataset(make_out, tmp_path, capsys) -> None:
+    out = make_out(tmp_path)
+    err = assert_refused(
+        capsys, ["data", "synth", "--out", str(out), "--n", "5", "--size", "8"], tmp_path
+    )
+    assert str(out) in err
+
+
+def test_synth_replaces_an_older_dataset_and_an_empty_folder(tmp_path, capsys) -> None:
+    out = tmp_path / "d"
+    out.mkdir()  # empty: fine
+    assert main(["data", "synth", "--out", str(out), "--n", "5", "--size", "8"]) == 0
+    assert main(["data", "synth", "--out", str(out), "--n", "10", "--size", "8"]) == 0
+    assert load_dataset(out).manifest["synth"]["n"] == 10
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]  # no temporaries left
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--n", "3"],
+        ["--n", "-1"],
+        ["--size", "12"],
+        ["--size", "4096"],
+        ["--seed", "-1"],
+        ["--test-fraction", "1"],
+        ["--test-fraction", "nan"],
+    ],
+    ids=lambda a: " ".join(a),
+)
+def test_synth_bad_arguments_are_one_line(args, tmp_path, capsys) -> None:
+    (tmp_path / "beside.txt").write_text("keep\n")
+    assert_refused(capsys, ["data", "synth", "--out", str(tmp_path / "d"), *args], tmp_path)

@@ -102,7 +102,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     judge.set_defaults(func=lambda args: judge.print_help() or 2)
     sub = judge.add_subparsers(dest="judge_command", metavar="SUBCOMMAND")
+    _add_train(sub)
+    _add_score(sub)
+    _add_cas(sub)
 
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser(
         "train",
         help="dataset folder -> judge folder (SVC or small CNN)",
@@ -139,6 +144,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_cnn_options(t, "share of each class held out for validation when there is no val split")
     t.set_defaults(func=_train)
 
+
+def _add_score(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser(
         "score",
         help="judge + samples folder -> accuracy per class, confusion matrix",
@@ -161,6 +168,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     s.set_defaults(func=_score)
 
+
+def _add_cas(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser(
         "cas",
         help="Classification Accuracy Score: train on samples, test on real",

@@ -44,6 +44,56 @@ def matched_real_subset(
     return np.sort(np.concatenate(chosen)), short
 
 
+def _open(dataset: Dataset | str) -> tuple[Dataset, str]:
+    """The real dataset and the held-out split CAS is scored on (default test)."""
+    if isinstance(dataset, Dataset):
+        ds, split = dataset, "test"
+        ds.count(split)  # a clear error when there is no test split
+    else:
+        ds, split = parse_dataset_spec(str(dataset), default_split="test")
+    if split == "train":
+        raise JudgeError("CAS scores on real held-out images; pass DATASET:test (or :val)")
+    return ds, split
+
+
+def _train_and_test(
+    x: np.ndarray,
+    y: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    classes: list[str],
+    name: str,
+    settings: CNNSettings,
+    seed: int,
+    val_fraction: float,
+    progress: bool,
+) -> dict[str, Any]:
+    """Train the CNN on (x, y), early-stopped on a held-out part of them; score on the test
+    images."""
+    keep, held = stratified_holdout(y, val_fraction, np.random.default_rng(seed))
+    # The same seed for both sources, so the two CNNs differ only in their training images.
+    trained = fit_cnn(
+        x[keep],
+        y[keep],
+        x[held],
+        y[held],
+        len(classes),
+        settings,
+        torch.Generator().manual_seed(seed),
+        progress=progress,
+        desc=f"cas {name}",
+    )
+    matrix = confusion_matrix(y_test, trained.predict(x_test), len(classes))
+    return {
+        "accuracy": float(np.trace(matrix) / max(1, len(y_test))),
+        "per_class": per_class_accuracy(matrix, classes),
+        "confusion": matrix.tolist(),
+        "n_train": int(len(keep)),
+        "n_val": int(len(held)),
+        "best_epoch": trained.best_epoch,
+    }
+
+
 def cas(
     samples_dir: str | os.PathLike[str],
     dataset: Dataset | str,
@@ -62,13 +112,7 @@ def cas(
     settings = settings or CNNSettings()
     if not 0 < val_fraction < 1:
         raise JudgeError(f"--val-fraction must be in (0, 1), got {val_fraction}")
-    if isinstance(dataset, Dataset):
-        ds, split = dataset, "test"
-        ds.count(split)  # a clear error when there is no test split
-    else:
-        ds, split = parse_dataset_spec(str(dataset), default_split="test")
-    if split == "train":
-        raise JudgeError("CAS scores on real held-out images; pass DATASET:test (or :val)")
+    ds, split = _open(dataset)
     samples = load_sample_folder(samples_dir, size=ds.size)
     if any(c in (None, UNCONDITIONAL) for c in samples.class_names):
         raise JudgeError(
@@ -76,55 +120,30 @@ def cas(
         )
     classes = ds.classes
     y_gen = map_class_names(samples.class_names, classes, str(samples_dir))
-    x_test = ds.read_images(split, copies=0.0)
-    y_test = np.asarray(ds.labels(split), np.int64)
+    test = ds.read_images(split, copies=0.0), np.asarray(ds.labels(split), np.int64)
 
-    rng = np.random.default_rng(seed)
     y_train_all = np.asarray(ds.labels("train"), np.int64)
     counts = np.bincount(y_gen, minlength=len(classes))
+    rng = np.random.default_rng(seed)
     real_idx, short = matched_real_subset(y_train_all, counts, classes, rng)
-    x_real = np.asarray(
-        ds.images("train")[real_idx]
-    )  # reads only the chosen rows of the memory map
-    y_real = y_train_all[real_idx]
+    x_real = np.asarray(ds.images("train")[real_idx])  # only these rows of the memory map
     log(
-        f"CAS: {len(y_gen)} generated vs {len(y_real)} real training images, "
-        f"scored on {len(y_test)} real {split} images ({len(classes)} classes, chance "
+        f"CAS: {len(y_gen)} generated vs {len(real_idx)} real training images, "
+        f"scored on {len(test[1])} real {split} images ({len(classes)} classes, chance "
         f"{100 / len(classes):.0f}%)"
     )
 
-    def train_and_test(x: np.ndarray, y: np.ndarray, name: str) -> dict[str, Any]:
-        keep, held = stratified_holdout(y, val_fraction, np.random.default_rng(seed))
-        # The same seed for both sources, so the two CNNs differ only in their training images.
-        trained = fit_cnn(
-            x[keep],
-            y[keep],
-            x[held],
-            y[held],
-            len(classes),
-            settings,
-            torch.Generator().manual_seed(seed),
-            progress=progress,
-            desc=f"cas {name}",
-        )
-        matrix = confusion_matrix(y_test, trained.predict(x_test), len(classes))
-        return {
-            "accuracy": float(np.trace(matrix) / max(1, len(y_test))),
-            "per_class": per_class_accuracy(matrix, classes),
-            "confusion": matrix.tolist(),
-            "n_train": int(len(keep)),
-            "n_val": int(len(held)),
-            "best_epoch": trained.best_epoch,
-        }
+    def run(x: np.ndarray, y: np.ndarray, name: str) -> dict[str, Any]:
+        return _train_and_test(x, y, *test, classes, name, settings, seed, val_fraction, progress)
 
-    generated = train_and_test(samples.images, y_gen, "generated")
-    real = train_and_test(x_real, y_real, "real")
+    generated = run(samples.images, y_gen, "generated")
+    real = run(x_real, y_train_all[real_idx], "real")
     result: dict[str, Any] = {
         "samples": str(samples_dir),
         "dataset": str(ds.root),
         "test_split": split,
         "classes": classes,
-        "n_test": len(y_test),
+        "n_test": len(test[1]),
         "cas": generated["accuracy"],
         "real_baseline": real["accuracy"],
         "ratio": generated["accuracy"] / real["accuracy"] if real["accuracy"] else None,
@@ -136,8 +155,7 @@ def cas(
         "val_fraction": val_fraction,
         "settings": asdict(settings),
     }
-    out_dir = Path(out) if out is not None else Path(samples_dir)
-    write_json(out_dir / CAS_JSON, result)
+    write_json(Path(out if out is not None else samples_dir) / CAS_JSON, result)
     return result
 
 
