@@ -306,6 +306,11 @@ def only_the_new_images(ctx: Ctx, r: Result) -> None:
     assert len(pngs) == info["n"] == 2, pngs  # replaced whole, never merged with the old five
 
 
+def run_named_x(ctx: Ctx, r: Result) -> None:
+    """A sweep makes run names safe (letters, digits, ``._=-``) instead of refusing them."""
+    assert re.search(r"^\s+X\s", r.out, re.M) and "../" not in r.out, r.out
+
+
 def safe_classes_only(ctx: Ctx, r: Result) -> None:
     manifest = json.loads((ctx.out / layout.MANIFEST).read_text())
     assert manifest["classes"] == ["Coast", "Desert"]
@@ -387,11 +392,19 @@ def held(how: str, folder: Callable[[Ctx], Path]) -> Callable[[Ctx], Path]:
 
 
 def read_only_out(c: Ctx) -> Path:
+    """A folder nobody may write into: chmod, or for root (whom chmod does not stop) the
+    file system's immutable flag."""
     ro = c.t / "ro"
     ro.mkdir()
     ro.chmod(0o555)
     if os.access(ro, os.W_OK):
-        pytest.skip("this user can write into a read-only folder (root?)")
+        subprocess.run(["chattr", "+i", str(ro)], capture_output=True, check=False)
+        try:
+            (ro / "probe").mkdir()
+        except OSError:
+            pass
+        else:
+            pytest.skip("cannot make a folder read-only for this user")
     return ro / "out"
 
 
@@ -451,6 +464,15 @@ def huge_array_in_skops(j: Path, c: Ctx) -> None:
             z.writestr(name, data)
 
 
+def hostile_sweep(c: Ctx) -> Path:
+    path = c.t / "sweep.toml"
+    path.write_text(
+        'name = "hostile"\npreset = "tiny"\n[base]\nmodel.image_size = 16\n'
+        '[[runs]]\nname = "../../../X"\ntrain = { steps = 2 }\n'
+    )
+    return path
+
+
 def hostile_config(run_key: str, value: int, unet_key: str) -> Callable[[Path, Ctx], None]:
     def change(r: Path, c: Ctx) -> None:
         edit_every(r, layout.CONFIG_JSON, hostile_model(run_key, value, unet_key))
@@ -478,12 +500,20 @@ CASES = [
     Case("sample-into-thesis", cmd(*SAMPLE, "--out", THESIS)),
     Case("export-over-thesis", cmd("export", RUN, "--out", THESIS)),
     Case("judge-over-dataset", cmd("judge train", DS, SVC, copy("ds"))),
+    Case("interpolate-out-is-folder", cmd("interpolate", RUN, "--frames 2 --sampler ddim",
+         "--steps 2 --out", THESIS)),
+    Case("show-out-is-folder", cmd("data show", DS, "--out", THESIS)),
+    Case("evaluate-out-is-folder", cmd("evaluate --real", DS, "--fake", lambda c: c.w.samples,
+         "--out", THESIS)),
+    Case("report-out-is-folder", cmd("report", RUN, "--out", THESIS)),
     # -- writing outside --out: names read from files are single safe path components
     Case("sample-class-escapes", cmd("sample", damaged("run", lambda r, c: (edit_every(
         r, layout.RUN_JSON, set_first_class(ESCAPE)), resign(r))), *FAST, "--out", OUT),
         says="X"),
     Case("train-manifest-class-escapes", cmd("train", damaged("ds", lambda d, c: edit_json(
         d / layout.MANIFEST, set_first_class(ESCAPE))), "--out", OUT, *TRAIN_ARGS), says="X"),
+    Case("sweep-run-name-escapes", cmd("sweep", hostile_sweep, "--data", DS, "--dry-run",
+         "--no-progress --out", OUT), rc=0, check=run_named_x),
     Case("prepare-zip-absolute-member", cmd("data prepare", hostile_zip,
          "--size 16 --no-progress --out", OUT), rc=0, check=safe_classes_only),
     # -- one writer per folder
@@ -567,7 +597,8 @@ def case_folder(w: World, t: Path) -> Iterator[Ctx]:
         for p in ctx.holders:
             p.send_signal(signal.SIGKILL)
             p.wait()
-        with contextlib.suppress(OSError):
+        if (t / "ro").exists():
+            subprocess.run(["chattr", "-i", str(t / "ro")], capture_output=True, check=False)
             (t / "ro").chmod(0o755)
 
 

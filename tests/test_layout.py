@@ -330,3 +330,11 @@ def test_tmp_dir_beside_current_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path / "here")
     tmp = atomic.tmp_dir_beside(".")
     assert tmp.parent == tmp_path and tmp.name.startswith(".here.tmp-")
+
+
+def test_atomic_write_onto_a_folder_names_the_folder(tmp_path):
+    (tmp_path / "thesis").mkdir()
+    with pytest.raises(IsADirectoryError) as e:
+        atomic.write_text(tmp_path / "thesis", "x")
+    assert e.value.filename == str(tmp_path / "thesis")
+    assert [p.name for p in tmp_path.iterdir()] == ["thesis"]

@@ -10,6 +10,7 @@ remove the leftovers of killed processes without touching a live writer's.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -43,16 +44,23 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def stale_tmp(folder: Path) -> list[Path]:
+    """Temporaries in ``folder`` left by processes that no longer run."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = []
+    for p in folder.iterdir():
+        m = _TMP.match(p.name)
+        if m and int(m.group("pid")) != os.getpid() and not pid_alive(int(m.group("pid"))):
+            found.append(p)
+    return found
+
+
 def clean_stale_tmp(folder: Path) -> list[Path]:
     """Delete temporaries in ``folder`` left by processes that no longer run; returns them."""
     removed = []
-    folder = Path(folder)
-    if not folder.is_dir():
-        return removed
-    for p in folder.iterdir():
-        m = _TMP.match(p.name)
-        if not m or int(m.group("pid")) == os.getpid() or pid_alive(int(m.group("pid"))):
-            continue
+    for p in stale_tmp(folder):
         with contextlib.suppress(OSError):
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p)
@@ -66,6 +74,8 @@ def clean_stale_tmp(folder: Path) -> list[Path]:
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is fsynced and renamed onto it."""
     path = _full(path)
+    if path.is_dir():  # say so now, naming it, rather than when the rename fails
+        raise IsADirectoryError(errno.EISDIR, "is a folder; give a file name", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(tmp_name(path.name) + path.suffix)
     try:
