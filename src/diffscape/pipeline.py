@@ -144,10 +144,12 @@ class Tools:
     narrator, and the Inception network (seconds to build, about 10 s on a busy 2-core CPU,
     longer than scoring a few images)."""
 
-    def __init__(self, narrator: Narrator | None = None, progress: bool = True) -> None:
+    def __init__(
+        self, narrator: Narrator | None = None, progress: bool = True, extractor: Any = None
+    ) -> None:
         self.narrator = narrator or Narrator()
         self.progress = progress
-        self._extractor: Any = None
+        self._extractor = extractor  # None: the Inception network, built when first needed
 
     def extractor(self) -> Any:
         if self._extractor is None:
@@ -168,13 +170,10 @@ def fid_kid(
     the real split, with the study's shared Inception network); writes nothing."""
     from diffscape.metrics.evaluate import EvalSettings, evaluate
 
-    extractor = tools.extractor()
-    metrics = evaluate(
-        real, fake, EvalSettings(n=n, n_real=n_real), extractor=extractor, fake_name=name,
-        progress=tools.progress, say=tools.narrator.note,
+    return evaluate(
+        real, fake, EvalSettings(n=n, n_real=n_real), extractor=tools.extractor(),
+        fake_name=name, progress=tools.progress, say=tools.narrator.note,
     )  # fmt: skip
-    metrics["weights"] = extractor.weights.to_json()
-    return metrics
 
 
 # ---- shared pieces, once per study ---------------------------------------------------------------
@@ -236,8 +235,7 @@ def ensure_judge(spec: StudySpec, data: Path, needed: bool, tools: Tools) -> Pat
     if layout.is_judge_dir(path):
         nar.skip("judge", f"trained before: {path}")
         return path
-    from diffscape.judge.cnn import CNNSettings
-    from diffscape.judge.train import train_judge
+    from diffscape.judge import CNNSettings, train_judge
 
     nar.start("judge", f"a {j.kind} classifier of the real training images into {path}", eta=40)
     made = train_judge(
@@ -373,6 +371,7 @@ def sample_stage(study: Study, run: RunSpec, tools: Tools) -> dict[str, Any]:
     """Sample ``run`` into its folder (the samples.json record); skipped when samples.json
     already describes these settings and the latest checkpoint."""
     from diffscape.checkpoint import latest_checkpoint
+    from diffscape.data.dataset import load_dataset
     from diffscape.sample import sample_to_folder
 
     s, cond, nar = run.sample, run.config.model.conditional, tools.narrator
@@ -384,8 +383,9 @@ def sample_stage(study: Study, run: RunSpec, tools: Tools) -> dict[str, Any]:
     if out_dir.exists():  # an older or partial attempt: no stale image may enter the scores
         shutil.rmtree(out_dir)
     classes = "per class" if cond else "in all"
+    images = s.n * (load_dataset(study.data).num_classes if cond else 1)
     nar.start("sample", f"{s.n} {classes}, {s.sampler} {s.steps} steps, w={s.guidance:g}",
-              who=run.name)  # fmt: skip
+              eta=images * s.steps / 250, who=run.name)  # fmt: skip
     record = sample_to_folder(
         run.train_dir(study.out), out_dir, n=s.n, per_class=cond, sampler=s.sampler,
         steps=s.steps, eta=s.eta, guidance=s.guidance if cond else None, seed=s.seed,
@@ -421,7 +421,7 @@ def evaluate_stage(study: Study, run: RunSpec, made: int, tools: Tools) -> dict[
 
 def judge_stage(study: Study, run: RunSpec, made: int, tools: Tools) -> dict[str, Any]:
     """The judge's accuracy on the samples (accuracy.json); skipped when done with this judge."""
-    from diffscape.judge import score
+    from diffscape.judge.score import score
 
     nar, folder = tools.narrator, run.sample_dir(study.out)
     done = results.read_accuracy(folder)

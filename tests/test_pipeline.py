@@ -1,0 +1,252 @@
+"""The pipeline's stages: finished work is skipped (and said so), a killed or failed stage is
+redone alone, the real-vs-real floor is computed once into its own file, results read back
+through diffscape.results (older files too). Tiny networks, tiny data, a stand-in for Inception.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from fixtures_data import colour_dataset
+from test_metrics_evaluate import TinyExtractor
+
+import diffscape.sample
+import diffscape.train
+from diffscape import config, layout, pipeline, results
+from diffscape.config import EvaluateSettings, JudgeSettings, SampleSettings
+from diffscape.demo import run_demo
+from diffscape.pipeline import Narrator, RunSpec, StudySpec, Tools
+
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory):
+    return colour_dataset(tmp_path_factory.mktemp("data") / "ds", n_train=24, n_test=6)
+
+
+def tiny_run(steps: int = 4, sampling: str = "ddim-3") -> RunSpec:
+    cfg = config.resolve(
+        "tiny",
+        {
+            "model.channels": [16, 32],
+            "model.attention_resolutions": [16],
+            "model.conditional": True,
+            "train.steps": steps,
+            "train.batch_size": 8,
+            "train.log_every_steps": 2,
+            "train.sample_every_steps": 0,
+            "train.warmup_steps": 2,
+        },
+    )
+    return RunSpec("model", "model", sampling, cfg, SampleSettings(n=2, steps=3))
+
+
+def tiny_spec(out: Path, ds, n: int = 6) -> StudySpec:
+    return StudySpec(
+        out=out,
+        dataset=str(ds.root),
+        evaluate=EvaluateSettings(n=n),
+        judge=JudgeSettings(kind="svc"),
+    )
+
+
+class SlowExtractor(TinyExtractor):
+    """The stand-in, slowed down: the evaluate stage lasts long enough to be killed in."""
+
+    def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        time.sleep(2.0)
+        return super().__call__(images)
+
+
+def study_and_run(out: Path, ds, tools: Tools) -> list[results.RunResult]:
+    spec = tiny_spec(out, ds)
+    study = pipeline.prepare_study(
+        spec, pipeline.ensure_data(spec, tools), tools, judge_needed=True
+    )
+    return pipeline.run_study(study, [tiny_run()], tools)
+
+
+def drive(out: str, data: str) -> None:
+    """A study in a process of its own (killed by the test below)."""
+    from diffscape.data.dataset import load_dataset
+
+    tools = Tools(Narrator(print), progress=False, extractor=SlowExtractor())
+    study_and_run(Path(out), load_dataset(data), tools)
+
+
+class Calls:
+    """Counts calls of the stage functions the pipeline uses (train, sample, FID/KID, judge)."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.seen: list[str] = []
+        self._spy(monkeypatch, diffscape.train, "train")
+        self._spy(monkeypatch, diffscape.sample, "sample_to_folder")
+        self._spy(monkeypatch, pipeline, "fid_kid")
+        self._spy(monkeypatch, importlib.import_module("diffscape.judge.score"), "score")
+
+    def _spy(self, monkeypatch, module, name: str) -> None:
+        real = getattr(module, name)
+
+        def spy(*args, **kwargs):
+            self.seen.append(name)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, spy)
+
+
+def test_second_run_does_nothing_and_says_so(ds, tmp_path, monkeypatch):
+    lines: list[str] = []
+    tools = Tools(Narrator(lines.append), progress=False, extractor=TinyExtractor())
+    (first,) = study_and_run(tmp_path / "study", ds, tools)
+    assert first.ok and first.steps == 4 and first.n_judged == 6 and first.fid > 0
+    result_file = results.result_path(tiny_run().sample_dir(tmp_path / "study"))
+    written = result_file.stat().st_mtime_ns
+
+    calls = Calls(monkeypatch)
+    lines.clear()
+    (second,) = study_and_run(tmp_path / "study", ds, tools)
+    assert calls.seen == []  # nothing trained, sampled, scored or judged
+    assert second == first and result_file.stat().st_mtime_ns == written
+    assert "model: finished before, skipped" in lines
+    assert any(x.startswith("floor: ") and "computed before" in x for x in lines), lines
+
+
+def test_each_stage_is_skipped_on_its_own(ds, tmp_path, monkeypatch):
+    """Another sampling of a trained model: the training is reused, the rest is done."""
+    tools = Tools(Narrator(lambda _: None), progress=False, extractor=TinyExtractor())
+    study_and_run(tmp_path / "study", ds, tools)
+    calls = Calls(monkeypatch)
+    spec = tiny_spec(tmp_path / "study", ds)
+    study = pipeline.prepare_study(spec, Path(ds.root), tools, judge_needed=True)
+    (r,) = pipeline.run_study(study, [tiny_run(sampling="other")], tools)
+    assert r.ok and calls.seen == ["sample_to_folder", "fid_kid", "score"]
+
+
+def test_killed_during_evaluate_redoes_only_what_is_missing(ds, tmp_path, monkeypatch):
+    out = tmp_path / "study"
+    samples = tiny_run().sample_dir(out)
+    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    code = f"import test_pipeline as t; t.drive({str(out)!r}, {str(ds.root)!r})"
+    log = (tmp_path / "log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    deadline = time.monotonic() + 300
+    while not (samples / layout.SAMPLES_JSON).is_file():  # sampled: now in the evaluate stage
+        assert proc.poll() is None, (tmp_path / "log").read_text()
+        assert time.monotonic() < deadline, "the study did not get to its evaluation"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not results.result_path(samples).exists()
+    assert not (samples / layout.EVAL_JSON).exists()
+
+    calls = Calls(monkeypatch)
+    tools = Tools(Narrator(lambda _: None), progress=False, extractor=TinyExtractor())
+    (r,) = study_and_run(out, ds, tools)
+    assert r.ok and r.steps == 4
+    assert calls.seen == ["fid_kid", "score"]  # trained and sampled before the kill: kept
+
+
+def test_failed_stage_is_recorded_then_redone_alone(ds, tmp_path, monkeypatch):
+    tools = Tools(Narrator(lambda _: None), progress=False, extractor=TinyExtractor())
+    real = pipeline.fid_kid
+
+    def broken(*args, **kwargs):
+        if args[4] == "model":  # the run's evaluation; the floor's goes through
+            raise RuntimeError("the network fell over")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "fid_kid", broken)
+    (failed,) = study_and_run(tmp_path / "study", ds, tools)
+    assert failed.status == "failed" and failed.stage == "evaluate"
+    assert "the network fell over" in failed.error and "Traceback" in failed.traceback
+    monkeypatch.setattr(pipeline, "fid_kid", real)
+
+    calls = Calls(monkeypatch)
+    (r,) = study_and_run(tmp_path / "study", ds, tools)
+    assert r.ok and calls.seen == ["fid_kid", "score"]
+
+
+def test_floor_is_computed_once_in_its_own_file(ds, tmp_path, monkeypatch):
+    out = tmp_path / "study"
+    tools = Tools(Narrator(lambda _: None), progress=False, extractor=TinyExtractor())
+    calls = Calls(monkeypatch)
+    spec = tiny_spec(out, ds, n=4)
+    study = pipeline.prepare_study(spec, Path(ds.root), tools, judge_needed=False)
+    assert calls.seen == ["fid_kid"]
+    path = out / layout.SWEEP_FLOOR / layout.FLOOR_JSON
+    assert results.floor_path(out) == path and path.is_file()
+    floor = results.read_floor(out)
+    # the test split (n=4, as many as the runs generate) against the reference split
+    assert floor.fid is not None and (floor.n_real, floor.n_fake) == (4, 4)
+    assert floor.metrics["fake"]["kind"] == "dataset" and floor.metrics["real"]["split"] == "test"
+
+    again = pipeline.ensure_floor(study, tools)
+    assert calls.seen == ["fid_kid"] and again == floor  # read back, not computed
+    pipeline.prepare_study(tiny_spec(out, ds, n=5), Path(ds.root), tools, judge_needed=False)
+    assert calls.seen == ["fid_kid", "fid_kid"]  # other sizes: another floor
+    assert results.read_floor(out).n_real == 5
+
+
+def test_floors_of_older_studies_are_read_and_reused(ds, tmp_path, monkeypatch):
+    out = tmp_path / "old-sweep"
+    metrics = {"fid": 3.5, "kid": {"mean": 0.01}, "n_fake": 6, "n_real": 6}
+    metrics["fake"] = {"kind": "dataset"}
+    results.write_json(out / layout.SWEEP_FLOOR / layout.EVAL_JSON, metrics)  # sweeps before
+    old_demo = tmp_path / "old-demo"
+    results.write_json(old_demo / layout.FLOOR_JSON, {**metrics, "fid": 4.5})  # demos before
+    assert results.read_floor(out).fid == 3.5 and results.read_floor(old_demo).fid == 4.5
+    assert results.read_floor(tmp_path / "nothing") is None
+    calls = Calls(monkeypatch)
+    tools = Tools(Narrator(lambda _: None), progress=False, extractor=TinyExtractor())
+    pipeline.prepare_study(tiny_spec(out, ds), Path(ds.root), tools, judge_needed=False)
+    assert calls.seen == []
+
+
+def test_results_read_back_older_and_damaged_files(tmp_path):
+    old = {  # a result.json as the runner wrote it before diffscape.results
+        "name": "a", "training": "a", "sampling": "ddim-3-w1", "changes": {}, "sample": {},
+        "status": "ok", "steps": 8, "n_samples": 6, "fid": 12.5, "kid": {"mean": 0.1},
+        "n_fake": 6, "n_real": 6, "seconds": {"train": 1.0}, "settings": {}, "finished_at": "x",
+        "something_new": [1, 2],
+    }  # fmt: skip
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / layout.RESULT_JSON).write_text(json.dumps(old))
+    r = results.read_result(tmp_path / "old")
+    assert r.ok and r.fid == 12.5 and r.accuracy is None and r.per_class is None
+    (tmp_path / "bad").mkdir()
+    for text in ("{", "[1, 2]", '{"status": "ok"}', ""):  # damaged, not an object, no name
+        (tmp_path / "bad" / layout.RESULT_JSON).write_text(text)
+        assert results.read_result(tmp_path / "bad") is None
+    wrong = {**old, "fid": "twelve", "steps": True}  # wrong types fall back to the defaults
+    (tmp_path / "bad" / layout.RESULT_JSON).write_text(json.dumps(wrong))
+    r = results.read_result(tmp_path / "bad")
+    assert r.fid is None and r.steps is None and r.n_fake == 6
+    # written through the module: atomic, and read back equal
+    results.write_result(tmp_path / "new", r)
+    assert results.read_result(tmp_path / "new") == r
+    assert [p.name for p in (tmp_path / "new").iterdir()] == [layout.RESULT_JSON]
+
+
+def test_worker_job_round_trips(ds, tmp_path):
+    spec = tiny_spec(tmp_path, ds)
+    study = pipeline.Study(spec, Path(ds.root), "hash", tmp_path / "judge", {"kind": "svc"})
+    runs = [tiny_run(), tiny_run(sampling="other")]
+    assert pipeline.job_from_json(pipeline.job_json(study, runs)) == (study, runs)
+    assert pipeline.worker_main(["nonsense"]) == 2
+
+
+def test_library_never_defaults_to_the_current_folder():
+    assert inspect.signature(run_demo).parameters["out"].default is inspect.Parameter.empty
