@@ -52,12 +52,13 @@ from diffscape.layout import (
     RNG_TENSORS,
     RUN_JSON,
     STATE_JSON,
+    UNET_WEIGHTS,
     checkpoint_name,
     checkpoint_step,
     safe_component,
 )
 
-WEIGHTS = "diffusion_pytorch_model.safetensors"  # diffusers' name for safetensors weights
+WEIGHTS = UNET_WEIGHTS
 MARKER_FORMAT = "diffscape-checkpoint/1"
 # Every file a loader reads; a marker that does not list one of them does not vouch for it.
 REQUIRED = (

@@ -23,7 +23,7 @@ from torch import nn
 
 from diffscape.config import ConfigError, ModelConfig, from_dict, load_config_json
 from diffscape.errors import DiffscapeError
-from diffscape.layout import COMPLETE, CONFIG_JSON
+from diffscape.layout import COMPLETE, CONFIG_JSON, UNET_WEIGHTS
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "silu": nn.SiLU,
@@ -241,10 +241,9 @@ def load_unet(path: str | Path, dtype: torch.dtype | None = None) -> UNet2DModel
             )
     _check_against_checkpoint(path, cfg)
     check_memory(cfg, training=False)
-    if not (path / "diffusion_pytorch_model.safetensors").is_file():
+    if not (path / UNET_WEIGHTS).is_file():
         raise ModelFolderError(
-            f"{path} has no diffusion_pytorch_model.safetensors; diffscape only loads "
-            "safetensors weights"
+            f"{path} has no {UNET_WEIGHTS}; diffscape only loads safetensors weights"
         )
     try:
         unet = UNet2DModel.from_pretrained(str(path), torch_dtype=dtype, use_safetensors=True)
