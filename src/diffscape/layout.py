@@ -56,6 +56,7 @@ def train_grid_name(step: int) -> str:
 COMPLETE = "COMPLETE"  # written last; lists every file with its size and sha256
 MODEL_DIR = "model"  # diffusers UNet2DModel folder
 EMA_DIR = "ema"
+UNET_WEIGHTS = "diffusion_pytorch_model.safetensors"  # diffusers' name, in MODEL_DIR/EMA_DIR
 OPTIMIZER_TENSORS = "optimizer.safetensors"
 OPTIMIZER_JSON = "optimizer.json"
 RNG_TENSORS = "rng.safetensors"
