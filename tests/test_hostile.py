@@ -39,6 +39,7 @@ from fixtures_data import colour_dataset
 from PIL import Image
 
 from diffscape import cli, layout
+from diffscape.errors import DiffscapeError
 
 ALL_PROCESSES = os.environ.get("DIFFSCAPE_HOSTILE_PROCESSES", "") not in ("", "0")
 ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
@@ -544,7 +545,7 @@ CASES = [
     Case("dry-run-timesteps-1e9", cmd("train", DS, "--out", OUT, *TRAIN_ARGS, "--dry-run",
          "--set diffusion.timesteps=1000000000"), says="timesteps"),
     Case("dry-run-channels-1e6", cmd("train", DS, "--out", OUT, *TRAIN_ARGS, "--dry-run",
-         "--set", "model.channels=[1000000,1000000]"), says="channels", proc=True),
+         "--set", "model.channels=[1000000,1000000]"), says="channels"),
     Case("config-image-size-4096", cmd("sample", damaged("run", hostile_config(
         "image_size", 4096, "sample_size")), *FAST, "--out", OUT), says="image_size", proc=True),
     Case("config-num-classes-1e9", cmd("sample", damaged("run", hostile_config(
@@ -639,8 +640,15 @@ def boom_command(monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(args):
         raise ValueError("something nobody planned for\nsecond line")
 
+    def strict(text: str) -> str:  # an argument type that raises our own error
+        if text == "bad":
+            raise DiffscapeError("--level bad is not a level; use good")
+        return text
+
     def register(sub):
-        sub.add_parser("boom").set_defaults(func=fail)
+        p = sub.add_parser("boom")
+        p.add_argument("--level", type=strict)
+        p.set_defaults(func=fail)
 
     module = types.ModuleType("diffscape.cli.boom")
     module.register = register  # type: ignore[attr-defined]
@@ -666,9 +674,17 @@ def test_debug_lets_the_unanticipated_exception_through(monkeypatch):
     boom_command(monkeypatch)
     with pytest.raises(ValueError, match="nobody planned"):
         cli.main(["--debug", "boom"])
+    with pytest.raises(ValueError, match="nobody planned"):
+        cli.main(["boom", "--debug"])  # also after the command
     monkeypatch.setenv("DIFFSCAPE_DEBUG", "1")
     with pytest.raises(ValueError, match="nobody planned"):
         cli.main(["boom"])
+
+
+def test_error_while_parsing_arguments_is_one_line(monkeypatch, capfd):
+    boom_command(monkeypatch)
+    r = run_inprocess(["boom", "--level", "bad"], capfd)
+    assert r.rc == 2 and r.err_lines == ["diffscape: error: --level bad is not a level; use good"]
 
 
 def test_debug_shows_the_traceback_of_an_anticipated_error(tmp_path, capfd):

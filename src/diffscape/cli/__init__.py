@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--debug",
         action="store_true",
-        help="show the full traceback of any error (or set DIFFSCAPE_DEBUG=1)",
+        help="show the full traceback of any error (also after the command, or set "
+        "DIFFSCAPE_DEBUG=1)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
@@ -70,13 +71,16 @@ def main(argv: list[str] | None = None) -> int:
     # Idle OpenMP threads spin by default and starve a busy 2-core machine (measured 2-19x
     # slow-downs); passive waiting costs 10-20% when idle. Users can still override it.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    debug = args.debug or os.environ.get("DIFFSCAPE_DEBUG", "") not in ("", "0")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # --debug is taken anywhere, also after the command (where users add it when retrying).
+    debug = "--debug" in argv or os.environ.get("DIFFSCAPE_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)  # inside: an argument's type check may raise too
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("diffscape: interrupted", file=sys.stderr)
