@@ -267,3 +267,20 @@ def test_hostile_model_config_fails_before_allocating(run, tmp_path, capsys, mon
     assert code == 2
     line = one_line(err)
     assert "num_class" in line or "GiB" in line
+
+
+def test_marker_cannot_point_outside_or_at_special_files(run, tmp_path):
+    folder = ckpt(run, 4)
+    marker = json.loads((folder / layout.COMPLETE).read_text())
+    marker["files"]["../../outside"] = {"size": 1, "sha256": "0" * 64}
+    (folder / layout.COMPLETE).write_text(json.dumps(marker))
+    assert "not a safe path" in checkpoint.checkpoint_problem(folder)
+    weights = folder / MODEL_WEIGHTS
+    weights.unlink()
+    weights.symlink_to(ckpt(run, 2) / MODEL_WEIGHTS)
+    checkpoint.write_marker(folder)  # rehashed through the link, as an attacker would
+    assert checkpoint.checkpoint_problem(folder) == f"{MODEL_WEIGHTS}: a symbolic link"
+    weights.unlink()
+    os.mkfifo(weights)  # reading it would block forever
+    (folder / layout.COMPLETE).write_text("complete\n")
+    assert checkpoint.checkpoint_problem(folder) == f"{MODEL_WEIGHTS}: not a regular file"

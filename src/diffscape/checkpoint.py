@@ -271,6 +271,8 @@ def _check_files(ckpt: Path, listed: dict[str, dict[str, Any]]) -> str | None:
 
 def _check_headers(ckpt: Path, names: list[str]) -> str | None:
     for name in names:
+        if (ckpt / name).is_symlink() or not (ckpt / name).is_file():  # a FIFO would block
+            return f"{name}: not a regular file"
         try:
             _, _, problem = _read_file(ckpt / name, digest=False)
         except OSError as e:
