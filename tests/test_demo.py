@@ -73,3 +73,21 @@ def test_full_demo_meets_its_targets(tmp_path):
     assert summary.wall_seconds <= 600
     assert summary.judge_sample_accuracy >= 0.90
     assert all(v["accuracy"] >= 0.80 for v in summary.judge_per_class.values())
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"minutes": float("nan")}, "budget"),
+        ({"minutes": -1}, "budget"),
+        ({"sample": SampleSettings(seed=-1)}, "seed"),
+        ({"evaluate": EvaluateSettings(n=1)}, "evaluate.n"),
+        ({"max_steps": 0}, "train.steps"),
+    ],
+)
+def test_bad_settings_are_refused_before_anything_is_written(tmp_path, change, message):
+    from dataclasses import replace
+
+    with pytest.raises(DiffscapeError, match=message):
+        run_demo(tmp_path / "demo", replace(SHORT, **change), say=lambda _: None)
+    assert not (tmp_path / "demo").exists()

@@ -17,7 +17,7 @@ from fixtures_data import colour_dataset
 from test_report import check_page
 
 import diffscape.train
-from diffscape import checkpoint
+from diffscape import checkpoint, layout
 from diffscape import sweep as sweep_module
 from diffscape.cli import main
 from diffscape.config import ConfigError
@@ -336,3 +336,13 @@ def test_without_a_dataset_the_default_synthetic_set_is_made(tmp_path, monkeypat
     assert json.loads((made / "manifest.json").read_text())["classes"][0] == "Coast"
     again = sweep_module.ensure_data(spec, None, tmp_path / "runs", progress=False)
     assert again == made  # made once
+
+
+def test_sweep_refuses_a_foreign_folder_and_leaves_it_alone(tmp_path):
+    spec = spec_file(tmp_path, "")
+    out = tmp_path / "thesis"
+    out.mkdir()
+    (out / "chapter1.tex").write_text("keep me")
+    with pytest.raises(layout.OutError, match="not empty and not a diffscape folder"):
+        run_sweep(spec, out, progress=False, gpus=1)
+    assert [p.name for p in out.iterdir()] == ["chapter1.tex"]

@@ -89,6 +89,16 @@ def demo_run(s: DemoSettings, image_size: int) -> RunSpec:
     return RunSpec(RUN_NAME, RUN_NAME, SAMPLING, cfg, s.sample)
 
 
+def check(s: DemoSettings) -> DemoSettings:
+    """``s``, or the one-line error of its first bad value (before anything is written)."""
+    if not 0 < s.minutes < float("inf"):
+        raise DiffscapeError(f"--minutes {s.minutes}: the demo needs a training budget above 0")
+    config.check_settings(s.sample)
+    config.check_settings(s.evaluate)
+    demo_run(s, 32)  # the training config: validated
+    return s
+
+
 def run_demo(
     out: str | os.PathLike[str],
     settings: DemoSettings | None = None,
@@ -98,9 +108,7 @@ def run_demo(
 ) -> DemoSummary:
     """Run the whole pipeline into ``out`` (a new or empty folder, or an earlier demo's);
     returns the summary (also ``out/summary.json``)."""
-    s = settings or DemoSettings()
-    if not s.minutes > 0 or s.minutes == float("inf"):
-        raise DiffscapeError(f"--minutes {s.minutes}: the demo needs a training budget above 0")
+    s = check(settings or DemoSettings())
     out = layout.check_out(out, "demo")
     t_start = time.perf_counter()
     with lock.hold(out, "demo"):
