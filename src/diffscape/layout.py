@@ -42,6 +42,7 @@ def labels_file(split: str) -> str:
 RUN_JSON = "run.json"  # class names and the dataset's identity (the run's marker)
 CONFIG_JSON = "config.json"  # the frozen RunConfig
 METRICS_JSONL = "metrics.jsonl"  # one line per logged step
+TRAIN_JSON = "train.json"  # a finished train stage of a study (diffscape.results)
 TRAIN_SAMPLES = "samples"  # step-N.png grids while training
 CHECKPOINTS = "checkpoints"
 TENSORBOARD = "tensorboard"
@@ -179,7 +180,12 @@ class OutError(DiffscapeError):
 
 
 def _is_empty_dir(p: Path) -> bool:
-    return p.is_dir() and not any(c for c in p.iterdir() if c.name != LOCK)
+    """Empty but for the lock, the leftovers of killed writers (clean_stale_tmp's) and a sweep
+    worker's log (opened before the run it logs is made)."""
+    from diffscape.atomic import stale_tmp
+
+    ignored = {LOCK, SWEEP_LOG, *(c.name for c in stale_tmp(p))}
+    return p.is_dir() and not any(c for c in p.iterdir() if c.name not in ignored)
 
 
 def check_out(out: str | os.PathLike[str], kind: str, *, what: str = "--out") -> Path:
