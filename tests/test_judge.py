@@ -478,13 +478,17 @@ def _ndarray_call(schema: dict, members: dict) -> None:
         "content": [_json_node(10**11, 9001)],
         "__id__": 9002,
     }
-    schema["content"]["content"]["evil"] = {
+    attrs = schema["content"]
+    attrs["content"]["evil"] = {
         "__class__": "ndarray",
         "__module__": "numpy",
         "__loader__": "ConstructorFromReduceNode",
         "content": shape,
         "__id__": 9003,
     }
+    # skops pairs each key with a type from key_types (zip): one more, or the key is dropped.
+    key_types = attrs["key_types"]["content"]
+    key_types.append(dict(key_types[0], __id__=9004))
 
 
 def _npy_header_bomb(schema: dict, members: dict) -> None:
