@@ -236,3 +236,27 @@ def safe_component(name: object, what: str = "name") -> str:
             f"spaces, at most {MAX_NAME_BYTES} bytes); rename it"
         )
     return name
+
+
+def check_class_names(
+    classes: object,
+    where: object,
+    *,
+    error: type[DiffscapeError] = DiffscapeError,
+    hint: str = "",
+    allow_empty: bool = True,
+) -> list[str]:
+    """A list of distinct class names read from ``where`` (a manifest, judge.json...), each a
+    safe path component; otherwise ``error`` naming the file (``hint`` says what to do)."""
+    if (
+        not isinstance(classes, list)
+        or (not classes and not allow_empty)
+        or len(set(map(str, classes))) != len(classes)
+    ):
+        raise error(f"{where}: classes must be a list of distinct names; {hint}")
+    for name in classes:
+        try:
+            safe_component(name, "class name")
+        except DiffscapeError as e:
+            raise error(f"{where}: {e}") from None
+    return classes

@@ -26,7 +26,7 @@ import numpy as np
 from diffscape.atomic import publish_dir, tmp_dir_beside, write_json
 from diffscape.data.memory import check_fits
 from diffscape.errors import DiffscapeError
-from diffscape.layout import MANIFEST, images_file, labels_file, safe_component
+from diffscape.layout import MANIFEST, check_class_names, images_file, labels_file
 
 __all__ = [  # MANIFEST, images_file, labels_file live in diffscape.layout; re-exported here
     "FORMAT",
@@ -150,13 +150,7 @@ def _read_manifest(path: Path) -> dict[str, Any]:
             f"{FORMAT_VERSION}; {again}"
         )
     classes, size, splits = (manifest.get(k) for k in ("classes", "size", "splits"))
-    if not isinstance(classes, list) or len(set(map(str, classes))) != len(classes):
-        raise DatasetError(f"{path}: classes must be a list of distinct names; {again}")
-    for name in classes:
-        try:
-            safe_component(name, "class name")
-        except DiffscapeError as e:
-            raise DatasetError(f"{path}: {e}") from None
+    check_class_names(classes, path, error=DatasetError, hint=again)
     if not _is_int(size) or not 1 <= size <= MAX_SIZE:
         raise DatasetError(f"{path}: size must be 1 to {MAX_SIZE} pixels, got {size!r}; {again}")
     if not isinstance(splits, dict) or not splits or not set(splits) <= set(SPLITS):

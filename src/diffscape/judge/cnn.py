@@ -220,20 +220,19 @@ def fit_cnn(
     # ``gen`` inside a fork, so the result depends on ``gen`` alone and the caller's RNG is untouched.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-        return _fit(x_train, y_train, x_val, y_val, num_classes, settings, gen, progress, desc)
+        return _fit((x_train, y_train), (x_val, y_val), num_classes, settings, gen, progress, desc)
 
 
 def _fit(
-    x_train: np.ndarray,
-    y_train: np.ndarray,
-    x_val: np.ndarray,
-    y_val: np.ndarray,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
     num_classes: int,
     settings: CNNSettings,
     gen: torch.Generator,
     progress: bool,
     desc: str,
 ) -> TrainedCNN:
+    (x_train, y_train), (x_val, y_val) = train, val
     size = x_train.shape[-1]
     config = CNNConfig(
         num_classes, size, settings.widths, settings.convs_per_block, settings.dropout

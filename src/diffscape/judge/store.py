@@ -26,11 +26,10 @@ from sklearn.svm import SVC
 from diffscape.atomic import publish_dir, write_json
 from diffscape.data.dataset import MAX_SIZE
 from diffscape.data.memory import check_fits
-from diffscape.errors import DiffscapeError
 from diffscape.judge.cnn import CNNConfig, SmallCNN, predict
 from diffscape.judge.data import JudgeError, check_images, resize_images
 from diffscape.judge.svc import features, load_svc, save_svc
-from diffscape.layout import CNN_FILE, JUDGE_JSON, SVC_FILE, check_out, safe_component
+from diffscape.layout import CNN_FILE, JUDGE_JSON, SVC_FILE, check_class_names, check_out
 
 FORMAT = "diffscape-judge"
 FORMAT_VERSION = 1
@@ -134,13 +133,7 @@ def read_info(judge_dir: str | os.PathLike[str]) -> dict[str, Any]:
     kind, classes, size, model = (info.get(k) for k in ("kind", "classes", "size", "model"))
     if kind not in MODEL_FILES:
         raise JudgeError(f"{path} has unknown kind {kind!r}; {again}")
-    if not isinstance(classes, list) or not classes or len(set(map(str, classes))) != len(classes):
-        raise JudgeError(f"{path}: classes must be a list of distinct names; {again}")
-    for name in classes:
-        try:
-            safe_component(name, "class name")
-        except DiffscapeError as e:
-            raise JudgeError(f"{path}: {e}") from None
+    check_class_names(classes, path, error=JudgeError, hint=again, allow_empty=False)
     if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= MAX_SIZE:
         raise JudgeError(f"{path}: size must be 1 to {MAX_SIZE} pixels, got {size!r}; {again}")
     if not isinstance(model, dict) or model.get("file") != MODEL_FILES[kind]:
