@@ -33,7 +33,14 @@ from pathlib import Path
 from typing import Any
 
 from diffscape import layout, results
-from diffscape.config import EvaluateSettings, JudgeSettings, RunConfig, SampleSettings, from_dict
+from diffscape.config import (
+    EvaluateSettings,
+    JudgeSettings,
+    RunConfig,
+    SampleSettings,
+    from_dict,
+    parse_section,
+)
 from diffscape.errors import DiffscapeError
 from diffscape.results import Floor, RunResult, TrainRecord
 
@@ -380,8 +387,8 @@ def sample_stage(study: Study, run: RunSpec, tools: Tools) -> dict[str, Any]:
     if done is not None and _sampling_done(done, run, latest_checkpoint(run.train_dir(study.out))):
         nar.skip("sample", f"sampled before ({done.get('n')} images)", who=run.name)
         return done
-    if out_dir.exists():  # an older or partial attempt: no stale image may enter the scores
-        shutil.rmtree(out_dir)
+    if out_dir.exists() and not layout.is_samples_dir(out_dir):
+        shutil.rmtree(out_dir)  # the study's own folder, holding only a failed attempt's record
     classes = "per class" if cond else "in all"
     images = s.n * (load_dataset(study.data).num_classes if cond else 1)
     nar.start("sample", f"{s.n} {classes}, {s.sampler} {s.steps} steps, w={s.guidance:g}",
@@ -389,7 +396,7 @@ def sample_stage(study: Study, run: RunSpec, tools: Tools) -> dict[str, Any]:
     record = sample_to_folder(
         run.train_dir(study.out), out_dir, n=s.n, per_class=cond, sampler=s.sampler,
         steps=s.steps, eta=s.eta, guidance=s.guidance if cond else None, seed=s.seed,
-        progress=tools.progress,
+        batch=s.batch, progress=tools.progress, overwrite=True,
     )  # fmt: skip
     nar.done(f"{record['n']} images in {out_dir}")
     return record
@@ -585,7 +592,13 @@ def job_from_json(text: str) -> tuple[Study, list[RunSpec]]:
     study = Study(**{**s, "spec": spec, "data": Path(s["data"]),
                      "judge": None if s["judge"] is None else Path(s["judge"])})  # fmt: skip
     runs = [
-        RunSpec(**{**r, "config": from_dict(r["config"]), "sample": SampleSettings(**r["sample"])})
+        RunSpec(
+            **{
+                **r,
+                "config": from_dict(r["config"]),
+                "sample": parse_section("sample", r["sample"]),
+            }
+        )
         for r in job["runs"]
     ]
     return study, runs

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
+from dataclasses import asdict, replace
 from typing import Any
 
-from diffscape.config import ConfigError, RunConfig, resolve
+from diffscape.config import ConfigError, RunConfig, parse_section, resolve
+from diffscape.pipeline import RunSpec
 from diffscape.sweep.spec import (
     EvaluateSettings,
     JudgeSettings,
-    SampleSettings,
     SweepError,
     SweepSpec,
 )
@@ -18,22 +17,9 @@ from diffscape.sweep.spec import (
 # ---- the plan: (training, sampling) pairs --------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class PlannedRun:
-    """One row of the report: a training run sampled one way."""
-
-    name: str  # the row's name in the report
-    training: str  # folder RUNS/<training>
-    sampling: str  # folder RUNS/<training>/samples/<sampling>
-    changes: dict[str, Any]  # dotted overrides beyond [base], plus sample.* that vary
-    config: RunConfig
-    sample: SampleSettings
-
-    def train_dir(self, out: Path) -> Path:
-        return Path(out) / self.training
-
-    def sample_dir(self, out: Path) -> Path:
-        return Path(out) / self.training / "samples" / self.sampling
+# One row of the report: a training run sampled one way. The pipeline's run type, so that a
+# planned sweep runs as it is.
+PlannedRun = RunSpec
 
 
 def resolve_config(preset: str, overrides: dict[str, Any]) -> RunConfig:
@@ -54,7 +40,7 @@ def plan(spec: SweepSpec) -> list[PlannedRun]:
             errors.append(f"run {t.name}: {e}")
             continue
         for s in spec.samplings:
-            sample = SampleSettings(**{**asdict(spec.sample), **s.changes})
+            sample = parse_section("sample", {**asdict(spec.sample), **s.changes})
             changes = {f"sample.{k}": v for k, v in s.changes.items()}
             if sample.sampler == "ddpm":  # ancestral sampling takes every one of the T steps
                 sample = replace(sample, steps=cfg.diffusion.timesteps)
@@ -67,7 +53,7 @@ def plan(spec: SweepSpec) -> list[PlannedRun]:
             else:
                 name = f"{t.name}/{s.name}"
             changes = {**t.changes, **changes}
-            runs.append(PlannedRun(name, t.name, s.name, changes, cfg, sample))
+            runs.append(RunSpec(name, t.name, s.name, cfg, sample, changes))
     if errors:
         raise SweepError("; ".join(errors))
     return runs

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from diffscape import layout, lock, pipeline, results
-from diffscape.pipeline import RunSpec, StudySpec, log
+from diffscape.pipeline import StudySpec, log
 from diffscape.results import RunResult
 from diffscape.sweep.plan import PlannedRun, base_config, plan
 from diffscape.sweep.spec import SweepError, SweepSpec, load_sweep
@@ -31,10 +31,6 @@ def study_spec(spec: SweepSpec, out: Path, data: str | os.PathLike[str] | None) 
         evaluate=spec.evaluate,
         judge=spec.judge,
     )
-
-
-def run_spec(run: PlannedRun) -> RunSpec:
-    return RunSpec(run.name, run.training, run.sampling, run.config, run.sample, run.changes)
 
 
 def ensure_data(
@@ -90,7 +86,7 @@ def run_sweep(
         study = pipeline.prepare_study(
             sspec, dataset, tools, judge_needed=conditional, floor=only is None
         )
-        return pipeline.run_study(study, [run_spec(r) for r in runs], tools, gpus=gpus)
+        return pipeline.run_study(study, runs, tools, gpus=gpus)
 
 
 def _dataset_path(sspec: StudySpec) -> Path:
