@@ -204,6 +204,24 @@ def test_export_round_trip_through_plain_diffusers(runs, tmp_path):
     assert np.abs(ours.astype(int) - theirs.astype(int)).max() <= 1
 
 
+def test_export_replaces_only_an_export(runs, tmp_path, capsys):
+    out = tmp_path / "exported"
+    assert main(["export", str(runs["cond"]), "--out", str(out)]) == 0
+    assert main(["export", str(runs["cond"]), "--out", str(out)]) == 0  # an older export: replaced
+    assert sorted(p.name for p in out.iterdir()) == [
+        "classes.json", "diffscape_config.json", "scheduler", "unet",
+    ]  # fmt: skip
+    thesis = tmp_path / "thesis"
+    thesis.mkdir()
+    (thesis / "chapter1.tex").write_text("years of work")
+    capsys.readouterr()
+    assert main(["export", str(runs["cond"]), "--out", str(thesis)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not empty and not a diffscape folder" in err[0]
+    assert [p.name for p in thesis.iterdir()] == ["chapter1.tex"]
+    assert (thesis / "chapter1.tex").read_text() == "years of work"
+
+
 def test_slerp_endpoints_and_norm():
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(3, 8, 8, generator=g), torch.randn(3, 8, 8, generator=g)

@@ -13,6 +13,7 @@ Kinds of folder, each recognised by its marker file::
     sweep     sweep.json + one run folder per training run, _data/, _judge/, _floor/
     demo      demo.json + data/, judge/, run/, report.html, summary.json
     report    report.json + report.html, results.csv (``diffscape report --out DIR``)
+    export    diffscape_config.json + unet/, scheduler/, classes.json (``diffscape export``)
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Literal
 
 from diffscape.errors import DiffscapeError
 
-Kind = Literal["dataset", "run", "samples", "judge", "sweep", "demo", "report"]
+Kind = Literal["dataset", "run", "samples", "judge", "sweep", "demo", "report", "export"]
 
 # ---- dataset -------------------------------------------------------------------------------------
 MANIFEST = "manifest.json"
@@ -90,6 +91,12 @@ def sample_name(index: int) -> str:
     return f"{index:05d}.png"
 
 
+# ---- export (a folder plain diffusers loads) ------------------------------------------------------
+EXPORT_CONFIG = "diffscape_config.json"  # the run's RunConfig (the folder's marker)
+EXPORT_UNET = "unet"  # UNet2DModel.from_pretrained
+EXPORT_SCHEDULER = "scheduler"  # DDPMScheduler.from_pretrained, with the model's betas
+EXPORT_CLASSES = "classes.json"  # class names and the "no class" index
+
 # ---- judge ---------------------------------------------------------------------------------------
 JUDGE_JSON = "judge.json"
 SVC_FILE = "model.skops"  # an SVC judge's model (skops, never unpickled)
@@ -116,6 +123,7 @@ MARKERS: dict[str, str] = {
     "sweep": SWEEP_JSON,
     "demo": DEMO_JSON,
     "report": REPORT_JSON,
+    "export": EXPORT_CONFIG,
 }
 
 
@@ -168,6 +176,7 @@ _PREDICATES = {
     "sweep": is_sweep_dir,
     "demo": is_demo_dir,
     "report": lambda p: (Path(p) / REPORT_JSON).is_file(),
+    "export": lambda p: (Path(p) / EXPORT_CONFIG).is_file(),
 }
 
 

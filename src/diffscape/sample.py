@@ -413,14 +413,22 @@ def interpolate(
 
 def export_diffusers(source: str | Path, out: str | Path, use_ema: bool = True) -> Path:
     """A folder diffusers loads: ``unet/`` (UNet2DModel) and ``scheduler/`` (DDPMScheduler with
-    the model's betas). Other samplers load from the same scheduler config."""
+    the model's betas). Other samplers load from the same scheduler config. Written as a whole;
+    ``out`` may be new, empty or an older export."""
+    out = layout.check_out(out, "export")
     model = load_for_sampling(source, use_ema=use_ema, device="cpu")
-    out = Path(out)
-    model.unet.save_pretrained(out / "unet", safe_serialization=True)
-    diffusion.make_scheduler(model.cfg.diffusion, "ddpm").save_pretrained(out / "scheduler")
-    model.cfg.save(out / "diffscape_config.json")
-    info = {"classes": model.classes, "null_class": null_class(model.cfg.model)}
-    atomic.write_json(out / "classes.json", info)
+    tmp = atomic.tmp_dir_beside(out)
+    try:
+        model.unet.save_pretrained(tmp / layout.EXPORT_UNET, safe_serialization=True)
+        sched = diffusion.make_scheduler(model.cfg.diffusion, "ddpm")
+        sched.save_pretrained(tmp / layout.EXPORT_SCHEDULER)
+        info = {"classes": model.classes, "null_class": null_class(model.cfg.model)}
+        atomic.write_json(tmp / layout.EXPORT_CLASSES, info)
+        atomic.write_text(tmp / layout.EXPORT_CONFIG, model.cfg.to_json())
+        atomic.publish_dir(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
     if model.cfg.model.activation != "silu":
         print(
             f"note: activation {model.cfg.model.activation!r} also replaces the SiLU that "
