@@ -1,11 +1,13 @@
 """Careless and hostile input (issue 13), as one table.
 
 Every case builds its fixture (a damaged copy of a shared tiny dataset, run, samples folder or
-judge), runs the real command line and asserts three things: the exit code (2 for a refusal, 0
-where the right behaviour is a fallback that succeeds), that stderr is one line without a
-traceback, and that nothing it may not touch changed: the case's folder (with a file beside
---out, a "thesis" folder and any copies it damaged) and the shared fixtures are byte-identical
-afterwards, except --out itself when the command succeeds.
+judge), runs the real command line and asserts: the exit code (2 for a refusal, 0 where the right
+behaviour is a fallback that succeeds); no traceback; for a refusal, stderr is one line
+``diffscape...: error: ...`` (matching the case's reason), for a fallback no error line and the
+damage named on one line; and nothing it may not touch changed: the case's folder (with a file
+beside --out, a "thesis" folder and any copies it damaged) and the shared fixtures are
+byte-identical afterwards (lock files aside), except --out itself when the command succeeds.
+Planted pickles would create a file if ever loaded.
 
 Most cases call ``diffscape.cli.main`` in this process (a subprocess costs ~4 s of imports);
 cases marked ``proc`` run ``python -m diffscape`` in a subprocess under a 8 GiB address-space
@@ -247,11 +249,14 @@ class Planted:
         self.marker = marker
 
     def __reduce__(self):  # noqa: ANN204
-        return (os.mkdir, (str(self.marker),))
+        return (open, (str(self.marker), "w"))
+
+
+PWNED = "PWNED"  # the file a planted pickle creates in the case folder if it is ever loaded
 
 
 def plant_pickle(path: Path, ctx: Ctx) -> None:
-    path.write_bytes(pickle.dumps(Planted(ctx.t / "PWNED")))
+    path.write_bytes(pickle.dumps(Planted(ctx.t / PWNED)))
 
 
 def one_png(samples: Path) -> Path:
@@ -610,7 +615,7 @@ def test_hostile(case: Case, world: World, tmp_path: Path, capfd: pytest.Capture
         may_change = ctx.out if case.rc == 0 else None
         if case.changes is not None:
             may_change = case.changes(ctx)
-        before = digest(tmp_path, skip=may_change)
+        before, shared = digest(tmp_path, skip=may_change), digest(world.root)
         in_process = not (case.proc or ALL_PROCESSES)
         r = run_inprocess(argv, capfd) if in_process else run_process(argv)
         shown = f"argv={argv}\nrc={r.rc}\nstdout={r.out[-2000:]}\nstderr={r.err[-3000:]}"
@@ -626,7 +631,9 @@ def test_hostile(case: Case, world: World, tmp_path: Path, capfd: pytest.Capture
             assert "error" in lines[0] and "internal error" not in lines[0], shown
             if case.says:
                 assert re.search(case.says, lines[0]), shown
+        assert not (tmp_path / PWNED).exists(), "a planted pickle was loaded"
         assert digest(tmp_path, skip=may_change) == before, shown
+        assert digest(world.root) == shared, "the shared fixtures changed"
     print(f"{case.id}: rc {r.rc}: {' | '.join(lines)}")  # shown by pytest -rP
 
 
