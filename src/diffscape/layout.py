@@ -80,6 +80,7 @@ SAMPLES_JSON = "samples.json"  # how the images were made (the folder's marker)
 GRID_PNG = "grid.png"
 UNCONDITIONAL = "unconditional"  # the class folder of an unconditional model's images
 EVAL_JSON = "metrics.json"  # diffscape evaluate
+PAIRS_PNG = "closest-pairs.png"  # beside metrics.json: memorisation's closest pairs
 ACCURACY_JSON = "accuracy.json"  # diffscape judge score
 CONFUSION_PNG = "confusion.png"
 CONFUSION_JSON = "confusion.json"  # diffscape judge score
