@@ -188,6 +188,17 @@ class EvaluateSettings:
     )
     split: str = setting("train", "the real split generated images are compared with")
     floor: bool = setting(True, "also score the test split against it once: the real-vs-real floor")
+    resize: Literal["tf1", "torch"] = setting(
+        "tf1", "Inception's resize: tf1 (torch-fidelity, published FIDs) or torch (torchmetrics)"
+    )
+    bootstrap: int = setting(
+        0, "FID bootstrap resamples for a within-run interval, 0 = none", lo=0, hi=10_000
+    )
+    fid64: bool = setting(True, "also FID on 64-d features of 150 vs 150 images (seed report)")
+    memorisation: bool = setting(True, "nearest training image of every generated one; near-copies")
+    near_copy: float = setting(
+        0.5, "flag a near-copy below this ratio to the train-to-train distance", above=0, hi=10
+    )
 
 
 @dataclass(frozen=True)
@@ -196,6 +207,9 @@ class JudgeSettings:
     kind: Literal["cnn", "svc"] = setting("cnn", "judge trained once per sweep into RUNS/_judge")
     path: str | None = setting(
         None, "an already trained judge folder instead (relative to the file)"
+    )
+    also: tuple[Literal["cnn", "svc"], ...] = setting(
+        (), "more judges, trained once per study, a column each (svc: the seed's)", count=(0, 2)
     )
 
 
