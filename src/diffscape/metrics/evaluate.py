@@ -36,18 +36,22 @@ from diffscape.metrics.features import (
     FeatureExtractor,
     InceptionExtractor,
     cache_dir,
+    check_resize,
     dataset_features,
     describe_plan,
     embed_images,
     is_cached,
     log,
 )
+from diffscape.metrics.memorisation import NEAR_COPY, memorisation_record, near_copies, subset
 from diffscape.metrics.scores import (
     IS_SPLITS,
+    PRC_K,
     bootstrap_fid,
     fid_from_features,
     inception_score_from_logits,
     kid_from_features,
+    precision_recall,
 )
 from diffscape.metrics.weights import resolve_inception_weights
 
@@ -56,6 +60,8 @@ CPU_DEFAULT_N = 1_000  # generated images without a GPU (about 4-5 min of Incept
 FID_FEATURES = 2048  # below this many images the 2048-d covariance is singular and FID biased
 METRICS_JSON = layout.EVAL_JSON
 MAX_BOOTSTRAP = 10_000  # FID resamples (each costs a few seconds on a CPU)
+FID64_N = 150  # images per side of the seed report's FID (64 features, 150 real vs 150 generated)
+TRAIN = "train"  # the split a model learns from: what memorisation compares with
 
 Side = SampleSet | tuple[Dataset, str]
 Features = dict[str, np.ndarray]
@@ -74,8 +80,19 @@ class EvalSettings:
     use_cache: bool = True  # read and write cached real-split features
     inception_weights: str | None = None  # weights file; None: metrics.weights' resolution order
     device: str | None = None  # cpu, cuda, ...; None: cuda if available
+    resize: str = "tf1"  # to 299 px: "tf1" (torch-fidelity / TF 1, published FIDs) or "torch"
+    precision_recall: bool = True  # Kynkäänniemi et al. 2019, k = PRC_K
+    fid64: bool = False  # the seed report's yardstick: 64-d features, fid64_n vs fid64_n images
+    fid64_n: int = FID64_N
+    memorisation: bool = True  # nearest training image of each generated one (features, pixels)
+    near_copy: float = NEAR_COPY  # distance ratio below which an image is flagged as a copy
 
     def __post_init__(self) -> None:
+        check_resize(self.resize)
+        _check_int("fid64_n", self.fid64_n, 2, "FID needs at least 2 images on each side")
+        near = self.near_copy
+        if isinstance(near, bool) or not isinstance(near, int | float) or not 0 < near <= 10:
+            raise DiffscapeError(f"near_copy = {near!r}: must be a number in (0, 10]")
         _check_int("n", self.n, 2, "FID and KID need at least 2 generated images", optional=True)
         _check_int("n_real", self.n_real, 2, "FID and KID need at least 2 real images", True)
         _check_int("bootstrap", self.bootstrap, 0, "0 turns it off")
@@ -230,7 +247,7 @@ def resolve_extractor(
         f"Inception weights: {weights.path} (sha256 {weights.sha256[:12]}, {weights.source})"
         + ("" if weights.has_logits else "; no classifier layer, so no Inception Score")
     )
-    return InceptionExtractor(weights, _device(settings.device))
+    return InceptionExtractor(weights, _device(settings.device), resize=settings.resize)
 
 
 def _side_cached(side: Side, idx: np.ndarray | None, ext: FeatureExtractor, use: bool) -> bool:
@@ -365,15 +382,17 @@ def _extra_scores(
     say: Callable[[str], None],
 ) -> dict[str, Any]:
     """The FID bootstrap interval and the Inception Score (each when asked for / possible)."""
-    out: dict[str, Any] = {"fid_bootstrap": None}
+    out: dict[str, Any] = {"fid_bootstrap": None, "fid_interval": None}
     if settings.bootstrap > 0:
         say(f"bootstrap: {settings.bootstrap} FID resamples (a few seconds each on a CPU)")
-        out["fid_bootstrap"] = bootstrap_fid(
+        b = bootstrap_fid(
             real_feats[FEATURES_2048],
             fake_feats[FEATURES_2048],
             samples=settings.bootstrap,
             seed=settings.seed,
-        ).to_json()
+        )
+        out["fid_bootstrap"] = b.to_json()
+        out["fid_interval"] = {"low": b.low, "high": b.high, "n_boot": b.samples}
     if extractor.has_logits and LOGITS in fake_feats:
         mean, std = inception_score_from_logits(fake_feats[LOGITS], seed=settings.seed)
         out["inception_score"] = {"mean": mean, "std": std, "splits": IS_SPLITS}
@@ -381,6 +400,79 @@ def _extra_scores(
         out["inception_score"] = None
         out["inception_score_unavailable"] = extractor.logits_reason or "no logits"
     return out
+
+
+def _prc_scores(
+    real: Features, fake: Features, s: EvalSettings, device: torch.device
+) -> dict[str, Any]:
+    """Precision and recall (k = PRC_K) on the 2048-d features, when asked for and possible."""
+    out: dict[str, Any] = {"precision": None, "recall": None, "prc_k": PRC_K}
+    r, f = real[FEATURES_2048], fake[FEATURES_2048]
+    if s.precision_recall and min(len(r), len(f)) > PRC_K:
+        pr = precision_recall(r, f, k=PRC_K, device=device if device.type == "cuda" else "cpu")
+        out |= {"precision": pr.precision, "recall": pr.recall}
+    return out
+
+
+def _fid64_scores(real: Features, fake: Features, s: EvalSettings) -> dict[str, Any]:
+    """The seed report's FID: 64-d features of (seeded subsets of) fid64_n images per side."""
+    out: dict[str, Any] = {"fid64": None, "fid64_n": None}
+    if not (s.fid64 and FEATURES_64 in real and FEATURES_64 in fake):
+        return out
+    r, f = real[FEATURES_64], fake[FEATURES_64]
+    r_idx, f_idx = _subset(len(r), s.fid64_n, s.seed), _subset(len(f), s.fid64_n, s.seed + 1)
+    r, f = (r if r_idx is None else r[r_idx]), (f if f_idx is None else f[f_idx])
+    out |= {"fid64": fid_from_features(r, f), "fid64_n": [len(r), len(f)]}
+    return out
+
+
+def _memorisation(
+    real: tuple[Dataset, str],
+    fake: Side,
+    plan: _Plan,
+    feats: tuple[Features, Features],
+    extractor: FeatureExtractor,
+    s: EvalSettings,
+    say: Callable[[str], None],
+    progress: bool,
+) -> dict[str, Any]:
+    """Each generated image's nearest training image: in Inception space (the real side's
+    features when it is the train split, else the train split's, at most n_real of them) and
+    in pixels (every training image)."""
+    ds, split = real
+    n_train = ds.count(TRAIN) if TRAIN in ds.splits else 0
+    if n_train < 2:
+        why = "the dataset has fewer than 2 training images (no train split?)"
+        return {"memorisation": None, "memorisation_unavailable": why}
+    if split == TRAIN:
+        train_feats, train_idx, source = feats[0], plan.real_idx, "real-features"
+    else:
+        train_idx = _subset(n_train, s.n_real, s.seed)
+        train_feats, _ = side_features(
+            (ds, TRAIN), train_idx, extractor, s, desc="train", progress=progress, say=say
+        )
+        source = "train-split"
+    all_train = np.arange(n_train)
+    fake_ids = np.arange(plan.fake_total) if plan.fake_idx is None else plan.fake_idx
+    kw = {"threshold": s.near_copy, "fake_ids": fake_ids, "seed": s.seed}
+    inception = near_copies(
+        feats[1][FEATURES_2048], train_feats[FEATURES_2048],
+        train_ids=all_train if train_idx is None else train_idx, **kw,
+    )  # fmt: skip
+    fake_px, train_px = subset(_side_images(fake), plan.fake_idx), ds.images(TRAIN)
+    pixel, why = None, ""
+    if fake_px.shape[1:] != train_px.shape[1:]:
+        why = (
+            f"generated images {fake_px.shape[1:]} and training images {train_px.shape[1:]} differ"
+        )
+    else:
+        say(f"memorisation: nearest of {n_train} training images, in pixels")
+        pixel = near_copies(fake_px, train_px, train_ids=all_train, **kw)
+    return {"memorisation": memorisation_record(inception, pixel, source, why)}
+
+
+def _side_images(side: Side) -> np.ndarray:
+    return side.images if isinstance(side, SampleSet) else side[0].images(side[1])
 
 
 def _small_n_warning(plan: _Plan) -> str | None:
@@ -465,6 +557,9 @@ def evaluate(
         notes.append(f"only {plan.fake_total} generated images available (asked for n={n})")
         say(notes[-1])
     extractor = extractor or resolve_extractor(s, say)
+    resize = getattr(extractor, "resize", None)  # an InceptionExtractor's, not a stand-in's
+    if resize not in (None, s.resize):
+        raise ValueError(f"the network resizes with {resize!r}, the settings say {s.resize!r}")
     _say_plan(plan, real, fake, extractor, s, say)
     kw = {"progress": progress, "say": say}
     real_feats, real_cached = side_features(real, plan.real_idx, extractor, s, desc="real", **kw)
@@ -472,14 +567,19 @@ def evaluate(
 
     small_n = _small_n_warning(plan)
     warnings = [small_n] if small_n else []
+    feats = (real_feats, fake_feats)
     result = {
         **_sides_record(real, fake, fake_name, plan, (real_cached, fake_cached)),
         **score_pair(real_feats, fake_feats, s.seed),
         "lead": "kid" if small_n else "fid",
+        "resize": resize,
         **_extra_scores(real_feats, fake_feats, extractor, s, say),
+        **_prc_scores(real_feats, fake_feats, s, dev),
+        **_fid64_scores(real_feats, fake_feats, s),
     }
+    if s.memorisation:
+        result |= _memorisation(real, fake, plan, feats, extractor, s, say, progress)
     if s.per_class:
-        feats = (real_feats, fake_feats)
         result["per_class"] = per_class_scores(real, fake, plan, feats, s.seed, warnings)
     weights = getattr(extractor, "weights", None)  # an InceptionExtractor's, not a stand-in's
     result |= {
@@ -531,11 +631,39 @@ def _score_lines(r: dict[str, Any]) -> list[str]:
     lines = (
         [kid_line, fid_line, fid64_line] if r["lead"] == "kid" else [fid_line, fid64_line, kid_line]
     )
+    lines += _new_score_lines(r)
     if r.get("inception_score"):
         s = r["inception_score"]
         lines.append(f"IS      {s['mean']:.2f} ± {s['std']:.2f}")
     else:
         lines.append(f"IS      unavailable: {r.get('inception_score_unavailable')}")
+    return lines
+
+
+def _new_score_lines(r: dict[str, Any]) -> list[str]:
+    """Precision/recall, the seed report's FID-64 at 150 vs 150, memorisation (when computed)."""
+    lines = []
+    if r.get("precision") is not None:
+        lines.append(
+            f"P/R     precision {r['precision']:.3f}  recall {r['recall']:.3f}   "
+            f"(k={r['prc_k']}: generated inside the real manifold / real inside the generated)"
+        )
+    if r.get("fid64") is not None:
+        n_r, n_f = r["fid64_n"]
+        lines.append(f"FID64@n {r['fid64']:.2f}   (64 features, {n_r} real vs {n_f} generated)")
+    m = r.get("memorisation")
+    if m:
+        px = (
+            f"pixels {m['pixel_share']:.1%} (median ratio {m['pixel_median_ratio']:.2f})"
+            if m.get("pixel_share") is not None
+            else f"pixels: {m.get('pixel_unavailable', 'not computed')}"
+        )
+        lines.append(
+            f"copies  {m['share']:.1%} near-copies of training images (ratio < "
+            f"{m['threshold']:g}; Inception, median ratio {m['median_ratio']:.2f}); {px}"
+        )
+    elif r.get("memorisation_unavailable"):
+        lines.append(f"copies  unavailable: {r['memorisation_unavailable']}")
     return lines
 
 
@@ -568,6 +696,8 @@ def format_summary(r: dict[str, Any], path: str | os.PathLike[str] | None = None
         f"weights sha256 {w['sha256'][:12]} ({w['source']})" if w else "custom feature extractor"
     )
     v = r["versions"]
+    resize = {"tf1": "TF1 resize", "torch": "torch antialiased resize"}.get(r.get("resize"), "")
+    ident += f", {resize}" if resize else ""
     lines.append(
         f"{ident}; torch {v['torch']}, torchmetrics {v['torchmetrics']}, "
         f"torch-fidelity {v['torch-fidelity']}; {r['seconds']} s"

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from diffscape import atomic
 from diffscape.atomic import atomic_path
+from diffscape.errors import DiffscapeError
 from diffscape.metrics.weights import InceptionWeights, build_inception
 
 ENV_CACHE = "DIFFSCAPE_CACHE"
@@ -62,20 +63,47 @@ class FeatureExtractor(Protocol):
         ...
 
 
+RESIZES = ("tf1", "torch")
+# What each resize is, in the words recorded in metrics.json and the feature cache key. "torch"
+# keeps the exact words older diffscape versions wrote, so their cached features still match.
+_PREPROCESSING = {
+    "tf1": (
+        "torch-fidelity 0.4.0 FeatureExtractorInceptionV3 preprocessing: uint8 -> TF1-compatible "
+        "bilinear resize (interpolate_bilinear_2d_like_tensorflow1x) to 299x299 -> (x - 128) / 128"
+    ),
+    "torch": (
+        "torchmetrics {tm} NoTrainInceptionV3: uint8 -> bilinear antialias resize to 299x299 -> "
+        "(x - 128) / 128"
+    ),
+}
+
+
+def check_resize(resize: str) -> str:
+    if resize not in RESIZES:
+        raise DiffscapeError(
+            f"resize {resize!r}: must be one of {', '.join(RESIZES)} (tf1: the standard of "
+            "published FIDs and torch-fidelity; torch: torchmetrics >= 1.8's antialiased bilinear)"
+        )
+    return resize
+
+
 class InceptionExtractor:
     """The FID Inception network (torchmetrics' ``NoTrainInceptionV3``) returning several layers
-    from one forward pass."""
+    from one forward pass. ``resize``: "tf1" (default: torch-fidelity's and TensorFlow 1's
+    bilinear resize to 299, as published FIDs) or "torch" (torchmetrics >= 1.8's default)."""
 
-    input_size = 299  # torchmetrics resizes every image to this
+    input_size = 299  # every image is resized to this
 
     def __init__(
         self,
         weights: InceptionWeights,
         device: str | torch.device = "cpu",
         with_64: bool = True,
+        resize: str = "tf1",
     ) -> None:
         self.weights = weights
         self.device = torch.device(device)
+        self.resize = check_resize(resize)
         layers = [FEATURES_64] if with_64 else []
         layers.append(FEATURES_2048)
         if weights.has_logits:
@@ -83,7 +111,9 @@ class InceptionExtractor:
         self.layers = tuple(layers)
         self.has_logits = weights.has_logits
         self.logits_reason = "" if weights.has_logits else NO_LOGITS_REASON
-        self.net = build_inception(weights, list(self.layers), self.device)
+        self.net = build_inception(
+            weights, list(self.layers), self.device, antialias=resize == "torch"
+        )
         self._seconds_per_image: float | None = None
 
     def identity(self) -> dict[str, str]:
@@ -92,12 +122,8 @@ class InceptionExtractor:
         return {
             "network": "inception-v3-compat (FID Inception, TF 2015-12-05)",
             "weights_sha256": self.weights.sha256,
-            # torchmetrics >= 1.8 resizes with antialiased bilinear; older versions and
-            # torch-fidelity use TF1-style bilinear: different features, so part of the key.
-            "preprocessing": (
-                f"torchmetrics {torchmetrics.__version__} NoTrainInceptionV3: uint8 -> "
-                "bilinear antialias resize to 299x299 -> (x - 128) / 128"
-            ),
+            # The two resizes give different features, so the words are part of the cache key.
+            "preprocessing": _PREPROCESSING[self.resize].format(tm=torchmetrics.__version__),
         }
 
     @torch.no_grad()

@@ -305,10 +305,16 @@ def resolve_inception_weights(
 
 
 def build_inception(
-    weights: InceptionWeights, features: list[str], device: str | torch.device = "cpu"
+    weights: InceptionWeights,
+    features: list[str],
+    device: str | torch.device = "cpu",
+    *,
+    antialias: bool = False,
 ) -> torch.nn.Module:
-    """torchmetrics' ``NoTrainInceptionV3`` (torch-fidelity's network, with torchmetrics' resize
-    to 299: bilinear, antialiased) loaded strictly from ``weights``.
+    """torchmetrics' ``NoTrainInceptionV3`` (torch-fidelity's network) loaded strictly from
+    ``weights``. ``antialias=False`` resizes to 299 like torch-fidelity and TensorFlow 1
+    (``interpolate_bilinear_2d_like_tensorflow1x``: the published-FID standard); True uses
+    torchmetrics' default since 1.8, torch's bilinear with antialiasing (other features).
 
     torch-fidelity unpickles the file with ``weights_only=False``; :func:`resolve_inception_weights`
     has already loaded the same file with ``weights_only=True`` (which refuses anything but
@@ -325,6 +331,7 @@ def build_inception(
                 name="inception-v3-compat",
                 features_list=list(features),
                 feature_extractor_weights_path=str(weights.path),
+                antialias=antialias,
             )
         except RuntimeError as e:  # strict load_state_dict: missing/unexpected/mis-shaped keys
             raise DiffscapeError(
