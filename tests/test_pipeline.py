@@ -250,3 +250,32 @@ def test_worker_job_round_trips(ds, tmp_path):
 
 def test_library_never_defaults_to_the_current_folder():
     assert inspect.signature(run_demo).parameters["out"].default is inspect.Parameter.empty
+
+
+def test_second_judge_fid64_memorisation_and_pairs_png(ds, tmp_path):
+    """[judge] also = ["svc"]: a second judge trained once per study beside the main one, its
+    accuracy on every run in accuracy-svc.json and in the result; the evaluate settings reach
+    evaluate(); closest-pairs.png is drawn beside metrics.json when memorisation ran."""
+    out = tmp_path / "study"
+    spec = StudySpec(
+        out=out, dataset=str(ds.root), evaluate=EvaluateSettings(n=6, fid64=True),
+        judge=JudgeSettings(kind="cnn", also=("svc", "cnn")),
+        judge_cnn={"widths": (8,), "max_epochs": 1, "convs_per_block": 1},
+    )  # fmt: skip
+    tools = Tools(Narrator(lambda _: None), progress=False, extractor=TinyExtractor())
+    study = pipeline.prepare_study(spec, Path(ds.root), tools, judge_needed=True)
+    assert study.also == {"svc": str(out / "_judge-svc")}  # cnn is the main judge already
+    assert layout.is_judge_dir(out / "_judge-svc") and layout.is_judge_dir(out / "_judge")
+    run = tiny_run()
+    (r,) = pipeline.run_study(study, [run], tools)
+    assert r.ok and r.setting == "model" and r.seed is None
+    folder = run.sample_dir(out)
+    svc = json.loads((folder / "accuracy-svc.json").read_text())
+    assert svc["judge_kind"] == "svc" and r.judges == {"svc": {"accuracy": svc["accuracy"], "n": 6}}
+    assert json.loads((folder / layout.ACCURACY_JSON).read_text())["judge_kind"] == "cnn"
+    metrics = results.read_metrics(folder)
+    assert metrics["settings"]["evaluate"]["fid64"] is True
+    assert metrics["memorisation"] is not None  # the stand-in's features serve it too
+    assert (folder / layout.PAIRS_PNG).is_file()
+    assert r.memorisation == metrics["memorisation"]["share"]
+    assert pipeline.settings_record(study, run)["also"]["svc"]["kind"] == "svc"

@@ -346,3 +346,103 @@ def test_sweep_refuses_a_foreign_folder_and_leaves_it_alone(tmp_path):
     with pytest.raises(layout.OutError, match="not empty and not a diffscape folder"):
         run_sweep(spec, out, progress=False, gpus=1)
     assert [p.name for p in out.iterdir()] == ["chapter1.tex"]
+
+
+# ---- seed replicates -----------------------------------------------------------------------------
+
+
+def test_seeds_replicate_every_setting_in_folders_of_their_own(tmp_path, capsys):
+    body = """
+seeds = [0, 1, 2]
+baseline = "cosine"
+[[runs]]
+name = "linear"
+[[runs]]
+name = "cosine"
+diffusion = { schedule = "cosine" }
+"""
+    path = tmp_path / "rep.toml"
+    path.write_text(
+        body.split("[[runs]]", 1)[0]
+        + TINY.replace("STEPS", "8")
+        + "[[runs]]"
+        + body.split("[[runs]]", 1)[1]
+    )
+    spec = load_sweep(path)
+    assert spec.seeds == (0, 1, 2) and spec.baseline == "cosine"
+    runs = plan(spec)
+    # seed after seed: a study stopped early still has every setting at the first seeds
+    assert [(r.setting, r.seed, r.training) for r in runs] == [
+        ("linear", 0, "linear-seed0"), ("cosine", 0, "cosine-seed0"),
+        ("linear", 1, "linear-seed1"), ("cosine", 1, "cosine-seed1"),
+        ("linear", 2, "linear-seed2"), ("cosine", 2, "cosine-seed2"),
+    ]  # fmt: skip
+    assert [(r.config.train.seed, r.sample.seed) for r in runs[::2]] == [(0, 0), (1, 1), (2, 2)]
+    assert runs[1].name == "cosine (seed 0)"
+    assert runs[1].changes == {"diffusion.schedule": "cosine"}  # the seed is not a change
+    assert main(["sweep", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "6 run(s)" in out and "seeds: 0, 1, 2" in out and "baseline: cosine" in out
+    assert "-> cosine-seed2/" in out
+    # without seeds, folders and names are as they always were
+    plain = [(r.name, r.training, r.seed) for r in plan(load_sweep(spec_file(tmp_path, "")))]
+    assert plain == [("model", "model", None)]
+
+
+@pytest.mark.parametrize(
+    ("top", "body", "message"),
+    [
+        ("seeds = [0, 0]\n", "", "each once"),
+        ("seeds = []\n", "", "list of 1 to"),
+        ("seeds = [0.5]\n", "", "integers"),
+        ("seeds = [-1]\n", "", "from 0"),
+        ("seeds = [0, 1]\n", "[grid]\n'train.seed' = [3, 4]\n", "sets train.seed"),
+        ("seeds = [0, 1]\n", "[sample.grid]\nseed = [3, 4]\n", "sets sample.seed"),
+        ('baseline = "nope"\n', "", "baseline 'nope' is not one of the settings: model"),
+    ],
+)
+def test_bad_seeds_and_baselines_name_the_problem(tmp_path, top, body, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(top + TINY.replace("STEPS", "8") + body)
+    with pytest.raises(SweepError, match=message):
+        plan(load_sweep(path))
+
+
+def test_stopped_replicated_sweep_redoes_only_what_is_missing(ds, tmp_path, monkeypatch):
+    """Stopped (Ctrl-C) in the second seed's training: a re-run trains, samples and judges only
+    that replicate; the finished one is not touched. --only takes a setting's name."""
+    top = f'dataset = "{ds.root}"\nseeds = [0, 1]\n'
+    path = tmp_path / "rep.toml"
+    path.write_text(
+        top + TINY.replace("STEPS", "4") + "[evaluate]\nenabled = false\n[judge]\nkind = 'svc'\n"
+    )
+    runs = tmp_path / "runs"
+    real = diffscape.train.train
+
+    def stop_at_seed1(cfg, dataset_dir, run_dir, **kw):
+        if Path(run_dir).name == "model-seed1":
+            raise KeyboardInterrupt
+        return real(cfg, dataset_dir, run_dir, **kw)
+
+    monkeypatch.setattr(diffscape.train, "train", stop_at_seed1)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(path, runs, progress=False, gpus=1)
+    first = runs / "model-seed0" / "samples" / "ddim-3-w1" / "result.json"
+    assert first.is_file() and not (runs / "model-seed1" / "samples").exists()
+    finished = first.stat().st_mtime_ns
+    monkeypatch.setattr(diffscape.train, "train", real)
+    calls = _spy_on_train(monkeypatch)
+    results = run_sweep(path, runs, progress=False, gpus=1, only=["model"])
+    assert calls == [runs / "model-seed1"] and first.stat().st_mtime_ns == finished
+    assert [(r.setting, r.seed, r.status) for r in results] == [
+        ("model", 0, "ok"),
+        ("model", 1, "ok"),
+    ]
+    recorded = json.loads((runs / "sweep.json").read_text())
+    assert recorded["seeds"] == [0, 1] and recorded["baseline"] == "model"
+    assert [(x["setting"], x["seed"]) for x in recorded["runs"]] == [("model", 0), ("model", 1)]
+    samples = json.loads((runs / "model-seed1/samples/ddim-3-w1/samples.json").read_text())
+    assert samples["seed"] == 1
+    assert json.loads((runs / "model-seed1/config.json").read_text())["train"]["seed"] == 1
+    again = run_sweep(path, runs, progress=False, gpus=1)
+    assert calls == [runs / "model-seed1"] and again == results  # nothing left to do

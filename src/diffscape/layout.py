@@ -109,6 +109,8 @@ SWEEP_DATA = "_data"
 SWEEP_JUDGE = "_judge"
 SWEEP_FLOOR = "_floor"
 SWEEP_LOG = "sweep.log"
+SWEEP_JUDGE_ALSO = "_judge-{kind}"  # a study's further judges ([judge] also = ["svc"])
+ACCURACY_ALSO_JSON = "accuracy-{kind}.json"  # their accuracy, beside accuracy.json
 DEMO_JSON = "demo.json"
 SUMMARY_JSON = "summary.json"
 REPORT_HTML = "report.html"

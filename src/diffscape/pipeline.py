@@ -28,7 +28,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +84,8 @@ class RunSpec:
     config: RunConfig
     sample: SampleSettings
     changes: dict[str, Any] = field(default_factory=dict)  # what differs from the base
+    setting: str = ""  # the setting this run replicates (the report's row); "": the name
+    seed: int | None = None  # the replicate's train and sample seed; None: not replicated
 
     def train_dir(self, out: Path) -> Path:
         return Path(out) / self.training
@@ -101,6 +103,7 @@ class Study:
     dataset_hash: str  # its content hash: what the runs were trained and scored on
     judge: Path | None  # None: no judging (off, unlabelled data, no conditional run)
     judge_identity: dict[str, Any] | None = None  # what the judge is, not where it lies
+    also: dict[str, str] = field(default_factory=dict)  # further judges: kind -> folder
 
     @property
     def out(self) -> Path:
@@ -158,27 +161,42 @@ class Tools:
         self.progress = progress
         self._extractor = extractor  # None: the Inception network, built when first needed
 
-    def extractor(self) -> Any:
-        if self._extractor is None:
+    def extractor(self, resize: str = "tf1") -> Any:
+        """The Inception network resizing as ``resize`` does (built once; a stand-in given to
+        the constructor is always the one)."""
+        current = getattr(self._extractor, "resize", resize)
+        if self._extractor is None or current != resize:
             from diffscape.metrics.features import InceptionExtractor
             from diffscape.metrics.weights import resolve_inception_weights
             from diffscape.sample import default_device
 
             w = resolve_inception_weights(None)
             self.narrator.note(f"Inception weights: {w.path} (sha256 {w.sha256[:12]}, {w.source})")
-            self._extractor = InceptionExtractor(w, default_device())
+            self._extractor = InceptionExtractor(w, default_device(), resize=resize)
         return self._extractor
 
 
 def fid_kid(
-    real: tuple[Any, str], fake: Any, n: int, n_real: int | None, name: str, tools: Tools
+    real: tuple[Any, str],
+    fake: Any,
+    n: int,
+    n_real: int | None,
+    name: str,
+    tools: Tools,
+    settings: EvaluateSettings | None = None,
 ) -> dict[str, Any]:
-    """THE call into :func:`diffscape.metrics.evaluate.evaluate` (FID/KID of ``fake`` against
-    the real split, with the study's shared Inception network); writes nothing."""
+    """THE call into :func:`diffscape.metrics.evaluate.evaluate` (FID/KID, precision/recall,
+    fid64, memorisation of ``fake`` against the real split, as the study's [evaluate] asks,
+    with the study's shared Inception network); writes nothing."""
     from diffscape.metrics.evaluate import EvalSettings, evaluate
 
+    e = settings or EvaluateSettings()
+    chosen = EvalSettings(
+        n=n, n_real=n_real, resize=e.resize, bootstrap=e.bootstrap, fid64=e.fid64,
+        memorisation=e.memorisation, near_copy=e.near_copy,
+    )  # fmt: skip
     return evaluate(
-        real, fake, EvalSettings(n=n, n_real=n_real), extractor=tools.extractor(),
+        real, fake, chosen, extractor=tools.extractor(e.resize),
         fake_name=name, progress=tools.progress, say=tools.narrator.note,
     )  # fmt: skip
 
@@ -238,19 +256,46 @@ def ensure_judge(spec: StudySpec, data: Path, needed: bool, tools: Tools) -> Pat
             raise DiffscapeError(f"judge path {j.path} is not a judge folder (no judge.json)")
         nar.skip("judge", f"using {j.path}")
         return Path(j.path)
-    path = spec.out / spec.judge_dir
+    return _judge_of_kind(spec, ds, j.kind, spec.out / spec.judge_dir, tools)
+
+
+def _judge_of_kind(spec: StudySpec, ds: Any, kind: str, path: Path, tools: Tools) -> Path:
+    """A ``kind`` judge of the real training images in ``path``, trained there once."""
+    from diffscape.judge import CNNSettings, train_judge
+
+    nar = tools.narrator
     if layout.is_judge_dir(path):
         nar.skip("judge", f"trained before: {path}")
         return path
-    from diffscape.judge import CNNSettings, train_judge
-
-    nar.start("judge", f"a {j.kind} classifier of the real training images into {path}", eta=40)
+    nar.start("judge", f"a {kind} classifier of the real training images into {path}", eta=40)
     made = train_judge(
-        ds, j.kind, path, seed=spec.seed, cnn=CNNSettings(**spec.judge_cnn),
+        ds, kind, path, seed=spec.seed, cnn=CNNSettings(**spec.judge_cnn),  # type: ignore[arg-type]
         progress=tools.progress, log=nar.note,
     )  # fmt: skip
     nar.done(f"accuracy on real test images {_pct(made.accuracy.get('test'))}")
     return path
+
+
+def ensure_also_judges(
+    spec: StudySpec, data: Path, main: Path | None, tools: Tools
+) -> dict[str, str]:
+    """The study's further judges (``[judge] also``), each trained once into ``_judge-<kind>``;
+    a kind the main judge already is, is the main judge. None when the main one is off."""
+    from diffscape.data.dataset import load_dataset
+
+    if main is None or not spec.judge.also:
+        return {}
+    ds = load_dataset(data)
+    main_kind = judge_identity(main).get("kind")
+    return {
+        kind: str(
+            _judge_of_kind(
+                spec, ds, kind, spec.out / layout.SWEEP_JUDGE_ALSO.format(kind=kind), tools
+            )
+        )
+        for kind in dict.fromkeys(spec.judge.also)
+        if kind != main_kind
+    }
 
 
 def _pct(x: float | None) -> str:
@@ -275,7 +320,13 @@ def ensure_floor(study: Study, tools: Tools) -> Floor | None:
     n_other = ds.count(other) if e.n is None else min(e.n, ds.count(other))
     n_ref = min(e.n_real or e.n or ds.count(e.split), ds.count(e.split))
     wanted = results.plain(
-        {"dataset": study.dataset_hash, "reference": [e.split, n_ref], "other": [other, n_other]}
+        {
+            "dataset": study.dataset_hash,
+            "reference": [e.split, n_ref],
+            "other": [other, n_other],
+            "resize": e.resize,
+            "fid64": e.fid64,
+        }
     )
     done = results.read_floor(study.out)
     if done is not None and done.settings in (None, wanted):  # None: a floor from before
@@ -285,7 +336,10 @@ def ensure_floor(study: Study, tools: Tools) -> Floor | None:
         return done
     nar.start("floor", f"real {other} ({n_other}) vs {e.split} ({n_ref})", eta=(n_other + n_ref) / 3.5 + 30)  # fmt: skip
     try:
-        metrics = fid_kid((ds, other), (ds, e.split), n_ref, n_other, f"{ds.root}:{e.split}", tools)
+        metrics = fid_kid(
+            (ds, other), (ds, e.split), n_ref, n_other, f"{ds.root}:{e.split}", tools,
+            replace(e, memorisation=False, bootstrap=0),  # the train split against itself
+        )  # fmt: skip
     except Exception as err:  # optional: the runs are still worth doing
         nar.done(f"failed ({type(err).__name__}: {err}); going on without a floor")
         return None
@@ -304,6 +358,7 @@ def prepare_study(
     study = Study(
         spec, data, load_dataset(data).content_hash, judge,
         None if judge is None else judge_identity(judge),
+        ensure_also_judges(spec, data, judge, tools),
     )  # fmt: skip
     if floor:
         ensure_floor(study, tools)
@@ -316,15 +371,16 @@ def prepare_study(
 def settings_record(study: Study, run: RunSpec) -> dict[str, Any]:
     """What a finished run must match to be skipped on a re-run (what was used, not where it
     lies: moving the study folder must not redo every run)."""
-    return results.plain(
-        {
-            "config": run.config.to_dict(),
-            "sample": asdict(run.sample),
-            "evaluate": asdict(study.spec.evaluate),
-            "judge": study.judge_identity,
-            "dataset": study.dataset_hash,
-        }
-    )
+    record = {
+        "config": run.config.to_dict(),
+        "sample": asdict(run.sample),
+        "evaluate": asdict(study.spec.evaluate),
+        "judge": study.judge_identity,
+        "dataset": study.dataset_hash,
+    }
+    if study.also:  # only then: records of studies without them stay as they were
+        record["also"] = {k: judge_identity(Path(p)) for k, p in study.also.items()}
+    return results.plain(record)
 
 
 def is_finished(study: Study, run: RunSpec) -> bool:
@@ -420,10 +476,27 @@ def evaluate_stage(study: Study, run: RunSpec, made: int, tools: Tools) -> dict[
     n_real = None if asked is None else min(asked, ds.count(e.split))
     nar.start("evaluate", f"FID/KID: {n} generated vs {n_real or 'all'} real {e.split}",
               eta=(n + (n_real or 0)) / 3.5 + 30, who=run.name)  # fmt: skip
-    metrics = fid_kid((ds, e.split), load_sample_folder(folder), n, n_real, run.name, tools)
+    fake = load_sample_folder(folder)
+    metrics = fid_kid((ds, e.split), fake, n, n_real, run.name, tools, e)
     results.write_metrics(folder, metrics, wanted)
+    pairs_png(fake, ds, metrics, folder, tools)
     nar.done(f"FID {metrics['fid']:.2f}, KID {metrics['kid']['mean']:.4f}")
     return metrics
+
+
+def pairs_png(fake: Any, ds: Any, metrics: dict[str, Any], folder: Path, tools: Tools) -> None:
+    """closest-pairs.png beside metrics.json: each generated image nearest to a training one,
+    side by side (when the memorisation check ran). A picture only: a failure is said, not fatal."""
+    if not metrics.get("memorisation"):
+        return
+    try:
+        from diffscape.metrics.memorisation import save_pairs_png
+    except ImportError:
+        return
+    try:
+        save_pairs_png(fake, ds, metrics, folder / layout.PAIRS_PNG)
+    except Exception as err:  # the scores are written; the picture is a convenience
+        tools.narrator.note(f"closest pairs not drawn ({type(err).__name__}: {err})")
 
 
 def judge_stage(study: Study, run: RunSpec, made: int, tools: Tools) -> dict[str, Any]:
@@ -439,6 +512,28 @@ def judge_stage(study: Study, run: RunSpec, made: int, tools: Tools) -> dict[str
     acc = score(study.judge, folder)  # type: ignore[arg-type]
     nar.done(f"accuracy {_pct(acc['accuracy'])}")
     return acc
+
+
+def also_judge_stage(study: Study, run: RunSpec, made: int, tools: Tools) -> dict[str, Any]:
+    """Each further judge's accuracy on the samples (``accuracy-<kind>.json``): {kind: record}."""
+    import tempfile
+
+    from diffscape.judge.score import score
+
+    nar, folder, out = tools.narrator, run.sample_dir(study.out), {}
+    for kind, judge in study.also.items():
+        path = folder / layout.ACCURACY_ALSO_JSON.format(kind=kind)
+        done = results.read_json(path)
+        if done is not None and (done.get("judge"), done.get("n")) == (judge, made):
+            out[kind] = done
+            continue
+        nar.start(f"judge samples ({kind})", f"{made} images", eta=5, who=run.name)
+        with tempfile.TemporaryDirectory() as tmp:  # its confusion files: not kept
+            acc = score(judge, folder, out=tmp)
+        results.write_json(path, acc)
+        nar.done(f"accuracy {_pct(acc['accuracy'])}")
+        out[kind] = acc
+    return out
 
 
 class StageError(Exception):
@@ -469,6 +564,8 @@ def _identity(run: RunSpec) -> dict[str, Any]:
             "sampling": run.sampling,
             "changes": run.changes,
             "sample": asdict(run.sample),
+            "setting": run.setting or run.name,
+            "seed": run.seed,
         }
     )
 
@@ -481,10 +578,17 @@ def finish_run(study: Study, run: RunSpec, trained: TrainRecord, tools: Tools) -
     if study.spec.evaluate.enabled:
         m = _timed("evaluate", lambda: evaluate_stage(study, run, made, tools), seconds)
         scores |= {k: m.get(k) for k in ("fid", "kid", "n_fake", "n_real")}
+        scores |= {k: m.get(k) for k in ("precision", "recall", "fid64")}
+        scores["memorisation"] = (m.get("memorisation") or {}).get("share")
     if study.judge is not None and run.config.model.conditional:
         acc = _timed("judge", lambda: judge_stage(study, run, made, tools), seconds)
         scores |= {"accuracy": acc["accuracy"], "n_judged": acc["n"]}
         scores["per_class"] = acc.get("per_class")
+        also = _timed("judge", lambda: also_judge_stage(study, run, made, tools), seconds)
+        if also:
+            scores["judges"] = {
+                k: {"accuracy": a["accuracy"], "n": a["n"]} for k, a in also.items()
+            }
     result = RunResult(
         **_identity(run), status="ok", steps=trained.steps, n_samples=made, **scores,
         seconds=seconds, settings=settings_record(study, run), finished_at=results.now(),
@@ -586,8 +690,8 @@ def job_from_json(text: str) -> tuple[Study, list[RunSpec]]:
     s = job["study"]
     spec = StudySpec(**{
         **s["spec"], "out": Path(s["spec"]["out"]),
-        "evaluate": EvaluateSettings(**s["spec"]["evaluate"]),
-        "judge": JudgeSettings(**s["spec"]["judge"]),
+        "evaluate": parse_section("evaluate", s["spec"]["evaluate"]),
+        "judge": parse_section("judge", s["spec"]["judge"]),
     })  # fmt: skip
     study = Study(**{**s, "spec": spec, "data": Path(s["data"]),
                      "judge": None if s["judge"] is None else Path(s["judge"])})  # fmt: skip

@@ -61,6 +61,13 @@ class RunResult:
     accuracy: float | None = None  # judge accuracy over all samples
     n_judged: int | None = None
     per_class: dict[str, Any] | None = None  # judge accuracy per class: {class: {accuracy, n}}
+    judges: dict[str, Any] | None = None  # further judges: {kind: {accuracy, n}}
+    precision: float | None = None  # Kynkäänniemi et al. 2019
+    recall: float | None = None
+    fid64: float | None = None  # FID on 64-d features, 150 vs 150 (the seed report's yardstick)
+    memorisation: float | None = None  # share of generated images flagged as near-copies
+    setting: str = ""  # the setting this run replicates; "": its name
+    seed: int | None = None  # the replicate's seed; None: not replicated
     seconds: dict[str, float] = field(default_factory=dict)  # per stage
     settings: dict[str, Any] = field(default_factory=dict)  # what a re-run must match to skip
     stage: str | None = None  # failed: the stage that failed

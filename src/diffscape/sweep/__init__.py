@@ -8,6 +8,11 @@ A sweep file (TOML; shipped ones in ``diffscape/sweeps/``, by name)::
     preset = "tiny"                   # the preset every run starts from
     dataset = "data/synth"            # optional, relative to this file; --data wins; neither:
                                       #   the default synthetic set is made in RUNS/_data
+    seeds = [0, 1, 2]                 # optional: replicates. Every setting runs once per seed,
+                                      #   with train.seed = sample.seed = that seed (so neither
+                                      #   may be set elsewhere); data, floor, judges are shared
+    baseline = "linear-T1000"         # optional: the setting the report compares the others
+                                      #   with (default: the first); a verdict per metric
     [base]                            # overrides for every run: dotted keys or nested tables
     model.conditional = true
     train = { steps = 1500, batch_size = 32 }
@@ -31,8 +36,12 @@ A sweep file (TOML; shipped ones in ``diffscape/sweeps/``, by name)::
     [evaluate]                        # FID/KID against a real split (enabled = false: skip)
     n = 250                           # generated images used (default: all of them)
     n_real = 250                      # real images (default: n)
+    bootstrap = 0                     # FID bootstrap resamples (FID's within-run interval)
+    fid64 = true                      # + FID on 64-d features, 150 vs 150 (the seed report's)
+    memorisation = true               # nearest training image; near-copy share, closest pairs
     [judge]                           # kind = "cnn" | "svc", trained once into RUNS/_judge,
     kind = "svc"                      #   or path = "judges/x"; enabled = false: skip
+    also = ["svc"]                    # further judges, once each into RUNS/_judge-<kind>
 
 Output folder::
 
@@ -43,7 +52,11 @@ Output folder::
     RUNS/<run>/                       a training run (config.json, metrics.jsonl, checkpoints/,
                                       train.json once trained)
     RUNS/<run>/samples/<variant>/     one sampling of it: <class>/<i>.png, grid.png,
-                                      samples.json, metrics.json, accuracy.json, result.json
+                                      samples.json, metrics.json, accuracy.json, result.json,
+                                      closest-pairs.png, accuracy-<kind>.json (``also``)
+    RUNS/<run>-seed<k>/               with ``seeds``: each replicate's training run (same
+                                      layout); a sweep without ``seeds`` keeps RUNS/<run>/, so
+                                      older sweep folders resume and report as they were
 
 ``result.json`` is written last, so a re-run skips what is finished (status ok, same settings),
 retries what failed, and resumes interrupted training (``train`` continues from its latest
@@ -58,6 +71,7 @@ samplings) goes to a subprocess of its own, one per GPU (``CUDA_VISIBLE_DEVICES`
 from diffscape.sweep.plan import (
     PlannedRun,
     base_config,
+    baseline_name,
     describe_plan,
     plan,
     resolve_config,
@@ -105,6 +119,7 @@ __all__ = [
     "TOP_KEYS",
     "Variant",
     "base_config",
+    "baseline_name",
     "changes_name",
     "check_sample",
     "describe_plan",

@@ -28,34 +28,96 @@ def resolve_config(preset: str, overrides: dict[str, Any]) -> RunConfig:
     return resolve(preset, overrides)
 
 
+def setting_names(spec: SweepSpec) -> list[str]:
+    """The settings the sweep compares (the rows of its report), in order: a training run, a
+    sampling, or ``training/sampling`` where both vary. Seeds replicate each of them."""
+    names = []
+    for t in spec.trainings:
+        for s in spec.samplings:
+            if len(spec.samplings) == 1:
+                names.append(t.name)
+            elif len(spec.trainings) == 1:
+                names.append(s.name)
+            else:
+                names.append(f"{t.name}/{s.name}")
+    return names
+
+
+def baseline_name(spec: SweepSpec) -> str:
+    """The setting the others are compared with: ``baseline = "..."``, else the first."""
+    names = setting_names(spec)
+    if spec.baseline is None:
+        return names[0]
+    if spec.baseline not in names:
+        raise SweepError(
+            f"{spec.source}: baseline {spec.baseline!r} is not one of the settings: "
+            f"{', '.join(names)}"
+        )
+    return spec.baseline
+
+
+def replicate_folder(training: str, seed: int) -> str:
+    """A replicate's training folder: ``<training>-seed<k>`` (a sweep without ``seeds`` keeps
+    ``<training>``)."""
+    return f"{training}-seed{seed}"
+
+
+def _sample_for(spec: SweepSpec, changes: dict[str, Any], cfg: RunConfig) -> tuple[Any, dict]:
+    sample = parse_section("sample", {**asdict(spec.sample), **changes})
+    changes = {f"sample.{k}": v for k, v in changes.items()}
+    if sample.sampler == "ddpm":  # ancestral sampling takes every one of the T steps
+        sample = replace(sample, steps=cfg.diffusion.timesteps)
+        if "sample.steps" in changes:
+            changes["sample.steps"] = sample.steps
+    return sample, changes
+
+
 def plan(spec: SweepSpec) -> list[PlannedRun]:
     """Every run of the sweep, its config resolved and validated up front, so that a typo in
-    the last run stops the sweep before hours are spent on the first."""
+    the last run stops the sweep before hours are spent on the first. With ``seeds``, every
+    setting once per seed (train.seed and sample.seed both the seed), seed after seed."""
     runs = []
     errors = []
+    names = iter(setting_names(spec))
+    baseline_name(spec)  # checked before anything runs
+    seeds: tuple[int | None, ...] = spec.seeds if spec.seeds is not None else (None,)
     for t in spec.trainings:
         try:
-            cfg = resolve_config(spec.preset, {**spec.base, **t.changes})
+            configs = {
+                seed: resolve_config(
+                    spec.preset,
+                    {**spec.base, **t.changes, **({} if seed is None else {"train.seed": seed})},
+                )
+                for seed in seeds
+            }
         except ConfigError as e:
             errors.append(f"run {t.name}: {e}")
-            continue
+            configs = {}
         for s in spec.samplings:
-            sample = parse_section("sample", {**asdict(spec.sample), **s.changes})
-            changes = {f"sample.{k}": v for k, v in s.changes.items()}
-            if sample.sampler == "ddpm":  # ancestral sampling takes every one of the T steps
-                sample = replace(sample, steps=cfg.diffusion.timesteps)
-                if "sample.steps" in changes:
-                    changes["sample.steps"] = sample.steps
-            if len(spec.samplings) == 1:
-                name = t.name
-            elif len(spec.trainings) == 1:
-                name = s.name
-            else:
-                name = f"{t.name}/{s.name}"
-            changes = {**t.changes, **changes}
-            runs.append(RunSpec(name, t.name, s.name, cfg, sample, changes))
+            setting = next(names)
+            for seed, cfg in configs.items():
+                extra = {} if seed is None else {"seed": seed}
+                sample, changes = _sample_for(spec, {**s.changes, **extra}, cfg)
+                if seed is not None:  # the replicate's seed, not a change of the setting
+                    changes.pop("sample.seed")
+                training = t.name if seed is None else replicate_folder(t.name, seed)
+                name = setting if seed is None else f"{setting} (seed {seed})"
+                runs.append(
+                    RunSpec(
+                        name,
+                        training,
+                        s.name,
+                        cfg,
+                        sample,
+                        {**t.changes, **changes},
+                        setting=setting,
+                        seed=seed,
+                    )  # fmt: skip
+                )
     if errors:
         raise SweepError("; ".join(errors))
+    if spec.seeds is not None:  # seed after seed: a study stopped early still compares them all
+        runs.sort(key=lambda r: spec.seeds.index(r.seed))  # type: ignore[union-attr]
     return runs
 
 
@@ -73,9 +135,15 @@ def describe_plan(spec: SweepSpec, runs: list[PlannedRun]) -> str:
         f"  sample: n={s.n} per class, {s.sampler} {s.steps} steps, w={s.guidance:g}; "
         f"evaluate: {_describe_eval(spec.evaluate)}; judge: {_describe_judge(spec.judge)}"
     )
+    if spec.seeds is not None:
+        lines.append(
+            f"  seeds: {', '.join(map(str, spec.seeds))} (train.seed and sample.seed of each "
+            f"replicate); baseline: {baseline_name(spec)}"
+        )
     for r in runs:
         what = ", ".join(f"{k}={v}" for k, v in r.changes.items()) or "(base)"
-        lines.append(f"  {r.name:<32} {what}")
+        where = f"  -> {r.training}/" if r.seed is not None else ""
+        lines.append(f"  {r.name:<32} {what}{where}")
     return "\n".join(lines)
 
 

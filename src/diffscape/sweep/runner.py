@@ -13,7 +13,7 @@ from typing import Any
 from diffscape import layout, lock, pipeline, results
 from diffscape.pipeline import StudySpec, log
 from diffscape.results import RunResult
-from diffscape.sweep.plan import PlannedRun, base_config, plan
+from diffscape.sweep.plan import PlannedRun, base_config, baseline_name, plan
 from diffscape.sweep.spec import SweepError, SweepSpec, load_sweep
 
 DEFAULT_SYNTH_N = 2500  # images of the default synthetic set (as `diffscape data synth`)
@@ -45,12 +45,13 @@ def _selected(runs: list[PlannedRun], only: Iterable[str] | None) -> list[Planne
         return runs
     wanted = set(only)
     unknown = wanted - {r.training for r in runs} - {r.name for r in runs}
+    unknown -= {r.setting for r in runs}
     if unknown:
         raise SweepError(
             f"--only {', '.join(sorted(unknown))}: no such run; the runs are "
             f"{', '.join(dict.fromkeys(r.training for r in runs))}"
         )
-    return [r for r in runs if r.training in wanted or r.name in wanted]
+    return [r for r in runs if wanted & {r.training, r.name, r.setting}]
 
 
 def run_sweep(
@@ -107,9 +108,13 @@ def sweep_record(spec: SweepSpec, runs: list[PlannedRun], sspec: StudySpec) -> d
         "spec": {**spec.raw, "dataset": dataset},
         "base_config": base_config(spec).to_dict(),
         "base_sample": asdict(spec.sample),
+        "seeds": None if spec.seeds is None else list(spec.seeds),
+        "baseline": baseline_name(spec),
         "runs": [
             {
                 "name": r.name,
+                "setting": r.setting or r.name,
+                "seed": r.seed,
                 "training": r.training,
                 "sampling": r.sampling,
                 "changes": r.changes,

@@ -19,6 +19,7 @@ from typing import Any
 
 from diffscape.config import (
     ALL_SECTIONS,
+    SEED_MAX,
     ConfigError,
     EvaluateSettings,
     JudgeSettings,
@@ -61,12 +62,15 @@ class SweepSpec:
     judge: JudgeSettings
     source: str  # where the spec was read from
     raw: dict[str, Any] = field(repr=False, default_factory=dict)  # as read, paths absolute
+    seeds: tuple[int, ...] | None = None  # replicates: train.seed = sample.seed = each; None: one
+    baseline: str | None = None  # the setting the others are compared with; None: the first
 
 
 TOP_KEYS = (
     "name", "description", "preset", "dataset", "base", "grid", "runs", "sample", "evaluate",
-    "judge",
+    "judge", "seeds", "baseline",
 )  # fmt: skip
+MAX_SEEDS = 100
 
 
 def shipped_sweeps() -> dict[str, str]:
@@ -156,8 +160,43 @@ def parse_sweep(data: dict[str, Any], source: str, root: Path) -> SweepSpec:
         judge=settings(JudgeSettings, judge_table, f"{source} [judge]"),
         source=source,
         raw=raw,
+        seeds=parse_seeds(data.get("seeds"), source),
+        baseline=None if data.get("baseline") is None else str(data["baseline"]),
     )
+    if spec.seeds is not None:
+        _check_no_seed_settings(spec)
     return spec
+
+
+def parse_seeds(value: Any, source: str) -> tuple[int, ...] | None:
+    """``seeds = [0, 1, 2]``: distinct integers, each a training and a sampling seed."""
+    if value is None:
+        return None
+    if (
+        not isinstance(value, list)
+        or not 1 <= len(value) <= MAX_SEEDS
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in value)
+    ):
+        raise SweepError(
+            f"{source}: seeds must be a list of 1 to {MAX_SEEDS} integers, e.g. [0, 1, 2]"
+        )
+    if len(set(value)) != len(value) or any(not 0 <= s <= SEED_MAX for s in value):
+        raise SweepError(f"{source}: seeds {value}: each once, each from 0 to {SEED_MAX}")
+    return tuple(value)
+
+
+def _check_no_seed_settings(spec: SweepSpec) -> None:
+    """With ``seeds``, each replicate's seeds come from that list: setting them elsewhere too
+    would be silently overridden."""
+    keys = set(spec.base) | {k for t in spec.trainings for k in t.changes}
+    where = [k for k in ("train.seed",) if k in keys]
+    if any("seed" in s.changes for s in spec.samplings) or spec.sample.seed != 0:
+        where.append("sample.seed")
+    if where:
+        raise SweepError(
+            f"{spec.source}: seeds = {list(spec.seeds or ())} sets {' and '.join(where)} of every "
+            "replicate; remove it from the other tables"
+        )
 
 
 def _table(data: dict[str, Any], key: str, where: str) -> dict[str, Any]:
