@@ -217,7 +217,7 @@ def test_each_file_is_read_once(run, monkeypatch):
         return real(path, **kw)
 
     monkeypatch.setattr(checkpoint, "_read_file", counting)
-    checkpoint._verified.clear()
+    checkpoint._verify.cache_clear()
     latest = checkpoint.latest_checkpoint(run)
     n_files = len(json.loads((latest / layout.COMPLETE).read_text())["files"])
     assert len(reads) == len(set(reads)) == n_files

@@ -20,6 +20,7 @@ verifies every file against the marker and falls back to the newest checkpoint t
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -175,11 +176,6 @@ def write_marker(folder: Path) -> None:
     write_json(Path(folder) / COMPLETE, {"format": MARKER_FORMAT, "files": file_records(folder)})
 
 
-# Verified checkpoints by folder -> (stat signature of the marker and its files, problem or None):
-# train --resume looks a checkpoint up and then loads it, and each file is read only once.
-_verified: dict[str, tuple[tuple, str | None]] = {}
-
-
 def checkpoint_problem(ckpt: Path) -> str | None:
     """Why ``ckpt`` cannot be trusted (one short phrase), or None if every file matches its
     marker (checkpoints from before file lists: every safetensors file has a sound header)."""
@@ -189,13 +185,22 @@ def checkpoint_problem(ckpt: Path) -> str | None:
     except CheckpointError as e:
         return str(e)
     names = sorted(listed) if listed is not None else _legacy_tensor_files(ckpt)
-    signature = _signature(ckpt, names)
-    key = str(ckpt.resolve())
-    if key in _verified and _verified[key][0] == signature:
-        return _verified[key][1]
-    problem = _check_files(ckpt, listed) if listed is not None else _check_headers(ckpt, names)
-    _verified[key] = (signature, problem)
-    return problem
+    return _verify(str(ckpt.resolve()), _signature(ckpt, names))
+
+
+# Memoised on the folder and the stat signature (size, mtime, inode) of its marker and files:
+# train --resume looks a checkpoint up and then loads it, so each file is hashed once per
+# process; any change to a file changes the signature and verifies it again.
+@functools.lru_cache(maxsize=64)
+def _verify(ckpt: str, signature: tuple) -> str | None:
+    path = Path(ckpt)
+    try:
+        listed = _marker_files(path)
+    except CheckpointError as e:
+        return str(e)
+    if listed is None:
+        return _check_headers(path, _legacy_tensor_files(path))
+    return _check_files(path, listed)
 
 
 def _marker_files(ckpt: Path) -> dict[str, dict[str, Any]] | None:
