@@ -394,3 +394,92 @@ def test_report_into_a_folder_path_is_one_clear_error(tmp_path):
     sweep = make_sweep(tmp_path)
     with pytest.raises(DiffscapeError, match="is a folder"):
         build_report(sweep, tmp_path)
+
+
+# ---- seed replicates: the settings table and its verdicts -----------------------------------------
+
+REPLICATED = {  # setting: (FID, judge accuracy, overrides); FID and accuracy vary by seed
+    "linear": (30.0, 0.60, []),
+    "cosine": (20.0, 0.85, ["diffusion.schedule=cosine"]),
+    "relu": (30.3, 0.61, ["model.activation=relu"]),
+}
+
+
+def make_replicated(root: Path, seeds: tuple[int, ...] = (0, 1, 2)) -> Path:
+    """A sweep with seeds as the runner leaves it: <setting>-seed<k> folders, sweep.json with
+    settings, seeds and baseline; the metrics carry precision/recall, fid64, memorisation and a
+    FID bootstrap; a second judge's accuracy-svc.json and closest-pairs.png beside them."""
+    sweep = root / "rep"
+    planned = []
+    for setting, (fid, acc, overrides) in REPLICATED.items():
+        for seed in seeds:
+            folder, name = f"{setting}-seed{seed}", f"{setting} (seed {seed})"
+            wobble = (0.4, -0.3, 0.1, 0.2)[seed % 4]
+            make_run(sweep, folder, [*overrides, f"train.seed={seed}"],
+                     {"ddim-50-w1": {"fid": fid + wobble, "acc": acc + 0.01 * seed, "name": name}})  # fmt: skip
+            d = sweep / folder / "samples" / "ddim-50-w1"
+            m = json.loads((d / "metrics.json").read_text())
+            m |= {"precision": 0.7 + 0.01 * seed, "recall": 0.4, "fid64": fid / 10 + wobble,
+                  "fid64_n": [40, 40], "fid_bootstrap": {"low": fid - 1, "high": fid + 1, "std": 0.5},
+                  "memorisation": {"share": 0.05 * seed, "n_fake": 40, "threshold": 0.5}}  # fmt: skip
+            _write(d / "metrics.json", m)
+            _write(d / "accuracy-svc.json", {"accuracy": acc - 0.1, "n": 30, "judge_kind": "svc"})
+            _grid(d / "closest-pairs.png", 10 + seed)
+            changes = {o.split("=")[0]: o.split("=")[1] for o in overrides}
+            planned.append({"name": name, "setting": setting, "seed": seed, "training": folder,
+                            "sample_dir": f"{folder}/samples/ddim-50-w1", "changes": changes})  # fmt: skip
+    base = config.resolve("tiny", ["model.conditional=true"]).to_dict()
+    _write(sweep / "sweep.json", {"name": "schedule, replicated", "seeds": list(seeds),
+           "baseline": "linear", "runs": planned, "base_config": base,
+           "description": "Three settings, each trained and sampled with every seed."})  # fmt: skip
+    _write(sweep / "_floor" / "floor.json", metrics_json(4.2, kind="dataset"))
+    return sweep
+
+
+def test_replicated_sweep_shows_settings_with_intervals_and_verdicts(tmp_path):
+    from diffscape.report.verdicts import settings
+
+    sweep = make_replicated(tmp_path)
+    coll = collect(sweep)
+    assert coll.seeds == [0, 1, 2] and coll.baseline == "linear"
+    assert {r.setting for r in coll.rows} == set(REPLICATED) and coll.rows[0].seed == 0
+    assert all("train.seed" not in r.changes for r in coll.rows)  # the seed is not a change
+    sets = {s.name: s for s in settings(coll)}
+    assert sets["linear"].is_baseline and sets["linear"].comparisons == {}
+    cosine, relu = sets["cosine"], sets["relu"]
+    assert cosine.k == 3 and cosine.estimates["fid"].mean == pytest.approx(20.0 + 0.2 / 3)
+    verdict = {k: c.verdict for k, c in cosine.comparisons.items() if c is not None}
+    assert verdict["fid"] == verdict["kid"] == "better" and verdict["accuracy"] == "better"
+    assert verdict["judge_svc"] == "better"  # the pixel SVC judge is a column of its own
+    assert relu.comparisons["fid"].verdict == "no difference found at this n and these seeds"
+    assert relu.comparisons["memorisation"].verdict.startswith("no difference")
+    assert cosine.estimates["class_Forest"].low is not None  # per class, with an interval
+    assert (
+        cosine.estimates["fid64"].between is not None and cosine.estimates["fid64"].within is None
+    )
+
+    page = build_report(sweep, tmp_path / "report.html")
+    text = page.read_text()
+    assert_self_contained(text)
+    assert 'id="settings"' in text and text.count('class="verdict v-better"') == 3
+    assert "v-none" in text and "at this n and these seeds" in text
+    for header in ("Precision", "Recall", "FID-64", "Near-copies", "SVC judge", "FID vs baseline"):
+        assert f">{header}</th>" in text, header
+    assert "3 seeds" in text and "closest to the training set" in text
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert len(rows) == 9
+    seen = check_page(page, tmp_path, screenshot=tmp_path / "shot.png")
+    assert seen["images"] == seen["allImages"] == 18  # a grid and the closest pairs per run
+
+
+def test_one_seed_keeps_the_run_table_with_new_columns_and_within_run_verdicts(tmp_path):
+    sweep = make_replicated(tmp_path, seeds=(0,))
+    text = build_report(sweep, tmp_path / "r.html").read_text()
+    assert 'id="settings"' in text  # sweep.json says seeds: still a settings table
+    sweep_json = json.loads((sweep / "sweep.json").read_text())
+    sweep_json["seeds"] = None  # a sweep without seeds
+    _write(sweep / "sweep.json", sweep_json)
+    text = build_report(sweep, tmp_path / "r.html").read_text()
+    assert 'id="settings"' not in text and 'id="runs"' in text
+    assert ">Precision</th>" in text and ">FID vs baseline</th>" in text
+    assert "v-better" in text  # one seed: the verdict rests on each run's own sampling noise

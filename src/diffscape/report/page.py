@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,9 @@ def _heat(v: float | None) -> str:
 
 
 # Columns: (header, type, tooltip, higher is better). "num" columns sort numerically.
-def _columns(classes: list[str]) -> list[tuple[str, str, str, bool]]:
+def _columns(
+    classes: list[str], extra: Sequence[tuple[str, str, str, bool]] = ()
+) -> list[tuple[str, str, str, bool]]:
     cols = [
         ("Run", "text", "run name (click to see its samples)", False),
         ("Changes from base", "text", "settings that differ from the base config", False),
@@ -76,6 +79,7 @@ def _columns(classes: list[str]) -> list[tuple[str, str, str, bool]]:
         ("Accuracy", "num", "judge accuracy on the samples; n = images judged", True),
     ]
     cols += [(c, "num", f"judge accuracy on samples of class {c}", True) for c in classes]
+    cols += list(extra)
     cols += [
         ("Train time", "num", "wall time of training, summed over resumes (metrics.jsonl)", False),
         ("img/s", "num", "training images per second (median over log windows)", True),
@@ -91,11 +95,14 @@ def _best(values: list[float | None], higher: bool) -> float | None:
     return max(present) if higher else min(present)
 
 
-def results_table(coll: Collection) -> str:
+def results_table(coll: Collection, extras: tuple[list[Any], list[Any], list[Any]]) -> str:
+    """The per-run table; ``extras`` = (columns, cells per row, foot padding) of the issue-16
+    numbers (further judges, precision/recall, fid64, near-copies, verdicts)."""
     rows = coll.rows
     classes = class_names(rows)
     sums = [summary(r, classes) for r in rows]
-    cols = _columns(classes)
+    extra_cols, extra_cells, _ = extras
+    cols = _columns(classes, extra_cols)
     ok = [s for s in sums if s["status"] in ("ok", "unknown")]
     best = {
         "fid": _best([s["fid"] for s in ok], False),
@@ -109,7 +116,7 @@ def results_table(coll: Collection) -> str:
     )
     body = []
     for i, (row, s) in enumerate(zip(rows, sums, strict=True)):
-        body.append(_row_html(i, row, s, classes, best))
+        body.append(_row_html(i, row, s, classes, best, extra_cells[i]))
     foot = _floor_row(coll, sums, classes, len(cols))
     return (
         '<div class="table-wrap"><table id="runs" class="sortable">'
@@ -118,7 +125,12 @@ def results_table(coll: Collection) -> str:
 
 
 def _row_html(
-    i: int, row: Row, s: dict[str, Any], classes: list[str], best: dict[str, float | None]
+    i: int,
+    row: Row,
+    s: dict[str, Any],
+    classes: list[str],
+    best: dict[str, float | None],
+    extra: list[str],
 ) -> str:
     status = STATUS_TEXT.get(row.status, row.status)
     badge = f' <span class="badge {esc(row.status.replace(" ", "-"))}">{esc(status)}</span>'
@@ -169,6 +181,7 @@ def _row_html(
         if s[f"kid_{c}"] is not None:
             tip.append(f"KID {s[f'kid_{c}']:.4f}")
         cells.append(_cell(text, v, "num cls", _heat(v) + f' title="{esc(", ".join(tip))}"'))
+    cells += extra
     secs = s["train_seconds"]
     cells.append(_cell(_duration(secs), secs, "num"))
     cells.append(_cell(_fmt(s["images_per_second"], ".0f"), s["images_per_second"], "num"))
@@ -178,6 +191,61 @@ def _row_html(
     cells.append(_cell(loss, s["final_loss"], "num"))
     cls = f' class="{esc(row.status.replace(" ", "-"))}"'
     return f"<tr{cls}>{''.join(cells)}</tr>"
+
+
+def tables(coll: Collection) -> str:
+    """The results: for a sweep with seeds, the settings table (mean ± 95 % interval over the
+    seeds, verdicts against the baseline) above the per-run table; otherwise the per-run table,
+    with a verdict per headline metric when there are settings to compare."""
+    from diffscape.report.settings_html import settings_table, value_cell, verdict_cell
+    from diffscape.report.verdicts import metrics_for, settings
+
+    metrics = metrics_for(coll.rows)
+    sets = settings(coll, metrics)
+    replicated = coll.seeds is not None or any(len(s.rows) > 1 for s in sets)
+    shown = [m for m in metrics if m.key.startswith("judge_") or m.key in EXTRA_KEYS]
+    verdicts = [m for m in metrics if m.verdict] if len(sets) > 1 and not replicated else []
+    cols = [(f"{m.label} vs baseline", "num", VERDICT_TIP, False) for m in verdicts]
+    cols += [
+        (m.label, "num", EXTRA_TIPS.get(m.key, "accuracy of a further judge"), m.higher_is_better)
+        for m in shown
+    ]
+    of = {r.group: s for s in sets for r in s.rows}
+    cells = [
+        [verdict_cell(m, of.get(r.group)) for m in verdicts] + [value_cell(m, r) for m in shown]
+        for r in coll.rows
+    ]
+    runs = results_table(coll, (cols, cells, []))
+    if not replicated:
+        return runs
+    baseline = next((s.name for s in sets if s.is_baseline), "")
+    return (
+        f'<p class="hint">{esc(SETTINGS_HINT.format(baseline=baseline))}</p>'
+        + settings_table(coll, sets, metrics)
+        + f'<details class="runs"><summary>Every run ({len(coll.rows)}, one per setting and '
+        f"seed)</summary>{runs}</details>"
+    )
+
+
+EXTRA_KEYS = ("precision", "recall", "fid64", "memorisation")
+EXTRA_TIPS = {
+    "precision": "share of generated images inside the real images' manifold (Kynkäänniemi "
+    "et al. 2019, k=3): sharpness/fidelity",
+    "recall": "share of real images inside the generated images' manifold: variety",
+    "fid64": "FID on 64-d Inception features, 150 vs 150 images: the seed report's yardstick",
+    "memorisation": "share of generated images that are near-copies of a training image",
+}
+VERDICT_TIP = (
+    "against the baseline: better, worse, or no difference found (the 95% interval of the "
+    "difference, from the run's own sampling noise with one seed, excludes 0 or not)"
+)
+SETTINGS_HINT = (
+    "One row per setting: the mean over its seeds ± the half-width of a 95% interval that "
+    "counts seed-to-seed variation and each run's own sampling noise (KID subsets, FID "
+    "bootstrap, binomial noise of accuracies). Verdicts compare each setting with the "
+    "baseline ({baseline}): better or worse when the 95% interval of the difference excludes 0, "
+    "else no difference found at this n and these seeds."
+)
 
 
 def _floor_row(coll: Collection, sums: list[dict[str, Any]], classes: list[str], width: int) -> str:
@@ -231,6 +299,15 @@ def _png_size(path: Path) -> tuple[int, int] | None:
     return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
+def _figure(path: Path, alt: str, caption: str) -> str:
+    size = _png_size(path)
+    dims = f' width="{size[0]}" height="{size[1]}"' if size else ""
+    return (
+        f'<div class="img"><img src="{_data_uri(path)}"{dims} alt="{esc(alt)}" loading="lazy">'
+        f'<div class="caption">{esc(caption)}</div></div>'
+    )
+
+
 def sample_cards(coll: Collection) -> str:
     classes = class_names(coll.rows)
     cards = []
@@ -252,12 +329,17 @@ def sample_cards(coll: Collection) -> str:
         ]
         parts.append("</figcaption>")
         if row.grid is not None and row.grid.is_file():
-            size = _png_size(row.grid)
-            dims = f' width="{size[0]}" height="{size[1]}"' if size else ""
-            parts.append(
-                f'<img src="{_data_uri(row.grid)}"{dims} alt="sample grid of {esc(row.name)}" '
-                f'loading="lazy"><div class="caption">{esc(row.grid_caption)}</div>'
-            )
+            parts.append('<div class="imgs">')
+            parts.append(_figure(row.grid, f"sample grid of {row.name}", row.grid_caption))
+            if row.pairs is not None:
+                mem = (row.metrics or {}).get("memorisation") or {}
+                share = mem.get("share")
+                note = "" if share is None else f"; {100 * share:.1f}% near-copies"
+                parts.append(
+                    _figure(row.pairs, f"closest pairs of {row.name}",
+                            f"closest to the training set: generated | training{note}")
+                )  # fmt: skip
+            parts.append("</div>")
         else:
             why = STATUS_TEXT.get(row.status) or "no grid.png found"
             parts.append(f'<div class="nogrid">no samples ({esc(why)})</div>')
@@ -329,7 +411,7 @@ def render(coll: Collection, plots: list[Plot], csv_name: str | None) -> str:
         title=esc(coll.title),
         description=description,
         meta=" · ".join(meta) + csv_link,
-        table=results_table(coll),
+        table=tables(coll),
         notes=notes_box(coll),
         base=base_box(coll),
         plots=plots_section(plots),
@@ -408,6 +490,16 @@ svg.plot { width:100%; height:auto; display:block; }
 .caption { color:var(--muted); font-size:12px; margin-top:4px; }
 .nogrid { color:var(--muted); padding:24px; text-align:center; background:var(--bg);
   border-radius:6px; }
+.imgs { display:flex; gap:12px; align-items:flex-start; flex-wrap:wrap; }
+.imgs .img { flex:1 1 0; min-width:160px; }
+td.verdict { font-weight:600; min-width:8em; }
+td.verdict .n { white-space:nowrap; }
+td.v-better { background:#dcfce7; color:var(--good); }
+td.v-worse { background:#fee2e2; color:var(--bad); }
+td.v-none { background:#f3f4f6; color:#374151; font-weight:400; }
+td.v-na, td.v-base { color:var(--muted); font-weight:400; }
+.badge.base { background:#e0e7ff; color:#3730a3; }
+details.runs > summary { margin:14px 0 8px; }
 footer { margin-top:36px; color:var(--muted); font-size:12px; }
 """
 

@@ -56,6 +56,15 @@ class Row:
     grid: Path | None  # grid.png (or the latest training grid)
     grid_caption: str = ""
     changes: dict[str, Any] = field(default_factory=dict)  # filled in by :func:`collect`
+    setting: str = ""  # the setting this run replicates (sweep.json); "": its name
+    seed: int | None = None  # the replicate's seed; None: not replicated
+    judges: dict[str, Any] = field(default_factory=dict)  # further judges: accuracy-<kind>.json
+    pairs: Path | None = None  # closest-pairs.png (memorisation)
+
+    @property
+    def group(self) -> str:
+        """The setting's name: the row of the settings table this run counts toward."""
+        return self.setting or self.name
 
     @property
     def error(self) -> str | None:
@@ -75,6 +84,8 @@ class Collection:
     base: dict[str, Any] | None  # the base config, flattened to dotted keys
     sources: list[Path]
     notes: list[str]
+    baseline: str | None = None  # the setting the others are compared with; None: the first
+    seeds: list[int] | None = None  # a replicated sweep's seeds
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -177,6 +188,7 @@ def _sampling_row(
     name = (result.name if result else "") or (run_dir.name if only else f"{run_dir.name}/{d.name}")
     metrics = _scores(read_json(d / layout.EVAL_JSON), floors)
     grid = d / layout.GRID_PNG
+    pairs = d / layout.PAIRS_PNG
     return Row(
         name=name,
         status=result.status if result else "unknown",
@@ -190,7 +202,19 @@ def _sampling_row(
         result=result,
         grid=grid if grid.is_file() else None,
         grid_caption="samples (grid.png)",
+        judges=further_judges(d),
+        pairs=pairs if pairs.is_file() else None,
     )
+
+
+def further_judges(d: Path) -> dict[str, Any]:
+    """{kind: accuracy record} of a sampling's further judges (``accuracy-<kind>.json``)."""
+    found = {}
+    for kind in ("svc", "cnn"):
+        data = read_json(d / layout.ACCURACY_ALSO_JSON.format(kind=kind))
+        if data is not None and isinstance(data.get("accuracy"), int | float):
+            found[kind] = data
+    return found
 
 
 def rows_from_run(run_dir: Path, floors: list[dict[str, Any]]) -> list[Row]:
@@ -243,10 +267,16 @@ def rows_from_sweep(root: Path, sweep: dict[str, Any], floors: list[dict[str, An
         if train_dir not in per_training:
             per_training[train_dir] = rows_from_run(train_dir, floors) if train_dir.is_dir() else []
         found = [r for r in per_training[train_dir] if r.sample_dir == sample_dir]
-        if found and found[0].result is not None:
-            rows.append(replace(found[0], name=run["name"]))
-            continue
-        rows.append(_planned_row(run, train_dir))
+        row = found[0] if found and found[0].result is not None else _planned_row(run, train_dir)
+        seed = run.get("seed")
+        rows.append(
+            replace(
+                row,
+                name=run["name"],
+                setting=str(run.get("setting") or ""),
+                seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
+            )  # fmt: skip
+        )
     return rows
 
 
@@ -284,6 +314,8 @@ class _Found:
     title: str = ""
     description: str = ""
     base: dict[str, Any] | None = None
+    baseline: str | None = None
+    seeds: list[int] | None = None
 
 
 def _study_floor(study: Path, found: _Found) -> None:
@@ -304,6 +336,11 @@ def _collect_one(p: Path, found: _Found) -> None:
         found.title = found.title or f"Sweep: {sweep.get('name', p.name)}"
         found.description = found.description or sweep.get("description", "")
         found.base = found.base or flatten(sweep.get("base_config"))
+        if isinstance(sweep.get("baseline"), str):
+            found.baseline = found.baseline or sweep["baseline"]
+        seeds = sweep.get("seeds")
+        if isinstance(seeds, list) and seeds and found.seeds is None:
+            found.seeds = [s for s in seeds if isinstance(s, int)]
     elif layout.is_run_dir(p):
         _study_floor(p.parent, found)  # a run of a demo or sweep: the study's floor
         found.rows += rows_from_run(p, found.floors)
@@ -345,6 +382,8 @@ def collect(runs: str | Path | Iterable[str | Path]) -> Collection:
         base=base,
         sources=paths,
         notes=notes,
+        baseline=found.baseline,
+        seeds=found.seeds,
     )
 
 
@@ -386,7 +425,11 @@ def _with_changes(row: Row, base: dict[str, Any] | None, rows: list[Row]) -> Row
             # A key missing from an inferred base is one the runs disagree on.
             if k not in DERIVED_FIELDS and k not in changes and (k not in base or base[k] != v):
                 changes[k] = v
+    if row.seed is not None:  # a replicate's seeds are not a change of its setting
+        changes.pop("train.seed", None)
     for key in varying_sample_keys(rows):
+        if row.seed is not None and key == "seed":
+            continue
         value = (row.sampling or {}).get(key)
         if value is not None:
             changes[f"sample.{key}"] = value

@@ -1,0 +1,171 @@
+"""The report's settings table (one row per setting: mean ± 95 % interval over its seeds) and the
+verdict cells (each setting against the baseline), also added to the per-run table of a sweep
+without seeds."""
+
+from __future__ import annotations
+
+import math
+
+from diffscape.report.page import _cell, _duration, _n, esc
+from diffscape.report.rows import Collection, Row
+from diffscape.report.verdicts import Metric, Setting
+from diffscape.stats import BETTER, NO_DIFFERENCE, NO_INTERVAL, WORSE, Comparison, Estimate
+
+VERDICT_CLASS = {BETTER: "v-better", WORSE: "v-worse", NO_DIFFERENCE: "v-none", NO_INTERVAL: "v-na"}
+VERDICT_SHORT = {
+    BETTER: "better",
+    WORSE: "worse",
+    NO_DIFFERENCE: "no difference found",
+    NO_INTERVAL: "no interval",
+}
+
+
+def _spec(m: Metric, value: float) -> str:
+    if m.percent:
+        return ".1f"
+    if m.key == "kid" or m.key.startswith("kid"):
+        return ".4f"
+    return ".2f" if abs(value) < 1000 else ".0f"
+
+
+def number(m: Metric, value: float | None) -> str:
+    """A metric's value as the page shows it (percentages for shares, minutes for time)."""
+    if value is None:
+        return "–"
+    if m.key == "train_seconds":
+        return _duration(value)
+    shown = 100 * value if m.percent else value
+    return format(shown, _spec(m, shown)) + ("%" if m.percent else "")
+
+
+def _plus_minus(m: Metric, e: Estimate) -> str:
+    if e.half_width is None:
+        return ""
+    h = 100 * e.half_width if m.percent else e.half_width
+    if m.key == "train_seconds":
+        return f" ± {_duration(e.half_width)}"
+    return f" ± {format(h, _spec(m, h))}"
+
+
+def estimate_cell(m: Metric, e: Estimate | None, note: str = "") -> str:
+    """``mean ± half-width`` of the 95 % interval, with how many seeds under it."""
+    if e is None:
+        return _cell("–", None, "num")
+    k = f"{e.k} seed{'s' if e.k != 1 else ''}"
+    why = (
+        "seeds"
+        if e.between is not None and (e.within is None or e.between >= e.within)
+        else ("within-run noise" if e.within is not None else "no interval")
+    )
+    tip = f"mean of {k}; 95% interval from {why}"
+    if e.low is not None:
+        tip += f": [{number(m, e.low)}, {number(m, e.high)}]"
+    text = number(m, e.mean) + _plus_minus(m, e) + _n(f"{k}{' · ' + note if note else ''}")
+    return _cell(text, e.mean, "num", f' title="{esc(tip)}"')
+
+
+def verdict_cell(m: Metric, s: Setting | None) -> str:
+    """The setting's verdict on ``m`` against the baseline, coloured; the difference and its
+    interval under it."""
+    if s is None:
+        return _cell("–", None, "num verdict")
+    if s.is_baseline:
+        return _cell('<span class="muted">baseline</span>', "", "verdict v-base")
+    c: Comparison | None = s.comparisons.get(m.key)
+    if c is None:
+        return _cell("–", None, "verdict")
+    diff = ("+" if c.diff >= 0 else "−") + number(m, abs(c.diff))
+    under = f"Δ {diff}"
+    if c.low is not None:
+        under += f" [{_signed(m, c.low)}, {_signed(m, c.high)}]"
+    lines = _n(under)
+    if c.verdict == NO_DIFFERENCE:
+        lines = _n("at this n and these seeds") + lines
+    better = "lower" if not m.higher_is_better else "higher"
+    df = "" if math.isinf(c.df) else f", df {c.df:.1f}"
+    tip = f"{m.label}: {c.verdict} than the baseline ({better} is better); {under}{df}"
+    order = {BETTER: 0, NO_DIFFERENCE: 1, WORSE: 2}.get(c.verdict, 3)
+    text = f"{esc(VERDICT_SHORT[c.verdict])}{lines}"
+    return _cell(text, order, f"verdict {VERDICT_CLASS[c.verdict]}", f' title="{esc(tip)}"')
+
+
+def _signed(m: Metric, value: float | None) -> str:
+    if value is None:
+        return "?"
+    return ("+" if value >= 0 else "−") + number(m, abs(value))
+
+
+def _header(name: str, kind: str, tip: str, desc_first: bool = False) -> str:
+    first = " data-desc-first" if desc_first else ""
+    return f'<th data-type="{kind}"{first} title="{esc(tip)}" scope="col">{esc(name)}</th>'
+
+
+def verdict_headers(metrics: list[Metric]) -> str:
+    return "".join(
+        _header(f"{m.label} vs baseline", "num", f"{m.label} against the baseline: better, worse "
+                "or no difference found (95% interval of the difference excludes 0 or not)")
+        for m in metrics if m.verdict
+    )  # fmt: skip
+
+
+def settings_table(coll: Collection, sets: list[Setting], metrics: list[Metric]) -> str:
+    """One row per setting: every number's mean ± 95 % interval over its seeds, then the
+    verdicts against the baseline."""
+    head = _header("Setting", "text", "the setting; its runs (one per seed) are listed below")
+    head += _header("Changes from base", "text", "settings that differ from the base config")
+    last = _last_headline(metrics)
+    for m in metrics:
+        better = "higher" if m.higher_is_better else "lower"
+        tip = f"mean ± 95% interval half-width over seeds; {better} is better"
+        head += _header(m.label, "num", tip, m.higher_is_better)
+        if m is last:  # the verdicts right after the numbers they judge
+            head += verdict_headers(metrics)
+    body = [_setting_row(s, metrics) for s in sets]
+    return (
+        '<div class="table-wrap"><table id="settings" class="sortable">'
+        f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
+    )
+
+
+def _setting_row(s: Setting, metrics: list[Metric]) -> str:
+    first = s.rows[0]
+    badge = ' <span class="badge base">baseline</span>' if s.is_baseline else ""
+    seeds = [r.seed for r in s.rows if r.seed is not None]
+    runs = f"{s.k} of {len(s.rows)} runs" + (
+        f" · seeds {', '.join(map(str, seeds))}" if seeds else ""
+    )
+    cells = [_cell(f"{esc(s.name)}{badge}{_n(runs)}", s.name, "name")]
+    changes = "".join(
+        f'<code class="chip">{esc(k)}={esc(v)}</code> ' for k, v in first.changes.items()
+    )
+    cells.append(_cell(changes or '<span class="muted">base</span>', "", "changes"))
+    for m in metrics:
+        cells.append(estimate_cell(m, s.estimates.get(m.key), _n_note(m, first)))
+        if m is _last_headline(metrics):
+            cells += [verdict_cell(v, s) for v in metrics if v.verdict]
+    return f"<tr>{''.join(cells)}</tr>"
+
+
+def _last_headline(metrics: list[Metric]) -> Metric | None:
+    return next((m for m in reversed(metrics) if m.verdict), None)
+
+
+def _n_note(m: Metric, r: Row) -> str:
+    mt, acc = r.metrics or {}, r.accuracy or {}
+    if m.key in ("fid", "kid") and mt.get("n_fake"):
+        return f"n {mt.get('n_fake')} / {mt.get('n_real')}"
+    if m.key == "accuracy" and acc.get("n"):
+        return f"n {acc['n']}"
+    if m.key == "fid64" and isinstance(mt.get("fid64_n"), list):
+        return "n " + " / ".join(map(str, mt["fid64_n"]))
+    return ""
+
+
+def value_cell(m: Metric, r: Row) -> str:
+    """One run's number (the per-run table's extra columns)."""
+    value, within = m.read(r)
+    tip = ""
+    if value is not None and within is not None:
+        half = 1.96 * math.sqrt(within)
+        tip = f' title="{esc(f"± {number(m, half)} (95%, this run alone)")}"'
+    return _cell(number(m, value), value, "num", tip)
