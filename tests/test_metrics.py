@@ -33,7 +33,7 @@ def inception_weights(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def extractor(inception_weights):
-    return InceptionExtractor(inception_weights)
+    return InceptionExtractor(inception_weights, resize="torch")  # torchmetrics' own path
 
 
 @pytest.fixture(scope="module")

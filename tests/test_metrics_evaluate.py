@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import types
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ from diffscape.metrics.scores import (
     inception_score_from_logits,
     kid_from_features,
     kid_subset_size,
+    precision_recall,
 )
 
 CLASSES = ["dark", "light"]
@@ -194,6 +196,43 @@ def test_bootstrap_interval_brackets_spread():
     assert iv == bootstrap_fid(a, b, samples=30, seed=1)
 
 
+def test_precision_recall_equals_torch_fidelitys_on_the_same_features(monkeypatch):
+    """Blurry-but-varied vs sharp-but-few-modes: precision and recall that are neither 0 nor 1,
+    equal to torch-fidelity's own (all-pairs) function; ours in small blocks."""
+    from torch_fidelity.metric_prc import prc_features_to_metric
+
+    from diffscape.metrics import scores
+
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(300, 64, generator=g)
+    few_modes = real[:4].repeat(10, 1) + 0.1 * torch.randn(40, 64, generator=g)  # 4 modes
+    wide = 1.6 * torch.randn(250, 64, generator=g)  # varied, off the real manifold
+    monkeypatch.setattr(scores, "PRC_MAX_BLOCK_ENTRIES", 300 * 7)  # 7 rows per block
+    results = []
+    for fake in (few_modes, wide):
+        want = prc_features_to_metric(
+            fake, real, prc_neighborhood=3, prc_batch_size=10000, save_cpu_ram=False,
+            verbose=False,
+        )  # fmt: skip
+        got = precision_recall(real.numpy(), fake.numpy(), k=3)
+        assert got.precision == pytest.approx(want["precision"], abs=1e-6)
+        assert got.recall == pytest.approx(want["recall"], abs=1e-6)
+        results.append(got)
+    assert results[0].precision > 0.9 and results[0].recall < 0.3  # few modes: low recall
+    assert results[1].precision < results[0].precision and results[1].recall > results[0].recall
+
+
+def test_precision_recall_identical_sets_and_far_disjoint_sets():
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(50, 16, generator=g)
+    same = precision_recall(a, a.clone())
+    assert (same.precision, same.recall, same.k) == (1.0, 1.0, 3)
+    far = precision_recall(a, a + 100)
+    assert (far.precision, far.recall) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="more than 3"):
+        precision_recall(a[:3], a)
+
+
 # ---- embedding and cache -----------------------------------------------------------------------
 
 
@@ -293,8 +332,53 @@ def test_evaluate_large_n_leads_with_fid_and_subsamples_fake(tmp_path, capsys):
     assert r["warnings"] == [] and r["lead"] == "fid"
     assert r["kid"]["subset_size"] == 1000 and r["kid"]["subsets"] == 100
     assert r["fid_bootstrap"]["samples"] == 2
+    b = r["fid_bootstrap"]
+    assert r["fid_interval"] == {"low": b["low"], "high": b["high"], "n_boot": 2}
+    assert 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1 and r["prc_k"] == 3
+    assert r["fid64"] is None and r["fid64_n"] is None  # off unless asked for
     lines = capsys.readouterr().out.splitlines()
     assert next(line for line in lines if line.startswith(("KID", "FID"))).startswith("FID ")
+
+
+def test_fid64_on_150_vs_150_when_asked(tmp_path, capsys):
+    ds = make_dataset(tmp_path / "ds", {"train": 100, "test": 90})
+    s = E.EvalSettings(n=None, per_class=False, fid64=True, memorisation=False)
+    r = E.evaluate((ds, "train"), (ds, "test"), s, extractor=TinyExtractor(), progress=False)
+    assert r["fid64_n"] == [150, 150] and r["fid64"] > 0
+    assert r["fid64"] != r["fid_64"]  # a subset of the 200 real / 180 fake images
+    assert r["fid_interval"] is None and r["resize"] is None  # no bootstrap, a stand-in
+    assert "(64 features, 150 real vs 150 generated)" in E.format_summary(r)
+    few = E.evaluate(
+        (ds, "train"), (ds, "test"), replace(s, n=20, fid64_n=150), extractor=TinyExtractor(),
+        progress=False,
+    )  # fmt: skip
+    assert few["fid64_n"] == [150, 20]  # fewer than asked: all there are
+    assert few["fid64"] == pytest.approx(fid_from_features(*_fid64_subsets(ds, few, 150)))
+
+
+def _fid64_subsets(ds, r, n):
+    """The 64-d features fid64 uses, recomputed: seeded subsets of the scored images."""
+    ext = TinyExtractor()
+    real = ext(torch.from_numpy(np.array(ds.images("train"))))["64"].numpy()
+    fake_idx = E._subset(ds.count("test"), r["n_fake"], 0)
+    fake = ext(torch.from_numpy(np.array(ds.images("test")[fake_idx])))["64"].numpy()
+    real_idx = E._subset(len(real), n, 0)
+    return real[real_idx], fake
+
+
+def test_settings_resize_must_match_the_network(tmp_path):
+    ds = make_dataset(tmp_path / "ds", {"train": 4})
+    ext = TinyExtractor()
+    ext.resize = "torch"
+    with pytest.raises(ValueError, match="resizes with 'torch'"):
+        E.evaluate((ds, "train"), (ds, "train"), E.EvalSettings(n=4), extractor=ext)
+    r = E.evaluate(
+        (ds, "train"), (ds, "train"), E.EvalSettings(n=4, resize="torch", per_class=False),
+        extractor=ext, progress=False,
+    )  # fmt: skip
+    assert r["resize"] == "torch"
+    with pytest.raises(DiffscapeError, match="tf1, torch"):
+        E.EvalSettings(resize="bicubic")
 
 
 def test_real_vs_real_same_split_is_zero_and_uses_cache(tmp_path):
@@ -434,6 +518,13 @@ def test_cli_real_network_end_to_end(tmp_path, monkeypatch, capsys, converted_hu
     assert r["n_real"] == 8 and r["n_fake"] == 4 and r["lead"] == "kid"
     assert set(r["per_class"]) == {"dark", "light"}
     assert f"wrote {out}" in captured.out
+    assert r["resize"] == "tf1" and "tensorflow1x" in r["features"]["preprocessing"]
+    assert 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1
+    m = r["memorisation"]
+    assert m["n_fake"] == 4 and m["n_train"] == m["pixel_n_train"] == 8
+    assert m["train_source"] == "real-features" and len(m["pairs"]) == 4
+    assert "P/R     precision" in captured.out and "near-copies of training" in captured.out
+    assert (tmp_path / "closest-pairs.png").is_file() and "closest-pairs.png" in captured.out
 
     assert main([*args, "--no-per-class"]) == 0  # second time: real features from the cache
     captured = capsys.readouterr()
@@ -492,7 +583,7 @@ def test_weights_file_holding_other_objects_is_refused(tmp_path):
 @pytest.mark.parametrize(
     ("field", "value"),
     [("n", 1), ("n", 0), ("n_real", 1), ("batch", 0), ("seed", -1), ("bootstrap", -1),
-     ("n", 2.5), ("batch", True)],
+     ("n", 2.5), ("batch", True), ("fid64_n", 1), ("resize", "area")],
 )  # fmt: skip
 def test_settings_out_of_range_are_refused(field, value):
     with pytest.raises(DiffscapeError, match=field):
@@ -500,8 +591,10 @@ def test_settings_out_of_range_are_refused(field, value):
 
 
 @pytest.mark.parametrize(
-    ("flag", "value"), [("--n", "0"), ("--n-real", "1"), ("--batch", "0"), ("--seed", "-1")]
-)
+    ("flag", "value"),
+    [("--n", "0"), ("--n-real", "1"), ("--batch", "0"), ("--seed", "-1"), ("--near-copy", "0"),
+     ("--near-copy", "nan")],
+)  # fmt: skip
 def test_cli_bad_numbers_are_one_line_before_any_work(tmp_path, capsys, flag, value):
     ds = make_dataset(tmp_path / "ds", {"train": 2, "test": 2})
     args = ["evaluate", "--real", str(ds.root), "--fake", f"{ds.root}:test", flag, value]

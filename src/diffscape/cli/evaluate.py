@@ -10,8 +10,17 @@ from diffscape.cli import HelpFormatter
 
 DESCRIPTION = """\
 Score generated images against a real dataset split: FID (2048 and 64 features), KID mean ± std,
-Inception Score when the Inception weights have a genuine classifier, and per-class FID/KID when
-the sample folder has one folder per dataset class. Writes metrics.json and prints a summary.
+precision and recall (Kynkäänniemi et al. 2019, k=3), Inception Score when the Inception weights
+have a genuine classifier, and per-class FID/KID when the sample folder has one folder per dataset
+class. Writes metrics.json and prints a summary.
+
+Images are resized to 299 px like torch-fidelity and TensorFlow 1 (--resize tf1, the standard of
+published FIDs); --resize torch uses torchmetrics >= 1.8's antialiased bilinear (other numbers).
+
+Memorisation: each generated image's nearest training image, in Inception features and in pixels,
+divided by the typical distance between a training image and its nearest neighbour; below
+--near-copy (0.5) it counts as a near-copy. The summary gives the share; closest-pairs.png
+beside metrics.json shows the closest pairs (generated | training).
 
 FID needs many images: the standard is 10,000 generated images against the whole real split.
 Without a GPU the default is 1,000 (Inception embeds a few images per second on a CPU); with
@@ -36,6 +45,7 @@ examples:
   diffscape evaluate --real data/synth:train --fake data/synth:test       # the floor
   diffscape evaluate --real data/synth --fake samples/a --n 10000 --bootstrap 50
   diffscape evaluate --real data/synth --fake samples/a --inception-weights ~/weights.pth
+  diffscape evaluate --real data/synth --fake samples/a --fid64   # the seed report's FID
 """
 
 
@@ -90,6 +100,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="PATH",
         help="FID Inception weights file (.pth); default: see above" + IN_WORDS,
     )
+    p.add_argument(
+        "--resize",
+        choices=("tf1", "torch"),
+        default="tf1",
+        help="resize to 299 px: tf1 (torch-fidelity, published FIDs) or torch (torchmetrics >= 1.8)",
+    )
+    p.add_argument(
+        "--fid64",
+        action="store_true",
+        help="also FID at 64 features on 150 real vs 150 generated images (the seed report's)"
+        + IN_WORDS,
+    )
+    p.add_argument(
+        "--near-copy",
+        type=float,
+        default=0.5,
+        metavar="RATIO",
+        help="distance ratio below which a generated image counts as a copy of a training one",
+    )
+    p.add_argument(
+        "--no-memorisation",
+        action="store_true",
+        help="skip the nearest-training-image check" + IN_WORDS,
+    )
     p.add_argument("--batch", type=int, default=32, help="images per network call")
     p.add_argument("--seed", type=int, default=0, help="seed for subsets, KID and bootstrap")
     p.add_argument("--no-per-class", action="store_true", help="skip per-class FID/KID" + IN_WORDS)
@@ -117,6 +151,7 @@ def check_out_file(out: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from diffscape import layout
     from diffscape.data.dataset import parse_dataset_spec
     from diffscape.metrics.evaluate import (
         EvalSettings,
@@ -128,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
         resolve_extractor,
         write_metrics,
     )
+    from diffscape.metrics.memorisation import save_pairs_png
 
     settings = EvalSettings(
         n=args.n,
@@ -139,6 +175,10 @@ def run(args: argparse.Namespace) -> int:
         use_cache=not args.no_cache,
         inception_weights=args.inception_weights,
         device=args.device,
+        resize=args.resize,
+        fid64=args.fid64,
+        memorisation=not args.no_memorisation,
+        near_copy=args.near_copy,
     )
     check_out_file(Path(args.out))
     real = parse_dataset_spec(args.real, default_split="train")
@@ -154,4 +194,7 @@ def run(args: argparse.Namespace) -> int:
     # The library writes nothing; the command writes where --out says (./metrics.json by default).
     write_metrics(args.out, result)
     print(format_summary(result, args.out))
+    pairs = save_pairs_png(fake, real[0], result, Path(args.out).parent / layout.PAIRS_PNG)
+    if pairs is not None:
+        print(f"wrote {pairs} (closest generated | training pairs)")
     return 0
