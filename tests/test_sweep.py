@@ -446,3 +446,26 @@ def test_stopped_replicated_sweep_redoes_only_what_is_missing(ds, tmp_path, monk
     assert json.loads((runs / "model-seed1/config.json").read_text())["train"]["seed"] == 1
     again = run_sweep(path, runs, progress=False, gpus=1)
     assert calls == [runs / "model-seed1"] and again == results  # nothing left to do
+
+
+def test_shipped_replicated_studies_ask_the_seed_reports_three_questions():
+    expected = {
+        "schedule": [("linear", 1000, True), ("cosine", 1000, True)],
+        "timesteps": [("linear", 1000, True), ("linear", 500, True), ("linear", 500, False)],
+        "activation": ["gelu", "relu", "silu"],
+    }
+    for study, settings in expected.items():
+        for name in (f"{study}-seeds-cpu", f"{study}-seeds"):
+            spec = load_sweep(name)
+            runs = plan(spec)
+            assert spec.seeds == (0, 1, 2) and len(runs) == 3 * len(settings), name
+            first = [r for r in runs if r.seed == 0]
+            if study == "activation":
+                assert [r.config.model.activation for r in first] == settings
+            else:
+                d = [r.config.diffusion for r in first]
+                assert [(x.schedule, x.timesteps, x.rescale_linear) for x in d] == settings
+            assert sweep_module.baseline_name(spec) == first[0].setting
+            assert spec.evaluate.fid64 and spec.evaluate.memorisation
+            assert "svc" in (spec.judge.kind, *spec.judge.also)  # the seed report's judge
+            assert {r.config.train.seed for r in runs} == {0, 1, 2}

@@ -151,8 +151,15 @@ def _describe_eval(e: EvaluateSettings) -> str:
     if not e.enabled:
         return "off"
     n = "all" if e.n is None else e.n
-    return f"n={n} vs {e.split} n={e.n_real or n}" + (" + floor" if e.floor else "")
+    extra = [x for x, on in (("fid64", e.fid64), ("memorisation", e.memorisation)) if on]
+    if e.bootstrap:
+        extra.append(f"FID bootstrap {e.bootstrap}")
+    return f"n={n} vs {e.split} n={e.n_real or n}" + "".join(
+        f" + {x}" for x in (["floor"] if e.floor else []) + extra
+    )
 
 
 def _describe_judge(j: JudgeSettings) -> str:
-    return "off" if not j.enabled else (j.path or j.kind)
+    if not j.enabled:
+        return "off"
+    return (j.path or j.kind) + "".join(f" + {k}" for k in j.also)
