@@ -222,6 +222,11 @@ def test_save_pairs_png_draws_the_closest_pairs(tmp_path):
     # the record alone, the pixel pairs, and fewer rows work too
     assert M.save_pairs_png(fake, ds, r["memorisation"], tmp_path / "a.png", k=2)
     assert M.save_pairs_png(fake.images, train, r, tmp_path / "b.png", space="pixel")
+    assert M.save_pairs_png(fake, (ds, "train"), r, tmp_path / "c.png", space="inception")
+    merged = M._pairs(r["memorisation"], "both")
+    assert len({p[:2] for p in merged}) == len(merged)  # each pair once, closest first
+    assert [p[2] for p in merged] == sorted(p[2] for p in merged)
+    assert {p[3] for p in merged} == {"inc", "px"}
     with Image.open(tmp_path / "a.png") as img:
         assert img.size[1] < h
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

@@ -120,9 +120,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="distance ratio below which a generated image counts as a copy of a training one",
     )
     p.add_argument(
-        "--no-memorisation",
-        action="store_true",
-        help="skip the nearest-training-image check" + IN_WORDS,
+        "--no-memorisation", action="store_true", help="skip the copies check" + IN_WORDS
     )
     p.add_argument("--batch", type=int, default=32, help="images per network call")
     p.add_argument("--seed", type=int, default=0, help="seed for subsets, KID and bootstrap")

@@ -1,9 +1,13 @@
 """Generated images (or a second dataset split) against a real split: FID, KID, IS, per class.
 
 ``evaluate`` embeds both sides once (real features cached by the dataset's content hash), then
-computes every score from features: FID at 2048 and at 64 features, KID mean ± std, the Inception
-Score when genuine logits exist, per-class FID/KID for class-conditional samples, and optionally
-a bootstrap interval for FID. It returns the metrics and writes nothing: ``write_metrics`` saves
+computes every score from features: FID at 2048 and at 64 features, KID mean ± std, precision and
+recall (Kynkäänniemi et al. 2019), the Inception Score when genuine logits exist, per-class FID/KID
+for class-conditional samples, and optionally a bootstrap interval for FID and the seed report's
+FID (64 features, 150 vs 150 images). The memorisation check (:mod:`.memorisation`) finds each
+generated image's nearest training image in Inception space and in pixels. Images reach the
+network resized like torch-fidelity and TensorFlow 1 (``resize="tf1"``, the standard of
+published FIDs) unless ``resize="torch"`` (torchmetrics >= 1.8's antialiased bilinear). It returns the metrics and writes nothing: ``write_metrics`` saves
 them (``metrics.json``), ``format_summary`` turns them into a one-screen summary.
 
 Sample sizes: FID is biased upward at small n (and at n < 2048 its covariance is singular), so

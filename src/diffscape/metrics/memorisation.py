@@ -196,40 +196,55 @@ def _cell(image_chw: np.ndarray) -> Any:
     return img.resize((CELL, CELL), Image.Resampling.NEAREST)
 
 
+def _pairs(rec: Mapping[str, Any], space: str) -> list[tuple[int, int, float, str]]:
+    """(fake index, train index, ratio, "inc" | "px"), closest first, each pair once."""
+    found = []
+    if space in ("both", "inception"):
+        found += [(int(f), int(t), float(r), "inc") for f, t, r in rec.get("pairs") or []]
+    if space in ("both", "pixel"):
+        found += [(int(f), int(t), float(r), "px") for f, t, r in rec.get("pixel_pairs") or []]
+    seen, out = set(), []
+    for pair in sorted(found, key=lambda p: p[2]):
+        if pair[:2] not in seen:
+            seen.add(pair[:2])
+            out.append(pair)
+    return out
+
+
 def save_pairs_png(
     fake: Any,
     train: Any,
     result: Mapping[str, Any],
     path: str | os.PathLike[str],
     *,
-    space: Literal["inception", "pixel"] = "inception",
+    space: Literal["both", "inception", "pixel"] = "both",
     k: int = MAX_PAIRS,
 ) -> Path | None:
     """Draw the ``k`` closest (generated | training) pairs, one per row, labelled with their
     distance ratio; written atomically. ``fake``: the fake side given to ``evaluate`` (a
     SampleSet, a (Dataset, split) pair or an image array); ``train``: the Dataset (its train
-    split) or an image array; ``result``: evaluate()'s dict or its ``memorisation`` record.
-    Returns None (writes nothing) when there is no record or no pair."""
+    split) or an image array; ``result``: evaluate()'s dict or its ``memorisation`` record;
+    ``space``: the Inception pairs, the pixel pairs, or both merged (closest first, each pair
+    once). Returns None (writes nothing) when there is no record or no pair."""
     from PIL import Image, ImageDraw
 
     rec = result.get("memorisation", result) if "share" not in result else result
-    pairs = (rec or {}).get("pairs" if space == "inception" else "pixel_pairs") or []
+    pairs = _pairs(rec or {}, space)[:k]
     if not pairs:
         return None
-    pairs = pairs[:k]
     fakes, trains = _images_of(fake), _images_of(train)
     threshold = float(rec.get("threshold", NEAR_COPY))
     pad, row_h = 4, CELL + LABEL + 4
     sheet = Image.new("RGB", (2 * CELL + 3 * pad, pad + LABEL + row_h * len(pairs)), "white")
     draw = ImageDraw.Draw(sheet)
     draw.text((pad, 1), "generated", fill="black")
-    draw.text((2 * pad + CELL, 1), f"nearest training ({space})", fill="black")
-    for r, (fi, ti, ratio) in enumerate(pairs):
+    draw.text((2 * pad + CELL, 1), "nearest training", fill="black")
+    for r, (fi, ti, ratio, where) in enumerate(pairs):
         y = pad + LABEL + r * row_h
         sheet.paste(_cell(fakes[int(fi)]), (pad, y))
         sheet.paste(_cell(trains[int(ti)]), (2 * pad + CELL, y))
         flag = " near copy" if ratio < threshold else ""
-        text = f"#{fi} | train #{ti}  r={ratio:.2f}{flag}"
+        text = f"#{fi} | #{ti} {where} r={ratio:.2f}{flag}"
         draw.text((pad, y + CELL + 1), text, fill="red" if flag else "black")
     out = Path(path)
     with atomic.atomic_path(out) as tmp:
