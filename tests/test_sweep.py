@@ -263,9 +263,11 @@ kind = "svc"
     page = build_report(runs, tmp_path / "report.html")
     text = page.read_text()
     assert "model.activation=relu" in text and "model.activation=silu" in text
-    assert text.count('class="card ') == 2 and text.count("data:image/png;base64,") == 2
+    # a grid and the memorisation check's closest pairs per run
+    assert text.count('class="card ') == 2 and text.count("data:image/png;base64,") == 4
+    assert text.count("closest to the training set") == 2
     seen = check_page(page, tmp_path, screenshot=tmp_path / "report.png")
-    assert seen["images"] == 2 and seen["svgs"] == 2  # loss curves; FID against accuracy
+    assert seen["images"] == 4 and seen["svgs"] == 2  # loss curves; FID against accuracy
 
 
 def test_failures_are_recorded_and_runs_go_one_per_gpu(ds, tmp_path, monkeypatch):

@@ -13,6 +13,7 @@ examples:
   diffscape sweep my-sweep.toml --out runs/mine --data data/photos32
   diffscape sweep guidance-cpu --out runs/guidance --dry-run  # list the runs, do nothing
   diffscape sweep --list                                    # the shipped sweeps
+  diffscape sweep schedule-seeds-cpu --out runs/schedule-seeds  # 2 settings x 3 seeds
 
 Each run is trained, sampled, evaluated (FID/KID) and judged (per-class accuracy) into
 RUNS/<run>/ and RUNS/<run>/samples/<sampling>/ (result.json last). Running the same command
@@ -23,6 +24,8 @@ made in RUNS/_data. At the end RUNS/report.html and RUNS/results.csv are written
 
 A sweep file (TOML):
   preset = "tiny"                       # where every run starts
+  seeds = [0, 1, 2]                     # optional: every setting once per seed (replicates);
+  baseline = "linear"                   #   the report gives intervals and verdicts against it
   [base]                                # overrides for every run
   model.conditional = true
   train = { steps = 1500, batch_size = 32 }
@@ -49,7 +52,10 @@ One self-contained HTML page (no server, no network): a sortable table of every 
 changes from the base config, FID and KID ± std with their n, the real-vs-real floor, judge
 accuracy overall and per class, training time, img/s), plots the data supports (loss curves,
 FID against sampler steps, accuracy against guidance, FID against accuracy) and each run's
-per-class sample grid; results.csv is written beside it.
+per-class sample grid; results.csv is written beside it. A sweep with seeds gets a table of
+settings first: each number's mean ± 95% interval over the seeds (seed-to-seed spread and each
+run's own sampling noise) and a verdict against the baseline: better, worse, or no difference
+found at this n and these seeds. Closest pairs (memorisation) show beside each grid.
 
 Reads, per run folder: config.json, metrics.jsonl (training log), samples/<...>/grid.png and
 samples.json, metrics.json (diffscape evaluate) and accuracy.json (diffscape judge score), in the

@@ -70,7 +70,15 @@ def summary(row: Row, classes: list[str]) -> dict[str, Any]:
         "accuracy": a.get("accuracy"),
         "n_judged": a.get("n"),
         "judge_real_accuracy": (a.get("real") or {}).get("accuracy"),
+        "setting": row.group,
+        "seed": row.seed,
+        "precision": m.get("precision"),
+        "recall": m.get("recall"),
+        "fid64": m.get("fid64"),
+        "memorisation_share": (m.get("memorisation") or {}).get("share"),
     }
+    for kind, acc in row.judges.items():
+        out[f"accuracy_{kind}_judge"] = acc.get("accuracy")
     per_class_acc = a.get("per_class") or {}
     per_class_m = m.get("per_class") or {}
     for c in classes:
