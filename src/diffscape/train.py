@@ -418,11 +418,20 @@ class TrainLogger:
         )
         self.tb = _tensorboard(run_dir) if main else None
         self.bar = None
+        # With a wall-clock budget the bar counts seconds of it (the step cap is usually far
+        # away and its ETA meaningless); otherwise it counts steps.
+        self.budget_seconds = cfg.train.minutes * 60
+        self.loss_text = ""
         if progress and main:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=cfg.train.steps, initial=step, desc="train", unit="step",
-                            dynamic_ncols=True)  # fmt: skip
+            if self.budget_seconds:
+                self.bar = tqdm(total=round(self.budget_seconds), desc="train (budget)", unit="s",
+                                dynamic_ncols=True, bar_format="{l_bar}{bar}| {n:.0f}/{total} s "
+                                "[{elapsed}<{remaining}{postfix}]")  # fmt: skip
+            else:
+                self.bar = tqdm(total=cfg.train.steps, initial=step, desc="train", unit="step",
+                                dynamic_ncols=True)  # fmt: skip
         self._window_reset()
         self.last_grad_norm: torch.Tensor | float = float("nan")
 
@@ -441,7 +450,13 @@ class TrainLogger:
             _append_jsonl(self.path, {"step": state.step, "skipped": True,
                                       "loss": _num(result.loss), "grad_norm": _num(result.grad_norm),
                                       "skipped_steps": state.skipped_steps})  # fmt: skip
-        if self.bar is not None:
+        if self.bar is None:
+            return
+        if self.budget_seconds:
+            spent = min(self.budget_seconds, time.perf_counter() - self.t_start)
+            self.bar.set_postfix_str(f"step {state.step}{self.loss_text}", refresh=False)
+            self.bar.update(max(0.0, spent - self.bar.n))
+        else:
             self.bar.update(1)
 
     def due(self, step: int) -> bool:
@@ -464,15 +479,17 @@ class TrainLogger:
         if stopped_by is not None:
             record["stopped_by"] = stopped_by
         if self.main and stopped_by == "budget":
-            print(f"train: the budget (train.minutes={t.minutes:g}) ended training after step "
-                  f"{state.step}; saving a checkpoint (continue with --resume)", file=sys.stderr)  # fmt: skip
+            msg = (f"train: the budget (train.minutes={t.minutes:g}) ended training after step "
+                   f"{state.step}; saving a checkpoint (continue with --resume)")  # fmt: skip
+            (self.bar.write if self.bar is not None else print)(msg, file=sys.stderr)
         if self.main:
             _append_jsonl(self.path, record)
             if self.tb is not None:
                 for k in ("loss", "lr", "grad_norm", "images_per_second"):
                     self.tb.add_scalar(f"train/{k}", record[k], state.step)
-            if self.bar is not None:
-                self.bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
+            self.loss_text = f", loss={record['loss']:.4f}"
+            if self.bar is not None and not self.budget_seconds:
+                self.bar.set_postfix_str(self.loss_text[2:], refresh=False)
             if self.on_log is not None:
                 self.on_log(record)
         self._window_reset()
