@@ -16,7 +16,7 @@ import diffscape.sample as sample_module
 from diffscape import config, diffusion
 from diffscape.cli import main
 from diffscape.errors import DiffscapeError
-from diffscape.imagefolder import load_sample_folder, make_grid
+from diffscape.imagefolder import load_sample_folder, make_grid, read_image
 from diffscape.sample import (
     class_names,
     denoise,
@@ -160,7 +160,12 @@ def test_sample_folder_layout_and_record(runs, tmp_path):
     # one class only, guided; the image for (seed, class, index) is the same as above at w=1
     out2 = tmp_path / "s2"
     sample_to_folder(runs["cond"], out2, n=2, classes=["c1"], steps=3, seed=5, progress=False)
-    assert (out2 / "c1" / "00001.png").read_bytes() == (out / "c1" / "00001.png").read_bytes()
+    # Equal up to the last bit's rounding: a batch of 2 and a batch of 6 may take other float
+    # kernels (seen on AVX2-only CPUs); another (seed, class, index) gives a different image.
+    a, b = (read_image(d / "c1" / "00001.png").astype(int) for d in (out2, out))
+    assert np.abs(a - b).max() <= 1 and (a != b).mean() < 0.01
+    other = read_image(out / "c1" / "00000.png").astype(int)
+    assert np.abs(other - b).mean() > 5
     assert not (out2 / "c0").exists()
 
 
