@@ -210,15 +210,16 @@ def test_save_pairs_png_draws_the_closest_pairs(tmp_path):
         assert img.format == "PNG"
         w, h = img.size
         rgb = np.asarray(img.convert("RGB"))
-    assert h > M.MAX_PAIRS * M.CELL and w >= 2 * M.CELL
-    # the first row is an exact copy: its two cells are the same pixels
+    assert w > M.MAX_PAIRS * M.CELL and h >= 2 * M.CELL
+    # the first column is an exact copy: its two cells are the same pixels
     first = r["memorisation"]["pairs"][0]
     assert first[2] < 1e-3
-    pad = 4
-    top = pad + M.LABEL
-    left = rgb[top : top + M.CELL, pad : pad + M.CELL]
-    right = rgb[top : top + M.CELL, 2 * pad + M.CELL : 2 * pad + 2 * M.CELL]
-    np.testing.assert_array_equal(left, right)
+    pad, x = 4, M.TITLE + 4
+    above = rgb[pad : pad + M.CELL, x : x + M.CELL]
+    below = rgb[2 * pad + M.CELL : 2 * pad + 2 * M.CELL, x : x + M.CELL]
+    np.testing.assert_array_equal(above, below)
+    second = rgb[pad : pad + M.CELL, x + M.CELL + 4 : x + 2 * M.CELL + 4]
+    assert np.abs(second.astype(int) - above.astype(int)).mean() > 1  # another image
     # the record alone, the pixel pairs, and fewer rows work too
     assert M.save_pairs_png(fake, ds, r["memorisation"], tmp_path / "a.png", k=2)
     assert M.save_pairs_png(fake.images, train, r, tmp_path / "b.png", space="pixel")
@@ -228,7 +229,7 @@ def test_save_pairs_png_draws_the_closest_pairs(tmp_path):
     assert [p[2] for p in merged] == sorted(p[2] for p in merged)
     assert {p[3] for p in merged} == {"inc", "px"}
     with Image.open(tmp_path / "a.png") as img:
-        assert img.size[1] < h
+        assert img.size[0] < w  # two columns instead of eight
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 

@@ -173,7 +173,8 @@ def memorisation_record(
 # ---- the picture ---------------------------------------------------------------------------------
 
 CELL = 96  # pixels per drawn image (nearest-neighbour upscaling keeps small images sharp)
-LABEL = 14  # pixels of text under each pair
+LABEL = 14  # pixels of one line of text under each pair
+TITLE = 64  # pixels left of the pairs for the row titles
 
 
 def _images_of(side: Any) -> np.ndarray:
@@ -220,8 +221,8 @@ def save_pairs_png(
     space: Literal["both", "inception", "pixel"] = "both",
     k: int = MAX_PAIRS,
 ) -> Path | None:
-    """Draw the ``k`` closest (generated | training) pairs, one per row, labelled with their
-    distance ratio; written atomically. ``fake``: the fake side given to ``evaluate`` (a
+    """Draw the ``k`` closest (generated above, training below) pairs, one per column, labelled
+    with their distance ratio; written atomically. ``fake``: the fake side given to ``evaluate`` (a
     SampleSet, a (Dataset, split) pair or an image array); ``train``: the Dataset (its train
     split) or an image array; ``result``: evaluate()'s dict or its ``memorisation`` record;
     ``space``: the Inception pairs, the pixel pairs, or both merged (closest first, each pair
@@ -234,18 +235,23 @@ def save_pairs_png(
         return None
     fakes, trains = _images_of(fake), _images_of(train)
     threshold = float(rec.get("threshold", NEAR_COPY))
-    pad, row_h = 4, CELL + LABEL + 4
-    sheet = Image.new("RGB", (2 * CELL + 3 * pad, pad + LABEL + row_h * len(pairs)), "white")
+    # One column per pair (generated above, nearest training image below, the ratio under
+    # them), so that the sheet is as wide as a sample grid rather than a tall strip.
+    pad, col_w = 4, CELL + 4
+    sheet = Image.new("RGB", (TITLE + pad + col_w * len(pairs), 2 * CELL + 3 * pad + 2 * LABEL),
+                      "white")  # fmt: skip
     draw = ImageDraw.Draw(sheet)
-    draw.text((pad, 1), "generated", fill="black")
-    draw.text((2 * pad + CELL, 1), "nearest training", fill="black")
-    for r, (fi, ti, ratio, where) in enumerate(pairs):
-        y = pad + LABEL + r * row_h
-        sheet.paste(_cell(fakes[int(fi)]), (pad, y))
-        sheet.paste(_cell(trains[int(ti)]), (2 * pad + CELL, y))
-        flag = " near copy" if ratio < threshold else ""
-        text = f"#{fi} | #{ti} {where} r={ratio:.2f}{flag}"
-        draw.text((pad, y + CELL + 1), text, fill="red" if flag else "black")
+    draw.text((pad, pad + CELL // 2), "generated", fill="black")
+    draw.text((pad, 2 * pad + CELL + CELL // 2), "training", fill="black")
+    for c, (fi, ti, ratio, where) in enumerate(pairs):
+        x = TITLE + pad + c * col_w
+        sheet.paste(_cell(fakes[int(fi)]), (x, pad))
+        sheet.paste(_cell(trains[int(ti)]), (x, 2 * pad + CELL))
+        near = ratio < threshold
+        y = 2 * CELL + 2 * pad + 1
+        draw.text((x, y), f"{where} r={ratio:.2f}{' COPY' if near else ''}",
+                  fill="red" if near else "black")  # fmt: skip
+        draw.text((x, y + LABEL), f"#{fi} | #{ti}", fill="black")
     out = Path(path)
     with atomic.atomic_path(out) as tmp:
         sheet.save(tmp, format="PNG")
