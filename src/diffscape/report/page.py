@@ -491,7 +491,7 @@ svg.plot { width:100%; height:auto; display:block; }
 .nogrid { color:var(--muted); padding:24px; text-align:center; background:var(--bg);
   border-radius:6px; }
 .imgs { display:flex; gap:12px; align-items:flex-start; flex-wrap:wrap; }
-.imgs .img { flex:1 1 0; min-width:160px; }
+.imgs .img { flex:1 1 100%; }  /* the grid above, the closest pairs (as wide) below */
 td.verdict { font-weight:600; min-width:8em; }
 td.verdict .n { white-space:nowrap; }
 td.v-better { background:#dcfce7; color:var(--good); }
