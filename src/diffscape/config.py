@@ -227,7 +227,9 @@ class RunConfig:
         return json.dumps(self.to_dict(), indent=2) + "\n"
 
     def save(self, path: Path) -> None:
-        Path(path).write_text(self.to_json())
+        from diffscape.atomic import write_text
+
+        write_text(path, self.to_json())
 
 
 # A run's config (config.json), then every section the engine parses.
