@@ -229,8 +229,8 @@ def accuracy_vs_guidance(rows: list[Row]) -> Plot:
 def fid_vs_accuracy(rows: list[Row], floor: dict[str, Any] | None) -> Plot:
     title = "FID against judge accuracy"
     classes = class_names(rows)
-    pts = [(r.name, summary(r, classes)) for r in rows]
-    pts = [(n, s) for n, s in pts if s["fid"] is not None and s["accuracy"] is not None]
+    pts = [(r, summary(r, classes)) for r in rows]
+    pts = [(r, s) for r, s in pts if s["fid"] is not None and s["accuracy"] is not None]
     if len(pts) < 2:
         return Plot(
             "tradeoff", title, None, "needs two or more runs with both FID and judge accuracy"
@@ -238,22 +238,34 @@ def fid_vs_accuracy(rows: list[Row], floor: dict[str, Any] | None) -> Plot:
     fig, (ax,) = _figure(height=3.8)
     xs = [100 * s["accuracy"] for _, s in pts]
     ys = [s["fid"] for _, s in pts]
-    names = [n for n, _ in pts]
-    for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
-        ax.scatter(x, y, color=PALETTE[i % len(PALETTE)], s=40, zorder=3)
+    # Seed replicates: one colour per setting, named once in the legend (a label per point
+    # would pile up); single runs: one colour and a label per run.
+    groups = list(dict.fromkeys(r.group for r, _ in pts))
+    replicated = len(groups) < len(pts)
+    for i, ((r, _), x, y) in enumerate(zip(pts, xs, ys, strict=True)):
+        g = groups.index(r.group) if replicated else i
+        first = replicated and all(q.group != r.group for q, _ in pts[:i])
+        ax.scatter(x, y, color=PALETTE[g % len(PALETTE)], s=40, zorder=3,
+                   label=r.group if first else None)  # fmt: skip
     _floor_lines(ax, floor, "fid")
     real = next((s["judge_real_accuracy"] for _, s in pts if s["judge_real_accuracy"]), None)
     if real is not None:
         ax.axvline(100 * real, color="#999", linestyle=":", linewidth=1, label="judge on real test")
     ax.set_xlabel("judge accuracy (%), higher is better")
     ax.set_ylabel("FID, lower is better")
-    if floor or real is not None:
+    if floor or real is not None or replicated:
         ax.legend(fontsize=8, frameon=False)
     low = min(xs)
     ax.set_xlim(max(-4.0, math.floor(low / 10) * 10 - 5), 102)
     ax.margins(y=0.12)
-    # Labels are wide and short: a label is stacked above the earlier ones that it would overlap,
-    # judged in axis fractions (after the limits are known), not in data units.
+    if not replicated:
+        _label_points(ax, [r.name for r, _ in pts], xs, ys)
+    return Plot("tradeoff", title, to_svg(fig, "tradeoff"), "best runs sit bottom right")
+
+
+def _label_points(ax: Any, names: list[str], xs: list[float], ys: list[float]) -> None:
+    """Labels are wide and short: a label is stacked above the earlier ones that it would
+    overlap, judged in axis fractions (after the limits are known), not in data units."""
     (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
     placed: list[tuple[float, float]] = []
     for name, x, y in zip(names, xs, ys, strict=True):
@@ -261,7 +273,6 @@ def fid_vs_accuracy(rows: list[Row], floor: dict[str, Any] | None) -> Plot:
         near = sum(abs(fx - px) < 0.25 and abs(fy - py) < 0.06 for px, py in placed)
         placed.append((fx, fy))
         ax.annotate(name, (x, y), xytext=(5, 4 + 10 * near), textcoords="offset points", fontsize=8)
-    return Plot("tradeoff", title, to_svg(fig, "tradeoff"), "best runs sit bottom right")
 
 
 def all_plots(rows: list[Row], floor: dict[str, Any] | None) -> list[Plot]:
