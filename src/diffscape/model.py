@@ -11,7 +11,6 @@ user, in two lines) rebuilds exactly the trained network from a diffusers folder
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -126,19 +125,10 @@ def estimate_memory_bytes(cfg: ModelConfig, *, training: bool = False, batch: in
 
 
 def available_memory_bytes() -> int | None:
-    """Memory this machine can give without swapping: MemAvailable from /proc/meminfo, else
-    the free physical pages; None where neither is known."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
+    """Memory this machine can give without swapping (:func:`diffscape.data.memory.available_bytes`)."""
+    from diffscape.data.memory import available_bytes
+
+    return available_bytes()
 
 
 def check_memory(cfg: ModelConfig, *, training: bool, batch: int = 1) -> int:

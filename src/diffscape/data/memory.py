@@ -3,6 +3,8 @@ machine is refused in one line instead of ending in a MemoryError or the kernel'
 
 from __future__ import annotations
 
+import os
+
 from diffscape.errors import DiffscapeError
 
 # Leave this share of the available memory to everything else (the model, Python, the OS cache).
@@ -14,7 +16,8 @@ class OutOfMemoryError(DiffscapeError):
 
 
 def available_bytes() -> int | None:
-    """``MemAvailable`` from /proc/meminfo (Linux); None where it cannot be read."""
+    """Memory this machine can give without swapping: ``MemAvailable`` from /proc/meminfo
+    (Linux), else the free physical pages; None where neither is known."""
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -22,7 +25,10 @@ def available_bytes() -> int | None:
                     return int(line.split()[1]) * 1024  # the kernel reports kB
     except (OSError, ValueError, IndexError):
         pass
-    return None
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def gib(nbytes: float) -> str:
