@@ -31,7 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", default="diffscape-demo", help="folder for everything the demo writes")
     p.add_argument(
-        "--minutes", type=float, default=None, help="training budget in minutes (default 5)"
+        "--minutes",
+        type=float,
+        default=None,
+        help="training budget in minutes (default 5)%(default).0s",
     )
     p.add_argument("--data", default=None, help="a prepared dataset instead of the built-in one")
     p.add_argument("--seed", type=int, default=0, help="seeds data, weights and sampling")
