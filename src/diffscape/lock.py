@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,10 +24,19 @@ class FolderBusy(DiffscapeError):
 
 
 def _holder(path: Path) -> str:
-    try:
-        text = path.read_text().strip()
-    except OSError:
-        return "another process"
+    """Who holds the lock, as its file says. The holder writes its line just after taking the
+    lock, so a process that lost a race by microseconds may find the file still empty: it waits
+    up to half a second for the line (a line ends in a newline when whole)."""
+    text = ""
+    for _ in range(20):
+        try:
+            text = path.read_text()
+        except OSError:
+            return "another process"
+        if text.endswith("\n"):
+            break
+        time.sleep(0.025)
+    text = text.strip()
     return f"process {text}" if text else "another process"
 
 
