@@ -91,3 +91,30 @@ def test_bad_settings_are_refused_before_anything_is_written(tmp_path, change, m
     with pytest.raises(DiffscapeError, match=message):
         run_demo(tmp_path / "demo", replace(SHORT, **change), say=lambda _: None)
     assert not (tmp_path / "demo").exists()
+
+
+def test_training_gets_what_the_budget_leaves():
+    from diffscape.demo import (
+        MIN_TRAIN_MINUTES,
+        after_training_seconds,
+        inception_rate,
+        training_minutes,
+    )
+    from diffscape.results import Floor
+
+    s = DemoSettings(minutes=9.0)
+    after = after_training_seconds(s, classes=5, inception_rate=3.5)
+    # 200 images at 3.5 img/s dominate; sampling 200 x 20 steps at ~250/s; + report, judge
+    assert 200 / 3.5 < after < 200 / 3.5 + 120
+    assert training_minutes(s, elapsed=120.0, after=after) == pytest.approx(
+        (540 - 120 - after) / 60
+    )
+    # a budget the other stages already use up: the minimum, not a negative deadline
+    assert training_minutes(DemoSettings(minutes=1.0), 120.0, after) == MIN_TRAIN_MINUTES
+    # Inception speed measured by the floor stage when it ran; the default when it was cached
+    floor = Floor(fid=1.0, kid=None, n_fake=200, n_real=200, metrics={})
+    assert inception_rate({"floor": 40.0}, floor) == pytest.approx(10.0)
+    assert inception_rate({"floor": 0.0}, floor) == 3.5
+    assert inception_rate({}, None) == 3.5
+    # a faster Inception leaves more to training
+    assert after_training_seconds(s, 5, 10.0) < after
