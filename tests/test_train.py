@@ -379,3 +379,92 @@ def test_memory_does_not_grow_with_the_dataset(tmp_path):
     small, big = peak_anon_mib(64), peak_anon_mib(40_000)
     data_mib = 40_000 * 3 * 32 * 32 / 2**20
     assert big - small < 0.15 * data_mib, (small, big, data_mib)  # < 18 MiB of 117 MiB
+
+
+# ---- the guard without a host sync (issue 17) -----------------------------------------------
+
+
+def _guarded_run(ds, monkeypatch, *, fused: bool, guard: str, bad: set[int], steps: int = 5):
+    """``steps`` train_step calls on the memmap source; steps in ``bad`` get a NaN target.
+    Returns the results and a snapshot of weights, EMA and optimizer state after each step."""
+    import diffscape.train as tr
+    from diffscape.checkpoint import TrainingState
+    from diffscape.data.source import HostSource
+
+    real = tr.diffusion.training_target
+    state = TrainingState(step=0)
+
+    def poisoned(*a, **k):
+        return real(*a, **k) * (float("nan") if state.step in bad else 1.0)
+
+    monkeypatch.setattr(tr.diffusion, "training_target", poisoned)
+    c = config.with_changes(cfg(f"train.steps={steps}"), model={"num_classes": 3})
+    acc = tr.make_accelerator(c, cpu=True)
+    model, ema, _ = tr.build_model(c, acc)
+    opt = torch.optim.AdamW(model.parameters(), lr=c.train.lr, fused=fused, foreach=not fused)
+    parts = tr.step_parts(c, acc, model, ema, opt, tr.step_generator(c, 0))
+    parts.guard = guard
+    data = HostSource(ds.images("train"), ds.labels("train"), c.train.seed, c.train.batch_size)
+    results, snaps = [], []
+    for _ in range(steps):
+        results.append(tr.train_step(parts, state, data))
+        snap = {f"m.{k}": v.detach().clone() for k, v in model.named_parameters()}
+        snap |= {f"e.{k}": v.clone() for k, v in ema.named_parameters()}
+        for i, s in enumerate(opt.state_dict()["state"].values()):
+            snap |= {f"o.{i}.{k}": v.clone() for k, v in s.items()}
+        snaps.append(snap)
+    monkeypatch.undo()
+    return results, snaps
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_device_guard_skips_like_the_host_guard(ds, monkeypatch):
+    # Step 2 (0-based) is non-finite. The device guard (fused AdamW's found_inf, EMA weight 0)
+    # must leave weights, EMA and optimizer state (moments and step count) exactly as they were,
+    # and end bit for bit where the old guard (read on the host before the update) ends.
+    dev, dev_snaps = _guarded_run(ds, monkeypatch, fused=True, guard="device", bad={2})
+    host, host_snaps = _guarded_run(ds, monkeypatch, fused=True, guard="host", bad={2})
+    assert [bool(r.finite) for r in dev] == [True, True, False, True, True]
+    assert [bool(r.finite) for r in host] == [True, True, False, True, True]
+    assert _same(dev_snaps[1], dev_snaps[2])  # the skipped step changed nothing
+    assert not _same(dev_snaps[2], dev_snaps[3])  # the next one did
+    assert all(float(v) == 2.0 for k, v in dev_snaps[2].items() if k.endswith(".step"))
+    for d, h in zip(dev_snaps, host_snaps, strict=True):
+        assert _same(d, h)
+    assert [float(r.loss) for r in dev[:2]] == [float(r.loss) for r in host[:2]]
+
+
+def test_fused_device_guard_trains_like_eager_foreach(ds, monkeypatch):
+    fused, f_snaps = _guarded_run(ds, monkeypatch, fused=True, guard="device", bad=set())
+    loop, l_snaps = _guarded_run(ds, monkeypatch, fused=False, guard="host", bad=set())
+    # Other kernels, same math: equal up to float rounding (atol 1% of one step's size, lr).
+    assert [float(r.loss) for r in fused] == pytest.approx([float(r.loss) for r in loop], rel=1e-4)
+    for k in f_snaps[-1]:
+        torch.testing.assert_close(f_snaps[-1][k], l_snaps[-1][k], rtol=1e-4, atol=2e-6)
+
+
+def test_non_finite_steps_are_counted_when_the_window_is_read(ds, tmp_path, monkeypatch):
+    # log_every_steps=4: the flags are read at steps 4 and 8. Steps 3.. are non-finite; the
+    # fifth in a row is step 7, and the run stops when that window is read (at step 8).
+    import diffscape.train as tr
+
+    real = tr.diffusion.training_target
+    calls = {"n": 0}
+
+    def poisoned(*a, **k):
+        calls["n"] += 1
+        return real(*a, **k) * (float("nan") if calls["n"] >= 3 else 1.0)
+
+    monkeypatch.setattr(tr.diffusion, "training_target", poisoned)
+    run = tmp_path / "r"
+    over = ("train.steps=30", "train.log_every_steps=4", "train.checkpoint_every_steps=0")
+    with pytest.raises(NonFiniteLossError, match="5 non-finite .* at step 7;"):
+        train(cfg(*over), ds.root, run, progress=False)
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r.get("skipped")] == [3, 4, 5, 6, 7, 8]
+    window = [r for r in records if not r.get("skipped")]
+    assert [(r["step"], r["skipped_steps"]) for r in window] == [(4, 2)]
+    assert calls["n"] == 8

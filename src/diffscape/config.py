@@ -138,6 +138,11 @@ class TrainConfig:
     )
     channels_last: bool = setting(False, "NHWC memory format for convolutions")
     compile: bool = setting(False, "torch.compile the UNet")
+    # The whole uint8 split on the training device, gathered there each step with the step's
+    # draws on a device generator: no host work or copies per step (issue 17).
+    data_on_device: Literal["auto", "on", "off"] = setting(
+        "auto", "hold the split on the device; auto: on CUDA when <= 25% of free GPU memory"
+    )
     seed: int = setting(0, "seeds weights, data order, noise and dropout", lo=0, hi=SEED_MAX)
     log_every_steps: int = setting(
         25, "metrics.jsonl cadence: a line per this many steps", lo=1, hi=MANY

@@ -1,13 +1,18 @@
 """The training loop: DDPM on a prepared dataset, through Accelerate, resumable exactly.
 
-Read top to bottom: the pure pieces (LR, EMA, data order), ``train_step`` (the one copy of the
-step, also what the benchmarks time), ``TrainLogger`` (metrics.jsonl, TensorBoard, progress),
-then ``train()``: setup, resume, loop, checkpoints.
+Read top to bottom: the pure pieces (LR, EMA), ``train_step`` (the one copy of the step, also
+what the benchmarks time), ``TrainLogger`` (metrics.jsonl, TensorBoard, progress), then
+``train()``: setup, resume, loop, checkpoints. Batches come from ``diffscape.data.source``: the
+memory-mapped split, or the whole split on the training device (``train.data_on_device``).
 
 Exact resume rests on three things: every random draw comes from generators whose state is
 checkpointed (noise, timesteps, flips, label dropout on ``gen``; dropout on torch's global RNG);
 the data order is a pure function of (seed, step), so there is no loader state to save; and the
 LR is a pure function of the step.
+
+The step does not wait for the device: a non-finite step is skipped on the device (fused AdamW's
+``found_inf``, an EMA weight of 0), and the loop reads the steps' flags and losses once per
+logging window, checkpoint or stop (``TrainLogger.settle``).
 
 Multi-process (``accelerate launch --num_processes N``): the global batch of a step is split
 across processes by rank, gradients are averaged by DDP, and only the main process writes (and
@@ -47,6 +52,9 @@ from diffscape.checkpoint import (
 )
 from diffscape.config import ConfigError, DiffusionConfig, RunConfig, shape_changes, with_changes
 from diffscape.data.dataset import Dataset, load_dataset
+from diffscape.data.source import BatchSource, make_source
+from diffscape.data.source import batch_indices as batch_indices  # re-exported: tests, bench
+from diffscape.data.source import load_batch as load_batch
 from diffscape.errors import DiffscapeError
 from diffscape.lock import FolderBusy, hold
 from diffscape.model import build_unet, count_parameters, null_class
@@ -103,49 +111,30 @@ def ema_decay_at(step: int, decay: float, warmup: bool) -> float:
 
 
 @torch.no_grad()
-def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * model, over all parameters at once.
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, weight: float | torch.Tensor) -> None:
+    """ema <- ema + weight * (model - ema), over all parameters at once (weight = 1 - decay).
 
-    By hand rather than diffusers' EMAModel: keeping the EMA as a whole UNet makes it save as
-    a diffusers folder and sample directly, with no shadow-parameter list to convert.
+    A 0-d tensor ``weight`` stays on the device: 0 for a skipped step leaves the EMA as it was
+    with no host sync. By hand rather than diffusers' EMAModel: keeping the EMA as a whole UNet
+    makes it save as a diffusers folder and sample directly, with no shadow-parameter list.
     """
     e = [p for p in ema.parameters()]
     m = [p.detach() for p in model.parameters()]
-    torch._foreach_lerp_(e, m, 1.0 - decay)
-
-
-def batch_indices(seed: int, step: int, batch_size: int, n: int) -> np.ndarray:
-    """The global batch of ``step``: epochs are seeded permutations of the data, consumed in
-    order, so the data order is a pure function of (seed, step)."""
-    start = step * batch_size
-    out = np.empty(batch_size, dtype=np.int64)
-    filled = 0
-    while filled < batch_size:
-        epoch, offset = divmod(start + filled, n)
-        perm = np.random.default_rng([seed, epoch]).permutation(n)
-        take = min(batch_size - filled, n - offset)
-        out[filled : filled + take] = perm[offset : offset + take]
-        filled += take
-    return out
-
-
-def load_batch(
-    images: np.ndarray, labels: np.ndarray, idx: np.ndarray
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 rows of a memory-mapped array -> float images in [-1, 1] and int64 labels. Sorted
-    reads keep the access pattern friendly to the page cache; the order is restored after."""
-    order = np.argsort(idx, kind="stable")
-    inv = np.empty_like(order)
-    inv[order] = np.arange(len(order))
-    x = np.asarray(images[idx[order]])[inv]
-    y = np.asarray(labels[idx[order]])[inv]
-    xt = torch.from_numpy(x).float().div_(127.5).sub_(1.0)
-    return xt, torch.from_numpy(y.astype(np.int64))
+    if not torch.is_tensor(weight):
+        torch._foreach_lerp_(e, m, weight)
+    elif e[0].device.type == "cuda":
+        # lerp with a list of 0-d weights has no multi-tensor CUDA kernel (shapes differ: it
+        # falls back to one lerp per tensor); sub, mul by a tensor scalar and add have one each.
+        diff = torch._foreach_sub(m, e)
+        torch._foreach_mul_(diff, weight)
+        torch._foreach_add_(e, diff)
+    else:  # CPU foreach ops loop over the tensors anyway; the float-weight lerp, bit for bit
+        torch._foreach_lerp_(e, m, [weight] * len(e))
 
 
 def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Flip each image left-right with probability 1/2 (one draw per image from ``gen``)."""
-    mask = torch.rand(x.shape[0], generator=gen) < 0.5
+    mask = torch.rand(x.shape[0], generator=gen, device=gen.device) < 0.5
     return torch.where(mask.view(-1, 1, 1, 1), x.flip(-1), x)
 
 
@@ -164,6 +153,9 @@ def diffusion_loss(
 # ---- the step -------------------------------------------------------------------------------
 
 
+Guard = Literal["device", "host", "off"]
+
+
 @dataclass
 class StepParts:
     """What every step works on; built once by :func:`step_parts` (train() and benchmarks)."""
@@ -174,37 +166,56 @@ class StepParts:
     net: torch.nn.Module  # what runs forward: ``model`` or its compiled/DDP-prepared wrapper
     ema: torch.nn.Module | None  # None: no EMA update (a benchmark measuring its cost)
     optimizer: torch.optim.Optimizer  # prepared by the accelerator
-    gen: torch.Generator  # this process's noise, timesteps, flips and label dropout
+    gen: torch.Generator  # this process's flips, noise, timesteps, label dropout; data's device
     alpha_bar: torch.Tensor  # cumulative alpha product of the noise schedule, (T,)
-    guard: bool = True  # skip non-finite steps (one host sync per step); off: benchmarks only
+    # Non-finite steps are skipped. "device": decided on the device, no host sync (needs an
+    # optimizer that reads ``found_inf``, i.e. fused AdamW; others fall back to "host");
+    # "host": the flag is read before the update (one sync per step); "off": benchmarks only.
+    guard: Guard = "device"
 
 
 @dataclass(frozen=True)
 class StepResult:
-    loss: torch.Tensor  # mean over processes, on the device (reading it syncs)
+    """Tensors on the device; reading them syncs (TrainLogger reads them once per window)."""
+
+    loss: torch.Tensor  # mean over processes
     grad_norm: torch.Tensor  # before clipping
     lr: float
-    finite: bool  # False: the step was skipped; weights, optimizer state and EMA unchanged
+    finite: torch.Tensor  # bool; False: the step was skipped (weights, optimizer, EMA unchanged)
 
 
-def train_step(
-    parts: StepParts, state: TrainingState, images: np.ndarray, labels: np.ndarray
-) -> StepResult:
-    """One optimizer step of ``state.step`` on ``images``/``labels`` (uint8 N,3,H,W and int
-    labels, memory-mapped or not); advances ``state``. The only copy of the training step."""
-    cfg, t, acc = parts.cfg, parts.cfg.train, parts.accelerator
-    step, gen, alpha_bar = state.step, parts.gen, parts.alpha_bar
-    idx = batch_indices(t.seed, step, t.batch_size, len(images))
-    x0, y = load_batch(images, labels, idx[acc.process_index :: acc.num_processes])
+def step_inputs(
+    parts: StepParts, step: int, data: BatchSource
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """This process's share of the batch of ``step`` and its draws from ``parts.gen``, in this
+    order: flips, noise, timesteps, label dropout; made where the data is, then moved to the
+    training device (a no-op for a :class:`DeviceSource`). Returns (x0, noise, t, labels)."""
+    cfg, t, acc, gen = parts.cfg, parts.cfg.train, parts.accelerator, parts.gen
+    if gen.device.type != data.device.type:
+        raise ValueError(f"the step's generator is on {gen.device}, the data on {data.device}")
+    x0, y = data.batch(step, acc.process_index, acc.num_processes)
     if t.hflip:
         x0 = random_flip(x0, gen)
-    noise = torch.randn(x0.shape, generator=gen)
-    tt = torch.randint(0, cfg.diffusion.timesteps, (x0.shape[0],), generator=gen)
+    noise = torch.randn(x0.shape, generator=gen, device=gen.device)
+    tt = torch.randint(0, cfg.diffusion.timesteps, (x0.shape[0],), generator=gen, device=gen.device)
     class_labels = None
     if cfg.model.conditional:
         class_labels = diffusion.drop_labels(y, t.label_dropout, null_class(cfg.model), gen)
         class_labels = class_labels.to(acc.device)
     x0, noise, tt = (v.to(acc.device) for v in (x0, noise, tt))
+    return x0, noise, tt, class_labels
+
+
+def train_step(parts: StepParts, state: TrainingState, data: BatchSource) -> StepResult:
+    """One optimizer step of ``state.step`` on ``data`` (a :class:`HostSource` or
+    :class:`DeviceSource`); advances ``state.step``. The only copy of the training step.
+
+    With ``parts.guard="device"`` nothing here waits for the device: whether the step was
+    finite is ``StepResult.finite``; :meth:`TrainLogger.settle` reads it later and keeps
+    ``state.skipped_steps``/``bad_steps_in_a_row``."""
+    cfg, t, acc = parts.cfg, parts.cfg.train, parts.accelerator
+    step, alpha_bar = state.step, parts.alpha_bar
+    x0, noise, tt, class_labels = step_inputs(parts, step, data)
     if t.channels_last:
         x0 = x0.contiguous(memory_format=torch.channels_last)
     x_t = diffusion.q_sample(x0, noise, tt, alpha_bar)
@@ -219,21 +230,49 @@ def train_step(
     acc.backward(loss)
     max_norm = t.grad_clip if t.grad_clip > 0 else float("inf")
     grad_norm = acc.clip_grad_norm_(parts.net.parameters(), max_norm)
-    # The host sync of the step: the decision to skip a non-finite step must be made before the
-    # optimizer touches the weights (a skipped step leaves them unchanged).
     mean_loss = acc.reduce(loss.detach(), "mean")
-    finite = not parts.guard or bool(torch.isfinite(mean_loss) & torch.isfinite(grad_norm))
-    if finite:
+    finite = torch.isfinite(mean_loss) & torch.isfinite(grad_norm)
+    decay = ema_decay_at(step, t.ema_decay, t.ema_warmup)
+    guard = parts.guard
+    if guard == "device" and not skips_on_device(parts.optimizer):
+        guard = "host"
+    if guard == "device":
+        _update_unless(parts, finite, 1.0 - decay)
+    elif guard == "off" or bool(finite):  # "host": the host sync of the step
         parts.optimizer.step()
         if parts.ema is not None:
-            ema_update(parts.ema, parts.model, ema_decay_at(step, t.ema_decay, t.ema_warmup))
-        state.bad_steps_in_a_row = 0
-    else:
-        state.bad_steps_in_a_row += 1
-        state.skipped_steps += 1
+            ema_update(parts.ema, parts.model, 1.0 - decay)
+    if guard == "off":
+        finite = torch.ones_like(finite)  # never skipped
     parts.optimizer.zero_grad(set_to_none=True)
     state.step += 1
     return StepResult(loss=mean_loss, grad_norm=grad_norm, lr=lr, finite=finite)
+
+
+def _inner(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    return getattr(optimizer, "optimizer", optimizer)  # Accelerate's wrapper holds the real one
+
+
+def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether the optimizer skips its update on a device flag: torch's fused Adam/AdamW read
+    ``found_inf`` (GradScaler's protocol, ``_step_supports_amp_scaling``) inside the kernel."""
+    return bool(getattr(_inner(optimizer), "_step_supports_amp_scaling", False))
+
+
+def _update_unless(parts: StepParts, finite: torch.Tensor, ema_weight: float) -> None:
+    """Optimizer and EMA update, both no-ops on the device when ``finite`` is false: fused AdamW
+    with ``found_inf=1`` leaves parameters and moments as they were and takes its step count back
+    (torch/optim/adam.py, _fused_adam), and the EMA moves by a weight of 0. No host sync."""
+    inner = _inner(parts.optimizer)
+    # An fp16 GradScaler sets (and then deletes) its own found_inf in the step; inf/NaN
+    # gradients are what it checks, and they make ``finite`` false too.
+    inner.found_inf = (~finite).float()
+    try:
+        parts.optimizer.step()
+    finally:
+        inner.__dict__.pop("found_inf", None)
+    if parts.ema is not None:
+        ema_update(parts.ema, parts.model, finite.float() * ema_weight)
 
 
 # ---- setup ----------------------------------------------------------------------------------
@@ -290,21 +329,25 @@ def build_model(
     ema = build_unet(cfg.model)
     ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False).eval()
-    # On CUDA the fused kernel (one launch per step): small UNets are launch-bound there; it gave
-    # 1.35x img/s over the for-loop AdamW on an H100 (preset base, bench/results/
-    # bench-gpu-study.json; fused vs foreach not measured there). foreach elsewhere.
-    fused = accelerator.device.type == "cuda"
+    # The fused kernel everywhere: it skips a non-finite step on the device (``found_inf``, see
+    # train_step), so the guard needs no host sync. On CUDA small UNets are launch-bound and it
+    # gave 1.35x img/s over the for-loop AdamW on an H100 (preset base, bench/results/
+    # bench-gpu-study.json). On the development CPU (1 thread, preset tiny) its step took 4.7 ms
+    # against foreach's 15.8 ms, and the whole train_step 0.96x the CPU time (noise +-10%).
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=t.lr, weight_decay=t.weight_decay, foreach=not fused, fused=fused
+        model.parameters(), lr=t.lr, weight_decay=t.weight_decay, fused=True
     )
     return model, ema, optimizer
 
 
-def step_generator(cfg: RunConfig, rank: int) -> torch.Generator:
-    """This process's generator for the step's draws; also seeds its dropout stream (torch's
-    global RNG). Both differ by rank."""
+def step_generator(
+    cfg: RunConfig, rank: int, device: torch.device | str = "cpu"
+) -> torch.Generator:
+    """This process's generator for the step's draws, on ``device`` (where the batch source
+    makes its batches); also seeds its dropout stream (torch's global RNG). Both differ by rank.
+    On a CPU the same seed gives the same draws for either source."""
     torch.manual_seed(cfg.train.seed * 1000 + rank + 7)
-    return torch.Generator().manual_seed(cfg.train.seed * 1000 + rank + 1)
+    return torch.Generator(device=device).manual_seed(cfg.train.seed * 1000 + rank + 1)
 
 
 def step_parts(
@@ -333,19 +376,21 @@ def measure_train_speed(
     held in memory, after ``warmup`` steps (allocations, kernel selection, compiling)."""
     accelerator = make_accelerator(cfg, cpu)
     model, ema, optimizer = build_model(cfg, accelerator)
-    parts = step_parts(cfg, accelerator, model, ema, optimizer, torch.Generator().manual_seed(0))
     b, s = cfg.train.batch_size, cfg.model.image_size
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (b, 3, s, s), dtype=np.uint8)
     labels = rng.integers(0, max(1, cfg.model.num_classes), b)
+    data, _ = make_source(cfg.train.data_on_device, images, labels, 0, b, accelerator.device)
+    gen = torch.Generator(device=data.device).manual_seed(0)
+    parts = step_parts(cfg, accelerator, model, ema, optimizer, gen)
     state = TrainingState(step=0)
     for _ in range(warmup):
-        train_step(parts, state, images, labels)
+        train_step(parts, state, data)
     sync = torch.cuda.synchronize if accelerator.device.type == "cuda" else (lambda: None)
     sync()
     t0 = time.perf_counter()
     for _ in range(steps):
-        train_step(parts, state, images, labels)
+        train_step(parts, state, data)
     sync()
     return steps * b / (time.perf_counter() - t0)
 
@@ -401,8 +446,9 @@ class TrainLogger:
     """metrics.jsonl, TensorBoard, the progress bar and the ``on_log`` callback.
 
     Losses are averaged over a window of ``train.log_every_steps`` good steps; skipped steps get
-    their own record at once. Every process keeps the window (its losses are already reduced);
-    only the main process writes."""
+    their own record. Steps are only queued as they come; :meth:`settle` reads their flags (the
+    one host sync of a window) when a record, a checkpoint or a stop is due. Every process keeps
+    the window (its losses are already reduced); only the main process writes."""
 
     def __init__(
         self, run_dir: Path, cfg: RunConfig, *, main: bool, world: int, step: int,
@@ -434,6 +480,7 @@ class TrainLogger:
                                 dynamic_ncols=True)  # fmt: skip
         self._window_reset()
         self.last_grad_norm: torch.Tensor | float = float("nan")
+        self.pending: list[tuple[int, StepResult]] = []  # (step after it, result), unread
 
     def _window_reset(self) -> None:
         self.window_loss: torch.Tensor | float = 0.0
@@ -441,15 +488,8 @@ class TrainLogger:
         self.window_t0 = time.perf_counter()
 
     def step(self, state: TrainingState, result: StepResult) -> None:
-        """Count one step: into the window, or as a skipped-step record."""
-        if result.finite:
-            self.window_loss = self.window_loss + result.loss
-            self.window_steps += 1
-            self.last_grad_norm = result.grad_norm
-        elif self.main:
-            _append_jsonl(self.path, {"step": state.step, "skipped": True,
-                                      "loss": _num(result.loss), "grad_norm": _num(result.grad_norm),
-                                      "skipped_steps": state.skipped_steps})  # fmt: skip
+        """Queue one step (nothing is read from the device here) and move the progress bar."""
+        self.pending.append((state.step, result))
         if self.bar is None:
             return
         if self.budget_seconds:
@@ -458,6 +498,33 @@ class TrainLogger:
             self.bar.update(max(0.0, spent - self.bar.n))
         else:
             self.bar.update(1)
+
+    def settle(self, state: TrainingState, max_bad_steps: int) -> int | None:
+        """Read the queued steps' finite flags (one host sync): good steps go into the window,
+        skipped ones get their record and ``state``'s counters. Returns the first step at which
+        ``max_bad_steps`` non-finite steps in a row were reached, or None."""
+        if not self.pending:
+            return None
+        flags = torch.stack([r.finite for _, r in self.pending]).tolist()
+        gave_up = None
+        for (step, result), ok in zip(self.pending, flags, strict=True):
+            if ok:
+                self.window_loss = self.window_loss + result.loss
+                self.window_steps += 1
+                self.last_grad_norm = result.grad_norm
+                state.bad_steps_in_a_row = 0
+                continue
+            state.bad_steps_in_a_row += 1
+            state.skipped_steps += 1
+            if state.bad_steps_in_a_row >= max_bad_steps and gave_up is None:
+                gave_up = step
+            if self.main:
+                _append_jsonl(self.path, {"step": step, "skipped": True,
+                                          "loss": _num(result.loss),
+                                          "grad_norm": _num(result.grad_norm),
+                                          "skipped_steps": state.skipped_steps})  # fmt: skip
+        self.pending.clear()
+        return gave_up
 
     def due(self, step: int) -> bool:
         return step % self.cfg.train.log_every_steps == 0 or step == self.cfg.train.steps
@@ -594,20 +661,38 @@ def _checkpoint_to_resume(run_dir: Path, cfg: RunConfig, resume: bool | None) ->
     return ckpt
 
 
+def gen_state_key(gen: torch.Generator, rank: int) -> str:
+    """The checkpoint's name for a step generator's state: ``gen_rank{r}`` for a CPU generator
+    (as before device generators existed), ``gen_{type}_rank{r}`` for a device one (its state
+    has another format: a CUDA generator's is its seed and offset)."""
+    kind = gen.device.type
+    return f"gen_rank{rank}" if kind == "cpu" else f"gen_{kind}_rank{rank}"
+
+
 def _resume(
     ckpt: Path, model: torch.nn.Module, ema: torch.nn.Module, optimizer: torch.optim.Optimizer,
-    gen: torch.Generator, rank: int,
-) -> TrainingState:  # fmt: skip
-    """Weights, optimizer, counters and this process's RNG states from ``ckpt``."""
+    gen: torch.Generator, rank: int, seed: int,
+) -> tuple[TrainingState, str | None]:  # fmt: skip
+    """Weights, optimizer, counters and this process's RNG states from ``ckpt``; and a note
+    when the step generator could not continue (the checkpoint's is of another device)."""
     state, saved = load_training_state(ckpt, model=model, ema=ema, optimizer=optimizer)
-    if f"gen_rank{rank}" not in saved:
+    if f"torch_rank{rank}" not in saved:
         raise DiffscapeError(
             f"{ckpt} was written by a run with fewer processes; resume it with the same "
             "number of processes"
         )
-    gen.set_state(saved[f"gen_rank{rank}"])
+    note = None
+    if gen_state_key(gen, rank) in saved:
+        gen.set_state(saved[gen_state_key(gen, rank)])
+    else:
+        # train.data_on_device resolved otherwise than in the run that saved (e.g. "auto" with
+        # less free GPU memory): the data order is still exact, the noise draws go on from a seed
+        gen.manual_seed(int(np.random.SeedSequence([seed, rank, state.step]).generate_state(1)[0]))
+        note = (f"note: {ckpt.name} holds the step generator of another device (the batch source "
+                "changed, see train.data_on_device); the data order continues exactly, the "
+                "noise draws from a new seed")  # fmt: skip
     torch.set_rng_state(saved[f"torch_rank{rank}"])
-    return state
+    return state, note
 
 
 def _run_info(cfg: RunConfig, ds: Dataset, dataset_dir: str | Path) -> dict:
@@ -631,7 +716,7 @@ def _save(parts: StepParts, state: TrainingState, run_dir: Path, run_info: dict)
     everyone = gather_object([mine]) if acc.num_processes > 1 else [mine]
     rng_states = {}
     for r, (g, c) in enumerate(everyone):
-        rng_states[f"gen_rank{r}"] = g
+        rng_states[gen_state_key(parts.gen, r)] = g
         rng_states[f"torch_rank{r}"] = c
     path = None
     if acc.is_main_process:
@@ -646,12 +731,14 @@ def _save(parts: StepParts, state: TrainingState, run_dir: Path, run_info: dict)
     return path
 
 
-def _check_bad_steps(state: TrainingState, max_bad_steps: int, run_dir: Path) -> None:
-    if state.bad_steps_in_a_row >= max_bad_steps:
+def _check_bad_steps(gave_up: int | None, max_bad_steps: int, run_dir: Path) -> None:
+    """Stop when :meth:`TrainLogger.settle` saw ``max_bad_steps`` non-finite steps in a row
+    (ending at step ``gave_up``)."""
+    if gave_up is not None:
         last = latest_checkpoint(run_dir)
         raise NonFiniteLossError(
-            f"{state.bad_steps_in_a_row} non-finite losses or gradients in a row at step "
-            f"{state.step}; stopping. The last good checkpoint is "
+            f"{max_bad_steps} non-finite losses or gradients in a row at step "
+            f"{gave_up}; stopping. The last good checkpoint is "
             f"{last if last else '(none yet)'}. Lower train.lr, keep train.grad_clip on, "
             "or use train.precision=fp32."
         )
@@ -666,20 +753,27 @@ def _stop_reason(accelerator: Accelerator, stop: _StopFlag, deadline: float) -> 
 
 
 def _start(
-    cfg: RunConfig, accelerator: Accelerator, run_dir: Path, resume: bool | None
-) -> tuple[StepParts, TrainingState]:
-    """The network, its EMA, the optimizer and this process's generator: new, or continued
-    from the newest checkpoint."""
-    ckpt = _checkpoint_to_resume(run_dir, cfg, resume)
+    cfg: RunConfig, accelerator: Accelerator, run_dir: Path, resume: bool | None, ds: Dataset
+) -> tuple[StepParts, TrainingState, BatchSource]:
+    """The batch source (``train.data_on_device``), the network, its EMA, the optimizer and
+    this process's generator (where the source makes batches): new, or continued from the
+    newest checkpoint. The main process prints what the user should know."""
+    t = cfg.train
+    ckpt = _checkpoint_to_resume(run_dir, cfg, resume)  # refusals first: before any upload
+    data, data_note = make_source(t.data_on_device, ds.images("train"), ds.labels("train"),
+                                  t.seed, t.batch_size, accelerator.device)  # fmt: skip
+    notes = [*_precision_notes(cfg, accelerator), data_note]
     model, ema, optimizer = build_model(cfg, accelerator)
     rank = accelerator.process_index
-    gen = step_generator(cfg, rank)
+    gen = step_generator(cfg, rank, data.device)
     state = TrainingState(step=0)
     if ckpt is not None:
-        state = _resume(ckpt, model, ema, optimizer, gen, rank)
-        if accelerator.is_main_process:
-            print(f"resuming {run_dir} from {ckpt.name} (step {state.step})", file=sys.stderr)
-    return step_parts(cfg, accelerator, model, ema, optimizer, gen), state
+        state, resume_note = _resume(ckpt, model, ema, optimizer, gen, rank, t.seed)
+        notes += [f"resuming {run_dir} from {ckpt.name} (step {state.step})", resume_note]
+    for note in notes if accelerator.is_main_process else []:
+        if note:
+            print(note, file=sys.stderr)
+    return step_parts(cfg, accelerator, model, ema, optimizer, gen), state, data
 
 
 def train(
@@ -710,9 +804,7 @@ def train(
         accelerator = make_accelerator(cfg, cpu)
         _lock_run_dir(stack, run_dir, accelerator)
         main = accelerator.is_main_process
-        for note in _precision_notes(cfg, accelerator) if main else []:
-            print(note, file=sys.stderr)
-        parts, state = _start(cfg, accelerator, run_dir, resume)
+        parts, state, data = _start(cfg, accelerator, run_dir, resume, ds)
         run_info = _run_info(cfg, ds, dataset_dir)
         if main:
             atomic.write_json(run_dir / layout.RUN_JSON, run_info)  # the marker first
@@ -721,23 +813,24 @@ def train(
         accelerator.wait_for_everyone()
 
         # -- the loop
-        images, labels = ds.images("train"), ds.labels("train")
         start_step, final_ckpt, stopped_by = state.step, None, "steps"
         log = TrainLogger(run_dir, cfg, main=main, world=accelerator.num_processes,
                           step=state.step, t_start=t_start, progress=progress, on_log=on_log)  # fmt: skip
         stack.callback(log.close)
         stop = stack.enter_context(_StopFlag())
         while state.step < t.steps:
-            result = train_step(parts, state, images, labels)
+            result = train_step(parts, state, data)
             log.step(state, result)
-            _check_bad_steps(state, t.max_bad_steps, run_dir)
             why = _stop_reason(accelerator, stop, deadline)
+            at_ckpt = t.checkpoint_every_steps and state.step % t.checkpoint_every_steps == 0
+            save = state.step == t.steps or at_ckpt or why is not None
+            if save or log.due(state.step):  # the step's only host sync, once per window
+                _check_bad_steps(log.settle(state, t.max_bad_steps), t.max_bad_steps, run_dir)
             if log.due(state.step) or why is not None:
                 log.log(state, result.lr, stopped_by=why)
             if t.sample_every_steps and state.step % t.sample_every_steps == 0 and main:
                 _sample_grid(parts.ema, cfg, ds.classes, run_dir, state.step)
-            at_ckpt = t.checkpoint_every_steps and state.step % t.checkpoint_every_steps == 0
-            if state.step == t.steps or at_ckpt or why is not None:
+            if save:
                 final_ckpt = _save(parts, state, run_dir, run_info)
             if why == "signal":
                 raise _interrupted(stop, state, final_ckpt, dataset_dir, run_dir)
