@@ -250,7 +250,7 @@ def test_sampler_names_come_from_one_place():
     from diffscape import diffusion
 
     hints = typing.get_type_hints(config.SampleSettings)
-    assert typing.get_args(hints["sampler"]) == config.SAMPLERS == ("ddpm", "ddim", "dpm")
+    assert typing.get_args(hints["sampler"]) == config.SAMPLERS == ("ddpm", "ddim", "dpm", "dpm3", "dpm-karras", "unipc", "heun")
     assert tuple(diffusion.SAMPLERS) == config.SAMPLERS
     assert typing.get_args(diffusion.Sampler) == config.SAMPLERS
 

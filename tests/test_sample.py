@@ -50,7 +50,11 @@ def runs(tmp_path_factory):
     return {"cond": cond, "uncond": uncond}
 
 
-@pytest.mark.parametrize(("sampler", "steps"), [("ddpm", None), ("ddim", 5), ("dpm", 5)])
+@pytest.mark.parametrize(
+    ("sampler", "steps"),
+    [("ddpm", None), ("ddim", 5), ("dpm", 5), ("dpm3", 5), ("dpm-karras", 5), ("unipc", 5),
+     ("heun", 5)],
+)  # fmt: skip
 def test_each_sampler_gives_finite_images_in_range(runs, sampler, steps):
     m = load_for_sampling(runs["cond"])
     imgs = generate_images(m.unet, m.cfg, class_idx=[0, 1, 2], index=[0, 0, 0], seed=1,
@@ -70,11 +74,24 @@ class ExactDenoiser(torch.nn.Module):
         self.unused = torch.nn.Parameter(torch.zeros(()))  # the sampler reads the device here
 
     def forward(self, x, t, class_labels=None):
-        ab = self.alpha_bar[t.long()].view(-1, 1, 1, 1)
+        # Karras-sigma samplers (heun, dpm-karras) ask at fractional t: diffusers maps sigma to t
+        # by linear interpolation in log sigma between training steps, so invert that.
+        t = torch.as_tensor(t, dtype=torch.float64).reshape(-1)
+        lo = t.floor().long().clamp(max=len(self.alpha_bar) - 2)
+        w = (t - lo).view(-1, 1, 1, 1)
+        log_sigma = (((1 - self.alpha_bar) / self.alpha_bar).sqrt().log()).double()
+        sigma = (
+            (1 - w) * log_sigma[lo].view(-1, 1, 1, 1) + w * log_sigma[lo + 1].view(-1, 1, 1, 1)
+        ).exp()
+        ab = (1 / (1 + sigma**2)).float()
         return SimpleNamespace(sample=(x - ab.sqrt() * self.target) / (1 - ab).sqrt())
 
 
-@pytest.mark.parametrize(("sampler", "steps"), [("ddpm", None), ("ddim", 5), ("dpm", 5)])
+@pytest.mark.parametrize(
+    ("sampler", "steps"),
+    [("ddpm", None), ("ddim", 5), ("dpm", 5), ("dpm3", 5), ("dpm-karras", 5), ("unipc", 5),
+     ("heun", 5)],
+)  # fmt: skip
 def test_each_sampler_recovers_the_data_of_an_exact_denoiser(runs, sampler, steps):
     """On the unclamped output: a sampler wired with the wrong betas, timesteps or prediction
     type lands away from the only image the data holds (or outside [-1, 1])."""

@@ -38,7 +38,7 @@ Schedule = Literal["linear", "cosine", "sigmoid"]
 Prediction = Literal["epsilon", "v_prediction"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 # ddpm: ancestral, all T steps; ddim; dpm: DPM-Solver++ (2M). diffusion.py builds them.
-Sampler = Literal["ddpm", "ddim", "dpm"]
+Sampler = Literal["ddpm", "ddim", "dpm", "dpm3", "dpm-karras", "unipc", "heun"]
 SAMPLERS: tuple[str, ...] = typing.get_args(Sampler)
 
 MANY = 10**9  # upper bound of step counts and cadences: far beyond any run, far below overflow
@@ -164,7 +164,11 @@ class TrainConfig:
 @dataclass(frozen=True)
 class SampleSettings:
     n: int = setting(50, "images per class (conditional models) or in total", lo=1, hi=1_000_000)
-    sampler: Sampler = setting("ddim", "ddpm: ancestral, all T steps; ddim; dpm: DPM-Solver++ (2M)")
+    sampler: Sampler = setting(
+        "ddim",
+        "ddpm: ancestral, all T steps; ddim; dpm: DPM-Solver++ 2M; dpm3: 3M; dpm-karras: 2M on "
+        "Karras sigmas; unipc: UniPC (bh2); heun: Heun, 2 network calls per step",
+    )
     steps: int = setting(50, "sampler steps; ddpm ignores it and takes all T", lo=1, hi=10_000)
     guidance: float = setting(
         1.0, "classifier-free guidance w: 0 uncond, 1 cond, >1 guided", lo=0, hi=100

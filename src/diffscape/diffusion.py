@@ -1,15 +1,22 @@
 """Noise schedules, the forward process, the training target and guidance — thin over diffusers.
 
 We compute the betas ourselves and hand them to diffusers schedulers as ``trained_betas`` so that
-every sampler (DDPM, DDIM, DPM-Solver++) uses exactly the schedule the model was trained with,
+every sampler (DDPM, DDIM, DPM-Solver++, UniPC, Heun) uses exactly the schedule the model was trained with,
 including our rescaled linear schedule, which diffusers does not offer.
 """
 
 from __future__ import annotations
 
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    HeunDiscreteScheduler,
+    UniPCMultistepScheduler,
+)
 from diffusers.schedulers.scheduling_ddpm import betas_for_alpha_bar
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from diffscape.config import SAMPLERS, DiffusionConfig, Sampler, SampleSettings
 from diffscape.errors import DiffscapeError
@@ -65,15 +72,18 @@ def sampler_steps(timesteps: int, sampler: Sampler, steps: int | None = None) ->
     return steps
 
 
-def make_scheduler(
-    cfg: DiffusionConfig, sampler: Sampler = "ddpm"
-) -> DDPMScheduler | DDIMScheduler | DPMSolverMultistepScheduler:
+# Samplers whose ``step`` takes a ``generator`` (the stochastic ones draw noise from it).
+TAKES_GENERATOR = frozenset({"ddpm", "ddim", "dpm", "dpm3", "dpm-karras"})
+
+
+def make_scheduler(cfg: DiffusionConfig, sampler: Sampler = "ddpm") -> SchedulerMixin:
     """A fresh diffusers scheduler for this model's betas and prediction type.
 
     Fast samplers use "trailing" timestep spacing so the first step starts at t = T-1 (pure
     noise), as recommended by Lin et al. 2023 ("Common diffusion noise schedules and sample
     steps are flawed"); diffusers' default "leading" starts lower and leaves noise in images at
-    few steps. DDPM uses all T steps, where spacing does not matter.
+    few steps. DDPM uses all T steps, where spacing does not matter. ``dpm-karras`` and
+    ``heun`` space their steps by Karras et al. 2022's sigmas (rho 7) instead.
     """
     common = {
         "num_train_timesteps": cfg.timesteps,
@@ -84,14 +94,19 @@ def make_scheduler(
         return DDPMScheduler(**common, clip_sample=True, variance_type="fixed_small")
     if sampler == "ddim":
         return DDIMScheduler(**common, clip_sample=True, timestep_spacing="trailing")
-    if sampler == "dpm":
+    if sampler in ("dpm", "dpm3", "dpm-karras"):
         return DPMSolverMultistepScheduler(
             **common,
             algorithm_type="dpmsolver++",
-            solver_order=2,
+            solver_order=3 if sampler == "dpm3" else 2,
+            use_karras_sigmas=sampler == "dpm-karras",
             timestep_spacing="trailing",
             thresholding=False,
         )
+    if sampler == "unipc":
+        return UniPCMultistepScheduler(**common, timestep_spacing="trailing")
+    if sampler == "heun":
+        return HeunDiscreteScheduler(**common, use_karras_sigmas=True)
     raise ValueError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
 
 

@@ -138,12 +138,14 @@ def denoise(
     x = noise.to(device) * sched.init_noise_sigma
     if labels is not None:
         labels = labels.to(device)
-    extra = {"eta": eta} if sampler == "ddim" else {}
+    extra: dict = {"eta": eta} if sampler == "ddim" else {}
+    if sampler in diffusion.TAKES_GENERATOR:
+        extra["generator"] = generators
     null = null_class(cfg.model)
     for t in sched.timesteps:
         model_in = sched.scale_model_input(x, t)
         out = model_output(unet, model_in, t, labels, null, guidance)
-        x = sched.step(out, t, x, generator=generators, **extra).prev_sample
+        x = sched.step(out, t, x, **extra).prev_sample
     if not torch.isfinite(x).all():  # would become black images silently
         raise DiffscapeError(
             f"{sampler} produced NaN or infinite pixels: the weights are damaged or the settings "
