@@ -13,6 +13,11 @@ def test_presets_resolve_and_differ():
     assert tiny.model.image_size == 32 and base64.model.image_size == 64
     assert tiny.model.channels != base64.model.channels
     assert tiny.preset == "tiny"
+    # the CPU presets carry the CPU recipe (docs/real-photos.md); the GPU ones do not (yet)
+    for cpu in (tiny, config.resolve("small")):
+        assert cpu.diffusion.prediction == "v_prediction"
+        assert cpu.diffusion.loss_weighting == "min_snr" and cpu.train.lr == 1e-3
+    assert base64.diffusion.prediction == "epsilon"
 
 
 def test_overrides_are_typed():
@@ -54,10 +59,10 @@ def test_json_round_trip(tmp_path):
 
 def test_shape_changes_and_diff():
     a = config.resolve("tiny")
-    b = config.resolve("tiny", ["model.channels=[32, 64, 128]", "train.lr=1e-3"])
+    b = config.resolve("tiny", ["model.channels=[32, 64, 128]", "train.lr=5e-4"])
     changes = config.shape_changes(a, b)
     assert len(changes) == 1 and changes[0].startswith("model.channels")
-    assert config.diff(a, b) == {"model.channels": (32, 64, 128), "train.lr": 1e-3}
+    assert config.diff(a, b) == {"model.channels": (32, 64, 128), "train.lr": 5e-4}
 
 
 def test_preset_from_toml_file(tmp_path):
@@ -250,7 +255,11 @@ def test_sampler_names_come_from_one_place():
     from diffscape import diffusion
 
     hints = typing.get_type_hints(config.SampleSettings)
-    assert typing.get_args(hints["sampler"]) == config.SAMPLERS == ("ddpm", "ddim", "dpm", "dpm3", "dpm-karras", "unipc", "heun")
+    assert (
+        typing.get_args(hints["sampler"])
+        == config.SAMPLERS
+        == ("ddpm", "ddim", "dpm", "dpm3", "dpm-karras", "unipc", "heun")
+    )
     assert tuple(diffusion.SAMPLERS) == config.SAMPLERS
     assert typing.get_args(diffusion.Sampler) == config.SAMPLERS
 
