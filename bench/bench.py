@@ -17,13 +17,18 @@ Parts (``--parts``, comma-separated; default conv,train,sample,eval,study):
   e2e      the real train() (Accelerate loop) with the old and the new `small` settings
   quality  loss curves of train(): fp32 seed 0, fp32 seed 1 (the noise), fast seed 0
 
+Training rows (``--train-rows``): "fp32 baseline" and "fast" (default), "eager" (train.py's step
+before issue 17: memmap batches gathered on the host, the guard's host sync every step, fused
+AdamW) and "new step" (the split on the device, the guard decided there: no host sync).
+
 FLOPs are counted with torch.utils.flop_counter.FlopCounterMode over one fwd+bwd (train) or one
-forward (sampling) of the real network, never estimated (its CPU flash-attention op is not
-counted: < 1% of these UNets' FLOPs). Every measurement runs in its own subprocess (clean peak
-RSS, no shared allocator or compile cache); repeats are interleaved so that machine noise hits
-every variant alike; tables show the median over repeats, min-max, ratios against the reference
-row of the same run, and the 1-minute load average seen by the runs. Besides wall-clock img/s the
-study reports img per CPU-second ("cpu img/s"), which other processes disturb much less.
+forward (sampling) of the real network on the measuring device, never estimated (the CPU
+flash-attention op is not counted: < 1% of these UNets' FLOPs). Every measurement runs in its
+own subprocess (clean peak RSS, no shared allocator or compile cache; --in-process: not);
+repeats are interleaved so that machine noise hits every variant alike; tables show the median
+over repeats, min-max, ratios against the reference row of the same run, and the 1-minute load
+average seen by the runs. Besides wall-clock img/s the study reports img per CPU-second ("cpu
+img/s"), which other processes disturb much less.
 Writes bench/results/bench.json (or --out).
 """
 
@@ -53,14 +58,19 @@ FULL_STEPS = {"ddim": 50, "dpm": 20}  # ddpm runs its T steps (diffusion.timeste
 # preset's loss, LR and EMA settings. BASELINE is the straightforward loop: fp32, NCHW, torch's
 # default (for-loop) AdamW, EMA by a loop over parameters, a host sync every step, diffusers'
 # attention processor, no compile. FAST is what train.py does with precision=bf16 and
-# channels_last=true (the `small` preset after this study): foreach AdamW and EMA as in train.py.
+# channels_last=true (the `small` preset after this study): fused AdamW, foreach EMA, the guard
+# decided on the device and the data where train.data_on_device=auto puts it, as in train.py.
 BASELINE = {
     "precision": "fp32",
     "channels_last": False,
-    "optimizer": "loop",  # loop | foreach | fused
+    "optimizer": "loop",  # loop | foreach | fused | auto (as train.py: fused)
     "ema": "loop",  # loop | foreach | off
-    "sync": True,  # the NaN guard's host sync each step
-    "data": "memmap",  # memmap: a memory-mapped split + flips; memory: one batch in RAM, no flips
+    # the NaN guard: True = read on the host before the update (a sync per step); False = decided
+    # on the device (fused AdamW's found_inf), or no guard for an optimizer that cannot do that
+    "sync": True,
+    # memmap: a memory-mapped split + flips; memory: one batch in RAM, no flips; device: the
+    # split on the device + flips (train.data_on_device=on); auto: device on CUDA, else memmap
+    "data": "memmap",
     "attention": "diffusers",  # diffusers | fp32 (model.CpuAutocastFp32Attention)
     "compile": False,
 }
@@ -68,10 +78,17 @@ FAST = {
     **BASELINE,
     "precision": "bf16",
     "channels_last": True,
-    "optimizer": "auto",  # as train.py: fused on CUDA, foreach on a CPU
+    "optimizer": "auto",
     "ema": "foreach",
+    "sync": False,
+    "data": "auto",
     "attention": "fp32",
 }
+# Issue 17: train.py's step before (batches gathered on the host from the memmap and copied, the
+# guard's host sync every step; fused AdamW, as train.py used on CUDA already) and after.
+EAGER = {**BASELINE, "optimizer": "fused", "ema": "foreach"}
+NEW_STEP = {**EAGER, "data": "device", "sync": False}
+TRAIN_ROWS = {"fp32 baseline": BASELINE, "fast": FAST, "eager": EAGER, "new step": NEW_STEP}
 STUDY = [  # (row name, settings); the first row is the reference of the ratios
     ("baseline (fp32, NCHW, loop AdamW/EMA, sync)", BASELINE),
     ("train.py before (foreach AdamW + EMA)", {**BASELINE, "optimizer": "foreach", "ema": "foreach"}),
@@ -88,6 +105,10 @@ STUDY = [  # (row name, settings); the first row is the reference of the ratios
     ("  data in memory (memmap+flip cost)", {**BASELINE, "data": "memory"}),
     ("fast: bf16 + NHWC, as train.py does it", FAST),
     ("fast + torch.compile", {**FAST, "compile": True}),
+    ("eager step: memmap, host sync, fused AdamW", EAGER),
+    ("+ data on device", {**EAGER, "data": "device"}),
+    ("+ sync-free guard", {**EAGER, "sync": False}),
+    ("new step: data on device + sync-free guard", NEW_STEP),
 ]  # fmt: skip
 
 
@@ -132,11 +153,12 @@ def child_flops(spec: dict) -> dict:
 
     from diffscape.model import build_unet, count_parameters
 
-    cfg = _cfg(spec["preset"])
+    cfg, dev = _cfg(spec["preset"]), spec["device"]
     b, s = 2, cfg.model.image_size
     torch.manual_seed(0)
-    unet = build_unet(cfg.model)
+    unet = build_unet(cfg.model).to(dev)
     x, t, y = torch.randn(b, 3, s, s), torch.randint(0, 1000, (b,)), torch.arange(b) % CLASSES
+    x, t, y = x.to(dev), t.to(dev), y.to(dev)
     with FlopCounterMode(display=False) as fc:
         F.mse_loss(unet(x, t, class_labels=y).sample, x).backward()
     with torch.no_grad(), FlopCounterMode(display=False) as fc_fwd:
@@ -215,41 +237,52 @@ def child_train(spec: dict) -> dict:
     import torch
 
     from diffscape.checkpoint import TrainingState
+    from diffscape.data.source import DeviceSource, HostSource
     from diffscape.model import set_attention_processor
-    from diffscape.train import build_model, ema_decay_at, make_accelerator, step_parts, train_step
+    from diffscape.train import (
+        build_model,
+        ema_decay_at,
+        make_accelerator,
+        skips_on_device,
+        step_parts,
+        train_step,
+    )
 
-    dev, sync, b, memmap = (
-        spec["device"],
-        _sync_fn(spec["device"]),
-        spec["batch"],
-        spec["data"] == "memmap",
+    dev, sync, b = spec["device"], _sync_fn(spec["device"]), spec["batch"]
+    data_kind = (
+        spec["data"] if spec["data"] != "auto" else ("device" if dev == "cuda" else "memmap")
     )
     on = {True: "true", False: "false"}
     cfg = _cfg(spec["preset"], f"train.batch_size={b}", f"train.precision={spec['precision']}",
                f"train.channels_last={on[spec['channels_last']]}",
-               f"train.compile={on[spec['compile']]}", f"train.hflip={on[memmap]}")  # fmt: skip
+               f"train.compile={on[spec['compile']]}",
+               f"train.hflip={on[data_kind != 'memory']}")  # fmt: skip
     accelerator = make_accelerator(cfg, cpu=dev == "cpu")
     model, ema, _ = build_model(cfg, accelerator)
     if spec["attention"] == "diffusers":
         set_attention_processor(model)  # diffusers' processor, bf16 attention under autocast
-    kw = {"loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
-    optimizer = spec["optimizer"]
-    if optimizer == "auto":
-        optimizer = "fused" if dev == "cuda" else "foreach"
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, **kw[optimizer])
-    gen = torch.Generator().manual_seed(0)
-    parts = step_parts(cfg, accelerator, model, ema if spec["ema"] == "foreach" else None, opt, gen)
-    parts.guard = spec["sync"]  # the NaN guard's host sync
-    ema.to(accelerator.device)
-    e_params, m_params = list(ema.parameters()), list(model.parameters())
+    kw = {"loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True},
+          "auto": {"fused": True}}  # fmt: skip
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, **kw[spec["optimizer"]])
     tmp = tempfile.TemporaryDirectory()
     images, labels = _memmap_data(max(1024, 4 * b), cfg.model.image_size, tmp.name)
-    if not memmap:  # one batch's worth, in memory, no flips
-        images, labels = images[:b].copy(), labels[:b].copy()
+    if data_kind == "device":  # the split on the device, as train.data_on_device=on
+        data = DeviceSource(images, labels, 0, b, accelerator.device)
+    elif data_kind == "memory":  # one batch's worth, in memory, no flips
+        data = HostSource(images[:b].copy(), labels[:b].copy(), 0, b)
+    else:
+        data = HostSource(images, labels, 0, b)
+    gen = torch.Generator(device=data.device).manual_seed(0)
+    parts = step_parts(cfg, accelerator, model, ema if spec["ema"] == "foreach" else None, opt, gen)
+    # the guard: read on the host before the update, or decided on the device (no guard for an
+    # optimizer that cannot skip there: the row then measures the sync's cost)
+    parts.guard = "host" if spec["sync"] else ("device" if skips_on_device(opt) else "off")
+    ema.to(accelerator.device)
+    e_params, m_params = list(ema.parameters()), list(model.parameters())
     state = TrainingState(step=0)
 
     def step() -> None:
-        train_step(parts, state, images, labels)
+        train_step(parts, state, data)
         if spec["ema"] == "loop":  # the baseline: one lerp per parameter
             decay = ema_decay_at(state.step - 1, cfg.train.ema_decay, cfg.train.ema_warmup)
             with torch.no_grad():
@@ -266,26 +299,29 @@ def child_train(spec: dict) -> dict:
     n_steps0, t_loop = state.step, time.perf_counter()
     out = _windows(step, spec["windows"], spec["steps"], b, sync)
     step_ms = 1e3 * (time.perf_counter() - t_loop) / (state.step - n_steps0)
-    out["data_ms_per_step"] = _data_ms(images, labels, b, cfg.train.hflip, spec["steps"])
+    out["data_ms_per_step"] = _data_ms(data, cfg.train.hflip, spec["steps"], sync)
     out["data_fraction"] = out["data_ms_per_step"] / step_ms
     out["first_step_seconds"] = first_step_seconds
+    out["data"], out["guard"] = data_kind, parts.guard
     tmp.cleanup()
     return out
 
 
-def _data_ms(images, labels, b: int, flip: bool, steps: int) -> float:  # noqa: ANN001
-    """Milliseconds per step of the step's data part (batch indices, load_batch, flips), timed
-    on its own over as many batches as the timed windows."""
+def _data_ms(data, flip: bool, steps: int, sync: Callable[[], None]) -> float:  # noqa: ANN001
+    """Milliseconds per step of the step's data part (batch indices, gather, flips), timed on
+    its own over as many batches as the timed windows."""
     import torch
 
-    from diffscape.train import batch_indices, load_batch, random_flip
+    from diffscape.train import random_flip
 
-    gen = torch.Generator().manual_seed(1)
+    gen = torch.Generator(device=data.device).manual_seed(1)
+    sync()
     t0 = time.perf_counter()
     for k in range(steps):
-        x0, _ = load_batch(images, labels, batch_indices(0, k, b, len(images)))
+        x0, _ = data.batch(k)
         if flip:
             random_flip(x0, gen)
+    sync()
     return 1e3 * (time.perf_counter() - t0) / steps
 
 
@@ -515,18 +551,19 @@ def plan(args: argparse.Namespace) -> tuple[list[tuple[str, dict]], list[tuple[s
     used = set(args.presets) if parts & {"train", "sample"} else set()
     used |= {args.study_preset} if "study" in parts else set()
     for p in sorted(used, key=lambda p: (PRESETS + (p,)).index(p)):
-        once.append((f"flops/{p}", {"kind": "flops", "preset": p, "device": "cpu"}))
+        once.append((f"flops/{p}", {"kind": "flops", "preset": p, "device": dev}))
     if "conv" in parts:
         # batch 64 fills two CPU cores; a GPU needs a bigger batch and more calls per timing
         size = {"batch": 64, "calls": 2} if cpu else {"batch": 256, "calls": 20}
-        rep.append(("conv", {"kind": "conv", "device": dev, "rounds": 7, **size}))
+        size["batch"] = args.conv_batch or size["batch"]
+        rep.append(("conv", {"kind": "conv", "device": dev, "rounds": args.conv_rounds, **size}))
     for p in args.presets if "train" in parts else ():
         big = p in BIG and cpu
         batch = args.big_batch if big else _cfg(p).train.batch_size
         sizes = {"batch": batch, "steps": 1 if big else args.steps, "windows": 2 if big else 3}
         sizes["warmup"] = 1 if big else 2
-        for name, settings in (("fp32 baseline", BASELINE), ("fast", FAST)):
-            spec = {"kind": "train", "preset": p, "device": dev, **settings, **sizes}
+        for name in _train_rows(args):
+            spec = {"kind": "train", "preset": p, "device": dev, **TRAIN_ROWS[name], **sizes}
             rep.append((f"train/{p}/{name}", spec))
     for p in args.presets if "sample" in parts else ():
         big = p in BIG and cpu
@@ -585,6 +622,15 @@ def plan(args: argparse.Namespace) -> tuple[list[tuple[str, dict]], list[tuple[s
                 once.append((f"quality/{name}", {"kind": "e2e", "device": dev, "dataset": ds,
                                                  "overrides": [*ov, *q]}))  # fmt: skip
     return once, rep
+
+
+def _train_rows(args: argparse.Namespace) -> list[str]:
+    """The training rows asked for (``--train-rows``); the first is the reference of the ratios."""
+    names = [r.strip() for r in getattr(args, "train_rows", "fp32 baseline,fast").split(",")]
+    unknown = [n for n in names if n not in TRAIN_ROWS]
+    if unknown:
+        raise SystemExit(f"--train-rows: unknown {unknown}; known: {', '.join(TRAIN_ROWS)}")
+    return names
 
 
 def _synth_dataset(args: argparse.Namespace) -> str:
@@ -677,16 +723,17 @@ def tabulate(results: dict[str, list[dict]], args: argparse.Namespace) -> tuple[
 
     train_rows = [k for k in results if k.startswith("train/")]
     if train_rows:
-        say("Training (train.py's step: memmap data, flips, AdamW, EMA, NaN guard)")
+        say("Training (train.py's step: data, flips, AdamW, EMA, NaN guard; rows: --train-rows)")
         say(f"{'preset':8s}{'settings':15s}{'batch':>6s}{'img/s':>8s}{'min-max':>14s}{'x':>6s}"
             f"{'GFLOP/s':>9s}{'%own':>6s}{'%bf16':>6s}{_mem_label(args):>9s}")  # fmt: skip
         for key in train_rows:
             _, p, name = key.split("/")
             recs = [r for r in results[key] if "ips" in r]
             med, lo, hi = _agg(recs)
-            ref = _agg([r for r in results.get(f"train/{p}/fp32 baseline", []) if "ips" in r])[0]
+            first = f"train/{p}/{_train_rows(args)[0]}"
+            ref = _agg([r for r in results.get(first, []) if "ips" in r])[0]
             gf = med * flops.get(p, {}).get("train_flops_per_image", math.nan) / 1e9
-            spec_settings = FAST if name == "fast" else BASELINE
+            spec_settings = TRAIN_ROWS.get(name, BASELINE)
             rss = _mem(recs)
             say(f"{p:8s}{name:15s}{_batch(key, args):6d}"
                 f"{med:8.2f}{lo:7.2f}-{hi:<6.2f}{med / ref:6.2f}{gf:9.1f}"
@@ -851,6 +898,13 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=0,
                     help="seconds; measurements not started by then are skipped, and the table "
                     "shows what was measured (0: no limit)")  # fmt: skip
+    ap.add_argument("--train-rows", default="fp32 baseline,fast",
+                    help=f"training rows, comma-separated, the first the reference: "
+                    f"{', '.join(TRAIN_ROWS)}")  # fmt: skip
+    ap.add_argument("--conv-rounds", type=int, default=7, help="timing rounds of the conv ceiling")
+    ap.add_argument(
+        "--conv-batch", type=int, default=0, help="conv ceiling batch (0: 64 CPU, 256 GPU)"
+    )
     ap.add_argument("--study-preset", default="small")
     ap.add_argument("--study-rows", default="", help="only study rows naming one of these words")
     ap.add_argument("--no-compile", dest="compile", action="store_false",
