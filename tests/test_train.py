@@ -469,3 +469,15 @@ def test_non_finite_steps_are_counted_when_the_window_is_read(ds, tmp_path, monk
     window = [r for r in records if not r.get("skipped")]
     assert [(r["step"], r["skipped_steps"]) for r in window] == [(4, 2)]
     assert calls["n"] == 8
+
+
+def test_pace_note_says_how_long_the_run_takes():
+    from diffscape.train import pace_note
+
+    # the case: `small` at ~9 img/s (0.29 steps of 32/s), 10,000 steps, no budget
+    slow = pace_note(10_000, 0.0, 25, 0.29, 90.0)
+    assert "9975 steps to go take about 9.6 h" in slow and "--minutes" in slow
+    # a budget that ends the run first: the step it will reach
+    assert "reaches about step 895 of train.steps=100000" in pace_note(100_000, 30, 25, 0.5, 60)
+    # a budget the step cap ends first: the time to the cap
+    assert "75 steps to go take about 2 min" in pace_note(100, 30, 25, 0.5, 60)

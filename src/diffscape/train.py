@@ -479,6 +479,7 @@ class TrainLogger:
                 self.bar = tqdm(total=cfg.train.steps, initial=step, desc="train", unit="step",
                                 dynamic_ncols=True)  # fmt: skip
         self._window_reset()
+        self.told_pace = False  # the one-time "at X img/s this takes about ..." line
         self.last_grad_norm: torch.Tensor | float = float("nan")
         self.pending: list[tuple[int, StepResult]] = []  # (step after it, result), unread
 
@@ -549,6 +550,11 @@ class TrainLogger:
             msg = (f"train: the budget (train.minutes={t.minutes:g}) ended training after step "
                    f"{state.step}; saving a checkpoint (continue with --resume)")  # fmt: skip
             (self.bar.write if self.bar is not None else print)(msg, file=sys.stderr)
+        if self.main and not self.told_pace and stopped_by is None and self.window_steps:
+            self.told_pace = True
+            note = pace_note(t.steps, t.minutes, state.step, record["images_per_second"] / t.batch_size,
+                             record["seconds"])  # fmt: skip
+            (self.bar.write if self.bar is not None else print)(note, file=sys.stderr)
         if self.main:
             _append_jsonl(self.path, record)
             if self.tb is not None:
@@ -566,6 +572,29 @@ class TrainLogger:
             self.bar.close()
         if self.tb is not None:
             self.tb.close()
+
+
+def pace_note(steps: int, minutes: float, step: int, steps_per_second: float, spent: float) -> str:
+    """The one line that says, from the first logging window's speed, how long the run will
+    take: to ``steps``, or how many steps the ``minutes`` budget will reach."""
+    fmt = _duration
+    if steps_per_second <= 0:
+        return "train: no speed measured yet"
+    to_cap = (steps - step) / steps_per_second
+    if minutes and spent + to_cap > 60 * minutes:
+        reach = step + int(steps_per_second * max(0.0, 60 * minutes - spent))
+        return (f"train: at {steps_per_second:.2f} steps/s the {minutes:g}-minute budget reaches "
+                f"about step {reach} of train.steps={steps}")  # fmt: skip
+    hint = "" if minutes else "; --minutes M stops earlier, saved and resumable"
+    return f"train: at {steps_per_second:.2f} steps/s the {steps - step} steps to go take about {fmt(to_cap)}{hint}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _num(x: torch.Tensor | float) -> float | None:
