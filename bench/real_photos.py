@@ -63,7 +63,7 @@ def score(args: argparse.Namespace, v: dict) -> dict:
         if not (out / "metrics.json").is_file():
             row["evaluate_seconds"] = run(
                 ["diffscape", "evaluate", "--real", f"{args.data}:train", "--fake", str(out),
-                 "--n-real", str(args.n_real), "--no-per-class"]
+                 "--n-real", str(args.n_real), "--no-per-class", "--out", str(out / "metrics.json")]
             )  # fmt: skip
         m = json.loads((out / "metrics.json").read_text())
         row.update(fid=m.get("fid"), kid=m.get("kid"), n_fake=m.get("n_fake"))
