@@ -167,7 +167,10 @@ def test_shipped_sweeps_plan_and_cpu_variants_are_cpu_sized():
         trainings = {r.training for r in runs}
         if name.endswith("-cpu"):
             assert spec.preset == "tiny"
-            assert all(r.config.train.steps <= 1500 for r in runs)
+            # bounded in steps, or by a wall-clock budget (real-recipe-cpu: equal minutes)
+            assert all(
+                r.config.train.steps <= 1500 or 0 < r.config.train.minutes <= 30 for r in runs
+            )
             assert spec.evaluate.n is not None and spec.evaluate.n <= 250
         if name.startswith(("guidance", "sampler")):
             assert len(trainings) == 1  # one model, sampled several ways: no retraining
