@@ -92,7 +92,11 @@ def test_min_snr_weights():
 
 
 def test_sampler_names_are_listed_once():
-    assert diffusion.SAMPLERS == typing.get_args(config.Sampler) == ("ddpm", "ddim", "dpm", "dpm3", "dpm-karras", "unipc", "heun")
+    assert (
+        diffusion.SAMPLERS
+        == typing.get_args(config.Sampler)
+        == ("ddpm", "ddim", "dpm", "dpm3", "dpm-karras", "unipc", "heun")
+    )
     assert "eta" not in inspect.signature(diffusion.make_scheduler).parameters  # eta goes to step()
 
 

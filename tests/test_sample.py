@@ -96,7 +96,9 @@ def test_each_sampler_recovers_the_data_of_an_exact_denoiser(runs, sampler, step
     """On the unclamped output: a sampler wired with the wrong betas, timesteps or prediction
     type lands away from the only image the data holds (or outside [-1, 1])."""
     # ExactDenoiser predicts the noise: the config must say so (the tiny preset predicts v)
-    cfg = config.with_changes(load_for_sampling(runs["cond"]).cfg, diffusion={"prediction": "epsilon"})
+    cfg = config.with_changes(
+        load_for_sampling(runs["cond"]).cfg, diffusion={"prediction": "epsilon"}
+    )
     ramp = torch.linspace(-0.9, 0.9, 32)
     target = torch.stack([ramp.view(1, -1).expand(32, 32), ramp.view(-1, 1).expand(32, 32),
                           torch.full((32, 32), 0.3)])  # fmt: skip
