@@ -135,6 +135,8 @@ def run_demo(
     out = layout.check_out(out, "demo")
     t_start = time.perf_counter()
     with lock.hold(out, "demo"):
+        before = results.read_json(out / layout.DEMO_JSON) or {}
+        same_budget = (before.get("settings") or {}).get("minutes") == s.minutes
         results.write_json(out / layout.DEMO_JSON, {"settings": asdict(s)})  # the marker, first
         tools = Tools(Narrator(say, total=STAGES), progress=progress)
         spec = study_spec(out, s, data)
@@ -143,7 +145,10 @@ def run_demo(
         if not ds.labelled or "test" not in ds.splits:
             raise DiffscapeError(f"{ds.root}: the demo needs class labels and a test split")
         study = pipeline.prepare_study(spec, dataset, tools, judge_needed=True)
-        run = demo_run(s, ds.size, budget_training(s, ds, study, tools, t_start))
+        minutes = (same_budget and trained_minutes(s, ds, study)) or budget_training(
+            s, ds, study, tools, t_start
+        )
+        run = demo_run(s, ds.size, minutes)
         (result,) = pipeline.run_study(study, [run], tools)
         if not result.ok:
             raise DiffscapeError(f"the demo's {result.stage} stage failed: {result.error}")
@@ -157,6 +162,18 @@ def run_demo(
         results.write_summary(out, summary)
     say(format_summary(summary))
     return summary
+
+
+def trained_minutes(s: DemoSettings, ds: Any, study: Study) -> float | None:
+    """The training minutes of a run finished by an earlier call with the same settings: a re-run
+    keeps them (a budget computed anew would differ and redo the training)."""
+    done = results.read_train(study.out / RUN_NAME)
+    settings = (done.settings or {}) if done is not None else {}
+    minutes = ((settings.get("config") or {}).get("train") or {}).get("minutes")
+    if not minutes:
+        return None
+    same = settings == pipeline.train_identity(study, demo_run(s, ds.size, minutes))
+    return minutes if same else None
 
 
 def budget_training(s: DemoSettings, ds: Any, study: Study, tools: Tools, t_start: float) -> float:

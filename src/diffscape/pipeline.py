@@ -388,12 +388,17 @@ def is_finished(study: Study, run: RunSpec) -> bool:
     return r is not None and r.ok and r.settings == settings_record(study, run)
 
 
+def train_identity(study: Study, run: RunSpec) -> dict[str, Any]:
+    """What a finished training must match to be skipped on a re-run (train.json's settings)."""
+    return results.plain({"config": run.config.to_dict(), "dataset": study.dataset_hash})
+
+
 def train_stage(study: Study, run: RunSpec, tools: Tools) -> TrainRecord:
     """Train (or resume) ``run``'s model; skipped when train.json says this config finished."""
     from diffscape import train as training
 
     run_dir, cfg, nar = run.train_dir(study.out), run.config, tools.narrator
-    wanted = results.plain({"config": cfg.to_dict(), "dataset": study.dataset_hash})
+    wanted = train_identity(study, run)
     done = results.read_train(run_dir)
     if done is not None and done.settings == wanted:
         nar.skip("train", f"trained before ({done.steps} steps)", who=run.training)
