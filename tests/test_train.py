@@ -480,4 +480,4 @@ def test_pace_note_says_how_long_the_run_takes():
     # a budget that ends the run first: the step it will reach
     assert "reaches about step 895 of train.steps=100000" in pace_note(100_000, 30, 25, 0.5, 60)
     # a budget the step cap ends first: the time to the cap
-    assert "75 steps to go take about 2 min" in pace_note(100, 30, 25, 0.5, 60)
+    assert "75 steps to go take about 2.5 min" in pace_note(100, 30, 25, 0.5, 60)

@@ -58,6 +58,7 @@ from diffscape.data.source import load_batch as load_batch
 from diffscape.errors import DiffscapeError
 from diffscape.lock import FolderBusy, hold
 from diffscape.model import build_unet, count_parameters, null_class
+from diffscape.timefmt import duration
 
 StoppedBy = Literal["steps", "budget"]
 
@@ -577,7 +578,6 @@ class TrainLogger:
 def pace_note(steps: int, minutes: float, step: int, steps_per_second: float, spent: float) -> str:
     """The one line that says, from the first logging window's speed, how long the run will
     take: to ``steps``, or how many steps the ``minutes`` budget will reach."""
-    fmt = _duration
     if steps_per_second <= 0:
         return "train: no speed measured yet"
     to_cap = (steps - step) / steps_per_second
@@ -586,15 +586,7 @@ def pace_note(steps: int, minutes: float, step: int, steps_per_second: float, sp
         return (f"train: at {steps_per_second:.2f} steps/s the {minutes:g}-minute budget reaches "
                 f"about step {reach} of train.steps={steps}")  # fmt: skip
     hint = "" if minutes else "; --minutes M stops earlier, saved and resumable"
-    return f"train: at {steps_per_second:.2f} steps/s the {steps - step} steps to go take about {fmt(to_cap)}{hint}"
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
+    return f"train: at {steps_per_second:.2f} steps/s the {steps - step} steps to go take about {duration(to_cap)}{hint}"
 
 
 def _num(x: torch.Tensor | float) -> float | None:

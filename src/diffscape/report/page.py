@@ -16,6 +16,7 @@ from diffscape import __version__
 from diffscape.report.plots import Plot
 from diffscape.report.rows import Collection, Row
 from diffscape.report.table import class_names, summary
+from diffscape.timefmt import duration
 
 STATUS_TEXT = {
     "ok": "finished",
@@ -183,7 +184,7 @@ def _row_html(
         cells.append(_cell(text, v, "num cls", _heat(v) + f' title="{esc(", ".join(tip))}"'))
     cells += extra
     secs = s["train_seconds"]
-    cells.append(_cell(_duration(secs), secs, "num"))
+    cells.append(_cell(duration(secs), secs, "num"))
     cells.append(_cell(_fmt(s["images_per_second"], ".0f"), s["images_per_second"], "num"))
     loss = _fmt(s["final_loss"], ".4f")
     if s["train_steps"]:
@@ -276,16 +277,6 @@ def _floor_row(coll: Collection, sums: list[dict[str, Any]], classes: list[str],
         cells.append('<td class="num">–</td>')
     cells.append(f'<td colspan="{width - 6}"></td>')
     return f'<tfoot><tr class="floor">{"".join(cells)}</tr></tfoot>'
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "–"
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def _data_uri(path: Path) -> str:

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import math
 
-from diffscape.report.page import _cell, _duration, _n, esc
+from diffscape.report.page import _cell, _n, esc
 from diffscape.report.rows import Collection, Row
 from diffscape.report.verdicts import Metric, Setting
 from diffscape.stats import BETTER, NO_DIFFERENCE, NO_INTERVAL, WORSE, Comparison, Estimate
+from diffscape.timefmt import duration
 
 VERDICT_CLASS = {BETTER: "v-better", WORSE: "v-worse", NO_DIFFERENCE: "v-none", NO_INTERVAL: "v-na"}
 VERDICT_SHORT = {
@@ -33,7 +34,7 @@ def number(m: Metric, value: float | None) -> str:
     if value is None:
         return "–"
     if m.key == "train_seconds":
-        return _duration(value)
+        return duration(value)
     shown = 100 * value if m.percent else value
     return format(shown, _spec(m, shown)) + ("%" if m.percent else "")
 
@@ -43,7 +44,7 @@ def _plus_minus(m: Metric, e: Estimate) -> str:
         return ""
     h = 100 * e.half_width if m.percent else e.half_width
     if m.key == "train_seconds":
-        return f" ± {_duration(e.half_width)}"
+        return f" ± {duration(e.half_width)}"
     return f" ± {format(h, _spec(m, h))}"
 
 
