@@ -17,10 +17,11 @@ from fixtures_data import colour_dataset
 from test_report import check_page
 
 import diffscape.train
-from diffscape import checkpoint, layout
+from diffscape import checkpoint, layout, pipeline
 from diffscape import sweep as sweep_module
 from diffscape.cli import main
 from diffscape.config import ConfigError
+from diffscape.errors import DiffscapeError
 from diffscape.report import build_report
 from diffscape.sweep import (
     SweepError,
@@ -305,6 +306,39 @@ enabled = false
     assert calls == [runs / "wrong-size"] and again[1].status == "failed"
     text = build_report(runs, tmp_path / "r.html").read_text()
     assert "failed" in text and "model.image_size is 16" in text
+
+
+def test_cpu_jobs_share_the_cores(ds, tmp_path, monkeypatch):
+    """On a CPU, --jobs 2 trains two runs at once in worker processes, each told to use half the
+    cores (OMP_NUM_THREADS), and both finish as they would one after the other."""
+    body = """
+[[runs]]
+name = "a"
+[[runs]]
+name = "b"
+train.lr = 2e-3
+[evaluate]
+enabled = false
+[judge]
+enabled = false
+"""
+    spec = spec_file(tmp_path, body, steps=4, dataset=ds.root)
+    runs = tmp_path / "runs"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    results = run_sweep(spec, runs, progress=False, gpus=0, jobs=2)
+    assert [(r.name, r.status, r.steps) for r in results] == [("a", "ok", 4), ("b", "ok", 4)]
+    threads = max(1, (os.cpu_count() or 1) // 2)
+    for name in ("a", "b"):
+        assert (
+            f"worker: {name} on {threads} CPU thread(s)" in (runs / name / "sweep.log").read_text()
+        )
+    assert pipeline.worker_slots(0, 2, cores=2)[1].env["OMP_NUM_THREADS"] == "1"
+    assert pipeline.worker_slots(0, 3, cores=8)[0].env["OMP_NUM_THREADS"] == "2"
+    assert [s.name for s in pipeline.worker_slots(4, 2)] == ["GPU 0", "GPU 1"]
+    assert len(pipeline.worker_slots(0, None)) == 1 and len(pipeline.worker_slots(3)) == 3
+    with pytest.raises(DiffscapeError, match="--jobs 0"):
+        run_sweep(spec, tmp_path / "other", progress=False, gpus=0, jobs=0)
+    assert not (tmp_path / "other").exists()
 
 
 def test_sampling_only_sweep_trains_once(ds, tmp_path, monkeypatch):

@@ -21,6 +21,7 @@ from diffscape.data.dataset import load_dataset
 from diffscape.errors import DiffscapeError
 from diffscape.pipeline import Narrator, RunSpec, Study, StudySpec, Tools
 from diffscape.results import DemoSummary, RunResult
+from diffscape.timefmt import duration
 
 # The demo's recipe is the tiny preset's CPU recipe (v-prediction, min-SNR, lr 1e-3, EMA 0.995;
 # docs/benchmarks.md "Demo recipe": at 600 steps of 32 on the synth set it gave 98% judge
@@ -183,7 +184,7 @@ def budget_training(s: DemoSettings, ds: Any, study: Study, tools: Tools, t_star
     elapsed = time.perf_counter() - t_start
     minutes = training_minutes(s, elapsed, after)
     left = 60 * s.minutes - elapsed - after
-    fmt = pipeline.fmt_seconds
+    fmt = duration
     if left < 60 * MIN_TRAIN_MINUTES:
         tools.narrator.note(
             f"budget: {s.minutes:g} min is less than the other stages need (about "
@@ -259,7 +260,7 @@ def format_summary(summary: DemoSummary) -> str:
     return "\n".join(
         [
             "",
-            f"demo finished in {pipeline.fmt_seconds(summary.wall_seconds)}",
+            f"demo finished in {duration(summary.wall_seconds)}",
             f"  judge accuracy of the samples: {_pct(summary.judge_sample_accuracy)} ({per})",
             f"  judge accuracy on real test images: {_pct(summary.judge_real_test_accuracy)}",
             f"  KID {_kid(summary.kid)} ± {(summary.kid or {}).get('std', float('nan')):.4f}  "

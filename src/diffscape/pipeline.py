@@ -14,7 +14,8 @@ Every stage skips work already done, recognised by its marker file and the setti
 in it: train.json, samples.json, metrics.json, accuracy.json, result.json (diffscape.results).
 So a killed or failed study, run again, does only what is missing. The report is built over
 the runs by the caller. With several GPUs, each training goes to a worker process of its own
-(``python -m diffscape.pipeline worker JOB``), one per GPU.
+(``python -m diffscape.pipeline worker JOB``), one per GPU; on a CPU, ``jobs`` > 1 runs that many
+workers at once, each on its share of the cores (:func:`worker_slots`).
 """
 
 from __future__ import annotations
@@ -43,16 +44,13 @@ from diffscape.config import (
 )
 from diffscape.errors import DiffscapeError
 from diffscape.results import Floor, RunResult, TrainRecord
+from diffscape.timefmt import duration
 
 RUN_STAGES = ("train", "sample", "evaluate", "judge samples")
 
 
 def log(msg: str) -> None:
     print(f"[sweep] {msg}", file=sys.stderr, flush=True)
-
-
-def fmt_seconds(s: float) -> str:
-    return f"{s:.0f} s" if s < 90 else f"{s / 60:.1f} min"
 
 
 # ---- what a study is -----------------------------------------------------------------------------
@@ -131,14 +129,14 @@ class Narrator:
 
     def start(self, stage: str, detail: str = "", eta: float | None = None, who: str = "") -> None:
         self._t0, self._stage, self._label = time.perf_counter(), stage, self._head(stage, who)
-        about = f" (about {fmt_seconds(eta)})" if eta else ""
+        about = f" (about {duration(eta)})" if eta else ""
         self.say(f"{self._label}{about}{': ' + detail if detail else ''}")
 
     def done(self, what: str = "") -> float:
         dt = time.perf_counter() - self._t0
         self.timings[self._stage] = round(dt, 1)
         head = "     " if self.total else self._label + ":"
-        self.say(f"{head} done in {fmt_seconds(dt)}{'; ' + what if what else ''}")
+        self.say(f"{head} done in {duration(dt)}{'; ' + what if what else ''}")
         return dt
 
     def skip(self, stage: str, why: str = "done before, skipped", who: str = "") -> None:
@@ -267,10 +265,12 @@ def _judge_of_kind(spec: StudySpec, ds: Any, kind: str, path: Path, tools: Tools
     if layout.is_judge_dir(path):
         nar.skip("judge", f"trained before: {path}")
         return path
-    nar.start("judge", f"a {kind} classifier of the real training images into {path}", eta=40)
+    cnn = CNNSettings(**spec.judge_cnn)  # type: ignore[arg-type]
+    # a CNN epoch ran at ~400 img/s on 2 AVX2 cores; early stopping usually ends it sooner
+    eta = ds.count("train") * cnn.max_epochs / 400 if kind == "cnn" else 40
+    nar.start("judge", f"a {kind} classifier of the real training images into {path}", eta=eta)
     made = train_judge(
-        ds, kind, path, seed=spec.seed, cnn=CNNSettings(**spec.judge_cnn),  # type: ignore[arg-type]
-        progress=tools.progress, log=nar.note,
+        ds, kind, path, seed=spec.seed, cnn=cnn, progress=tools.progress, log=nar.note,
     )  # fmt: skip
     nar.done(f"accuracy on real test images {_pct(made.accuracy.get('test'))}")
     return path
@@ -658,9 +658,12 @@ def run_training(study: Study, runs: list[RunSpec], tools: Tools) -> None:
             record_failure(study, r, "result", e, tools)
 
 
-def run_study(study: Study, runs: list[RunSpec], tools: Tools, *, gpus: int = 0) -> list[RunResult]:
-    """Every run of a prepared study (one training after another, or one worker per GPU when
-    ``gpus`` > 1); returns each run's result."""
+def run_study(
+    study: Study, runs: list[RunSpec], tools: Tools, *, gpus: int = 0, jobs: int | None = None
+) -> list[RunResult]:
+    """Every run of a prepared study: one training after another, or several at once in worker
+    processes (:func:`worker_slots`: one per GPU, or ``jobs`` sharing the CPU cores); returns
+    each run's result."""
     groups: dict[str, list[RunSpec]] = {}
     for r in runs:
         groups.setdefault(r.training, []).append(r)
@@ -671,8 +674,9 @@ def run_study(study: Study, runs: list[RunSpec], tools: Tools, *, gpus: int = 0)
                 skip_finished(r, tools)
         else:
             todo[name] = group
-    if gpus > 1 and len(todo) > 1:
-        run_parallel(study, todo, gpus, tools)
+    slots = worker_slots(gpus, jobs)
+    if len(slots) > 1 and len(todo) > 1:
+        run_parallel(study, todo, slots, tools)
     else:
         for group in todo.values():
             run_training(study, group, tools)
@@ -683,7 +687,37 @@ def _missing(run: RunSpec) -> RunResult:
     return RunResult(name=run.name, status="missing", training=run.training, sampling=run.sampling)
 
 
-# ---- one worker process per GPU ------------------------------------------------------------------
+# ---- worker processes: one per GPU, or several sharing the CPU cores -----------------------------
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where one worker runs: its name in messages and the environment it starts with."""
+
+    name: str
+    env: dict[str, str]
+
+
+def worker_slots(gpus: int, jobs: int | None = None, cores: int | None = None) -> list[Slot]:
+    """The places workers run: one per GPU (at most ``jobs`` of them when given), or, without a
+    GPU, ``jobs`` workers each given ``cores // jobs`` threads (OMP_NUM_THREADS; at least 1).
+
+    Why CPU workers: a small UNet does not keep two threads busy. On a 2-core VM, two one-thread
+    trainings of ``tiny`` ran at 46.6 img/s each (93 together) where one two-thread training ran
+    at 65 (docs/real-photos.md). A run's ``train.minutes`` is its own wall clock, so runs that
+    share the cores each get their share of them in those minutes.
+    """
+    import os
+
+    if jobs is not None and jobs < 1:
+        raise DiffscapeError(f"--jobs {jobs}: give 1 or more workers")
+    if gpus >= 1:
+        n = gpus if jobs is None else min(jobs, gpus)
+        return [Slot(f"GPU {g}", {"CUDA_VISIBLE_DEVICES": str(g)}) for g in range(n)]
+    n = jobs or 1
+    threads = max(1, (cores or os.cpu_count() or 1) // n)
+    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    return [Slot(f"CPU worker {i} ({threads} thread{'s' * (threads > 1)})", env) for i in range(n)]
 
 
 def job_json(study: Study, runs: list[RunSpec]) -> str:
@@ -714,13 +748,13 @@ def job_from_json(text: str) -> tuple[Study, list[RunSpec]]:
     return study, runs
 
 
-def _start_worker(study: Study, runs: list[RunSpec], gpu: int) -> subprocess.Popen:
+def _start_worker(study: Study, runs: list[RunSpec], slot: Slot) -> subprocess.Popen:
     import os
 
     folder = runs[0].train_dir(study.out)
     folder.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "diffscape.pipeline", "worker", job_json(study, runs)]
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(gpu)}
+    env = {**os.environ, **slot.env}
     with open(folder / layout.SWEEP_LOG, "ab") as logfile:
         return subprocess.Popen(cmd, env=env, stdout=logfile, stderr=subprocess.STDOUT)
 
@@ -744,24 +778,26 @@ def _sigterm_as_interrupt() -> Any:
         signal.signal(signal.SIGTERM, old if old is not None else signal.SIG_DFL)
 
 
-def run_parallel(study: Study, groups: dict[str, list[RunSpec]], gpus: int, tools: Tools) -> None:
-    """One worker process per GPU, each running one training (and its samplings) with
-    ``CUDA_VISIBLE_DEVICES`` set to its GPU; its output goes to <training>/sweep.log."""
+def run_parallel(
+    study: Study, groups: dict[str, list[RunSpec]], slots: list[Slot], tools: Tools
+) -> None:
+    """One worker process per slot (:func:`worker_slots`), each running one training (and its
+    samplings) in its slot's environment; its output goes to <training>/sweep.log."""
     pending, running = list(groups), {}
     say = tools.narrator.note
-    say(f"{gpus} GPUs: running {len(pending)} trainings, one per GPU")
+    say(f"{len(slots)} workers: running {len(pending)} trainings, {len(slots)} at a time")
     with _sigterm_as_interrupt():
         try:
             while pending or running:
-                for gpu in range(gpus):
-                    if gpu not in running and pending:
+                for i, slot in enumerate(slots):
+                    if i not in running and pending:
                         name = pending.pop(0)
-                        running[gpu] = (_start_worker(study, groups[name], gpu), name)
-                        say(f"{name}: started on GPU {gpu} (log: {study.out / name / layout.SWEEP_LOG})")  # fmt: skip
+                        running[i] = (_start_worker(study, groups[name], slot), name)
+                        say(f"{name}: started on {slot.name} (log: {study.out / name / layout.SWEEP_LOG})")  # fmt: skip
                 time.sleep(1.0)
-                for gpu, (proc, name) in list(running.items()):
+                for i, (proc, name) in list(running.items()):
                     if proc.poll() is not None:
-                        del running[gpu]
+                        del running[i]
                         _worker_ended(study, groups[name], proc.returncode, tools)
         except BaseException:
             for proc, _ in running.values():
@@ -789,6 +825,9 @@ def worker_main(argv: list[str]) -> int:
         print("usage: python -m diffscape.pipeline worker JOB_JSON", file=sys.stderr)
         return 2
     study, runs = job_from_json(argv[1])
+    import torch
+
+    log(f"worker: {runs[0].training} on {torch.get_num_threads()} CPU thread(s)")
     run_training(study, runs, Tools(Narrator(log), progress=False))
     return 0
 

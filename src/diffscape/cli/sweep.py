@@ -18,7 +18,9 @@ examples:
 Each run is trained, sampled, evaluated (FID/KID) and judged (per-class accuracy) into
 RUNS/<run>/ and RUNS/<run>/samples/<sampling>/ (result.json last). Running the same command
 again skips finished work, retries what failed and resumes interrupted training; a failing run
-is recorded with its error and the sweep goes on. With several GPUs, runs go one per GPU.
+is recorded with its error and the sweep goes on. With several GPUs, runs go one per GPU;
+on a CPU, --jobs 2 trains two runs at once with one thread each (on a 2-core VM, 1.4x the images
+per minute of one two-thread run for `tiny`). Each run's train.minutes is its own wall clock.
 Without a dataset (--data or `dataset = ...` in the file) the default synthetic landscapes are
 made in RUNS/_data. At the end RUNS/report.html and RUNS/results.csv are written.
 
@@ -84,6 +86,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="RUN",
         help="run only this run (folder name; repeatable)",
     )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        metavar="N",
+        help="trainings at once: on a CPU, N workers sharing the cores (each gets cores/N "
+        "threads; a small model trains more images per minute this way); with GPUs, at most "
+        "one per GPU (default: one per GPU, else 1)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the runs and exit")
     p.add_argument("--list", action="store_true", help="list the shipped sweeps and exit")
     p.add_argument("--no-report", action="store_true", help="do not write RUNS/report.html")
@@ -122,7 +132,12 @@ def run_sweep_command(args: argparse.Namespace) -> int:
 
     try:
         results = sweep.run_sweep(
-            spec, args.out, data=args.data, progress=not args.no_progress, only=args.only
+            spec,
+            args.out,
+            data=args.data,
+            progress=not args.no_progress,
+            only=args.only,
+            jobs=args.jobs,
         )
     except TrainingInterrupted as e:
         print(f"diffscape: {e}\nRun the same sweep command again to continue.", file=sys.stderr)

@@ -62,13 +62,17 @@ def run_sweep(
     *,
     only: Iterable[str] | None = None,
     gpus: int | None = None,
+    jobs: int | None = None,
 ) -> list[RunResult]:
     """Run (or continue) a sweep into ``out_dir``; returns every run's result.
 
     ``data`` overrides the file's dataset. ``only`` restricts the sweep to some training runs
     (by folder name) or rows (by name); the floor is then left to the whole sweep. ``gpus``
     overrides ``torch.cuda.device_count()`` for deciding whether to run one worker per GPU.
+    ``jobs``: how many trainings at once (at most one per GPU; on a CPU, each on its share of
+    the cores: :func:`diffscape.pipeline.worker_slots`); default one per GPU, else one.
     """
+    pipeline.worker_slots(0, jobs)  # a bad --jobs fails before anything is written
     spec = sweep if isinstance(sweep, SweepSpec) else load_sweep(sweep)
     out = layout.check_out(out_dir, "sweep")
     all_runs = plan(spec)
@@ -87,7 +91,7 @@ def run_sweep(
         study = pipeline.prepare_study(
             sspec, dataset, tools, judge_needed=conditional, floor=only is None
         )
-        return pipeline.run_study(study, runs, tools, gpus=gpus)
+        return pipeline.run_study(study, runs, tools, gpus=gpus, jobs=jobs)
 
 
 def _dataset_path(sspec: StudySpec) -> Path:
