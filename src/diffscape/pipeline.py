@@ -266,7 +266,8 @@ def _judge_of_kind(spec: StudySpec, ds: Any, kind: str, path: Path, tools: Tools
         nar.skip("judge", f"trained before: {path}")
         return path
     cnn = CNNSettings(**spec.judge_cnn)  # type: ignore[arg-type]
-    # a CNN epoch ran at ~400 img/s on 2 AVX2 cores; early stopping usually ends it sooner
+    # ~400 img/s per epoch on 2 cores (29 epochs of 3,900 photos in 287 s, docs/real-photos.md);
+    # an upper bound: early stopping usually ends it sooner
     eta = ds.count("train") * cnn.max_epochs / 400 if kind == "cnn" else 40
     nar.start("judge", f"a {kind} classifier of the real training images into {path}", eta=eta)
     made = train_judge(
