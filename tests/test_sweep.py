@@ -41,6 +41,7 @@ n = 2
 steps = 3
 """
 ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONUNBUFFERED": "1"}
+TRAIN_ONLY = "[evaluate]\nenabled = false\n[judge]\nenabled = false\n"  # no scoring stages
 
 
 def spec_file(tmp: Path, body: str, steps: int = 8, dataset: Path | None = None) -> Path:
@@ -284,12 +285,8 @@ name = "ok"
 [[runs]]
 name = "wrong-size"
 model.image_size = 16
-[evaluate]
-enabled = false
-[judge]
-enabled = false
 """
-    spec = spec_file(tmp_path, body, steps=4, dataset=ds.root)
+    spec = spec_file(tmp_path, body + TRAIN_ONLY, steps=4, dataset=ds.root)
     runs = tmp_path / "runs"
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
     results = run_sweep(spec, runs, progress=False, gpus=2)
@@ -317,12 +314,8 @@ name = "a"
 [[runs]]
 name = "b"
 train.lr = 2e-3
-[evaluate]
-enabled = false
-[judge]
-enabled = false
 """
-    spec = spec_file(tmp_path, body, steps=4, dataset=ds.root)
+    spec = spec_file(tmp_path, body + TRAIN_ONLY, steps=4, dataset=ds.root)
     runs = tmp_path / "runs"
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
     results = run_sweep(spec, runs, progress=False, gpus=0, jobs=2)
