@@ -69,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     # Idle OpenMP threads spin by default and starve a busy 2-core machine (measured 2-19x
-    # slow-downs); passive waiting costs 10-20% when idle. Users can still override it.
+    # slow-downs; tiny at batch 16 with one core busy: 20 img/s spinning, 43 passive). Passive
+    # waiting costs ~1.6x on a quiet machine (60 vs 96 img/s): users who have the cores to
+    # themselves can opt in with GOMP_SPINCOUNT=10000 (docs/real-photos.md, "Threads").
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     argv = sys.argv[1:] if argv is None else list(argv)
     # --debug is taken anywhere, also after the command (where users add it when retrying).
