@@ -590,6 +590,8 @@ CASES = [
          "--out", OUT)),
     Case("samples-corrupt-png", cmd("judge score", lambda c: c.w.judge,
          damaged("samples", corrupt_png), "--out", OUT)),
+    # -- issue 24: every output path under one rule (files as well as folders)
+    # -- issue 24: hangs, unbounded work, user text in plots, late refusals
 ]
 # fmt: on
 
