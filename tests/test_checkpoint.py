@@ -233,12 +233,14 @@ def test_leftovers_of_dead_savers_are_removed(run):
     dead.wait()
     from diffscape.atomic import tmp_name
 
-    dead_tmp = folder / f".tmp-step-0000006.tmp-{dead.pid}"
+    dead_tmp = folder / f".step-0000006{layout.TMP_INFIX}{dead.pid}"
     legacy_tmp = folder / ".tmp-step-0000008"  # written before PID tags
-    live_tmp = folder / tmp_name("tmp-step-0000010")  # this process: still writing
+    live_tmp = folder / tmp_name("step-0000010")  # this process: still writing
     incomplete = folder / "step-0000012"  # no marker
     for p in (dead_tmp, legacy_tmp, live_tmp, incomplete):
         (p / "model").mkdir(parents=True)
+    for p in (dead_tmp, live_tmp):
+        (p / layout.TMP_MARKER).write_text("1\n")
     checkpoint.prune_checkpoints(run, keep_last=5)
     assert live_tmp.is_dir()
     assert not dead_tmp.exists() and not legacy_tmp.exists() and not incomplete.exists()

@@ -76,12 +76,12 @@ def _limit_memory() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
 
 
-def run_process(argv: list[str], timeout: float = 120) -> Result:
+def run_process(argv: list[str], timeout: float = 120, env: dict[str, str] | None = None) -> Result:
     p = subprocess.run(
         [sys.executable, "-m", "diffscape", *argv],
         capture_output=True,
         text=True,
-        env=ENV,
+        env={**ENV, **(env or {})},
         timeout=timeout,
         preexec_fn=_limit_memory,
     )
@@ -103,12 +103,13 @@ def run_inprocess(argv: list[str], capfd: pytest.CaptureFixture[str]) -> Result:
 # ---- sentinels ----------------------------------------------------------------------------------
 
 
-def digest(root: Path, skip: Path | None = None) -> dict[str, str]:
+def digest(root: Path, skip: Path | tuple[Path, ...] | None = None) -> dict[str, str]:
     """sha256 of every file below ``root`` (lock files aside: taking a lock is not a change),
-    leaving out the folder ``skip``."""
+    leaving out the folder(s) ``skip``."""
+    skips = skip if isinstance(skip, tuple) else (() if skip is None else (skip,))
     found = {}
     for p in sorted(root.rglob("*")):
-        if skip is not None and (p == skip or skip in p.parents):
+        if any(p == s or s in p.parents for s in skips):
             continue
         if p.is_file() and not p.name.endswith(layout.LOCK):
             found[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
@@ -153,6 +154,8 @@ class Ctx:
     t: Path
     out: Path = field(init=False)
     holders: list[subprocess.Popen] = field(default_factory=list)
+    mounts: list[Path] = field(default_factory=list)  # small file systems, unmounted after
+    undo: list[Callable[[], None]] = field(default_factory=list)  # in-process patches
 
     def __post_init__(self) -> None:
         self.out = self.t / "a" / "b" / "c" / "out"
@@ -332,9 +335,11 @@ class Case:
     argv: Callable[[Ctx], list[str]]  # builds the fixture, returns the command line
     rc: int = 2
     says: str = ""  # a regex the error line must match (the refusal is for the right reason)
-    check: Callable[[Ctx, Result], None] | None = None  # after rc 0
+    check: Callable[[Ctx, Result], None] | None = None  # after the command, whatever its rc
     proc: bool = False  # in a subprocess, under the memory limit
-    changes: Callable[[Ctx], Path] | None = None  # a folder the command may change (rc 0)
+    changes: Callable[[Ctx], Path] | None = None  # a folder the command may change too
+    late: bool = False  # fails after work began: status lines first, the error line last
+    env: Callable[[Ctx], dict[str, str]] | None = None  # extra variables: runs in a subprocess
 
 
 Part = str | Callable[[Ctx], "Path | str | list[str]"]
@@ -387,7 +392,7 @@ def damaged(what: str, change: Callable[[Path, Ctx], object]) -> Callable[[Ctx],
 
 
 def held(how: str, folder: Callable[[Ctx], Path]) -> Callable[[Ctx], Path]:
-    """``folder``, locked by another process (lock.hold or lock.hold_beside)."""
+    """``folder``, locked by another process (lock.hold)."""
 
     def build(c: Ctx) -> Path:
         path = folder(c)
@@ -395,6 +400,14 @@ def held(how: str, folder: Callable[[Ctx], Path]) -> Callable[[Ctx], Path]:
         return path
 
     return build
+
+
+def locked_partial(c: Ctx) -> Path:
+    """--out, whose images another sampler is making (it holds the partial folder's lock)."""
+    from diffscape.sample import partial_dir
+
+    c.hold(partial_dir(c.out), "hold")
+    return c.out
 
 
 def read_only_out(c: Ctx) -> Path:
@@ -487,6 +500,249 @@ def hostile_config(run_key: str, value: int, unet_key: str) -> Callable[[Path, C
     return change
 
 
+# -- issue 24's one rule for every output path: builders and checks
+MINE = b"the user's own file, not diffscape's\n"
+
+
+def users(*names: str, where: Callable[[Ctx], Path] = OUT) -> Callable[[Ctx], Path]:
+    """``where`` (default --out, a folder) holding files of the user's called ``names``
+    (pictures are real PNGs, written by someone else); returns ``where``."""
+
+    def build(c: Ctx) -> Path:
+        folder = where(c)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            if name.endswith(".png"):
+                Image.new("RGB", (8, 8), "red").save(folder / name)
+            else:
+                (folder / name).write_bytes(MINE)
+        return folder
+
+    return build
+
+
+def user_file(name: str, beside: str | None = None) -> Callable[[Ctx], Path]:
+    """The path ``name`` in --out's parent: the user's own file, or (``beside``) a new name
+    next to a user's file called ``beside``."""
+
+    def build(c: Ctx) -> Path:
+        users(beside or name, where=lambda c: c.out.parent)(c)
+        return c.out.parent / name
+
+    return build
+
+
+def scored(c: Ctx) -> Path:
+    """A copy of the samples, judged once already (accuracy.json etc. are diffscape's)."""
+    dst = c.copy("samples")
+    _ok(["judge", "score", str(c.w.judge), str(dst)])
+    return dst
+
+
+def with_notes(what: str) -> Callable[[Ctx], Path]:
+    """A copy of a shared fixture (or an export of the run) with the user's NOTES.txt in it."""
+
+    def build(c: Ctx) -> Path:
+        if what == "export":
+            dst = c.t / "export"
+            _ok(["export", str(c.w.run), "--out", str(dst)])
+        else:
+            dst = c.copy(what)
+        (dst / "NOTES.txt").write_bytes(MINE)
+        return dst
+
+    return build
+
+
+def user_temporaries_beside_out(c: Ctx) -> Path:
+    """The user's own folder and file, named like old-style temporaries of dead processes."""
+    (c.out.parent / ".b.tmp-424242").mkdir()
+    (c.out.parent / ".b.tmp-424242" / "draft.tex").write_bytes(MINE)
+    (c.out.parent / ".mydata.tmp-999999").write_bytes(MINE)
+    return c.out
+
+
+def link_to(target: Callable[[Ctx], Path]) -> Callable[[Ctx], Path]:
+    """--out as a symbolic link to ``target``."""
+
+    def build(c: Ctx) -> Path:
+        c.out.symlink_to(target(c), target_is_directory=True)
+        return c.out
+
+    return build
+
+
+def empty_folder(c: Ctx) -> Path:
+    (c.t / "real").mkdir()
+    return c.t / "real"
+
+
+def link_kept(kind: str, target: str) -> Callable[[Ctx, Result], None]:
+    def check(c: Ctx, r: Result) -> None:
+        assert c.out.is_symlink() and os.readlink(c.out) == str(c.t / target)
+        assert layout.is_kind(c.t / target, kind)
+        assert sorted(p.name for p in c.out.parent.iterdir()) == ["beside.txt", "out"]
+
+    return check
+
+
+def small_disk(c: Ctx, size: int) -> Path:
+    """A file system of ``size`` bytes (tmpfs), mounted in the case folder; skips where this
+    user cannot mount one."""
+    d = c.t / "small"
+    d.mkdir(exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d)],
+                       capture_output=True, text=True, check=False)  # fmt: skip
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small file system here ({r.stderr.strip()[:80]})")
+    c.mounts.append(d)
+    return d
+
+
+def tree_bytes(p: Path) -> int:
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+
+def run_on_a_full_disk(c: Ctx) -> Path:
+    """A copy of the run on a disk with room for less than one more checkpoint."""
+    ckpt = sorted((c.w.run / layout.CHECKPOINTS).iterdir())[-1]
+    disk = small_disk(c, tree_bytes(c.w.run) + tree_bytes(ckpt) // 2 + (64 << 10))
+    shutil.copytree(c.w.run, disk / "run")
+    return disk / "run"
+
+
+def checkpoints_intact(c: Ctx, r: Result) -> None:
+    ckpts = c.t / "small" / "run" / layout.CHECKPOINTS
+    assert sorted(p.name for p in ckpts.iterdir()) == sorted(
+        p.name for p in (c.w.run / layout.CHECKPOINTS).iterdir()
+    )  # the previous checkpoints, and no temporary left behind
+    assert "no space left" in r.err and str(ckpts) in r.err
+
+
+def nothing_left_on_the_disk(c: Ctx, r: Result) -> None:
+    assert list((c.t / "small").iterdir()) == [] and "no space left" in r.err
+
+
+def pruned_while_read(c: Ctx) -> Path:
+    """A copy of the run whose latest checkpoint a trainer deletes as sample reads it."""
+    import diffscape.sample as sample_module
+
+    run = c.copy("run")
+    real = sample_module.load_unet
+
+    def load_then_gone(folder: Path, *args: object, **kwargs: object) -> object:
+        if folder.parent.name == layout.checkpoint_name(4) and folder.parent.exists():
+            shutil.rmtree(folder.parent)  # the trainer pruned it
+        return real(folder, *args, **kwargs)
+
+    sample_module.load_unet = load_then_gone
+    c.undo.append(lambda: setattr(sample_module, "load_unet", real))
+    return run
+
+
+def sampled_step_2_after_pruning(c: Ctx, r: Result) -> None:
+    assert "removed while it was being read" in r.err
+    info = json.loads((c.out / layout.SAMPLES_JSON).read_text())
+    assert str(info["checkpoint"]).endswith(layout.checkpoint_name(2))
+
+
+def no_lock_beside(c: Ctx, r: Result) -> None:
+    assert sorted(p.name for p in c.out.parent.iterdir()) == ["beside.txt", "out"]
+    assert sorted(p.name for p in c.out.iterdir() if p.name.startswith(".")) == []
+
+
+# -- issue 24's hangs, unbounded work, user text in plots and late refusals: builders and checks
+def fifo_source(c: Ctx) -> Path:
+    """Class folders of tiny PNGs, and a FIFO named like a photo (opening it would block)."""
+    src = c.t / "photos"
+    for cls, colour in (("Coast", "blue"), ("Desert", "yellow")):
+        (src / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (16, 16), colour).save(src / cls / f"{i}.png")
+    os.mkfifo(src / "Coast" / "p.png")
+    return src
+
+
+def fifo_skipped(c: Ctx, r: Result) -> None:
+    skipped = json.loads((c.out / layout.MANIFEST).read_text())["skipped"]
+    assert [s["path"] for s in skipped] == ["Coast/p.png"], skipped
+    assert "not a regular file" in skipped[0]["reason"], skipped
+
+
+def sweep_file(text: str) -> Callable[[Ctx], Path]:
+    def build(c: Ctx) -> Path:
+        path = c.t / "sweep.toml"
+        path.write_text(f'name = "hostile"\npreset = "tiny"\n{text}\n')
+        return path
+
+    return build
+
+
+def sweep_run_named(name: str) -> Callable[[Ctx], Path]:
+    return sweep_file(f"[[runs]]\nname = {json.dumps(name)}\ntrain = {{ steps = 2 }}")
+
+
+GRID_1E6 = sweep_file(
+    f'[grid]\n"train.steps" = {list(range(1, 1001))}\n"train.seed" = {list(range(1000))}'
+)
+DOLLAR = "$x^$"  # mathtext would parse it (and fail: "^" needs an argument)
+
+
+def dollar_run(c: Ctx) -> Path:
+    """A copy of the run named ``$x^$``, with two log lines so that its loss curve is drawn."""
+    run = c.t / "runs" / DOLLAR
+    shutil.copytree(c.w.run, run)
+    log = run / layout.METRICS_JSONL
+    rec = json.loads(log.read_text().splitlines()[0])
+    with log.open("a") as f:
+        f.write(json.dumps({**rec, "step": rec["step"] + 4}) + "\n")
+    return run
+
+
+def dollar_class(what: str) -> Callable[[Ctx], Path]:
+    """A copy of the judge or samples whose first class is called ``$x^$``."""
+
+    def build(c: Ctx) -> Path:
+        dst = c.copy(what)
+        if what == "samples":
+            first = json.loads((dst / layout.SAMPLES_JSON).read_text())["classes"][0]
+            (dst / first).rename(dst / DOLLAR)
+            edit_json(dst / layout.SAMPLES_JSON, lambda d: d["counts"].update(
+                {DOLLAR: d["counts"].pop(first)}))  # fmt: skip
+        edit_json(dst / (layout.JUDGE_JSON if what == "judge" else layout.SAMPLES_JSON),
+                  set_first_class(DOLLAR))  # fmt: skip
+        return dst
+
+    return build
+
+
+def report_written(c: Ctx, r: Result) -> None:
+    assert DOLLAR in (c.out / layout.REPORT_HTML).read_text()
+
+
+def confusion_written(c: Ctx, r: Result) -> None:
+    assert (c.out / layout.CONFUSION_PNG).is_file() and (c.out / layout.ACCURACY_JSON).is_file()
+
+
+def formula_run(c: Ctx) -> Path:
+    run = c.t / "runs" / "=1+2"
+    shutil.copytree(c.w.run, run)
+    return run
+
+
+def formula_quoted(c: Ctx, r: Result) -> None:
+    import csv
+
+    with (c.out / layout.RESULTS_CSV).open(newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["name"] == "'=1+2", row
+
+
+def cache_file(c: Ctx) -> dict[str, str]:
+    (c.t / "cachefile").write_text("not a folder\n")
+    return {"DIFFSCAPE_CACHE": str(c.t / "cachefile")}
+
+
 SAMPLE = ("sample", RUN, *FAST)  # sample the shared run into --out (options follow)
 SYNTH = "data synth --n 20 --size 16 --out"
 TRAIN_ARGS = ("--steps 4", *TINY)
@@ -525,7 +781,7 @@ CASES = [
     # -- one writer per folder
     Case("train-into-locked-run", cmd("train", DS, "--out", held("hold", copy("run")),
          *TRAIN_ARGS, "--steps 6"), says="process"),
-    Case("sample-into-locked-out", cmd(*SAMPLE, "--out", held("hold_beside", OUT)),
+    Case("sample-into-locked-out", cmd(*SAMPLE, "--out", locked_partial),
          says="process"),
     # -- silent garbage
     Case("sample-batch-negative", cmd(*SAMPLE, "--batch -3 --out", OUT), says="batch"),
@@ -591,7 +847,92 @@ CASES = [
     Case("samples-corrupt-png", cmd("judge score", lambda c: c.w.judge,
          damaged("samples", corrupt_png), "--out", OUT)),
     # -- issue 24: every output path under one rule (files as well as folders)
+    # 1. files a command writes on their own or into someone's folder
+    Case("judge-score-over-user-files", cmd("judge score", lambda c: c.w.judge,
+         lambda c: c.w.samples, "--out", users("accuracy.json", "confusion.json",
+         "confusion.png")), says="not written by diffscape"),
+    Case("judge-score-again", cmd("judge score", lambda c: c.w.judge, scored),
+         says="--overwrite"),
+    Case("judge-score-again-overwrite", cmd("judge score", lambda c: c.w.judge, scored,
+         "--overwrite"), rc=0, changes=lambda c: c.t / "samples"),
+    Case("judge-cas-over-user-file", cmd("judge cas", lambda c: c.w.samples, DS, "--out",
+         users("cas.json")), says="not written by diffscape"),
+    Case("evaluate-over-user-file", cmd("evaluate --real", DS, "--fake", lambda c: c.w.samples,
+         "--overwrite --out", user_file("notes.txt")), says="notes.txt"),
+    Case("evaluate-pairs-over-user-png", cmd("evaluate --real", DS, "--fake",
+         lambda c: c.w.samples, "--out", user_file("m.json", beside="closest-pairs.png")),
+         says="closest-pairs.png"),
+    Case("report-over-user-html", cmd("report", RUN, "--out", user_file("index.html")),
+         says="index.html"),
+    Case("report-csv-over-user-csv", cmd("report", RUN, "--overwrite --out",
+         user_file("r.html", beside="results.csv")), says="results.csv"),
+    Case("interpolate-over-user-png", cmd("interpolate", RUN, "--frames 2 --sampler ddim",
+         "--steps 2 --overwrite --out", user_file("photo.png")), says="photo.png"),
+    Case("show-over-user-png", cmd("data show", DS, "--out", user_file("grid.png")),
+         says="grid.png"),
+    # 2. temporaries: only this program's, recognisably, are ever removed
+    Case("synth-beside-user-temporaries", cmd(SYNTH, user_temporaries_beside_out), rc=0),
+    # 3. a folder holding anything this program did not write is not empty
+    Case("synth-into-user-sweep-log", cmd(SYNTH, users("sweep.log")), says="not empty"),
+    Case("train-into-user-sweep-log", cmd("train", DS, "--out", users("sweep.log"),
+         *TRAIN_ARGS), says="not empty"),
+    # 4. a folder of the same kind: replaced only with --overwrite, and never with a user's file
+    Case("synth-over-dataset", cmd(SYNTH, with_notes("ds")), says="--overwrite"),
+    Case("synth-overwrite-dataset-with-notes", cmd(SYNTH, with_notes("ds"), "--overwrite"),
+         says="NOTES.txt"),
+    Case("synth-overwrite-dataset", cmd(SYNTH, copy("ds"), "--overwrite"), rc=0,
+         changes=lambda c: c.t / "ds"),
+    Case("judge-overwrite-judge-with-notes", cmd("judge train", DS, SVC, with_notes("judge"),
+         "--overwrite"), says="NOTES.txt"),
+    Case("export-overwrite-export-with-notes", cmd("export", RUN, "--overwrite --out",
+         with_notes("export")), says="NOTES.txt"),
+    # 5. --out a symbolic link: followed (the link stays), never replaced
+    Case("synth-out-link-to-empty", cmd(SYNTH, link_to(empty_folder)), rc=0,
+         check=link_kept("dataset", "real"), changes=lambda c: c.t / "real"),
+    Case("synth-out-link-to-dataset", cmd(SYNTH, link_to(copy("ds")), "--overwrite"), rc=0,
+         check=link_kept("dataset", "ds"), changes=lambda c: c.t / "ds"),
+    Case("sample-out-link-to-empty", cmd(*SAMPLE, "--out", link_to(empty_folder)), rc=0,
+         check=link_kept("samples", "real"), changes=lambda c: c.t / "real"),
+    # 8. a huge --n is refused before any work when the disk cannot hold it
+    Case("sample-n-1e6-small-disk", cmd(*SAMPLE, "--n 1000000 --per-class --out",
+         lambda c: small_disk(c, 1 << 20) / "s"), says="need about"),
+    # 10. disk full: one line with the path and the space; nothing half-written left
+    Case("resume-on-a-full-disk", cmd("train", DS, "--out", run_on_a_full_disk, *TRAIN_ARGS,
+         "--resume --steps 6"), says="no space left", check=checkpoints_intact, late=True,
+         changes=lambda c: c.t / "small" / "run"),
+    Case("export-on-a-full-disk", cmd("export", RUN, "--out",
+         lambda c: small_disk(c, 256 << 10) / "exp"), says="no space left",
+         check=nothing_left_on_the_disk),
+    # 12. the checkpoint being read is pruned by a trainer: the newest intact one, said
+    Case("sample-checkpoint-pruned-while-read", cmd("sample", pruned_while_read, *FAST,
+         "--out", OUT), rc=0, check=sampled_step_2_after_pruning,
+         changes=lambda c: c.t / "run"),
+    # 13. no lock file left beside --out
+    Case("sample-leaves-no-lock", cmd(*SAMPLE, "--out", OUT), rc=0, check=no_lock_beside),
     # -- issue 24: hangs, unbounded work, user text in plots, late refusals
+    Case("prepare-fifo-in-source", cmd("data prepare", fifo_source,
+         "--size 16 --no-progress --out", OUT), rc=0, check=fifo_skipped, proc=True),
+    Case("sweep-grid-1e6", cmd("sweep", GRID_1E6, "--data", DS, "--dry-run --out", OUT),
+         says="limit", proc=True),
+    Case("sweep-run-named-_judge", cmd("sweep", sweep_run_named("_judge"), "--data", DS,
+         "--dry-run --out", OUT), says="_judge"),
+    Case("sweep-run-named-sweep.json", cmd("sweep", sweep_run_named("sweep.json"), "--data",
+         DS, "--dry-run --out", OUT), says="sweep.json"),
+    Case("sweep-run-named-report.html", cmd("sweep", sweep_run_named("report.html"), "--data",
+         DS, "--dry-run --out", OUT), says="report.html"),
+    Case("sweep-run-name-300-bytes", cmd("sweep", sweep_run_named("a" * 300), "--data", DS,
+         "--dry-run --out", OUT), says="bytes"),
+    Case("report-dollar-in-run-name", cmd("report", dollar_run, "--out",
+         lambda c: c.out / layout.REPORT_HTML), rc=0, check=report_written),
+    Case("judge-score-dollar-in-class", cmd("judge score", dollar_class("judge"),
+         dollar_class("samples"), "--out", OUT), rc=0, check=confusion_written),
+    Case("evaluate-cache-is-a-file", cmd("evaluate --real", DS, "--fake",
+         lambda c: c.w.samples, "--out", lambda c: c.out / layout.EVAL_JSON), says="cachefile",
+         env=cache_file),
+    Case("report-csv-formula", cmd("report", formula_run, "--out",
+         lambda c: c.out / layout.REPORT_HTML), rc=0, check=formula_quoted),
+    Case("evaluate-n-0-names-flag", cmd("evaluate --real", DS, "--fake", lambda c: c.w.samples,
+         "--n 0 --out", lambda c: c.out / layout.EVAL_JSON), says="--n"),
 ]
 # fmt: on
 
@@ -605,6 +946,10 @@ def case_folder(w: World, t: Path) -> Iterator[Ctx]:
         for p in ctx.holders:
             p.send_signal(signal.SIGKILL)
             p.wait()
+        for undo in ctx.undo:
+            undo()
+        for m in ctx.mounts:
+            subprocess.run(["umount", "-l", str(m)], capture_output=True, check=False)
         if (t / "ro").exists():
             subprocess.run(["chattr", "-i", str(t / "ro")], capture_output=True, check=False)
             (t / "ro").chmod(0o755)
@@ -614,21 +959,25 @@ def case_folder(w: World, t: Path) -> Iterator[Ctx]:
 def test_hostile(case: Case, world: World, tmp_path: Path, capfd: pytest.CaptureFixture[str]):
     with case_folder(world, tmp_path) as ctx:
         argv = case.argv(ctx)
-        may_change = ctx.out if case.rc == 0 else None
+        env = case.env(ctx) if case.env is not None else None
+        may_change: tuple[Path, ...] = (ctx.out,) if case.rc == 0 else ()
         if case.changes is not None:
-            may_change = case.changes(ctx)
+            may_change += (case.changes(ctx),)
         before, shared = digest(tmp_path, skip=may_change), digest(world.root)
-        in_process = not (case.proc or ALL_PROCESSES)
-        r = run_inprocess(argv, capfd) if in_process else run_process(argv)
+        in_process = not (case.proc or env or ALL_PROCESSES)
+        r = run_inprocess(argv, capfd) if in_process else run_process(argv, env=env)
         shown = f"argv={argv}\nrc={r.rc}\nstdout={r.out[-2000:]}\nstderr={r.err[-3000:]}"
         assert "Traceback" not in r.err, shown
         assert r.rc == case.rc, shown
         lines = r.err_lines
+        if case.check is not None:
+            case.check(ctx, r)
         if case.rc == 0:  # status lines may go to stderr too, but no error
             assert not any("error" in x for x in lines), shown
-            if case.check is not None:
-                case.check(ctx, r)
         else:
+            if case.late:  # the work's status lines, then the error
+                assert not any("error" in x for x in lines[:-1]), shown
+                lines = lines[-1:]
             assert len(lines) == 1 and lines[0].startswith("diffscape"), shown
             assert "error" in lines[0] and "internal error" not in lines[0], shown
             if case.says:

@@ -150,7 +150,9 @@ def test_train_refuses_to_overwrite_a_folder_that_is_not_a_judge(tmp_path: Path)
         train_judge(ds, "svc", tmp_path / "j", **QUIET)
     assert (tmp_path / "j" / "notes.txt").read_text() == "mine"
     train_judge(ds, "svc", tmp_path / "j2", **QUIET)
-    train_judge(ds, "svc", tmp_path / "j2", **QUIET)  # an older judge is replaced
+    with pytest.raises(DiffscapeError, match="--overwrite"):  # an older judge is kept ...
+        train_judge(ds, "svc", tmp_path / "j2", **QUIET)
+    train_judge(ds, "svc", tmp_path / "j2", **QUIET, overwrite=True)  # ... or replaced
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "j", "j2"]
 
 
@@ -313,6 +315,33 @@ def test_score_works_for_any_number_of_classes(tmp_path: Path) -> None:
     assert result["real"] is None
     m = np.asarray(json.loads((samples / "confusion.json").read_text())["matrix"])
     assert m.shape == (12, 12) and m.sum() == 60 and (m.sum(1) == 5).all()
+
+
+def test_score_draws_class_names_as_written_and_writes_all_files_or_none(
+    tmp_path: Path, monkeypatch
+) -> None:
+    import importlib
+
+    S = importlib.import_module("diffscape.judge.score")  # the package's "score" is the function
+    classes = ["$x^$", "50$ and 60$", "$x_1$"]  # mathtext would fail on the first
+    config = CNNConfig(num_classes=3, size=16, widths=(8,), convs_per_block=1)
+    tmp_path.joinpath("j").mkdir()
+    sd = SmallCNN(config).state_dict()
+    write_cnn_judge(tmp_path / "j", sd, config, [0.5] * 3, [0.25] * 3,
+                    {"classes": classes, "size": 16})  # fmt: skip
+    x = np.random.default_rng(0).integers(0, 256, (6, 3, 16, 16), dtype=np.uint8)
+    samples = write_samples(tmp_path / "s", x, [classes[i % 3] for i in range(6)])
+    score(tmp_path / "j", samples, out=tmp_path / "out")
+    assert Image.open(tmp_path / "out" / "confusion.png").size[0] > 100
+    assert json.loads((tmp_path / "out" / "accuracy.json").read_text())["n"] == 6
+
+    def broken(*args):
+        raise RuntimeError("the plot failed")
+
+    monkeypatch.setattr(S, "_draw_confusion", broken)
+    with pytest.raises(RuntimeError):
+        score(tmp_path / "j", samples, out=tmp_path / "none")
+    assert not (tmp_path / "none").exists() or not any((tmp_path / "none").iterdir())
 
 
 # ---------------------------------------------------------------------------------------------

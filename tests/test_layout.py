@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -55,7 +56,9 @@ def test_check_out_accepts_new_empty_and_same_kind(tmp_path):
     (tmp_path / "locked" / layout.LOCK).touch()  # a lock file alone still counts as empty
     layout.check_out(tmp_path / "locked", "samples")
     layout.check_out(make_run(tmp_path / "run"), "run")
-    layout.check_out(str(make_dataset(tmp_path / "ds")), "dataset")
+    layout.check_out(str(make_dataset(tmp_path / "ds")), "dataset", overwrite=True)
+    with pytest.raises(layout.OutError, match="add --overwrite"):
+        layout.check_out(tmp_path / "ds", "dataset")
 
 
 @pytest.mark.parametrize(
@@ -159,7 +162,7 @@ HOLDER = textwrap.dedent(
     import sys, time
     from diffscape import lock
     how, folder = sys.argv[1], sys.argv[2]
-    with (lock.hold if how == "hold" else lock.hold_beside)(folder, "run folder"):
+    with lock.hold(folder, "run folder"):
         print("held", flush=True)
         time.sleep(600)
     """
@@ -175,11 +178,11 @@ def start_holder(how: str, folder: Path) -> subprocess.Popen:
 
 
 def hold_once(how: str, folder: Path) -> None:
-    with (lock.hold if how == "hold" else lock.hold_beside)(folder, "run folder"):
+    with lock.hold(folder, "run folder"):
         pass
 
 
-@pytest.mark.parametrize("how", ["hold", "hold_beside"])
+@pytest.mark.parametrize("how", ["hold"])
 def test_second_holder_in_another_process_is_refused_until_the_first_is_killed(tmp_path, how):
     folder = tmp_path / "runs" / "a"
     holder = start_holder(how, folder)
@@ -201,23 +204,6 @@ def test_hold_creates_the_folder_and_a_lone_lock_keeps_it_empty(tmp_path):
         assert folder.is_dir()
         assert (folder / layout.LOCK).read_text().startswith(f"{os.getpid()} ")
     layout.check_out(tmp_path / "new", "dataset")  # only the lock file in it: still "empty"
-
-
-def test_hold_beside_puts_the_lock_next_to_the_folder_so_it_survives_a_rename(tmp_path):
-    out = tmp_path / "samples"
-    with lock.hold_beside(out, "samples folder"):
-        tmp = atomic.tmp_dir_beside(out)
-        (tmp / "x.png").write_bytes(b"png")
-        atomic.publish_dir(tmp, out)
-        assert (tmp_path / f".samples{layout.LOCK}").is_file()
-    assert sorted(p.name for p in out.iterdir()) == ["x.png"]
-
-
-def test_hold_beside_works_for_the_current_folder(tmp_path, monkeypatch):
-    (tmp_path / "here").mkdir()
-    monkeypatch.chdir(tmp_path / "here")
-    with lock.hold_beside(".", "samples folder"):
-        assert (tmp_path / f".here{layout.LOCK}").is_file()
 
 
 # ---- atomic -------------------------------------------------------------------------------------
@@ -267,25 +253,31 @@ def dead_pid() -> int:
 def test_clean_stale_tmp_removes_dead_writers_leftovers_only(tmp_path):
     dead = dead_pid()
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    t = layout.TMP_INFIX
     try:
         names = {
-            f".ds.tmp-{dead}": "dir",
-            f".a.npy.tmp-{dead}.npy": "file",
-            f".b.json.tmp-{dead}": "file",
-            f".ds.tmp-{live.pid}": "dir",
-            f".c.json.tmp-{live.pid}": "file",
-            f".d.json.tmp-{os.getpid()}": "file",
-            "keep.tmp-1": "file",  # not a temporary: no leading dot
+            f".ds{t}{dead}": "ours",  # a folder with the marker
+            f".a.npy{t}{dead}.npy": "file",
+            f".b.json{t}{dead}": "file",
+            f".ds{t}{live.pid}": "ours",
+            f".c.json{t}{live.pid}": "file",
+            f".d.json{t}{os.getpid()}": "file",
+            f".e{t}{dead}": "dir",  # the name, but no marker: not ours
+            f".b.tmp-{dead}": "dir",  # a person's folders and files, named like old temporaries
+            f".mydata.tmp-{dead}": "file",
+            "keep.tmp-1": "file",
             ".keep": "file",
         }
         for name, what in names.items():
-            if what == "dir":
+            if what in ("dir", "ours"):
                 (tmp_path / name).mkdir()
                 (tmp_path / name / "half.npy").write_bytes(b"x")
+                if what == "ours":
+                    (tmp_path / name / layout.TMP_MARKER).write_text("1\n")
             else:
                 (tmp_path / name).write_bytes(b"x")
         removed = atomic.clean_stale_tmp(tmp_path)
-        gone = {f".ds.tmp-{dead}", f".a.npy.tmp-{dead}.npy", f".b.json.tmp-{dead}"}
+        gone = {f".ds{t}{dead}", f".a.npy{t}{dead}.npy", f".b.json{t}{dead}"}
         assert {p.name for p in removed} == gone
         assert {p.name for p in tmp_path.iterdir()} == set(names) - gone
     finally:
@@ -298,15 +290,15 @@ def test_tmp_dir_beside_and_publish_dir_replace_a_folder_whole(tmp_path):
     out = tmp_path / "samples"
     out.mkdir()
     (out / "old.png").write_bytes(b"old")
-    stale = tmp_path / f".samples.tmp-{dead_pid()}"
-    stale.mkdir()
+    stale = atomic.make_tmp_dir(tmp_path / f".samples{layout.TMP_INFIX}{dead_pid()}")
     tmp = atomic.tmp_dir_beside(out)
     assert not stale.exists()  # a killed writer's leftover is cleaned first
-    assert tmp.parent == out.parent and tmp.is_dir() and not any(tmp.iterdir())
+    assert tmp.parent == out.parent and tmp.is_dir()
+    assert [p.name for p in tmp.iterdir()] == [layout.TMP_MARKER]
     (tmp / "new.png").write_bytes(b"new")
     assert (out / "old.png").is_file()  # readers see the old folder until the rename
     atomic.publish_dir(tmp, out)
-    assert [p.name for p in out.iterdir()] == ["new.png"]  # replaced, never merged
+    assert [p.name for p in out.iterdir()] == ["new.png"]  # replaced, never merged; no marker
     assert [p.name for p in tmp_path.iterdir()] == ["samples"]
     tmp2 = atomic.tmp_dir_beside(tmp_path / "fresh" / "ds")  # parents are created
     atomic.publish_dir(tmp2, tmp_path / "fresh" / "ds")
@@ -318,18 +310,25 @@ def test_publish_dir_puts_the_old_folder_back_when_the_rename_fails(tmp_path):
     out.mkdir()
     (out / "old.png").write_bytes(b"old")
     tmp = atomic.tmp_dir_beside(out)
-    tmp.rmdir()  # the new folder vanished: its rename fails
+    shutil.rmtree(tmp)  # the new folder vanished: its rename fails
     with pytest.raises(FileNotFoundError):
         atomic.publish_dir(tmp, out)
     assert [p.name for p in out.iterdir()] == ["old.png"]
     assert [p.name for p in tmp_path.iterdir()] == ["samples"]
 
 
+def test_publish_dir_refuses_a_link(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with pytest.raises(ValueError, match="symbolic link"):
+        atomic.publish_dir(atomic.tmp_dir_beside(tmp_path / "x"), tmp_path / "link")
+
+
 def test_tmp_dir_beside_current_folder(tmp_path, monkeypatch):
     (tmp_path / "here").mkdir()
     monkeypatch.chdir(tmp_path / "here")
     tmp = atomic.tmp_dir_beside(".")
-    assert tmp.parent == tmp_path and tmp.name.startswith(".here.tmp-")
+    assert tmp.parent == tmp_path and tmp.name.startswith(f".here{layout.TMP_INFIX}")
 
 
 def test_atomic_write_onto_a_folder_names_the_folder(tmp_path):

@@ -526,7 +526,9 @@ def test_cli_real_network_end_to_end(tmp_path, monkeypatch, capsys, converted_hu
     assert "P/R     precision" in captured.out and "near-copies of training" in captured.out
     assert (tmp_path / "closest-pairs.png").is_file() and "closest-pairs.png" in captured.out
 
-    assert main([*args, "--no-per-class"]) == 0  # second time: real features from the cache
+    assert main([*args, "--no-per-class"]) == 2  # second time: the metrics are not replaced...
+    assert "--overwrite" in capsys.readouterr().err
+    assert main([*args, "--no-per-class", "--overwrite"]) == 0  # ... unless asked
     captured = capsys.readouterr()
     assert "real: 8 images' features from the cache" in captured.err
     assert "in all: embedding 4 images" in captured.err
@@ -600,7 +602,23 @@ def test_cli_bad_numbers_are_one_line_before_any_work(tmp_path, capsys, flag, va
     args = ["evaluate", "--real", str(ds.root), "--fake", f"{ds.root}:test", flag, value]
     capsys.readouterr()
     assert main([*args, "--out", str(tmp_path / "m.json")]) == 2
-    assert flag.lstrip("-").replace("-", "_") in one_error_line(capsys.readouterr().err)
+    assert f"{flag} {value}" in one_error_line(capsys.readouterr().err)  # the flag typed
+
+
+def test_unusable_feature_cache_is_refused_before_anything_is_embedded(tmp_path, monkeypatch):
+    ds = make_dataset(tmp_path / "ds", {"train": 3})
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("DIFFSCAPE_CACHE", str(tmp_path / "file"))
+    ext = TinyExtractor()
+    with pytest.raises(DiffscapeError, match=r"file is not a folder.*DIFFSCAPE_CACHE.*--no-cache"):
+        E.evaluate((ds, "train"), (ds, "train"), E.EvalSettings(n=4), extractor=ext)
+    assert ext.images_seen == 0
+    s = E.EvalSettings(n=4, use_cache=False)  # --no-cache: the cache is never touched
+    assert E.evaluate((ds, "train"), (ds, "train"), s, extractor=ext)["fid"] is not None
+    assert (tmp_path / "file").read_text() == "not a folder"
+    missing = tmp_path / "new" / "deeper"  # a cache that can be made is fine; nothing is made
+    monkeypatch.setenv("DIFFSCAPE_CACHE", str(missing))
+    assert E.settings_for_command(n=4).use_cache and not (tmp_path / "new").exists()
 
 
 def test_cli_out_that_is_a_folder_is_refused_before_embedding(tmp_path, capsys):

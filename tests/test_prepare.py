@@ -400,11 +400,13 @@ def test_rerun_is_a_no_op_until_input_or_options_change(tmp_path: Path, capsys) 
     ) == stamp
     assert second.manifest == first.manifest
 
-    bigger = prepare_dataset(src, out, size=64, progress=False)  # another option: rebuilt
+    with pytest.raises(OutError, match="--overwrite"):  # another option: not silently
+        prepare_dataset(src, out, size=64, progress=False)
+    bigger = prepare_dataset(src, out, size=64, progress=False, overwrite=True)  # rebuilt
     assert bigger.images("train").shape[1:] == (3, 64, 64)
     assert "up to date" not in capsys.readouterr().out
     save(Image.new("RGB", (24, 20), (0, 0, 0)), src / "a_sand" / "new.png")  # another input
-    grown = prepare_dataset(src, out, size=64, progress=False)
+    grown = prepare_dataset(src, out, size=64, progress=False, overwrite=True)
     assert sum(grown.count(s) for s in grown.splits) == 13
     assert not list(tmp_path.glob(".out*"))  # no leftover temporary or old folders
 
@@ -474,7 +476,7 @@ def test_cli_synth_calls_synthesize(tmp_path: Path, monkeypatch, capsys) -> None
     calls = []
     src = make_class_folders(tmp_path / "src", per_class=2)
 
-    def synthesize(n: int, size: int, out, seed: int, test_fraction: float):
+    def synthesize(n: int, size: int, out, seed: int, test_fraction: float, overwrite: bool):
         calls.append((n, size, Path(out), seed, test_fraction))
         return prepare_dataset(src, out, size=size, test_fraction=0, progress=False)
 
@@ -513,6 +515,27 @@ def test_zip_members_outside_the_archive_tree_are_skipped_with_a_reason(tmp_path
         "b_sea/../../d.png": "unsafe path in the archive: contains ..",
     }
     assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.zip", "out", "src"]
+
+
+def test_fifos_are_skipped_never_opened_even_if_swapped_in_after_listing(tmp_path: Path) -> None:
+    """Opening a FIFO for reading waits for a writer: forever. One among the photos is listed as
+    skipped; one that replaces a photo after the listing is refused without blocking."""
+    import os
+
+    from diffscape.data import prepare as P
+
+    src = make_class_folders(tmp_path / "src", per_class=3)
+    os.mkfifo(src / "a_sand" / "pipe.png")
+    ds = prepare_dataset(src, tmp_path / "out", test_fraction=0, progress=False)
+    assert ds.count("train") == 9
+    (skipped,) = ds.manifest["skipped"]
+    assert skipped["path"] == "a_sand/pipe.png" and "not a regular file" in skipped["reason"]
+    source = P._Source(src)
+    assert "a_sand/img00.png" in [f.rel for f in source.files()]
+    (src / "a_sand" / "img00.png").unlink()
+    os.mkfifo(src / "a_sand" / "img00.png")
+    with pytest.raises(P._Unusable, match="not a regular file"), source.open("a_sand/img00.png"):
+        pass
 
 
 @pytest.mark.parametrize("name", ["Coast ", " Coast", "new\nline", "x" * 201])

@@ -262,6 +262,23 @@ def test_folder_of_runs_gives_every_row_plot_and_csv(tmp_path):
     assert float(by_name["w=0"]["train_seconds"]) == pytest.approx(10.0 + 10.0)
 
 
+def test_user_text_is_drawn_literally_and_never_a_spreadsheet_formula(tmp_path):
+    from diffscape.report.table import csv_cell
+
+    root = tmp_path / "runs"
+    names = ["$x^$", "=1+2", "@SUM(A1)", "-2+3"]  # mathtext; formulas a spreadsheet would run
+    for i, name in enumerate(names):
+        make_run(root, name, [f"train.lr={i + 1}e-4"],
+                 {"ddim-50-w1": {"fid": 20.0 + i, "acc": 0.5 + i / 10}})  # fmt: skip
+    text = build_report(root, tmp_path / "out" / "report.html").read_text()
+    assert 'id="plot-loss"' in text and 'id="plot-tradeoff"' in text
+    assert "$x^$" in text.split('id="plot-loss"')[1]  # the legend, as written
+    with (tmp_path / "out" / "results.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["name"] for r in rows) == ["$x^$", "'-2+3", "'=1+2", "'@SUM(A1)"]
+    assert csv_cell(-1.5) == -1.5 and csv_cell(None) is None and csv_cell("\tx") == "'\tx"
+
+
 def test_single_run_folder_as_the_demo_leaves_it(tmp_path):
     """One run, its samples in a subfolder, the scores beside them: at the run's top level
     (metrics.json) or in a folder of their own (eval/accuracy.json)."""
@@ -479,7 +496,7 @@ def test_one_seed_keeps_the_run_table_with_new_columns_and_within_run_verdicts(t
     sweep_json = json.loads((sweep / "sweep.json").read_text())
     sweep_json["seeds"] = None  # a sweep without seeds
     _write(sweep / "sweep.json", sweep_json)
-    text = build_report(sweep, tmp_path / "r.html").read_text()
+    text = build_report(sweep, tmp_path / "r.html", overwrite=True).read_text()
     assert 'id="settings"' not in text and 'id="runs"' in text
     assert ">Precision</th>" in text and ">FID vs baseline</th>" in text
     assert "v-better" in text  # one seed: the verdict rests on each run's own sampling noise

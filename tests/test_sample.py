@@ -232,7 +232,8 @@ def test_export_round_trip_through_plain_diffusers(runs, tmp_path):
 def test_export_replaces_only_an_export(runs, tmp_path, capsys):
     out = tmp_path / "exported"
     assert main(["export", str(runs["cond"]), "--out", str(out)]) == 0
-    assert main(["export", str(runs["cond"]), "--out", str(out)]) == 0  # an older export: replaced
+    assert main(["export", str(runs["cond"]), "--out", str(out)]) == 2  # an older export: kept
+    assert main(["export", str(runs["cond"]), "--out", str(out), "--overwrite"]) == 0  # replaced
     assert sorted(p.name for p in out.iterdir()) == [
         "classes.json", "diffscape_config.json", "scheduler", "unet",
     ]  # fmt: skip
@@ -342,22 +343,102 @@ def test_a_folder_that_is_not_samples_is_refused_and_untouched(runs, tmp_path, c
     assert "run folder" in _one_error_line(capsys)
 
 
-def test_interrupt_leaves_nothing_half_written(runs, tmp_path, monkeypatch):
+def folder_bytes(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_interrupt_keeps_the_old_folder_and_the_new_images_and_a_rerun_finishes(
+    runs, tmp_path, monkeypatch, capsys
+):
     out = tmp_path / "s"
     sample_to_folder(runs["cond"], out, n=1, steps=2, progress=False)
-    old = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    real = sample_module.write_samples
+    old = folder_bytes(out)
+    real, saved = sample_module.save_png_atomically, []
 
-    def write_then_interrupt(folder, *args):
-        real(folder, *args)
-        assert any(folder.rglob("*.png"))  # the temporary folder was filled
-        raise KeyboardInterrupt
+    def save_then_interrupt(path, image):
+        if len(saved) == 7:
+            raise KeyboardInterrupt
+        real(path, image)
+        saved.append(path.relative_to(partial))
 
-    monkeypatch.setattr(sample_module, "write_samples", write_then_interrupt)
+    partial = sample_module.partial_dir(out)
+    monkeypatch.setattr(sample_module, "save_png_atomically", save_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
-        sample_to_folder(runs["cond"], out, n=3, steps=2, progress=False, overwrite=True)
-    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == old
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".s.lock", "s"]  # no .tmp left
+        sample_to_folder(
+            runs["cond"], out, n=3, per_class=True, steps=2, batch=2, progress=False, overwrite=True
+        )
+    assert folder_bytes(out) == old  # readers see the old samples until the new ones are done
+    made = sorted(p.relative_to(partial) for p in partial.rglob("0*.png"))
+    assert made == sorted(saved) and len(made) == 7  # written as made, none half-written
+    assert "7 of 9 images are kept" in capsys.readouterr().err
+    monkeypatch.setattr(sample_module, "save_png_atomically", real)
+    sample_to_folder(
+        runs["cond"], out, n=3, per_class=True, steps=2, batch=4, progress=False, overwrite=True
+    )
+    assert "7 of 9 images were made before" in capsys.readouterr().err
+    whole = tmp_path / "whole"
+    sample_to_folder(runs["cond"], whole, n=3, per_class=True, steps=2, progress=False)
+    assert folder_bytes(out) == folder_bytes(whole)  # identical to one uninterrupted run
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s", "whole"]  # nothing else left
+
+
+def test_a_partial_folder_of_other_settings_is_started_again(runs, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "s"
+    monkeypatch.setattr(sample_module, "iter_images", _interrupt_after_first_batch)
+    with pytest.raises(KeyboardInterrupt):
+        sample_to_folder(runs["cond"], out, n=4, per_class=True, steps=2, batch=2, progress=False)
+    monkeypatch.undo()
+    sample_to_folder(runs["cond"], out, n=2, per_class=True, steps=2, seed=3, progress=False)
+    assert "other settings; starting again" in capsys.readouterr().err
+    whole = tmp_path / "whole"
+    sample_to_folder(runs["cond"], whole, n=2, per_class=True, steps=2, seed=3, progress=False)
+    assert folder_bytes(out) == folder_bytes(whole)
+
+
+REAL_ITER_IMAGES = sample_module.iter_images
+
+
+def _interrupt_after_first_batch(*args, **kwargs):
+    yield next(REAL_ITER_IMAGES(*args, **kwargs))
+    raise KeyboardInterrupt
+
+
+def test_sigkill_halfway_keeps_the_images_made_and_the_same_command_finishes(runs, tmp_path):
+    """The issue's case: a large --n killed with SIGKILL (no handler runs) leaves the images made
+    so far; the same command again makes only the rest, identical to an uninterrupted run."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "big"
+    argv = ["sample", str(runs["cond"]), "--n", "40", "--per-class", "--sampler", "ddim",
+            "--steps", "10", "--batch", "4", "--no-progress", "--out", str(out)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "diffscape", *argv], env=env)
+    partial = sample_module.partial_dir(out)
+    deadline = time.monotonic() + 120
+    while len(list(partial.rglob("0*.png"))) < 12 and time.monotonic() < deadline:
+        assert proc.poll() is None, "finished before it could be killed"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    kept = {p.relative_to(partial): p.read_bytes() for p in partial.rglob("0*.png")}
+    assert 12 <= len(kept) < 80 and not out.exists()
+    # the same command, as the user would type it (the same threads: float sums may differ
+    # in their last bit between thread counts, and with it a rounded pixel)
+    subprocess.run([sys.executable, "-m", "diffscape", *argv], env=env, check=True)
+    whole = tmp_path / "whole"
+    subprocess.run([sys.executable, "-m", "diffscape", *argv[:-1], str(whole)], env=env, check=True)
+    assert folder_bytes(out) == folder_bytes(whole)
+    assert all(out.joinpath(rel).read_bytes() == data for rel, data in kept.items())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big", "whole"]
+
+
+def test_a_refusal_leaves_no_partial_folder(runs, tmp_path):
+    with pytest.raises(DiffscapeError):
+        sample_to_folder(runs["cond"], tmp_path / "s", n=1, classes=["nope"], progress=False)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_read_only_parent_fails_before_any_image(runs, tmp_path, monkeypatch, capsys):

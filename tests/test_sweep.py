@@ -296,7 +296,9 @@ model.image_size = 16
     assert bad.status == "failed" and bad.stage == "train"
     assert "model.image_size is 16" in bad.error and "Traceback" in bad.traceback
     for name in ("ok", "wrong-size"):
-        assert "[sweep]" in (runs / name / "sweep.log").read_text()  # a log per worker
+        assert (
+            "[sweep]" in (runs / layout.SWEEP_LOGS / layout.worker_log_name(name)).read_text()
+        )  # a log per worker
     # a re-run retries only the failure (and fails the same way)
     calls = _spy_on_train(monkeypatch)
     again = run_sweep(spec, runs, progress=False, gpus=1)
@@ -323,7 +325,8 @@ train.lr = 2e-3
     threads = max(1, (os.cpu_count() or 1) // 2)
     for name in ("a", "b"):
         assert (
-            f"worker: {name} on {threads} CPU thread(s)" in (runs / name / "sweep.log").read_text()
+            f"worker: {name} on {threads} CPU thread(s)"
+            in (runs / layout.SWEEP_LOGS / layout.worker_log_name(name)).read_text()
         )
     assert pipeline.worker_slots(0, 2, cores=2)[1].env["OMP_NUM_THREADS"] == "1"
     assert pipeline.worker_slots(0, 3, cores=8)[0].env["OMP_NUM_THREADS"] == "2"
@@ -419,6 +422,51 @@ diffusion = { schedule = "cosine" }
     # without seeds, folders and names are as they always were
     plain = [(r.name, r.training, r.seed) for r in plan(load_sweep(spec_file(tmp_path, "")))]
     assert plain == [("model", "model", None)]
+
+
+def test_runs_are_counted_before_a_grid_is_expanded(tmp_path, monkeypatch):
+    expanded = []
+    monkeypatch.setattr(sweep_module.spec, "grid_variants", lambda *a: expanded.append(a))
+    steps = list(range(1, 1001))
+    big = f"[grid]\n'train.steps' = {steps}\n'train.lr' = [1e-4, 2e-4]\n"
+    message = r"expands to 2000 runs \(1000 train.steps x 2 train.lr\); the limit is 1000: split"
+    with pytest.raises(SweepError, match=message):
+        load_sweep(spec_file(tmp_path, big))
+    assert not expanded
+    every = {"runs": [{}] * 3, "sample": {"grid": {"guidance": [0] * 4}}, "seeds": [0] * 100}
+    message = r"1200 runs \(3 \[\[runs\]\] x 4 sample.guidance x 100 seeds\)"
+    with pytest.raises(SweepError, match=message):
+        sweep_module.spec.check_size(every, "x")
+    sweep_module.spec.check_size({**every, "runs": [{}] * 2}, "x")  # 800: under the limit
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("_judge", "run _judge: it names the sweep folder's own _judge; rename it"),
+        ("_notes", "run _notes: names starting with '_' or '.' are kept for the sweep folder"),
+        ("sweep.json", "run sweep.json: it names the sweep folder's own sweep.json"),
+        ("Report.HTML", "run Report.HTML: it names the sweep folder's own report.html"),
+        ("a" * 201, "201 bytes long; at most 200"),
+    ],
+)
+def test_run_names_the_sweep_folder_cannot_hold_are_refused_at_plan_time(tmp_path, name, message):
+    spec = load_sweep(spec_file(tmp_path, f"[[runs]]\nname = '{name}'\n"))
+    with pytest.raises(SweepError, match=message):
+        plan(spec)
+
+
+def test_a_replicate_folder_over_200_bytes_is_refused(tmp_path):
+    seeded = spec_file(tmp_path, f"[[runs]]\nname = '{'a' * 194}'\n")  # + "-seed10": 201 bytes
+    seeded.write_text("seeds = [0, 10]\n" + seeded.read_text())
+    with pytest.raises(SweepError, match="201 bytes"):
+        plan(load_sweep(seeded))
+
+
+def test_run_names_that_collide_after_sanitising_or_in_case_are_refused(tmp_path):
+    body = "[[runs]]\nname = 'a/b'\n[[runs]]\nname = 'A b'\n"
+    with pytest.raises(SweepError, match="share the name a-b and A-b"):
+        load_sweep(spec_file(tmp_path, body))
 
 
 @pytest.mark.parametrize(

@@ -225,7 +225,11 @@ def test_synth_replaces_an_older_dataset_and_an_empty_folder(tmp_path, capsys) -
     out = tmp_path / "d"
     out.mkdir()  # empty: fine
     assert main(["data", "synth", "--out", str(out), "--n", "5", "--size", "8"]) == 0
-    assert main(["data", "synth", "--out", str(out), "--n", "10", "--size", "8"]) == 0
+    assert main(["data", "synth", "--out", str(out), "--n", "10", "--size", "8"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (
+        main(["data", "synth", "--out", str(out), "--n", "10", "--size", "8", "--overwrite"]) == 0
+    )
     assert load_dataset(out).manifest["synth"]["n"] == 10
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]  # no temporaries left
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from fixtures_data import colour_dataset
 
-from diffscape import checkpoint, config
+from diffscape import checkpoint, config, layout
 from diffscape.train import NonFiniteLossError, batch_indices, lr_at, train
 
 TINY = [
@@ -233,12 +233,12 @@ def test_sigkill_during_save_then_resume(ds, tmp_path):
     proc.kill()
     proc.wait(timeout=30)
     assert [s for s, _ in checkpoint.list_checkpoints(run)] == [2]
-    assert any(p.name.startswith(".tmp-") for p in (run / "checkpoints").iterdir())
+    assert any(layout.TMP_INFIX in p.name for p in (run / "checkpoints").iterdir())
     done = subprocess.run(cmd + ["--resume"], env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "from step-0000002" in done.stderr
     assert [s for s, _ in checkpoint.list_checkpoints(run)] == [4, 6]
-    assert not any(p.name.startswith(".tmp-") for p in (run / "checkpoints").iterdir())
+    assert not any(layout.TMP_INFIX in p.name for p in (run / "checkpoints").iterdir())
     # and the resumed losses equal an uninterrupted run's (same thread count: float sums differ)
     ref = subprocess.run(
         _train_cmd(ds.root, tmp_path / "ref", "train.steps=6", "train.checkpoint_every_steps=2"),

@@ -62,7 +62,8 @@ def test_lock_is_held_while_training_and_leftovers_are_cleaned(ds, tmp_path):
     run = tmp_path / "r"
     run.mkdir()
     dead = 2**22 + 12345  # above the default pid_max: no such process
-    stale = [run / f".run.json.tmp-{dead}", run / f".metrics.jsonl.tmp-{dead}"]
+    t = layout.TMP_INFIX  # this program's temporaries, of a killed writer
+    stale = [run / f".run.json{t}{dead}", run / f".metrics.jsonl{t}{dead}"]
     for p in stale:
         p.write_text("half-written")
     seen = []

@@ -3,8 +3,9 @@
 Every file the package writes goes through ``write_text``/``write_json``/``write_bytes`` (or
 ``atomic_path`` for writers that need a file name, such as ``np.save``); every folder built in
 one go (a dataset, a judge, a samples folder) is built in ``tmp_dir_beside(out)`` and moved into
-place with ``publish_dir``. All temporaries carry the writer's PID, so ``clean_stale_tmp`` can
-remove the leftovers of killed processes without touching a live writer's.
+place with ``publish_dir``. All temporaries carry the writer's PID and a name (and, for folders, a
+marker file) that says this program made them, so ``clean_stale_tmp`` removes the leftovers of
+killed processes without touching a live writer's, or anything a person made.
 """
 
 from __future__ import annotations
@@ -19,14 +20,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-# ".<name>.tmp-<pid>" (folders and files) — the one naming rule for temporaries. A file's
-# temporary keeps its suffix after the PID (".a.npy.tmp-7.npy") because some writers choose the
-# format by it (PIL) or append it when it is missing (np.save).
-_TMP = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)(?:\.[A-Za-z0-9]+)?$")
+from diffscape import layout
+from diffscape.errors import DiffscapeError
+
+# ".<name>.diffscape-tmp-<pid>" (folders and files) — the one naming rule for temporaries; a
+# temporary folder also holds layout.TMP_MARKER. Only such temporaries are ever removed by
+# clean_stale_tmp: a person's ".notes.tmp-1234" is not one. A file's temporary keeps its suffix
+# after the PID (".a.npy.diffscape-tmp-7.npy") because some writers choose the format by it
+# (PIL) or append it when it is missing (np.save).
+_TMP = re.compile(r"^\.(?P<name>.+)\.diffscape-tmp-(?P<pid>\d+)(?:\.[A-Za-z0-9]+)?$")
 
 
 def tmp_name(name: str) -> str:
-    return f".{name}.tmp-{os.getpid()}"
+    return f".{name}{layout.TMP_INFIX}{os.getpid()}"
 
 
 def _full(path: str | os.PathLike[str]) -> Path:
@@ -45,29 +51,77 @@ def pid_alive(pid: int) -> bool:
 
 
 def stale_tmp(folder: Path) -> list[Path]:
-    """Temporaries in ``folder`` left by processes that no longer run."""
+    """This program's temporaries in ``folder`` left by processes that no longer run."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
     found = []
     for p in folder.iterdir():
         m = _TMP.match(p.name)
-        if m and int(m.group("pid")) != os.getpid() and not pid_alive(int(m.group("pid"))):
+        if not m or not layout.is_our_temporary(p):
+            continue
+        if int(m.group("pid")) != os.getpid() and not pid_alive(int(m.group("pid"))):
             found.append(p)
     return found
 
 
+def remove_tmp(p: Path) -> None:
+    """Delete one of this program's temporaries (a folder only if it holds the marker)."""
+    with contextlib.suppress(FileNotFoundError):
+        if p.is_dir() and not p.is_symlink():
+            if layout.is_our_temporary(p):
+                shutil.rmtree(p)
+        elif layout.is_our_temporary(p):
+            p.unlink()
+
+
 def clean_stale_tmp(folder: Path) -> list[Path]:
-    """Delete temporaries in ``folder`` left by processes that no longer run; returns them."""
+    """Delete this program's temporaries in ``folder`` left by processes that no longer run;
+    returns them."""
     removed = []
     for p in stale_tmp(folder):
         with contextlib.suppress(OSError):
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p)
-            else:
-                p.unlink()
+            remove_tmp(p)
             removed.append(p)
     return removed
+
+
+def make_tmp_dir(path: Path) -> Path:
+    """Create the temporary folder ``path`` with its marker (so that it may be removed later)."""
+    path.mkdir()
+    (path / layout.TMP_MARKER).write_text(f"{os.getpid()}\n")
+    return path
+
+
+class DiskFull(DiffscapeError):
+    """The disk ran out of space (or quota) while writing."""
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """ENOSPC/EDQUOT, also as wrapped by libraries (safetensors says "os error 28")."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return f"(os error {errno.ENOSPC})" in str(e) or "No space left on device" in str(e)
+
+
+def disk_full(
+    e: BaseException, path: str | os.PathLike[str], tmp: Path | None = None, need: int = 0
+) -> BaseException:
+    """``e`` as one line naming ``path`` and the space needed when it is a full disk (``tmp``,
+    this program's temporary, removed first); any other error unchanged."""
+    if not is_disk_full(e):
+        return e
+    if tmp is not None:
+        with contextlib.suppress(OSError):
+            remove_tmp(tmp)
+    where = _full(path)
+    probe = next((p for p in (where, *where.parents) if p.exists()), Path("/"))
+    free = shutil.disk_usage(probe).free
+    needed = f"about {need / 1e6:,.1f} MB" if need else "more space"
+    return DiskFull(
+        f"no space left on the disk of {where}: writing it needs {needed}, {free / 1e6:,.1f} MB "
+        "are free; free some space, then run the same command again (nothing else was changed)"
+    )
 
 
 @contextlib.contextmanager
@@ -83,6 +137,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except Exception as e:
+        if is_disk_full(e):
+            raise disk_full(e, path) from None
+        raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -105,34 +163,37 @@ def write_json(path: str | os.PathLike[str], data: Any) -> Path:
 
 def tmp_dir_beside(out: str | os.PathLike[str]) -> Path:
     """A fresh, empty temporary folder beside ``out`` (same file system: rename is atomic).
-    Leftovers of killed writers beside it are removed first."""
+    This program's leftovers of killed writers beside it are removed first."""
     out = _full(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_tmp(out.parent)
     tmp = out.with_name(tmp_name(out.name))
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    return tmp
+    remove_tmp(tmp)
+    return make_tmp_dir(tmp)
 
 
 def publish_dir(tmp: Path, out: Path) -> None:
     """Move the finished folder ``tmp`` to ``out`` (same file system, so each rename is atomic).
 
-    An existing ``out`` is moved aside first and deleted only once the new one is in place.
+    An existing ``out`` (which layout.check_out allowed) is moved aside first and deleted only
+    once the new one is in place. The marker of ``tmp`` is removed once it is published.
     """
     out = _full(out)
+    if out.is_symlink():  # check_out returns a link's target; never replace the link itself
+        raise ValueError(f"publish_dir: {out} is a symbolic link; pass its target")
     if out.exists():
         old = out.with_name(tmp_name(out.name + ".old"))
-        if old.exists():
-            shutil.rmtree(old)
+        remove_tmp(old)
         out.rename(old)
         try:
             tmp.rename(out)
         except BaseException:
             old.rename(out)  # put the previous folder back
             raise
+        (old / layout.TMP_MARKER).write_text(f"{os.getpid()}\n")
         shutil.rmtree(old)
     else:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp.rename(out)
+    with contextlib.suppress(FileNotFoundError):  # published: no longer a temporary
+        (out / layout.TMP_MARKER).unlink()

@@ -39,7 +39,16 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from diffscape import __version__
-from diffscape.atomic import clean_stale_tmp, tmp_name, write_json, write_text
+from diffscape.atomic import (
+    clean_stale_tmp,
+    disk_full,
+    is_disk_full,
+    make_tmp_dir,
+    remove_tmp,
+    tmp_name,
+    write_json,
+    write_text,
+)
 from diffscape.config import RunConfig, load_config_json
 from diffscape.errors import DiffscapeError
 from diffscape.layout import (
@@ -53,6 +62,7 @@ from diffscape.layout import (
     RNG_TENSORS,
     RUN_JSON,
     STATE_JSON,
+    TMP_MARKER,
     UNET_WEIGHTS,
     checkpoint_name,
     checkpoint_step,
@@ -164,7 +174,7 @@ def file_records(folder: Path) -> dict[str, dict[str, Any]]:
     folder = Path(folder)
     records = {}
     for path in sorted(folder.rglob("*")):
-        if path.is_file() and path.name != COMPLETE:
+        if path.is_file() and path.name not in (COMPLETE, TMP_MARKER):
             size, digest, _ = _read_file(path, digest=True)
             records[path.relative_to(folder).as_posix()] = {"size": size, "sha256": digest}
     return records
@@ -445,12 +455,48 @@ def save_checkpoint(
     folder = Path(run_dir) / CHECKPOINTS
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / checkpoint_name(state.step)
-    # ".tmp-step-N.tmp-PID": atomic's PID-tagged rule, so a killed writer's leftover is known as
-    # such; the ".tmp-" prefix is what older versions (and their users) look for.
-    tmp = folder / tmp_name(f"tmp-{final.name}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    tmp = folder / tmp_name(final.name)  # atomic's rule: a killed writer's leftover is known
+    remove_tmp(tmp)
+    make_tmp_dir(tmp)
+    try:
+        _write_checkpoint(tmp, cfg, model, ema, optimizer, state, rng_states, info)
+    except BaseException as e:
+        remove_tmp(tmp)  # a failed save leaves nothing behind; the previous ones are intact
+        if is_disk_full(e):
+            raise disk_full(e, final, tmp, _checkpoint_bytes(model, optimizer)) from None
+        raise
+    if final.exists():  # the same step saved again (e.g. a signal right after a save)
+        shutil.rmtree(final)
+    tmp.rename(final)
+    (final / TMP_MARKER).unlink(missing_ok=True)
+    _fsync_dir(folder)
+    prune_checkpoints(run_dir, keep_last, milestone_every_steps)
+    return final
+
+
+def _checkpoint_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """About what a checkpoint takes on disk: the weights twice (model, EMA), the optimizer's
+    tensors, and a little JSON."""
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    moments = sum(
+        t.numel() * t.element_size()
+        for st in optimizer.state.values()
+        for t in st.values()
+        if isinstance(t, torch.Tensor)
+    )
+    return 2 * weights + moments + 65536
+
+
+def _write_checkpoint(
+    tmp: Path,
+    cfg: RunConfig,
+    model: torch.nn.Module,
+    ema: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: TrainingState,
+    rng_states: dict[str, torch.Tensor],
+    info: dict[str, Any] | None,
+) -> None:
     model.save_pretrained(tmp / MODEL_DIR, safe_serialization=True)
     ema.save_pretrained(tmp / EMA_DIR, safe_serialization=True)
     opt_tensors, opt_meta = optimizer_to_files(optimizer)
@@ -472,12 +518,6 @@ def save_checkpoint(
     write_json(tmp / RUN_JSON, info or {})
     _fsync_dir(tmp)
     write_marker(tmp)
-    if final.exists():  # the same step saved again (e.g. a signal right after a save)
-        shutil.rmtree(final)
-    tmp.rename(final)
-    _fsync_dir(folder)
-    prune_checkpoints(run_dir, keep_last, milestone_every_steps)
-    return final
 
 
 def prune_checkpoints(run_dir: Path, keep_last: int, milestone_every_steps: int = 0) -> None:

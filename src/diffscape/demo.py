@@ -159,7 +159,9 @@ def run_demo(
         tools.narrator.start("report", eta=10)
         from diffscape.report import build_report
 
-        report = build_report(out, out / layout.REPORT_HTML, title="diffscape demo")
+        report = build_report(
+            out, out / layout.REPORT_HTML, title="diffscape demo", overwrite=True
+        )  # the demo's own page, redone
         tools.narrator.done()
         wall = time.perf_counter() - t_start
         summary = summarize(study, run, result, report, tools.narrator.timings, s, wall)

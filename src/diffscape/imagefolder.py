@@ -103,6 +103,29 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
+def save_image(image: Image.Image, path: str | Path) -> Path:
+    """Write a picture a command makes on its own (a sheet, a walk, closest pairs) atomically,
+    in the format its suffix names (PNG otherwise), marked as diffscape's (PNG: the text chunk
+    "Software"; other formats: the EXIF Software tag) so that layout.check_out knows it."""
+    from diffscape import atomic, layout
+
+    path = Path(path)
+    fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")
+    extra: dict = {}
+    if fmt == "PNG":
+        from PIL.PngImagePlugin import PngInfo
+
+        extra["pnginfo"] = PngInfo()
+        extra["pnginfo"].add_text("Software", layout.PNG_SOFTWARE)
+    else:
+        exif = Image.Exif()
+        exif[0x0131] = layout.PNG_SOFTWARE  # the Software tag
+        extra["exif"] = exif
+    with atomic.atomic_path(path) as tmp:  # the temporary's name hides the suffix: name it
+        image.save(tmp, format=fmt, **extra)
+    return path
+
+
 def save_png(path: Path, image_chw: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.ascontiguousarray(image_chw.transpose(1, 2, 0))).save(path)

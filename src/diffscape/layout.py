@@ -86,6 +86,7 @@ CONFUSION_PNG = "confusion.png"
 CONFUSION_JSON = "confusion.json"  # diffscape judge score
 CAS_JSON = "cas.json"  # diffscape judge cas
 RESULT_JSON = "result.json"  # a sweep row's outcome, written last
+PARTIAL_JSON = "partial.json"  # in a samples folder being made: the settings of its images
 
 
 def sample_name(index: int) -> str:
@@ -108,7 +109,13 @@ SWEEP_JSON = "sweep.json"
 SWEEP_DATA = "_data"
 SWEEP_JUDGE = "_judge"
 SWEEP_FLOOR = "_floor"
-SWEEP_LOG = "sweep.log"
+SWEEP_LOGS = "_logs"  # the worker processes' logs, one per training
+
+
+def worker_log_name(training: str) -> str:
+    return f"{training}.log"
+
+
 SWEEP_JUDGE_ALSO = "_judge-{kind}"  # a study's further judges ([judge] also = ["svc"])
 ACCURACY_ALSO_JSON = "accuracy-{kind}.json"  # their accuracy, beside accuracy.json
 DEMO_JSON = "demo.json"
@@ -191,34 +198,194 @@ class OutError(DiffscapeError):
     """--out names something this command may not replace."""
 
 
-def _is_empty_dir(p: Path) -> bool:
-    """Empty but for the lock, the leftovers of killed writers (clean_stale_tmp's) and a sweep
-    worker's log (opened before the run it logs is made)."""
-    from diffscape.atomic import stale_tmp
+# ---- the one rule for every output path ----------------------------------------------------------
+# A command's output may be written if it does not exist; a file or folder of the command's own
+# kind (recognised by its marker) is replaced only with --overwrite; anything else is refused.
+# Folders of the kinds below are replaced whole; runs, sweeps and demos are continued in place
+# (train resumes, a sweep or demo redoes what is missing), never replaced.
+REPLACED: frozenset[str] = frozenset({"dataset", "samples", "judge", "export", "report"})
+TMP_MARKER = ".diffscape-tmp"  # inside every temporary folder (diffscape.atomic)
+TMP_INFIX = ".diffscape-tmp-"  # in every temporary's name: ".<name>.diffscape-tmp-<pid>"
+SAMPLE_PNG = "[0-9][0-9][0-9][0-9][0-9]*.png"  # sample_name's pattern
+# What a folder of each replaced kind may hold (relative paths, fnmatch patterns): anything else
+# is something a person put there, and the folder is then not replaced even with --overwrite.
+OWN_CONTENT: dict[str, tuple[str, ...]] = {
+    "dataset": (MANIFEST, images_file("*"), labels_file("*")),
+    "judge": (JUDGE_JSON, SVC_FILE, CNN_FILE),
+    "export": (EXPORT_CONFIG, EXPORT_CLASSES, f"{EXPORT_UNET}/*", f"{EXPORT_SCHEDULER}/*"),
+    "samples": (
+        SAMPLES_JSON,
+        GRID_PNG,
+        EVAL_JSON,
+        PAIRS_PNG,
+        ACCURACY_JSON,
+        CONFUSION_JSON,
+        CONFUSION_PNG,
+        CAS_JSON,
+        RESULT_JSON,
+        ACCURACY_ALSO_JSON.format(kind="*"),
+        f"*/{SAMPLE_PNG}",
+    ),  # fmt: skip
+    "report": (REPORT_JSON, REPORT_HTML, RESULTS_CSV),
+}
+PNG_SOFTWARE = "diffscape"  # "Software" (PNG text chunk, EXIF tag) of the pictures it writes
+HTML_GENERATOR = '<meta name="generator" content="diffscape">'
 
-    ignored = {LOCK, SWEEP_LOG, *(c.name for c in stale_tmp(p))}
-    return p.is_dir() and not any(c for c in p.iterdir() if c.name not in ignored)
+
+def _json_keys(path: Path, keys: set[str]) -> bool:
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and keys <= data.keys()
 
 
-def check_out(out: str | os.PathLike[str], kind: str, *, what: str = "--out") -> Path:
-    """The one rule for every command that writes a folder: ``out`` may be new, an empty folder,
-    or a folder of the same ``kind`` (recognised by its marker); anything else is refused with
-    one line naming it. Returns ``out`` as a Path."""
+def _image_is_ours(path: Path) -> bool:
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            software = im.info.get("Software") or im.getexif().get(0x0131) or ""
+    except Exception:  # noqa: BLE001 - anything unreadable is not ours
+        return False
+    return str(software).startswith(PNG_SOFTWARE)
+
+
+def _head(path: Path, n: int = 4096) -> str:
+    try:
+        with open(path, "rb") as f:
+            return f.read(n).decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+# Files that a command writes on their own (not inside a folder of its kind), each recognised by
+# its content, since a file has no room for a marker file: JSON by its keys, a picture by its
+# "Software" tag, the report page by its generator tag, results.csv by its header.
+OWN_FILE = {
+    "metrics": lambda p: _json_keys(p, {"features", "versions"}),
+    "accuracy": lambda p: _json_keys(p, {"judge_kind", "per_class", "accuracy"}),
+    "confusion": lambda p: _json_keys(p, {"rows", "columns", "matrix"}),
+    "cas": lambda p: _json_keys(p, {"cas", "real_baseline"}),
+    "image": _image_is_ours,
+    "html": lambda p: HTML_GENERATOR in _head(p),
+    "csv": lambda p: _head(p, 64).startswith("name,"),
+}
+
+
+def is_our_temporary(p: Path) -> bool:
+    """A temporary this program made: its name has TMP_INFIX and, for a folder, the marker file
+    inside (a person's ".x.tmp-123" is never one)."""
+    if TMP_INFIX not in p.name or not p.name.startswith("."):
+        return False
+    return (p / TMP_MARKER).is_file() if p.is_dir() and not p.is_symlink() else True
+
+
+def foreign_entries(p: Path, kind: str | None = None) -> list[str]:
+    """Paths below folder ``p`` (relative) that this program did not write: everything but the
+    lock and its temporaries, or, for a ``kind`` of REPLACED, what OWN_CONTENT lists."""
+    import fnmatch
+
+    patterns = OWN_CONTENT.get(kind or "", ())
+    found = []
+    for root, dirs, files in os.walk(p):
+        rel_root = Path(root).relative_to(p)
+        for d in list(dirs):
+            if is_our_temporary(Path(root) / d):
+                dirs.remove(d)  # its contents are ours
+        for name in files:
+            rel = (rel_root / name).as_posix()
+            if name in (LOCK, TMP_MARKER) or is_our_temporary(Path(root) / name):
+                continue
+            if not any(fnmatch.fnmatchcase(rel, pat) for pat in patterns):
+                found.append(rel)
+        if not patterns and dirs:  # empty sub-folders count: someone made them
+            found += [(rel_root / d).as_posix() for d in dirs if not any(Path(root, d).iterdir())]
+        if len(found) > 20:
+            break
+    return sorted(found)
+
+
+def _refuse(what: str, p: Path, why: str, todo: str) -> OutError:
+    return OutError(f"{what} {p} {why}; {todo} (nothing was changed)")
+
+
+def check_out(
+    out: str | os.PathLike[str], kind: str, *, overwrite: bool = False, what: str = "--out"
+) -> Path:
+    """The one rule for every output path, file or folder, of every command. ``kind`` is a
+    folder kind (MARKERS) or a file kind (OWN_FILE). ``out`` may be written if it does not
+    exist; a folder that holds nothing (but a lock and this program's temporaries) may be
+    filled; an output of this ``kind`` is replaced only with ``overwrite`` (a run, sweep or demo
+    is continued instead); anything else is refused with one line naming it. A symbolic link
+    is followed: the path returned is the link's target, and the caller writes there.
+    """
     p = Path(out)
-    if p.is_symlink() and not p.exists():
-        raise OutError(f"{what} {p} is a broken symbolic link; pick another folder")
+    if p.is_symlink():
+        if not p.exists():
+            raise _refuse(what, p, "is a broken symbolic link", "pick another path")
+        p = Path(os.path.realpath(p))
     if not p.exists():
         return p
+    if kind in OWN_FILE:
+        return _check_file(p, kind, overwrite, what)
     if not p.is_dir():
-        raise OutError(f"{what} {p} is a file, not a folder; pick another path")
-    if _is_empty_dir(p) or is_kind(p, kind):
+        raise _refuse(what, p, "is a file, not a folder", "pick another path")
+    if not foreign_entries(p):  # empty but for a lock and temporaries
+        return p
+    if is_kind(p, kind):
+        if kind not in REPLACED:
+            return p
+        if not overwrite:
+            raise _refuse(what, p, f"already holds a {kind}", "add --overwrite to replace it")
+        others = foreign_entries(p, kind)
+        if others:
+            raise _refuse(
+                what, p, f"holds {others[0]}, which diffscape did not write",
+                "move it out of the folder first, or pick another folder",
+            )  # fmt: skip
         return p
     found = kind_of(p)
-    what_it_is = f"a {found} folder" if found else "not empty and not a diffscape folder"
-    raise OutError(
-        f"{what} {p} is {what_it_is}; a {kind} is written only into a new or empty folder or "
-        f"over an older {kind}. Pick another folder (nothing was changed)"
-    )
+    what_it_is = f"is a {found} folder" if found else "is not empty and not a diffscape folder"
+    raise _refuse(what, p, what_it_is, f"a {kind} goes into a new or empty folder; pick another")
+
+
+def _check_file(p: Path, kind: str, overwrite: bool, what: str) -> Path:
+    import stat
+
+    mode = p.stat().st_mode
+    if stat.S_ISDIR(mode):
+        raise _refuse(what, p, "is a folder", f"give a file name, such as {p}/{_example(kind)}")
+    if not stat.S_ISREG(mode) or not OWN_FILE[kind](p):
+        raise _refuse(
+            what, p, "exists and was not written by diffscape", "pick another name or move it"
+        )
+    if not overwrite:
+        raise _refuse(what, p, "exists (diffscape wrote it)", "add --overwrite to replace it")
+    return p
+
+
+def check_files_in(
+    folder: str | os.PathLike[str], files: dict[str, str], *, overwrite: bool, what: str = "--out"
+) -> Path:
+    """check_out for a command that writes a few ``files`` ({name: file kind}) into ``folder``
+    (a folder of anyone's, e.g. a samples folder): the folder is followed if it is a link and
+    must be a folder; each file is new, or one of this program's replaced with ``overwrite``."""
+    p = Path(folder)
+    if p.is_symlink():
+        p = Path(os.path.realpath(p))
+    if p.exists() and not p.is_dir():
+        raise _refuse(what, p, "is a file, not a folder", "pick another path")
+    for name, kind in files.items():
+        check_out(p / name, kind, overwrite=overwrite, what=what)
+    return p
+
+
+def _example(kind: str) -> str:
+    names = {"metrics": EVAL_JSON, "html": REPORT_HTML, "csv": RESULTS_CSV, "image": "grid.png"}
+    return names.get(kind, f"{kind}.json")
 
 
 # ---- names that come from files ------------------------------------------------------------------

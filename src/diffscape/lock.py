@@ -51,17 +51,6 @@ def hold(folder: str | os.PathLike[str], what: str = "folder") -> Iterator[Path]
 
 
 @contextlib.contextmanager
-def hold_beside(out: str | os.PathLike[str], what: str = "folder") -> Iterator[Path]:
-    """Hold a lock for a folder that is built elsewhere and renamed into place (a samples
-    folder): the lock file is ``.<name>.lock`` beside it, so it survives the rename."""
-    out = Path(out)
-    full = Path(os.path.abspath(out))  # "." and "a/.." name a folder too
-    full.parent.mkdir(parents=True, exist_ok=True)
-    with _hold_file(full.with_name(f".{full.name}{LOCK}"), out, what):
-        yield out
-
-
-@contextlib.contextmanager
 def _hold_file(path: Path, folder: Path, what: str) -> Iterator[None]:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:

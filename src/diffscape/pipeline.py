@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import signal
 import subprocess
 import sys
@@ -227,7 +226,10 @@ def ensure_data(spec: StudySpec, tools: Tools) -> Path:
         "data", f"{spec.synth_images} procedural landscapes at {spec.synth_size} px into {path}",
         eta=spec.synth_images / 1000,
     )  # fmt: skip
-    ds = synthesize(spec.synth_images, spec.synth_size, path, seed=spec.seed, progress=tools.progress)  # fmt: skip
+    ds = synthesize(
+        spec.synth_images, spec.synth_size, path, seed=spec.seed, progress=tools.progress,
+        overwrite=True,  # the study's own data folder, made for other settings before
+    )  # fmt: skip
     nar.done(f"{ds.count('train')} train / {ds.count('test')} test")
     return ds.root.resolve()
 
@@ -451,7 +453,8 @@ def sample_stage(study: Study, run: RunSpec, tools: Tools) -> dict[str, Any]:
         nar.skip("sample", f"sampled before ({done.get('n')} images)", who=run.name)
         return done
     if out_dir.exists() and not layout.is_samples_dir(out_dir):
-        shutil.rmtree(out_dir)  # the study's own folder, holding only a failed attempt's record
+        # a failed attempt's record, this study's own; anything else in it is refused below
+        (out_dir / layout.RESULT_JSON).unlink(missing_ok=True)
     classes = "per class" if cond else "in all"
     images = s.n * (load_dataset(study.data).num_classes if cond else 1)
     nar.start("sample", f"{s.n} {classes}, {s.sampler} {s.steps} steps, w={s.guidance:g}",
@@ -516,7 +519,7 @@ def judge_stage(study: Study, run: RunSpec, made: int, tools: Tools) -> dict[str
         nar.skip("judge samples", f"judged before: {_pct(done.get('accuracy'))}", who=run.name)
         return done
     nar.start("judge samples", f"{made} images", eta=5, who=run.name)
-    acc = score(study.judge, folder)  # type: ignore[arg-type]
+    acc = score(study.judge, folder, overwrite=True)  # type: ignore[arg-type]
     nar.done(f"accuracy {_pct(acc['accuracy'])}")
     return acc
 
@@ -752,12 +755,18 @@ def job_from_json(text: str) -> tuple[Study, list[RunSpec]]:
 def _start_worker(study: Study, runs: list[RunSpec], slot: Slot) -> subprocess.Popen:
     import os
 
-    folder = runs[0].train_dir(study.out)
-    folder.mkdir(parents=True, exist_ok=True)
+    log_path = worker_log(study, runs[0].training)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "diffscape.pipeline", "worker", job_json(study, runs)]
     env = {**os.environ, **slot.env}
-    with open(folder / layout.SWEEP_LOG, "ab") as logfile:
+    with open(log_path, "ab") as logfile:
         return subprocess.Popen(cmd, env=env, stdout=logfile, stderr=subprocess.STDOUT)
+
+
+def worker_log(study: Study, training: str) -> Path:
+    """A worker's log: in the study's _logs/ folder, not in the run folder, which train must
+    find new or a run (a log of its own would make it neither)."""
+    return study.out / layout.SWEEP_LOGS / layout.worker_log_name(training)
 
 
 @contextlib.contextmanager
@@ -783,7 +792,7 @@ def run_parallel(
     study: Study, groups: dict[str, list[RunSpec]], slots: list[Slot], tools: Tools
 ) -> None:
     """One worker process per slot (:func:`worker_slots`), each running one training (and its
-    samplings) in its slot's environment; its output goes to <training>/sweep.log."""
+    samplings) in its slot's environment; its output goes to _logs/<training>.log."""
     pending, running = list(groups), {}
     say = tools.narrator.note
     say(f"{len(slots)} workers: running {len(pending)} trainings, {len(slots)} at a time")
@@ -794,7 +803,7 @@ def run_parallel(
                     if i not in running and pending:
                         name = pending.pop(0)
                         running[i] = (_start_worker(study, groups[name], slot), name)
-                        say(f"{name}: started on {slot.name} (log: {study.out / name / layout.SWEEP_LOG})")  # fmt: skip
+                        say(f"{name}: started on {slot.name} (log: {worker_log(study, name)})")
                 time.sleep(1.0)
                 for i, (proc, name) in list(running.items()):
                     if proc.poll() is not None:
@@ -814,8 +823,7 @@ def _worker_ended(study: Study, runs: list[RunSpec], code: int, tools: Tools) ->
     for r in runs:
         if results.read_result(r.sample_dir(study.out)) is None:
             err = DiffscapeError(
-                f"worker exited with code {code} before finishing; see "
-                f"{study.out / name / layout.SWEEP_LOG}"
+                f"worker exited with code {code} before finishing; see {worker_log(study, name)}"
             )
             record_failure(study, r, "worker", err, tools)
 

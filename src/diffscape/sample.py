@@ -8,14 +8,16 @@ batch it was computed in (diffusers' ``randn_tensor`` accepts one generator per 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,8 +27,9 @@ from diffscape import __version__, atomic, config, diffusion, layout, lock
 from diffscape.checkpoint import resolve_checkpoint
 from diffscape.config import RunConfig, load_config_json
 from diffscape.errors import DiffscapeError
-from diffscape.imagefolder import make_grid, save_png
+from diffscape.imagefolder import make_grid, save_image, save_png
 from diffscape.model import load_unet, null_class
+from diffscape.timefmt import duration
 
 
 @dataclass(frozen=True)
@@ -41,12 +44,32 @@ class LoadedModel:
 def load_for_sampling(
     path: str | Path, use_ema: bool = True, device: str | torch.device | None = None
 ) -> LoadedModel:
-    """A run folder (its latest complete checkpoint) or a checkpoint folder -> the network."""
-    ckpt = resolve_checkpoint(Path(path))
-    cfg = load_config_json(ckpt / layout.CONFIG_JSON)
-    classes = class_names(ckpt, cfg)
+    """A run folder (its latest complete checkpoint) or a checkpoint folder -> the network.
+
+    A trainer may prune the checkpoint while it is read: a run folder is then read again from
+    its newest intact checkpoint (saying so); a checkpoint folder that vanished is an error that
+    says what happened."""
     weights = layout.EMA_DIR if use_ema else layout.MODEL_DIR
-    unet = load_unet(ckpt / weights).eval()
+    for attempt in range(3):
+        ckpt = resolve_checkpoint(Path(path))
+        try:
+            cfg = load_config_json(ckpt / layout.CONFIG_JSON)
+            classes = class_names(ckpt, cfg)
+            unet = load_unet(ckpt / weights).eval()
+            break
+        except (OSError, DiffscapeError):
+            if (ckpt / layout.COMPLETE).is_file():
+                raise  # still there: not a race, a real problem
+            if Path(path).resolve() == ckpt.resolve() or attempt == 2:
+                raise DiffscapeError(
+                    f"checkpoint {ckpt} was removed while it was being read (a trainer prunes "
+                    "old checkpoints); sample the run folder, or a milestone checkpoint"
+                ) from None
+            print(
+                f"note: checkpoint {ckpt.name} was removed while it was being read (pruned by "
+                "the trainer); reading the newest intact checkpoint instead",
+                file=sys.stderr,
+            )
     unet.to(device or default_device())
     return LoadedModel(unet, cfg, classes, ckpt, weights)
 
@@ -176,40 +199,65 @@ def generate_images(
     """Images for the given (class, index) pairs as uint8 (N, 3, H, W)."""
     if len(class_idx) != len(index):
         raise ValueError("class_idx and index must have the same length")
-    check_settings(sampler=sampler, steps=steps, eta=eta, guidance=guidance, seed=seed, batch=batch)
-    conditional = cfg.model.conditional
-    if not conditional and any(c is not None for c in class_idx):
-        raise DiffscapeError("this model is unconditional: it cannot sample a class")
-    if conditional and any(c is None for c in class_idx) and guidance != 0.0:
-        raise DiffscapeError("a conditional model needs a class per image (or guidance 0)")
     size = cfg.model.image_size
     out = np.empty((len(index), 3, size, size), np.uint8)
+    pairs = list(zip(class_idx, index, strict=True))
+    for start, images in iter_images(
+        unet, cfg, pairs, seed=seed, sampler=sampler, steps=steps, eta=eta, guidance=guidance,
+        batch=batch, progress=progress,
+    ):  # fmt: skip
+        out[start : start + len(images)] = images
+    return out
+
+
+def iter_images(
+    unet: UNet2DModel,
+    cfg: RunConfig,
+    pairs: Sequence[tuple[int | None, int]],
+    *,
+    seed: int,
+    sampler: diffusion.Sampler = "ddpm",
+    steps: int | None = None,
+    eta: float = 0.0,
+    guidance: float = 1.0,
+    batch: int = 64,
+    progress: bool = True,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """(position of the batch's first pair, its images as uint8 (B, 3, H, W)) for the (class,
+    index) ``pairs``, a batch at a time: memory holds one batch whatever the number of images."""
+    check_settings(sampler=sampler, steps=steps, eta=eta, guidance=guidance, seed=seed, batch=batch)
+    conditional = cfg.model.conditional
+    size, null = cfg.model.image_size, null_class(cfg.model)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(index), desc=f"sample ({sampler})", unit="img", dynamic_ncols=True)
+        bar = tqdm(total=len(pairs), desc=f"sample ({sampler})", unit="img", dynamic_ncols=True)
     was_training = unet.training
     unet.eval()
-    for start in range(0, len(index), batch):
-        sl = slice(start, start + batch)
-        gens = [image_generator(seed, c, i) for c, i in zip(class_idx[sl], index[sl], strict=True)]
-        noise = torch.stack([torch.randn((3, size, size), generator=g) for g in gens])
-        labels = None
-        if conditional:
-            null = null_class(cfg.model)
-            labels = torch.tensor([null if c is None else c for c in class_idx[sl]])
-        x = denoise(
-            unet, cfg, noise, labels, gens,
-            sampler=sampler, steps=steps, eta=eta, guidance=guidance,
-        )  # fmt: skip
-        out[sl] = to_uint8(x)
+    try:
+        for start in range(0, len(pairs), batch):
+            chunk = pairs[start : start + batch]
+            if not conditional and any(c is not None for c, _ in chunk):
+                raise DiffscapeError("this model is unconditional: it cannot sample a class")
+            if conditional and any(c is None for c, _ in chunk) and guidance != 0.0:
+                raise DiffscapeError("a conditional model needs a class per image (or guidance 0)")
+            gens = [image_generator(seed, c, i) for c, i in chunk]
+            noise = torch.stack([torch.randn((3, size, size), generator=g) for g in gens])
+            labels = None
+            if conditional:
+                labels = torch.tensor([null if c is None else c for c, _ in chunk])
+            x = denoise(
+                unet, cfg, noise, labels, gens,
+                sampler=sampler, steps=steps, eta=eta, guidance=guidance,
+            )  # fmt: skip
+            yield start, to_uint8(x)
+            if bar is not None:
+                bar.update(len(gens))
+    finally:
         if bar is not None:
-            bar.update(len(gens))
-    if bar is not None:
-        bar.close()
-    unet.train(was_training)
-    return out
+            bar.close()
+        unet.train(was_training)
 
 
 def grid_image(images: np.ndarray, row_names: Sequence[str], per_row: int):  # noqa: ANN201
@@ -261,6 +309,64 @@ def plan(
     return [k for k, _ in pairs], [i for _, i in pairs], [model.classes[k] for k, _ in pairs]
 
 
+@dataclass(frozen=True)
+class Plan:
+    """Which image the j-th of ``total`` is, without a list per image (``--n`` may be 10**6 per
+    class): conditional ``per_class``: ``n`` of each chosen class in turn; conditional in all:
+    ``n`` spread round-robin over the chosen classes; unconditional: ``n`` into
+    ``unconditional/``."""
+
+    ks: tuple[int | None, ...]  # class indices chosen (None: unconditional)
+    names: tuple[str, ...]  # their folders
+    n: int
+    per_class: bool
+
+    @property
+    def total(self) -> int:
+        return self.n * len(self.ks) if self.per_class else self.n
+
+    def pair(self, j: int) -> tuple[int, int]:
+        """(position in ks, index within its class) of image j."""
+        return divmod(j, self.n) if self.per_class else (j % len(self.ks), j // len(self.ks))
+
+    def pairs(self, js: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`pair` of many positions at once."""
+        return np.divmod(js, self.n) if self.per_class else (js % len(self.ks), js // len(self.ks))
+
+    def counts(self) -> dict[str, int]:
+        """Images per folder, for every folder that gets one."""
+        if self.per_class:
+            return dict.fromkeys(self.names, self.n)
+        k = len(self.ks)
+        counts = {name: self.n // k + (p < self.n % k) for p, name in enumerate(self.names)}
+        return {name: c for name, c in counts.items() if c}
+
+
+class Todo(Sequence):
+    """The (class, index) pairs of the positions ``js`` of a plan, made a slice at a time."""
+
+    def __init__(self, p: Plan, js: np.ndarray) -> None:
+        self.p, self.js = p, js
+
+    def __len__(self) -> int:
+        return len(self.js)
+
+    def __getitem__(self, s):  # noqa: ANN001, ANN204 - a slice, as iter_images asks
+        ks, idx = self.p.pairs(np.asarray(self.js[s]))
+        return [
+            (self.p.ks[int(k)], int(i))
+            for k, i in zip(np.atleast_1d(ks), np.atleast_1d(idx), strict=True)
+        ]
+
+
+def make_plan(model: LoadedModel, n: int, per_class: bool, classes: Sequence[str] | None) -> Plan:
+    if not model.cfg.model.conditional:
+        plan(model, 1, per_class, classes)  # refuses --class for an unconditional model
+        return Plan((None,), (layout.UNCONDITIONAL,), n, per_class)
+    ks = plan(model, 1, True, classes)[0]
+    return Plan(tuple(ks), tuple(model.classes[k] for k in ks), n, per_class)
+
+
 def sample_to_folder(
     source: str | Path,
     out: str | Path,
@@ -277,68 +383,224 @@ def sample_to_folder(
     use_ema: bool = True,
     progress: bool = True,
     overwrite: bool = False,
+    say: Callable[[str], None] | None = None,
 ) -> dict:
     """Sample from a run or checkpoint into ``out/<class>/<index>.png`` + ``grid.png`` +
     ``samples.json``; returns the samples.json record.
 
-    The folder is written as a whole: built beside ``out`` and renamed into place when done, so
-    an interruption leaves nothing half-written. An existing samples folder is replaced only
-    with ``overwrite`` (its old images are deleted, never mixed with the new ones); ``steps``
-    None is the sampler's default, and the record says the steps really taken.
+    Images are written as they are made into a hidden partial folder beside ``out``
+    (``.<name>.diffscape-tmp-partial``), which is renamed to ``out`` when complete; an
+    interrupted run leaves its images there, and the same call again makes only the missing
+    ones (an image depends only on (seed, class, index), so the result is the uninterrupted
+    one). An existing samples folder is replaced only with ``overwrite``, never mixed with new
+    images; ``steps`` None is the sampler's default, and the record says the steps really taken.
     """
     check_settings(sampler=sampler, n=n, batch=batch, steps=steps, seed=seed, guidance=guidance,
                    eta=eta)  # fmt: skip
+    say = say or (lambda text: print(text, file=sys.stderr))
     out = samples_out(out, overwrite)
-    with lock.hold_beside(out, "samples folder"):
-        samples_out(out, overwrite)  # again: another writer may have finished meanwhile
-        model = load_for_sampling(source, use_ema=use_ema)
-        if not model.cfg.model.conditional and guidance not in (None, 0.0, 1.0):
-            raise DiffscapeError(
-                "this model is unconditional: --guidance needs a model trained with --conditional"
-            )
-        w = 1.0 if guidance is None else guidance
-        class_idx, index, folders = plan(model, n, per_class, classes)
-        names = sorted(set(folders), key=folders.index)
-        record = {
-            "checkpoint": str(model.checkpoint.resolve()),
-            "weights": model.weights,
-            "sampler": sampler,
-            "steps": diffusion.sampler_steps(model.cfg.diffusion.timesteps, sampler, steps),
-            "eta": eta,
-            "guidance": w if model.cfg.model.conditional else None,
-            "seed": seed,
-            "n": len(index),
-            "per_class": per_class,
-            "classes": names,
-            "counts": {name: folders.count(name) for name in names},
-            "image_size": model.cfg.model.image_size,
-            "versions": versions(),
-        }
-        if batch is None:
-            batch = 256 if next(model.unet.parameters()).device.type == "cuda" else 64
-        tmp = atomic.tmp_dir_beside(out)
-        try:
-            images = generate_images(
-                model.unet, model.cfg, class_idx=class_idx, index=index, seed=seed,
-                sampler=sampler, steps=steps, eta=eta, guidance=w, batch=batch, progress=progress,
-            )  # fmt: skip
-            write_samples(tmp, images, folders, index, record)
-            atomic.publish_dir(tmp, out)
-        finally:  # interrupted or failed: no half-written folder stays behind
-            shutil.rmtree(tmp, ignore_errors=True)
+    partial, held = partial_dir(out), False
+    try:
+        with lock.hold(partial, "samples folder"):
+            held = True
+            samples_out(out, overwrite)  # again: another writer may have finished meanwhile
+            model = load_for_sampling(source, use_ema=use_ema)
+            if not model.cfg.model.conditional and guidance not in (None, 0.0, 1.0):
+                raise DiffscapeError(
+                    "this model is unconditional: --guidance needs a model trained with "
+                    "--conditional"
+                )
+            w = 1.0 if guidance is None else guidance
+            p = make_plan(model, n, per_class, classes)
+            record = samples_record(model, p, sampler, steps, eta, w, seed, per_class)
+            if batch is None:
+                batch = 256 if next(model.unet.parameters()).device.type == "cuda" else 64
+            todo = resume_partial(partial, record, p, say)
+            check_space(partial, len(todo), model.cfg.model.image_size)
+            if len(todo):
+                say(estimate(model, p, len(todo), record, w, batch))
+            make_images(model, p, todo, partial, batch=batch, progress=progress, say=say,
+                        seed=seed, sampler=sampler, steps=steps, eta=eta, guidance=w)  # fmt: skip
+            write_grid(partial, p)
+            atomic.write_json(partial / layout.SAMPLES_JSON, record)
+            (partial / layout.LOCK).unlink(missing_ok=True)  # held until the fd closes
+            (partial / layout.PARTIAL_JSON).unlink(missing_ok=True)
+            atomic.publish_dir(partial, out)
+    except BaseException:
+        if held and partial.is_dir() and not any(partial.glob(f"*/{layout.SAMPLE_PNG}")):
+            atomic.remove_tmp(partial)  # no image made: nothing to continue from, nothing left
+        raise
     return record
 
 
-def samples_out(out: str | Path, overwrite: bool) -> Path:
-    """``out`` as a Path when a samples folder may be written there: a new or empty folder, or
-    an older samples folder with ``overwrite``, in a folder this process can write to (checked
-    before any image is made). Otherwise a one-line error that says what to do."""
-    out = layout.check_out(out, "samples")
-    if layout.is_samples_dir(out) and not overwrite:
+def samples_record(
+    model: LoadedModel, p: Plan, sampler: diffusion.Sampler, steps: int | None, eta: float,
+    w: float, seed: int, per_class: bool,
+) -> dict:  # fmt: skip
+    """What samples.json says of the images (and, less versions, what a re-run must match)."""
+    return {
+        "checkpoint": str(model.checkpoint.resolve()),
+        "weights": model.weights,
+        "sampler": sampler,
+        "steps": diffusion.sampler_steps(model.cfg.diffusion.timesteps, sampler, steps),
+        "eta": eta,
+        "guidance": w if model.cfg.model.conditional else None,
+        "seed": seed,
+        "n": p.total,
+        "per_class": per_class,
+        "classes": list(p.counts()),
+        "counts": p.counts(),
+        "image_size": model.cfg.model.image_size,
+        "versions": versions(),
+    }
+
+
+def make_images(
+    model: LoadedModel, p: Plan, todo: np.ndarray, partial: Path, *, batch: int, progress: bool,
+    say: Callable[[str], None], **how: Any,
+) -> None:  # fmt: skip
+    """Make the images at positions ``todo`` into ``partial``, each written as soon as its batch
+    is done; when stopped, say how many are kept for the next run."""
+    try:
+        for start, images in iter_images(
+            model.unet, model.cfg, Todo(p, todo), batch=batch, progress=progress, **how
+        ):
+            for img, j in zip(images, todo[start : start + len(images)], strict=True):
+                k, i = p.pair(int(j))
+                save_png_atomically(partial / p.names[k] / layout.sample_name(i), img)
+    except BaseException:
+        made = sum(1 for _ in partial.glob(f"*/{layout.SAMPLE_PNG}"))
+        if made:
+            say(f"sample: stopped; {made} of {p.total} images are kept in {partial}: the same "
+                "command makes the rest")  # fmt: skip
+        raise
+
+
+def partial_dir(out: Path) -> Path:
+    """The hidden folder beside ``out`` where its images are made, marked as this program's
+    temporary (a folder of that name that is not one is refused, never reused)."""
+    full = Path(os.path.abspath(out))
+    partial = full.with_name(f".{full.name}{layout.TMP_INFIX}partial")
+    if partial.is_symlink() or (partial.exists() and not layout.is_our_temporary(partial)):
         raise layout.OutError(
-            f"--out {out} already holds samples; add --overwrite to replace them (the old images "
-            "are deleted, never mixed with the new ones), or pick another folder"
+            f"{partial} exists and is not diffscape's; move it away (nothing was changed)"
         )
+    if not partial.exists():
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):  # another sampler made it: its lock decides
+            atomic.make_tmp_dir(partial)
+    return partial
+
+
+def _identity(record: dict) -> dict:
+    """What makes the images: two records that agree here make the same images."""
+    return {k: v for k, v in record.items() if k not in ("versions", "counts")}
+
+
+def resume_partial(partial: Path, record: dict, p: Plan, say: Callable[[str], None]) -> np.ndarray:
+    """The positions j still to make: all of them in a fresh partial folder, or those without a
+    finished image when the partial folder was left by the same settings (a re-run continues);
+    a partial folder of other settings is emptied first. An array: --n may be 10**6 a class."""
+    spec_path = partial / layout.PARTIAL_JSON
+    try:
+        before = json.loads(spec_path.read_text())
+    except (OSError, ValueError):
+        before = None
+    if before != _identity(record):
+        if before is not None:
+            say(f"sample: {partial} held images of other settings; starting again")
+        for child in partial.iterdir():
+            if child.name not in (layout.LOCK, layout.TMP_MARKER):
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        atomic.write_json(spec_path, _identity(record))
+        return np.arange(p.total)
+    js = np.arange(p.total)
+    ks, idx = p.pairs(js)
+    done = np.zeros(p.total, bool)
+    counts = p.counts()
+    for k, name in enumerate(p.names):
+        count = counts.get(name, 0)
+        if not count:
+            continue
+        have = np.zeros(count, bool)
+        folder = partial / name
+        for f in os.listdir(folder) if folder.is_dir() else []:
+            stem, _, ext = f.partition(".")
+            if ext == "png" and stem.isdigit() and int(stem) < count:
+                have[int(stem)] = True
+        done[ks == k] = have[idx[ks == k]]
+    todo = js[~done]
+    if len(todo) < p.total:
+        say(f"sample: continuing: {p.total - len(todo)} of {p.total} images were made before")
+    return todo
+
+
+PNG_BYTES = 1.1  # a sample PNG's size over its raw pixels at most (noise-like images), measured
+
+
+def check_space(folder: Path, images: int, size: int) -> None:
+    """Refuse before sampling when the images will not fit on the disk."""
+    need = int(images * (3 * size * size * PNG_BYTES + 200))
+    free = shutil.disk_usage(folder).free
+    if need > free:
+        raise DiffscapeError(
+            f"{images} images of {size} px need about {need / 1e6:,.0f} MB on the disk of "
+            f"{folder}, which has {free / 1e6:,.0f} MB free; free space or pick another --out"
+        )
+
+
+def estimate(model: LoadedModel, p: Plan, todo: int, record: dict, w: float, batch: int) -> str:
+    """One line before sampling: images, time (one network call timed now) and disk."""
+    import time
+
+    size, unet = model.cfg.model.image_size, model.unet
+    calls_per_batch = record["steps"] * (2 if record["sampler"] == "heun" else 1)
+    both = model.cfg.model.conditional and w not in (0.0, 1.0)  # cond and uncond in one call
+    b = min(batch, todo) * (2 if both else 1)
+    device = next(unet.parameters()).device
+    x = torch.zeros((b, 3, size, size), device=device)
+    labels = (
+        torch.zeros(b, dtype=torch.long, device=device) if model.cfg.model.conditional else None
+    )
+    t = torch.zeros(b, device=device, dtype=torch.long)
+    with torch.inference_mode():
+        unet(x, t, class_labels=labels)  # the first call also sets up kernels: not timed
+        t0 = time.perf_counter()
+        unet(x, t, class_labels=labels)
+        per_call = time.perf_counter() - t0
+    seconds = per_call * calls_per_batch * -(-todo // batch)
+    mb = todo * (3 * size * size * PNG_BYTES + 200) / 1e6
+    images = f"{todo} images" if todo == p.total else f"the {todo} images still to make"
+    return f"sample: {images}, about {duration(seconds)} and up to {mb:,.1f} MB on disk"
+
+
+def save_png_atomically(path: Path, image_chw: np.ndarray) -> None:
+    """One sample PNG, complete or absent (a killed run leaves no half image to count as made).
+    No fsync: a lost image after a power cut is made again by the next run."""
+    tmp = path.with_name(atomic.tmp_name(path.name) + path.suffix)
+    save_png(tmp, image_chw)
+    os.replace(tmp, path)
+
+
+def write_grid(folder: Path, p: Plan) -> None:
+    """grid.png: one labelled row of up to 8 images per class, read back from the folder."""
+    from PIL import Image
+
+    counts = p.counts()
+    per_row = min(8, max(1, min(counts.values())))
+    rows = []
+    for name in counts:
+        for i in range(per_row):
+            with Image.open(folder / name / layout.sample_name(i)) as im:
+                rows.append(np.asarray(im.convert("RGB")).transpose(2, 0, 1))
+    grid_image(np.stack(rows), list(counts), per_row).save(folder / layout.GRID_PNG)
+
+
+def samples_out(out: str | Path, overwrite: bool) -> Path:
+    """``out`` as a Path when a samples folder may be written there (layout.check_out: new,
+    empty, or an older samples folder with ``overwrite``), in a folder this process can write
+    to (checked before any image is made). Otherwise a one-line error that says what to do."""
+    out = layout.check_out(out, "samples", overwrite=overwrite)
     parent = Path(os.path.abspath(out)).parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
@@ -348,22 +610,6 @@ def samples_out(out: str | Path, overwrite: bool) -> Path:
             "--out in a folder you can write to"
         )
     return out
-
-
-def write_samples(
-    folder: Path, images: np.ndarray, folders: Sequence[str], index: Sequence[int], record: dict
-) -> None:
-    """The files of a samples folder: ``<class>/<index>.png``, grid.png (one labelled row of
-    up to 8 images per class) and samples.json (written last)."""
-    for img, name, i in zip(images, folders, index, strict=True):
-        save_png(folder / name / layout.sample_name(i), img)
-    names = record["classes"]
-    per_row = min(8, max(1, min(folders.count(f) for f in names)))
-    picks = [[j for j, f in enumerate(folders) if f == name][:per_row] for name in names]
-    grid_image(np.concatenate([images[p] for p in picks]), names, per_row).save(
-        folder / layout.GRID_PNG
-    )
-    atomic.write_json(folder / layout.SAMPLES_JSON, record)
 
 
 MAX_FRAMES = 256  # images in an interpolation row, denoised in one batch
@@ -380,6 +626,7 @@ def interpolate(
     sampler: diffusion.Sampler = "ddim",
     steps: int | None = None,
     guidance: float = 1.0,
+    overwrite: bool = False,
 ) -> np.ndarray:
     """A row of images whose starting noise walks from seed_a's to seed_b's (slerp), with the
     deterministic DDIM (eta 0) or DPM-Solver++ so the row changes smoothly. ``steps`` None is
@@ -390,9 +637,9 @@ def interpolate(
     check_settings(seed=seed_b)
     if isinstance(frames, bool) or not isinstance(frames, int) or not 2 <= frames <= MAX_FRAMES:
         raise DiffscapeError(f"frames {frames!r}: give 2..{MAX_FRAMES} images in the row")
-    out_png = Path(out_png)
-    if out_png.suffix.lower() != ".png":
+    if Path(out_png).suffix.lower() != ".png":
         raise DiffscapeError(f"interpolate writes a PNG image: {out_png} must end in .png")
+    out_png = layout.check_out(out_png, "image", overwrite=overwrite)
     model = load_for_sampling(source)
     class_idx, _, _ = plan(model, 1, False, [class_name] if class_name else None)
     k = class_idx[0]
@@ -408,16 +655,17 @@ def interpolate(
     images = to_uint8(x)
     from PIL import Image
 
-    with atomic.atomic_path(out_png) as tmp:
-        Image.fromarray(make_grid(images, nrow=frames).transpose(1, 2, 0)).save(tmp, format="PNG")
+    save_image(Image.fromarray(make_grid(images, nrow=frames).transpose(1, 2, 0)), out_png)
     return images
 
 
-def export_diffusers(source: str | Path, out: str | Path, use_ema: bool = True) -> Path:
+def export_diffusers(
+    source: str | Path, out: str | Path, use_ema: bool = True, overwrite: bool = False
+) -> Path:
     """A folder diffusers loads: ``unet/`` (UNet2DModel) and ``scheduler/`` (DDPMScheduler with
     the model's betas). Other samplers load from the same scheduler config. Written as a whole;
-    ``out`` may be new, empty or an older export."""
-    out = layout.check_out(out, "export")
+    ``out`` may be new or empty, or an older export with ``overwrite``."""
+    out = layout.check_out(out, "export", overwrite=overwrite)
     model = load_for_sampling(source, use_ema=use_ema, device="cpu")
     tmp = atomic.tmp_dir_beside(out)
     try:
@@ -427,10 +675,14 @@ def export_diffusers(source: str | Path, out: str | Path, use_ema: bool = True) 
         info = {"classes": model.classes, "null_class": null_class(model.cfg.model)}
         atomic.write_json(tmp / layout.EXPORT_CLASSES, info)
         atomic.write_text(tmp / layout.EXPORT_CONFIG, model.cfg.to_json())
-        atomic.publish_dir(tmp, out)
+        atomic.publish_dir(tmp, layout.check_out(out, "export", overwrite=overwrite))
+    except Exception as e:
+        if atomic.is_disk_full(e):
+            need = sum(t.numel() * t.element_size() for t in model.unet.state_dict().values())
+            raise atomic.disk_full(e, out, tmp, need) from None
+        raise
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        atomic.remove_tmp(tmp)
     if model.cfg.model.activation != "silu":
         print(
             f"note: activation {model.cfg.model.activation!r} also replaces the SiLU that "

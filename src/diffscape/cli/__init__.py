@@ -38,6 +38,16 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n")
 
 
+def add_overwrite(p: argparse.ArgumentParser, what: str) -> None:
+    """--overwrite, worded the same for every command (the rule: diffscape.layout.check_out)."""
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help=f"replace {what} written before by diffscape (anything diffscape did not write is "
+        "never replaced)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="diffscape",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from diffscape.cli import HelpFormatter
+from diffscape.cli import HelpFormatter, add_overwrite
 from diffscape.layout import MANIFEST
 
 if TYPE_CHECKING:
@@ -100,6 +100,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="skip images with more pixels than this (decompression bombs)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_overwrite(p, "a dataset --out made from other photos or options")
     p.set_defaults(func=_prepare)
 
     s = sub.add_parser(
@@ -116,6 +117,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--size", type=int, default=32, help=SIZE_HELP)
     s.add_argument("--seed", type=int, default=0, help="seed: same seed, same images")
     s.add_argument("--test-fraction", type=float, default=0.2, help="share held out as test")
+    add_overwrite(s, "a dataset --out")
     s.set_defaults(func=_synth)
 
     v = sub.add_parser(
@@ -131,6 +133,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     v.add_argument("--split", default="train", help="split to draw from: train, val or test")
     v.add_argument("--per-class", type=int, default=8, help="images per class row, 1 to 100")
     v.add_argument("--seed", type=int, default=0, help="seed of the random choice of images")
+    add_overwrite(v, "a picture --out")
     v.set_defaults(func=_show)
 
 
@@ -145,6 +148,7 @@ def _prepare(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.no_progress,
         max_pixels=args.max_pixels,
+        overwrite=args.overwrite,
     )
     print(summary(ds))
     return 0
@@ -154,26 +158,27 @@ def _synth(args: argparse.Namespace) -> int:
     from diffscape.data.synth import synthesize
 
     ds = synthesize(
-        n=args.n, size=args.size, out=args.out, seed=args.seed, test_fraction=args.test_fraction
+        n=args.n,
+        size=args.size,
+        out=args.out,
+        seed=args.seed,
+        test_fraction=args.test_fraction,
+        overwrite=args.overwrite,
     )
     print(summary(ds))
     return 0
 
 
 def _show(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from PIL import Image
-
-    from diffscape.atomic import atomic_path
     from diffscape.data.dataset import load_dataset
     from diffscape.data.show import show_dataset
+    from diffscape.imagefolder import save_image
+    from diffscape.layout import check_out
 
+    out = check_out(args.out, "image", overwrite=args.overwrite)
     ds = load_dataset(args.dataset)
     sheet = show_dataset(ds, split=args.split, per_class=args.per_class, seed=args.seed)
-    out = Path(args.out)
-    with atomic_path(out) as tmp:  # the temporary's name hides the suffix: name the format
-        sheet.save(tmp, format=Image.registered_extensions().get(out.suffix.lower(), "PNG"))
+    save_image(sheet, out)
     rows = ds.num_classes or 1
     print(f"wrote {out}: {rows} rows of up to {args.per_class} {args.split} images")
     return 0

@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from diffscape.cli import HelpFormatter
+from diffscape.cli import HelpFormatter, add_overwrite
 
 DESCRIPTION = """\
 Score generated images against a real dataset split: FID (2048 and 64 features), KID mean ± std,
@@ -86,7 +86,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="real images to use (default: the whole split)" + IN_WORDS,
     )
-    p.add_argument("--out", default="metrics.json", help="where to write the metrics")
+    p.add_argument(
+        "--out",
+        default="metrics.json",
+        help="where to write the metrics (closest-pairs.png goes beside it)",
+    )
+    add_overwrite(p, "a metrics file --out and closest-pairs.png beside it")
     p.add_argument(
         "--bootstrap",
         type=int,
@@ -134,36 +139,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def check_out_file(out: Path) -> None:
-    """Refuse an --out that cannot be written before minutes of embedding, not after."""
+def check_out_file(out: Path, overwrite: bool) -> Path:
+    """Refuse an --out that may not or cannot be written before minutes of embedding, not
+    after: the rule of every output (diffscape.layout.check_out) for the metrics and the closest
+    pairs beside them, and a folder this process can write into."""
+    from diffscape import layout
     from diffscape.errors import DiffscapeError
 
-    if out.is_dir():
-        raise DiffscapeError(
-            f"--out {out} is a folder; give a file name such as {out}/metrics.json"
-        )
+    out = layout.check_out(out, "metrics", overwrite=overwrite)
+    layout.check_out(out.with_name(layout.PAIRS_PNG), "image", overwrite=overwrite)
     parent = out.parent if str(out.parent) else Path(".")
     existing = next((p for p in (parent, *parent.parents) if p.exists()), Path("."))
     if not existing.is_dir() or not os.access(existing, os.W_OK):
         raise DiffscapeError(f"--out {out}: cannot write into {existing}; pick another path")
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
     from diffscape import layout
     from diffscape.data.dataset import parse_dataset_spec
     from diffscape.metrics.evaluate import (
-        EvalSettings,
         default_n,
         evaluate,
         fake_is_run,
         format_summary,
         open_fake,
         resolve_extractor,
+        settings_for_command,
         write_metrics,
     )
     from diffscape.metrics.memorisation import save_pairs_png
 
-    settings = EvalSettings(
+    # Errors name the flags (--n, not n); an unusable feature cache is refused here, up front.
+    settings = settings_for_command(
         n=args.n,
         n_real=args.n_real,
         per_class=not args.no_per_class,
@@ -178,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
         memorisation=not args.no_memorisation,
         near_copy=args.near_copy,
     )
-    check_out_file(Path(args.out))
+    out = check_out_file(Path(args.out), args.overwrite)
     real = parse_dataset_spec(args.real, default_split="train")
     # Missing or damaged weights fail before a run is sampled (minutes) or anything embedded;
     # a folder of images is read first (seconds), so a bad image fails before the network.
@@ -190,9 +198,9 @@ def run(args: argparse.Namespace) -> int:
     extractor = extractor or resolve_extractor(settings)
     result = evaluate(real, fake, settings, extractor=extractor, fake_name=args.fake)
     # The library writes nothing; the command writes where --out says (./metrics.json by default).
-    write_metrics(args.out, result)
+    write_metrics(out, result)
     print(format_summary(result, args.out))
-    pairs = save_pairs_png(fake, real[0], result, Path(args.out).parent / layout.PAIRS_PNG)
+    pairs = save_pairs_png(fake, real[0], result, out.with_name(layout.PAIRS_PNG))
     if pairs is not None:
         print(f"wrote {pairs} (closest generated | training pairs)")
     return 0

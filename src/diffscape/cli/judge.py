@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from diffscape.cli import HelpFormatter
+from diffscape.cli import HelpFormatter, add_overwrite
 from diffscape.judge.settings import (  # light: the defaults live there, once
     MAX_BLOCKS,
     MAX_WIDTH,
@@ -142,6 +142,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--standardize", action="store_true", help="SVC: z-score every pixel before the SVC"
     )
     _add_cnn_options(t, "share of each class held out for validation when there is no val split")
+    add_overwrite(t, "a judge folder --out")
     t.set_defaults(func=_train)
 
 
@@ -166,6 +167,7 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
     s.add_argument(
         "--out", default=argparse.SUPPRESS, help="folder for the results (default: SAMPLES)"
     )
+    add_overwrite(s, "accuracy.json, confusion.json and confusion.png")
     s.set_defaults(func=_score)
 
 
@@ -188,6 +190,7 @@ def _add_cas(sub: argparse._SubParsersAction) -> None:
         "--out", default=argparse.SUPPRESS, help="folder for cas.json (default: SAMPLES)"
     )
     _add_cnn_options(c, "share of each class of each training set held out for early stopping")
+    add_overwrite(c, "cas.json")
     c.set_defaults(func=_cas)
 
 
@@ -236,6 +239,7 @@ def _train(args: argparse.Namespace) -> int:
         svc=svc,
         cnn=_cnn_settings(args),
         progress=not args.no_progress,
+        overwrite=args.overwrite,
     )
     if result.grid:
         selected = result.info["selected"]
@@ -253,7 +257,13 @@ def _score(args: argparse.Namespace) -> int:
     from diffscape.judge.score import format_score, score
 
     out = getattr(args, "out", None)
-    result = score(args.judge, args.samples, real=getattr(args, "real", None), out=out)
+    result = score(
+        args.judge,
+        args.samples,
+        real=getattr(args, "real", None),
+        out=out,
+        overwrite=args.overwrite,
+    )
     print(format_score(result))
     print(f"wrote accuracy.json, confusion.json, confusion.png to {Path(out or args.samples)}")
     return 0
@@ -272,6 +282,7 @@ def _cas(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction,
         settings=_cnn_settings(args),
         progress=not args.no_progress,
+        overwrite=args.overwrite,
     )
     print(format_cas(result))
     print(f"wrote {Path(getattr(args, 'out', None) or args.samples) / 'cas.json'}")

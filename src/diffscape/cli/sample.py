@@ -46,7 +46,7 @@ def sample_value(name: str) -> Callable[[str], object]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from diffscape.cli import HelpFormatter
+    from diffscape.cli import HelpFormatter, add_overwrite
 
     p = sub.add_parser(
         "sample",
@@ -58,9 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("source", help="run folder (latest checkpoint) or a checkpoint folder")
     p.add_argument("--out", required=True, help="folder to write (new, empty, or older samples)")
-    p.add_argument(
-        "--overwrite", action="store_true", help="replace the samples folder --out if it exists"
-    )
+    add_overwrite(p, "a samples folder --out")
     n_bounds = config.bounds_text(
         next(r for r in config.table("sample") if r.key == "sample.n").meta
     )
@@ -89,6 +87,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("source", help="run folder or checkpoint folder")
     e.add_argument("--out", required=True, help="folder to write")
     e.add_argument("--no-ema", action="store_true", help="export the raw weights instead")
+    add_overwrite(e, "an export folder --out")
     e.set_defaults(func=run_export)
 
     i = sub.add_parser(
@@ -117,6 +116,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     config.add_setting_arguments(i, "sample", ["steps", "guidance"], defaults={"steps": None})
     i.add_argument("--out", required=True, help="PNG file to write")
+    add_overwrite(i, "a PNG --out")
     i.set_defaults(func=run_interpolate)
 
 
@@ -153,7 +153,7 @@ def run_sample(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     from diffscape.sample import export_diffusers
 
-    out = export_diffusers(args.source, args.out, use_ema=not args.no_ema)
+    out = export_diffusers(args.source, args.out, use_ema=not args.no_ema, overwrite=args.overwrite)
     print(f"exported to {out} (unet/, scheduler/)")
     return 0
 
@@ -171,6 +171,7 @@ def run_interpolate(args: argparse.Namespace) -> int:
         sampler=args.sampler,
         steps=args.steps,
         guidance=args.guidance,
+        overwrite=args.overwrite,
     )
     print(f"wrote {args.out}")
     return 0

@@ -108,7 +108,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=HelpFormatter,
     )
     r.add_argument("runs", nargs="+", help="sweep folder(s) or run folder(s)")
-    r.add_argument("--out", default="report.html", help="HTML file to write")
+    r.add_argument(
+        "--out", default="report.html", help="HTML file to write (results.csv goes beside it)"
+    )
+    r.add_argument(
+        "--overwrite", action="store_true", help="replace a report page and results.csv "
+        "written before (files diffscape did not write are never replaced)",
+    )  # fmt: skip
     r.add_argument("--title", help="page title (default: the sweep's name)")
     r.set_defaults(func=run_report_command)
 
@@ -147,9 +153,10 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     for r in failed:
         print(f"  {r.name}: {r.status} {r.error or ''}")
     if not args.no_report and args.only is None:
+        from diffscape import layout
         from diffscape.report import build_report
 
-        page = build_report(args.out, Path(args.out) / "report.html")
+        page = build_report(args.out, Path(args.out) / layout.REPORT_HTML, overwrite=True)
         print(f"report: {page}")
     return 1 if failed else 0
 
@@ -158,7 +165,10 @@ def run_report_command(args: argparse.Namespace) -> int:
     from diffscape.report import build_report
 
     page = build_report(
-        args.runs if len(args.runs) > 1 else args.runs[0], args.out, title=args.title
+        args.runs if len(args.runs) > 1 else args.runs[0],
+        args.out,
+        title=args.title,
+        overwrite=args.overwrite,
     )
     print(f"wrote {page} and {page.with_name('results.csv')}")
     return 0

@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import time
 import warnings
 import zipfile
@@ -47,7 +48,7 @@ from diffscape.data.dataset import (
     load_dataset,
     write_manifest_and_publish,
 )
-from diffscape.layout import MANIFEST, check_out, safe_component
+from diffscape.layout import MANIFEST, check_out, is_dataset_dir, safe_component
 
 # Bump when preprocessing changes, so that re-running `prepare` rebuilds instead of a no-op.
 PREPARE_VERSION = 1
@@ -194,9 +195,12 @@ class _Source:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._zip: zipfile.ZipFile | None = None
-        self.unsafe: list[dict[str, str]] = []  # zip members skipped by files(), with the reason
+        # files skipped by files() (unsafe zip members, FIFOs and devices), with the reason
+        self.unsafe: list[dict[str, str]] = []
         if path.is_dir():
             return
+        if path.exists() and not path.is_file():  # a FIFO or device: opening it could block
+            raise DatasetError(f"{path} is not a regular file; pass a folder of photos or a .zip")
         if not path.is_file():
             raise DatasetError(f"{path} does not exist; pass a folder of photos or a .zip")
         try:
@@ -231,7 +235,10 @@ class _Source:
                         except OSError:  # a broken link: listed, then skipped when opened
                             found.append(SourceFile(rel, -1, 0.0))
                         else:
-                            found.append(SourceFile(rel, st.st_size, st.st_mtime))
+                            if stat.S_ISREG(st.st_mode):
+                                found.append(SourceFile(rel, st.st_size, st.st_mtime))
+                            else:  # reading a FIFO blocks forever, a device may never end
+                                self.unsafe.append(_skip(rel, NOT_REGULAR))
         return sorted(found, key=lambda f: f.rel)
 
     @contextmanager
@@ -240,12 +247,30 @@ class _Source:
             with self._zip.open(rel) as f:  # seekable: Pillow re-reads the header
                 yield f
         else:
-            with open(self.path / rel, "rb") as f:
+            with _open_regular(self.path / rel) as f:
                 yield f
 
     def close(self) -> None:
         if self._zip is not None:
             self._zip.close()
+
+
+NOT_REGULAR = "not a regular file (a FIFO, socket or device): never opened"
+
+
+def _open_regular(path: Path) -> IO[bytes]:
+    """``path`` opened for reading, only if it is a regular file. O_NONBLOCK: should a FIFO have
+    replaced the file since it was listed, opening it returns at once instead of waiting for a
+    writer, and fstat then refuses it before a byte is read."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _Unusable(NOT_REGULAR)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 # --- layout: which split and class each file belongs to -------------------------------------
@@ -354,15 +379,19 @@ def prepare_dataset(
     progress: bool = True,  # tqdm bar over files
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,  # larger images are skipped (decompression bombs)
+    overwrite: bool = False,  # replace a dataset in ``out`` made from other files or options
 ) -> Dataset:
     """Prepare ``src`` (folder or .zip of photos) into the dataset folder ``out``.
 
     Re-running with the same input files (paths, sizes, mtimes) and options is a no-op that
-    returns the existing dataset. Raises :class:`DatasetError` when no image is usable.
+    returns the existing dataset; another dataset in ``out`` is replaced only with
+    ``overwrite``. Raises :class:`DatasetError` when no image is usable.
     """
     src, out = Path(src), Path(out)
     _check_options(size, test_fraction, max_pixels)
     _check_out(src, out)
+    if not is_dataset_dir(out):  # anything but a dataset is refused before SRC is listed
+        check_out(out, "dataset")
     source = _Source(src)
     try:
         files = source.files()
@@ -383,6 +412,7 @@ def prepare_dataset(
         if existing is not None and existing.manifest.get("input_fingerprint") == fingerprint:
             print(f"{out} is up to date (same input files and options); nothing rewritten")
             return existing
+        out = check_out(out, "dataset", overwrite=overwrite)
         plan = _plan(files, test_fraction, seed, source.unsafe)
         return _write(source, plan, out, size, max_pixels, progress, options, fingerprint)
     finally:
@@ -408,7 +438,6 @@ def _check_out(src: Path, out: Path) -> None:
         )
     if out_abs == src_abs:
         raise DatasetError(f"--out {out} is SRC itself; pick another folder")
-    check_out(out, "dataset")
 
 
 def _existing_dataset(out: Path) -> Dataset | None:

@@ -500,6 +500,7 @@ def synthesize(
     seed: int = 0,
     test_fraction: float = 0.2,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> Dataset:
     """Write ``n`` procedural landscapes (balanced over :data:`CLASSES`) as a dataset folder.
 
@@ -514,7 +515,8 @@ def synthesize(
         raise SynthError(f"seed must be a non-negative integer, got {seed!r}")
     if not 0 <= test_fraction < 1:
         raise SynthError(f"test_fraction must be in [0, 1), got {test_fraction!r}")
-    out_dir = check_out(out, "dataset")  # before any work: never replace what is not a dataset
+    # before any work: a dataset is replaced only with overwrite, anything else never
+    out_dir = check_out(out, "dataset", overwrite=overwrite)
     is_test = np.zeros(n, bool)
     is_test[split_test_indices(n, seed, test_fraction)] = True
     if is_test.all():

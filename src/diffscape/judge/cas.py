@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,7 +25,7 @@ from diffscape.imagefolder import load_sample_folder
 from diffscape.judge.cnn import CNNSettings, fit_cnn
 from diffscape.judge.data import VAL_FRACTION, JudgeError, map_class_names, stratified_holdout
 from diffscape.judge.score import confusion_matrix, per_class_accuracy
-from diffscape.layout import CAS_JSON, UNCONDITIONAL
+from diffscape.layout import CAS_JSON, UNCONDITIONAL, check_files_in
 
 
 def matched_real_subset(
@@ -104,11 +103,14 @@ def cas(
     settings: CNNSettings | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """CAS of ``samples_dir`` against ``dataset`` (``DIR`` or ``DIR:split``; scored on the test
     split by default, the real baseline drawn from train). Early stopping uses ``val_fraction`` of
     each training set (generated or real), never the test images. Writes cas.json into ``out``
-    (default ``samples_dir``) and returns what it holds."""
+    (default ``samples_dir``: a new file, or this program's with ``overwrite``) and returns what
+    it holds."""
+    out_dir = check_files_in(out or samples_dir, {CAS_JSON: "cas"}, overwrite=overwrite)
     settings = settings or CNNSettings()
     if not 0 < val_fraction < 1:
         raise JudgeError(f"--val-fraction must be in (0, 1), got {val_fraction}")
@@ -155,7 +157,7 @@ def cas(
         "val_fraction": val_fraction,
         "settings": asdict(settings),
     }
-    write_json(Path(out if out is not None else samples_dir) / CAS_JSON, result)
+    write_json(out_dir / CAS_JSON, result)
     return result
 
 

@@ -8,20 +8,28 @@ relative to it: a judge that gets 70% of real photos right cannot vouch for more
 
 from __future__ import annotations
 
+import io
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sklearn import metrics
 
-from diffscape.atomic import atomic_path, write_json
+from diffscape.atomic import write_bytes, write_json
 from diffscape.data.dataset import parse_dataset_spec
 from diffscape.imagefolder import load_sample_folder
 from diffscape.judge.data import JudgeError, map_class_names
 from diffscape.judge.store import load_judge
-from diffscape.layout import ACCURACY_JSON, CONFUSION_JSON, CONFUSION_PNG, UNCONDITIONAL
+from diffscape.layout import (
+    ACCURACY_JSON,
+    CONFUSION_JSON,
+    CONFUSION_PNG,
+    PNG_SOFTWARE,
+    UNCONDITIONAL,
+    check_files_in,
+)
 
+OUTPUTS = {ACCURACY_JSON: "accuracy", CONFUSION_JSON: "confusion", CONFUSION_PNG: "image"}
 VARIETY_MARGIN = 0.10  # warn when generated accuracy beats real accuracy by more than this
 
 
@@ -73,10 +81,14 @@ def score(
     samples_dir: str | os.PathLike[str],
     real: str | None = None,
     out: str | os.PathLike[str] | None = None,
+    *,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Classify every image of ``samples_dir`` (``<class>/<i>.png``) with the judge and compare
     with the class it was requested as. Writes accuracy.json, confusion.json and confusion.png
-    into ``out`` (default ``samples_dir``) and returns what accuracy.json holds."""
+    into ``out`` (default ``samples_dir``), each new or, with ``overwrite``, replacing this
+    program's own, and returns what accuracy.json holds."""
+    out_dir = check_files_in(out if out is not None else samples_dir, OUTPUTS, overwrite=overwrite)
     judge = load_judge(judge_dir)
     samples = load_sample_folder(samples_dir, size=judge.size)
     loose = sum(1 for c in samples.class_names if c in (None, UNCONDITIONAL))
@@ -107,17 +119,26 @@ def score(
         "columns": "predicted class",
         "matrix": matrix.tolist(),
     }
-    out_dir = Path(out) if out is not None else Path(samples_dir)
+    # The plot is drawn before any file is written: should drawing fail, no half-set is left.
+    title = f"{judge.kind} judge: {100 * accuracy:.1f}% of {len(y_true)} samples"
+    png = plot_confusion(matrix, judge.classes, title)
     write_json(out_dir / ACCURACY_JSON, result)
     write_json(out_dir / CONFUSION_JSON, confusion)
-    title = f"{judge.kind} judge: {100 * accuracy:.1f}% of {len(y_true)} samples"
-    plot_confusion(matrix, judge.classes, out_dir / CONFUSION_PNG, title)
+    write_bytes(out_dir / CONFUSION_PNG, png)
     return result
 
 
-def plot_confusion(matrix: np.ndarray, classes: list[str], path: Path, title: str) -> None:
-    """Counts in every cell, shaded by the row's fraction (so classes with fewer images read the
-    same); requested classes down, predicted classes across."""
+def plot_confusion(matrix: np.ndarray, classes: list[str], title: str) -> bytes:
+    """The confusion plot as PNG bytes: counts in every cell, shaded by the row's fraction (so
+    classes with fewer images read the same); requested classes down, predicted classes across.
+    Class names are user text, drawn as written: a "$" starts no mathtext."""
+    import matplotlib
+
+    with matplotlib.rc_context({"text.parse_math": False}):
+        return _draw_confusion(matrix, classes, title)
+
+
+def _draw_confusion(matrix: np.ndarray, classes: list[str], title: str) -> bytes:
     from matplotlib.figure import Figure  # no pyplot: no global figure state, no GUI backend
 
     k = len(classes)
@@ -141,8 +162,9 @@ def plot_confusion(matrix: np.ndarray, classes: list[str], path: Path, title: st
                 j, i, str(matrix[i, j]), ha="center", va="center", color=color, fontsize=fontsize
             )
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=120, format="png", metadata={"Software": PNG_SOFTWARE})
+    return buf.getvalue()
 
 
 def format_score(result: dict[str, Any]) -> str:

@@ -78,10 +78,10 @@ class CNNJudge:
         return predict(self.net, self.mean, self.std, resize_images(images, self.size))
 
 
-def publish(tmp: Path, out: Path) -> None:
+def publish(tmp: Path, out: Path, overwrite: bool = False) -> None:
     """Move a finished judge folder into place, replacing an old one only once this is complete
-    (and only if it still is a judge: the folder may have changed while training)."""
-    publish_dir(tmp, check_out(out, "judge"))
+    (and only if the rule still allows it: the folder may have changed while training)."""
+    publish_dir(tmp, check_out(out, "judge", overwrite=overwrite))
 
 
 def write_svc_judge(tmp: Path, model: SVC | Pipeline, info: dict[str, Any]) -> None:

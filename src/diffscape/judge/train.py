@@ -58,6 +58,7 @@ def train_judge(
     cnn: CNNSettings | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    overwrite: bool = False,
 ) -> JudgeResult:
     """Train a judge of ``kind`` on ``dataset`` (resized to ``size``, default its own) into ``out``.
 
@@ -82,7 +83,7 @@ def train_judge(
         )
     if not 1 <= size <= MAX_SIZE:
         raise JudgeError(f"--size must be 1 to {MAX_SIZE} pixels, got {size}")
-    out = check_out(out, "judge")  # before training, not after
+    out = check_out(out, "judge", overwrite=overwrite)  # before training, not after
     settings = svc if kind == "svc" else cnn
     # The SVC works on float32 features, which scikit-learn copies to float64: 12 bytes a value.
     extra = 12 if kind == "svc" else 0
@@ -117,7 +118,7 @@ def train_judge(
     tmp = tmp_dir_beside(out)
     try:
         save(tmp, info)
-        publish(tmp, out)
+        publish(tmp, out, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -40,6 +40,7 @@ from diffscape.metrics.features import (
     FeatureExtractor,
     InceptionExtractor,
     cache_dir,
+    check_cache_dir,
     check_resize,
     dataset_features,
     describe_plan,
@@ -96,21 +97,43 @@ class EvalSettings:
         _check_int("fid64_n", self.fid64_n, 2, "FID needs at least 2 images on each side")
         near = self.near_copy
         if isinstance(near, bool) or not isinstance(near, int | float) or not 0 < near <= 10:
-            raise DiffscapeError(f"near_copy = {near!r}: must be a number in (0, 10]")
+            raise SettingError("near_copy", f"{near!r}: must be a number in (0, 10]")
         _check_int("n", self.n, 2, "FID and KID need at least 2 generated images", optional=True)
         _check_int("n_real", self.n_real, 2, "FID and KID need at least 2 real images", True)
         _check_int("bootstrap", self.bootstrap, 0, "0 turns it off")
         if self.bootstrap > MAX_BOOTSTRAP:
-            raise DiffscapeError(f"bootstrap {self.bootstrap}: at most {MAX_BOOTSTRAP} resamples")
+            raise SettingError("bootstrap", f"{self.bootstrap}: at most {MAX_BOOTSTRAP} resamples")
         _check_int("seed", self.seed, 0, "seeds are 0 or more")
         _check_int("batch", self.batch, 1, "at least one image per network call")
+
+
+class SettingError(DiffscapeError):
+    """A bad :class:`EvalSettings` value, named by its field (``n = 0: ...``); ``field`` and
+    ``detail`` let a command name its own flag instead (``--n 0: ...``)."""
+
+    def __init__(self, field: str, detail: str) -> None:
+        super().__init__(f"{field} = {detail}")
+        self.field, self.detail = field, detail
 
 
 def _check_int(name: str, value: object, low: int, why: str, optional: bool = False) -> None:
     if value is None and optional:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise DiffscapeError(f"{name} = {value!r}: must be an integer >= {low} ({why})")
+        raise SettingError(name, f"{value!r}: must be an integer >= {low} ({why})")
+
+
+def settings_for_command(**values: Any) -> EvalSettings:
+    """:class:`EvalSettings` for ``diffscape evaluate``, whose flags are the fields' names with
+    dashes: a bad value is named by the flag the user typed (``--n-real``, not ``n_real``), and
+    an unusable feature cache is refused now, before a run is sampled or an image embedded."""
+    try:
+        settings = EvalSettings(**values)
+    except SettingError as e:
+        raise DiffscapeError(f"--{e.field.replace('_', '-')} {e.detail}") from None
+    if settings.use_cache:
+        check_cache_dir()
+    return settings
 
 
 def default_n(device: torch.device | str | None = None) -> tuple[int, str]:
@@ -227,6 +250,10 @@ class _Plan:
 
 
 def plan_images(real: Side, fake: Side, n: int, settings: EvalSettings) -> _Plan:
+    """Which images are scored; refused here, before anything is embedded: fewer than 2 on a
+    side, or a feature cache that could not take the features."""
+    if settings.use_cache:
+        check_cache_dir()
     real_total, fake_total = _count(real), _count(fake)
     plan = _Plan(
         real_idx=_subset(real_total, settings.n_real, settings.seed),

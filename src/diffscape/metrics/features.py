@@ -212,6 +212,31 @@ def cache_dir() -> Path:
     return cache_root() / "features"
 
 
+class CacheError(DiffscapeError):
+    """The feature cache cannot be used; the message says what to do."""
+
+
+def check_cache_dir() -> Path:
+    """The feature cache folder, if it is one or can be made and can be written; otherwise a
+    CacheError naming it, raised before minutes of embedding (whose features could then not be
+    stored). Creates nothing: the nearest existing folder on the way decides."""
+    path = cache_dir()
+    existing = next(p for p in (path, *path.parents) if p.exists() or p.is_symlink())
+    if not existing.is_dir():
+        why = f"{existing} is not a folder"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        why = f"{existing} cannot be written"
+    else:
+        return path
+    if os.environ.get(ENV_CACHE):
+        source, todo = f"${ENV_CACHE}", f"unset {ENV_CACHE} or point it at a writable folder"
+    else:
+        source, todo = "the default", f"set {ENV_CACHE} to a writable folder"
+    raise CacheError(
+        f"the feature cache {path} ({source}) cannot be used: {why}; {todo}, or pass --no-cache"
+    )
+
+
 def indices_digest(indices: np.ndarray | None, n_total: int) -> str:
     """Which images of the split were embedded: "all" or a hash of the index list."""
     if indices is None:

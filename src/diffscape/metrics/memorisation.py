@@ -36,8 +36,6 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from diffscape import atomic
-
 NEAR_COPY = 0.5  # ratio below which a generated image counts as a near-copy
 MAX_PAIRS = 8  # closest pairs kept in the record (and drawn)
 MEDIAN_PROBE = 1000  # training images whose nearest-neighbour distance gives the typical one
@@ -252,7 +250,6 @@ def save_pairs_png(
         draw.text((x, y), f"{where} r={ratio:.2f}{' COPY' if near else ''}",
                   fill="red" if near else "black")  # fmt: skip
         draw.text((x, y + LABEL), f"#{fi} | #{ti}", fill="black")
-    out = Path(path)
-    with atomic.atomic_path(out) as tmp:
-        sheet.save(tmp, format="PNG")
-    return out
+    from diffscape.imagefolder import save_image
+
+    return save_image(sheet, path)

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from diffscape import atomic, layout
-from diffscape.errors import DiffscapeError
 from diffscape.report.rows import Collection, Row, collect
 from diffscape.report.table import write_csv
 
@@ -28,9 +27,11 @@ def build_report(
     *,
     title: str | None = None,
     csv: bool = True,
+    overwrite: bool = False,
 ) -> Path:
     """Write the report page for ``runs`` (a sweep folder, a run folder, a folder of run folders,
     or a list of these) to ``out_html``, and ``results.csv`` beside it; returns the page's path.
+    Each is new, or a page or table of this program's replaced with ``overwrite``.
     """
     from dataclasses import replace
 
@@ -38,12 +39,12 @@ def build_report(
     from diffscape.report.plots import all_plots
 
     paths = [Path(runs)] if isinstance(runs, str | os.PathLike) else [Path(p) for p in runs]
+    out = layout.check_out(out_html, "html", overwrite=overwrite)
+    if csv:
+        layout.check_out(out.with_name(CSV_NAME), "csv", overwrite=overwrite)
     coll = collect(paths)
     if title:
         coll = replace(coll, title=title)
-    out = Path(out_html)
-    if out.is_dir():
-        raise DiffscapeError(f"{out} is a folder; give the report's file name ({out}/report.html)")
     csv_name = None
     if csv:
         write_csv(coll.rows, out.with_name(CSV_NAME))

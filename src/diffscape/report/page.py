@@ -543,6 +543,7 @@ PAGE = """<!doctype html>
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="generator" content="diffscape">
 <title>{title}</title>
 <style>{css}</style>
 </head>

@@ -101,9 +101,23 @@ def write_csv(rows: list[Row], path: Path) -> Path:
     for rec, row in zip(records, rows, strict=True):
         for k in changed:
             rec[k] = row.changes.get(k)
-    fields = list(records[0]) if records else ["name"]
+    # Every row's columns (rows with a further judge have its accuracy column), in order.
+    fields = list(dict.fromkeys(k for rec in records for k in rec)) or ["name"]
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(records)
+        w = csv.writer(f)
+        w.writerow([csv_cell(k) for k in fields])
+        w.writerows([csv_cell(rec.get(k)) for k in fields] for rec in records)
     return path
+
+
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP, CSV injection).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """``value`` as results.csv writes it: text that a spreadsheet would run as a formula (a run
+    or class name such as ``=1+2``) gets a leading ``'``, which shows it as text; numbers, even
+    negative ones, and None (an empty cell) stay as they are."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value

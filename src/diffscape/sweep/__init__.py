@@ -43,6 +43,11 @@ A sweep file (TOML; shipped ones in ``diffscape/sweeps/``, by name)::
     kind = "svc"                      #   or path = "judges/x"; enabled = false: skip
     also = ["svc"]                    # further judges, once each into RUNS/_judge-<kind>
 
+A sweep expands to at most 1000 runs (trainings x samplings x seeds, counted before anything is
+expanded). Run names become folders (unsafe characters made ``-``); names the sweep folder uses
+itself (``sweep.json``, ``report.html``, ``_judge``, any name starting with ``_``), names over
+200 bytes and names equal but for case are refused, ``--dry-run`` included.
+
 Output folder::
 
     RUNS/sweep.json                   the sweep as planned (the report's base config, run list)
@@ -86,6 +91,8 @@ from diffscape.sweep.runner import (
 )
 from diffscape.sweep.spec import (
     BASE_RUN_NAME,
+    MAX_RUNS,
+    RESERVED_NAMES,
     TOP_KEYS,
     EvaluateSettings,
     JudgeSettings,
@@ -112,7 +119,9 @@ __all__ = [
     "DEFAULT_SYNTH_N",
     "EvaluateSettings",
     "JudgeSettings",
+    "MAX_RUNS",
     "PlannedRun",
+    "RESERVED_NAMES",
     "SampleSettings",
     "SweepError",
     "SweepSpec",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, replace
 from typing import Any
 
+from diffscape import layout
 from diffscape.config import ConfigError, RunConfig, parse_section, resolve
 from diffscape.pipeline import RunSpec
 from diffscape.sweep.spec import (
@@ -12,6 +13,7 @@ from diffscape.sweep.spec import (
     JudgeSettings,
     SweepError,
     SweepSpec,
+    folder_problem,
 )
 
 # ---- the plan: (training, sampling) pairs --------------------------------------------------------
@@ -62,6 +64,24 @@ def replicate_folder(training: str, seed: int) -> str:
     return f"{training}-seed{seed}"
 
 
+def check_folders(spec: SweepSpec) -> None:
+    """Refuse, before anything runs (``--dry-run`` too), a training run whose folder the sweep
+    folder cannot hold (its own files' names, ``_`` names, too long), and a sampling whose
+    folder name is too long; otherwise they would fail late, or write into the shared judge."""
+    problems = []
+    for t in spec.trainings:
+        folders = [t.name] + [replicate_folder(t.name, seed) for seed in spec.seeds or ()]
+        why = next((w for f in folders if (w := folder_problem(f)) is not None), None)
+        if why is not None:
+            problems.append(f"run {t.name}: {why}")
+    for s in spec.samplings:
+        if len(s.name.encode("utf-8")) > layout.MAX_NAME_BYTES:
+            problems.append(f"sampling {s.name}: longer than {layout.MAX_NAME_BYTES} bytes")
+    if problems:
+        them = "it" if len(problems) == 1 else "them"
+        raise SweepError(f"{spec.source}: {'; '.join(problems)}; rename {them}")
+
+
 def _sample_for(spec: SweepSpec, changes: dict[str, Any], cfg: RunConfig) -> tuple[Any, dict]:
     sample = parse_section("sample", {**asdict(spec.sample), **changes})
     changes = {f"sample.{k}": v for k, v in changes.items()}
@@ -76,6 +96,7 @@ def plan(spec: SweepSpec) -> list[PlannedRun]:
     """Every run of the sweep, its config resolved and validated up front, so that a typo in
     the last run stops the sweep before hours are spent on the first. With ``seeds``, every
     setting once per seed (train.seed and sample.seed both the seed), seed after seed."""
+    check_folders(spec)
     runs = []
     errors = []
     names = iter(setting_names(spec))

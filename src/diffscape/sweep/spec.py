@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import math
 import os
 import re
 import tomllib
@@ -17,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from diffscape import layout
 from diffscape.config import (
     ALL_SECTIONS,
     SEED_MAX,
@@ -71,6 +73,16 @@ TOP_KEYS = (
     "judge", "seeds", "baseline",
 )  # fmt: skip
 MAX_SEEDS = 100
+# Runs of one sweep file (trainings x samplings x seeds), counted before a grid is expanded: a
+# 1000 x 1000 grid would otherwise take minutes and hundreds of MB to list, let alone to run.
+MAX_RUNS = 1000
+# What a sweep folder holds besides its training runs: a run by one of these names would write
+# into the shared data, judge or floor, or be overwritten by the sweep's own files.
+RESERVED_NAMES = (
+    layout.SWEEP_JSON, layout.SWEEP_DATA, layout.SWEEP_JUDGE, layout.SWEEP_FLOOR,
+    layout.SWEEP_LOGS, layout.REPORT_HTML, layout.REPORT_JSON, layout.RESULTS_CSV,
+    layout.SUMMARY_JSON, layout.LOCK,
+)  # fmt: skip
 
 
 def shipped_sweeps() -> dict[str, str]:
@@ -116,6 +128,7 @@ def parse_sweep(data: dict[str, Any], source: str, root: Path) -> SweepSpec:
         )
     if "grid" in data and "runs" in data:
         raise SweepError(f"{source}: give either [grid] or [[runs]], not both")
+    check_size(data, source)
     raw = copy.deepcopy(data)
     dataset = data.get("dataset")
     if dataset is not None:
@@ -166,6 +179,55 @@ def parse_sweep(data: dict[str, Any], source: str, root: Path) -> SweepSpec:
     if spec.seeds is not None:
         _check_no_seed_settings(spec)
     return spec
+
+
+def _axes(table: Any, where: str | None) -> list[tuple[int, str]]:
+    """(number of values, key) of each axis of a grid table (its nested tables flattened when
+    ``where`` is given); a value that is not a list counts as one (refused when expanded)."""
+    if not isinstance(table, dict):
+        return []
+    axes = flatten_overrides(table, where) if where is not None else table
+    return [(len(v) if isinstance(v, list) else 1, k) for k, v in axes.items()]
+
+
+def check_size(data: dict[str, Any], source: str) -> None:
+    """Refuse a sweep of more than :data:`MAX_RUNS` runs from the lengths of its lists alone,
+    before anything is expanded."""
+    factors = _axes(data.get("grid"), f"{source} [grid]")
+    if isinstance(data.get("runs"), list):
+        factors.append((len(data["runs"]), "[[runs]]"))
+    sample = data.get("sample") if isinstance(data.get("sample"), dict) else {}
+    grid = sample.get("grid")
+    factors += [(n, f"sample.{k}") for n, k in _axes(grid, None)]
+    if isinstance(sample.get("runs"), list):
+        factors.append((len(sample["runs"]), "[[sample.runs]]"))
+    if isinstance(data.get("seeds"), list):
+        factors.append((len(data["seeds"]), "seeds"))
+    total = math.prod(n for n, _ in factors)
+    if total > MAX_RUNS:
+        parts = " x ".join(f"{n} {what}" for n, what in factors)
+        raise SweepError(
+            f"{source}: the sweep expands to {total} runs ({parts}); the limit is {MAX_RUNS}: "
+            "split it into several sweep files"
+        )
+
+
+def folder_problem(name: str) -> str | None:
+    """Why a training run called ``name`` cannot have a folder of its own in the sweep folder
+    (checked on the name after :func:`safe_name`), or None."""
+    # Compared regardless of case: "Report.HTML" is report.html on macOS and Windows.
+    reserved = next((n for n in RESERVED_NAMES if n.casefold() == name.casefold()), None)
+    if reserved is not None:
+        return f"it names the sweep folder's own {reserved}"
+    if name.startswith(("_", ".")):
+        return (
+            "names starting with '_' or '.' are kept for the sweep folder's own "
+            f"({layout.SWEEP_DATA}, {layout.SWEEP_JUDGE}, {layout.SWEEP_FLOOR})"
+        )
+    size = len(name.encode("utf-8"))
+    if size > layout.MAX_NAME_BYTES:
+        return f"its folder name is {size} bytes long; at most {layout.MAX_NAME_BYTES} bytes"
+    return None
 
 
 def parse_seeds(value: Any, source: str) -> tuple[int, ...] | None:
@@ -257,8 +319,12 @@ def changes_name(changes: dict[str, Any]) -> str:
 
 
 def _unique(variants: list[Variant], where: str) -> tuple[Variant, ...]:
-    names = [v.name for v in variants]
-    dupes = sorted({n for n in names if names.count(n) > 1})
+    """The variants, if no two share a folder: names are compared after :func:`safe_name` and
+    regardless of case (one folder on macOS and Windows)."""
+    folders: dict[str, list[str]] = {}
+    for v in variants:
+        folders.setdefault(v.name.casefold(), []).append(v.name)
+    dupes = [" and ".join(names) for names in folders.values() if len(names) > 1]
     if dupes:
         raise SweepError(f"{where}: two runs would share the name {', '.join(dupes)}; name them")
     return tuple(variants)
