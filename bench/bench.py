@@ -17,8 +17,8 @@ Parts (``--parts``, comma-separated; default conv,train,sample,eval,study):
   e2e      the real train() (Accelerate loop) with the old and the new `small` settings
   quality  loss curves of train(): fp32 seed 0, fp32 seed 1 (the noise), fast seed 0
 
-Training rows (``--train-rows``): "fp32 baseline" and "fast" (default), "eager" (train.py's step
-before issue 17: memmap batches gathered on the host, the guard's host sync every step, fused
+Training rows (``--train-rows``): "fp32 baseline" and "fast" (default), "eager" (the training
+step before issue 17: memmap batches gathered on the host, the guard's host sync every step, fused
 AdamW) and "new step" (the split on the device, the guard decided there: no host sync).
 
 FLOPs are counted with torch.utils.flop_counter.FlopCounterMode over one fwd+bwd (train) or one
@@ -54,16 +54,16 @@ CLASSES = 5  # the benched networks are conditional, as with labelled data
 GUIDED = 3.0  # guidance weight of the guided sampling rows (any w not in {0, 1} batches 2x)
 FULL_STEPS = {"ddim": 50, "dpm": 20}  # ddpm runs its T steps (diffusion.timesteps)
 
-# Training settings, each row timing diffscape.train.train_step (the step train() runs) with the
-# preset's loss, LR and EMA settings. BASELINE is the straightforward loop: fp32, NCHW, torch's
+# Training settings, each row timing diffscape.train.step.train_step (the step train() runs) with
+# the preset's loss, LR and EMA settings. BASELINE is the straightforward loop: fp32, NCHW, torch's
 # default (for-loop) AdamW, EMA by a loop over parameters, a host sync every step, diffusers'
-# attention processor, no compile. FAST is what train.py does with precision=bf16 and
+# attention processor, no compile. FAST is what train() does with precision=bf16 and
 # channels_last=true (the `small` preset after this study): fused AdamW, foreach EMA, the guard
-# decided on the device and the data where train.data_on_device=auto puts it, as in train.py.
+# decided on the device and the data where train.data_on_device=auto puts it, as in train().
 BASELINE = {
     "precision": "fp32",
     "channels_last": False,
-    "optimizer": "loop",  # loop | foreach | fused | auto (as train.py: fused)
+    "optimizer": "loop",  # loop | foreach | fused | auto (as train(): fused)
     "ema": "loop",  # loop | foreach | off
     # the NaN guard: True = read on the host before the update (a sync per step); False = decided
     # on the device (fused AdamW's found_inf), or no guard for an optimizer that cannot do that
@@ -84,8 +84,8 @@ FAST = {
     "data": "auto",
     "attention": "fp32",
 }
-# Issue 17: train.py's step before (batches gathered on the host from the memmap and copied, the
-# guard's host sync every step; fused AdamW, as train.py used on CUDA already) and after.
+# Issue 17: the training step before (batches gathered on the host from the memmap and copied, the
+# guard's host sync every step; fused AdamW, as train() used on CUDA already) and after.
 EAGER = {**BASELINE, "optimizer": "fused", "ema": "foreach"}
 NEW_STEP = {**EAGER, "data": "device", "sync": False}
 TRAIN_ROWS = {"fp32 baseline": BASELINE, "fast": FAST, "eager": EAGER, "new step": NEW_STEP}
@@ -151,7 +151,7 @@ def child_flops(spec: dict) -> dict:
     import torch.nn.functional as F
     from torch.utils.flop_counter import FlopCounterMode
 
-    from diffscape.model import build_unet, count_parameters
+    from diffscape.model.unet import build_unet, count_parameters
 
     cfg, dev = _cfg(spec["preset"]), spec["device"]
     b, s = 2, cfg.model.image_size
@@ -232,21 +232,16 @@ def _memmap_data(n: int, size: int, folder: str):  # noqa: ANN202
 
 
 def child_train(spec: dict) -> dict:
-    """train.py's own step (``diffscape.train.train_step``), with each optimisation switchable:
-    the settings that are config fields go through the config, the rest through StepParts."""
+    """The training's own step (``diffscape.train.step.train_step``), with each optimisation
+    switchable: the settings that are config fields go through the config, the rest through
+    StepParts."""
     import torch
 
     from diffscape.checkpoint import TrainingState
     from diffscape.data.source import DeviceSource, HostSource
-    from diffscape.model import set_attention_processor
-    from diffscape.train import (
-        build_model,
-        ema_decay_at,
-        make_accelerator,
-        skips_on_device,
-        step_parts,
-        train_step,
-    )
+    from diffscape.model.unet import set_attention_processor
+    from diffscape.train.setup import build_model, make_accelerator, step_parts
+    from diffscape.train.step import ema_decay_at, skips_on_device, train_step
 
     dev, sync, b = spec["device"], _sync_fn(spec["device"]), spec["batch"]
     data_kind = (
@@ -329,9 +324,9 @@ def child_sample(spec: dict) -> dict:
     """Seconds per sampler step of sample.denoise (its real loop) at one batch and guidance."""
     import torch
 
-    from diffscape import sample
     from diffscape.config import with_changes
-    from diffscape.model import build_unet
+    from diffscape.model.unet import build_unet
+    from diffscape.sample import generate as sample
 
     dev, sync = spec["device"], _sync_fn(spec["device"])
     cfg = _cfg(spec["preset"])

@@ -35,7 +35,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from diffscape.data.dataset import load_dataset
-    from diffscape.imagefolder import SampleSet
+    from diffscape.data.imagefolder import SampleSet
     from diffscape.metrics.evaluate import EvalSettings, evaluate
     from diffscape.metrics.features import InceptionExtractor
     from diffscape.metrics.weights import resolve_inception_weights

@@ -30,7 +30,7 @@ def one(preset: str, precision: str, batch: int | None, steps: int, warmup: int)
     import resource
 
     from diffscape import config
-    from diffscape.model import build_unet, count_parameters
+    from diffscape.model.unet import build_unet, count_parameters
     from diffscape.train import measure_train_speed
 
     over = ["model.conditional=true", "model.num_classes=5", f"train.precision={precision}"]

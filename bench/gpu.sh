@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 17 on a CUDA device, as one prepared script that fits in 15 minutes of device time with
-# the machine's start-up: train.py's step before ("eager": memmap batches gathered on the host,
+# the machine's start-up: the training step before ("eager": memmap batches gathered on the host,
 # the non-finite guard's host sync every step, fused AdamW) against the new step (the split held
 # on the GPU and gathered there, the guard decided on the device), for tiny/small/base at 32 px
 # and base64 at 64 px: img/s and % of the bf16 conv ceiling measured in the same run; then what

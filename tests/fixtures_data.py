@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diffscape.atomic import tmp_dir_beside
+from diffscape.core.atomic import tmp_dir_beside
 from diffscape.data.dataset import Dataset, SplitWriter, write_manifest_and_publish
 
 

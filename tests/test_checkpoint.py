@@ -16,8 +16,10 @@ import pytest
 import torch
 from fixtures_data import colour_dataset
 
-from diffscape import checkpoint, config, layout
+from diffscape import checkpoint, config
+from diffscape.checkpoint import verify
 from diffscape.cli import main
+from diffscape.core import layout
 from diffscape.train import train
 
 TINY = [
@@ -32,7 +34,7 @@ TINY = [
     "train.checkpoint_every_steps=2",
     "train.keep_last=2",
 ]
-MODEL_WEIGHTS = f"{layout.MODEL_DIR}/{checkpoint.WEIGHTS}"
+MODEL_WEIGHTS = f"{layout.MODEL_DIR}/{verify.WEIGHTS}"
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +87,7 @@ def test_marker_lists_every_file_with_size_and_sha256(run):
         for p in folder.rglob("*")
         if p.is_file() and p.name != layout.COMPLETE
     }
-    assert set(marker["files"]) == set(on_disk) and set(checkpoint.REQUIRED) <= set(on_disk)
+    assert set(marker["files"]) == set(on_disk) and set(verify.REQUIRED) <= set(on_disk)
     for name, path in on_disk.items():
         data = path.read_bytes()
         assert marker["files"][name] == {
@@ -203,21 +205,21 @@ def test_legacy_marker_loads_and_is_checked(run, tmp_path, capsys):
     assert checkpoint.checkpoint_problem(ckpt(run, 4)) is None
     code, err = cli(capsys, "sample", run, "--out", tmp_path / "s", "--n", "2", "--steps", "2")
     assert code == 0 and "damaged" not in err, err
-    truncate(ckpt(run, 4) / f"{layout.EMA_DIR}/{checkpoint.WEIGHTS}")
+    truncate(ckpt(run, 4) / f"{layout.EMA_DIR}/{verify.WEIGHTS}")
     assert checkpoint.latest_checkpoint(run) == ckpt(run, 2)
     assert "that its header describes" in capsys.readouterr().err
 
 
 def test_each_file_is_read_once(run, monkeypatch):
     reads: list[Path] = []
-    real = checkpoint._read_file
+    real = verify._read_file
 
     def counting(path, **kw):
         reads.append(path)
         return real(path, **kw)
 
-    monkeypatch.setattr(checkpoint, "_read_file", counting)
-    checkpoint._verify.cache_clear()
+    monkeypatch.setattr(verify, "_read_file", counting)
+    verify._verify.cache_clear()
     latest = checkpoint.latest_checkpoint(run)
     n_files = len(json.loads((latest / layout.COMPLETE).read_text())["files"])
     assert len(reads) == len(set(reads)) == n_files
@@ -231,7 +233,7 @@ def test_leftovers_of_dead_savers_are_removed(run):
     folder = run / layout.CHECKPOINTS
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    from diffscape.atomic import tmp_name
+    from diffscape.core.atomic import tmp_name
 
     dead_tmp = folder / f".step-0000006{layout.TMP_INFIX}{dead.pid}"
     legacy_tmp = folder / ".tmp-step-0000008"  # written before PID tags

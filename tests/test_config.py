@@ -252,7 +252,7 @@ def test_sweep_spec_uses_the_config_engine(tmp_path):
 def test_sampler_names_come_from_one_place():
     import typing
 
-    from diffscape import diffusion
+    from diffscape.model import diffusion
 
     hints = typing.get_type_hints(config.SampleSettings)
     assert (

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from fixtures_data import assert_refused
 
-from diffscape.atomic import tmp_dir_beside
+from diffscape.core.atomic import tmp_dir_beside
+from diffscape.core.layout import MANIFEST, images_file, labels_file
 from diffscape.data.dataset import (
     Dataset,
     DatasetError,
@@ -19,7 +20,6 @@ from diffscape.data.dataset import (
     write_manifest_and_publish,
 )
 from diffscape.data.show import labelled_rows_image, show_dataset
-from diffscape.layout import MANIFEST, images_file, labels_file
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
 

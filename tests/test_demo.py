@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from diffscape import layout
 from diffscape.config import EvaluateSettings, SampleSettings
-from diffscape.demo import STAGES, DemoSettings, run_demo
-from diffscape.errors import DiffscapeError
+from diffscape.core import layout
+from diffscape.core.errors import DiffscapeError
+from diffscape.study.demo import STAGES, DemoSettings, run_demo
 
 SHORT = DemoSettings(
     minutes=0.05,
@@ -49,7 +49,7 @@ def test_short_demo_completes_and_writes_report(tmp_path, monkeypatch):
 
     # run again: nothing is redone, and each stage says so; the training budget computed the
     # first time is kept (a new one, here forced to differ, would make the training stale)
-    monkeypatch.setattr("diffscape.demo.training_minutes", lambda *_: 0.75)
+    monkeypatch.setattr("diffscape.study.demo.training_minutes", lambda *_: 0.75)
     again = []
     second = run_demo(out, SHORT, say=again.append, progress=False)
     stage_lines = [x for x in again if x.startswith("[")]
@@ -96,13 +96,13 @@ def test_bad_settings_are_refused_before_anything_is_written(tmp_path, change, m
 
 
 def test_training_gets_what_the_budget_leaves():
-    from diffscape.demo import (
+    from diffscape.study.demo import (
         MIN_TRAIN_MINUTES,
         after_training_seconds,
         inception_rate,
         training_minutes,
     )
-    from diffscape.results import Floor
+    from diffscape.study.results import Floor
 
     s = DemoSettings(minutes=9.0)
     after = after_training_seconds(s, classes=5, inception_rate=3.5)

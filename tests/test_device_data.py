@@ -103,12 +103,14 @@ def test_resume_with_another_generator_kind_continues_with_a_note(
 ):
     """A checkpoint whose step generator is of another device (as when "auto" picks otherwise
     on a GPU): training goes on from a fresh seed, with the same data order, and says so."""
-    import diffscape.train as tr
+    import diffscape.train.resume as train_resume
 
     run = tmp_path / "r"
     train(cfg("train.steps=2"), ds.root, run, progress=False)
-    real = tr.gen_state_key
-    monkeypatch.setattr(tr, "gen_state_key", lambda gen, rank: "gen_cuda" + real(gen, rank)[3:])
+    real = train_resume.gen_state_key
+    monkeypatch.setattr(
+        train_resume, "gen_state_key", lambda gen, rank: "gen_cuda" + real(gen, rank)[3:]
+    )
     r = train(cfg("train.steps=4"), ds.root, run, progress=False)
     assert r.steps == 4 and all(np.isfinite(losses(run)))
     assert "holds the step generator of another device" in capsys.readouterr().err

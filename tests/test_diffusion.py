@@ -5,8 +5,9 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from diffscape import config, diffusion
-from diffscape.errors import DiffscapeError
+from diffscape import config
+from diffscape.core.errors import DiffscapeError
+from diffscape.model import diffusion
 
 
 def _d(**kw):

@@ -40,8 +40,9 @@ import pytest
 from fixtures_data import colour_dataset
 from PIL import Image
 
-from diffscape import cli, layout
-from diffscape.errors import DiffscapeError
+from diffscape import cli
+from diffscape.core import layout
+from diffscape.core.errors import DiffscapeError
 
 ALL_PROCESSES = os.environ.get("DIFFSCAPE_HOSTILE_PROCESSES", "") not in ("", "0")
 ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
@@ -175,7 +176,7 @@ class Ctx:
         code = textwrap.dedent(
             f"""
             import sys, time
-            from diffscape import lock
+            from diffscape.core import lock
             with lock.{how}(sys.argv[1], "folder"):
                 print("held", flush=True)
                 time.sleep(600)
@@ -404,7 +405,7 @@ def held(how: str, folder: Callable[[Ctx], Path]) -> Callable[[Ctx], Path]:
 
 def locked_partial(c: Ctx) -> Path:
     """--out, whose images another sampler is making (it holds the partial folder's lock)."""
-    from diffscape.sample import partial_dir
+    from diffscape.sample.folder import partial_dir
 
     c.hold(partial_dir(c.out), "hold")
     return c.out
@@ -625,18 +626,18 @@ def nothing_left_on_the_disk(c: Ctx, r: Result) -> None:
 
 def pruned_while_read(c: Ctx) -> Path:
     """A copy of the run whose latest checkpoint a trainer deletes as sample reads it."""
-    import diffscape.sample as sample_module
+    import diffscape.sample.load as sample_load
 
     run = c.copy("run")
-    real = sample_module.load_unet
+    real = sample_load.load_unet
 
     def load_then_gone(folder: Path, *args: object, **kwargs: object) -> object:
         if folder.parent.name == layout.checkpoint_name(4) and folder.parent.exists():
             shutil.rmtree(folder.parent)  # the trainer pruned it
         return real(folder, *args, **kwargs)
 
-    sample_module.load_unet = load_then_gone
-    c.undo.append(lambda: setattr(sample_module, "load_unet", real))
+    sample_load.load_unet = load_then_gone
+    c.undo.append(lambda: setattr(sample_load, "load_unet", real))
     return run
 
 

@@ -20,16 +20,12 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.svm import SVC, SVR
 
-from diffscape.atomic import tmp_dir_beside
 from diffscape.cli import main
-from diffscape.data.dataset import (
-    Dataset,
-    SplitWriter,
-    write_manifest_and_publish,
-)
+from diffscape.core.atomic import tmp_dir_beside
+from diffscape.core.errors import DiffscapeError
+from diffscape.data.dataset import Dataset, SplitWriter, write_manifest_and_publish
+from diffscape.data.imagefolder import save_png
 from diffscape.data.synth import synthesize
-from diffscape.errors import DiffscapeError
-from diffscape.imagefolder import save_png
 from diffscape.judge import CNNSettings, SVCSettings, load_judge, score, train_judge
 from diffscape.judge.cnn import CNNConfig, SmallCNN, logits
 from diffscape.judge.data import JudgeError, stratified_holdout

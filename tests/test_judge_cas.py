@@ -10,10 +10,10 @@ import pytest
 from fixtures_data import assert_refused, colour_dataset
 
 from diffscape.cli import main
+from diffscape.core.errors import DiffscapeError
 from diffscape.data.dataset import Dataset
+from diffscape.data.imagefolder import save_png
 from diffscape.data.synth import synthesize
-from diffscape.errors import DiffscapeError
-from diffscape.imagefolder import save_png
 from diffscape.judge import CNNSettings, cas
 from diffscape.judge.cas import format_cas, matched_real_subset
 

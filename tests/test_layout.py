@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from diffscape import atomic, layout, lock
-from diffscape.errors import DiffscapeError
+from diffscape.core import atomic, layout, lock
+from diffscape.core.errors import DiffscapeError
 
 
 def digest(root: Path) -> str:
@@ -160,7 +160,7 @@ def test_safe_component_refuses_bad_names(name):
 HOLDER = textwrap.dedent(
     """
     import sys, time
-    from diffscape import lock
+    from diffscape.core import lock
     how, folder = sys.argv[1], sys.argv[2]
     with lock.hold(folder, "run folder"):
         print("held", flush=True)

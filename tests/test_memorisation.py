@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 from test_metrics_evaluate import TinyExtractor
 
-from diffscape import layout
+from diffscape.core import layout
 from diffscape.data.dataset import SplitWriter, make_tmp_dir, write_manifest_and_publish
-from diffscape.imagefolder import load_sample_folder, save_png
+from diffscape.data.imagefolder import load_sample_folder, save_png
 from diffscape.metrics import evaluate as E
 from diffscape.metrics import memorisation as M
 

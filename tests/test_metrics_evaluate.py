@@ -19,14 +19,14 @@ import torch
 from torch import nn
 
 from diffscape.cli import main
+from diffscape.core.errors import DiffscapeError
 from diffscape.data.dataset import (
     SplitWriter,
     load_dataset,
     make_tmp_dir,
     write_manifest_and_publish,
 )
-from diffscape.errors import DiffscapeError
-from diffscape.imagefolder import load_sample_folder, save_png
+from diffscape.data.imagefolder import load_sample_folder, save_png
 from diffscape.metrics import evaluate as E
 from diffscape.metrics import weights as W
 from diffscape.metrics.features import dataset_features, embed_images

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffscape.errors import DiffscapeError
+from diffscape.core.errors import DiffscapeError
 from diffscape.metrics import weights as W
 
 

@@ -6,9 +6,10 @@ import torch
 from diffusers import UNet2DModel
 from torch import nn
 
-from diffscape import config, model
-from diffscape.errors import DiffscapeError
-from diffscape.model import (
+from diffscape import config
+from diffscape.core.errors import DiffscapeError
+from diffscape.model import unet
+from diffscape.model.unet import (
     ModelFolderError,
     ModelTooLarge,
     apply_activation,
@@ -101,7 +102,7 @@ HUGE = [
 
 
 def test_too_large_model_is_refused_in_one_line(monkeypatch):
-    monkeypatch.setattr(model, "available_memory_bytes", lambda: 8 * 2**30)
+    monkeypatch.setattr(unet, "available_memory_bytes", lambda: 8 * 2**30)
     huge = config.resolve("tiny", HUGE).model
     with pytest.raises(ModelTooLarge) as err:
         build_unet(huge)
@@ -147,7 +148,7 @@ def test_hostile_model_folder_fails_before_allocating(tmp_path, monkeypatch, edi
     saved = json.loads(file.read_text())
     edit(saved)
     file.write_text(json.dumps(saved))
-    monkeypatch.setattr(model, "available_memory_bytes", lambda: 8 * 2**30)
+    monkeypatch.setattr(unet, "available_memory_bytes", lambda: 8 * 2**30)
 
     def never(*a, **k):
         raise AssertionError("from_pretrained reached")

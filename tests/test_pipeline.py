@@ -1,6 +1,7 @@
-"""The pipeline's stages: finished work is skipped (and said so), a killed or failed stage is
-redone alone, the real-vs-real floor is computed once into its own file, results read back
-through diffscape.results (older files too). Tiny networks, tiny data, a stand-in for Inception.
+"""A study's stages (diffscape.study): finished work is skipped (and said so), a killed or
+failed stage is redone alone, the real-vs-real floor is computed once into its own file, results
+read back through diffscape.study.results (older files too). Tiny networks, tiny data, a
+stand-in for Inception.
 """
 
 from __future__ import annotations
@@ -22,10 +23,16 @@ from test_metrics_evaluate import TinyExtractor
 
 import diffscape.sample
 import diffscape.train
-from diffscape import config, layout, pipeline, results
+from diffscape import config
 from diffscape.config import EvaluateSettings, JudgeSettings, SampleSettings
-from diffscape.demo import run_demo
-from diffscape.pipeline import Narrator, RunSpec, StudySpec, Tools
+from diffscape.core import layout
+from diffscape.study import results, stages
+from diffscape.study.demo import run_demo
+from diffscape.study.narrate import Narrator, Tools
+from diffscape.study.run import settings_record
+from diffscape.study.shared import ensure_data, ensure_floor, prepare_study
+from diffscape.study.spec import RunSpec, Study, StudySpec
+from diffscape.study.workers import job_from_json, job_json, run_study, worker_main
 
 TESTS = Path(__file__).resolve().parent
 
@@ -71,10 +78,8 @@ class SlowExtractor(TinyExtractor):
 
 def study_and_run(out: Path, ds, tools: Tools) -> list[results.RunResult]:
     spec = tiny_spec(out, ds)
-    study = pipeline.prepare_study(
-        spec, pipeline.ensure_data(spec, tools), tools, judge_needed=True
-    )
-    return pipeline.run_study(study, [tiny_run()], tools)
+    study = prepare_study(spec, ensure_data(spec, tools), tools, judge_needed=True)
+    return run_study(study, [tiny_run()], tools)
 
 
 def drive(out: str, data: str) -> None:
@@ -92,7 +97,7 @@ class Calls:
         self.seen: list[str] = []
         self._spy(monkeypatch, diffscape.train, "train")
         self._spy(monkeypatch, diffscape.sample, "sample_to_folder")
-        self._spy(monkeypatch, pipeline, "fid_kid")
+        self._spy(monkeypatch, stages, "fid_kid")
         self._spy(monkeypatch, importlib.import_module("diffscape.judge.score"), "score")
 
     def _spy(self, monkeypatch, module, name: str) -> None:
@@ -128,8 +133,8 @@ def test_each_stage_is_skipped_on_its_own(ds, tmp_path, monkeypatch):
     study_and_run(tmp_path / "study", ds, tools)
     calls = Calls(monkeypatch)
     spec = tiny_spec(tmp_path / "study", ds)
-    study = pipeline.prepare_study(spec, Path(ds.root), tools, judge_needed=True)
-    (r,) = pipeline.run_study(study, [tiny_run(sampling="other")], tools)
+    study = prepare_study(spec, Path(ds.root), tools, judge_needed=True)
+    (r,) = run_study(study, [tiny_run(sampling="other")], tools)
     assert r.ok and calls.seen == ["sample_to_folder", "fid_kid", "score"]
 
 
@@ -161,18 +166,18 @@ def test_killed_during_evaluate_redoes_only_what_is_missing(ds, tmp_path, monkey
 
 def test_failed_stage_is_recorded_then_redone_alone(ds, tmp_path, monkeypatch):
     tools = Tools(Narrator(lambda _: None), progress=False, extractor=TinyExtractor())
-    real = pipeline.fid_kid
+    real = stages.fid_kid
 
     def broken(*args, **kwargs):
         if args[4] == "model":  # the run's evaluation; the floor's goes through
             raise RuntimeError("the network fell over")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "fid_kid", broken)
+    monkeypatch.setattr(stages, "fid_kid", broken)
     (failed,) = study_and_run(tmp_path / "study", ds, tools)
     assert failed.status == "failed" and failed.stage == "evaluate"
     assert "the network fell over" in failed.error and "Traceback" in failed.traceback
-    monkeypatch.setattr(pipeline, "fid_kid", real)
+    monkeypatch.setattr(stages, "fid_kid", real)
 
     calls = Calls(monkeypatch)
     (r,) = study_and_run(tmp_path / "study", ds, tools)
@@ -184,7 +189,7 @@ def test_floor_is_computed_once_in_its_own_file(ds, tmp_path, monkeypatch):
     tools = Tools(Narrator(lambda _: None), progress=False, extractor=TinyExtractor())
     calls = Calls(monkeypatch)
     spec = tiny_spec(out, ds, n=4)
-    study = pipeline.prepare_study(spec, Path(ds.root), tools, judge_needed=False)
+    study = prepare_study(spec, Path(ds.root), tools, judge_needed=False)
     assert calls.seen == ["fid_kid"]
     path = out / layout.SWEEP_FLOOR / layout.FLOOR_JSON
     assert results.floor_path(out) == path and path.is_file()
@@ -193,9 +198,9 @@ def test_floor_is_computed_once_in_its_own_file(ds, tmp_path, monkeypatch):
     assert floor.fid is not None and (floor.n_real, floor.n_fake) == (4, 4)
     assert floor.metrics["fake"]["kind"] == "dataset" and floor.metrics["real"]["split"] == "test"
 
-    again = pipeline.ensure_floor(study, tools)
+    again = ensure_floor(study, tools)
     assert calls.seen == ["fid_kid"] and again == floor  # read back, not computed
-    pipeline.prepare_study(tiny_spec(out, ds, n=5), Path(ds.root), tools, judge_needed=False)
+    prepare_study(tiny_spec(out, ds, n=5), Path(ds.root), tools, judge_needed=False)
     assert calls.seen == ["fid_kid", "fid_kid"]  # other sizes: another floor
     assert results.read_floor(out).n_real == 5
 
@@ -211,12 +216,12 @@ def test_floors_of_older_studies_are_read_and_reused(ds, tmp_path, monkeypatch):
     assert results.read_floor(tmp_path / "nothing") is None
     calls = Calls(monkeypatch)
     tools = Tools(Narrator(lambda _: None), progress=False, extractor=TinyExtractor())
-    pipeline.prepare_study(tiny_spec(out, ds), Path(ds.root), tools, judge_needed=False)
+    prepare_study(tiny_spec(out, ds), Path(ds.root), tools, judge_needed=False)
     assert calls.seen == []
 
 
 def test_results_read_back_older_and_damaged_files(tmp_path):
-    old = {  # a result.json as the runner wrote it before diffscape.results
+    old = {  # a result.json as the runner wrote it before diffscape.study.results
         "name": "a", "training": "a", "sampling": "ddim-3-w1", "changes": {}, "sample": {},
         "status": "ok", "steps": 8, "n_samples": 6, "fid": 12.5, "kid": {"mean": 0.1},
         "n_fake": 6, "n_real": 6, "seconds": {"train": 1.0}, "settings": {}, "finished_at": "x",
@@ -242,10 +247,10 @@ def test_results_read_back_older_and_damaged_files(tmp_path):
 
 def test_worker_job_round_trips(ds, tmp_path):
     spec = tiny_spec(tmp_path, ds)
-    study = pipeline.Study(spec, Path(ds.root), "hash", tmp_path / "judge", {"kind": "svc"})
+    study = Study(spec, Path(ds.root), "hash", tmp_path / "judge", {"kind": "svc"})
     runs = [tiny_run(), tiny_run(sampling="other")]
-    assert pipeline.job_from_json(pipeline.job_json(study, runs)) == (study, runs)
-    assert pipeline.worker_main(["nonsense"]) == 2
+    assert job_from_json(job_json(study, runs)) == (study, runs)
+    assert worker_main(["nonsense"]) == 2
 
 
 def test_library_never_defaults_to_the_current_folder():
@@ -263,11 +268,11 @@ def test_second_judge_fid64_memorisation_and_pairs_png(ds, tmp_path):
         judge_cnn={"widths": (8,), "max_epochs": 1, "convs_per_block": 1},
     )  # fmt: skip
     tools = Tools(Narrator(lambda _: None), progress=False, extractor=TinyExtractor())
-    study = pipeline.prepare_study(spec, Path(ds.root), tools, judge_needed=True)
+    study = prepare_study(spec, Path(ds.root), tools, judge_needed=True)
     assert study.also == {"svc": str(out / "_judge-svc")}  # cnn is the main judge already
     assert layout.is_judge_dir(out / "_judge-svc") and layout.is_judge_dir(out / "_judge")
     run = tiny_run()
-    (r,) = pipeline.run_study(study, [run], tools)
+    (r,) = run_study(study, [run], tools)
     assert r.ok and r.setting == "model" and r.seed is None
     folder = run.sample_dir(out)
     svc = json.loads((folder / "accuracy-svc.json").read_text())
@@ -278,4 +283,4 @@ def test_second_judge_fid64_memorisation_and_pairs_png(ds, tmp_path):
     assert metrics["memorisation"] is not None  # the stand-in's features serve it too
     assert (folder / layout.PAIRS_PNG).is_file()
     assert r.memorisation == metrics["memorisation"]["share"]
-    assert pipeline.settings_record(study, run)["also"]["svc"]["kind"] == "svc"
+    assert settings_record(study, run)["also"]["svc"]["kind"] == "svc"

@@ -22,15 +22,9 @@ from fixtures_data import assert_refused
 from PIL import Image
 
 from diffscape.cli import main
-from diffscape.data.dataset import (
-    MANIFEST,
-    DatasetError,
-    SplitWriter,
-    images_file,
-    load_dataset,
-)
+from diffscape.core.layout import OutError
+from diffscape.data.dataset import MANIFEST, DatasetError, SplitWriter, images_file, load_dataset
 from diffscape.data.prepare import DEFAULT_MAX_PIXELS, prepare_dataset, preprocess_image
-from diffscape.layout import OutError
 
 RED, BLUE, GREEN, WHITE = (255, 0, 0), (0, 0, 255), (0, 255, 0), (255, 255, 255)
 KAGGLE_COLOURS = {

@@ -20,7 +20,7 @@ from PIL import Image
 
 from diffscape import config
 from diffscape.cli import main
-from diffscape.errors import DiffscapeError
+from diffscape.core.errors import DiffscapeError
 from diffscape.report import build_report, collect
 
 CLASSES = ["Coast", "Desert", "Forest"]

@@ -12,11 +12,11 @@ from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from fixtures_data import colour_dataset
 from PIL import Image
 
-import diffscape.sample as sample_module
-from diffscape import config, diffusion
+from diffscape import config
 from diffscape.cli import main
-from diffscape.errors import DiffscapeError
-from diffscape.imagefolder import load_sample_folder, make_grid, read_image
+from diffscape.core.errors import DiffscapeError
+from diffscape.data.imagefolder import load_sample_folder, make_grid, read_image
+from diffscape.model import diffusion
 from diffscape.sample import (
     class_names,
     denoise,
@@ -27,6 +27,7 @@ from diffscape.sample import (
     sample_to_folder,
     slerp,
 )
+from diffscape.sample import folder as sample_folder
 from diffscape.train import train
 
 TINY = [
@@ -353,7 +354,7 @@ def test_interrupt_keeps_the_old_folder_and_the_new_images_and_a_rerun_finishes(
     out = tmp_path / "s"
     sample_to_folder(runs["cond"], out, n=1, steps=2, progress=False)
     old = folder_bytes(out)
-    real, saved = sample_module.save_png_atomically, []
+    real, saved = sample_folder.save_png_atomically, []
 
     def save_then_interrupt(path, image):
         if len(saved) == 7:
@@ -361,8 +362,8 @@ def test_interrupt_keeps_the_old_folder_and_the_new_images_and_a_rerun_finishes(
         real(path, image)
         saved.append(path.relative_to(partial))
 
-    partial = sample_module.partial_dir(out)
-    monkeypatch.setattr(sample_module, "save_png_atomically", save_then_interrupt)
+    partial = sample_folder.partial_dir(out)
+    monkeypatch.setattr(sample_folder, "save_png_atomically", save_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         sample_to_folder(
             runs["cond"], out, n=3, per_class=True, steps=2, batch=2, progress=False, overwrite=True
@@ -371,7 +372,7 @@ def test_interrupt_keeps_the_old_folder_and_the_new_images_and_a_rerun_finishes(
     made = sorted(p.relative_to(partial) for p in partial.rglob("0*.png"))
     assert made == sorted(saved) and len(made) == 7  # written as made, none half-written
     assert "7 of 9 images are kept" in capsys.readouterr().err
-    monkeypatch.setattr(sample_module, "save_png_atomically", real)
+    monkeypatch.setattr(sample_folder, "save_png_atomically", real)
     sample_to_folder(
         runs["cond"], out, n=3, per_class=True, steps=2, batch=4, progress=False, overwrite=True
     )
@@ -384,7 +385,7 @@ def test_interrupt_keeps_the_old_folder_and_the_new_images_and_a_rerun_finishes(
 
 def test_a_partial_folder_of_other_settings_is_started_again(runs, tmp_path, monkeypatch, capsys):
     out = tmp_path / "s"
-    monkeypatch.setattr(sample_module, "iter_images", _interrupt_after_first_batch)
+    monkeypatch.setattr(sample_folder, "iter_images", _interrupt_after_first_batch)
     with pytest.raises(KeyboardInterrupt):
         sample_to_folder(runs["cond"], out, n=4, per_class=True, steps=2, batch=2, progress=False)
     monkeypatch.undo()
@@ -395,7 +396,7 @@ def test_a_partial_folder_of_other_settings_is_started_again(runs, tmp_path, mon
     assert folder_bytes(out) == folder_bytes(whole)
 
 
-REAL_ITER_IMAGES = sample_module.iter_images
+REAL_ITER_IMAGES = sample_folder.iter_images
 
 
 def _interrupt_after_first_batch(*args, **kwargs):
@@ -416,7 +417,7 @@ def test_sigkill_halfway_keeps_the_images_made_and_the_same_command_finishes(run
             "--steps", "10", "--batch", "4", "--no-progress", "--out", str(out)]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "diffscape", *argv], env=env)
-    partial = sample_module.partial_dir(out)
+    partial = sample_folder.partial_dir(out)
     deadline = time.monotonic() + 120
     while len(list(partial.rglob("0*.png"))) < 12 and time.monotonic() < deadline:
         assert proc.poll() is None, "finished before it could be killed"
@@ -457,7 +458,7 @@ def test_read_only_parent_fails_before_any_image(runs, tmp_path, monkeypatch, ca
         def no_images(*a, **k):
             raise AssertionError("images were generated before the write check")
 
-        monkeypatch.setattr(sample_module, "generate_images", no_images)
+        monkeypatch.setattr(sample_folder, "iter_images", no_images)
         assert _sample(runs, ro / "s", "--n", "1") == 2
         assert "cannot write into" in _one_error_line(capsys)
         assert list(ro.iterdir()) == []

@@ -12,8 +12,8 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from fixtures_data import colour_dataset
 
 from diffscape import config
-from diffscape import train as train_module
-from diffscape.model import CpuAutocastFp32Attention, build_unet
+from diffscape.model.unet import CpuAutocastFp32Attention, build_unet
+from diffscape.train import setup as train_setup
 from diffscape.train import train
 
 TINY = [
@@ -109,7 +109,7 @@ def test_compiled_training_step_matches_eager(ds, tmp_path, fp32_losses):
 
 
 def test_bf16_on_a_cpu_without_native_bf16_warns(ds, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(train_module, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(train_setup, "cpu_has_bf16", lambda: False)
     over = [*TINY, "train.steps=1", "train.precision=bf16"]
     train(config.resolve("tiny", over), ds.root, tmp_path / "w", progress=False, cpu=True)
     assert "set train.precision=fp32" in capsys.readouterr().err
@@ -128,7 +128,7 @@ def test_auto_precision_is_bf16_only_on_a_cpu_with_native_bf16():
 def test_auto_precision_trains_in_fp32_without_native_bf16(ds, tmp_path, monkeypatch, capsys,
                                                            fp32_losses):  # fmt: skip
     # Same losses as an fp32 run, bit for bit: "auto" fell back to fp32 on this (pretend) CPU.
-    monkeypatch.setattr(train_module, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(train_setup, "cpu_has_bf16", lambda: False)
     train(config.resolve("tiny", [*TINY, "train.precision=auto"]), ds.root, tmp_path / "a",
           progress=False, cpu=True)  # fmt: skip
     assert "precision: auto -> fp32 on cpu" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""Intervals and verdicts on constructed numbers where the answer is known (diffscape.stats).
+"""Intervals and verdicts on constructed numbers where the answer is known (diffscape.core.stats).
 
 Each simulated run's number = the setting's value + seed-to-seed variation (sd ``seed_sd``) +
 sampling noise of the run's finite image sets (variance ``w``, which the run reports as its
@@ -12,8 +12,8 @@ import math
 import numpy as np
 import pytest
 
-from diffscape import stats
-from diffscape.stats import BETTER, NO_DIFFERENCE, NO_INTERVAL, WORSE, compare, estimate
+from diffscape.core import stats
+from diffscape.core.stats import BETTER, NO_DIFFERENCE, NO_INTERVAL, WORSE, compare, estimate
 
 TRIALS = 2000
 

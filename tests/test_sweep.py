@@ -17,19 +17,15 @@ from fixtures_data import colour_dataset
 from test_report import check_page
 
 import diffscape.train
-from diffscape import checkpoint, layout, pipeline
+from diffscape import checkpoint
 from diffscape import sweep as sweep_module
 from diffscape.cli import main
 from diffscape.config import ConfigError
-from diffscape.errors import DiffscapeError
+from diffscape.core import layout
+from diffscape.core.errors import DiffscapeError
 from diffscape.report import build_report
-from diffscape.sweep import (
-    SweepError,
-    load_sweep,
-    plan,
-    run_sweep,
-    shipped_sweeps,
-)
+from diffscape.study.workers import worker_slots
+from diffscape.sweep import SweepError, load_sweep, plan, run_sweep, shipped_sweeps
 
 TINY = """
 preset = "tiny"
@@ -328,10 +324,10 @@ train.lr = 2e-3
             f"worker: {name} on {threads} CPU thread(s)"
             in (runs / layout.SWEEP_LOGS / layout.worker_log_name(name)).read_text()
         )
-    assert pipeline.worker_slots(0, 2, cores=2)[1].env["OMP_NUM_THREADS"] == "1"
-    assert pipeline.worker_slots(0, 3, cores=8)[0].env["OMP_NUM_THREADS"] == "2"
-    assert [s.name for s in pipeline.worker_slots(4, 2)] == ["GPU 0", "GPU 1"]
-    assert len(pipeline.worker_slots(0, None)) == 1 and len(pipeline.worker_slots(3)) == 3
+    assert worker_slots(0, 2, cores=2)[1].env["OMP_NUM_THREADS"] == "1"
+    assert worker_slots(0, 3, cores=8)[0].env["OMP_NUM_THREADS"] == "2"
+    assert [s.name for s in worker_slots(4, 2)] == ["GPU 0", "GPU 1"]
+    assert len(worker_slots(0, None)) == 1 and len(worker_slots(3)) == 3
     with pytest.raises(DiffscapeError, match="--jobs 0"):
         run_sweep(spec, tmp_path / "other", progress=False, gpus=0, jobs=0)
     assert not (tmp_path / "other").exists()

@@ -14,8 +14,11 @@ import pytest
 import torch
 from fixtures_data import colour_dataset
 
-from diffscape import checkpoint, config, layout
-from diffscape.train import NonFiniteLossError, batch_indices, lr_at, train
+from diffscape import checkpoint, config
+from diffscape.core import layout
+from diffscape.data.source import batch_indices
+from diffscape.model import diffusion
+from diffscape.train import NonFiniteLossError, lr_at, train
 
 TINY = [
     "model.channels=[16, 32]",
@@ -100,9 +103,7 @@ def test_changed_shape_is_refused(ds, tmp_path):
 
 
 def test_nan_guard_skips_then_stops(ds, tmp_path, monkeypatch):
-    import diffscape.train as tr
-
-    real = tr.diffusion.training_target
+    real = diffusion.training_target
     calls = {"n": 0}
 
     def poisoned(*a, **k):  # steps 3 and 4 get a NaN target, then 6 onwards
@@ -110,7 +111,7 @@ def test_nan_guard_skips_then_stops(ds, tmp_path, monkeypatch):
         out = real(*a, **k)
         return out * float("nan") if calls["n"] in (3, 4) or calls["n"] >= 6 else out
 
-    monkeypatch.setattr(tr.diffusion, "training_target", poisoned)
+    monkeypatch.setattr(diffusion, "training_target", poisoned)
     run = tmp_path / "r"
     with pytest.raises(NonFiniteLossError, match="5 non-finite"):
         train(cfg("train.steps=30", "train.checkpoint_every_steps=5"), ds.root, run, progress=False)
@@ -123,9 +124,7 @@ def test_nan_guard_skips_then_stops(ds, tmp_path, monkeypatch):
 
 
 def test_skipped_step_leaves_weights_untouched(ds, tmp_path, monkeypatch):
-    import diffscape.train as tr
-
-    real = tr.diffusion.training_target
+    real = diffusion.training_target
     calls = {"n": 0}
 
     def poisoned(*a, **k):
@@ -139,7 +138,7 @@ def test_skipped_step_leaves_weights_untouched(ds, tmp_path, monkeypatch):
         / "diffusion_pytorch_model.safetensors"
     )
     before_bytes = before.read_bytes()
-    monkeypatch.setattr(tr.diffusion, "training_target", poisoned)
+    monkeypatch.setattr(diffusion, "training_target", poisoned)
     calls["n"] = 2  # the next call (step 3) is poisoned
     train(cfg("train.steps=3"), ds.root, tmp_path / "r", progress=False)
     after = (
@@ -212,7 +211,7 @@ def test_sigkill_during_save_then_resume(ds, tmp_path):
     script = tmp_path / "slow_save.py"
     script.write_text(
         "import sys, time\n"
-        "import diffscape.checkpoint as c\n"
+        "import diffscape.checkpoint.save as c\n"
         "real = c.write_marker\n"
         "n = {'calls': 0}\n"
         "def slow(folder):\n"
@@ -391,13 +390,13 @@ def _guarded_run(ds, monkeypatch, *, fused: bool, guard: str, bad: set[int], ste
     from diffscape.checkpoint import TrainingState
     from diffscape.data.source import HostSource
 
-    real = tr.diffusion.training_target
+    real = diffusion.training_target
     state = TrainingState(step=0)
 
     def poisoned(*a, **k):
         return real(*a, **k) * (float("nan") if state.step in bad else 1.0)
 
-    monkeypatch.setattr(tr.diffusion, "training_target", poisoned)
+    monkeypatch.setattr(diffusion, "training_target", poisoned)
     c = config.with_changes(cfg(f"train.steps={steps}"), model={"num_classes": 3})
     acc = tr.make_accelerator(c, cpu=True)
     model, ema, _ = tr.build_model(c, acc)
@@ -450,16 +449,14 @@ def test_fused_device_guard_trains_like_eager_foreach(ds, monkeypatch):
 def test_non_finite_steps_are_counted_when_the_window_is_read(ds, tmp_path, monkeypatch):
     # log_every_steps=4: the flags are read at steps 4 and 8. Steps 3.. are non-finite; the
     # fifth in a row is step 7, and the run stops when that window is read (at step 8).
-    import diffscape.train as tr
-
-    real = tr.diffusion.training_target
+    real = diffusion.training_target
     calls = {"n": 0}
 
     def poisoned(*a, **k):
         calls["n"] += 1
         return real(*a, **k) * (float("nan") if calls["n"] >= 3 else 1.0)
 
-    monkeypatch.setattr(tr.diffusion, "training_target", poisoned)
+    monkeypatch.setattr(diffusion, "training_target", poisoned)
     run = tmp_path / "r"
     over = ("train.steps=30", "train.log_every_steps=4", "train.checkpoint_every_steps=0")
     with pytest.raises(NonFiniteLossError, match="5 non-finite .* at step 7;"):

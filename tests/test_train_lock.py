@@ -9,7 +9,8 @@ import pytest
 from fixtures_data import colour_dataset
 from test_train import ENV, _train_cmd, cfg
 
-from diffscape import checkpoint, layout
+from diffscape import checkpoint
+from diffscape.core import layout
 from diffscape.train import train
 
 
@@ -57,7 +58,7 @@ def test_two_trainers_one_folder_one_refuses_and_the_run_resumes(ds, tmp_path):
 
 
 def test_lock_is_held_while_training_and_leftovers_are_cleaned(ds, tmp_path):
-    from diffscape.lock import FolderBusy, hold
+    from diffscape.core.lock import FolderBusy, hold
 
     run = tmp_path / "r"
     run.mkdir()

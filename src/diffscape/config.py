@@ -31,7 +31,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from diffscape.errors import DiffscapeError
+from diffscape.core.errors import DiffscapeError
 
 Activation = Literal["silu", "relu", "gelu", "mish"]
 Schedule = Literal["linear", "cosine", "sigmoid"]
@@ -236,7 +236,7 @@ class RunConfig:
         return json.dumps(self.to_dict(), indent=2) + "\n"
 
     def save(self, path: Path) -> None:
-        from diffscape.atomic import write_text
+        from diffscape.core.atomic import write_text
 
         write_text(path, self.to_json())
 

@@ -12,7 +12,7 @@ import os
 import sys
 from typing import NoReturn
 
-from diffscape.errors import DiffscapeError
+from diffscape.core.errors import DiffscapeError
 
 # Modules that register subcommands, in the order `diffscape --help` lists them.
 COMMAND_MODULES = (
@@ -39,7 +39,8 @@ class Parser(argparse.ArgumentParser):
 
 
 def add_overwrite(p: argparse.ArgumentParser, what: str) -> None:
-    """--overwrite, worded the same for every command (the rule: diffscape.layout.check_out)."""
+    """--overwrite, worded the same for every command (the rule:
+    diffscape.core.layout.check_out)."""
     p.add_argument(
         "--overwrite",
         action="store_true",

@@ -6,7 +6,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from diffscape.cli import HelpFormatter, add_overwrite
-from diffscape.layout import MANIFEST
+from diffscape.core.layout import MANIFEST
 
 if TYPE_CHECKING:
     from diffscape.data.dataset import Dataset
@@ -170,10 +170,10 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
+    from diffscape.core.layout import check_out
     from diffscape.data.dataset import load_dataset
+    from diffscape.data.imagefolder import save_image
     from diffscape.data.show import show_dataset
-    from diffscape.imagefolder import save_image
-    from diffscape.layout import check_out
 
     out = check_out(args.out, "image", overwrite=args.overwrite)
     ds = load_dataset(args.dataset)

@@ -46,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from diffscape.demo import DemoSettings, run_demo
+    from diffscape.study.demo import DemoSettings, run_demo
 
     s = DemoSettings()
     s = replace(s, seed=args.seed, sample=replace(s.sample, seed=args.seed))

@@ -92,6 +92,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="where to write the metrics (closest-pairs.png goes beside it)",
     )
     add_overwrite(p, "a metrics file --out and closest-pairs.png beside it")
+    add_measure_options(p)
+    p.set_defaults(func=run)
+
+
+def add_measure_options(p: argparse.ArgumentParser) -> None:
+    """How the scores are computed: interval, network, resize, extra scores, batches, cache."""
     p.add_argument(
         "--bootstrap",
         type=int,
@@ -136,15 +142,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--device", default=None, help="cpu, cuda, ... (default: cuda if available)" + IN_WORDS
     )
-    p.set_defaults(func=run)
 
 
 def check_out_file(out: Path, overwrite: bool) -> Path:
     """Refuse an --out that may not or cannot be written before minutes of embedding, not
-    after: the rule of every output (diffscape.layout.check_out) for the metrics and the closest
-    pairs beside them, and a folder this process can write into."""
-    from diffscape import layout
-    from diffscape.errors import DiffscapeError
+    after: the rule of every output (diffscape.core.layout.check_out) for the metrics and the
+    closest pairs beside them, and a folder this process can write into."""
+    from diffscape.core import layout
+    from diffscape.core.errors import DiffscapeError
 
     out = layout.check_out(out, "metrics", overwrite=overwrite)
     layout.check_out(out.with_name(layout.PAIRS_PNG), "image", overwrite=overwrite)
@@ -156,7 +161,7 @@ def check_out_file(out: Path, overwrite: bool) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from diffscape import layout
+    from diffscape.core import layout
     from diffscape.data.dataset import parse_dataset_spec
     from diffscape.metrics.evaluate import (
         default_n,

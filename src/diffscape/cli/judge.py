@@ -195,7 +195,7 @@ def _add_cas(sub: argparse._SubParsersAction) -> None:
 
 
 def _cnn_settings(args: argparse.Namespace) -> CNNSettings:
-    from diffscape.errors import DiffscapeError
+    from diffscape.core.errors import DiffscapeError
 
     try:
         widths = tuple(int(w) for w in args.widths.split(","))
@@ -213,7 +213,7 @@ def _cnn_settings(args: argparse.Namespace) -> CNNSettings:
 
 
 def _gamma(text: str) -> float | str:
-    from diffscape.errors import DiffscapeError
+    from diffscape.core.errors import DiffscapeError
 
     if text == "scale":
         return text

@@ -153,7 +153,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     for r in failed:
         print(f"  {r.name}: {r.status} {r.error or ''}")
     if not args.no_report and args.only is None:
-        from diffscape import layout
+        from diffscape.core import layout
         from diffscape.report import build_report
 
         page = build_report(args.out, Path(args.out) / layout.REPORT_HTML, overwrite=True)

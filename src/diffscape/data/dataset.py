@@ -23,12 +23,12 @@ from typing import IO, Any
 
 import numpy as np
 
-from diffscape.atomic import publish_dir, tmp_dir_beside, write_json
+from diffscape.core.atomic import publish_dir, tmp_dir_beside, write_json
+from diffscape.core.errors import DiffscapeError
+from diffscape.core.layout import MANIFEST, check_class_names, images_file, labels_file
 from diffscape.data.memory import check_fits
-from diffscape.errors import DiffscapeError
-from diffscape.layout import MANIFEST, check_class_names, images_file, labels_file
 
-__all__ = [  # MANIFEST, images_file, labels_file live in diffscape.layout; re-exported here
+__all__ = [  # MANIFEST, images_file, labels_file live in diffscape.core.layout; re-exported here
     "FORMAT",
     "MANIFEST",
     "MAX_SIZE",

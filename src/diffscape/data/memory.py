@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from diffscape.errors import DiffscapeError
+from diffscape.core.errors import DiffscapeError
 
 # Leave this share of the available memory to everything else (the model, Python, the OS cache).
 HEADROOM = 0.8

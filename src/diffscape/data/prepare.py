@@ -38,7 +38,8 @@ from typing import IO, Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from diffscape.atomic import tmp_dir_beside
+from diffscape.core.atomic import tmp_dir_beside
+from diffscape.core.layout import MANIFEST, check_out, is_dataset_dir, safe_component
 from diffscape.data.dataset import (
     MAX_SIZE,
     UNLABELLED,
@@ -48,7 +49,6 @@ from diffscape.data.dataset import (
     load_dataset,
     write_manifest_and_publish,
 )
-from diffscape.layout import MANIFEST, check_out, is_dataset_dir, safe_component
 
 # Bump when preprocessing changes, so that re-running `prepare` rebuilds instead of a no-op.
 PREPARE_VERSION = 1

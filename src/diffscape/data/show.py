@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from diffscape.data.dataset import Dataset, DatasetError
-from diffscape.imagefolder import make_grid
+from diffscape.data.imagefolder import make_grid
 
 PAD = 2  # pixels around each image, before upscaling (as make_grid)
 FONT_PX = 12  # label text height in pixels; the default font is Pillow's bundled one

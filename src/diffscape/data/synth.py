@@ -25,10 +25,10 @@ from typing import TypeVar
 import numpy as np
 from tqdm import tqdm
 
-from diffscape.atomic import tmp_dir_beside
+from diffscape.core.atomic import tmp_dir_beside
+from diffscape.core.errors import DiffscapeError
+from diffscape.core.layout import check_out
 from diffscape.data.dataset import MAX_SIZE, Dataset, SplitWriter, write_manifest_and_publish
-from diffscape.errors import DiffscapeError
-from diffscape.layout import check_out
 
 CLASSES = ("Coast", "Desert", "Forest", "Glacier", "Mountain")
 SYNTH_VERSION = 1  # bump when the pictures change, so cached statistics are not reused

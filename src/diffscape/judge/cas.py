@@ -19,13 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffscape.atomic import write_json
+from diffscape.core.atomic import write_json
+from diffscape.core.layout import CAS_JSON, UNCONDITIONAL, check_files_in
 from diffscape.data.dataset import Dataset, parse_dataset_spec
-from diffscape.imagefolder import load_sample_folder
+from diffscape.data.imagefolder import load_sample_folder
 from diffscape.judge.cnn import CNNSettings, fit_cnn
 from diffscape.judge.data import VAL_FRACTION, JudgeError, map_class_names, stratified_holdout
 from diffscape.judge.score import confusion_matrix, per_class_accuracy
-from diffscape.layout import CAS_JSON, UNCONDITIONAL, check_files_in
 
 
 def matched_real_subset(

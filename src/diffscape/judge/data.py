@@ -32,8 +32,8 @@ def check_images(images: np.ndarray) -> np.ndarray:
 def resize_images(images: np.ndarray, size: int) -> np.ndarray:
     """uint8 (N, 3, H, W) -> uint8 (N, 3, size, size); a no-op (no copy) at the right size.
 
-    Uses the same resampling as :func:`diffscape.imagefolder.read_image` (PIL bicubic), so an image
-    read from a sample folder at ``size`` and one resized here are identical.
+    Uses the same resampling as :func:`diffscape.data.imagefolder.read_image` (PIL bicubic), so
+    an image read from a sample folder at ``size`` and one resized here are identical.
     """
     images = check_images(images)
     if images.shape[2:] == (size, size):

@@ -15,12 +15,8 @@ from typing import Any
 import numpy as np
 from sklearn import metrics
 
-from diffscape.atomic import write_bytes, write_json
-from diffscape.data.dataset import parse_dataset_spec
-from diffscape.imagefolder import load_sample_folder
-from diffscape.judge.data import JudgeError, map_class_names
-from diffscape.judge.store import load_judge
-from diffscape.layout import (
+from diffscape.core.atomic import write_bytes, write_json
+from diffscape.core.layout import (
     ACCURACY_JSON,
     CONFUSION_JSON,
     CONFUSION_PNG,
@@ -28,6 +24,10 @@ from diffscape.layout import (
     UNCONDITIONAL,
     check_files_in,
 )
+from diffscape.data.dataset import parse_dataset_spec
+from diffscape.data.imagefolder import load_sample_folder
+from diffscape.judge.data import JudgeError, map_class_names
+from diffscape.judge.store import load_judge
 
 OUTPUTS = {ACCURACY_JSON: "accuracy", CONFUSION_JSON: "confusion", CONFUSION_PNG: "image"}
 VARIETY_MARGIN = 0.10  # warn when generated accuracy beats real accuracy by more than this

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from diffscape.errors import DiffscapeError
+from diffscape.core.errors import DiffscapeError
 
 VAL_FRACTION = 0.15  # share of each class held out for validation when there is no val split
 MAX_BLOCKS = 8  # conv blocks; each halves the image, so 8 already needs 256 px

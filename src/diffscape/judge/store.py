@@ -23,13 +23,13 @@ from safetensors.torch import load_file, save_file
 from sklearn.pipeline import Pipeline
 from sklearn.svm import SVC
 
-from diffscape.atomic import publish_dir, write_json
+from diffscape.core.atomic import publish_dir, write_json
+from diffscape.core.layout import CNN_FILE, JUDGE_JSON, SVC_FILE, check_class_names, check_out
 from diffscape.data.dataset import MAX_SIZE
 from diffscape.data.memory import check_fits
 from diffscape.judge.cnn import CNNConfig, SmallCNN, predict
 from diffscape.judge.data import JudgeError, check_images, resize_images
 from diffscape.judge.svc import features, load_svc, save_svc
-from diffscape.layout import CNN_FILE, JUDGE_JSON, SVC_FILE, check_class_names, check_out
 
 FORMAT = "diffscape-judge"
 FORMAT_VERSION = 1

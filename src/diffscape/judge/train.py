@@ -19,13 +19,13 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from diffscape.atomic import tmp_dir_beside
+from diffscape.core.atomic import tmp_dir_beside
+from diffscape.core.layout import check_out
 from diffscape.data.dataset import MAX_SIZE, Dataset, load_dataset
 from diffscape.judge.cnn import CNNSettings, fit_cnn
 from diffscape.judge.data import VAL_FRACTION, JudgeError, Splits, load_splits
 from diffscape.judge.store import publish, write_cnn_judge, write_svc_judge
 from diffscape.judge.svc import GridRow, SVCSettings, features, fit_grid
-from diffscape.layout import check_out
 
 Kind = Literal["svc", "cnn"]
 

@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffscape import atomic, layout
+from diffscape.core import atomic, layout
+from diffscape.core.errors import DiffscapeError
 from diffscape.data.dataset import SPLITS, Dataset, parse_dataset_spec
-from diffscape.errors import DiffscapeError
-from diffscape.imagefolder import UNCONDITIONAL, SampleSet, load_sample_folder
+from diffscape.data.imagefolder import UNCONDITIONAL, SampleSet, load_sample_folder
 from diffscape.metrics.features import (
     FEATURES_64,
     FEATURES_2048,

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from diffscape import atomic
-from diffscape.atomic import atomic_path
-from diffscape.errors import DiffscapeError
+from diffscape.core import atomic
+from diffscape.core.atomic import atomic_path
+from diffscape.core.errors import DiffscapeError
 from diffscape.metrics.weights import InceptionWeights, build_inception
 
 ENV_CACHE = "DIFFSCAPE_CACHE"

@@ -250,6 +250,6 @@ def save_pairs_png(
         draw.text((x, y), f"{where} r={ratio:.2f}{' COPY' if near else ''}",
                   fill="red" if near else "black")  # fmt: skip
         draw.text((x, y + LABEL), f"#{fi} | #{ti}", fill="black")
-    from diffscape.imagefolder import save_image
+    from diffscape.data.imagefolder import save_image
 
     return save_image(sheet, path)

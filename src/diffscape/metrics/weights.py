@@ -29,8 +29,8 @@ from typing import Literal
 
 import torch
 
-from diffscape.atomic import atomic_path
-from diffscape.errors import DiffscapeError
+from diffscape.core.atomic import atomic_path
+from diffscape.core.errors import DiffscapeError
 
 ENV_WEIGHTS = "DIFFSCAPE_INCEPTION_WEIGHTS"
 HUB_FILENAME = "weights-inception-2015-12-05-6726825d.pth"

@@ -12,7 +12,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from diffscape import atomic, layout
+from diffscape.core import atomic, layout
 from diffscape.report.rows import Collection, Row, collect
 from diffscape.report.table import write_csv
 

@@ -5,7 +5,6 @@ with no server and no network."""
 from __future__ import annotations
 
 import base64
-import html
 import json
 from collections.abc import Sequence
 from datetime import datetime
@@ -13,10 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from diffscape import __version__
+from diffscape.core.timefmt import duration
+from diffscape.report.html import cell, esc, small
 from diffscape.report.plots import Plot
 from diffscape.report.rows import Collection, Row
+from diffscape.report.settings_html import settings_table, value_cell, verdict_cell
 from diffscape.report.table import class_names, summary
-from diffscape.timefmt import duration
+from diffscape.report.verdicts import metrics_for, settings
 
 STATUS_TEXT = {
     "ok": "finished",
@@ -25,10 +27,6 @@ STATUS_TEXT = {
     "incomplete": "interrupted",
     "unknown": "",
 }
-
-
-def esc(value: Any) -> str:
-    return html.escape(str(value), quote=True)
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -41,18 +39,6 @@ def _value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
-
-
-def _cell(text: str, sort: float | str | None, classes: str = "", extra: str = "") -> str:
-    sort_attr = "" if sort is None else f' data-sort="{esc(sort)}"'
-    if sort is None and classes.startswith("num"):
-        sort_attr = ' data-sort=""'  # missing numbers sort last either way
-    cls = f' class="{classes}"' if classes else ""
-    return f"<td{cls}{sort_attr}{extra}>{text}</td>"
-
-
-def _n(text: str) -> str:
-    return f'<span class="n">{esc(text)}</span>'
 
 
 def _heat(v: float | None) -> str:
@@ -151,28 +137,28 @@ def _row_html(
         w = "" if s["guidance"] is None else f" · w={s['guidance']:g}"
         sampling = f"{esc(s['sampler'])} {esc(s['sampler_steps'])}{w}"
         if s["n_samples"]:
-            sampling += _n(f"{s['n_samples']} images")
+            sampling += small(f"{s['n_samples']} images")
     cells = [
-        _cell(name, row.name, "name"),
-        _cell(changes, s["changes"], "changes"),
-        _cell(sampling, f"{s['sampler'] or ''} {s['sampler_steps'] or 0:05d}", "sampling"),
+        cell(name, row.name, "name"),
+        cell(changes, s["changes"], "changes"),
+        cell(sampling, f"{s['sampler'] or ''} {s['sampler_steps'] or 0:05d}", "sampling"),
     ]
     fid_text = _fmt(s["fid"], ".2f")
     if s["fid"] is not None:
-        fid_text += _n(f"n {s['n_fake']} / {s['n_real']}")
-    cells.append(_cell(fid_text, s["fid"], "num" + (" best" if s["fid"] == best["fid"] else "")))
+        fid_text += small(f"n {s['n_fake']} / {s['n_real']}")
+    cells.append(cell(fid_text, s["fid"], "num" + (" best" if s["fid"] == best["fid"] else "")))
     kid = "–"
     if s["kid_mean"] is not None:
         kid = f"{s['kid_mean']:.4f} ± {s['kid_std']:.4f}"
         if s["kid_subset_size"]:
-            kid += _n(f"subsets of {s['kid_subset_size']}")
+            kid += small(f"subsets of {s['kid_subset_size']}")
     best_kid = s["kid_mean"] is not None and s["kid_mean"] == best["kid_mean"]
-    cells.append(_cell(kid, s["kid_mean"], "num" + (" best" if best_kid else "")))
+    cells.append(cell(kid, s["kid_mean"], "num" + (" best" if best_kid else "")))
     acc = _fmt(None if s["accuracy"] is None else 100 * s["accuracy"], ".1f")
     if s["accuracy"] is not None:
-        acc += "%" + _n(f"n {s['n_judged']}")
+        acc += "%" + small(f"n {s['n_judged']}")
     best_acc = s["accuracy"] is not None and s["accuracy"] == best["accuracy"]
-    cells.append(_cell(acc, s["accuracy"], "num" + (" best" if best_acc else "")))
+    cells.append(cell(acc, s["accuracy"], "num" + (" best" if best_acc else "")))
     for c in classes:
         v = s[f"accuracy_{c}"]
         text = _fmt(None if v is None else 100 * v, ".0f") + ("%" if v is not None else "")
@@ -181,15 +167,15 @@ def _row_html(
             tip.append(f"FID {s[f'fid_{c}']:.1f}")
         if s[f"kid_{c}"] is not None:
             tip.append(f"KID {s[f'kid_{c}']:.4f}")
-        cells.append(_cell(text, v, "num cls", _heat(v) + f' title="{esc(", ".join(tip))}"'))
+        cells.append(cell(text, v, "num cls", _heat(v) + f' title="{esc(", ".join(tip))}"'))
     cells += extra
     secs = s["train_seconds"]
-    cells.append(_cell(duration(secs), secs, "num"))
-    cells.append(_cell(_fmt(s["images_per_second"], ".0f"), s["images_per_second"], "num"))
+    cells.append(cell(duration(secs), secs, "num"))
+    cells.append(cell(_fmt(s["images_per_second"], ".0f"), s["images_per_second"], "num"))
     loss = _fmt(s["final_loss"], ".4f")
     if s["train_steps"]:
-        loss += _n(f"step {s['train_steps']}")
-    cells.append(_cell(loss, s["final_loss"], "num"))
+        loss += small(f"step {s['train_steps']}")
+    cells.append(cell(loss, s["final_loss"], "num"))
     cls = f' class="{esc(row.status.replace(" ", "-"))}"'
     return f"<tr{cls}>{''.join(cells)}</tr>"
 
@@ -198,9 +184,6 @@ def tables(coll: Collection) -> str:
     """The results: for a sweep with seeds, the settings table (mean ± 95 % interval over the
     seeds, verdicts against the baseline) above the per-run table; otherwise the per-run table,
     with a verdict per headline metric when there are settings to compare."""
-    from diffscape.report.settings_html import settings_table, value_cell, verdict_cell
-    from diffscape.report.verdicts import metrics_for, settings
-
     metrics = metrics_for(coll.rows)
     sets = settings(coll, metrics)
     replicated = coll.seeds is not None or any(len(s.rows) > 1 for s in sets)
@@ -261,7 +244,7 @@ def _floor_row(coll: Collection, sums: list[dict[str, Any]], classes: list[str],
     cells = ['<th scope="row">Real data<span class="n">the floor / ceiling</span></th>']
     cells.append('<td colspan="2" class="muted">real images in place of samples</td>')
     if floor is not None and floor.get("fid") is not None:
-        fid = f"{floor['fid']:.2f}" + _n(f"n {floor.get('n_fake')} / {floor.get('n_real')}")
+        fid = f"{floor['fid']:.2f}" + small(f"n {floor.get('n_fake')} / {floor.get('n_real')}")
         kid_d = floor.get("kid") or {}
         kid = f"{kid_d['mean']:.4f} ± {kid_d['std']:.4f}" if kid_d else "–"
         src = f"{floor.get('fake', {}).get('source', '?')} vs {floor.get('real', {}).get('split', '?')}"
@@ -271,7 +254,7 @@ def _floor_row(coll: Collection, sums: list[dict[str, Any]], classes: list[str],
     else:
         cells.append('<td class="num">–</td><td class="num">–</td>')
     if real is not None:
-        acc = f"{100 * real['accuracy']:.1f}%" + _n(f"n {real.get('n') or '?'}")
+        acc = f"{100 * real['accuracy']:.1f}%" + small(f"n {real.get('n') or '?'}")
         cells.append(f'<td class="num" title="{esc(real.get("source", ""))}">{acc}</td>')
     else:
         cells.append('<td class="num">–</td>')

@@ -1,10 +1,11 @@
 """Finding runs on disk and reading what they hold into one :class:`Row` per (model, sampling).
 
-Everything is found by the names and predicates of :mod:`diffscape.layout`, nothing by searching:
+Everything is found by the names and predicates of :mod:`diffscape.core.layout`, nothing by
+searching:
 
 - a sweep folder (``sweep.json``) lists its rows: training folder, sampling folder, name, changes;
   rows not done yet still show. A demo folder (``demo.json``) holds one run in ``run/``.
-- the real-vs-real floor of a sweep or demo (:func:`diffscape.results.read_floor`:
+- the real-vs-real floor of a sweep or demo (:func:`diffscape.study.results.read_floor`:
   ``_floor/floor.json``, or older ``_floor/metrics.json`` / ``floor.json``); a run folder takes
   the floor of the study it lies in.
 - a run folder (``run.json``, or ``config.json`` + ``checkpoints/``) gives ``config.json`` (the
@@ -31,9 +32,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from diffscape import layout
-from diffscape.errors import DiffscapeError
-from diffscape.results import RunResult, read_floor, read_result
+from diffscape.core import layout
+from diffscape.core.errors import DiffscapeError
+from diffscape.study.results import RunResult, read_floor, read_result
 
 DERIVED_FIELDS = {"model.num_classes", "preset"}  # set by the dataset or bookkeeping, not choices
 SAMPLE_KEYS = ("sampler", "steps", "guidance", "eta", "seed")

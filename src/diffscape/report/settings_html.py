@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import math
 
-from diffscape.report.page import _cell, _n, esc
+from diffscape.core.stats import BETTER, NO_DIFFERENCE, NO_INTERVAL, WORSE, Comparison, Estimate
+from diffscape.core.timefmt import duration
+from diffscape.report.html import cell, esc, small
 from diffscape.report.rows import Collection, Row
 from diffscape.report.verdicts import Metric, Setting
-from diffscape.stats import BETTER, NO_DIFFERENCE, NO_INTERVAL, WORSE, Comparison, Estimate
-from diffscape.timefmt import duration
 
 VERDICT_CLASS = {BETTER: "v-better", WORSE: "v-worse", NO_DIFFERENCE: "v-none", NO_INTERVAL: "v-na"}
 VERDICT_SHORT = {
@@ -51,7 +51,7 @@ def _plus_minus(m: Metric, e: Estimate) -> str:
 def estimate_cell(m: Metric, e: Estimate | None, note: str = "") -> str:
     """``mean ± half-width`` of the 95 % interval, with how many seeds under it."""
     if e is None:
-        return _cell("–", None, "num")
+        return cell("–", None, "num")
     k = f"{e.k} seed{'s' if e.k != 1 else ''}"
     why = (
         "seeds"
@@ -61,33 +61,33 @@ def estimate_cell(m: Metric, e: Estimate | None, note: str = "") -> str:
     tip = f"mean of {k}; 95% interval from {why}"
     if e.low is not None:
         tip += f": [{number(m, e.low)}, {number(m, e.high)}]"
-    text = number(m, e.mean) + _plus_minus(m, e) + _n(f"{k}{' · ' + note if note else ''}")
-    return _cell(text, e.mean, "num", f' title="{esc(tip)}"')
+    text = number(m, e.mean) + _plus_minus(m, e) + small(f"{k}{' · ' + note if note else ''}")
+    return cell(text, e.mean, "num", f' title="{esc(tip)}"')
 
 
 def verdict_cell(m: Metric, s: Setting | None) -> str:
     """The setting's verdict on ``m`` against the baseline, coloured; the difference and its
     interval under it."""
     if s is None:
-        return _cell("–", None, "num verdict")
+        return cell("–", None, "num verdict")
     if s.is_baseline:
-        return _cell('<span class="muted">baseline</span>', "", "verdict v-base")
+        return cell('<span class="muted">baseline</span>', "", "verdict v-base")
     c: Comparison | None = s.comparisons.get(m.key)
     if c is None:
-        return _cell("–", None, "verdict")
+        return cell("–", None, "verdict")
     diff = ("+" if c.diff >= 0 else "−") + number(m, abs(c.diff))
     under = f"Δ {diff}"
     if c.low is not None:
         under += f" [{_signed(m, c.low)}, {_signed(m, c.high)}]"
-    lines = _n(under)
+    lines = small(under)
     if c.verdict == NO_DIFFERENCE:
-        lines = _n("at this n and these seeds") + lines
+        lines = small("at this n and these seeds") + lines
     better = "lower" if not m.higher_is_better else "higher"
     df = "" if math.isinf(c.df) else f", df {c.df:.1f}"
     tip = f"{m.label}: {c.verdict} than the baseline ({better} is better); {under}{df}"
     order = {BETTER: 0, NO_DIFFERENCE: 1, WORSE: 2}.get(c.verdict, 3)
     text = f"{esc(VERDICT_SHORT[c.verdict])}{lines}"
-    return _cell(text, order, f"verdict {VERDICT_CLASS[c.verdict]}", f' title="{esc(tip)}"')
+    return cell(text, order, f"verdict {VERDICT_CLASS[c.verdict]}", f' title="{esc(tip)}"')
 
 
 def _signed(m: Metric, value: float | None) -> str:
@@ -135,11 +135,11 @@ def _setting_row(s: Setting, metrics: list[Metric]) -> str:
     runs = f"{s.k} of {len(s.rows)} runs" + (
         f" · seeds {', '.join(map(str, seeds))}" if seeds else ""
     )
-    cells = [_cell(f"{esc(s.name)}{badge}{_n(runs)}", s.name, "name")]
+    cells = [cell(f"{esc(s.name)}{badge}{small(runs)}", s.name, "name")]
     changes = "".join(
         f'<code class="chip">{esc(k)}={esc(v)}</code> ' for k, v in first.changes.items()
     )
-    cells.append(_cell(changes or '<span class="muted">base</span>', "", "changes"))
+    cells.append(cell(changes or '<span class="muted">base</span>', "", "changes"))
     for m in metrics:
         cells.append(estimate_cell(m, s.estimates.get(m.key), _n_note(m, first)))
         if m is _last_headline(metrics):
@@ -169,4 +169,4 @@ def value_cell(m: Metric, r: Row) -> str:
     if value is not None and within is not None:
         half = 1.96 * math.sqrt(within)
         tip = f' title="{esc(f"± {number(m, half)} (95%, this run alone)")}"'
-    return _cell(number(m, value), value, "num", tip)
+    return cell(number(m, value), value, "num", tip)

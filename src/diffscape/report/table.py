@@ -7,7 +7,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from diffscape.atomic import atomic_path
+from diffscape.core.atomic import atomic_path
 from diffscape.report.rows import Row
 
 

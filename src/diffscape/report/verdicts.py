@@ -1,5 +1,5 @@
 """The report's settings: runs grouped by the setting they replicate, every number's mean and 95 %
-interval over the seeds, and each setting against the baseline (:mod:`diffscape.stats`).
+interval over the seeds, and each setting against the baseline (:mod:`diffscape.core.stats`).
 
 Each number comes with its within-run variance where the run recorded one: FID's bootstrap, KID's
 std over subsets, a binomial variance for shares of images (judge accuracy over n judged,
@@ -12,10 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from diffscape import stats
+from diffscape.core import stats
+from diffscape.core.stats import Comparison, Estimate
 from diffscape.report.rows import Collection, Row
 from diffscape.report.table import class_names, train_stats
-from diffscape.stats import Comparison, Estimate
 
 Value = tuple[float | None, float | None]  # (the run's number, its within-run variance)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, replace
 from typing import Any
 
-from diffscape import layout
 from diffscape.config import ConfigError, RunConfig, parse_section, resolve
-from diffscape.pipeline import RunSpec
+from diffscape.core import layout
+from diffscape.study.spec import RunSpec
 from diffscape.sweep.spec import (
     EvaluateSettings,
     JudgeSettings,
@@ -19,7 +19,7 @@ from diffscape.sweep.spec import (
 # ---- the plan: (training, sampling) pairs --------------------------------------------------------
 
 
-# One row of the report: a training run sampled one way. The pipeline's run type, so that a
+# One row of the report: a training run sampled one way. The study's run type, so that a
 # planned sweep runs as it is.
 PlannedRun = RunSpec
 

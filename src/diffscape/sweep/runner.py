@@ -1,4 +1,4 @@
-"""Running a sweep: its planned runs handed to :mod:`diffscape.pipeline`, which makes the shared
+"""Running a sweep: its planned runs handed to :mod:`diffscape.study`, which makes the shared
 data, judge and floor once, then trains, samples, evaluates and judges every run (result.json
 last), one worker process per GPU when several are visible."""
 
@@ -10,9 +10,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from diffscape import layout, lock, pipeline, results
-from diffscape.pipeline import StudySpec, log
-from diffscape.results import RunResult
+from diffscape.core import layout, lock
+from diffscape.study import results
+from diffscape.study.narrate import Narrator, Tools, log
+from diffscape.study.results import RunResult
+from diffscape.study.shared import ensure_data as ensure_study_data
+from diffscape.study.shared import prepare_study
+from diffscape.study.spec import StudySpec
+from diffscape.study.workers import run_study, worker_slots
 from diffscape.sweep.plan import PlannedRun, base_config, baseline_name, plan
 from diffscape.sweep.spec import SweepError, SweepSpec, load_sweep
 
@@ -37,7 +42,7 @@ def ensure_data(
     spec: SweepSpec, data: str | os.PathLike[str] | None, out: Path, progress: bool
 ) -> Path:
     """The sweep's dataset folder (made once when it is the default synthetic set)."""
-    return pipeline.ensure_data(study_spec(spec, out, data), pipeline.Tools(progress=progress))
+    return ensure_study_data(study_spec(spec, out, data), Tools(progress=progress))
 
 
 def _selected(runs: list[PlannedRun], only: Iterable[str] | None) -> list[PlannedRun]:
@@ -70,9 +75,9 @@ def run_sweep(
     (by folder name) or rows (by name); the floor is then left to the whole sweep. ``gpus``
     overrides ``torch.cuda.device_count()`` for deciding whether to run one worker per GPU.
     ``jobs``: how many trainings at once (at most one per GPU; on a CPU, each on its share of
-    the cores: :func:`diffscape.pipeline.worker_slots`); default one per GPU, else one.
+    the cores: :func:`diffscape.study.workers.worker_slots`); default one per GPU, else one.
     """
-    pipeline.worker_slots(0, jobs)  # a bad --jobs fails before anything is written
+    worker_slots(0, jobs)  # a bad --jobs fails before anything is written
     spec = sweep if isinstance(sweep, SweepSpec) else load_sweep(sweep)
     out = layout.check_out(out_dir, "sweep")
     all_runs = plan(spec)
@@ -83,15 +88,13 @@ def run_sweep(
         gpus = torch.cuda.device_count()
     with lock.hold(out, "sweep"):
         sspec = study_spec(spec, out, data)
-        tools = pipeline.Tools(pipeline.Narrator(log), progress=progress)
+        tools = Tools(Narrator(log), progress=progress)
         if only is None or not layout.is_sweep_dir(out):  # the folder's marker, first
             results.write_json(out / layout.SWEEP_JSON, sweep_record(spec, all_runs, sspec))
-        dataset = pipeline.ensure_data(sspec, tools)
+        dataset = ensure_study_data(sspec, tools)
         conditional = any(r.config.model.conditional for r in runs)
-        study = pipeline.prepare_study(
-            sspec, dataset, tools, judge_needed=conditional, floor=only is None
-        )
-        return pipeline.run_study(study, runs, tools, gpus=gpus, jobs=jobs)
+        study = prepare_study(sspec, dataset, tools, judge_needed=conditional, floor=only is None)
+        return run_study(study, runs, tools, gpus=gpus, jobs=jobs)
 
 
 def _dataset_path(sspec: StudySpec) -> Path:

@@ -18,7 +18,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from diffscape import layout
 from diffscape.config import (
     ALL_SECTIONS,
     SEED_MAX,
@@ -30,7 +29,8 @@ from diffscape.config import (
     parse_section,
     split_key,
 )
-from diffscape.errors import DiffscapeError
+from diffscape.core import layout
+from diffscape.core.errors import DiffscapeError
 
 BASE_RUN_NAME = "model"  # the one training run of a sweep without [grid] or [[runs]]
 

@@ -1,6 +1,6 @@
 """``diffscape demo``: the whole pipeline on the built-in procedural landscapes, sized for a CPU.
 
-A one-run study of :mod:`diffscape.pipeline`: synth -> judge (a CNN on the real training split)
+A one-run study (:mod:`diffscape.study`): synth -> judge (a CNN on the real training split)
 -> real-vs-real floor -> train a conditional model until its time budget (``train.minutes``) ->
 sample every class -> FID/KID against the test split -> judge the samples -> one HTML report.
 Each stage prints one line with its estimated time; run again, it does only what is missing.
@@ -15,13 +15,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from diffscape import config, layout, lock, pipeline, results
+from diffscape import config
 from diffscape.config import EvaluateSettings, JudgeSettings, SampleSettings
+from diffscape.core import layout, lock
+from diffscape.core.errors import DiffscapeError
+from diffscape.core.timefmt import duration
 from diffscape.data.dataset import load_dataset
-from diffscape.errors import DiffscapeError
-from diffscape.pipeline import Narrator, RunSpec, Study, StudySpec, Tools
-from diffscape.results import DemoSummary, RunResult
-from diffscape.timefmt import duration
+from diffscape.report import build_report
+from diffscape.study import results
+from diffscape.study.narrate import Narrator, Tools, pct
+from diffscape.study.results import DemoSummary, RunResult
+from diffscape.study.shared import ensure_data, prepare_study
+from diffscape.study.spec import RunSpec, Study, StudySpec, train_identity
+from diffscape.study.workers import run_study
 
 # The demo's recipe is the tiny preset's CPU recipe (v-prediction, min-SNR, lr 1e-3, EMA 0.995;
 # docs/benchmarks.md "Demo recipe": at 600 steps of 32 on the synth set it gave 98% judge
@@ -144,21 +150,19 @@ def run_demo(
         results.write_json(out / layout.DEMO_JSON, {"settings": asdict(s)})  # the marker, first
         tools = Tools(Narrator(say, total=STAGES), progress=progress)
         spec = study_spec(out, s, data)
-        dataset = pipeline.ensure_data(spec, tools)
+        dataset = ensure_data(spec, tools)
         ds = load_dataset(dataset)
         if not ds.labelled or "test" not in ds.splits:
             raise DiffscapeError(f"{ds.root}: the demo needs class labels and a test split")
-        study = pipeline.prepare_study(spec, dataset, tools, judge_needed=True)
+        study = prepare_study(spec, dataset, tools, judge_needed=True)
         minutes = (same_budget and trained_minutes(s, ds, study)) or budget_training(
             s, ds, study, tools, t_start
         )
         run = demo_run(s, ds.size, minutes)
-        (result,) = pipeline.run_study(study, [run], tools)
+        (result,) = run_study(study, [run], tools)
         if not result.ok:
             raise DiffscapeError(f"the demo's {result.stage} stage failed: {result.error}")
         tools.narrator.start("report", eta=10)
-        from diffscape.report import build_report
-
         report = build_report(
             out, out / layout.REPORT_HTML, title="diffscape demo", overwrite=True
         )  # the demo's own page, redone
@@ -178,7 +182,7 @@ def trained_minutes(s: DemoSettings, ds: Any, study: Study) -> float | None:
     minutes = ((settings.get("config") or {}).get("train") or {}).get("minutes")
     if not minutes:
         return None
-    same = settings == pipeline.train_identity(study, demo_run(s, ds.size, minutes))
+    same = settings == train_identity(study, demo_run(s, ds.size, minutes))
     return minutes if same else None
 
 
@@ -248,26 +252,20 @@ def summarize(
     )
 
 
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f}%"
-
-
 def _kid(kid: dict | None) -> str:
     return "n/a" if not kid else f"{kid['mean']:.4f}"
 
 
 def format_summary(summary: DemoSummary) -> str:
     p, floor = summary.paths, summary.floor or {}
-    per = ", ".join(
-        f"{c} {_pct(v['accuracy'])}" for c, v in (summary.judge_per_class or {}).items()
-    )
+    per = ", ".join(f"{c} {pct(v['accuracy'])}" for c, v in (summary.judge_per_class or {}).items())
     fid, floor_fid = summary.fid, floor.get("fid")
     return "\n".join(
         [
             "",
             f"demo finished in {duration(summary.wall_seconds)}",
-            f"  judge accuracy of the samples: {_pct(summary.judge_sample_accuracy)} ({per})",
-            f"  judge accuracy on real test images: {_pct(summary.judge_real_test_accuracy)}",
+            f"  judge accuracy of the samples: {pct(summary.judge_sample_accuracy)} ({per})",
+            f"  judge accuracy on real test images: {pct(summary.judge_real_test_accuracy)}",
             f"  KID {_kid(summary.kid)} ± {(summary.kid or {}).get('std', float('nan')):.4f}  "
             f"(real-vs-real floor {_kid(floor.get('kid'))}); FID "
             f"{'n/a' if fid is None else f'{fid:.1f}'} (floor "

@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from diffscape.errors import DiffscapeError
+from diffscape.core.errors import DiffscapeError
 
 Kind = Literal["dataset", "run", "samples", "judge", "sweep", "demo", "report", "export"]
 
@@ -43,7 +43,7 @@ def labels_file(split: str) -> str:
 RUN_JSON = "run.json"  # class names and the dataset's identity (the run's marker)
 CONFIG_JSON = "config.json"  # the frozen RunConfig
 METRICS_JSONL = "metrics.jsonl"  # one line per logged step
-TRAIN_JSON = "train.json"  # a finished train stage of a study (diffscape.results)
+TRAIN_JSON = "train.json"  # a finished train stage of a study (diffscape.study.results)
 TRAIN_SAMPLES = "samples"  # step-N.png grids while training
 CHECKPOINTS = "checkpoints"
 TENSORBOARD = "tensorboard"
@@ -204,7 +204,7 @@ class OutError(DiffscapeError):
 # Folders of the kinds below are replaced whole; runs, sweeps and demos are continued in place
 # (train resumes, a sweep or demo redoes what is missing), never replaced.
 REPLACED: frozenset[str] = frozenset({"dataset", "samples", "judge", "export", "report"})
-TMP_MARKER = ".diffscape-tmp"  # inside every temporary folder (diffscape.atomic)
+TMP_MARKER = ".diffscape-tmp"  # inside every temporary folder (diffscape.core.atomic)
 TMP_INFIX = ".diffscape-tmp-"  # in every temporary's name: ".<name>.diffscape-tmp-<pid>"
 SAMPLE_PNG = "[0-9][0-9][0-9][0-9][0-9]*.png"  # sample_name's pattern
 # What a folder of each replaced kind may hold (relative paths, fnmatch patterns): anything else

@@ -15,8 +15,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from diffscape.errors import DiffscapeError
-from diffscape.layout import LOCK
+from diffscape.core.errors import DiffscapeError
+from diffscape.core.layout import LOCK
 
 
 class FolderBusy(DiffscapeError):

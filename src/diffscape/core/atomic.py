@@ -20,8 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from diffscape import layout
-from diffscape.errors import DiffscapeError
+from diffscape.core import layout
+from diffscape.core.errors import DiffscapeError
 
 # ".<name>.diffscape-tmp-<pid>" (folders and files) — the one naming rule for temporaries; a
 # temporary folder also holds layout.TMP_MARKER. Only such temporaries are ever removed by

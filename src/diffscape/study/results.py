@@ -7,7 +7,7 @@
     <demo>/summary.json                                 DemoSummary
     <sweep>/sweep.json, <demo>/demo.json                plain records (the folders' markers)
 
-Every write is atomic (:func:`diffscape.atomic.write_json`). Reading is tolerant: a missing,
+Every write is atomic (:func:`diffscape.core.atomic.write_json`). Reading is tolerant: a missing,
 unreadable or damaged file reads as None (its stage is simply done again), unknown keys are
 ignored and missing ones take their defaults, so files written by older versions still read.
 """
@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from diffscape import atomic, layout
+from diffscape.core import atomic, layout
 
 Status = Literal["ok", "failed", "missing"]
 T = TypeVar("T")

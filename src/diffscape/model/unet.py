@@ -21,8 +21,8 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from torch import nn
 
 from diffscape.config import ConfigError, ModelConfig, from_dict, load_config_json
-from diffscape.errors import DiffscapeError
-from diffscape.layout import COMPLETE, CONFIG_JSON, UNET_WEIGHTS
+from diffscape.core.errors import DiffscapeError
+from diffscape.core.layout import COMPLETE, CONFIG_JSON, UNET_WEIGHTS
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "silu": nn.SiLU,

@@ -1,9 +1,6 @@
-"""Generation: DDPM / DDIM / DPM-Solver++ through diffusers schedulers, with classifier-free
-guidance, per-class folders and per-image seeds.
-
-Every image draws its starting noise and its per-step noise from its own generator, seeded by
-(seed, class, index). An image therefore depends only on those three numbers, never on the
-batch it was computed in (diffusers' ``randn_tensor`` accepts one generator per batch item).
+"""Samples folders: ``out/<class>/<index>.png`` + ``grid.png`` + ``samples.json``, planned
+without a list per image, made into a hidden partial folder that a re-run continues, checked
+for disk space and estimated in time before any image is made, published whole.
 """
 
 from __future__ import annotations
@@ -14,265 +11,25 @@ import os
 import platform
 import shutil
 import sys
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import diffusers
 import numpy as np
 import torch
-from diffusers import UNet2DModel
+from PIL import Image
 
-from diffscape import __version__, atomic, config, diffusion, layout, lock
-from diffscape.checkpoint import resolve_checkpoint
-from diffscape.config import RunConfig, load_config_json
-from diffscape.errors import DiffscapeError
-from diffscape.imagefolder import make_grid, save_image, save_png
-from diffscape.model import load_unet, null_class
-from diffscape.timefmt import duration
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    unet: UNet2DModel
-    cfg: RunConfig
-    classes: list[str]  # class names (empty for unconditional models)
-    checkpoint: Path
-    weights: str  # "ema" or "model"
-
-
-def load_for_sampling(
-    path: str | Path, use_ema: bool = True, device: str | torch.device | None = None
-) -> LoadedModel:
-    """A run folder (its latest complete checkpoint) or a checkpoint folder -> the network.
-
-    A trainer may prune the checkpoint while it is read: a run folder is then read again from
-    its newest intact checkpoint (saying so); a checkpoint folder that vanished is an error that
-    says what happened."""
-    weights = layout.EMA_DIR if use_ema else layout.MODEL_DIR
-    for attempt in range(3):
-        ckpt = resolve_checkpoint(Path(path))
-        try:
-            cfg = load_config_json(ckpt / layout.CONFIG_JSON)
-            classes = class_names(ckpt, cfg)
-            unet = load_unet(ckpt / weights).eval()
-            break
-        except (OSError, DiffscapeError):
-            if (ckpt / layout.COMPLETE).is_file():
-                raise  # still there: not a race, a real problem
-            if Path(path).resolve() == ckpt.resolve() or attempt == 2:
-                raise DiffscapeError(
-                    f"checkpoint {ckpt} was removed while it was being read (a trainer prunes "
-                    "old checkpoints); sample the run folder, or a milestone checkpoint"
-                ) from None
-            print(
-                f"note: checkpoint {ckpt.name} was removed while it was being read (pruned by "
-                "the trainer); reading the newest intact checkpoint instead",
-                file=sys.stderr,
-            )
-    unet.to(device or default_device())
-    return LoadedModel(unet, cfg, classes, ckpt, weights)
-
-
-def class_names(ckpt: Path, cfg: RunConfig) -> list[str]:
-    """A conditional model's class names from the checkpoint's run.json, each checked as one
-    safe folder name (they become ``OUT/<class>/``); ``class<i>`` when run.json has none that
-    fit the model. Unconditional models: no classes."""
-    if not cfg.model.conditional:
-        return []
-    path = ckpt / layout.RUN_JSON
-    try:
-        info = json.loads(path.read_text()) if path.is_file() else {}
-    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
-        raise DiffscapeError(f"{path} is not valid JSON ({e}); the checkpoint is damaged") from None
-    names = info.get("classes") if isinstance(info, dict) else None
-    if not isinstance(names, list) or len(names) != cfg.model.num_classes:
-        return [f"class{i}" for i in range(cfg.model.num_classes)]
-    names = [layout.safe_component(c, f"class name in {path}") for c in names]
-    if len(set(names)) != len(names):
-        raise DiffscapeError(f"{path} lists a class name twice; each class needs its own folder")
-    return names
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def image_generator(seed: int, class_idx: int | None, index: int) -> torch.Generator:
-    """The generator of one image: a pure function of (seed, class, index)."""
-    c = 0 if class_idx is None else class_idx + 1
-    (state,) = np.random.SeedSequence([seed, c, index]).generate_state(1, dtype=np.uint64)
-    return torch.Generator().manual_seed(int(state) & ((1 << 63) - 1))
-
-
-def slerp(a: torch.Tensor, b: torch.Tensor, u: float) -> torch.Tensor:
-    """Spherical interpolation between two noise tensors (keeps the Gaussian norm; Shoemake 1985,
-    as used for latent walks since White 2016)."""
-    af, bf = a.flatten().double(), b.flatten().double()
-    cos = torch.clamp(af @ bf / (af.norm() * bf.norm()), -1.0, 1.0)
-    theta = torch.arccos(cos)
-    if theta.abs() < 1e-6:
-        return ((1 - u) * a + u * b).to(a.dtype)
-    s = torch.sin(theta)
-    return ((torch.sin((1 - u) * theta) / s) * a + (torch.sin(u * theta) / s) * b).to(a.dtype)
-
-
-def model_output(
-    unet: UNet2DModel,
-    x: torch.Tensor,
-    t: torch.Tensor,
-    labels: torch.Tensor | None,
-    null: int,
-    guidance: float,
-) -> torch.Tensor:
-    """The network's prediction with classifier-free guidance; cond and uncond in one batch."""
-    tt = t.expand(x.shape[0]).to(x.device)
-    if labels is None:  # unconditional model
-        return unet(x, tt).sample
-    if guidance == 1.0:
-        return unet(x, tt, class_labels=labels).sample
-    nulls = torch.full_like(labels, null)
-    if guidance == 0.0:
-        return unet(x, tt, class_labels=nulls).sample
-    both = unet(torch.cat([x, x]), torch.cat([tt, tt]), class_labels=torch.cat([labels, nulls]))
-    cond, uncond = both.sample.chunk(2)
-    return diffusion.guide(cond, uncond, guidance)
-
-
-@torch.inference_mode()
-def denoise(
-    unet: UNet2DModel,
-    cfg: RunConfig,
-    noise: torch.Tensor,
-    labels: torch.Tensor | None,
-    generators: list[torch.Generator],
-    *,
-    sampler: diffusion.Sampler = "ddpm",
-    steps: int | None = None,
-    eta: float = 0.0,
-    guidance: float = 1.0,
-) -> torch.Tensor:
-    """Run a sampler from ``noise`` (B, 3, H, W) to images (float, on CPU), not clamped: about
-    [-1, 1] for a trained model; ``to_uint8`` clamps."""
-    device = next(unet.parameters()).device
-    sched = diffusion.make_scheduler(cfg.diffusion, sampler)
-    n_steps = diffusion.sampler_steps(cfg.diffusion.timesteps, sampler, steps)
-    sched.set_timesteps(n_steps, device=device)
-    x = noise.to(device) * sched.init_noise_sigma
-    if labels is not None:
-        labels = labels.to(device)
-    extra: dict = {"eta": eta} if sampler == "ddim" else {}
-    if sampler in diffusion.TAKES_GENERATOR:
-        extra["generator"] = generators
-    null = null_class(cfg.model)
-    for t in sched.timesteps:
-        model_in = sched.scale_model_input(x, t)
-        out = model_output(unet, model_in, t, labels, null, guidance)
-        x = sched.step(out, t, x, **extra).prev_sample
-    if not torch.isfinite(x).all():  # would become black images silently
-        raise DiffscapeError(
-            f"{sampler} produced NaN or infinite pixels: the weights are damaged or the settings "
-            f"diverge (guidance {guidance:g}); try another checkpoint or a smaller --guidance"
-        )
-    return x.float().cpu()
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """[-1, 1] float -> uint8 (N, 3, H, W), rounding to nearest, clamped to [0, 255]."""
-    return ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
-
-
-def generate_images(
-    unet: UNet2DModel,
-    cfg: RunConfig,
-    *,
-    class_idx: Sequence[int | None],
-    index: Sequence[int],
-    seed: int,
-    sampler: diffusion.Sampler = "ddpm",
-    steps: int | None = None,
-    eta: float = 0.0,
-    guidance: float = 1.0,
-    batch: int = 64,
-    progress: bool = True,
-) -> np.ndarray:
-    """Images for the given (class, index) pairs as uint8 (N, 3, H, W)."""
-    if len(class_idx) != len(index):
-        raise ValueError("class_idx and index must have the same length")
-    size = cfg.model.image_size
-    out = np.empty((len(index), 3, size, size), np.uint8)
-    pairs = list(zip(class_idx, index, strict=True))
-    for start, images in iter_images(
-        unet, cfg, pairs, seed=seed, sampler=sampler, steps=steps, eta=eta, guidance=guidance,
-        batch=batch, progress=progress,
-    ):  # fmt: skip
-        out[start : start + len(images)] = images
-    return out
-
-
-def iter_images(
-    unet: UNet2DModel,
-    cfg: RunConfig,
-    pairs: Sequence[tuple[int | None, int]],
-    *,
-    seed: int,
-    sampler: diffusion.Sampler = "ddpm",
-    steps: int | None = None,
-    eta: float = 0.0,
-    guidance: float = 1.0,
-    batch: int = 64,
-    progress: bool = True,
-) -> Iterator[tuple[int, np.ndarray]]:
-    """(position of the batch's first pair, its images as uint8 (B, 3, H, W)) for the (class,
-    index) ``pairs``, a batch at a time: memory holds one batch whatever the number of images."""
-    check_settings(sampler=sampler, steps=steps, eta=eta, guidance=guidance, seed=seed, batch=batch)
-    conditional = cfg.model.conditional
-    size, null = cfg.model.image_size, null_class(cfg.model)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(pairs), desc=f"sample ({sampler})", unit="img", dynamic_ncols=True)
-    was_training = unet.training
-    unet.eval()
-    try:
-        for start in range(0, len(pairs), batch):
-            chunk = pairs[start : start + batch]
-            if not conditional and any(c is not None for c, _ in chunk):
-                raise DiffscapeError("this model is unconditional: it cannot sample a class")
-            if conditional and any(c is None for c, _ in chunk) and guidance != 0.0:
-                raise DiffscapeError("a conditional model needs a class per image (or guidance 0)")
-            gens = [image_generator(seed, c, i) for c, i in chunk]
-            noise = torch.stack([torch.randn((3, size, size), generator=g) for g in gens])
-            labels = None
-            if conditional:
-                labels = torch.tensor([null if c is None else c for c, _ in chunk])
-            x = denoise(
-                unet, cfg, noise, labels, gens,
-                sampler=sampler, steps=steps, eta=eta, guidance=guidance,
-            )  # fmt: skip
-            yield start, to_uint8(x)
-            if bar is not None:
-                bar.update(len(gens))
-    finally:
-        if bar is not None:
-            bar.close()
-        unet.train(was_training)
-
-
-def grid_image(images: np.ndarray, row_names: Sequence[str], per_row: int):  # noqa: ANN201
-    """A PIL image with one labelled row of ``per_row`` images per name."""
-    from diffscape.data.show import labelled_rows_image
-
-    rows = [(name, images[k * per_row : (k + 1) * per_row]) for k, name in enumerate(row_names)]
-    return labelled_rows_image(rows)
-
-
-def check_settings(**given: object) -> None:
-    """Sample settings given to the library (``n``, ``sampler``, ``steps``, ``eta``,
-    ``guidance``, ``seed``, ``batch``) checked by the settings engine against the bounds that
-    ``--help`` shows: a one-line ConfigError naming the setting. None: not given (default)."""
-    config.parse_section("sample", {k: v for k, v in given.items() if v is not None})
+from diffscape import __version__
+from diffscape.core import atomic, layout, lock
+from diffscape.core.errors import DiffscapeError
+from diffscape.core.timefmt import duration
+from diffscape.data.imagefolder import save_png
+from diffscape.model import diffusion
+from diffscape.sample.generate import check_settings, grid_image, iter_images
+from diffscape.sample.load import LoadedModel, load_for_sampling
 
 
 def plan(
@@ -551,8 +308,6 @@ def check_space(folder: Path, images: int, size: int) -> None:
 
 def estimate(model: LoadedModel, p: Plan, todo: int, record: dict, w: float, batch: int) -> str:
     """One line before sampling: images, time (one network call timed now) and disk."""
-    import time
-
     size, unet = model.cfg.model.image_size, model.unet
     calls_per_batch = record["steps"] * (2 if record["sampler"] == "heun" else 1)
     both = model.cfg.model.conditional and w not in (0.0, 1.0)  # cond and uncond in one call
@@ -584,8 +339,6 @@ def save_png_atomically(path: Path, image_chw: np.ndarray) -> None:
 
 def write_grid(folder: Path, p: Plan) -> None:
     """grid.png: one labelled row of up to 8 images per class, read back from the folder."""
-    from PIL import Image
-
     counts = p.counts()
     per_row = min(8, max(1, min(counts.values())))
     rows = []
@@ -612,91 +365,7 @@ def samples_out(out: str | Path, overwrite: bool) -> Path:
     return out
 
 
-MAX_FRAMES = 256  # images in an interpolation row, denoised in one batch
-
-
-def interpolate(
-    source: str | Path,
-    out_png: str | Path,
-    *,
-    seed_a: int,
-    seed_b: int,
-    frames: int = 8,
-    class_name: str | None = None,
-    sampler: diffusion.Sampler = "ddim",
-    steps: int | None = None,
-    guidance: float = 1.0,
-    overwrite: bool = False,
-) -> np.ndarray:
-    """A row of images whose starting noise walks from seed_a's to seed_b's (slerp), with the
-    deterministic DDIM (eta 0) or DPM-Solver++ so the row changes smoothly. ``steps`` None is
-    the sampler's default."""
-    if sampler == "ddpm":
-        raise DiffscapeError("interpolation needs a deterministic sampler: ddim or dpm")
-    check_settings(sampler=sampler, steps=steps, guidance=guidance, seed=seed_a)
-    check_settings(seed=seed_b)
-    if isinstance(frames, bool) or not isinstance(frames, int) or not 2 <= frames <= MAX_FRAMES:
-        raise DiffscapeError(f"frames {frames!r}: give 2..{MAX_FRAMES} images in the row")
-    if Path(out_png).suffix.lower() != ".png":
-        raise DiffscapeError(f"interpolate writes a PNG image: {out_png} must end in .png")
-    out_png = layout.check_out(out_png, "image", overwrite=overwrite)
-    model = load_for_sampling(source)
-    class_idx, _, _ = plan(model, 1, False, [class_name] if class_name else None)
-    k = class_idx[0]
-    size = model.cfg.model.image_size
-    a = torch.randn((3, size, size), generator=image_generator(seed_a, k, 0))
-    b = torch.randn((3, size, size), generator=image_generator(seed_b, k, 0))
-    noise = torch.stack([slerp(a, b, u) for u in np.linspace(0.0, 1.0, frames)])
-    labels = None if k is None else torch.full((frames,), k)
-    gens = [torch.Generator().manual_seed(0) for _ in range(frames)]  # unused at eta 0
-    x = denoise(
-        model.unet, model.cfg, noise, labels, gens, sampler=sampler, steps=steps, guidance=guidance
-    )
-    images = to_uint8(x)
-    from PIL import Image
-
-    save_image(Image.fromarray(make_grid(images, nrow=frames).transpose(1, 2, 0)), out_png)
-    return images
-
-
-def export_diffusers(
-    source: str | Path, out: str | Path, use_ema: bool = True, overwrite: bool = False
-) -> Path:
-    """A folder diffusers loads: ``unet/`` (UNet2DModel) and ``scheduler/`` (DDPMScheduler with
-    the model's betas). Other samplers load from the same scheduler config. Written as a whole;
-    ``out`` may be new or empty, or an older export with ``overwrite``."""
-    out = layout.check_out(out, "export", overwrite=overwrite)
-    model = load_for_sampling(source, use_ema=use_ema, device="cpu")
-    tmp = atomic.tmp_dir_beside(out)
-    try:
-        model.unet.save_pretrained(tmp / layout.EXPORT_UNET, safe_serialization=True)
-        sched = diffusion.make_scheduler(model.cfg.diffusion, "ddpm")
-        sched.save_pretrained(tmp / layout.EXPORT_SCHEDULER)
-        info = {"classes": model.classes, "null_class": null_class(model.cfg.model)}
-        atomic.write_json(tmp / layout.EXPORT_CLASSES, info)
-        atomic.write_text(tmp / layout.EXPORT_CONFIG, model.cfg.to_json())
-        atomic.publish_dir(tmp, layout.check_out(out, "export", overwrite=overwrite))
-    except Exception as e:
-        if atomic.is_disk_full(e):
-            need = sum(t.numel() * t.element_size() for t in model.unet.state_dict().values())
-            raise atomic.disk_full(e, out, tmp, need) from None
-        raise
-    finally:
-        atomic.remove_tmp(tmp)
-    if model.cfg.model.activation != "silu":
-        print(
-            f"note: activation {model.cfg.model.activation!r} also replaces the SiLU that "
-            "diffusers hard-codes in the time MLP and output head; load with "
-            "diffscape.model.load_unet (or apply_activation after from_pretrained) to get the "
-            "trained network",
-            file=sys.stderr,
-        )
-    return out
-
-
 def versions() -> dict[str, str]:
-    import diffusers
-
     return {
         "diffscape": __version__,
         "torch": torch.__version__,

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from diffscape.errors import DiffscapeError
-from diffscape.layout import SAMPLES_JSON as SAMPLES_JSON  # re-exported: older imports
-from diffscape.layout import UNCONDITIONAL
+from diffscape.core import atomic, layout
+from diffscape.core.errors import DiffscapeError
+from diffscape.core.layout import UNCONDITIONAL
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
@@ -107,8 +107,6 @@ def save_image(image: Image.Image, path: str | Path) -> Path:
     """Write a picture a command makes on its own (a sheet, a walk, closest pairs) atomically,
     in the format its suffix names (PNG otherwise), marked as diffscape's (PNG: the text chunk
     "Software"; other formats: the EXIF Software tag) so that layout.check_out knows it."""
-    from diffscape import atomic, layout
-
     path = Path(path)
     fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")
     extra: dict = {}

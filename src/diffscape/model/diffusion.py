@@ -19,7 +19,7 @@ from diffusers.schedulers.scheduling_ddpm import betas_for_alpha_bar
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from diffscape.config import SAMPLERS, DiffusionConfig, Sampler, SampleSettings
-from diffscape.errors import DiffscapeError
+from diffscape.core.errors import DiffscapeError
 
 # The sampler names (Sampler, SAMPLERS) are listed once, in config.py, so that the CLI can offer
 # them without importing torch; they are importable from here too.

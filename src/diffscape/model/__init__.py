@@ -1,0 +1,1 @@
+"""The network (:mod:`.unet`) and the noise schedule and samplers (:mod:`.diffusion`)."""

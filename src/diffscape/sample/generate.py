@@ -1,0 +1,201 @@
+"""Generation: DDPM / DDIM / DPM-Solver++ through diffusers schedulers, with classifier-free
+guidance and per-image seeds.
+
+Every image draws its starting noise and its per-step noise from its own generator, seeded by
+(seed, class, index). An image therefore depends only on those three numbers, never on the
+batch it was computed in (diffusers' ``randn_tensor`` accepts one generator per batch item).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from diffusers import UNet2DModel
+
+from diffscape import config
+from diffscape.config import RunConfig
+from diffscape.core.errors import DiffscapeError
+from diffscape.data.show import labelled_rows_image
+from diffscape.model import diffusion
+from diffscape.model.unet import null_class
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def image_generator(seed: int, class_idx: int | None, index: int) -> torch.Generator:
+    """The generator of one image: a pure function of (seed, class, index)."""
+    c = 0 if class_idx is None else class_idx + 1
+    (state,) = np.random.SeedSequence([seed, c, index]).generate_state(1, dtype=np.uint64)
+    return torch.Generator().manual_seed(int(state) & ((1 << 63) - 1))
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, u: float) -> torch.Tensor:
+    """Spherical interpolation between two noise tensors (keeps the Gaussian norm; Shoemake 1985,
+    as used for latent walks since White 2016)."""
+    af, bf = a.flatten().double(), b.flatten().double()
+    cos = torch.clamp(af @ bf / (af.norm() * bf.norm()), -1.0, 1.0)
+    theta = torch.arccos(cos)
+    if theta.abs() < 1e-6:
+        return ((1 - u) * a + u * b).to(a.dtype)
+    s = torch.sin(theta)
+    return ((torch.sin((1 - u) * theta) / s) * a + (torch.sin(u * theta) / s) * b).to(a.dtype)
+
+
+def model_output(
+    unet: UNet2DModel,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    labels: torch.Tensor | None,
+    null: int,
+    guidance: float,
+) -> torch.Tensor:
+    """The network's prediction with classifier-free guidance; cond and uncond in one batch."""
+    tt = t.expand(x.shape[0]).to(x.device)
+    if labels is None:  # unconditional model
+        return unet(x, tt).sample
+    if guidance == 1.0:
+        return unet(x, tt, class_labels=labels).sample
+    nulls = torch.full_like(labels, null)
+    if guidance == 0.0:
+        return unet(x, tt, class_labels=nulls).sample
+    both = unet(torch.cat([x, x]), torch.cat([tt, tt]), class_labels=torch.cat([labels, nulls]))
+    cond, uncond = both.sample.chunk(2)
+    return diffusion.guide(cond, uncond, guidance)
+
+
+@torch.inference_mode()
+def denoise(
+    unet: UNet2DModel,
+    cfg: RunConfig,
+    noise: torch.Tensor,
+    labels: torch.Tensor | None,
+    generators: list[torch.Generator],
+    *,
+    sampler: diffusion.Sampler = "ddpm",
+    steps: int | None = None,
+    eta: float = 0.0,
+    guidance: float = 1.0,
+) -> torch.Tensor:
+    """Run a sampler from ``noise`` (B, 3, H, W) to images (float, on CPU), not clamped: about
+    [-1, 1] for a trained model; ``to_uint8`` clamps."""
+    device = next(unet.parameters()).device
+    sched = diffusion.make_scheduler(cfg.diffusion, sampler)
+    n_steps = diffusion.sampler_steps(cfg.diffusion.timesteps, sampler, steps)
+    sched.set_timesteps(n_steps, device=device)
+    x = noise.to(device) * sched.init_noise_sigma
+    if labels is not None:
+        labels = labels.to(device)
+    extra: dict = {"eta": eta} if sampler == "ddim" else {}
+    if sampler in diffusion.TAKES_GENERATOR:
+        extra["generator"] = generators
+    null = null_class(cfg.model)
+    for t in sched.timesteps:
+        model_in = sched.scale_model_input(x, t)
+        out = model_output(unet, model_in, t, labels, null, guidance)
+        x = sched.step(out, t, x, **extra).prev_sample
+    if not torch.isfinite(x).all():  # would become black images silently
+        raise DiffscapeError(
+            f"{sampler} produced NaN or infinite pixels: the weights are damaged or the settings "
+            f"diverge (guidance {guidance:g}); try another checkpoint or a smaller --guidance"
+        )
+    return x.float().cpu()
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """[-1, 1] float -> uint8 (N, 3, H, W), rounding to nearest, clamped to [0, 255]."""
+    return ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def generate_images(
+    unet: UNet2DModel,
+    cfg: RunConfig,
+    *,
+    class_idx: Sequence[int | None],
+    index: Sequence[int],
+    seed: int,
+    sampler: diffusion.Sampler = "ddpm",
+    steps: int | None = None,
+    eta: float = 0.0,
+    guidance: float = 1.0,
+    batch: int = 64,
+    progress: bool = True,
+) -> np.ndarray:
+    """Images for the given (class, index) pairs as uint8 (N, 3, H, W)."""
+    if len(class_idx) != len(index):
+        raise ValueError("class_idx and index must have the same length")
+    size = cfg.model.image_size
+    out = np.empty((len(index), 3, size, size), np.uint8)
+    pairs = list(zip(class_idx, index, strict=True))
+    for start, images in iter_images(
+        unet, cfg, pairs, seed=seed, sampler=sampler, steps=steps, eta=eta, guidance=guidance,
+        batch=batch, progress=progress,
+    ):  # fmt: skip
+        out[start : start + len(images)] = images
+    return out
+
+
+def iter_images(
+    unet: UNet2DModel,
+    cfg: RunConfig,
+    pairs: Sequence[tuple[int | None, int]],
+    *,
+    seed: int,
+    sampler: diffusion.Sampler = "ddpm",
+    steps: int | None = None,
+    eta: float = 0.0,
+    guidance: float = 1.0,
+    batch: int = 64,
+    progress: bool = True,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """(position of the batch's first pair, its images as uint8 (B, 3, H, W)) for the (class,
+    index) ``pairs``, a batch at a time: memory holds one batch whatever the number of images."""
+    check_settings(sampler=sampler, steps=steps, eta=eta, guidance=guidance, seed=seed, batch=batch)
+    conditional = cfg.model.conditional
+    size, null = cfg.model.image_size, null_class(cfg.model)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(pairs), desc=f"sample ({sampler})", unit="img", dynamic_ncols=True)
+    was_training = unet.training
+    unet.eval()
+    try:
+        for start in range(0, len(pairs), batch):
+            chunk = pairs[start : start + batch]
+            if not conditional and any(c is not None for c, _ in chunk):
+                raise DiffscapeError("this model is unconditional: it cannot sample a class")
+            if conditional and any(c is None for c, _ in chunk) and guidance != 0.0:
+                raise DiffscapeError("a conditional model needs a class per image (or guidance 0)")
+            gens = [image_generator(seed, c, i) for c, i in chunk]
+            noise = torch.stack([torch.randn((3, size, size), generator=g) for g in gens])
+            labels = None
+            if conditional:
+                labels = torch.tensor([null if c is None else c for c, _ in chunk])
+            x = denoise(
+                unet, cfg, noise, labels, gens,
+                sampler=sampler, steps=steps, eta=eta, guidance=guidance,
+            )  # fmt: skip
+            yield start, to_uint8(x)
+            if bar is not None:
+                bar.update(len(gens))
+    finally:
+        if bar is not None:
+            bar.close()
+        unet.train(was_training)
+
+
+def grid_image(images: np.ndarray, row_names: Sequence[str], per_row: int):  # noqa: ANN201
+    """A PIL image with one labelled row of ``per_row`` images per name."""
+    rows = [(name, images[k * per_row : (k + 1) * per_row]) for k, name in enumerate(row_names)]
+    return labelled_rows_image(rows)
+
+
+def check_settings(**given: object) -> None:
+    """Sample settings given to the library (``n``, ``sampler``, ``steps``, ``eta``,
+    ``guidance``, ``seed``, ``batch``) checked by the settings engine against the bounds that
+    ``--help`` shows: a one-line ConfigError naming the setting. None: not given (default)."""
+    config.parse_section("sample", {k: v for k, v in given.items() if v is not None})

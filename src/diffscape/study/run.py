@@ -1,0 +1,144 @@
+"""One training of a study and its samplings: train once, then per sampling sample -> evaluate
+-> judge -> result.json (written last). A failed stage is recorded in the run's result.json, and
+a finished run (its result.json written with the same settings) is skipped.
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from diffscape.study import results
+from diffscape.study.narrate import Tools
+from diffscape.study.results import RunResult, TrainRecord
+from diffscape.study.shared import judge_identity
+from diffscape.study.spec import RunSpec, Study
+from diffscape.study.stages import (
+    StageError,
+    also_judge_stage,
+    evaluate_stage,
+    judge_stage,
+    sample_stage,
+    timed,
+    train_stage,
+)
+
+RUN_STAGES = ("train", "sample", "evaluate", "judge samples")
+
+
+def settings_record(study: Study, run: RunSpec) -> dict[str, Any]:
+    """What a finished run must match to be skipped on a re-run (what was used, not where it
+    lies: moving the study folder must not redo every run)."""
+    record = {
+        "config": run.config.to_dict(),
+        "sample": asdict(run.sample),
+        "evaluate": asdict(study.spec.evaluate),
+        "judge": study.judge_identity,
+        "dataset": study.dataset_hash,
+    }
+    if study.also:  # only then: records of studies without them stay as they were
+        record["also"] = {k: judge_identity(Path(p)) for k, p in study.also.items()}
+    return results.plain(record)
+
+
+def is_finished(study: Study, run: RunSpec) -> bool:
+    r = results.read_result(run.sample_dir(study.out))
+    return r is not None and r.ok and r.settings == settings_record(study, run)
+
+
+def _identity(run: RunSpec) -> dict[str, Any]:
+    return results.plain(
+        {
+            "name": run.name,
+            "training": run.training,
+            "sampling": run.sampling,
+            "changes": run.changes,
+            "sample": asdict(run.sample),
+            "setting": run.setting or run.name,
+            "seed": run.seed,
+        }
+    )
+
+
+def finish_run(study: Study, run: RunSpec, trained: TrainRecord, tools: Tools) -> RunResult:
+    """Sample -> evaluate -> judge one trained run, then write its result.json (last)."""
+    seconds = {"train": trained.seconds}
+    made = timed("sample", lambda: sample_stage(study, run, tools), seconds)["n"]
+    scores: dict[str, Any] = {}
+    if study.spec.evaluate.enabled:
+        m = timed("evaluate", lambda: evaluate_stage(study, run, made, tools), seconds)
+        scores |= {k: m.get(k) for k in ("fid", "kid", "n_fake", "n_real")}
+        scores |= {k: m.get(k) for k in ("precision", "recall", "fid64")}
+        scores["memorisation"] = (m.get("memorisation") or {}).get("share")
+    if study.judge is not None and run.config.model.conditional:
+        acc = timed("judge", lambda: judge_stage(study, run, made, tools), seconds)
+        scores |= {"accuracy": acc["accuracy"], "n_judged": acc["n"]}
+        scores["per_class"] = acc.get("per_class")
+        also = timed("judge", lambda: also_judge_stage(study, run, made, tools), seconds)
+        if also:
+            scores["judges"] = {
+                k: {"accuracy": a["accuracy"], "n": a["n"]} for k, a in also.items()
+            }
+    result = RunResult(
+        **_identity(run), status="ok", steps=trained.steps, n_samples=made, **scores,
+        seconds=seconds, settings=settings_record(study, run), finished_at=results.now(),
+    )  # fmt: skip
+    results.write_result(run.sample_dir(study.out), result)
+    return result
+
+
+def record_failure(
+    study: Study, run: RunSpec, stage: str, error: BaseException, tools: Tools
+) -> RunResult:
+    message = f"{type(error).__name__}: {error}"
+    tools.narrator.note(f"{run.name}: FAILED in {stage}: {message}")
+    result = RunResult(
+        **_identity(run), status="failed", stage=stage, error=message,
+        traceback="".join(traceback.format_exception(type(error), error, error.__traceback__)),
+        settings=settings_record(study, run), finished_at=results.now(),
+    )  # fmt: skip
+    results.write_result(run.sample_dir(study.out), result)
+    return result
+
+
+def skip_finished(run: RunSpec, tools: Tools) -> None:
+    nar = tools.narrator
+    if nar.total:  # numbered stages: each says it is done
+        for stage in RUN_STAGES:
+            nar.skip(stage)
+    else:
+        nar.skip("finished before, skipped", why="", who=run.name)
+
+
+def run_training(study: Study, runs: list[RunSpec], tools: Tools) -> None:
+    """Train one model (or resume it), then sample, evaluate and judge each of its samplings
+    not finished yet. Failures are recorded per run; signals and Ctrl-C stop the study."""
+    from diffscape.train import TrainingInterrupted
+
+    todo = []
+    for r in runs:
+        if is_finished(study, r):
+            skip_finished(r, tools)
+        else:
+            todo.append(r)
+    if not todo:
+        return
+    try:
+        trained = train_stage(study, todo[0], tools)
+    except (TrainingInterrupted, KeyboardInterrupt):
+        raise
+    except Exception as e:
+        for r in todo:
+            record_failure(study, r, "train", e, tools)
+        return
+    for r in todo:
+        try:
+            finish_run(study, r, trained, tools)
+        except KeyboardInterrupt:
+            raise
+        except StageError as e:
+            record_failure(study, r, e.stage, e.__cause__ or e, tools)
+        except Exception as e:  # outside the stages: writing the result
+            record_failure(study, r, "result", e, tools)

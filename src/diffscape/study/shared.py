@@ -1,0 +1,185 @@
+"""A study's shared pieces, made once (:func:`prepare_study`)::
+
+    data   the given dataset, or procedural landscapes synthesized into <study>/<data_dir>
+    judge  a classifier of the real classes, trained into <study>/<judge_dir> (or a given one),
+           and the further judges of ``[judge] also``
+    floor  real vs real FID/KID at the study's sizes, in <study>/_floor/floor.json
+
+Each is made again only when its settings changed; numpy and the networks are imported only
+when one is made (as in :mod:`.stages`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from diffscape.core import layout
+from diffscape.core.errors import DiffscapeError
+from diffscape.study import results, stages
+from diffscape.study.narrate import Tools, pct
+from diffscape.study.results import Floor
+from diffscape.study.spec import Study, StudySpec
+
+
+def ensure_data(spec: StudySpec, tools: Tools) -> Path:
+    """The given dataset, or the synthetic one made once into ``out/data_dir`` (made again only
+    when its count, size or seed changed)."""
+    from diffscape.data.dataset import load_dataset
+    from diffscape.data.synth import synthesize
+
+    nar = tools.narrator
+    if spec.dataset is not None:
+        ds = load_dataset(spec.dataset)
+        nar.skip("data", f"using {ds.root}")
+        return ds.root.resolve()
+    path = spec.out / spec.data_dir
+    if layout.is_dataset_dir(path):
+        made = load_dataset(path)
+        synth = made.manifest.get("synth") or {}
+        if (synth.get("n"), synth.get("seed"), made.size) == (
+            spec.synth_images, spec.seed, spec.synth_size
+        ):  # fmt: skip
+            nar.skip("data", f"made before: {path}")
+            return made.root.resolve()
+    nar.start(
+        "data", f"{spec.synth_images} procedural landscapes at {spec.synth_size} px into {path}",
+        eta=spec.synth_images / 1000,
+    )  # fmt: skip
+    ds = synthesize(
+        spec.synth_images, spec.synth_size, path, seed=spec.seed, progress=tools.progress,
+        overwrite=True,  # the study's own data folder, made for other settings before
+    )  # fmt: skip
+    nar.done(f"{ds.count('train')} train / {ds.count('test')} test")
+    return ds.root.resolve()
+
+
+def judge_identity(path: Path) -> dict[str, Any]:
+    info = results.read_json(Path(path) / layout.JUDGE_JSON) or {}
+    return {k: info.get(k) for k in ("kind", "classes", "size", "seed", "settings", "accuracy")}
+
+
+def ensure_judge(spec: StudySpec, data: Path, needed: bool, tools: Tools) -> Path | None:
+    """The judge folder: ``judge.path``, or one trained once into ``out/judge_dir``. None when
+    judging is off or there is nothing to judge (no conditional run, unlabelled data)."""
+    from diffscape.data.dataset import load_dataset
+
+    j, nar = spec.judge, tools.narrator
+    if not j.enabled or not needed:
+        return None
+    ds = load_dataset(data)
+    if not ds.labelled:
+        nar.note("no judge: the dataset has no classes")
+        return None
+    if j.path is not None:
+        if not layout.is_judge_dir(j.path):
+            raise DiffscapeError(f"judge path {j.path} is not a judge folder (no judge.json)")
+        nar.skip("judge", f"using {j.path}")
+        return Path(j.path)
+    return _judge_of_kind(spec, ds, j.kind, spec.out / spec.judge_dir, tools)
+
+
+def _judge_of_kind(spec: StudySpec, ds: Any, kind: str, path: Path, tools: Tools) -> Path:
+    """A ``kind`` judge of the real training images in ``path``, trained there once."""
+    from diffscape.judge import CNNSettings, train_judge
+
+    nar = tools.narrator
+    if layout.is_judge_dir(path):
+        nar.skip("judge", f"trained before: {path}")
+        return path
+    cnn = CNNSettings(**spec.judge_cnn)  # type: ignore[arg-type]
+    # ~400 img/s per epoch on 2 cores (29 epochs of 3,900 photos in 287 s, docs/real-photos.md);
+    # an upper bound: early stopping usually ends it sooner
+    eta = ds.count("train") * cnn.max_epochs / 400 if kind == "cnn" else 40
+    nar.start("judge", f"a {kind} classifier of the real training images into {path}", eta=eta)
+    made = train_judge(
+        ds, kind, path, seed=spec.seed, cnn=cnn, progress=tools.progress, log=nar.note,
+    )  # fmt: skip
+    nar.done(f"accuracy on real test images {pct(made.accuracy.get('test'))}")
+    return path
+
+
+def ensure_also_judges(
+    spec: StudySpec, data: Path, main: Path | None, tools: Tools
+) -> dict[str, str]:
+    """The study's further judges (``[judge] also``), each trained once into ``_judge-<kind>``;
+    a kind the main judge already is, is the main judge. None when the main one is off."""
+    from diffscape.data.dataset import load_dataset
+
+    if main is None or not spec.judge.also:
+        return {}
+    ds = load_dataset(data)
+    main_kind = judge_identity(main).get("kind")
+    return {
+        kind: str(
+            _judge_of_kind(
+                spec, ds, kind, spec.out / layout.SWEEP_JUDGE_ALSO.format(kind=kind), tools
+            )
+        )
+        for kind in dict.fromkeys(spec.judge.also)
+        if kind != main_kind
+    }
+
+
+def ensure_floor(study: Study, tools: Tools) -> Floor | None:
+    """Real vs real at the study's sizes, computed once into ``_floor/floor.json``: the other
+    real split (n images, as many as the runs generate) against the reference split (n_real, the
+    same seeded subset the runs' real side uses, so its features come from the cache). Optional:
+    a failure is reported and the study goes on."""
+    from diffscape.data.dataset import load_dataset
+
+    e, nar = study.spec.evaluate, tools.narrator
+    if not (e.enabled and e.floor):
+        return None
+    ds = load_dataset(study.data)
+    other = "test" if e.split != "test" else "train"
+    if other not in ds.splits or e.split not in ds.splits:
+        nar.note(f"no real-vs-real floor: the dataset has no {other} split beside {e.split}")
+        return None
+    n_other = ds.count(other) if e.n is None else min(e.n, ds.count(other))
+    n_ref = min(e.n_real or e.n or ds.count(e.split), ds.count(e.split))
+    wanted = results.plain(
+        {
+            "dataset": study.dataset_hash,
+            "reference": [e.split, n_ref],
+            "other": [other, n_other],
+            "resize": e.resize,
+            "fid64": e.fid64,
+        }
+    )
+    done = results.read_floor(study.out)
+    if done is not None and done.settings in (None, wanted):  # None: a floor from before
+        nar.skip(
+            "floor", f"FID {done.fid:.2f} (computed before)" if done.fid else "computed before"
+        )
+        return done
+    nar.start("floor", f"real {other} ({n_other}) vs {e.split} ({n_ref})", eta=(n_other + n_ref) / 3.5 + 30)  # fmt: skip
+    try:
+        metrics = stages.fid_kid(
+            (ds, other), (ds, e.split), n_ref, n_other, f"{ds.root}:{e.split}", tools,
+            replace(e, memorisation=False, bootstrap=0),  # the train split against itself
+        )  # fmt: skip
+    except Exception as err:  # optional: the runs are still worth doing
+        nar.done(f"failed ({type(err).__name__}: {err}); going on without a floor")
+        return None
+    floor = results.write_floor(study.out, metrics, wanted)
+    nar.done(f"FID {floor.fid:.2f}, KID {(floor.kid or {}).get('mean', float('nan')):.4f}")
+    return floor
+
+
+def prepare_study(
+    spec: StudySpec, data: Path, tools: Tools, *, judge_needed: bool, floor: bool = True
+) -> Study:
+    """The judge and the floor of a study over ``data`` (from :func:`ensure_data`)."""
+    from diffscape.data.dataset import load_dataset
+
+    judge = ensure_judge(spec, data, judge_needed, tools)
+    study = Study(
+        spec, data, load_dataset(data).content_hash, judge,
+        None if judge is None else judge_identity(judge),
+        ensure_also_judges(spec, data, judge, tools),
+    )  # fmt: skip
+    if floor:
+        ensure_floor(study, tools)
+    return study

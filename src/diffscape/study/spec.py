@@ -1,0 +1,69 @@
+"""What a study is: the settings its runs share (:class:`StudySpec`), one run (:class:`RunSpec`),
+and the prepared study (:class:`Study`: the dataset and judges every run uses)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from diffscape.config import EvaluateSettings, JudgeSettings, RunConfig, SampleSettings
+from diffscape.core import layout
+from diffscape.study import results
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """Settings shared by every run of a study (a sweep, or the demo's one run)."""
+
+    out: Path  # the study's folder
+    dataset: str | None = None  # a prepared dataset; None: synthesize landscapes into data_dir
+    synth_images: int = 2500  # procedural landscapes to make when no dataset is given
+    synth_size: int = 32  # their size in pixels
+    seed: int = 0  # seeds the synthetic data and the judge
+    evaluate: EvaluateSettings = field(default_factory=EvaluateSettings)
+    judge: JudgeSettings = field(default_factory=JudgeSettings)
+    judge_cnn: dict[str, Any] = field(default_factory=dict)  # CNNSettings changes (the demo's)
+    data_dir: str = layout.SWEEP_DATA  # folder names inside ``out``
+    judge_dir: str = layout.SWEEP_JUDGE
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run: a training config sampled one way (the study supplies data, evaluation, judge)."""
+
+    name: str  # the row's name in the report
+    training: str  # folder <out>/<training>
+    sampling: str  # folder <out>/<training>/samples/<sampling>
+    config: RunConfig
+    sample: SampleSettings
+    changes: dict[str, Any] = field(default_factory=dict)  # what differs from the base
+    setting: str = ""  # the setting this run replicates (the report's row); "": the name
+    seed: int | None = None  # the replicate's train and sample seed; None: not replicated
+
+    def train_dir(self, out: Path) -> Path:
+        return Path(out) / self.training
+
+    def sample_dir(self, out: Path) -> Path:
+        return Path(out) / self.training / "samples" / self.sampling
+
+
+@dataclass(frozen=True)
+class Study:
+    """A study's shared pieces, made once (:func:`prepare_study`)."""
+
+    spec: StudySpec
+    data: Path  # the dataset folder
+    dataset_hash: str  # its content hash: what the runs were trained and scored on
+    judge: Path | None  # None: no judging (off, unlabelled data, no conditional run)
+    judge_identity: dict[str, Any] | None = None  # what the judge is, not where it lies
+    also: dict[str, str] = field(default_factory=dict)  # further judges: kind -> folder
+
+    @property
+    def out(self) -> Path:
+        return self.spec.out
+
+
+def train_identity(study: Study, run: RunSpec) -> dict[str, Any]:
+    """What a finished training must match to be skipped on a re-run (train.json's settings)."""
+    return results.plain({"config": run.config.to_dict(), "dataset": study.dataset_hash})

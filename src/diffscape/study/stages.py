@@ -1,0 +1,217 @@
+"""The stages of a run: train -> sample -> evaluate (FID/KID) -> judge the samples.
+
+Every stage skips work already done, recognised by its marker file and the settings recorded
+in it: train.json, samples.json, metrics.json, accuracy.json (:mod:`diffscape.study.results`).
+So a killed or failed study, run again, does only what is missing. Torch, numpy and the
+networks are imported when a stage first runs, so that ``diffscape sweep --list`` and
+``--dry-run`` start without them.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from diffscape.config import EvaluateSettings
+from diffscape.core import layout
+from diffscape.study import results
+from diffscape.study.narrate import Tools, pct
+from diffscape.study.results import TrainRecord
+from diffscape.study.spec import RunSpec, Study, train_identity
+
+
+def fid_kid(
+    real: tuple[Any, str],
+    fake: Any,
+    n: int,
+    n_real: int | None,
+    name: str,
+    tools: Tools,
+    settings: EvaluateSettings | None = None,
+) -> dict[str, Any]:
+    """THE call into :func:`diffscape.metrics.evaluate.evaluate` (FID/KID, precision/recall,
+    fid64, memorisation of ``fake`` against the real split, as the study's [evaluate] asks,
+    with the study's shared Inception network); writes nothing."""
+    from diffscape.metrics.evaluate import EvalSettings, evaluate
+
+    e = settings or EvaluateSettings()
+    chosen = EvalSettings(
+        n=n, n_real=n_real, resize=e.resize, bootstrap=e.bootstrap, fid64=e.fid64,
+        memorisation=e.memorisation, near_copy=e.near_copy,
+    )  # fmt: skip
+    return evaluate(
+        real, fake, chosen, extractor=tools.extractor(e.resize),
+        fake_name=name, progress=tools.progress, say=tools.narrator.note,
+    )  # fmt: skip
+
+
+def train_stage(study: Study, run: RunSpec, tools: Tools) -> TrainRecord:
+    """Train (or resume) ``run``'s model; skipped when train.json says this config finished."""
+    from diffscape.train import train
+
+    run_dir, cfg, nar = run.train_dir(study.out), run.config, tools.narrator
+    wanted = train_identity(study, run)
+    done = results.read_train(run_dir)
+    if done is not None and done.settings == wanted:
+        nar.skip("train", f"trained before ({done.steps} steps)", who=run.training)
+        return done
+    t = cfg.train
+    what = (f"{t.minutes:g} min of steps of {t.batch_size} (at most {t.steps})" if t.minutes
+            else f"{t.steps} steps of {t.batch_size}")  # fmt: skip
+    nar.start("train", f"{what} into {run_dir}",
+              eta=60 * t.minutes if t.minutes else None, who=run.training)  # fmt: skip
+    r = train(cfg, study.data, run_dir, progress=tools.progress)
+    record = TrainRecord(
+        steps=r.steps, seconds=round(r.seconds, 1), images_per_second=r.images_per_second,
+        stopped_by=str(getattr(r, "stopped_by", "steps")), settings=wanted,
+        finished_at=results.now(),
+    )  # fmt: skip
+    results.write_train(run_dir, record)
+    nar.done(f"{r.steps} steps, {r.images_per_second:.0f} img/s")
+    return record
+
+
+def _sampling_done(record: dict[str, Any], run: RunSpec, checkpoint: Path | None) -> bool:
+    """Whether samples.json describes the sampling ``run`` asks for, from its latest checkpoint."""
+    if checkpoint is None:
+        return False
+    s, cond = run.sample, run.config.model.conditional
+    steps = run.config.diffusion.timesteps if s.sampler == "ddpm" else s.steps
+    counts = record.get("counts") or {}
+    return (
+        record.get("checkpoint") == str(checkpoint.resolve())
+        and (record.get("sampler"), record.get("steps"), record.get("eta"), record.get("seed"))
+        == (s.sampler, steps, s.eta, s.seed)
+        and record.get("per_class") == cond
+        and record.get("guidance") == (s.guidance if cond else None)
+        and (all(c == s.n for c in counts.values()) if cond else record.get("n") == s.n)
+    )
+
+
+def sample_stage(study: Study, run: RunSpec, tools: Tools) -> dict[str, Any]:
+    """Sample ``run`` into its folder (the samples.json record); skipped when samples.json
+    already describes these settings and the latest checkpoint."""
+    from diffscape.checkpoint import latest_checkpoint
+    from diffscape.data.dataset import load_dataset
+    from diffscape.sample import sample_to_folder
+
+    s, cond, nar = run.sample, run.config.model.conditional, tools.narrator
+    out_dir = run.sample_dir(study.out)
+    done = results.read_json(out_dir / layout.SAMPLES_JSON)
+    if done is not None and _sampling_done(done, run, latest_checkpoint(run.train_dir(study.out))):
+        nar.skip("sample", f"sampled before ({done.get('n')} images)", who=run.name)
+        return done
+    if out_dir.exists() and not layout.is_samples_dir(out_dir):
+        # a failed attempt's record, this study's own; anything else in it is refused below
+        (out_dir / layout.RESULT_JSON).unlink(missing_ok=True)
+    classes = "per class" if cond else "in all"
+    images = s.n * (load_dataset(study.data).num_classes if cond else 1)
+    nar.start("sample", f"{s.n} {classes}, {s.sampler} {s.steps} steps, w={s.guidance:g}",
+              eta=images * s.steps / 250, who=run.name)  # fmt: skip
+    record = sample_to_folder(
+        run.train_dir(study.out), out_dir, n=s.n, per_class=cond, sampler=s.sampler,
+        steps=s.steps, eta=s.eta, guidance=s.guidance if cond else None, seed=s.seed,
+        batch=s.batch, progress=tools.progress, overwrite=True,
+    )  # fmt: skip
+    nar.done(f"{record['n']} images in {out_dir}")
+    return record
+
+
+def evaluate_stage(study: Study, run: RunSpec, made: int, tools: Tools) -> dict[str, Any]:
+    """FID/KID of the samples against the reference split (metrics.json); skipped when it was
+    computed with these settings."""
+    from diffscape.data.dataset import load_dataset
+    from diffscape.data.imagefolder import load_sample_folder
+
+    e, nar, folder = study.spec.evaluate, tools.narrator, run.sample_dir(study.out)
+    wanted = results.plain({"evaluate": asdict(e), "dataset": study.dataset_hash, "made": made})
+    done = results.read_metrics(folder)
+    if done is not None and done.get("settings") == wanted:
+        nar.skip("evaluate", "scored before", who=run.name)
+        return done
+    ds = load_dataset(study.data)
+    n = made if e.n is None else min(e.n, made)
+    asked = e.n_real or e.n  # real images: n_real, else as many as generated ones
+    n_real = None if asked is None else min(asked, ds.count(e.split))
+    nar.start("evaluate", f"FID/KID: {n} generated vs {n_real or 'all'} real {e.split}",
+              eta=(n + (n_real or 0)) / 3.5 + 30, who=run.name)  # fmt: skip
+    fake = load_sample_folder(folder)
+    metrics = fid_kid((ds, e.split), fake, n, n_real, run.name, tools, e)
+    results.write_metrics(folder, metrics, wanted)
+    pairs_png(fake, ds, metrics, folder, tools)
+    nar.done(f"FID {metrics['fid']:.2f}, KID {metrics['kid']['mean']:.4f}")
+    return metrics
+
+
+def pairs_png(fake: Any, ds: Any, metrics: dict[str, Any], folder: Path, tools: Tools) -> None:
+    """closest-pairs.png beside metrics.json: each generated image nearest to a training one,
+    side by side (when the memorisation check ran). A picture only: a failure is said, not fatal."""
+    if not metrics.get("memorisation"):
+        return
+    try:
+        from diffscape.metrics.memorisation import save_pairs_png
+    except ImportError:
+        return
+    try:
+        save_pairs_png(fake, ds, metrics, folder / layout.PAIRS_PNG)
+    except Exception as err:  # the scores are written; the picture is a convenience
+        tools.narrator.note(f"closest pairs not drawn ({type(err).__name__}: {err})")
+
+
+def judge_stage(study: Study, run: RunSpec, made: int, tools: Tools) -> dict[str, Any]:
+    """The judge's accuracy on the samples (accuracy.json); skipped when done with this judge."""
+    from diffscape.judge.score import score
+
+    nar, folder = tools.narrator, run.sample_dir(study.out)
+    done = results.read_accuracy(folder)
+    if done is not None and (done.get("judge"), done.get("n")) == (str(study.judge), made):
+        nar.skip("judge samples", f"judged before: {pct(done.get('accuracy'))}", who=run.name)
+        return done
+    nar.start("judge samples", f"{made} images", eta=5, who=run.name)
+    acc = score(study.judge, folder, overwrite=True)  # type: ignore[arg-type]
+    nar.done(f"accuracy {pct(acc['accuracy'])}")
+    return acc
+
+
+def also_judge_stage(study: Study, run: RunSpec, made: int, tools: Tools) -> dict[str, Any]:
+    """Each further judge's accuracy on the samples (``accuracy-<kind>.json``): {kind: record}."""
+    from diffscape.judge.score import score
+
+    nar, folder, out = tools.narrator, run.sample_dir(study.out), {}
+    for kind, judge in study.also.items():
+        path = folder / layout.ACCURACY_ALSO_JSON.format(kind=kind)
+        done = results.read_json(path)
+        if done is not None and (done.get("judge"), done.get("n")) == (judge, made):
+            out[kind] = done
+            continue
+        nar.start(f"judge samples ({kind})", f"{made} images", eta=5, who=run.name)
+        with tempfile.TemporaryDirectory() as tmp:  # its confusion files: not kept
+            acc = score(judge, folder, out=tmp)
+        results.write_json(path, acc)
+        nar.done(f"accuracy {pct(acc['accuracy'])}")
+        out[kind] = acc
+    return out
+
+
+class StageError(Exception):
+    """A stage of a run failed (the cause is chained); the run is recorded as failed."""
+
+    def __init__(self, stage: str) -> None:
+        super().__init__(stage)
+        self.stage = stage
+
+
+def timed(stage: str, fn: Callable[[], Any], seconds: dict[str, float]) -> Any:
+    t0 = time.perf_counter()
+    try:
+        out = fn()
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:
+        raise StageError(stage) from e
+    seconds[stage] = round(time.perf_counter() - t0, 1)
+    return out

@@ -1,0 +1,192 @@
+"""What a training says: metrics.jsonl, TensorBoard, the progress bar, the ``on_log`` callback
+and the one line on how long the run will take."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from diffscape.checkpoint import TrainingState
+from diffscape.config import RunConfig
+from diffscape.core import atomic, layout
+from diffscape.core.timefmt import duration
+from diffscape.train.step import StepResult
+
+
+class TrainLogger:
+    """metrics.jsonl, TensorBoard, the progress bar and the ``on_log`` callback.
+
+    Losses are averaged over a window of ``train.log_every_steps`` good steps; skipped steps get
+    their own record. Steps are only queued as they come; :meth:`settle` reads their flags (the
+    one host sync of a window) when a record, a checkpoint or a stop is due. Every process keeps
+    the window (its losses are already reduced); only the main process writes."""
+
+    def __init__(
+        self, run_dir: Path, cfg: RunConfig, *, main: bool, world: int, step: int,
+        t_start: float, progress: bool, on_log: Callable[[dict], None] | None,
+    ) -> None:  # fmt: skip
+        self.path = run_dir / layout.METRICS_JSONL
+        self.cfg, self.main, self.world, self.t_start, self.on_log = (
+            cfg,
+            main,
+            world,
+            t_start,
+            on_log,
+        )
+        self.tb = _tensorboard(run_dir) if main else None
+        self.bar = None
+        # With a wall-clock budget the bar counts seconds of it (the step cap is usually far
+        # away and its ETA meaningless); otherwise it counts steps.
+        self.budget_seconds = cfg.train.minutes * 60
+        self.loss_text = ""
+        if progress and main:
+            from tqdm.auto import tqdm
+
+            if self.budget_seconds:
+                self.bar = tqdm(total=round(self.budget_seconds), desc="train (budget)", unit="s",
+                                dynamic_ncols=True, bar_format="{l_bar}{bar}| {n:.0f}/{total} s "
+                                "[{elapsed}<{remaining}{postfix}]")  # fmt: skip
+            else:
+                self.bar = tqdm(total=cfg.train.steps, initial=step, desc="train", unit="step",
+                                dynamic_ncols=True)  # fmt: skip
+        self._window_reset()
+        self.told_pace = False  # the one-time "at X img/s this takes about ..." line
+        self.last_grad_norm: torch.Tensor | float = float("nan")
+        self.pending: list[tuple[int, StepResult]] = []  # (step after it, result), unread
+
+    def _window_reset(self) -> None:
+        self.window_loss: torch.Tensor | float = 0.0
+        self.window_steps = 0
+        self.window_t0 = time.perf_counter()
+
+    def step(self, state: TrainingState, result: StepResult) -> None:
+        """Queue one step (nothing is read from the device here) and move the progress bar."""
+        self.pending.append((state.step, result))
+        if self.bar is None:
+            return
+        if self.budget_seconds:
+            spent = min(self.budget_seconds, time.perf_counter() - self.t_start)
+            self.bar.set_postfix_str(f"step {state.step}{self.loss_text}", refresh=False)
+            self.bar.update(max(0.0, spent - self.bar.n))
+        else:
+            self.bar.update(1)
+
+    def settle(self, state: TrainingState, max_bad_steps: int) -> int | None:
+        """Read the queued steps' finite flags (one host sync): good steps go into the window,
+        skipped ones get their record and ``state``'s counters. Returns the first step at which
+        ``max_bad_steps`` non-finite steps in a row were reached, or None."""
+        if not self.pending:
+            return None
+        flags = torch.stack([r.finite for _, r in self.pending]).tolist()
+        gave_up = None
+        for (step, result), ok in zip(self.pending, flags, strict=True):
+            if ok:
+                self.window_loss = self.window_loss + result.loss
+                self.window_steps += 1
+                self.last_grad_norm = result.grad_norm
+                state.bad_steps_in_a_row = 0
+                continue
+            state.bad_steps_in_a_row += 1
+            state.skipped_steps += 1
+            if state.bad_steps_in_a_row >= max_bad_steps and gave_up is None:
+                gave_up = step
+            if self.main:
+                _append_jsonl(self.path, {"step": step, "skipped": True,
+                                          "loss": _num(result.loss),
+                                          "grad_norm": _num(result.grad_norm),
+                                          "skipped_steps": state.skipped_steps})  # fmt: skip
+        self.pending.clear()
+        return gave_up
+
+    def due(self, step: int) -> bool:
+        return step % self.cfg.train.log_every_steps == 0 or step == self.cfg.train.steps
+
+    def log(self, state: TrainingState, lr: float, stopped_by: str | None = None) -> None:
+        """Write the window's record (and close the window)."""
+        t = self.cfg.train
+        elapsed = time.perf_counter() - self.window_t0
+        record = {
+            "step": state.step,
+            "loss": float(self.window_loss) / max(1, self.window_steps),
+            "lr": lr,
+            "grad_norm": _num(self.last_grad_norm),
+            "images_per_second": self.window_steps * t.batch_size / max(elapsed, 1e-9),
+            "skipped_steps": state.skipped_steps,
+            "processes": self.world,
+            "seconds": time.perf_counter() - self.t_start,
+        }
+        if stopped_by is not None:
+            record["stopped_by"] = stopped_by
+        if self.main and stopped_by == "budget":
+            msg = (f"train: the budget (train.minutes={t.minutes:g}) ended training after step "
+                   f"{state.step}; saving a checkpoint (continue with --resume)")  # fmt: skip
+            (self.bar.write if self.bar is not None else print)(msg, file=sys.stderr)
+        if self.main and not self.told_pace and stopped_by is None and self.window_steps:
+            self.told_pace = True
+            note = pace_note(t.steps, t.minutes, state.step, record["images_per_second"] / t.batch_size,
+                             record["seconds"])  # fmt: skip
+            (self.bar.write if self.bar is not None else print)(note, file=sys.stderr)
+        if self.main:
+            _append_jsonl(self.path, record)
+            if self.tb is not None:
+                for k in ("loss", "lr", "grad_norm", "images_per_second"):
+                    self.tb.add_scalar(f"train/{k}", record[k], state.step)
+            self.loss_text = f", loss={record['loss']:.4f}"
+            if self.bar is not None and not self.budget_seconds:
+                self.bar.set_postfix_str(self.loss_text[2:], refresh=False)
+            if self.on_log is not None:
+                self.on_log(record)
+        self._window_reset()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def pace_note(steps: int, minutes: float, step: int, steps_per_second: float, spent: float) -> str:
+    """The one line that says, from the first logging window's speed, how long the run will
+    take: to ``steps``, or how many steps the ``minutes`` budget will reach."""
+    if steps_per_second <= 0:
+        return "train: no speed measured yet"
+    to_cap = (steps - step) / steps_per_second
+    if minutes and spent + to_cap > 60 * minutes:
+        reach = step + int(steps_per_second * max(0.0, 60 * minutes - spent))
+        return (f"train: at {steps_per_second:.2f} steps/s the {minutes:g}-minute budget reaches "
+                f"about step {reach} of train.steps={steps}")  # fmt: skip
+    hint = "" if minutes else "; --minutes M stops earlier, saved and resumable"
+    return f"train: at {steps_per_second:.2f} steps/s the {steps - step} steps to go take about {duration(to_cap)}{hint}"
+
+
+def _num(x: torch.Tensor | float) -> float | None:
+    v = float(x)
+    return v if math.isfinite(v) else None
+
+
+def _append_jsonl(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop log lines written after the checkpoint we continue from, so the log
+    reads as one uninterrupted run."""
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+    atomic.write_text(path, "".join(ln + "\n" for ln in keep))
+
+
+def _tensorboard(run_dir: Path):  # noqa: ANN202 - optional dependency
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is an optional extra
+        return None
+    return SummaryWriter(log_dir=str(run_dir / layout.TENSORBOARD))

@@ -1,0 +1,264 @@
+"""The training loop: DDPM on a prepared dataset, through Accelerate, resumable exactly.
+
+``train()``: setup (:mod:`~diffscape.train.setup`), the run folder's lock and resume
+(:mod:`~diffscape.train.resume`), then :func:`~diffscape.train.step.train_step` until the step
+cap, the budget or a signal, logging (:mod:`~diffscape.train.logger`) and saving checkpoints on
+the way. Batches come from ``diffscape.data.source``: the memory-mapped split, or the whole
+split on the training device (``train.data_on_device``).
+
+Multi-process (``accelerate launch --num_processes N``): the global batch of a step is split
+across processes by rank, gradients are averaged by DDP, and only the main process writes (and
+holds the run folder's lock). Decisions to stop (signal, budget) are reduced over processes so
+that all stop after the same step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from accelerate import Accelerator
+
+from diffscape.checkpoint import TrainingState, latest_checkpoint
+from diffscape.config import RunConfig
+from diffscape.core import atomic, layout
+from diffscape.core.errors import DiffscapeError
+from diffscape.data.dataset import Dataset, load_dataset
+from diffscape.data.source import BatchSource, make_source
+from diffscape.model.unet import count_parameters
+from diffscape.sample.generate import generate_images, grid_image
+from diffscape.train.logger import TrainLogger, truncate_metrics
+from diffscape.train.resume import checkpoint_to_resume, lock_run_dir, resume_state, run_info, save
+from diffscape.train.setup import (
+    any_process,
+    build_model,
+    make_accelerator,
+    precision_notes,
+    prepare_config,
+    step_generator,
+    step_parts,
+)
+from diffscape.train.step import StepParts, train_step
+
+StoppedBy = Literal["steps", "budget"]
+
+
+class TrainingInterrupted(DiffscapeError):
+    """SIGINT/SIGTERM: the run saved a checkpoint and stopped; the message says how to resume."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+class NonFiniteLossError(DiffscapeError):
+    """Too many non-finite steps in a row."""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_dir: Path
+    steps: int  # optimizer steps done in total
+    final_checkpoint: Path
+    seconds: float  # wall time of this call
+    images_per_second: float  # over this call's steps
+    skipped_steps: int
+    parameters: int
+    processes: int  # Accelerate processes that trained together
+    main_process: bool  # whether this is the process that wrote the outputs
+    stopped_by: StoppedBy = "steps"  # "budget": train.minutes ended it before train.steps
+
+
+class _StopFlag:
+    """Set by SIGINT/SIGTERM; the loop checks it between steps."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, object] = {}
+
+    def __enter__(self) -> _StopFlag:
+        for s in (signal.SIGINT, signal.SIGTERM):
+            # Not the main thread (e.g. a notebook worker): no handler, Ctrl-C interrupts.
+            with contextlib.suppress(ValueError):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signum is not None:  # second signal: the user really wants out
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for s, old in self._old.items():
+            signal.signal(s, old)
+
+
+def _check_bad_steps(gave_up: int | None, max_bad_steps: int, run_dir: Path) -> None:
+    """Stop when :meth:`TrainLogger.settle` saw ``max_bad_steps`` non-finite steps in a row
+    (ending at step ``gave_up``)."""
+    if gave_up is not None:
+        last = latest_checkpoint(run_dir)
+        raise NonFiniteLossError(
+            f"{max_bad_steps} non-finite losses or gradients in a row at step "
+            f"{gave_up}; stopping. The last good checkpoint is "
+            f"{last if last else '(none yet)'}. Lower train.lr, keep train.grad_clip on, "
+            "or use train.precision=fp32."
+        )
+
+
+def _stop_reason(accelerator: Accelerator, stop: _StopFlag, deadline: float) -> str | None:
+    """Why to stop after this step ("signal", "budget" or None), agreed by all processes."""
+    by_signal, by_budget = any_process(
+        accelerator, stop.signum is not None, time.perf_counter() >= deadline
+    )
+    return "signal" if by_signal else ("budget" if by_budget else None)
+
+
+def _start(
+    cfg: RunConfig, accelerator: Accelerator, run_dir: Path, resume: bool | None, ds: Dataset
+) -> tuple[StepParts, TrainingState, BatchSource]:
+    """The batch source (``train.data_on_device``), the network, its EMA, the optimizer and
+    this process's generator (where the source makes batches): new, or continued from the
+    newest checkpoint. The main process prints what the user should know."""
+    t = cfg.train
+    ckpt = checkpoint_to_resume(run_dir, cfg, resume)  # refusals first: before any upload
+    data, data_note = make_source(t.data_on_device, ds.images("train"), ds.labels("train"),
+                                  t.seed, t.batch_size, accelerator.device)  # fmt: skip
+    notes = [*precision_notes(cfg, accelerator), data_note]
+    model, ema, optimizer = build_model(cfg, accelerator)
+    rank = accelerator.process_index
+    gen = step_generator(cfg, rank, data.device)
+    state = TrainingState(step=0)
+    if ckpt is not None:
+        state, resume_note = resume_state(ckpt, model, ema, optimizer, gen, rank, t.seed)
+        notes += [f"resuming {run_dir} from {ckpt.name} (step {state.step})", resume_note]
+    for note in notes if accelerator.is_main_process else []:
+        if note:
+            print(note, file=sys.stderr)
+    return step_parts(cfg, accelerator, model, ema, optimizer, gen), state, data
+
+
+def train(
+    cfg: RunConfig,
+    dataset_dir: str | Path,
+    run_dir: str | Path,
+    *,
+    resume: bool | None = None,
+    progress: bool = True,
+    cpu: bool | None = None,
+    on_log: Callable[[dict], None] | None = None,
+) -> RunResult:
+    """Train (or continue training) a DDPM; returns where the final checkpoint is.
+
+    ``resume=None`` continues automatically when ``run_dir`` holds a checkpoint, ``True``
+    requires one, ``False`` refuses to touch a run folder that has one. Training ends at
+    ``train.steps``, or earlier when ``train.minutes`` (of this call) have passed: the step in
+    progress finishes and a checkpoint is saved (``stopped_by="budget"``).
+    """
+    t_start = time.perf_counter()
+    run_dir = Path(run_dir)
+    ds = load_dataset(dataset_dir)
+    cfg = prepare_config(cfg, ds)
+    t = cfg.train
+    deadline = t_start + 60 * t.minutes if t.minutes > 0 else math.inf
+    with contextlib.ExitStack() as stack:
+        # -- setup: the accelerator, the run folder's lock, the network, resume
+        accelerator = make_accelerator(cfg, cpu)
+        lock_run_dir(stack, run_dir, accelerator)
+        main = accelerator.is_main_process
+        parts, state, data = _start(cfg, accelerator, run_dir, resume, ds)
+        info = run_info(cfg, ds, dataset_dir)
+        if main:
+            atomic.write_json(run_dir / layout.RUN_JSON, info)  # the marker first
+            atomic.write_text(run_dir / layout.CONFIG_JSON, cfg.to_json())
+            truncate_metrics(run_dir / layout.METRICS_JSONL, state.step)
+        accelerator.wait_for_everyone()
+
+        # -- the loop
+        start_step, final_ckpt, stopped_by = state.step, None, "steps"
+        log = TrainLogger(run_dir, cfg, main=main, world=accelerator.num_processes,
+                          step=state.step, t_start=t_start, progress=progress, on_log=on_log)  # fmt: skip
+        stack.callback(log.close)
+        stop = stack.enter_context(_StopFlag())
+        while state.step < t.steps:
+            result = train_step(parts, state, data)
+            log.step(state, result)
+            why = _stop_reason(accelerator, stop, deadline)
+            at_ckpt = t.checkpoint_every_steps and state.step % t.checkpoint_every_steps == 0
+            saving = state.step == t.steps or at_ckpt or why is not None
+            if saving or log.due(state.step):  # the step's only host sync, once per window
+                _check_bad_steps(log.settle(state, t.max_bad_steps), t.max_bad_steps, run_dir)
+            if log.due(state.step) or why is not None:
+                log.log(state, result.lr, stopped_by=why)
+            if t.sample_every_steps and state.step % t.sample_every_steps == 0 and main:
+                _sample_grid(parts.ema, cfg, ds.classes, run_dir, state.step)
+            if saving:
+                final_ckpt = save(parts, state, run_dir, info)
+            if why == "signal":
+                raise _interrupted(stop, state, final_ckpt, dataset_dir, run_dir)
+            if why == "budget":
+                stopped_by = "budget"
+                break
+
+        # -- the end
+        final_ckpt = final_ckpt or latest_checkpoint(run_dir)  # None: nothing to train
+        if main and t.sample_every_steps and not (run_dir / layout.TRAIN_SAMPLES).is_dir():
+            _sample_grid(parts.ema, cfg, ds.classes, run_dir, state.step)
+    seconds = time.perf_counter() - t_start
+    accelerator.end_training()
+    return RunResult(
+        run_dir=run_dir, steps=state.step, final_checkpoint=Path(final_ckpt or run_dir),
+        seconds=seconds, skipped_steps=state.skipped_steps,
+        images_per_second=(state.step - start_step) * t.batch_size / max(seconds, 1e-9),
+        parameters=count_parameters(parts.model), processes=accelerator.num_processes,
+        main_process=main, stopped_by=stopped_by,
+    )  # fmt: skip
+
+
+def _interrupted(
+    stop: _StopFlag, state: TrainingState, saved: Path | None, dataset_dir: str | Path,
+    run_dir: Path,
+) -> TrainingInterrupted:  # fmt: skip
+    name = signal.Signals(stop.signum).name if stop.signum else "a signal"
+    return TrainingInterrupted(
+        f"stopped by {name} after step {state.step}; saved {saved or 'checkpoint'}. Resume with "
+        f"the same command plus --resume (e.g. diffscape train {dataset_dir} --out {run_dir} "
+        "--resume)",
+        signum=stop.signum or signal.SIGINT,
+    )
+
+
+def _sample_grid(
+    ema: torch.nn.Module, cfg: RunConfig, classes: list[str], run_dir: Path, step: int
+) -> None:
+    """A grid from the EMA weights with fixed seeds: one row per class (or 2 rows
+    unconditional), so grids at different steps are comparable."""
+    per_row = 8
+    if cfg.model.conditional:
+        class_idx = [c for c in range(len(classes)) for _ in range(per_row)]
+        index = [i for _ in classes for i in range(per_row)]
+    else:
+        class_idx = [None] * (2 * per_row)
+        index = list(range(2 * per_row))
+    imgs = generate_images(
+        ema,
+        cfg,
+        class_idx=class_idx,
+        index=index,
+        seed=1234,
+        sampler="ddim",
+        steps=cfg.train.sample_steps,
+        guidance=1.0,
+        progress=False,
+    )
+    names = classes if cfg.model.conditional else ["samples"]
+    with atomic.atomic_path(run_dir / layout.TRAIN_SAMPLES / layout.train_grid_name(step)) as tmp:
+        grid_image(imgs, names, per_row).save(tmp, format="PNG")
