@@ -151,14 +151,17 @@ FILE_NAME = re.compile(
 LAYOUT = PACKAGE / "core" / "layout.py"
 
 
-def docstrings(tree: ast.AST) -> set[int]:
-    """The ids of the docstring nodes of a module, its classes and functions."""
+def not_names(tree: ast.AST) -> set[int]:
+    """The ids of the strings that name nothing on disk: the docstrings of a module, its classes
+    and functions, and templates by name (``get_template("page.html")``: package data)."""
     found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
             first = node.body[0] if node.body else None
             if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
                 found.add(id(first.value))
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "get_template":
+            found |= {id(a) for a in node.args}
     return found
 
 
@@ -198,14 +201,14 @@ def joins_a_literal(node: ast.AST, package_data: set[str]) -> bool:
 
 def names_outside_layout(package: Path = PACKAGE, layout: Path = LAYOUT) -> list[str]:
     """Every file name spelt as a literal, and every literal joined onto a path, outside
-    ``layout`` (docstrings aside)."""
+    ``layout`` (docstrings and template names aside)."""
     found = []
     for path in sorted(package.rglob("*.py")):
         if path == layout:
             continue
         source = path.read_text()
         tree = ast.parse(source, str(path))
-        skip, package_data = docstrings(tree), package_data_names(tree)
+        skip, package_data = not_names(tree), package_data_names(tree)
         for node in ast.walk(tree):
             where = f"{path.relative_to(package.parent)}:{getattr(node, 'lineno', 0)}"
             if is_literal(node) and id(node) not in skip and isinstance(node, ast.Constant):
@@ -229,6 +232,7 @@ def test_the_name_check_finds_literals_and_joins(tmp_path):
         'NAME = "cas.json"\n'
         'def f(out, split):\n'
         '    """Reads x.json."""\n'
+        '    env.get_template("page.html")  # package data\n'
         '    print(f"wrote {out} and results.csv")  # prose: not a name\n'
         '    out.with_name(f".{out.name}.partial")\n'
         '    resources.files("top") / "presets" / f"{split}.toml"  # package data\n'
@@ -238,8 +242,8 @@ def test_the_name_check_finds_literals_and_joins(tmp_path):
     )  # fmt: skip
     assert names_outside_layout(top, top / "core" / "layout.py") == [
         "top/a.py:2: 'cas.json'",
-        'top/a.py:6: out.with_name(f".{out.name}.partial")',
-        'top/a.py:10: out / "run" / f"{split}_images.npy"',
-        'top/a.py:10: out / "run"',
-        "top/a.py:10: '_images.npy'",
+        'top/a.py:7: out.with_name(f".{out.name}.partial")',
+        'top/a.py:11: out / "run" / f"{split}_images.npy"',
+        'top/a.py:11: out / "run"',
+        "top/a.py:11: '_images.npy'",
     ]
