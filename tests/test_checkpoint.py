@@ -34,7 +34,7 @@ TINY = [
     "train.checkpoint_every_steps=2",
     "train.keep_last=2",
 ]
-MODEL_WEIGHTS = f"{layout.MODEL_DIR}/{verify.WEIGHTS}"
+MODEL_WEIGHTS = f"{layout.MODEL_DIR}/{layout.UNET_WEIGHTS}"
 
 
 @pytest.fixture(scope="module")

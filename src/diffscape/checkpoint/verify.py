@@ -33,17 +33,14 @@ from diffscape.core.layout import (
     safe_component,
 )
 
-WEIGHTS = UNET_WEIGHTS
-
-
 MARKER_FORMAT = "diffscape-checkpoint/1"
 
 
 # Every file a loader reads; a marker that does not list one of them does not vouch for it.
 REQUIRED = (
-    f"{MODEL_DIR}/{WEIGHTS}",
+    f"{MODEL_DIR}/{UNET_WEIGHTS}",
     f"{MODEL_DIR}/{CONFIG_JSON}",
-    f"{EMA_DIR}/{WEIGHTS}",
+    f"{EMA_DIR}/{UNET_WEIGHTS}",
     f"{EMA_DIR}/{CONFIG_JSON}",
     OPTIMIZER_TENSORS,
     OPTIMIZER_JSON,

@@ -63,7 +63,6 @@ from diffscape.metrics.weights import resolve_inception_weights
 GPU_DEFAULT_N = 10_000  # generated images on a GPU machine: the usual FID-10k
 CPU_DEFAULT_N = 1_000  # generated images without a GPU (about 4-5 min of Inception on 2 cores)
 FID_FEATURES = 2048  # below this many images the 2048-d covariance is singular and FID biased
-METRICS_JSON = layout.EVAL_JSON
 MAX_BOOTSTRAP = 10_000  # FID resamples (each costs a few seconds on a CPU)
 FID64_N = 150  # images per side of the seed report's FID (64 features, 150 real vs 150 generated)
 TRAIN = "train"  # the split a model learns from: what memorisation compares with
