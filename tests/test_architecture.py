@@ -140,3 +140,110 @@ def test_every_module_is_in_the_ownership_table():
     wanted = {f for f in files if Path(f).name not in ("__init__.py", "__main__.py")}
     assert sorted(wanted - listed) == [], "modules missing from docs/architecture.md's table"
     assert sorted(listed - files) == [], "docs/architecture.md's table names modules that are gone"
+
+
+# ---- every file and folder name in core/layout.py ------------------------------------------------
+# A string literal that is a file name ("metrics.json"), a pattern of them ("step-*.png") or an
+# f-string's tail ("_images.npy").
+FILE_NAME = re.compile(
+    r"[\w.*-]+\.(json|jsonl|png|npy|raw|safetensors|skops|html|csv|toml|txt|log)"
+)
+LAYOUT = PACKAGE / "core" / "layout.py"
+
+
+def not_names(tree: ast.AST) -> set[int]:
+    """The ids of the strings that name nothing on disk: the docstrings of a module, its classes
+    and functions, and templates by name (``get_template("page.html")``: package data)."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            first = node.body[0] if node.body else None
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                found.add(id(first.value))
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "get_template":
+            found |= {id(a) for a in node.args}
+    return found
+
+
+def is_literal(node: ast.AST) -> bool:
+    return isinstance(node, ast.JoinedStr) or (
+        isinstance(node, ast.Constant) and isinstance(node.value, str)
+    )
+
+
+def is_package_data(node: ast.AST, names: set[str]) -> bool:
+    """``resources.files("diffscape") / ...`` (or a variable ``names`` holds it in): the
+    package's own files (presets, shipped sweeps), read from its source tree, never written."""
+    while isinstance(node, ast.BinOp):
+        node = node.left
+    if isinstance(node, ast.Name):
+        return node.id in names
+    func = node.func if isinstance(node, ast.Call) else None
+    return isinstance(func, ast.Attribute) and func.attr == "files"
+
+
+def package_data_names(tree: ast.AST) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and is_package_data(node.value, names):
+            names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+    return names
+
+
+def joins_a_literal(node: ast.AST, package_data: set[str]) -> bool:
+    """``path / "name"``, ``path.joinpath("name")``, ``path.with_name(f"...")``."""
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
+        return is_literal(node.right) and not is_package_data(node.left, package_data)
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+        return node.func.attr in ("joinpath", "with_name") and any(map(is_literal, node.args))
+    return False
+
+
+def names_outside_layout(package: Path = PACKAGE, layout: Path = LAYOUT) -> list[str]:
+    """Every file name spelt as a literal, and every literal joined onto a path, outside
+    ``layout`` (docstrings and template names aside)."""
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        if path == layout:
+            continue
+        source = path.read_text()
+        tree = ast.parse(source, str(path))
+        skip, package_data = not_names(tree), package_data_names(tree)
+        for node in ast.walk(tree):
+            where = f"{path.relative_to(package.parent)}:{getattr(node, 'lineno', 0)}"
+            if is_literal(node) and id(node) not in skip and isinstance(node, ast.Constant):
+                if FILE_NAME.fullmatch(node.value):
+                    found.append(f"{where}: {node.value!r}")
+            elif joins_a_literal(node, package_data):
+                found.append(f"{where}: {ast.get_source_segment(source, node)}")
+    return found
+
+
+def test_every_file_and_folder_name_is_in_layout():
+    assert names_outside_layout() == [], "name these in diffscape/core/layout.py and import them"
+
+
+def test_the_name_check_finds_literals_and_joins(tmp_path):
+    top = tmp_path / "top"
+    (top / "core").mkdir(parents=True)
+    (top / "core" / "layout.py").write_text('CAS_JSON = "cas.json"\n')
+    (top / "a.py").write_text(
+        '"""Writes cas.json (a docstring may say so)."""\n'
+        'NAME = "cas.json"\n'
+        'def f(out, split):\n'
+        '    """Reads x.json."""\n'
+        '    env.get_template("page.html")  # package data\n'
+        '    print(f"wrote {out} and results.csv")  # prose: not a name\n'
+        '    out.with_name(f".{out.name}.partial")\n'
+        '    resources.files("top") / "presets" / f"{split}.toml"  # package data\n'
+        '    folder = resources.files("top") / "sweeps"\n'
+        '    folder / f"{split}.toml"\n'
+        '    return out / "run" / f"{split}_images.npy"\n'
+    )  # fmt: skip
+    assert names_outside_layout(top, top / "core" / "layout.py") == [
+        "top/a.py:2: 'cas.json'",
+        'top/a.py:7: out.with_name(f".{out.name}.partial")',
+        'top/a.py:11: out / "run" / f"{split}_images.npy"',
+        'top/a.py:11: out / "run"',
+        "top/a.py:11: '_images.npy'",
+    ]

@@ -34,7 +34,7 @@ TINY = [
     "train.checkpoint_every_steps=2",
     "train.keep_last=2",
 ]
-MODEL_WEIGHTS = f"{layout.MODEL_DIR}/{verify.WEIGHTS}"
+MODEL_WEIGHTS = f"{layout.MODEL_DIR}/{layout.UNET_WEIGHTS}"
 
 
 @pytest.fixture(scope="module")
@@ -169,13 +169,7 @@ def _pickle_rehashed(folder: Path, sentinel: Path) -> None:
     checkpoint.write_marker(folder)
 
 
-def _pickle_legacy(folder: Path, sentinel: Path) -> None:
-    """Same, in a checkpoint from before file lists."""
-    torch.save({"x": Evil(sentinel)}, folder / MODEL_WEIGHTS)
-    (folder / layout.COMPLETE).write_text("complete\n")
-
-
-@pytest.mark.parametrize("plant", [_garbage, _pickle_rehashed, _pickle_legacy])
+@pytest.mark.parametrize("plant", [_garbage, _pickle_rehashed])
 @pytest.mark.parametrize("command", ["sample", "export", "train"])
 def test_garbage_or_pickle_as_weights_is_one_line(run, ds, tmp_path, capsys, plant, command):
     shutil.rmtree(ckpt(run, 2))  # the only checkpoint is the planted one
@@ -199,15 +193,15 @@ def test_garbage_or_pickle_as_weights_is_one_line(run, ds, tmp_path, capsys, pla
     assert after == {p: b for p, b in before.items() if p.name != layout.LOCK}
 
 
-def test_legacy_marker_loads_and_is_checked(run, tmp_path, capsys):
-    for step in (2, 4):
-        (ckpt(run, step) / layout.COMPLETE).write_text("complete\n")
-    assert checkpoint.checkpoint_problem(ckpt(run, 4)) is None
+def test_marker_from_before_file_lists_is_refused_in_one_line(run, tmp_path, capsys):
+    (ckpt(run, 4) / layout.COMPLETE).write_text("complete\n")
+    with pytest.raises(checkpoint.CheckpointError, match="cannot be verified; train again"):
+        checkpoint.latest_checkpoint(run)
     code, err = cli(capsys, "sample", run, "--out", tmp_path / "s", "--n", "2", "--steps", "2")
-    assert code == 0 and "damaged" not in err, err
-    truncate(ckpt(run, 4) / f"{layout.EMA_DIR}/{verify.WEIGHTS}")
-    assert checkpoint.latest_checkpoint(run) == ckpt(run, 2)
-    assert "that its header describes" in capsys.readouterr().err
+    assert code == 2
+    line = one_line(err)
+    assert "step-0000004" in line and "lists no files" in line and "train again" in line
+    assert not (tmp_path / "s").exists()
 
 
 def test_each_file_is_read_once(run, monkeypatch):
@@ -236,16 +230,15 @@ def test_leftovers_of_dead_savers_are_removed(run):
     from diffscape.core.atomic import tmp_name
 
     dead_tmp = folder / f".step-0000006{layout.TMP_INFIX}{dead.pid}"
-    legacy_tmp = folder / ".tmp-step-0000008"  # written before PID tags
     live_tmp = folder / tmp_name("step-0000010")  # this process: still writing
     incomplete = folder / "step-0000012"  # no marker
-    for p in (dead_tmp, legacy_tmp, live_tmp, incomplete):
+    for p in (dead_tmp, live_tmp, incomplete):
         (p / "model").mkdir(parents=True)
     for p in (dead_tmp, live_tmp):
         (p / layout.TMP_MARKER).write_text("1\n")
     checkpoint.prune_checkpoints(run, keep_last=5)
     assert live_tmp.is_dir()
-    assert not dead_tmp.exists() and not legacy_tmp.exists() and not incomplete.exists()
+    assert not dead_tmp.exists() and not incomplete.exists()
     assert [s for s, _ in checkpoint.list_checkpoints(run)] == [2, 4]
 
 
@@ -286,5 +279,4 @@ def test_marker_cannot_point_outside_or_at_special_files(run, tmp_path):
     assert checkpoint.checkpoint_problem(folder) == f"{MODEL_WEIGHTS}: a symbolic link"
     weights.unlink()
     os.mkfifo(weights)  # reading it would block forever
-    (folder / layout.COMPLETE).write_text("complete\n")
     assert checkpoint.checkpoint_problem(folder) == f"{MODEL_WEIGHTS}: not a regular file"

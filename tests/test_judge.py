@@ -26,12 +26,13 @@ from diffscape.core.errors import DiffscapeError
 from diffscape.data.dataset import Dataset, SplitWriter, write_manifest_and_publish
 from diffscape.data.imagefolder import save_png
 from diffscape.data.synth import synthesize
-from diffscape.judge import CNNSettings, SVCSettings, load_judge, score, train_judge
 from diffscape.judge.cnn import CNNConfig, SmallCNN, logits
 from diffscape.judge.data import JudgeError, stratified_holdout
-from diffscape.judge.score import confusion_matrix, variety_warning
-from diffscape.judge.store import write_cnn_judge, write_svc_judge
+from diffscape.judge.score import confusion_matrix, score, variety_warning
+from diffscape.judge.settings import CNNSettings, SVCSettings
+from diffscape.judge.store import load_judge, write_cnn_judge, write_svc_judge
 from diffscape.judge.svc import features, format_grid, load_svc
+from diffscape.judge.train import train_judge
 
 # Small and short, so the whole file runs in well under a minute on two busy cores; the synth
 # classes are easy enough that this still reaches 100% on their test split.
@@ -316,9 +317,8 @@ def test_score_works_for_any_number_of_classes(tmp_path: Path) -> None:
 def test_score_draws_class_names_as_written_and_writes_all_files_or_none(
     tmp_path: Path, monkeypatch
 ) -> None:
-    import importlib
+    import diffscape.judge.score as S
 
-    S = importlib.import_module("diffscape.judge.score")  # the package's "score" is the function
     classes = ["$x^$", "50$ and 60$", "$x_1$"]  # mathtext would fail on the first
     config = CNNConfig(num_classes=3, size=16, widths=(8,), convs_per_block=1)
     tmp_path.joinpath("j").mkdir()

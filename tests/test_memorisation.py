@@ -14,7 +14,8 @@ from PIL import Image
 from test_metrics_evaluate import TinyExtractor
 
 from diffscape.core import layout
-from diffscape.data.dataset import SplitWriter, make_tmp_dir, write_manifest_and_publish
+from diffscape.core.atomic import tmp_dir_beside
+from diffscape.data.dataset import SplitWriter, write_manifest_and_publish
 from diffscape.data.imagefolder import load_sample_folder, save_png
 from diffscape.metrics import evaluate as E
 from diffscape.metrics import memorisation as M
@@ -42,7 +43,7 @@ def noised(images: np.ndarray, sigma: float, seed: int) -> np.ndarray:
 
 
 def make_dataset(root, train: np.ndarray, test: np.ndarray):
-    tmp = make_tmp_dir(root)
+    tmp = tmp_dir_beside(root)
     labels = {}
     for split, imgs in (("train", train), ("test", test)):
         w = SplitWriter(tmp, split, SIZE)

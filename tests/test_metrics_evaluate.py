@@ -19,13 +19,9 @@ import torch
 from torch import nn
 
 from diffscape.cli import main
+from diffscape.core.atomic import tmp_dir_beside
 from diffscape.core.errors import DiffscapeError
-from diffscape.data.dataset import (
-    SplitWriter,
-    load_dataset,
-    make_tmp_dir,
-    write_manifest_and_publish,
-)
+from diffscape.data.dataset import SplitWriter, load_dataset, write_manifest_and_publish
 from diffscape.data.imagefolder import load_sample_folder, save_png
 from diffscape.metrics import evaluate as E
 from diffscape.metrics import weights as W
@@ -92,7 +88,7 @@ def images_of(n: int, brightness: int, seed: int, size: int = 8) -> np.ndarray:
 
 def make_dataset(root: Path, n_per_class: dict[str, int], seed: int = 0, size: int = 8):
     """A labelled dataset, classes dark (0) and light (1), interleaved."""
-    tmp = make_tmp_dir(root)
+    tmp = tmp_dir_beside(root)
     labels = {}
     for k, (split, n) in enumerate(n_per_class.items()):
         w = SplitWriter(tmp, split, size)
@@ -429,12 +425,6 @@ def make_run(root: Path) -> Path:
     (root / "checkpoints").mkdir(parents=True)
     (root / "config.json").write_text("{}")
     return root
-
-
-def test_run_folder_without_sampling_code_says_to_sample_first(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "diffscape.sample", None)  # import fails, as before it exists
-    with pytest.raises(DiffscapeError, match="diffscape sample"):
-        E.open_fake(str(make_run(tmp_path / "run")), n=4)
 
 
 def test_run_folder_is_sampled_through_the_hook(tmp_path, monkeypatch):

@@ -6,7 +6,6 @@ stand-in for Inception.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import json
 import os
@@ -21,6 +20,7 @@ import torch
 from fixtures_data import colour_dataset
 from test_metrics_evaluate import TinyExtractor
 
+import diffscape.judge.score
 import diffscape.sample
 import diffscape.train
 from diffscape import config
@@ -98,7 +98,7 @@ class Calls:
         self._spy(monkeypatch, diffscape.train, "train")
         self._spy(monkeypatch, diffscape.sample, "sample_to_folder")
         self._spy(monkeypatch, stages, "fid_kid")
-        self._spy(monkeypatch, importlib.import_module("diffscape.judge.score"), "score")
+        self._spy(monkeypatch, diffscape.judge.score, "score")
 
     def _spy(self, monkeypatch, module, name: str) -> None:
         real = getattr(module, name)

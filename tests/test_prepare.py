@@ -22,8 +22,8 @@ from fixtures_data import assert_refused
 from PIL import Image
 
 from diffscape.cli import main
-from diffscape.core.layout import OutError
-from diffscape.data.dataset import MANIFEST, DatasetError, SplitWriter, images_file, load_dataset
+from diffscape.core.layout import MANIFEST, OutError, images_file
+from diffscape.data.dataset import DatasetError, SplitWriter, load_dataset
 from diffscape.data.prepare import DEFAULT_MAX_PIXELS, prepare_dataset, preprocess_image
 
 RED, BLUE, GREEN, WHITE = (255, 0, 0), (0, 0, 255), (0, 255, 0), (255, 255, 255)

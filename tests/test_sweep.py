@@ -24,6 +24,8 @@ from diffscape.config import ConfigError
 from diffscape.core import layout
 from diffscape.core.errors import DiffscapeError
 from diffscape.report import build_report
+from diffscape.study.narrate import Tools
+from diffscape.study.shared import ensure_data
 from diffscape.study.workers import worker_slots
 from diffscape.sweep import SweepError, load_sweep, plan, run_sweep, shipped_sweeps
 
@@ -362,10 +364,11 @@ kind = "svc"
 def test_without_a_dataset_the_default_synthetic_set_is_made(tmp_path, monkeypatch):
     monkeypatch.setattr(sweep_module.runner, "DEFAULT_SYNTH_N", 20)
     spec = load_sweep(spec_file(tmp_path, ""))
-    made = sweep_module.ensure_data(spec, None, tmp_path / "runs", progress=False)
+    sspec = sweep_module.study_spec(spec, tmp_path / "runs", None)
+    made = ensure_data(sspec, Tools(progress=False))
     assert made == (tmp_path / "runs" / "_data").resolve()
     assert json.loads((made / "manifest.json").read_text())["classes"][0] == "Coast"
-    again = sweep_module.ensure_data(spec, None, tmp_path / "runs", progress=False)
+    again = ensure_data(sspec, Tools(progress=False))
     assert again == made  # made once
 
 

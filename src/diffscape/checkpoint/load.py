@@ -17,7 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from diffscape.checkpoint.verify import WEIGHTS, CheckpointError, checkpoint_problem
+from diffscape.checkpoint.verify import CheckpointError, checkpoint_problem
 from diffscape.config import RunConfig, load_config_json
 from diffscape.core.layout import (
     CHECKPOINTS,
@@ -29,6 +29,7 @@ from diffscape.core.layout import (
     OPTIMIZER_TENSORS,
     RNG_TENSORS,
     STATE_JSON,
+    UNET_WEIGHTS,
     checkpoint_step,
 )
 
@@ -204,11 +205,12 @@ def _json(path: Path) -> Any:
 
 
 def _weights_file(folder: Path) -> Path:
-    path = folder / WEIGHTS
+    path = folder / UNET_WEIGHTS
     if not path.is_file():
         # Anything but safetensors would mean unpickling: refuse instead.
         others = sorted(p.name for p in folder.glob("*")) if folder.is_dir() else []
         raise CheckpointError(
-            f"{folder} has no {WEIGHTS} (found: {others}); diffscape only loads safetensors weights"
+            f"{folder} has no {UNET_WEIGHTS} (found: {others}); diffscape only loads "
+            "safetensors weights"
         )
     return path

@@ -1,13 +1,12 @@
 """Writing checkpoints: the weights, optimizer and RNG states as safetensors + JSON (torch's own
-format is a pickle) into a PID-tagged temporary folder beside the checkpoint, completed with the
-marker and renamed into place (rename is atomic on one file system); older ones are pruned only
-afterwards, so a kill at any moment leaves the last complete checkpoint intact.
+format is a pickle) into a temporary folder beside the checkpoint (``core.atomic``), completed
+with the marker and renamed into place (rename is atomic on one file system); older ones are
+pruned only afterwards, so a kill at any moment leaves the last complete checkpoint intact.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from pathlib import Path
@@ -25,9 +24,9 @@ from diffscape.core.atomic import (
     clean_stale_tmp,
     disk_full,
     is_disk_full,
-    make_tmp_dir,
+    publish_dir,
     remove_tmp,
-    tmp_name,
+    tmp_dir_beside,
     write_json,
     write_text,
 )
@@ -42,7 +41,6 @@ from diffscape.core.layout import (
     RNG_TENSORS,
     RUN_JSON,
     STATE_JSON,
-    TMP_MARKER,
     checkpoint_name,
     checkpoint_step,
 )
@@ -77,14 +75,6 @@ def rng_to_files(states: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tenso
     return tensors, meta
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(
     run_dir: Path,
     *,
@@ -99,12 +89,8 @@ def save_checkpoint(
     info: dict[str, Any] | None = None,
 ) -> Path:
     """Write a complete checkpoint atomically, then prune old ones. Returns its folder."""
-    folder = Path(run_dir) / CHECKPOINTS
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / checkpoint_name(state.step)
-    tmp = folder / tmp_name(final.name)  # atomic's rule: a killed writer's leftover is known
-    remove_tmp(tmp)
-    make_tmp_dir(tmp)
+    final = Path(run_dir) / CHECKPOINTS / checkpoint_name(state.step)
+    tmp = tmp_dir_beside(final)
     try:
         _write_checkpoint(tmp, cfg, model, ema, optimizer, state, rng_states, info)
     except BaseException as e:
@@ -112,11 +98,7 @@ def save_checkpoint(
         if is_disk_full(e):
             raise disk_full(e, final, tmp, _checkpoint_bytes(model, optimizer)) from None
         raise
-    if final.exists():  # the same step saved again (e.g. a signal right after a save)
-        shutil.rmtree(final)
-    tmp.rename(final)
-    (final / TMP_MARKER).unlink(missing_ok=True)
-    _fsync_dir(folder)
+    publish_dir(tmp, final)  # replaces the same step saved again (a signal right after a save)
     prune_checkpoints(run_dir, keep_last, milestone_every_steps)
     return final
 
@@ -163,14 +145,13 @@ def _write_checkpoint(
     write_text(tmp / STATE_JSON, json.dumps(meta))
     write_text(tmp / CONFIG_JSON, cfg.to_json())
     write_json(tmp / RUN_JSON, info or {})
-    _fsync_dir(tmp)
     write_marker(tmp)
 
 
 def prune_checkpoints(run_dir: Path, keep_last: int, milestone_every_steps: int = 0) -> None:
     """Delete complete checkpoints beyond the last ``keep_last`` (milestones stay), and the
-    leftovers of killed saves: temporaries of processes that no longer run, temporaries from
-    before PID tags, and step folders without a marker."""
+    leftovers of killed saves: temporaries of processes that no longer run, and step folders
+    without a marker."""
     folder = Path(run_dir) / CHECKPOINTS
     complete = list_checkpoints(run_dir)
     keep = {p for _, p in complete[-keep_last:]}
@@ -180,7 +161,5 @@ def prune_checkpoints(run_dir: Path, keep_last: int, milestone_every_steps: int 
             shutil.rmtree(path)
     clean_stale_tmp(folder)
     for p in folder.iterdir():
-        untagged = p.name.startswith(".tmp-") and checkpoint_step(p.name[5:]) is not None
-        incomplete = checkpoint_step(p.name) is not None and not (p / COMPLETE).exists()
-        if untagged or incomplete:
+        if checkpoint_step(p.name) is not None and not (p / COMPLETE).exists():
             shutil.rmtree(p, ignore_errors=True)

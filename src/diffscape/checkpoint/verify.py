@@ -2,8 +2,8 @@
 file with its size and sha256; a folder without it is never read, one whose files do not match it
 is damaged. A crash of the machine (or a full disk, or a copy cut short) can leave files shorter
 than the marker says: loading verifies every file against the marker (each file hashed once per
-process) and falls back to the newest checkpoint that verifies. Checkpoints from before file lists
-(marker "complete") are checked by their safetensors headers.
+process) and falls back to the newest checkpoint that verifies. A checkpoint from before file lists (its
+marker says just "complete") cannot be verified and is refused.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import functools
 import hashlib
 import json
 import math
+import os
 import struct
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -32,17 +33,14 @@ from diffscape.core.layout import (
     safe_component,
 )
 
-WEIGHTS = UNET_WEIGHTS
-
-
 MARKER_FORMAT = "diffscape-checkpoint/1"
 
 
 # Every file a loader reads; a marker that does not list one of them does not vouch for it.
 REQUIRED = (
-    f"{MODEL_DIR}/{WEIGHTS}",
+    f"{MODEL_DIR}/{UNET_WEIGHTS}",
     f"{MODEL_DIR}/{CONFIG_JSON}",
-    f"{EMA_DIR}/{WEIGHTS}",
+    f"{EMA_DIR}/{UNET_WEIGHTS}",
     f"{EMA_DIR}/{CONFIG_JSON}",
     OPTIMIZER_TENSORS,
     OPTIMIZER_JSON,
@@ -71,13 +69,18 @@ class CheckpointError(DiffscapeError):
     pass
 
 
+class _Damaged(Exception):
+    """A checkpoint's files do not match its marker (skipped in favour of an older one)."""
+
+
 def file_records(folder: Path) -> dict[str, dict[str, Any]]:
     """Every file below ``folder`` (but the marker) -> its size and sha256, by relative path."""
     folder = Path(folder)
     records = {}
     for path in sorted(folder.rglob("*")):
         if path.is_file() and path.name not in (COMPLETE, TMP_MARKER):
-            size, digest, _ = _read_file(path, digest=True)
+            digest, _ = _read_file(path)
+            size = path.stat().st_size
             records[path.relative_to(folder).as_posix()] = {"size": size, "sha256": digest}
     return records
 
@@ -90,14 +93,13 @@ def write_marker(folder: Path) -> None:
 
 def checkpoint_problem(ckpt: Path) -> str | None:
     """Why ``ckpt`` cannot be trusted (one short phrase), or None if every file matches its
-    marker (checkpoints from before file lists: every safetensors file has a sound header)."""
+    marker. A marker from before file lists raises CheckpointError: nothing to fall back on."""
     ckpt = Path(ckpt)
     try:
         listed = _marker_files(ckpt)
-    except CheckpointError as e:
+    except _Damaged as e:
         return str(e)
-    names = sorted(listed) if listed is not None else _legacy_tensor_files(ckpt)
-    return _verify(str(ckpt.resolve()), _signature(ckpt, names))
+    return _verify(str(ckpt.resolve()), _signature(ckpt, sorted(listed)))
 
 
 # Memoised on the folder and the stat signature (size, mtime, inode) of its marker and files:
@@ -105,55 +107,51 @@ def checkpoint_problem(ckpt: Path) -> str | None:
 # process; any change to a file changes the signature and verifies it again.
 @functools.lru_cache(maxsize=64)
 def _verify(ckpt: str, signature: tuple) -> str | None:
-    path = Path(ckpt)
     try:
-        listed = _marker_files(path)
-    except CheckpointError as e:
+        return _check_files(Path(ckpt), _marker_files(Path(ckpt)))
+    except _Damaged as e:
         return str(e)
-    if listed is None:
-        return _check_headers(path, _legacy_tensor_files(path))
-    return _check_files(path, listed)
 
 
-def _marker_files(ckpt: Path) -> dict[str, dict[str, Any]] | None:
-    """The marker's file list; None for a marker from before file lists ("complete")."""
+def _marker_files(ckpt: Path) -> dict[str, dict[str, Any]]:
+    """The marker's file list."""
     marker = ckpt / COMPLETE
     if marker.stat().st_size > _MAX_MARKER_BYTES:
-        raise CheckpointError(f"{COMPLETE} is {marker.stat().st_size} bytes, not a marker")
+        raise _Damaged(f"{COMPLETE} is {marker.stat().st_size} bytes, not a marker")
     raw = marker.read_bytes()
     if raw.strip() == b"complete":
-        return None
+        raise CheckpointError(
+            f"checkpoint {ckpt} was written by diffscape before 2 December 2026 ({COMPLETE} "
+            "lists no files) and cannot be verified; train again, or resume it with a diffscape "
+            "of 2-6 December 2026 to write a verifiable checkpoint"
+        )
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
-        raise CheckpointError(f"{COMPLETE} is not JSON") from None
+        raise _Damaged(f"{COMPLETE} is not JSON") from None
     files = data.get("files") if isinstance(data, dict) else None
     if not isinstance(files, dict):
-        raise CheckpointError(f"{COMPLETE} has no file list")
+        raise _Damaged(f"{COMPLETE} has no file list")
     for name, rec in files.items():
         _check_relative(name)
         ok = isinstance(rec, dict) and type(rec.get("size")) is int
         if not ok or not isinstance(rec.get("sha256"), str):
-            raise CheckpointError(f"{COMPLETE}: bad entry for {name}")
+            raise _Damaged(f"{COMPLETE}: bad entry for {name}")
     missing = [n for n in REQUIRED if n not in files]
     if missing:
-        raise CheckpointError(f"{missing[0]}: not listed in {COMPLETE}")
+        raise _Damaged(f"{missing[0]}: not listed in {COMPLETE}")
     return files
 
 
 def _check_relative(name: str) -> None:
     parts = PurePosixPath(name).parts
     if not parts or PurePosixPath(name).is_absolute():
-        raise CheckpointError(f"{COMPLETE} lists {name!r}, not a path inside the checkpoint")
+        raise _Damaged(f"{COMPLETE} lists {name!r}, not a path inside the checkpoint")
     for part in parts:
         try:
             safe_component(part, "a file name")
         except DiffscapeError:
-            raise CheckpointError(f"{COMPLETE} lists {name!r}, not a safe path") from None
-
-
-def _legacy_tensor_files(ckpt: Path) -> list[str]:
-    return sorted(p.relative_to(ckpt).as_posix() for p in ckpt.rglob("*.safetensors"))
+            raise _Damaged(f"{COMPLETE} lists {name!r}, not a safe path") from None
 
 
 def _signature(ckpt: Path, names: list[str]) -> tuple:
@@ -170,13 +168,15 @@ def _signature(ckpt: Path, names: list[str]) -> tuple:
 def _check_files(ckpt: Path, listed: dict[str, dict[str, Any]]) -> str | None:
     for name, rec in sorted(listed.items()):
         path = ckpt / name
-        if path.is_symlink() or not path.is_file():
-            return f"{name}: missing" if not path.is_symlink() else f"{name}: a symbolic link"
+        if path.is_symlink():
+            return f"{name}: a symbolic link"
+        if not path.is_file():  # reading a FIFO would block
+            return f"{name}: not a regular file" if path.exists() else f"{name}: missing"
         size = path.stat().st_size
         if size != rec["size"]:
             return f"{name}: size {size} != {rec['size']}"
         try:
-            _, digest, header_problem = _read_file(path, digest=True)
+            digest, header_problem = _read_file(path)
         except OSError as e:
             return f"{name}: unreadable ({e.strerror or e})"
         if digest != rec["sha256"]:
@@ -186,41 +186,22 @@ def _check_files(ckpt: Path, listed: dict[str, dict[str, Any]]) -> str | None:
     return None
 
 
-def _check_headers(ckpt: Path, names: list[str]) -> str | None:
-    for name in names:
-        if (ckpt / name).is_symlink() or not (ckpt / name).is_file():  # a FIFO would block
-            return f"{name}: not a regular file"
-        try:
-            _, _, problem = _read_file(ckpt / name, digest=False)
-        except OSError as e:
-            return f"{name}: unreadable ({e.strerror or e})"
-        if problem:
-            return f"{name}: {problem}"
-    for name in REQUIRED:
-        if name.endswith(".safetensors") and not (ckpt / name).is_file():
-            return f"{name}: missing"
-    return None
-
-
-def _read_file(path: Path, *, digest: bool) -> tuple[int, str, str | None]:
-    """(size, sha256 or "", problem with its safetensors header or None) in one streaming read;
-    without ``digest`` only a safetensors file's header is read."""
+def _read_file(path: Path) -> tuple[str, str | None]:
+    """(sha256, problem with its safetensors header or None) in one streaming read."""
     h = hashlib.sha256()
-    size = path.stat().st_size
     problem = None
     with open(path, "rb") as f:
         if path.suffix == ".safetensors":
+            size = os.fstat(f.fileno()).st_size
             head = f.read(8)
             n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
             header = f.read(n) if 0 <= n <= min(_MAX_HEADER_BYTES, size - 8) else b""
             problem = safetensors_problem(head, header, size)
             h.update(head)
             h.update(header)
-        if not digest:
-            return size, "", problem
         while chunk := f.read(_CHUNK):
             h.update(chunk)
-    return size, h.hexdigest(), problem
+    return h.hexdigest(), problem
 
 
 def safetensors_problem(head: bytes, header: bytes, size: int) -> str | None:

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from diffscape.cli import HelpFormatter, add_overwrite
+from diffscape.core import layout
 
 DESCRIPTION = """\
 Score generated images against a real dataset split: FID (2048 and 64 features), KID mean ± std,
@@ -88,7 +89,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--out",
-        default="metrics.json",
+        default=layout.EVAL_JSON,
         help="where to write the metrics (closest-pairs.png goes beside it)",
     )
     add_overwrite(p, "a metrics file --out and closest-pairs.png beside it")
@@ -148,7 +149,6 @@ def check_out_file(out: Path, overwrite: bool) -> Path:
     """Refuse an --out that may not or cannot be written before minutes of embedding, not
     after: the rule of every output (diffscape.core.layout.check_out) for the metrics and the
     closest pairs beside them, and a folder this process can write into."""
-    from diffscape.core import layout
     from diffscape.core.errors import DiffscapeError
 
     out = layout.check_out(out, "metrics", overwrite=overwrite)
@@ -161,7 +161,6 @@ def check_out_file(out: Path, overwrite: bool) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from diffscape.core import layout
     from diffscape.data.dataset import parse_dataset_spec
     from diffscape.metrics.evaluate import (
         default_n,

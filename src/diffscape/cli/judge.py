@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from diffscape.cli import HelpFormatter, add_overwrite
+from diffscape.core import layout
 from diffscape.judge.settings import (  # light: the defaults live there, once
     MAX_BLOCKS,
     MAX_WIDTH,
@@ -190,7 +191,7 @@ def _add_cas(sub: argparse._SubParsersAction) -> None:
         "--out", default=argparse.SUPPRESS, help="folder for cas.json (default: SAMPLES)"
     )
     _add_cnn_options(c, "share of each class of each training set held out for early stopping")
-    add_overwrite(c, "cas.json")
+    add_overwrite(c, layout.CAS_JSON)
     c.set_defaults(func=_cas)
 
 
@@ -285,5 +286,5 @@ def _cas(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     print(format_cas(result))
-    print(f"wrote {Path(getattr(args, 'out', None) or args.samples) / 'cas.json'}")
+    print(f"wrote {Path(getattr(args, 'out', None) or args.samples) / layout.CAS_JSON}")
     return 0

@@ -7,6 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from diffscape.core import layout
+
 SWEEP_EPILOG = """\
 examples:
   diffscape sweep schedule-cpu --out runs/schedule          # a shipped sweep, by name
@@ -109,7 +111,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     r.add_argument("runs", nargs="+", help="sweep folder(s) or run folder(s)")
     r.add_argument(
-        "--out", default="report.html", help="HTML file to write (results.csv goes beside it)"
+        "--out", default=layout.REPORT_HTML, help="HTML file to write (results.csv goes beside it)"
     )
     r.add_argument(
         "--overwrite", action="store_true", help="replace a report page and results.csv "
@@ -153,7 +155,6 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     for r in failed:
         print(f"  {r.name}: {r.status} {r.error or ''}")
     if not args.no_report and args.only is None:
-        from diffscape.core import layout
         from diffscape.report import build_report
 
         page = build_report(args.out, Path(args.out) / layout.REPORT_HTML, overwrite=True)
@@ -170,5 +171,5 @@ def run_report_command(args: argparse.Namespace) -> int:
         title=args.title,
         overwrite=args.overwrite,
     )
-    print(f"wrote {page} and {page.with_name('results.csv')}")
+    print(f"wrote {page} and {page.with_name(layout.RESULTS_CSV)}")
     return 0

@@ -39,12 +39,17 @@ def labels_file(split: str) -> str:
     return f"{split}_labels.npy"
 
 
+def raw_images_file(split: str) -> str:
+    """A split's images as written, before their count is known (a temporary folder's only)."""
+    return f"{split}_images.raw"
+
+
 # ---- run -----------------------------------------------------------------------------------------
 RUN_JSON = "run.json"  # class names and the dataset's identity (the run's marker)
 CONFIG_JSON = "config.json"  # the frozen RunConfig
 METRICS_JSONL = "metrics.jsonl"  # one line per logged step
 TRAIN_JSON = "train.json"  # a finished train stage of a study (diffscape.study.results)
-TRAIN_SAMPLES = "samples"  # step-N.png grids while training
+TRAIN_SAMPLES = "samples"  # step-N.png grids while training; a study's samplings, samples/<name>/
 CHECKPOINTS = "checkpoints"
 TENSORBOARD = "tensorboard"
 LOCK = ".lock"  # held (flock) while a process writes into the folder
@@ -52,6 +57,9 @@ LOCK = ".lock"  # held (flock) while a process writes into the folder
 
 def train_grid_name(step: int) -> str:
     return f"step-{step:07d}.png"
+
+
+TRAIN_GRID_PNG = "step-*.png"  # train_grid_name's pattern
 
 
 # ---- checkpoint ----------------------------------------------------------------------------------
@@ -93,6 +101,16 @@ def sample_name(index: int) -> str:
     return f"{index:05d}.png"
 
 
+def evaluate_samples_name(n: int, seed: int) -> str:
+    """RUN/samples/<this>: what ``diffscape evaluate --fake RUN`` samples first."""
+    return f"evaluate-n{n}-seed{seed}"
+
+
+def partial_dir_name(name: str) -> str:
+    """The hidden folder beside samples folder ``name`` where its images are made."""
+    return f".{name}{TMP_INFIX}partial"
+
+
 # ---- export (a folder plain diffusers loads) ------------------------------------------------------
 EXPORT_CONFIG = "diffscape_config.json"  # the run's RunConfig (the folder's marker)
 EXPORT_UNET = "unet"  # UNet2DModel.from_pretrained
@@ -119,11 +137,28 @@ def worker_log_name(training: str) -> str:
 SWEEP_JUDGE_ALSO = "_judge-{kind}"  # a study's further judges ([judge] also = ["svc"])
 ACCURACY_ALSO_JSON = "accuracy-{kind}.json"  # their accuracy, beside accuracy.json
 DEMO_JSON = "demo.json"
+DEMO_DATA = "data"  # the demo's folders: its dataset, judge and training run
+DEMO_JUDGE = "judge"
+DEMO_RUN = "run"
+DEMO_SAMPLING = "final"  # DEMO_RUN/samples/<this>: the demo's samples
 SUMMARY_JSON = "summary.json"
 REPORT_HTML = "report.html"
 REPORT_JSON = "report.json"
 RESULTS_CSV = "results.csv"
 FLOOR_JSON = "floor.json"
+
+# ---- caches (diffscape.metrics.features) and other programs' names we read ---------------------
+CACHE_HOME = ".cache"  # in $HOME when $XDG_CACHE_HOME is not set (the XDG default)
+CACHE_DIR = "diffscape"  # in CACHE_HOME
+FEATURE_CACHE = "features"  # in CACHE_DIR: real-image Inception features, a .json beside each
+
+
+def feature_cache_name(digest: str, layer: str) -> str:
+    return f"{digest}-{layer}.npy"
+
+
+TORCH_HUB_CHECKPOINTS = "checkpoints"  # torch.hub's folder of downloaded weights
+SKOPS_SCHEMA = "schema.json"  # inside a skops file (a zip): its table of objects
 
 MARKERS: dict[str, str] = {
     "dataset": MANIFEST,
@@ -175,7 +210,7 @@ def is_sweep_dir(path: str | os.PathLike[str]) -> bool:
 def is_demo_dir(path: str | os.PathLike[str]) -> bool:
     """demo.json, or (demos from before it) summary.json beside a run/ folder."""
     p = Path(path)
-    return (p / DEMO_JSON).is_file() or ((p / SUMMARY_JSON).is_file() and (p / "run").is_dir())
+    return (p / DEMO_JSON).is_file() or ((p / SUMMARY_JSON).is_file() and (p / DEMO_RUN).is_dir())
 
 
 _PREDICATES = {

@@ -23,24 +23,26 @@ from typing import IO, Any
 
 import numpy as np
 
-from diffscape.core.atomic import publish_dir, tmp_dir_beside, write_json
+from diffscape.core.atomic import publish_dir, write_json
 from diffscape.core.errors import DiffscapeError
-from diffscape.core.layout import MANIFEST, check_class_names, images_file, labels_file
+from diffscape.core.layout import (
+    MANIFEST,
+    check_class_names,
+    images_file,
+    labels_file,
+    raw_images_file,
+)
 from diffscape.data.memory import check_fits
 
-__all__ = [  # MANIFEST, images_file, labels_file live in diffscape.core.layout; re-exported here
+__all__ = [
     "FORMAT",
-    "MANIFEST",
     "MAX_SIZE",
     "SPLITS",
     "UNLABELLED",
     "Dataset",
     "DatasetError",
     "SplitWriter",
-    "images_file",
-    "labels_file",
     "load_dataset",
-    "make_tmp_dir",
     "parse_dataset_spec",
     "write_manifest_and_publish",
 ]
@@ -250,7 +252,7 @@ class SplitWriter:
     _raw: Any = None
 
     def __post_init__(self) -> None:
-        self._raw = open(self.tmp_dir / f"{self.split}_images.raw", "wb")  # noqa: SIM115
+        self._raw = open(self.tmp_dir / raw_images_file(self.split), "wb")  # noqa: SIM115
 
     def add(self, image_chw: np.ndarray, label: int) -> None:
         if image_chw.dtype != np.uint8 or image_chw.shape != (3, self.size, self.size):
@@ -278,7 +280,7 @@ class SplitWriter:
     def finish(self) -> None:
         """Write the ``.npy`` files into ``tmp_dir`` and delete the raw file."""
         self._raw.close()
-        raw_path = self.tmp_dir / f"{self.split}_images.raw"
+        raw_path = self.tmp_dir / raw_images_file(self.split)
         shape = (self._n, 3, self.size, self.size)
         out = np.lib.format.open_memmap(
             self.tmp_dir / images_file(self.split), mode="w+", dtype=np.uint8, shape=shape
@@ -349,7 +351,3 @@ def write_manifest_and_publish(
     write_json(tmp_dir / MANIFEST, manifest)
     publish_dir(tmp_dir, out_dir)
     return load_dataset(out_dir)
-
-
-# Old name of atomic.tmp_dir_beside, still imported by tests/test_metrics_evaluate.py.
-make_tmp_dir = tmp_dir_beside

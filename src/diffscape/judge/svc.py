@@ -31,6 +31,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
+from diffscape.core.layout import SKOPS_SCHEMA
 from diffscape.data.dataset import read_npy_header
 from diffscape.data.memory import check_fits
 from diffscape.judge.data import check_images
@@ -191,13 +192,13 @@ def check_skops_file(path: Path) -> None:
             f"loading {path}",
             "this judge is larger than this machine's memory",
         )
-        info = members.get("schema.json")
+        info = members.get(SKOPS_SCHEMA)
         if info is None or info.file_size > MAX_SCHEMA_BYTES:
-            raise JudgeError(f"{path} has no usable schema.json; {again}")
+            raise JudgeError(f"{path} has no usable {SKOPS_SCHEMA}; {again}")
         try:
             schema = json.loads(zf.read(info))
         except (ValueError, RecursionError, zipfile.BadZipFile) as e:
-            raise JudgeError(f"{path}: schema.json is damaged ({e}); {again}") from None
+            raise JudgeError(f"{path}: {SKOPS_SCHEMA} is damaged ({e}); {again}") from None
         for node in _schema_nodes(schema):
             loader = node["__loader__"]
             if loader not in SKOPS_LOADERS:

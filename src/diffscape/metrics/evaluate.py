@@ -32,7 +32,7 @@ import torch
 from diffscape.core import atomic, layout
 from diffscape.core.errors import DiffscapeError
 from diffscape.data.dataset import SPLITS, Dataset, parse_dataset_spec
-from diffscape.data.imagefolder import UNCONDITIONAL, SampleSet, load_sample_folder
+from diffscape.data.imagefolder import SampleSet, load_sample_folder
 from diffscape.metrics.features import (
     FEATURES_64,
     FEATURES_2048,
@@ -63,7 +63,6 @@ from diffscape.metrics.weights import resolve_inception_weights
 GPU_DEFAULT_N = 10_000  # generated images on a GPU machine: the usual FID-10k
 CPU_DEFAULT_N = 1_000  # generated images without a GPU (about 4-5 min of Inception on 2 cores)
 FID_FEATURES = 2048  # below this many images the 2048-d covariance is singular and FID biased
-METRICS_JSON = layout.EVAL_JSON
 MAX_BOOTSTRAP = 10_000  # FID resamples (each costs a few seconds on a CPU)
 FID64_N = 150  # images per side of the seed report's FID (64 features, 150 real vs 150 generated)
 TRAIN = "train"  # the split a model learns from: what memorisation compares with
@@ -168,7 +167,7 @@ def versions() -> dict[str, str]:
 
 def fake_run_samples(run_dir: Path, n: int, seed: int) -> Path:
     """Where ``open_fake`` puts the images it samples from a run."""
-    return run_dir / layout.TRAIN_SAMPLES / f"evaluate-n{n}-seed{seed}"
+    return run_dir / layout.TRAIN_SAMPLES / layout.evaluate_samples_name(n, seed)
 
 
 def _split_spec(spec: str) -> tuple[Path, str | None]:
@@ -188,8 +187,7 @@ def open_fake(spec: str, *, n: int, seed: int = 0) -> Side:
 
     Run folders are sampled through ``diffscape.sample.sample_to_folder(run_dir, out_dir, n=n,
     seed=seed)`` into ``RUN/samples/evaluate-n{n}-seed{seed}/`` (reused when it is already a
-    finished samples folder), imported only here so that evaluation works without the sampling
-    code.
+    finished samples folder), imported only here (torch and diffusers only when sampling).
     """
     path, split = _split_spec(spec)
     if layout.is_dataset_dir(path):
@@ -199,20 +197,11 @@ def open_fake(spec: str, *, n: int, seed: int = 0) -> Side:
     if layout.is_run_dir(path):
         out_dir = fake_run_samples(path, n, seed)
         if not layout.is_samples_dir(out_dir):
-            _sample_run(path, out_dir, n, seed)
+            from diffscape.sample import sample_to_folder
+
+            sample_to_folder(path, out_dir, n=n, seed=seed)
         return load_sample_folder(out_dir)
     return load_sample_folder(path)
-
-
-def _sample_run(run_dir: Path, out_dir: Path, n: int, seed: int) -> None:
-    try:
-        from diffscape.sample import sample_to_folder
-    except ImportError as e:
-        raise DiffscapeError(
-            f"{run_dir} is a training run; this diffscape cannot sample it here ({e}). Run "
-            f"`diffscape sample {run_dir} --out SAMPLES` first, then `--fake SAMPLES`."
-        ) from None
-    sample_to_folder(run_dir, out_dir, n=n, seed=seed)
 
 
 # ---- planning: which images, which network, what is cached -------------------------------------
@@ -385,7 +374,7 @@ def per_class_scores(
     """FID/KID per class, for fake images whose class folder (or label) names a dataset class."""
     classes = real[0].classes
     fake_classes = _side_classes(fake, plan.fake_idx)
-    present = {c for c in fake_classes if c is not None and c != UNCONDITIONAL}
+    present = {c for c in fake_classes if c is not None and c != layout.UNCONDITIONAL}
     if not classes or not present:
         return None
     unknown = sorted(present - set(classes))

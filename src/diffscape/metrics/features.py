@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from diffscape.core import atomic
+from diffscape.core import atomic, layout
 from diffscape.core.atomic import atomic_path
 from diffscape.core.errors import DiffscapeError
 from diffscape.metrics.weights import InceptionWeights, build_inception
@@ -205,11 +205,11 @@ def cache_root() -> Path:
     if os.environ.get(ENV_CACHE):
         return Path(os.environ[ENV_CACHE])
     xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "diffscape"
+    return (Path(xdg) if xdg else Path.home() / layout.CACHE_HOME) / layout.CACHE_DIR
 
 
 def cache_dir() -> Path:
-    return cache_root() / "features"
+    return cache_root() / layout.FEATURE_CACHE
 
 
 class CacheError(DiffscapeError):
@@ -277,7 +277,7 @@ def cache_keys(
 
 def _key_path(key: dict[str, str]) -> Path:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
-    return cache_dir() / f"{digest}-{key['layer']}.npy"
+    return cache_dir() / layout.feature_cache_name(digest, key["layer"])
 
 
 def has_cached(key: dict[str, str]) -> bool:

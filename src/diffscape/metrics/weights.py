@@ -29,6 +29,7 @@ from typing import Literal
 
 import torch
 
+from diffscape.core import layout
 from diffscape.core.atomic import atomic_path
 from diffscape.core.errors import DiffscapeError
 
@@ -81,7 +82,7 @@ def file_sha256(path: Path) -> str:
 
 
 def hub_weights_path() -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints" / HUB_FILENAME
+    return Path(torch.hub.get_dir()) / layout.TORCH_HUB_CHECKPOINTS / HUB_FILENAME
 
 
 def wheel_weights_path() -> Path | None:

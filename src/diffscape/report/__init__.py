@@ -16,9 +16,7 @@ from diffscape.core import atomic, layout
 from diffscape.report.rows import Collection, Row, collect
 from diffscape.report.table import write_csv
 
-CSV_NAME = layout.RESULTS_CSV
-
-__all__ = ["CSV_NAME", "Collection", "Row", "build_report", "collect", "write_csv"]
+__all__ = ["Collection", "Row", "build_report", "collect", "write_csv"]
 
 
 def build_report(
@@ -41,13 +39,13 @@ def build_report(
     paths = [Path(runs)] if isinstance(runs, str | os.PathLike) else [Path(p) for p in runs]
     out = layout.check_out(out_html, "html", overwrite=overwrite)
     if csv:
-        layout.check_out(out.with_name(CSV_NAME), "csv", overwrite=overwrite)
+        layout.check_out(out.with_name(layout.RESULTS_CSV), "csv", overwrite=overwrite)
     coll = collect(paths)
     if title:
         coll = replace(coll, title=title)
     csv_name = None
     if csv:
-        write_csv(coll.rows, out.with_name(CSV_NAME))
-        csv_name = CSV_NAME
+        write_csv(coll.rows, out.with_name(layout.RESULTS_CSV))
+        csv_name = layout.RESULTS_CSV
     atomic.write_text(out, render(coll, all_plots(coll.rows, coll.floor), csv_name))
     return out

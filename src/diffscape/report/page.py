@@ -1,6 +1,8 @@
-"""The report as one self-contained HTML page: inline CSS, a few lines of inline JS (sortable
-tables), plots as inline SVG and sample grids as base64 data URIs, so that it opens from disk
-with no server and no network."""
+"""The report as one self-contained HTML page, so that it opens from disk with no server and no
+network: the page is ``templates/page.html`` (Jinja2, autoescaped) with its CSS and its few lines
+of JS (sortable tables) inlined from ``page.css`` and ``page.js``; this module gives it the data:
+the tables (HTML built here and in :mod:`.settings_html`), plots as inline SVG, sample grids as
+base64 data URIs."""
 
 from __future__ import annotations
 
@@ -10,6 +12,9 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+import jinja2
+from markupsafe import Markup
 
 from diffscape import __version__
 from diffscape.core.timefmt import duration
@@ -273,293 +278,73 @@ def _png_size(path: Path) -> tuple[int, int] | None:
     return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
-def _figure(path: Path, alt: str, caption: str) -> str:
-    size = _png_size(path)
-    dims = f' width="{size[0]}" height="{size[1]}"' if size else ""
-    return (
-        f'<div class="img"><img src="{_data_uri(path)}"{dims} alt="{esc(alt)}" loading="lazy">'
-        f'<div class="caption">{esc(caption)}</div></div>'
-    )
+def _figure(path: Path, alt: str, caption: str) -> dict[str, Any]:
+    return {"src": _data_uri(path), "size": _png_size(path), "alt": alt, "caption": caption}
 
 
-def sample_cards(coll: Collection) -> str:
-    classes = class_names(coll.rows)
-    cards = []
-    for i, row in enumerate(coll.rows):
-        s = summary(row, classes)
-        facts = []
-        if s["fid"] is not None:
-            facts.append(f"FID {s['fid']:.2f} (n {s['n_fake']})")
-        if s["kid_mean"] is not None:
-            facts.append(f"KID {s['kid_mean']:.4f} ± {s['kid_std']:.4f}")
-        if s["accuracy"] is not None:
-            facts.append(f"judge {100 * s['accuracy']:.1f}% of {s['n_judged']}")
-        changes = ", ".join(f"{k}={_value(v)}" for k, v in row.changes.items()) or "base"
-        parts = [
-            f'<figure class="card {esc(row.status.replace(" ", "-"))}" id="run-{i}">',
-            f"<figcaption><strong>{esc(row.name)}</strong>"
-            f'<div class="muted">{esc(changes)}</div>'
-            + (f"<div>{esc(' · '.join(facts))}</div>" if facts else ""),
-        ]
-        parts.append("</figcaption>")
-        if row.grid is not None and row.grid.is_file():
-            parts.append('<div class="imgs">')
-            parts.append(_figure(row.grid, f"sample grid of {row.name}", row.grid_caption))
-            if row.pairs is not None:
-                mem = (row.metrics or {}).get("memorisation") or {}
-                share = mem.get("share")
-                note = "" if share is None else f"; {100 * share:.1f}% near-copies"
-                parts.append(
-                    _figure(row.pairs, f"closest pairs of {row.name}",
-                            f"closest to the training set: generated | training{note}")
-                )  # fmt: skip
-            parts.append("</div>")
-        else:
-            why = STATUS_TEXT.get(row.status) or "no grid.png found"
-            parts.append(f'<div class="nogrid">no samples ({esc(why)})</div>')
-        if row.error:
-            parts.append(f'<div class="error">{esc(row.error)}</div>')
-        if row.traceback:
-            parts.append(
-                f"<details><summary>traceback</summary><pre>{esc(row.traceback)}</pre></details>"
-            )
-        parts.append("</figure>")
-        cards.append("".join(parts))
-    return f'<div class="cards">{"".join(cards)}</div>'
+def _card(row: Row, s: dict[str, Any]) -> dict[str, Any]:
+    """What the page shows of one run under its samples."""
+    facts = []
+    if s["fid"] is not None:
+        facts.append(f"FID {s['fid']:.2f} (n {s['n_fake']})")
+    if s["kid_mean"] is not None:
+        facts.append(f"KID {s['kid_mean']:.4f} ± {s['kid_std']:.4f}")
+    if s["accuracy"] is not None:
+        facts.append(f"judge {100 * s['accuracy']:.1f}% of {s['n_judged']}")
+    figures = []
+    if row.grid is not None and row.grid.is_file():
+        figures.append(_figure(row.grid, f"sample grid of {row.name}", row.grid_caption))
+        if row.pairs is not None:
+            share = ((row.metrics or {}).get("memorisation") or {}).get("share")
+            note = "" if share is None else f"; {100 * share:.1f}% near-copies"
+            caption = f"closest to the training set: generated | training{note}"
+            figures.append(_figure(row.pairs, f"closest pairs of {row.name}", caption))
+    return {
+        "name": row.name,
+        "status": row.status.replace(" ", "-"),
+        "changes": ", ".join(f"{k}={_value(v)}" for k, v in row.changes.items()) or "base",
+        "facts": facts,
+        "figures": figures,
+        "why": STATUS_TEXT.get(row.status) or "no grid.png found",
+        "error": row.error,
+        "traceback": row.traceback,
+    }
 
 
-def plots_section(plots: list[Plot]) -> str:
-    drawn = [p for p in plots if p.svg]
-    missing = [p for p in plots if not p.svg]
-    out = ['<div class="plots">']
-    for p in drawn:
-        out.append(
-            f'<figure class="plot-card{" wide" if p.wide else ""}" id="plot-{esc(p.key)}">'
-            f"<h3>{esc(p.title)}</h3>{p.svg}"
-            f'<figcaption class="muted">{esc(p.note)}</figcaption></figure>'
-        )
-    out.append("</div>")
-    if missing:
-        items = "".join(f"<li><strong>{esc(p.title)}</strong>: {esc(p.note)}</li>" for p in missing)
-        out.append(f'<div class="not-drawn"><h3>Not drawn</h3><ul>{items}</ul></div>')
-    return "".join(out)
-
-
-def notes_box(coll: Collection) -> str:
+def _notes(coll: Collection) -> list[str]:
     notes = list(coll.notes)
     for r in coll.rows:
-        for w in (r.metrics or {}).get("warnings") or []:
-            notes.append(w)
+        notes += (r.metrics or {}).get("warnings") or []
         if r.accuracy and r.accuracy.get("warning"):
             notes.append(f"{r.name}: {r.accuracy['warning']}")
-    notes = list(dict.fromkeys(notes))
-    if not notes:
-        return ""
-    items = "".join(f"<li>{esc(n)}</li>" for n in notes)
-    return f'<div class="notes"><h3>Notes</h3><ul>{items}</ul></div>'
+    return list(dict.fromkeys(notes))
 
 
-def base_box(coll: Collection) -> str:
-    if not coll.base:
-        return ""
-    lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in sorted(coll.base.items()))
-    return f"<details><summary>Base configuration</summary><pre>{esc(lines)}</pre></details>"
+# The page's template and the files it includes, found in the installed package.
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.PackageLoader("diffscape.report"),
+    autoescape=True,
+    keep_trailing_newline=True,
+)
 
 
 def render(coll: Collection, plots: list[Plot], csv_name: str | None) -> str:
+    classes = class_names(coll.rows)
     n = len(coll.rows)
     done = sum(r.status in ("ok", "unknown") for r in coll.rows)
     failed = sum(r.status == "failed" for r in coll.rows)
     ref = next((r.metrics["real"] for r in coll.rows if r.metrics and r.metrics.get("real")), None)
-    meta = [f"{n} run{'s' if n != 1 else ''}", f"{done} finished"]
-    if failed:
-        meta.append(f'<span class="bad">{failed} failed</span>')
-    if n - done - failed:
-        meta.append(f"{n - done - failed} not finished")
-    if ref:
-        meta.append(f"scored against {esc(ref.get('dataset'))}:{esc(ref.get('split'))}")
-    meta.append(f"written {datetime.now():%Y-%m-%d %H:%M} by diffscape {esc(__version__)}")
-    csv_link = f' · <a href="{esc(csv_name)}">results.csv</a>' if csv_name else ""
-    description = f'<p class="desc">{esc(coll.description)}</p>' if coll.description else ""
-    return PAGE.format(
-        title=esc(coll.title),
-        description=description,
-        meta=" · ".join(meta) + csv_link,
-        table=tables(coll),
-        notes=notes_box(coll),
-        base=base_box(coll),
-        plots=plots_section(plots),
-        cards=sample_cards(coll),
-        sources=esc(", ".join(str(p) for p in coll.sources)),
-        css=CSS,
-        js=JS,
-    )
-
-
-CSS = """
-:root { --fg:#1d2129; --muted:#6b7280; --line:#e5e7eb; --bg:#f7f8fa; --accent:#2563eb;
-  --bad:#b91c1c; --good:#166534; }
-* { box-sizing: border-box; }
-body { margin:0; font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;
-  color:var(--fg); background:var(--bg); }
-main { max-width:1440px; margin:0 auto; padding:24px 20px 48px; }
-h1 { font-size:24px; margin:0 0 6px; }
-h2 { font-size:18px; margin:32px 0 10px; padding-bottom:4px; border-bottom:1px solid var(--line); }
-h3 { font-size:14px; margin:0 0 8px; }
-.desc { max-width:900px; margin:4px 0 8px; }
-.meta, .muted, .hint { color:var(--muted); }
-.hint { margin:0 0 10px; font-size:13px; }
-a { color:var(--accent); text-decoration:none; }
-a:hover { text-decoration:underline; }
-.bad { color:var(--bad); font-weight:600; }
-.table-wrap { overflow-x:auto; background:#fff; border:1px solid var(--line); border-radius:8px; }
-table { border-collapse:collapse; width:100%; font-variant-numeric:tabular-nums; font-size:13px; }
-tbody td.name, tfoot th { min-width:120px; }
-th, td { padding:6px 7px; border-bottom:1px solid var(--line); text-align:left; vertical-align:top; }
-thead th { position:sticky; top:0; background:#f1f3f6; font-weight:600; white-space:nowrap;
-  cursor:pointer; user-select:none; }
-thead th:hover { background:#e7eaf0; }
-thead th[aria-sort=ascending]::after { content:" \\25B2"; color:var(--accent); font-size:10px; }
-thead th[aria-sort=descending]::after { content:" \\25BC"; color:var(--accent); font-size:10px; }
-tbody tr:nth-child(even) { background:#fafbfc; }
-tbody tr:hover { background:#f0f5ff; }
-td.num { text-align:right; white-space:nowrap; }
-td.best { font-weight:700; color:var(--good); }
-td.cls { min-width:46px; }
-td.sampling { white-space:nowrap; }
-td.changes { max-width:230px; }
-.n { display:block; color:var(--muted); font-size:11px; font-weight:400; }
-.chip { display:inline-block; background:#eef2ff; color:#3730a3; border-radius:4px; padding:1px 5px;
-  margin:1px 0; font-size:11.5px; white-space:nowrap; }
-.badge { display:inline-block; font-size:11px; border-radius:10px; padding:0 7px; margin-left:4px;
-  background:#e5e7eb; color:#374151; }
-.badge.failed { background:#fee2e2; color:var(--bad); }
-.badge.ok { background:#dcfce7; color:var(--good); }
-.badge.not-run, .badge.incomplete { background:#fef3c7; color:#92400e; }
-tr.failed td { background:#fff7f7; }
-.error { color:var(--bad); font-size:12px; margin-top:3px; white-space:pre-wrap;
-  max-width:520px; overflow-wrap:anywhere; }
-tfoot tr.floor th, tfoot tr.floor td { background:#f8fafc; border-top:2px solid #cbd5e1;
-  text-align:left; font-weight:600; }
-tfoot tr.floor td.num { text-align:right; }
-.notes, .not-drawn { background:#fffbeb; border:1px solid #fde68a; border-radius:8px;
-  padding:10px 14px; margin:12px 0; font-size:13px; }
-.notes ul, .not-drawn ul { margin:0; padding-left:18px; }
-details { margin:10px 0; }
-summary { cursor:pointer; color:var(--accent); }
-pre { background:#fff; border:1px solid var(--line); border-radius:6px; padding:10px;
-  overflow-x:auto; font-size:12px; max-height:420px; }
-.plots { display:grid; grid-template-columns:repeat(auto-fit,minmax(560px,1fr)); gap:16px;
-  grid-auto-flow:row dense; }
-.plot-card.wide { grid-column:1 / -1; }
-.plot-card { margin:0; background:#fff; border:1px solid var(--line); border-radius:8px;
-  padding:14px; }
-svg.plot { width:100%; height:auto; display:block; }
-.cards { display:grid; grid-template-columns:repeat(auto-fill,minmax(420px,1fr)); gap:16px; }
-.card { margin:0; background:#fff; border:1px solid var(--line); border-radius:8px; padding:12px;
-  overflow:hidden; }
-.card.failed { border-color:#fca5a5; }
-.card figcaption { margin-bottom:8px; }
-.card img { max-width:100%; height:auto; image-rendering:pixelated; display:block; }
-.caption { color:var(--muted); font-size:12px; margin-top:4px; }
-.nogrid { color:var(--muted); padding:24px; text-align:center; background:var(--bg);
-  border-radius:6px; }
-.imgs { display:flex; gap:12px; align-items:flex-start; flex-wrap:wrap; }
-.imgs .img { flex:1 1 100%; }  /* the grid above, the closest pairs (as wide) below */
-td.verdict { font-weight:600; min-width:8em; }
-td.verdict .n { white-space:nowrap; }
-td.v-better { background:#dcfce7; color:var(--good); }
-td.v-worse { background:#fee2e2; color:var(--bad); }
-td.v-none { background:#f3f4f6; color:#374151; font-weight:400; }
-td.v-na, td.v-base { color:var(--muted); font-weight:400; }
-.badge.base { background:#e0e7ff; color:#3730a3; }
-details.runs > summary { margin:14px 0 8px; }
-footer { margin-top:36px; color:var(--muted); font-size:12px; }
-"""
-
-# Sorts a table's body by the clicked column: numbers by data-sort (missing last), text
-# naturally ("w10" after "w2"); higher-is-better columns sort descending first.
-JS = """
-(function () {
-  "use strict";
-  function key(cell, numeric) {
-    var v = cell.getAttribute("data-sort");
-    if (v === null) { v = cell.textContent.trim(); }
-    if (numeric) { return v === "" ? NaN : parseFloat(v); }
-    return v.toLowerCase();
-  }
-  function sortBy(table, th, col) {
-    var numeric = th.getAttribute("data-type") === "num";
-    var current = th.getAttribute("aria-sort");
-    var asc = current ? current !== "ascending" : !th.hasAttribute("data-desc-first");
-    Array.prototype.forEach.call(th.parentNode.cells, function (h) {
-      h.removeAttribute("aria-sort");
-    });
-    th.setAttribute("aria-sort", asc ? "ascending" : "descending");
-    var body = table.tBodies[0];
-    var rows = Array.prototype.slice.call(body.rows);
-    rows.sort(function (a, b) {
-      var x = key(a.cells[col], numeric), y = key(b.cells[col], numeric);
-      if (numeric) {
-        if (isNaN(x) || isNaN(y)) { return isNaN(x) - isNaN(y); }
-        return asc ? x - y : y - x;
-      }
-      var c = x.localeCompare(y, undefined, { numeric: true });
-      return asc ? c : -c;
-    });
-    rows.forEach(function (r) { body.appendChild(r); });
-  }
-  Array.prototype.forEach.call(document.querySelectorAll("table.sortable"), function (table) {
-    Array.prototype.forEach.call(table.tHead.rows[0].cells, function (th, col) {
-      th.tabIndex = 0;
-      th.addEventListener("click", function () { sortBy(table, th, col); });
-      th.addEventListener("keydown", function (e) {
-        if (e.key === "Enter" || e.key === " ") { e.preventDefault(); sortBy(table, th, col); }
-      });
-    });
-  });
-})();
-"""
-
-PAGE = """<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="generator" content="diffscape">
-<title>{title}</title>
-<style>{css}</style>
-</head>
-<body>
-<main>
-<header>
-<h1>{title}</h1>
-{description}
-<p class="meta">{meta}</p>
-</header>
-<section id="results">
-<h2>Results</h2>
-<p class="hint">Click a column header to sort. FID and KID: lower is better, comparable only at
-equal n (FID is biased upward at small n; KID is not). Accuracy: how often a judge trained on
-real images sees the class that was asked for. The last row is real data in place of samples.
-</p>
-{table}
-{notes}
-{base}
-</section>
-<section id="plots">
-<h2>Plots</h2>
-{plots}
-</section>
-<section id="samples">
-<h2>Samples</h2>
-<p class="hint">One row per class, as generated (grid.png of each sampling).</p>
-{cards}
-</section>
-<footer>Built from {sources}. Per run it reads config.json, metrics.jsonl, samples/&hellip;/grid.png
-and samples.json, metrics.json, accuracy.json and result.json.</footer>
-</main>
-<script>{js}</script>
-</body>
-</html>
-"""
+    return _TEMPLATES.get_template("page.html").render(
+        title=coll.title,
+        description=coll.description,
+        n=n, done=done, failed=failed, unfinished=n - done - failed, ref=ref,
+        written=f"{datetime.now():%Y-%m-%d %H:%M}",
+        version=__version__,
+        csv_name=csv_name,
+        table=Markup(tables(coll)),
+        notes=_notes(coll),
+        base="\n".join(f"{k} = {json.dumps(v)}" for k, v in sorted(coll.base.items())),
+        plots=plots,
+        cards=[_card(r, summary(r, classes)) for r in coll.rows],
+        sources=", ".join(str(p) for p in coll.sources),
+    )  # fmt: skip

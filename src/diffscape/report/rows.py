@@ -133,7 +133,7 @@ def is_floor(metrics: dict[str, Any]) -> bool:
 
 
 def _latest_training_grid(train_dir: Path) -> Path | None:
-    grids = sorted((train_dir / layout.TRAIN_SAMPLES).glob("step-*.png"))
+    grids = sorted((train_dir / layout.TRAIN_SAMPLES).glob(layout.TRAIN_GRID_PNG))
     return grids[-1] if grids else None
 
 
@@ -345,8 +345,8 @@ def _collect_one(p: Path, found: _Found) -> None:
     elif layout.is_run_dir(p):
         _study_floor(p.parent, found)  # a run of a demo or sweep: the study's floor
         found.rows += rows_from_run(p, found.floors)
-    elif layout.is_demo_dir(p) and layout.is_run_dir(p / "run"):
-        found.rows += rows_from_run(p / "run", found.floors)
+    elif layout.is_demo_dir(p) and layout.is_run_dir(p / layout.DEMO_RUN):
+        found.rows += rows_from_run(p / layout.DEMO_RUN, found.floors)
     else:
         children = [c for c in sorted(p.iterdir()) if c.is_dir() and layout.is_run_dir(c)]
         if not children:

@@ -237,7 +237,7 @@ def partial_dir(out: Path) -> Path:
     """The hidden folder beside ``out`` where its images are made, marked as this program's
     temporary (a folder of that name that is not one is refused, never reused)."""
     full = Path(os.path.abspath(out))
-    partial = full.with_name(f".{full.name}{layout.TMP_INFIX}partial")
+    partial = full.with_name(layout.partial_dir_name(full.name))
     if partial.is_symlink() or (partial.exists() and not layout.is_our_temporary(partial)):
         raise layout.OutError(
             f"{partial} exists and is not diffscape's; move it away (nothing was changed)"

@@ -48,8 +48,6 @@ DEMO_SAMPLE = SampleSettings(n=40, sampler="dpm", steps=20, guidance=1.0, seed=0
 # floor (the test split's features are cached between the two).
 DEMO_EVALUATE = EvaluateSettings(split="test", n=200, n_real=200)
 STAGES = 8  # data, judge, floor, train, sample, evaluate, judge samples, report
-RUN_NAME = "run"  # <out>/run: the demo's training run
-SAMPLING = "final"  # <out>/run/samples/final: its samples
 
 
 @dataclass(frozen=True)
@@ -78,8 +76,8 @@ def study_spec(out: Path, s: DemoSettings, data: str | os.PathLike[str] | None) 
         evaluate=s.evaluate,
         judge=JudgeSettings(kind="cnn"),
         judge_cnn={"max_epochs": s.judge_epochs, "patience_epochs": s.judge_patience},
-        data_dir="data",
-        judge_dir="judge",
+        data_dir=layout.DEMO_DATA,
+        judge_dir=layout.DEMO_JUDGE,
     )
 
 
@@ -91,7 +89,7 @@ def demo_run(s: DemoSettings, image_size: int, train_minutes: float) -> RunSpec:
         model={"image_size": image_size},
         train={"seed": s.seed, "minutes": train_minutes, "steps": s.max_steps},
     )
-    return RunSpec(RUN_NAME, RUN_NAME, SAMPLING, cfg, s.sample)
+    return RunSpec(layout.DEMO_RUN, layout.DEMO_RUN, layout.DEMO_SAMPLING, cfg, s.sample)
 
 
 INCEPTION_IMAGES_PER_SECOND = 3.5  # 2 CPU cores, when the floor stage did not measure it
@@ -177,7 +175,7 @@ def run_demo(
 def trained_minutes(s: DemoSettings, ds: Any, study: Study) -> float | None:
     """The training minutes of a run finished by an earlier call with the same settings: a re-run
     keeps them (a budget computed anew would differ and redo the training)."""
-    done = results.read_train(study.out / RUN_NAME)
+    done = results.read_train(study.out / layout.DEMO_RUN)
     settings = (done.settings or {}) if done is not None else {}
     minutes = ((settings.get("config") or {}).get("train") or {}).get("minutes")
     if not minutes:

@@ -113,27 +113,20 @@ def skip_finished(run: RunSpec, tools: Tools) -> None:
 
 
 def run_training(study: Study, runs: list[RunSpec], tools: Tools) -> None:
-    """Train one model (or resume it), then sample, evaluate and judge each of its samplings
-    not finished yet. Failures are recorded per run; signals and Ctrl-C stop the study."""
+    """Train one model (or resume it), then sample, evaluate and judge each of ``runs`` (its
+    samplings not finished yet: :func:`is_finished`). Failures are recorded per run; signals
+    and Ctrl-C stop the study."""
     from diffscape.train import TrainingInterrupted
 
-    todo = []
-    for r in runs:
-        if is_finished(study, r):
-            skip_finished(r, tools)
-        else:
-            todo.append(r)
-    if not todo:
-        return
     try:
-        trained = train_stage(study, todo[0], tools)
+        trained = train_stage(study, runs[0], tools)
     except (TrainingInterrupted, KeyboardInterrupt):
         raise
     except Exception as e:
-        for r in todo:
+        for r in runs:
             record_failure(study, r, "train", e, tools)
         return
-    for r in todo:
+    for r in runs:
         try:
             finish_run(study, r, trained, tools)
         except KeyboardInterrupt:

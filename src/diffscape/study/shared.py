@@ -82,7 +82,8 @@ def ensure_judge(spec: StudySpec, data: Path, needed: bool, tools: Tools) -> Pat
 
 def _judge_of_kind(spec: StudySpec, ds: Any, kind: str, path: Path, tools: Tools) -> Path:
     """A ``kind`` judge of the real training images in ``path``, trained there once."""
-    from diffscape.judge import CNNSettings, train_judge
+    from diffscape.judge.settings import CNNSettings
+    from diffscape.judge.train import train_judge
 
     nar = tools.narrator
     if layout.is_judge_dir(path):

@@ -45,7 +45,7 @@ class RunSpec:
         return Path(out) / self.training
 
     def sample_dir(self, out: Path) -> Path:
-        return Path(out) / self.training / "samples" / self.sampling
+        return Path(out) / self.training / layout.TRAIN_SAMPLES / self.sampling
 
 
 @dataclass(frozen=True)

@@ -67,7 +67,7 @@ def train_stage(study: Study, run: RunSpec, tools: Tools) -> TrainRecord:
     r = train(cfg, study.data, run_dir, progress=tools.progress)
     record = TrainRecord(
         steps=r.steps, seconds=round(r.seconds, 1), images_per_second=r.images_per_second,
-        stopped_by=str(getattr(r, "stopped_by", "steps")), settings=wanted,
+        stopped_by=r.stopped_by, settings=wanted,
         finished_at=results.now(),
     )  # fmt: skip
     results.write_train(run_dir, record)
@@ -152,10 +152,8 @@ def pairs_png(fake: Any, ds: Any, metrics: dict[str, Any], folder: Path, tools: 
     side by side (when the memorisation check ran). A picture only: a failure is said, not fatal."""
     if not metrics.get("memorisation"):
         return
-    try:
-        from diffscape.metrics.memorisation import save_pairs_png
-    except ImportError:
-        return
+    from diffscape.metrics.memorisation import save_pairs_png
+
     try:
         save_pairs_png(fake, ds, metrics, folder / layout.PAIRS_PNG)
     except Exception as err:  # the scores are written; the picture is a convenience

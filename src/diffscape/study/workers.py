@@ -33,16 +33,12 @@ def run_study(
     """Every run of a prepared study: one training after another, or several at once in worker
     processes (:func:`worker_slots`: one per GPU, or ``jobs`` sharing the CPU cores); returns
     each run's result."""
-    groups: dict[str, list[RunSpec]] = {}
+    todo: dict[str, list[RunSpec]] = {}  # training -> its samplings not finished yet
     for r in runs:
-        groups.setdefault(r.training, []).append(r)
-    todo = {}
-    for name, group in groups.items():
-        if all(is_finished(study, r) for r in group):
-            for r in group:
-                skip_finished(r, tools)
+        if is_finished(study, r):
+            skip_finished(r, tools)
         else:
-            todo[name] = group
+            todo.setdefault(r.training, []).append(r)
     slots = worker_slots(gpus, jobs)
     if len(slots) > 1 and len(todo) > 1:
         run_parallel(study, todo, slots, tools)

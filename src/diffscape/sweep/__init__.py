@@ -83,7 +83,6 @@ from diffscape.sweep.plan import (
 )
 from diffscape.sweep.runner import (
     DEFAULT_SYNTH_N,
-    ensure_data,
     log,
     run_sweep,
     study_spec,
@@ -94,9 +93,6 @@ from diffscape.sweep.spec import (
     MAX_RUNS,
     RESERVED_NAMES,
     TOP_KEYS,
-    EvaluateSettings,
-    JudgeSettings,
-    SampleSettings,
     SweepError,
     SweepSpec,
     Variant,
@@ -117,12 +113,9 @@ from diffscape.sweep.spec import (
 __all__ = [
     "BASE_RUN_NAME",
     "DEFAULT_SYNTH_N",
-    "EvaluateSettings",
-    "JudgeSettings",
     "MAX_RUNS",
     "PlannedRun",
     "RESERVED_NAMES",
-    "SampleSettings",
     "SweepError",
     "SweepSpec",
     "TOP_KEYS",
@@ -132,7 +125,6 @@ __all__ = [
     "changes_name",
     "check_sample",
     "describe_plan",
-    "ensure_data",
     "flatten_overrides",
     "grid_variants",
     "listed_runs",

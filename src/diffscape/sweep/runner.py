@@ -14,8 +14,7 @@ from diffscape.core import layout, lock
 from diffscape.study import results
 from diffscape.study.narrate import Narrator, Tools, log
 from diffscape.study.results import RunResult
-from diffscape.study.shared import ensure_data as ensure_study_data
-from diffscape.study.shared import prepare_study
+from diffscape.study.shared import ensure_data, prepare_study
 from diffscape.study.spec import StudySpec
 from diffscape.study.workers import run_study, worker_slots
 from diffscape.sweep.plan import PlannedRun, base_config, baseline_name, plan
@@ -36,13 +35,6 @@ def study_spec(spec: SweepSpec, out: Path, data: str | os.PathLike[str] | None) 
         evaluate=spec.evaluate,
         judge=spec.judge,
     )
-
-
-def ensure_data(
-    spec: SweepSpec, data: str | os.PathLike[str] | None, out: Path, progress: bool
-) -> Path:
-    """The sweep's dataset folder (made once when it is the default synthetic set)."""
-    return ensure_study_data(study_spec(spec, out, data), Tools(progress=progress))
 
 
 def _selected(runs: list[PlannedRun], only: Iterable[str] | None) -> list[PlannedRun]:
@@ -91,7 +83,7 @@ def run_sweep(
         tools = Tools(Narrator(log), progress=progress)
         if only is None or not layout.is_sweep_dir(out):  # the folder's marker, first
             results.write_json(out / layout.SWEEP_JSON, sweep_record(spec, all_runs, sspec))
-        dataset = ensure_study_data(sspec, tools)
+        dataset = ensure_data(sspec, tools)
         conditional = any(r.config.model.conditional for r in runs)
         study = prepare_study(sspec, dataset, tools, judge_needed=conditional, floor=only is None)
         return run_study(study, runs, tools, gpus=gpus, jobs=jobs)
@@ -125,7 +117,7 @@ def sweep_record(spec: SweepSpec, runs: list[PlannedRun], sspec: StudySpec) -> d
                 "training": r.training,
                 "sampling": r.sampling,
                 "changes": r.changes,
-                "sample_dir": str(Path(r.training) / "samples" / r.sampling),
+                "sample_dir": str(Path(r.training) / layout.TRAIN_SAMPLES / r.sampling),
             }
             for r in runs
         ],

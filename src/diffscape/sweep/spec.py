@@ -1,7 +1,6 @@
 """The sweep file: parsing and checking a TOML study into a :class:`SweepSpec` (format in
 ``diffscape.sweep``'s docstring). Every value is parsed by the config's settings engine; the
-``[sample]``, ``[evaluate]`` and ``[judge]`` dataclasses live in :mod:`diffscape.config` and are
-re-exported here under their old names."""
+``[sample]``, ``[evaluate]`` and ``[judge]`` dataclasses live in :mod:`diffscape.config`."""
 
 from __future__ import annotations
 
