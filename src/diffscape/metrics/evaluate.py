@@ -1,10 +1,10 @@
 """Generated images (or a second dataset split) against a real split: FID, KID, IS, per class.
 
 ``evaluate`` embeds both sides once (real features cached by the dataset's content hash), then
-computes every score from features: FID at 2048 and at 64 features, KID mean ± std, precision and
-recall (Kynkäänniemi et al. 2019), the Inception Score when genuine logits exist, per-class FID/KID
-for class-conditional samples, and optionally a bootstrap interval for FID and the seed report's
-FID (64 features, 150 vs 150 images). The memorisation check (:mod:`.memorisation`) finds each
+computes every score from features: FID at 2048 and at 64 features (``fid64``; with the fid64
+setting on 150 vs 150 images, the seed report's), KID mean ± std, precision and recall
+(Kynkäänniemi et al. 2019), the Inception Score when genuine logits exist, per-class FID/KID for
+class-conditional samples, and optionally a bootstrap interval for FID. The memorisation check (:mod:`.memorisation`) finds each
 generated image's nearest training image in Inception space and in pixels. Images reach the
 network resized like torch-fidelity and TensorFlow 1 (``resize="tf1"``, the standard of
 published FIDs) unless ``resize="torch"`` (torchmetrics >= 1.8's antialiased bilinear). It returns the metrics and writes nothing: ``write_metrics`` saves
@@ -355,7 +355,7 @@ def score_pair(real: Features, fake: Features, seed: int) -> dict[str, Any]:
         out["skipped"] = "fewer than 2 images on one side"
         return out
     out["fid"] = fid_from_features(real[FEATURES_2048], fake[FEATURES_2048])
-    out["fid_64"] = (
+    out["fid64"] = (
         fid_from_features(real[FEATURES_64], fake[FEATURES_64])
         if FEATURES_64 in real and FEATURES_64 in fake
         else None
@@ -446,15 +446,16 @@ def _prc_scores(
 
 
 def _fid64_scores(real: Features, fake: Features, s: EvalSettings) -> dict[str, Any]:
-    """The seed report's FID: 64-d features of (seeded subsets of) fid64_n images per side."""
-    out: dict[str, Any] = {"fid64": None, "fid64_n": None}
-    if not (s.fid64 and FEATURES_64 in real and FEATURES_64 in fake):
-        return out
+    """FID on the 64-d features and its sizes (``fid64_n``: real, generated): of every scored
+    image, or with ``fid64`` of seeded subsets of fid64_n images per side (the seed report's
+    yardstick, 150 vs 150)."""
+    if not (FEATURES_64 in real and FEATURES_64 in fake):
+        return {"fid64": None, "fid64_n": None}
     r, f = real[FEATURES_64], fake[FEATURES_64]
-    r_idx, f_idx = _subset(len(r), s.fid64_n, s.seed), _subset(len(f), s.fid64_n, s.seed + 1)
-    r, f = (r if r_idx is None else r[r_idx]), (f if f_idx is None else f[f_idx])
-    out |= {"fid64": fid_from_features(r, f), "fid64_n": [len(r), len(f)]}
-    return out
+    if s.fid64:
+        r_idx, f_idx = _subset(len(r), s.fid64_n, s.seed), _subset(len(f), s.fid64_n, s.seed + 1)
+        r, f = (r if r_idx is None else r[r_idx]), (f if f_idx is None else f[f_idx])
+    return {"fid64": fid_from_features(r, f), "fid64_n": [len(r), len(f)]}
 
 
 def _memorisation(
@@ -612,19 +613,22 @@ def evaluate(
         result |= _memorisation(real, fake, plan, feats, extractor, s, say, progress)
     if s.per_class:
         result["per_class"] = per_class_scores(real, fake, plan, feats, s.seed, warnings)
+    result |= {"warnings": warnings, "notes": notes}
+    return result | _provenance(extractor, s.seed, dev, t0)
+
+
+def _provenance(extractor: FeatureExtractor, seed: int, dev: torch.device, t0: float) -> dict:
+    """What the scores were made with: the network, seed, device, versions, cache, time."""
     weights = getattr(extractor, "weights", None)  # an InceptionExtractor's, not a stand-in's
-    result |= {
-        "warnings": warnings,
-        "notes": notes,
+    return {
         "weights": weights.to_json() if weights is not None else None,
         "features": extractor.identity(),
-        "seed": s.seed,
+        "seed": seed,
         "device": str(dev),
         "versions": versions(),
         "cache_dir": str(cache_dir()),
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    return result
 
 
 def write_metrics(path: str | os.PathLike[str], result: dict[str, Any]) -> Path:
@@ -658,7 +662,9 @@ def _score_lines(r: dict[str, Any]) -> list[str]:
             f"   [{b['confidence']:.0%} bootstrap {b['low']:.2f} - {b['high']:.2f}, "
             f"{b['samples']} resamples]"
         )
-    fid64_line = f"FID-64  {_num(r.get('fid_64'))}"
+    fid64_line = f"FID-64  {_num(r.get('fid64'))}"
+    if r.get("fid64_n"):
+        fid64_line += "   ({} real vs {} generated)".format(*r["fid64_n"])
     lines = (
         [kid_line, fid_line, fid64_line] if r["lead"] == "kid" else [fid_line, fid64_line, kid_line]
     )
@@ -672,16 +678,13 @@ def _score_lines(r: dict[str, Any]) -> list[str]:
 
 
 def _new_score_lines(r: dict[str, Any]) -> list[str]:
-    """Precision/recall, the seed report's FID-64 at 150 vs 150, memorisation (when computed)."""
+    """Precision/recall and memorisation (when computed)."""
     lines = []
     if r.get("precision") is not None:
         lines.append(
             f"P/R     precision {r['precision']:.3f}  recall {r['recall']:.3f}   "
             f"(k={r['prc_k']}: generated inside the real manifold / real inside the generated)"
         )
-    if r.get("fid64") is not None:
-        n_r, n_f = r["fid64_n"]
-        lines.append(f"FID64@n {r['fid64']:.2f}   (64 features, {n_r} real vs {n_f} generated)")
     m = r.get("memorisation")
     if m:
         px = (
@@ -708,7 +711,7 @@ def _per_class_lines(per_class: dict[str, Any] | None) -> list[str]:
     for c, s in per_class.items():
         lines.append(
             f"{c:<{width}}  {s['n_real']:>6} {s['n_fake']:>6}  {_kid_text(s.get('kid')):>17}  "
-            f"{_num(s.get('fid')):>8}  {_num(s.get('fid_64')):>7}"
+            f"{_num(s.get('fid')):>8}  {_num(s.get('fid64')):>7}"
         )
     return lines
 
