@@ -33,6 +33,7 @@ from diffscape.core import atomic, layout
 from diffscape.core.errors import DiffscapeError
 from diffscape.data.dataset import SPLITS, Dataset, parse_dataset_spec
 from diffscape.data.imagefolder import UNCONDITIONAL, SampleSet, load_sample_folder
+from diffscape.metrics import registry
 from diffscape.metrics.features import (
     FEATURES_64,
     FEATURES_2048,
@@ -348,7 +349,8 @@ def side_features(
 
 
 def score_pair(real: Features, fake: Features, seed: int) -> dict[str, Any]:
-    """n, FID (2048 and 64 features) and KID of one pair of feature sets."""
+    """n, FID (2048 and 64 features), KID and the registry's computed metrics of one pair of
+    feature sets."""
     n_r, n_f = len(real[FEATURES_2048]), len(fake[FEATURES_2048])
     out: dict[str, Any] = {"n_real": n_r, "n_fake": n_f}
     if min(n_r, n_f) < 2:
@@ -361,7 +363,7 @@ def score_pair(real: Features, fake: Features, seed: int) -> dict[str, Any]:
         else None
     )
     out["kid"] = kid_from_features(real[FEATURES_2048], fake[FEATURES_2048], seed=seed).to_json()
-    return out
+    return out | registry.computed(real, fake)
 
 
 def _side_classes(side: Side, indices: np.ndarray | None) -> list[str | None]:
