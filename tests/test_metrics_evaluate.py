@@ -313,7 +313,8 @@ def test_evaluate_small_n_warns_leads_with_kid_and_reports_no_is(tmp_path, capsy
     summary = captured.out.splitlines()
     first_metric = next(line for line in summary if line.startswith(("KID", "FID")))
     assert first_metric.startswith("KID")
-    assert any(line.startswith("IS      unavailable") for line in summary)
+    assert any(line.startswith("IS          unavailable") for line in summary)
+    assert any(line.startswith("Precision") for line in summary)  # the registry's metrics
     assert len(summary) <= 25  # one screen
 
 
@@ -352,7 +353,7 @@ def test_fid64_on_150_vs_150_when_asked(tmp_path, capsys):
     assert every["fid64_n"] == [200, 180]  # one name for both: its sizes say which
     assert r["fid64"] != every["fid64"]  # a subset of the 200 real / 180 fake images
     assert r["fid_interval"] is None and r["resize"] is None  # no bootstrap, a stand-in
-    assert "(150 real vs 150 generated)" in E.format_summary(r)
+    assert "FID-64" in E.format_summary(r) and "(n 150 / 150)" in E.format_summary(r)
     few = E.evaluate(
         (ds, "train"), (ds, "test"), replace(s, n=20, fid64_n=150), extractor=TinyExtractor(),
         progress=False,
@@ -528,7 +529,8 @@ def test_cli_real_network_end_to_end(tmp_path, monkeypatch, capsys, converted_hu
     m = r["memorisation"]
     assert m["n_fake"] == 4 and m["n_train"] == m["pixel_n_train"] == 8
     assert m["train_source"] == "real-features" and len(m["pairs"]) == 4
-    assert "P/R     precision" in captured.out and "near-copies of training" in captured.out
+    assert "\nPrecision " in captured.out and "\nRecall " in captured.out
+    assert "near-copies of training" in captured.out
     assert (tmp_path / "closest-pairs.png").is_file() and "closest-pairs.png" in captured.out
 
     assert main([*args, "--no-per-class"]) == 2  # second time: the metrics are not replaced...

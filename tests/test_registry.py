@@ -1,6 +1,7 @@
 """The metric registry: one entry per metric, one name each (older names still read), families
-per class and per further judge derived from it; and a metric added in that one place reaches
-every output: result.json, results.csv, the verdicts and the page."""
+per class and per further judge derived from it; and a metric added in that one place, its
+computation included, reaches every output: metrics.json and evaluate's summary, result.json,
+results.csv, the verdicts and the page."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from test_pipeline import tiny_run, tiny_spec
 
 from diffscape.config import SampleSettings
 from diffscape.metrics import registry
+from diffscape.metrics.evaluate import format_summary
 from diffscape.metrics.registry import METRICS, Metric
 from diffscape.report import build_report, collect
 from diffscape.report.verdicts import settings
@@ -129,6 +131,7 @@ def test_a_metric_added_in_one_place_reaches_every_output(shift, tmp_path):
         metrics = results.read_metrics(run.sample_dir(out))  # evaluate() computed it
         assert result.scores["mean_shift"] == metrics["mean_shift"] > 0
         assert result.scores["mean_shift_c0"] == metrics["per_class"]["c0"]["mean_shift"]
+        assert "\nMean shift " in format_summary(metrics)  # what `diffscape evaluate` prints
     assert results.read_floor(out).metrics["mean_shift"] >= 0  # the real-vs-real floor too
     page = build_report(out, tmp_path / "report" / "report.html").read_text()
     with (tmp_path / "report" / "results.csv").open(newline="") as f:

@@ -641,80 +641,60 @@ def write_metrics(path: str | os.PathLike[str], result: dict[str, Any]) -> Path:
 # ---- summary -------------------------------------------------------------------------------
 
 
-def _kid_text(kid: dict[str, Any] | None) -> str:
-    return "-" if not kid else f"{kid['mean']:.4f} ± {kid['std']:.4f}"
-
-
-def _num(x: float | None, fmt: str = ".2f") -> str:
-    return "-" if x is None else format(x, fmt)
-
-
 def _score_lines(r: dict[str, Any]) -> list[str]:
-    """KID, FID, FID-64 (the lead metric first), then IS."""
-    kid = r.get("kid")
-    kid_line = (
-        f"KID     {_kid_text(kid)}   ({kid['subsets']} subsets of {kid['subset_size']})"
-        if kid
-        else "KID     -"
-    )
-    fid_line = f"FID     {_num(r.get('fid'))}"
+    """Every registered metric evaluate() gave (the lead one first) with the images it was
+    measured on; then what the bootstrap, the copies check and the Inception Score add."""
+    recs = registry.records(r)
+    metrics = [m for m in registry.METRICS if m.source == registry.EVALUATE]
+    metrics = [m for m in metrics if m.value(recs) is not None]
+    metrics.sort(key=lambda m: m.key != r.get("lead"))
+    lines = []
+    for m in metrics:
+        n = " / ".join(map(str, m.sizes_of(recs)))
+        lines.append(f"{m.label:<11} {m.shown(recs)}" + (f"   (n {n})" if n else ""))
     if r.get("fid_bootstrap"):
         b = r["fid_bootstrap"]
-        fid_line += (
-            f"   [{b['confidence']:.0%} bootstrap {b['low']:.2f} - {b['high']:.2f}, "
-            f"{b['samples']} resamples]"
-        )
-    fid64_line = f"FID-64  {_num(r.get('fid64'))}"
-    if r.get("fid64_n"):
-        fid64_line += "   ({} real vs {} generated)".format(*r["fid64_n"])
-    lines = (
-        [kid_line, fid_line, fid64_line] if r["lead"] == "kid" else [fid_line, fid64_line, kid_line]
-    )
-    lines += _new_score_lines(r)
-    if r.get("inception_score"):
-        s = r["inception_score"]
-        lines.append(f"IS      {s['mean']:.2f} ± {s['std']:.2f}")
-    else:
-        lines.append(f"IS      unavailable: {r.get('inception_score_unavailable')}")
-    return lines
-
-
-def _new_score_lines(r: dict[str, Any]) -> list[str]:
-    """Precision/recall and memorisation (when computed)."""
-    lines = []
-    if r.get("precision") is not None:
         lines.append(
-            f"P/R     precision {r['precision']:.3f}  recall {r['recall']:.3f}   "
-            f"(k={r['prc_k']}: generated inside the real manifold / real inside the generated)"
+            f"{'':<11} FID's {b['confidence']:.0%} bootstrap interval {b['low']:.2f} - "
+            f"{b['high']:.2f} ({b['samples']} resamples)"
         )
+    lines += _copies_lines(r)
+    s = r.get("inception_score")
+    is_text = f"{s['mean']:.2f} ± {s['std']:.2f}" if s else "unavailable: "
+    return [*lines, f"{'IS':<11} {is_text}{'' if s else r.get('inception_score_unavailable')}"]
+
+
+def _copies_lines(r: dict[str, Any]) -> list[str]:
+    """The memorisation check, in pixels as well as in Inception space (when computed)."""
     m = r.get("memorisation")
-    if m:
-        px = (
-            f"pixels {m['pixel_share']:.1%} (median ratio {m['pixel_median_ratio']:.2f})"
-            if m.get("pixel_share") is not None
-            else f"pixels: {m.get('pixel_unavailable', 'not computed')}"
-        )
-        lines.append(
-            f"copies  {m['share']:.1%} near-copies of training images (ratio < "
-            f"{m['threshold']:g}; Inception, median ratio {m['median_ratio']:.2f}); {px}"
-        )
-    elif r.get("memorisation_unavailable"):
-        lines.append(f"copies  unavailable: {r['memorisation_unavailable']}")
-    return lines
+    if not m:
+        why = r.get("memorisation_unavailable")
+        return [f"{'copies':<11} unavailable: {why}"] if why else []
+    px = (
+        f"pixels {m['pixel_share']:.1%} (median ratio {m['pixel_median_ratio']:.2f})"
+        if m.get("pixel_share") is not None
+        else f"pixels: {m.get('pixel_unavailable', 'not computed')}"
+    )
+    return [
+        f"{'copies':<11} {m['share']:.1%} near-copies of training images (ratio < "
+        f"{m['threshold']:g}; Inception, median ratio {m['median_ratio']:.2f}); {px}"
+    ]
 
 
-def _per_class_lines(per_class: dict[str, Any] | None) -> list[str]:
+def _per_class_lines(r: dict[str, Any]) -> list[str]:
+    """A line per class: its image counts and every registered metric it has."""
+    per_class, recs = r.get("per_class"), registry.records(r)
     if not per_class:
         return []
+    metrics = [m for m in registry.METRICS if m.source == registry.EVALUATE]
+    cols = [(m.label, [m.of_class(c) for c in per_class]) for m in metrics]
+    cols = [(label, col) for label, col in cols if any(x.value(recs) is not None for x in col)]
     width = max(8, *(len(c) for c in per_class))
-    lines = [
-        f"{'class':<{width}}  {'n_real':>6} {'n_fake':>6}  {'KID':>17}  {'FID':>8}  {'FID-64':>7}"
-    ]
-    for c, s in per_class.items():
-        lines.append(
-            f"{c:<{width}}  {s['n_real']:>6} {s['n_fake']:>6}  {_kid_text(s.get('kid')):>17}  "
-            f"{_num(s.get('fid')):>8}  {_num(s.get('fid64')):>7}"
-        )
+    head = f"{'class':<{width}}  {'n_real':>6} {'n_fake':>6}"
+    lines = [head + "".join(f"  {label:>17}" for label, _ in cols)]
+    for i, (c, s) in enumerate(per_class.items()):
+        cells = "".join(f"  {col[i].shown(recs):>17}" for _, col in cols)
+        lines.append(f"{c:<{width}}  {s['n_real']:>6} {s['n_fake']:>6}{cells}")
     return lines
 
 
@@ -726,7 +706,7 @@ def format_summary(r: dict[str, Any], path: str | os.PathLike[str] | None = None
     ]
     lines += [f"! {w}" for w in r["warnings"]]
     lines += _score_lines(r)
-    lines += _per_class_lines(r.get("per_class"))
+    lines += _per_class_lines(r)
     w = r.get("weights")
     ident = (
         f"weights sha256 {w['sha256'][:12]} ({w['source']})" if w else "custom feature extractor"
