@@ -301,14 +301,16 @@ def test_evaluate_small_n_warns_leads_with_kid_and_reports_no_is(tmp_path, capsy
     assert r["inception_score_unavailable"] == "stand-in without a classifier"
     assert set(r["per_class"]) == {"dark", "light"}
     assert r["per_class"]["dark"]["n_real"] == 10 and r["per_class"]["dark"]["n_fake"] == 4
-    assert r["fid"] > 0 and r["fid_64"] is not None and "mean" in r["kid"]
+    assert r["fid"] > 0 and r["fid64"] is not None and "mean" in r["kid"]
+    assert r["fid64_n"] == [20, 10] and r["per_class"]["dark"]["fid64"] is not None
     assert set(r["versions"]) >= {"torch", "torchmetrics", "torch-fidelity", "diffscape"}
     assert json.loads(out.read_text())["n_fake"] == 10
 
     summary = captured.out.splitlines()
     first_metric = next(line for line in summary if line.startswith(("KID", "FID")))
     assert first_metric.startswith("KID")
-    assert any(line.startswith("IS      unavailable") for line in summary)
+    assert any(line.startswith("IS          unavailable") for line in summary)
+    assert any(line.startswith("Precision") for line in summary)  # the registry's metrics
     assert len(summary) <= 25  # one screen
 
 
@@ -331,7 +333,8 @@ def test_evaluate_large_n_leads_with_fid_and_subsamples_fake(tmp_path, capsys):
     b = r["fid_bootstrap"]
     assert r["fid_interval"] == {"low": b["low"], "high": b["high"], "n_boot": 2}
     assert 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1 and r["prc_k"] == 3
-    assert r["fid64"] is None and r["fid64_n"] is None  # off unless asked for
+    # without evaluate.fid64: FID-64 of every scored image, not of 150 vs 150
+    assert r["fid64_n"] == [2200, 2100] and r["fid64"] >= 0
     lines = capsys.readouterr().out.splitlines()
     assert next(line for line in lines if line.startswith(("KID", "FID"))).startswith("FID ")
 
@@ -341,9 +344,12 @@ def test_fid64_on_150_vs_150_when_asked(tmp_path, capsys):
     s = E.EvalSettings(n=None, per_class=False, fid64=True, memorisation=False)
     r = E.evaluate((ds, "train"), (ds, "test"), s, extractor=TinyExtractor(), progress=False)
     assert r["fid64_n"] == [150, 150] and r["fid64"] > 0
-    assert r["fid64"] != r["fid_64"]  # a subset of the 200 real / 180 fake images
+    every = E.evaluate((ds, "train"), (ds, "test"), replace(s, fid64=False),
+                       extractor=TinyExtractor(), progress=False)  # fmt: skip
+    assert every["fid64_n"] == [200, 180]  # one name for both: its sizes say which
+    assert r["fid64"] != every["fid64"]  # a subset of the 200 real / 180 fake images
     assert r["fid_interval"] is None and r["resize"] is None  # no bootstrap, a stand-in
-    assert "(64 features, 150 real vs 150 generated)" in E.format_summary(r)
+    assert "FID-64" in E.format_summary(r) and "(n 150 / 150)" in E.format_summary(r)
     few = E.evaluate(
         (ds, "train"), (ds, "test"), replace(s, n=20, fid64_n=150), extractor=TinyExtractor(),
         progress=False,
@@ -382,7 +388,7 @@ def test_real_vs_real_same_split_is_zero_and_uses_cache(tmp_path):
     ext = TinyExtractor()
     kw = {"extractor": ext, "progress": False}
     r = E.evaluate((ds, "train"), (ds, "train"), E.EvalSettings(n=16), **kw)
-    assert r["fid"] == pytest.approx(0, abs=1e-6) and r["fid_64"] == pytest.approx(0, abs=1e-6)
+    assert r["fid"] == pytest.approx(0, abs=1e-6) and r["fid64"] == pytest.approx(0, abs=1e-6)
     # the fake side (the same split, all images) was found in the cache the real side filled
     assert r["fake"]["features_from_cache"] and ext.images_seen == 16
     r2 = E.evaluate((ds, "train"), (ds, "train"), E.EvalSettings(n=16), **kw)
@@ -513,7 +519,8 @@ def test_cli_real_network_end_to_end(tmp_path, monkeypatch, capsys, converted_hu
     m = r["memorisation"]
     assert m["n_fake"] == 4 and m["n_train"] == m["pixel_n_train"] == 8
     assert m["train_source"] == "real-features" and len(m["pairs"]) == 4
-    assert "P/R     precision" in captured.out and "near-copies of training" in captured.out
+    assert "\nPrecision " in captured.out and "\nRecall " in captured.out
+    assert "near-copies of training" in captured.out
     assert (tmp_path / "closest-pairs.png").is_file() and "closest-pairs.png" in captured.out
 
     assert main([*args, "--no-per-class"]) == 2  # second time: the metrics are not replaced...

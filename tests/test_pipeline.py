@@ -114,7 +114,8 @@ def test_second_run_does_nothing_and_says_so(ds, tmp_path, monkeypatch):
     lines: list[str] = []
     tools = Tools(Narrator(lines.append), progress=False, extractor=TinyExtractor())
     (first,) = study_and_run(tmp_path / "study", ds, tools)
-    assert first.ok and first.steps == 4 and first.n_judged == 6 and first.fid > 0
+    assert first.ok and first.steps == 4 and first.scores["fid"] > 0
+    assert 0 <= first.scores["accuracy"] <= 1 and "accuracy_c0" in first.scores
     result_file = results.result_path(tiny_run().sample_dir(tmp_path / "study"))
     written = result_file.stat().st_mtime_ns
 
@@ -141,7 +142,8 @@ def test_each_stage_is_skipped_on_its_own(ds, tmp_path, monkeypatch):
 def test_killed_during_evaluate_redoes_only_what_is_missing(ds, tmp_path, monkeypatch):
     out = tmp_path / "study"
     samples = tiny_run().sample_dir(out)
-    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    path = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": path}  # the tests' helpers, and the diffscape under test
     code = f"import test_pipeline as t; t.drive({str(out)!r}, {str(ds.root)!r})"
     log = (tmp_path / "log").open("w")
     proc = subprocess.Popen(
@@ -230,15 +232,15 @@ def test_results_read_back_older_and_damaged_files(tmp_path):
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / layout.RESULT_JSON).write_text(json.dumps(old))
     r = results.read_result(tmp_path / "old")
-    assert r.ok and r.fid == 12.5 and r.accuracy is None and r.per_class is None
+    assert r.ok and r.steps == 8 and r.scores == {}  # its scores: fields of old, not read
     (tmp_path / "bad").mkdir()
     for text in ("{", "[1, 2]", '{"status": "ok"}', ""):  # damaged, not an object, no name
         (tmp_path / "bad" / layout.RESULT_JSON).write_text(text)
         assert results.read_result(tmp_path / "bad") is None
-    wrong = {**old, "fid": "twelve", "steps": True}  # wrong types fall back to the defaults
+    wrong = {**old, "scores": [12.5], "steps": True}  # wrong types fall back to the defaults
     (tmp_path / "bad" / layout.RESULT_JSON).write_text(json.dumps(wrong))
     r = results.read_result(tmp_path / "bad")
-    assert r.fid is None and r.steps is None and r.n_fake == 6
+    assert r.scores == {} and r.steps is None and r.n_samples == 6
     # written through the module: atomic, and read back equal
     results.write_result(tmp_path / "new", r)
     assert results.read_result(tmp_path / "new") == r
@@ -276,11 +278,11 @@ def test_second_judge_fid64_memorisation_and_pairs_png(ds, tmp_path):
     assert r.ok and r.setting == "model" and r.seed is None
     folder = run.sample_dir(out)
     svc = json.loads((folder / "accuracy-svc.json").read_text())
-    assert svc["judge_kind"] == "svc" and r.judges == {"svc": {"accuracy": svc["accuracy"], "n": 6}}
+    assert svc["judge_kind"] == "svc" and r.scores["accuracy_svc_judge"] == svc["accuracy"]
     assert json.loads((folder / layout.ACCURACY_JSON).read_text())["judge_kind"] == "cnn"
     metrics = results.read_metrics(folder)
     assert metrics["settings"]["evaluate"]["fid64"] is True
     assert metrics["memorisation"] is not None  # the stand-in's features serve it too
     assert (folder / layout.PAIRS_PNG).is_file()
-    assert r.memorisation == metrics["memorisation"]["share"]
+    assert r.scores["memorisation"] == metrics["memorisation"]["share"]
     assert settings_record(study, run)["also"]["svc"]["kind"] == "svc"

@@ -467,10 +467,10 @@ def test_replicated_sweep_shows_settings_with_intervals_and_verdicts(tmp_path):
     assert cosine.k == 3 and cosine.estimates["fid"].mean == pytest.approx(20.0 + 0.2 / 3)
     verdict = {k: c.verdict for k, c in cosine.comparisons.items() if c is not None}
     assert verdict["fid"] == verdict["kid"] == "better" and verdict["accuracy"] == "better"
-    assert verdict["judge_svc"] == "better"  # the pixel SVC judge is a column of its own
+    assert verdict["accuracy_svc_judge"] == "better"  # the pixel SVC judge: a column of its own
     assert relu.comparisons["fid"].verdict == "no difference found at this n and these seeds"
     assert relu.comparisons["memorisation"].verdict.startswith("no difference")
-    assert cosine.estimates["class_Forest"].low is not None  # per class, with an interval
+    assert cosine.estimates["accuracy_Forest"].low is not None  # per class, with an interval
     assert (
         cosine.estimates["fid64"].between is not None and cosine.estimates["fid64"].within is None
     )
@@ -480,7 +480,8 @@ def test_replicated_sweep_shows_settings_with_intervals_and_verdicts(tmp_path):
     assert_self_contained(text)
     assert 'id="settings"' in text and text.count('class="verdict v-better"') == 3
     assert "v-none" in text and "at this n and these seeds" in text
-    for header in ("Precision", "Recall", "FID-64", "Near-copies", "SVC judge", "FID vs baseline"):
+    headers = ("Precision", "Recall", "FID-64", "Near-copies", "Accuracy (SVC judge)")
+    for header in (*headers, "FID vs baseline"):
         assert f">{header}</th>" in text, header
     assert "3 seeds" in text and "closest to the training set" in text
     rows = list(csv.DictReader((tmp_path / "results.csv").open()))

@@ -258,8 +258,10 @@ kind = "svc"
     steps = [json.loads(x)["step"] for x in (second / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(2, 17, 2))  # resumed: one log, as if never interrupted
     r = results[1]
-    assert r.n_fake == 6 and r.fid > 0 and r.kid["mean"] is not None
-    assert 0 <= r.accuracy <= 1 and r.n_judged == 6
+    assert r.scores["fid"] > 0 and r.scores["kid"] is not None and 0 <= r.scores["accuracy"] <= 1
+    sampling = runs / "activation=relu" / "samples" / "ddim-3-w1"
+    assert json.loads((sampling / "metrics.json").read_text())["n_fake"] == 6
+    assert json.loads((sampling / "accuracy.json").read_text())["n"] == 6
     sweep_json = json.loads((runs / "sweep.json").read_text())
     assert [x["name"] for x in sweep_json["runs"]] == ["activation=silu", "activation=relu"]
 
@@ -349,7 +351,9 @@ kind = "svc"
     results = run_sweep(spec, tmp_path / "runs", data=ds.root, progress=False, gpus=1)
     assert calls == [tmp_path / "runs" / "model"]
     assert [(r.name, r.status) for r in results] == [("ddim-3-w0", "ok"), ("ddim-3-w3", "ok")]
-    assert all(r.n_judged == 6 and r.fid is None for r in results)
+    assert all(r.scores["accuracy"] is not None and r.scores["fid"] is None for r in results)
+    accuracy = tmp_path / "runs/model/samples/ddim-3-w3/accuracy.json"
+    assert json.loads(accuracy.read_text())["n"] == 6
     samples = json.loads((tmp_path / "runs/model/samples/ddim-3-w3/samples.json").read_text())
     assert samples["guidance"] == 3 and samples["n"] == 6
     text = build_report(tmp_path / "runs", tmp_path / "r.html").read_text()
@@ -358,7 +362,7 @@ kind = "svc"
     # settings changed since: the rows are redone (training is already complete)
     spec.write_text(spec.read_text().replace("n = 2\n", "n = 1\n"))
     results = run_sweep(spec, tmp_path / "runs", data=ds.root, progress=False, gpus=1)
-    assert all(r.n_judged == 3 for r in results)
+    assert all(r.ok for r in results) and json.loads(accuracy.read_text())["n"] == 3
 
 
 def test_without_a_dataset_the_default_synthetic_set_is_made(tmp_path, monkeypatch):

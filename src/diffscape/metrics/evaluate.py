@@ -1,10 +1,10 @@
 """Generated images (or a second dataset split) against a real split: FID, KID, IS, per class.
 
 ``evaluate`` embeds both sides once (real features cached by the dataset's content hash), then
-computes every score from features: FID at 2048 and at 64 features, KID mean ± std, precision and
-recall (Kynkäänniemi et al. 2019), the Inception Score when genuine logits exist, per-class FID/KID
-for class-conditional samples, and optionally a bootstrap interval for FID and the seed report's
-FID (64 features, 150 vs 150 images). The memorisation check (:mod:`.memorisation`) finds each
+computes every score from features: FID at 2048 and at 64 features (``fid64``; with the fid64
+setting on 150 vs 150 images, the seed report's), KID mean ± std, precision and recall
+(Kynkäänniemi et al. 2019), the Inception Score when genuine logits exist, per-class FID/KID for
+class-conditional samples, and optionally a bootstrap interval for FID. The memorisation check (:mod:`.memorisation`) finds each
 generated image's nearest training image in Inception space and in pixels. Images reach the
 network resized like torch-fidelity and TensorFlow 1 (``resize="tf1"``, the standard of
 published FIDs) unless ``resize="torch"`` (torchmetrics >= 1.8's antialiased bilinear). It returns the metrics and writes nothing: ``write_metrics`` saves
@@ -33,6 +33,7 @@ from diffscape.core import atomic, layout
 from diffscape.core.errors import DiffscapeError
 from diffscape.data.dataset import SPLITS, Dataset, parse_dataset_spec
 from diffscape.data.imagefolder import SampleSet, load_sample_folder
+from diffscape.metrics import registry
 from diffscape.metrics.features import (
     FEATURES_64,
     FEATURES_2048,
@@ -337,20 +338,21 @@ def side_features(
 
 
 def score_pair(real: Features, fake: Features, seed: int) -> dict[str, Any]:
-    """n, FID (2048 and 64 features) and KID of one pair of feature sets."""
+    """n, FID (2048 and 64 features), KID and the registry's computed metrics of one pair of
+    feature sets."""
     n_r, n_f = len(real[FEATURES_2048]), len(fake[FEATURES_2048])
     out: dict[str, Any] = {"n_real": n_r, "n_fake": n_f}
     if min(n_r, n_f) < 2:
         out["skipped"] = "fewer than 2 images on one side"
         return out
     out["fid"] = fid_from_features(real[FEATURES_2048], fake[FEATURES_2048])
-    out["fid_64"] = (
+    out["fid64"] = (
         fid_from_features(real[FEATURES_64], fake[FEATURES_64])
         if FEATURES_64 in real and FEATURES_64 in fake
         else None
     )
     out["kid"] = kid_from_features(real[FEATURES_2048], fake[FEATURES_2048], seed=seed).to_json()
-    return out
+    return out | registry.computed(real, fake)
 
 
 def _side_classes(side: Side, indices: np.ndarray | None) -> list[str | None]:
@@ -435,15 +437,16 @@ def _prc_scores(
 
 
 def _fid64_scores(real: Features, fake: Features, s: EvalSettings) -> dict[str, Any]:
-    """The seed report's FID: 64-d features of (seeded subsets of) fid64_n images per side."""
-    out: dict[str, Any] = {"fid64": None, "fid64_n": None}
-    if not (s.fid64 and FEATURES_64 in real and FEATURES_64 in fake):
-        return out
+    """FID on the 64-d features and its sizes (``fid64_n``: real, generated): of every scored
+    image, or with ``fid64`` of seeded subsets of fid64_n images per side (the seed report's
+    yardstick, 150 vs 150)."""
+    if not (FEATURES_64 in real and FEATURES_64 in fake):
+        return {"fid64": None, "fid64_n": None}
     r, f = real[FEATURES_64], fake[FEATURES_64]
-    r_idx, f_idx = _subset(len(r), s.fid64_n, s.seed), _subset(len(f), s.fid64_n, s.seed + 1)
-    r, f = (r if r_idx is None else r[r_idx]), (f if f_idx is None else f[f_idx])
-    out |= {"fid64": fid_from_features(r, f), "fid64_n": [len(r), len(f)]}
-    return out
+    if s.fid64:
+        r_idx, f_idx = _subset(len(r), s.fid64_n, s.seed), _subset(len(f), s.fid64_n, s.seed + 1)
+        r, f = (r if r_idx is None else r[r_idx]), (f if f_idx is None else f[f_idx])
+    return {"fid64": fid_from_features(r, f), "fid64_n": [len(r), len(f)]}
 
 
 def _memorisation(
@@ -601,19 +604,22 @@ def evaluate(
         result |= _memorisation(real, fake, plan, feats, extractor, s, say, progress)
     if s.per_class:
         result["per_class"] = per_class_scores(real, fake, plan, feats, s.seed, warnings)
+    result |= {"warnings": warnings, "notes": notes}
+    return result | _provenance(extractor, s.seed, dev, t0)
+
+
+def _provenance(extractor: FeatureExtractor, seed: int, dev: torch.device, t0: float) -> dict:
+    """What the scores were made with: the network, seed, device, versions, cache, time."""
     weights = getattr(extractor, "weights", None)  # an InceptionExtractor's, not a stand-in's
-    result |= {
-        "warnings": warnings,
-        "notes": notes,
+    return {
         "weights": weights.to_json() if weights is not None else None,
         "features": extractor.identity(),
-        "seed": s.seed,
+        "seed": seed,
         "device": str(dev),
         "versions": versions(),
         "cache_dir": str(cache_dir()),
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    return result
 
 
 def write_metrics(path: str | os.PathLike[str], result: dict[str, Any]) -> Path:
@@ -624,81 +630,60 @@ def write_metrics(path: str | os.PathLike[str], result: dict[str, Any]) -> Path:
 # ---- summary -------------------------------------------------------------------------------
 
 
-def _kid_text(kid: dict[str, Any] | None) -> str:
-    return "-" if not kid else f"{kid['mean']:.4f} ± {kid['std']:.4f}"
-
-
-def _num(x: float | None, fmt: str = ".2f") -> str:
-    return "-" if x is None else format(x, fmt)
-
-
 def _score_lines(r: dict[str, Any]) -> list[str]:
-    """KID, FID, FID-64 (the lead metric first), then IS."""
-    kid = r.get("kid")
-    kid_line = (
-        f"KID     {_kid_text(kid)}   ({kid['subsets']} subsets of {kid['subset_size']})"
-        if kid
-        else "KID     -"
-    )
-    fid_line = f"FID     {_num(r.get('fid'))}"
+    """Every registered metric evaluate() gave (the lead one first) with the images it was
+    measured on; then what the bootstrap, the copies check and the Inception Score add."""
+    recs = registry.records(r)
+    metrics = [m for m in registry.METRICS if m.source == registry.EVALUATE]
+    metrics = [m for m in metrics if m.value(recs) is not None]
+    metrics.sort(key=lambda m: m.key != r.get("lead"))
+    lines = []
+    for m in metrics:
+        n = " / ".join(map(str, m.sizes_of(recs)))
+        lines.append(f"{m.label:<11} {m.shown(recs)}" + (f"   (n {n})" if n else ""))
     if r.get("fid_bootstrap"):
         b = r["fid_bootstrap"]
-        fid_line += (
-            f"   [{b['confidence']:.0%} bootstrap {b['low']:.2f} - {b['high']:.2f}, "
-            f"{b['samples']} resamples]"
-        )
-    fid64_line = f"FID-64  {_num(r.get('fid_64'))}"
-    lines = (
-        [kid_line, fid_line, fid64_line] if r["lead"] == "kid" else [fid_line, fid64_line, kid_line]
-    )
-    lines += _new_score_lines(r)
-    if r.get("inception_score"):
-        s = r["inception_score"]
-        lines.append(f"IS      {s['mean']:.2f} ± {s['std']:.2f}")
-    else:
-        lines.append(f"IS      unavailable: {r.get('inception_score_unavailable')}")
-    return lines
-
-
-def _new_score_lines(r: dict[str, Any]) -> list[str]:
-    """Precision/recall, the seed report's FID-64 at 150 vs 150, memorisation (when computed)."""
-    lines = []
-    if r.get("precision") is not None:
         lines.append(
-            f"P/R     precision {r['precision']:.3f}  recall {r['recall']:.3f}   "
-            f"(k={r['prc_k']}: generated inside the real manifold / real inside the generated)"
+            f"{'':<11} FID's {b['confidence']:.0%} bootstrap interval {b['low']:.2f} - "
+            f"{b['high']:.2f} ({b['samples']} resamples)"
         )
-    if r.get("fid64") is not None:
-        n_r, n_f = r["fid64_n"]
-        lines.append(f"FID64@n {r['fid64']:.2f}   (64 features, {n_r} real vs {n_f} generated)")
+    lines += _copies_lines(r)
+    s = r.get("inception_score")
+    is_text = f"{s['mean']:.2f} ± {s['std']:.2f}" if s else "unavailable: "
+    return [*lines, f"{'IS':<11} {is_text}{'' if s else r.get('inception_score_unavailable')}"]
+
+
+def _copies_lines(r: dict[str, Any]) -> list[str]:
+    """The memorisation check, in pixels as well as in Inception space (when computed)."""
     m = r.get("memorisation")
-    if m:
-        px = (
-            f"pixels {m['pixel_share']:.1%} (median ratio {m['pixel_median_ratio']:.2f})"
-            if m.get("pixel_share") is not None
-            else f"pixels: {m.get('pixel_unavailable', 'not computed')}"
-        )
-        lines.append(
-            f"copies  {m['share']:.1%} near-copies of training images (ratio < "
-            f"{m['threshold']:g}; Inception, median ratio {m['median_ratio']:.2f}); {px}"
-        )
-    elif r.get("memorisation_unavailable"):
-        lines.append(f"copies  unavailable: {r['memorisation_unavailable']}")
-    return lines
+    if not m:
+        why = r.get("memorisation_unavailable")
+        return [f"{'copies':<11} unavailable: {why}"] if why else []
+    px = (
+        f"pixels {m['pixel_share']:.1%} (median ratio {m['pixel_median_ratio']:.2f})"
+        if m.get("pixel_share") is not None
+        else f"pixels: {m.get('pixel_unavailable', 'not computed')}"
+    )
+    return [
+        f"{'copies':<11} {m['share']:.1%} near-copies of training images (ratio < "
+        f"{m['threshold']:g}; Inception, median ratio {m['median_ratio']:.2f}); {px}"
+    ]
 
 
-def _per_class_lines(per_class: dict[str, Any] | None) -> list[str]:
+def _per_class_lines(r: dict[str, Any]) -> list[str]:
+    """A line per class: its image counts and every registered metric it has."""
+    per_class, recs = r.get("per_class"), registry.records(r)
     if not per_class:
         return []
+    metrics = [m for m in registry.METRICS if m.source == registry.EVALUATE]
+    cols = [(m.label, [m.of_class(c) for c in per_class]) for m in metrics]
+    cols = [(label, col) for label, col in cols if any(x.value(recs) is not None for x in col)]
     width = max(8, *(len(c) for c in per_class))
-    lines = [
-        f"{'class':<{width}}  {'n_real':>6} {'n_fake':>6}  {'KID':>17}  {'FID':>8}  {'FID-64':>7}"
-    ]
-    for c, s in per_class.items():
-        lines.append(
-            f"{c:<{width}}  {s['n_real']:>6} {s['n_fake']:>6}  {_kid_text(s.get('kid')):>17}  "
-            f"{_num(s.get('fid')):>8}  {_num(s.get('fid_64')):>7}"
-        )
+    head = f"{'class':<{width}}  {'n_real':>6} {'n_fake':>6}"
+    lines = [head + "".join(f"  {label:>17}" for label, _ in cols)]
+    for i, (c, s) in enumerate(per_class.items()):
+        cells = "".join(f"  {col[i].shown(recs):>17}" for _, col in cols)
+        lines.append(f"{c:<{width}}  {s['n_real']:>6} {s['n_fake']:>6}{cells}")
     return lines
 
 
@@ -710,7 +695,7 @@ def format_summary(r: dict[str, Any], path: str | os.PathLike[str] | None = None
     ]
     lines += [f"! {w}" for w in r["warnings"]]
     lines += _score_lines(r)
-    lines += _per_class_lines(r.get("per_class"))
+    lines += _per_class_lines(r)
     w = r.get("weights")
     ident = (
         f"weights sha256 {w['sha256'][:12]} ({w['source']})" if w else "custom feature extractor"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,12 +17,21 @@ from markupsafe import Markup
 
 from diffscape import __version__
 from diffscape.core.timefmt import duration
+from diffscape.metrics import registry
+from diffscape.metrics.registry import Metric, Records
 from diffscape.report.html import cell, esc, small
 from diffscape.report.plots import Plot
 from diffscape.report.rows import Collection, Row
-from diffscape.report.settings_html import settings_table, value_cell, verdict_cell
-from diffscape.report.table import class_names, summary
-from diffscape.report.verdicts import metrics_for, settings
+from diffscape.report.settings_html import (
+    column_tip,
+    last_headline,
+    n_note,
+    settings_table,
+    verdict_cell,
+    within_tip,
+)
+from diffscape.report.table import records
+from diffscape.report.verdicts import TRAIN_TIME, Setting, metrics_for, settings
 
 STATUS_TEXT = {
     "ok": "finished",
@@ -53,31 +61,18 @@ def _heat(v: float | None) -> str:
     return f' style="background:hsl(135 45% {97 - 27 * v:.0f}%)"'
 
 
-# Columns: (header, type, tooltip, higher is better). "num" columns sort numerically.
-def _columns(
-    classes: list[str], extra: Sequence[tuple[str, str, str, bool]] = ()
-) -> list[tuple[str, str, str, bool]]:
-    cols = [
-        ("Run", "text", "run name (click to see its samples)", False),
-        ("Changes from base", "text", "settings that differ from the base config", False),
-        ("Sampling", "text", "sampler, steps, guidance w", False),
-        ("FID", "num", "Fréchet Inception Distance; lower is better; n = generated / real", False),
-        (
-            "KID",
-            "num",
-            "Kernel Inception Distance, mean ± std over subsets; lower is better",
-            False,
-        ),
-        ("Accuracy", "num", "judge accuracy on the samples; n = images judged", True),
-    ]
-    cols += [(c, "num", f"judge accuracy on samples of class {c}", True) for c in classes]
-    cols += list(extra)
-    cols += [
-        ("Train time", "num", "wall time of training, summed over resumes (metrics.jsonl)", False),
-        ("img/s", "num", "training images per second (median over log windows)", True),
-        ("Loss", "num", "last logged training loss", False),
-    ]
-    return cols
+# Columns: (header, type, tooltip, sorts descending first). "num" columns sort numerically.
+Column = tuple[str, str, str, bool]
+RUN_COLUMNS: list[Column] = [
+    ("Run", "text", "run name (click to see its samples)", False),
+    ("Changes from base", "text", "settings that differ from the base config", False),
+    ("Sampling", "text", "sampler, steps, guidance w", False),
+]
+TRAINING_COLUMNS: list[Column] = [
+    ("Train time", "num", "wall time of training, summed over resumes (metrics.jsonl)", False),
+    ("img/s", "num", "training images per second (median over log windows)", True),
+    ("Loss", "num", "last logged training loss", False),
+]
 
 
 def _best(values: list[float | None], higher: bool) -> float | None:
@@ -87,43 +82,70 @@ def _best(values: list[float | None], higher: bool) -> float | None:
     return max(present) if higher else min(present)
 
 
-def results_table(coll: Collection, extras: tuple[list[Any], list[Any], list[Any]]) -> str:
-    """The per-run table; ``extras`` = (columns, cells per row, foot padding) of the issue-16
-    numbers (further judges, precision/recall, fid64, near-copies, verdicts)."""
-    rows = coll.rows
-    classes = class_names(rows)
-    sums = [summary(r, classes) for r in rows]
-    extra_cols, extra_cells, _ = extras
-    cols = _columns(classes, extra_cols)
-    ok = [s for s in sums if s["status"] in ("ok", "unknown")]
-    best = {
-        "fid": _best([s["fid"] for s in ok], False),
-        "kid_mean": _best([s["kid_mean"] for s in ok], False),
-        "accuracy": _best([s["accuracy"] for s in ok], True),
-    }
+def _metric_columns(metrics: list[Metric], verdicts: list[Metric]) -> list[Column]:
+    """A column per metric; the verdicts right after the last headline metric."""
+    cols = []
+    for m in metrics:
+        cols.append((m.label, "num", column_tip(m), m.higher_is_better))
+        if verdicts and m is last_headline(metrics):
+            cols += [(f"{v.label} vs baseline", "num", VERDICT_TIP, False) for v in verdicts]
+    return cols
+
+
+def results_table(
+    coll: Collection, metrics: list[Metric], verdicts: list[Metric], sets: list[Setting]
+) -> str:
+    """The per-run table: a column per metric (and each setting's verdict on the ``verdicts``
+    metrics), the training's numbers, and the real data's row under it."""
+    recs = [records(r) for r in coll.rows]
+    ok = [x for x, r in zip(recs, coll.rows, strict=True) if r.status in ("ok", "unknown")]
+    best = {m.key: _best([m.value(x) for x in ok], m.higher_is_better) for m in metrics}
+    cols = RUN_COLUMNS + _metric_columns(metrics, verdicts) + TRAINING_COLUMNS
     head = "".join(
         f'<th data-type="{t}"{" data-desc-first" if hi else ""} title="{esc(tip)}" scope="col">'
         f"{esc(name)}</th>"
         for name, t, tip, hi in cols
     )
+    of = {r.group: s for s in sets for r in s.rows}
     body = []
-    for i, (row, s) in enumerate(zip(rows, sums, strict=True)):
-        body.append(_row_html(i, row, s, classes, best, extra_cells[i]))
-    foot = _floor_row(coll, sums, classes, len(cols))
+    for i, (row, x) in enumerate(zip(coll.rows, recs, strict=True)):
+        cells = [_metric_cell(m, x, best[m.key]) for m in metrics]
+        _insert_verdicts(cells, metrics, [verdict_cell(v, of.get(row.group)) for v in verdicts])
+        body.append(_row_html(i, row, x, cells))
+    foot = _floor_row(coll, metrics, verdicts)
     return (
         '<div class="table-wrap"><table id="runs" class="sortable">'
         f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody>{foot}</table></div>"
     )
 
 
-def _row_html(
-    i: int,
-    row: Row,
-    s: dict[str, Any],
-    classes: list[str],
-    best: dict[str, float | None],
-    extra: list[str],
-) -> str:
+def _insert_verdicts(cells: list[str], metrics: list[Metric], verdicts: list[str]) -> None:
+    """The verdict cells right after the last headline metric's."""
+    if verdicts:
+        at = metrics.index(last_headline(metrics)) + 1
+        cells[at:at] = verdicts
+
+
+def _metric_cell(m: Metric, recs: Records, best: float | None) -> str:
+    """One run's number, its n under it, its own 95 % interval in the tooltip; a class's
+    column is compact (its n and the class's other scores in the tooltip, shaded by value)."""
+    value = m.value(recs)
+    note = n_note(m, recs) if value is not None else ""
+    if m.scope:
+        c = m.scope[-1]
+        others = [o.of_class(c) for o in registry.METRICS]
+        values = [(o, o.value(recs)) for o in others if o.key != m.key]
+        facts = [note] + [f"{o.label} {o.text(v)}" for o, v in values if v is not None]
+        tip = f"{c}: " + ", ".join(f for f in facts if f)
+        heat = _heat(value) if m.fmt == "%" else ""
+        return cell(m.text(value), value, "num cls", heat + f' title="{esc(tip)}"')
+    text = m.shown(recs) + (small(note) if note else "")
+    tip = within_tip(m, recs) if value is not None else ""
+    classes = "num" + (" best" if value is not None and value == best else "")
+    return cell(text, value, classes, f' title="{esc(tip)}"' if tip else "")
+
+
+def _row_html(i: int, row: Row, recs: Records, metric_cells: list[str]) -> str:
     status = STATUS_TEXT.get(row.status, row.status)
     badge = f' <span class="badge {esc(row.status.replace(" ", "-"))}">{esc(status)}</span>'
     name = f'<a href="#run-{i}">{esc(row.name)}</a>' + (badge if status else "")
@@ -137,50 +159,24 @@ def _row_html(
         )
         or '<span class="muted">base</span>'
     )
+    s = row.sampling or {}
+    sampler, steps, guidance, n = (s.get(k) for k in ("sampler", "steps", "guidance", "n"))
     sampling = "–"
-    if s["sampler"]:
-        w = "" if s["guidance"] is None else f" · w={s['guidance']:g}"
-        sampling = f"{esc(s['sampler'])} {esc(s['sampler_steps'])}{w}"
-        if s["n_samples"]:
-            sampling += small(f"{s['n_samples']} images")
+    if sampler:
+        w = "" if guidance is None else f" · w={guidance:g}"
+        sampling = f"{esc(sampler)} {esc(steps)}{w}" + (small(f"{n} images") if n else "")
     cells = [
         cell(name, row.name, "name"),
-        cell(changes, s["changes"], "changes"),
-        cell(sampling, f"{s['sampler'] or ''} {s['sampler_steps'] or 0:05d}", "sampling"),
+        cell(changes, "; ".join(f"{k}={v}" for k, v in row.changes.items()), "changes"),
+        cell(sampling, f"{sampler or ''} {steps or 0:05d}", "sampling"),
+        *metric_cells,
     ]
-    fid_text = _fmt(s["fid"], ".2f")
-    if s["fid"] is not None:
-        fid_text += small(f"n {s['n_fake']} / {s['n_real']}")
-    cells.append(cell(fid_text, s["fid"], "num" + (" best" if s["fid"] == best["fid"] else "")))
-    kid = "–"
-    if s["kid_mean"] is not None:
-        kid = f"{s['kid_mean']:.4f} ± {s['kid_std']:.4f}"
-        if s["kid_subset_size"]:
-            kid += small(f"subsets of {s['kid_subset_size']}")
-    best_kid = s["kid_mean"] is not None and s["kid_mean"] == best["kid_mean"]
-    cells.append(cell(kid, s["kid_mean"], "num" + (" best" if best_kid else "")))
-    acc = _fmt(None if s["accuracy"] is None else 100 * s["accuracy"], ".1f")
-    if s["accuracy"] is not None:
-        acc += "%" + small(f"n {s['n_judged']}")
-    best_acc = s["accuracy"] is not None and s["accuracy"] == best["accuracy"]
-    cells.append(cell(acc, s["accuracy"], "num" + (" best" if best_acc else "")))
-    for c in classes:
-        v = s[f"accuracy_{c}"]
-        text = _fmt(None if v is None else 100 * v, ".0f") + ("%" if v is not None else "")
-        tip = [f"{c}: {s[f'n_judged_{c}']} judged"] if v is not None else [c]
-        if s[f"fid_{c}"] is not None:
-            tip.append(f"FID {s[f'fid_{c}']:.1f}")
-        if s[f"kid_{c}"] is not None:
-            tip.append(f"KID {s[f'kid_{c}']:.4f}")
-        cells.append(cell(text, v, "num cls", _heat(v) + f' title="{esc(", ".join(tip))}"'))
-    cells += extra
-    secs = s["train_seconds"]
+    t = recs["train"]
+    secs, speed, loss = t.get("train_seconds"), t.get("images_per_second"), t.get("final_loss")
     cells.append(cell(duration(secs), secs, "num"))
-    cells.append(cell(_fmt(s["images_per_second"], ".0f"), s["images_per_second"], "num"))
-    loss = _fmt(s["final_loss"], ".4f")
-    if s["train_steps"]:
-        loss += small(f"step {s['train_steps']}")
-    cells.append(cell(loss, s["final_loss"], "num"))
+    cells.append(cell(_fmt(speed, ".0f"), speed, "num"))
+    steps_note = small(f"step {t['train_steps']}") if t.get("train_steps") else ""
+    cells.append(cell(_fmt(loss, ".4f") + steps_note, loss, "num"))
     cls = f' class="{esc(row.status.replace(" ", "-"))}"'
     return f"<tr{cls}>{''.join(cells)}</tr>"
 
@@ -192,19 +188,8 @@ def tables(coll: Collection) -> str:
     metrics = metrics_for(coll.rows)
     sets = settings(coll, metrics)
     replicated = coll.seeds is not None or any(len(s.rows) > 1 for s in sets)
-    shown = [m for m in metrics if m.key.startswith("judge_") or m.key in EXTRA_KEYS]
-    verdicts = [m for m in metrics if m.verdict] if len(sets) > 1 and not replicated else []
-    cols = [(f"{m.label} vs baseline", "num", VERDICT_TIP, False) for m in verdicts]
-    cols += [
-        (m.label, "num", EXTRA_TIPS.get(m.key, "accuracy of a further judge"), m.higher_is_better)
-        for m in shown
-    ]
-    of = {r.group: s for s in sets for r in s.rows}
-    cells = [
-        [verdict_cell(m, of.get(r.group)) for m in verdicts] + [value_cell(m, r) for m in shown]
-        for r in coll.rows
-    ]
-    runs = results_table(coll, (cols, cells, []))
+    verdicts = [m for m in metrics if m.headline] if len(sets) > 1 and not replicated else []
+    runs = results_table(coll, [m for m in metrics if m is not TRAIN_TIME], verdicts, sets)
     if not replicated:
         return runs
     baseline = next((s.name for s in sets if s.is_baseline), "")
@@ -216,14 +201,6 @@ def tables(coll: Collection) -> str:
     )
 
 
-EXTRA_KEYS = ("precision", "recall", "fid64", "memorisation")
-EXTRA_TIPS = {
-    "precision": "share of generated images inside the real images' manifold (Kynkäänniemi "
-    "et al. 2019, k=3): sharpness/fidelity",
-    "recall": "share of real images inside the generated images' manifold: variety",
-    "fid64": "FID on 64-d Inception features, 150 vs 150 images: the seed report's yardstick",
-    "memorisation": "share of generated images that are near-copies of a training image",
-}
 VERDICT_TIP = (
     "against the baseline: better, worse, or no difference found (the 95% interval of the "
     "difference, from the run's own sampling noise with one seed, excludes 0 or not)"
@@ -237,34 +214,22 @@ SETTINGS_HINT = (
 )
 
 
-def _floor_row(coll: Collection, sums: list[dict[str, Any]], classes: list[str], width: int) -> str:
-    """The real-data reference under the table (not sorted): real vs real FID/KID, and the
-    judge's accuracy on real test images."""
-    floor = coll.floor
+def _floor_row(coll: Collection, metrics: list[Metric], verdicts: list[Metric]) -> str:
+    """The real-data reference under the table (not sorted): each metric of real images in
+    place of samples (the real-vs-real floor; the judge's accuracy on real test images)."""
     real = next(
         (r.accuracy.get("real") for r in coll.rows if r.accuracy and r.accuracy.get("real")), None
     )
-    if floor is None and real is None:
+    if coll.floor is None and real is None:
         return ""
-    cells = ['<th scope="row">Real data<span class="n">the floor / ceiling</span></th>']
-    cells.append('<td colspan="2" class="muted">real images in place of samples</td>')
-    if floor is not None and floor.get("fid") is not None:
-        fid = f"{floor['fid']:.2f}" + small(f"n {floor.get('n_fake')} / {floor.get('n_real')}")
-        kid_d = floor.get("kid") or {}
-        kid = f"{kid_d['mean']:.4f} ± {kid_d['std']:.4f}" if kid_d else "–"
-        src = f"{floor.get('fake', {}).get('source', '?')} vs {floor.get('real', {}).get('split', '?')}"
-        cells.append(
-            f'<td class="num" title="{esc(src)}">{fid}</td><td class="num">{esc(kid)}</td>'
-        )
-    else:
-        cells.append('<td class="num">–</td><td class="num">–</td>')
-    if real is not None:
-        acc = f"{100 * real['accuracy']:.1f}%" + small(f"n {real.get('n') or '?'}")
-        cells.append(f'<td class="num" title="{esc(real.get("source", ""))}">{acc}</td>')
-    else:
-        cells.append('<td class="num">–</td>')
-    cells.append(f'<td colspan="{width - 6}"></td>')
-    return f'<tfoot><tr class="floor">{"".join(cells)}</tr></tfoot>'
+    recs = registry.records(coll.floor, real)
+    cells = [_metric_cell(m, recs, None) for m in metrics]
+    _insert_verdicts(cells, metrics, [f'<td colspan="{len(verdicts)}"></td>'] if verdicts else [])
+    return (
+        '<tfoot><tr class="floor"><th scope="row">Real data<span class="n">the floor / ceiling'
+        '</span></th><td colspan="2" class="muted">real images in place of samples</td>'
+        f'{"".join(cells)}<td colspan="{len(TRAINING_COLUMNS)}"></td></tr></tfoot>'
+    )
 
 
 def _data_uri(path: Path) -> str:
@@ -282,15 +247,14 @@ def _figure(path: Path, alt: str, caption: str) -> dict[str, Any]:
     return {"src": _data_uri(path), "size": _png_size(path), "alt": alt, "caption": caption}
 
 
-def _card(row: Row, s: dict[str, Any]) -> dict[str, Any]:
-    """What the page shows of one run under its samples."""
-    facts = []
-    if s["fid"] is not None:
-        facts.append(f"FID {s['fid']:.2f} (n {s['n_fake']})")
-    if s["kid_mean"] is not None:
-        facts.append(f"KID {s['kid_mean']:.4f} ± {s['kid_std']:.4f}")
-    if s["accuracy"] is not None:
-        facts.append(f"judge {100 * s['accuracy']:.1f}% of {s['n_judged']}")
+def _card(row: Row) -> dict[str, Any]:
+    """What the page shows of one run under its samples: the headline metrics (the registry's),
+    its grid and closest pairs."""
+    recs, facts = records(row), []
+    for m in registry.METRICS:
+        if m.headline and m.value(recs) is not None:
+            note = n_note(m, recs)
+            facts.append(f"{m.label} {m.shown(recs)}" + (f" ({note})" if note else ""))
     figures = []
     if row.grid is not None and row.grid.is_file():
         figures.append(_figure(row.grid, f"sample grid of {row.name}", row.grid_caption))
@@ -329,7 +293,6 @@ _TEMPLATES = jinja2.Environment(
 
 
 def render(coll: Collection, plots: list[Plot], csv_name: str | None) -> str:
-    classes = class_names(coll.rows)
     n = len(coll.rows)
     done = sum(r.status in ("ok", "unknown") for r in coll.rows)
     failed = sum(r.status == "failed" for r in coll.rows)
@@ -345,6 +308,6 @@ def render(coll: Collection, plots: list[Plot], csv_name: str | None) -> str:
         notes=_notes(coll),
         base="\n".join(f"{k} = {json.dumps(v)}" for k, v in sorted(coll.base.items())),
         plots=plots,
-        cards=[_card(r, summary(r, classes)) for r in coll.rows],
+        cards=[_card(r) for r in coll.rows],
         sources=", ".join(str(p) for p in coll.sources),
     )  # fmt: skip

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from diffscape.report.rows import Row
-from diffscape.report.table import class_names, summary
+from diffscape.report.table import class_names, summaries
 
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 PALETTE += ["#7f7f7f", "#bcbd22"]
@@ -137,11 +137,11 @@ def _lines(
     rows: list[Row], y: str, x: str, line: Callable[[dict[str, Any]], str]
 ) -> dict[tuple[str, str], list[dict[str, Any]]]:
     """Rows' summaries with ``y`` and ``x``, grouped into lines by (model, ``line(summary)``);
-    only lines along which ``x`` takes two or more values."""
-    classes = class_names(rows)
+    only lines along which ``x`` takes two or more values. KID's std over subsets is added
+    (``kid_std``) for its error bars."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for r in rows:
-        s = summary(r, classes)
+    for r, s in zip(rows, summaries(rows), strict=True):
+        s["kid_std"] = ((r.metrics or {}).get("kid") or {}).get("std")
         if s[y] is not None and s[x] is not None:
             groups[(_training_label(r), line(s))].append(s)
     return {k: v for k, v in groups.items() if len({s[x] for s in v}) >= 2}
@@ -169,11 +169,7 @@ def fid_vs_steps(rows: list[Row], floor: dict[str, Any] | None) -> Plot:
         label = f"{model}: {sampler}" if several_models else sampler
         color = PALETTE[i % len(PALETTE)]
         ax_fid.plot(x, [s["fid"] for s in pts], "o-", color=color, label=label)
-        kid = [
-            (s["sampler_steps"], s["kid_mean"], s["kid_std"])
-            for s in pts
-            if s["kid_mean"] is not None
-        ]
+        kid = [(s["sampler_steps"], s["kid"], s["kid_std"]) for s in pts if s["kid"] is not None]
         if kid:
             ax_kid.errorbar(
                 [k[0] for k in kid], [k[1] for k in kid], yerr=[k[2] or 0 for k in kid],
@@ -222,7 +218,7 @@ def accuracy_vs_guidance(rows: list[Row]) -> Plot:
         )
         if single:  # per class, thin, only when one model keeps the plot readable
             for j, c in enumerate(classes):
-                ys = [s[f"accuracy_{c}"] for s in pts]
+                ys = [s.get(f"accuracy_{c}") for s in pts]
                 if all(y is not None for y in ys):
                     ax.plot(w, [100 * y for y in ys], "-", color=PALETTE[(j + 1) % len(PALETTE)],
                             linewidth=1, alpha=0.6, label=c)  # fmt: skip
@@ -249,8 +245,7 @@ def accuracy_vs_guidance(rows: list[Row]) -> Plot:
 @_literal_text
 def fid_vs_accuracy(rows: list[Row], floor: dict[str, Any] | None) -> Plot:
     title = "FID against judge accuracy"
-    classes = class_names(rows)
-    pts = [(r, summary(r, classes)) for r in rows]
+    pts = list(zip(rows, summaries(rows), strict=True))
     pts = [(r, s) for r, s in pts if s["fid"] is not None and s["accuracy"] is not None]
     if len(pts) < 2:
         return Plot(

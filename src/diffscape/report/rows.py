@@ -34,6 +34,7 @@ from typing import Any
 
 from diffscape.core import layout
 from diffscape.core.errors import DiffscapeError
+from diffscape.metrics import registry
 from diffscape.study.results import RunResult, read_floor, read_result
 
 DERIVED_FIELDS = {"model.num_classes", "preset"}  # set by the dataset or bookkeeping, not choices
@@ -66,6 +67,11 @@ class Row:
     def group(self) -> str:
         """The setting's name: the row of the settings table this run counts toward."""
         return self.setting or self.name
+
+    @property
+    def records(self) -> dict[str, Any]:
+        """Its records by source, as the metric registry reads them."""
+        return registry.records(self.metrics, self.accuracy, self.judges)
 
     @property
     def error(self) -> str | None:

@@ -7,10 +7,11 @@ from __future__ import annotations
 import math
 
 from diffscape.core.stats import BETTER, NO_DIFFERENCE, NO_INTERVAL, WORSE, Comparison, Estimate
-from diffscape.core.timefmt import duration
+from diffscape.metrics.registry import Metric, Records
 from diffscape.report.html import cell, esc, small
-from diffscape.report.rows import Collection, Row
-from diffscape.report.verdicts import Metric, Setting
+from diffscape.report.rows import Collection
+from diffscape.report.table import records
+from diffscape.report.verdicts import Setting
 
 VERDICT_CLASS = {BETTER: "v-better", WORSE: "v-worse", NO_DIFFERENCE: "v-none", NO_INTERVAL: "v-na"}
 VERDICT_SHORT = {
@@ -21,31 +22,18 @@ VERDICT_SHORT = {
 }
 
 
-def _spec(m: Metric, value: float) -> str:
-    if m.percent:
-        return ".1f"
-    if m.key == "kid" or m.key.startswith("kid"):
-        return ".4f"
-    return ".2f" if abs(value) < 1000 else ".0f"
-
-
-def number(m: Metric, value: float | None) -> str:
-    """A metric's value as the page shows it (percentages for shares, minutes for time)."""
-    if value is None:
-        return "–"
-    if m.key == "train_seconds":
-        return duration(value)
-    shown = 100 * value if m.percent else value
-    return format(shown, _spec(m, shown)) + ("%" if m.percent else "")
-
-
 def _plus_minus(m: Metric, e: Estimate) -> str:
-    if e.half_width is None:
-        return ""
-    h = 100 * e.half_width if m.percent else e.half_width
-    if m.key == "train_seconds":
-        return f" ± {duration(e.half_width)}"
-    return f" ± {format(h, _spec(m, h))}"
+    return "" if e.half_width is None else f" ± {m.text(e.half_width)}"
+
+
+def column_tip(m: Metric) -> str:
+    return f"{m.about}; {'higher' if m.higher_is_better else 'lower'} is better"
+
+
+def n_note(m: Metric, recs: Records) -> str:
+    """The sizes a run's number was measured on: "n 250 / 250" (generated / real), "n 90"."""
+    sizes = m.sizes_of(recs)
+    return "n " + " / ".join(map(str, sizes)) if sizes else ""
 
 
 def estimate_cell(m: Metric, e: Estimate | None, note: str = "") -> str:
@@ -60,8 +48,8 @@ def estimate_cell(m: Metric, e: Estimate | None, note: str = "") -> str:
     )
     tip = f"mean of {k}; 95% interval from {why}"
     if e.low is not None:
-        tip += f": [{number(m, e.low)}, {number(m, e.high)}]"
-    text = number(m, e.mean) + _plus_minus(m, e) + small(f"{k}{' · ' + note if note else ''}")
+        tip += f": [{m.text(e.low)}, {m.text(e.high)}]"
+    text = m.text(e.mean) + _plus_minus(m, e) + small(f"{k}{' · ' + note if note else ''}")
     return cell(text, e.mean, "num", f' title="{esc(tip)}"')
 
 
@@ -75,7 +63,7 @@ def verdict_cell(m: Metric, s: Setting | None) -> str:
     c: Comparison | None = s.comparisons.get(m.key)
     if c is None:
         return cell("–", None, "verdict")
-    diff = ("+" if c.diff >= 0 else "−") + number(m, abs(c.diff))
+    diff = ("+" if c.diff >= 0 else "−") + m.text(abs(c.diff))
     under = f"Δ {diff}"
     if c.low is not None:
         under += f" [{_signed(m, c.low)}, {_signed(m, c.high)}]"
@@ -93,7 +81,7 @@ def verdict_cell(m: Metric, s: Setting | None) -> str:
 def _signed(m: Metric, value: float | None) -> str:
     if value is None:
         return "?"
-    return ("+" if value >= 0 else "−") + number(m, abs(value))
+    return ("+" if value >= 0 else "−") + m.text(abs(value))
 
 
 def _header(name: str, kind: str, tip: str, desc_first: bool = False) -> str:
@@ -105,7 +93,7 @@ def verdict_headers(metrics: list[Metric]) -> str:
     return "".join(
         _header(f"{m.label} vs baseline", "num", f"{m.label} against the baseline: better, worse "
                 "or no difference found (95% interval of the difference excludes 0 or not)")
-        for m in metrics if m.verdict
+        for m in metrics if m.headline
     )  # fmt: skip
 
 
@@ -114,10 +102,9 @@ def settings_table(coll: Collection, sets: list[Setting], metrics: list[Metric])
     verdicts against the baseline."""
     head = _header("Setting", "text", "the setting; its runs (one per seed) are listed below")
     head += _header("Changes from base", "text", "settings that differ from the base config")
-    last = _last_headline(metrics)
+    last = last_headline(metrics)
     for m in metrics:
-        better = "higher" if m.higher_is_better else "lower"
-        tip = f"mean ± 95% interval half-width over seeds; {better} is better"
+        tip = f"{column_tip(m)}; mean ± 95% interval half-width over seeds"
         head += _header(m.label, "num", tip, m.higher_is_better)
         if m is last:  # the verdicts right after the numbers they judge
             head += verdict_headers(metrics)
@@ -140,33 +127,19 @@ def _setting_row(s: Setting, metrics: list[Metric]) -> str:
         f'<code class="chip">{esc(k)}={esc(v)}</code> ' for k, v in first.changes.items()
     )
     cells.append(cell(changes or '<span class="muted">base</span>', "", "changes"))
+    recs = records(first)
     for m in metrics:
-        cells.append(estimate_cell(m, s.estimates.get(m.key), _n_note(m, first)))
-        if m is _last_headline(metrics):
-            cells += [verdict_cell(v, s) for v in metrics if v.verdict]
+        cells.append(estimate_cell(m, s.estimates.get(m.key), n_note(m, recs)))
+        if m is last_headline(metrics):
+            cells += [verdict_cell(v, s) for v in metrics if v.headline]
     return f"<tr>{''.join(cells)}</tr>"
 
 
-def _last_headline(metrics: list[Metric]) -> Metric | None:
-    return next((m for m in reversed(metrics) if m.verdict), None)
+def last_headline(metrics: list[Metric]) -> Metric | None:
+    return next((m for m in reversed(metrics) if m.headline), None)
 
 
-def _n_note(m: Metric, r: Row) -> str:
-    mt, acc = r.metrics or {}, r.accuracy or {}
-    if m.key in ("fid", "kid") and mt.get("n_fake"):
-        return f"n {mt.get('n_fake')} / {mt.get('n_real')}"
-    if m.key == "accuracy" and acc.get("n"):
-        return f"n {acc['n']}"
-    if m.key == "fid64" and isinstance(mt.get("fid64_n"), list):
-        return "n " + " / ".join(map(str, mt["fid64_n"]))
-    return ""
-
-
-def value_cell(m: Metric, r: Row) -> str:
-    """One run's number (the per-run table's extra columns)."""
-    value, within = m.read(r)
-    tip = ""
-    if value is not None and within is not None:
-        half = 1.96 * math.sqrt(within)
-        tip = f' title="{esc(f"± {number(m, half)} (95%, this run alone)")}"'
-    return cell(number(m, value), value, "num", tip)
+def within_tip(m: Metric, recs: Records) -> str:
+    """The 95 % interval of one run's number from its own sampling noise, when known."""
+    within = m.variance(recs)
+    return "" if within is None else f"± {m.text(1.96 * math.sqrt(within))} (95%, this run alone)"

@@ -1,4 +1,8 @@
-"""The numbers of each row, once, for both the HTML table and results.csv."""
+"""The numbers of each row, once, for the HTML table, the plots and results.csv.
+
+results.csv has a line per row: its name, status and sampling, one column per metric of
+:mod:`diffscape.metrics.registry` (by its key, also per class and per further judge), the image
+counts, the training's numbers, the error, and a column per changed setting."""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from diffscape.core.atomic import atomic_path
+from diffscape.metrics import registry
+from diffscape.metrics.registry import Metric
 from diffscape.report.rows import Row
 
 
@@ -38,21 +44,20 @@ def train_stats(log: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def records(row: Row) -> dict[str, Any]:
+    """The row's records as its metrics read them (:mod:`diffscape.metrics.registry`), the
+    training log's numbers included (source ``"train"``)."""
+    return {**row.records, "train": train_stats(row.log)}
+
+
 def class_names(rows: list[Row]) -> list[str]:
     """Classes in the judge's order, as first seen."""
-    seen: dict[str, None] = {}
-    for r in rows:
-        for c in (r.accuracy or {}).get("per_class") or {}:
-            seen.setdefault(c, None)
-        for c in (r.metrics or {}).get("per_class") or {}:
-            seen.setdefault(c, None)
-    return list(seen)
+    return registry.class_names(r.records for r in rows)
 
 
-def summary(row: Row, classes: list[str]) -> dict[str, Any]:
-    """Flat numbers of one row (None where missing)."""
-    m, a, s = row.metrics or {}, row.accuracy or {}, row.sampling or {}
-    kid = m.get("kid") or {}
+def summary(row: Row, metrics: list[Metric]) -> dict[str, Any]:
+    """Flat numbers of one row (None where missing): one per metric, by its key."""
+    recs, s = records(row), row.sampling or {}
     out: dict[str, Any] = {
         "name": row.name,
         "status": row.status,
@@ -61,52 +66,40 @@ def summary(row: Row, classes: list[str]) -> dict[str, Any]:
         "sampler_steps": s.get("steps"),
         "guidance": s.get("guidance"),
         "n_samples": s.get("n"),
-        "fid": m.get("fid"),
-        "kid_mean": kid.get("mean"),
-        "kid_std": kid.get("std"),
-        "kid_subset_size": kid.get("subset_size"),
-        "n_fake": m.get("n_fake"),
-        "n_real": m.get("n_real"),
-        "accuracy": a.get("accuracy"),
-        "n_judged": a.get("n"),
-        "judge_real_accuracy": (a.get("real") or {}).get("accuracy"),
         "setting": row.group,
         "seed": row.seed,
-        "precision": m.get("precision"),
-        "recall": m.get("recall"),
-        "fid64": m.get("fid64"),
-        "memorisation_share": (m.get("memorisation") or {}).get("share"),
     }
-    for kind, acc in row.judges.items():
-        out[f"accuracy_{kind}_judge"] = acc.get("accuracy")
-    per_class_acc = a.get("per_class") or {}
-    per_class_m = m.get("per_class") or {}
-    for c in classes:
-        out[f"accuracy_{c}"] = (per_class_acc.get(c) or {}).get("accuracy")
-        out[f"n_judged_{c}"] = (per_class_acc.get(c) or {}).get("n")
-        out[f"fid_{c}"] = (per_class_m.get(c) or {}).get("fid")
-        out[f"kid_{c}"] = ((per_class_m.get(c) or {}).get("kid") or {}).get("mean")
+    out |= {m.key: m.value(recs) for m in metrics}
+    ev, a = row.metrics or {}, row.accuracy or {}
+    out |= {"n_fake": ev.get("n_fake"), "n_real": ev.get("n_real"), "n_judged": a.get("n")}
+    out["judge_real_accuracy"] = (a.get("real") or {}).get("accuracy")
     out |= {"train_seconds": None, "images_per_second": None, "train_steps": None}
     out["final_loss"] = None
-    out |= train_stats(row.log)
+    out |= recs["train"]
     out["error"] = row.error
     return out
 
 
+def summaries(rows: list[Row]) -> list[dict[str, Any]]:
+    """Every row's :func:`summary`, with the same columns: every metric any row has, per
+    further judge too, then per class (class by class)."""
+    runs = [r.records for r in rows]
+    metrics, classes = registry.metrics_for(runs, every_class=True), registry.class_names(runs)
+    metrics.sort(key=lambda m: classes.index(m.scope[-1]) + 1 if m.scope else 0)
+    return [summary(r, metrics) for r in rows]
+
+
 def write_csv(rows: list[Row], path: Path) -> Path:
     """results.csv: one line per row; every changed setting also gets a column of its own."""
-    classes = class_names(rows)
-    records = [summary(r, classes) for r in rows]
+    lines = summaries(rows)
     changed = list(dict.fromkeys(k for r in rows for k in r.changes))
-    for rec, row in zip(records, rows, strict=True):
-        for k in changed:
-            rec[k] = row.changes.get(k)
-    # Every row's columns (rows with a further judge have its accuracy column), in order.
-    fields = list(dict.fromkeys(k for rec in records for k in rec)) or ["name"]
+    for line, row in zip(lines, rows, strict=True):
+        line |= {k: row.changes.get(k) for k in changed}
+    fields = list(lines[0]) if lines else ["name"]
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow([csv_cell(k) for k in fields])
-        w.writerows([csv_cell(rec.get(k)) for k in fields] for rec in records)
+        w.writerows([csv_cell(line.get(k)) for k in fields] for line in lines)
     return path
 
 

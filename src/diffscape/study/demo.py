@@ -218,14 +218,16 @@ def summarize(
     floor = results.read_floor(study.out)
     judge = (results.read_json(study.judge / layout.JUDGE_JSON) if study.judge else None) or {}
     samples = run.sample_dir(study.out)
+    metrics = results.read_metrics(samples) or {}
+    accuracy = results.read_accuracy(samples) or {}
     return DemoSummary(
         wall_seconds=wall_seconds,
         timings_seconds=timings,
         settings=asdict(s),
         steps=result.steps,
         train_images_per_second=None if trained is None else trained.images_per_second,
-        fid=result.fid,
-        kid=result.kid,
+        fid=metrics.get("fid"),
+        kid=metrics.get("kid"),
         floor=None
         if floor is None
         else {
@@ -234,11 +236,11 @@ def summarize(
             "n_fake": floor.n_fake,
             "n_real": floor.n_real,
         },  # fmt: skip
-        n_fake=result.n_fake,
-        n_real=result.n_real,
+        n_fake=metrics.get("n_fake"),
+        n_real=metrics.get("n_real"),
         judge_real_test_accuracy=(judge.get("accuracy") or {}).get("test"),
-        judge_sample_accuracy=result.accuracy,
-        judge_per_class=result.per_class,
+        judge_sample_accuracy=accuracy.get("accuracy"),
+        judge_per_class=accuracy.get("per_class"),
         paths={
             "data": str(study.data),
             "run": str(run.train_dir(study.out)),

@@ -54,18 +54,10 @@ class RunResult:
     sample: dict[str, Any] = field(default_factory=dict)  # the sample settings
     steps: int | None = None  # optimizer steps the model was trained for
     n_samples: int | None = None  # images generated
-    fid: float | None = None
-    kid: dict[str, Any] | None = None  # mean, std, subsets, subset_size
-    n_fake: int | None = None  # generated images FID/KID used
-    n_real: int | None = None  # real images FID/KID used
-    accuracy: float | None = None  # judge accuracy over all samples
-    n_judged: int | None = None
-    per_class: dict[str, Any] | None = None  # judge accuracy per class: {class: {accuracy, n}}
-    judges: dict[str, Any] | None = None  # further judges: {kind: {accuracy, n}}
-    precision: float | None = None  # Kynkäänniemi et al. 2019
-    recall: float | None = None
-    fid64: float | None = None  # FID on 64-d features, 150 vs 150 (the seed report's yardstick)
-    memorisation: float | None = None  # share of generated images flagged as near-copies
+    # Every metric of the run by its key (diffscape.metrics.registry.values: per class and per
+    # further judge too); files from before the registry held fid, kid, accuracy ... as fields
+    # of their own, which read back as no scores (the report reads metrics.json, not these).
+    scores: dict[str, float | None] = field(default_factory=dict)
     setting: str = ""  # the setting this run replicates; "": its name
     seed: int | None = None  # the replicate's seed; None: not replicated
     seconds: dict[str, float] = field(default_factory=dict)  # per stage

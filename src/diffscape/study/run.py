@@ -10,6 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from diffscape.metrics import registry
 from diffscape.study import results
 from diffscape.study.narrate import Tools
 from diffscape.study.results import RunResult, TrainRecord
@@ -66,24 +67,16 @@ def finish_run(study: Study, run: RunSpec, trained: TrainRecord, tools: Tools) -
     """Sample -> evaluate -> judge one trained run, then write its result.json (last)."""
     seconds = {"train": trained.seconds}
     made = timed("sample", lambda: sample_stage(study, run, tools), seconds)["n"]
-    scores: dict[str, Any] = {}
+    metrics = acc = also = None
     if study.spec.evaluate.enabled:
-        m = timed("evaluate", lambda: evaluate_stage(study, run, made, tools), seconds)
-        scores |= {k: m.get(k) for k in ("fid", "kid", "n_fake", "n_real")}
-        scores |= {k: m.get(k) for k in ("precision", "recall", "fid64")}
-        scores["memorisation"] = (m.get("memorisation") or {}).get("share")
+        metrics = timed("evaluate", lambda: evaluate_stage(study, run, made, tools), seconds)
     if study.judge is not None and run.config.model.conditional:
         acc = timed("judge", lambda: judge_stage(study, run, made, tools), seconds)
-        scores |= {"accuracy": acc["accuracy"], "n_judged": acc["n"]}
-        scores["per_class"] = acc.get("per_class")
         also = timed("judge", lambda: also_judge_stage(study, run, made, tools), seconds)
-        if also:
-            scores["judges"] = {
-                k: {"accuracy": a["accuracy"], "n": a["n"]} for k, a in also.items()
-            }
     result = RunResult(
-        **_identity(run), status="ok", steps=trained.steps, n_samples=made, **scores,
-        seconds=seconds, settings=settings_record(study, run), finished_at=results.now(),
+        **_identity(run), status="ok", steps=trained.steps, n_samples=made,
+        scores=registry.values(registry.records(metrics, acc, also)), seconds=seconds,
+        settings=settings_record(study, run), finished_at=results.now(),
     )  # fmt: skip
     results.write_result(run.sample_dir(study.out), result)
     return result

@@ -2,7 +2,7 @@
 step), set up by :mod:`.setup`, logged by :mod:`.logger`, resumed and saved by :mod:`.resume`."""
 
 from diffscape.train.logger import TrainLogger, pace_note
-from diffscape.train.loop import NonFiniteLossError, RunResult, TrainingInterrupted, train
+from diffscape.train.loop import NonFiniteLossError, TrainingInterrupted, TrainOutcome, train
 from diffscape.train.setup import (
     build_model,
     make_accelerator,
@@ -16,10 +16,10 @@ from diffscape.train.step import StepParts, StepResult, lr_at, random_flip, trai
 
 __all__ = [
     "NonFiniteLossError",
-    "RunResult",
     "StepParts",
     "StepResult",
     "TrainLogger",
+    "TrainOutcome",
     "TrainingInterrupted",
     "build_model",
     "lr_at",

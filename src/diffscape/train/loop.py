@@ -64,7 +64,9 @@ class NonFiniteLossError(DiffscapeError):
 
 
 @dataclass(frozen=True)
-class RunResult:
+class TrainOutcome:
+    """What one :func:`train` call did (the study records it as train.json's TrainRecord)."""
+
     run_dir: Path
     steps: int  # optimizer steps done in total
     final_checkpoint: Path
@@ -147,15 +149,9 @@ def _start(
 
 
 def train(
-    cfg: RunConfig,
-    dataset_dir: str | Path,
-    run_dir: str | Path,
-    *,
-    resume: bool | None = None,
-    progress: bool = True,
-    cpu: bool | None = None,
-    on_log: Callable[[dict], None] | None = None,
-) -> RunResult:
+    cfg: RunConfig, dataset_dir: str | Path, run_dir: str | Path, *, resume: bool | None = None,
+    progress: bool = True, cpu: bool | None = None, on_log: Callable[[dict], None] | None = None,
+) -> TrainOutcome:  # fmt: skip
     """Train (or continue training) a DDPM; returns where the final checkpoint is.
 
     ``resume=None`` continues automatically when ``run_dir`` holds a checkpoint, ``True``
@@ -175,12 +171,7 @@ def train(
         lock_run_dir(stack, run_dir, accelerator)
         main = accelerator.is_main_process
         parts, state, data = _start(cfg, accelerator, run_dir, resume, ds)
-        info = run_info(cfg, ds, dataset_dir)
-        if main:
-            atomic.write_json(run_dir / layout.RUN_JSON, info)  # the marker first
-            atomic.write_text(run_dir / layout.CONFIG_JSON, cfg.to_json())
-            truncate_metrics(run_dir / layout.METRICS_JSONL, state.step)
-        accelerator.wait_for_everyone()
+        info = _write_run_files(cfg, ds, dataset_dir, run_dir, state.step, accelerator)
 
         # -- the loop
         start_step, final_ckpt, stopped_by = state.step, None, "steps"
@@ -192,12 +183,7 @@ def train(
             result = train_step(parts, state, data)
             log.step(state, result)
             why = _stop_reason(accelerator, stop, deadline)
-            at_ckpt = t.checkpoint_every_steps and state.step % t.checkpoint_every_steps == 0
-            saving = state.step == t.steps or at_ckpt or why is not None
-            if saving or log.due(state.step):  # the step's only host sync, once per window
-                _check_bad_steps(log.settle(state, t.max_bad_steps), t.max_bad_steps, run_dir)
-            if log.due(state.step) or why is not None:
-                log.log(state, result.lr, stopped_by=why)
+            saving = _log_and_check(log, state, result.lr, why, cfg, run_dir)
             if t.sample_every_steps and state.step % t.sample_every_steps == 0 and main:
                 _sample_grid(parts.ema, cfg, ds.classes, run_dir, state.step)
             if saving:
@@ -214,13 +200,43 @@ def train(
             _sample_grid(parts.ema, cfg, ds.classes, run_dir, state.step)
     seconds = time.perf_counter() - t_start
     accelerator.end_training()
-    return RunResult(
+    return TrainOutcome(
         run_dir=run_dir, steps=state.step, final_checkpoint=Path(final_ckpt or run_dir),
         seconds=seconds, skipped_steps=state.skipped_steps,
         images_per_second=(state.step - start_step) * t.batch_size / max(seconds, 1e-9),
         parameters=count_parameters(parts.model), processes=accelerator.num_processes,
         main_process=main, stopped_by=stopped_by,
     )  # fmt: skip
+
+
+def _log_and_check(
+    log: TrainLogger, state: TrainingState, lr: float, why: str | None, cfg: RunConfig,
+    run_dir: Path,
+) -> bool:  # fmt: skip
+    """After a step: the non-finite check and the log line when due; whether to save now."""
+    t = cfg.train
+    at_ckpt = t.checkpoint_every_steps and state.step % t.checkpoint_every_steps == 0
+    saving = bool(state.step == t.steps or at_ckpt or why is not None)
+    if saving or log.due(state.step):  # the step's only host sync, once per window
+        _check_bad_steps(log.settle(state, t.max_bad_steps), t.max_bad_steps, run_dir)
+    if log.due(state.step) or why is not None:
+        log.log(state, lr, stopped_by=why)
+    return saving
+
+
+def _write_run_files(
+    cfg: RunConfig, ds: Dataset, dataset_dir: str | Path, run_dir: Path, step: int,
+    accelerator: Accelerator,
+) -> dict:  # fmt: skip
+    """run.json (the folder's marker, first) and config.json; the log cut back to ``step``.
+    Only the main process writes; every process waits for it. Returns run.json's record."""
+    info = run_info(cfg, ds, dataset_dir)
+    if accelerator.is_main_process:
+        atomic.write_json(run_dir / layout.RUN_JSON, info)
+        atomic.write_text(run_dir / layout.CONFIG_JSON, cfg.to_json())
+        truncate_metrics(run_dir / layout.METRICS_JSONL, step)
+    accelerator.wait_for_everyone()
+    return info
 
 
 def _interrupted(
