@@ -23,9 +23,9 @@ from test_metrics_evaluate import TinyExtractor
 
 import diffscape.sample
 import diffscape.train
-from diffscape import config
-from diffscape.config import EvaluateSettings, JudgeSettings, SampleSettings
 from diffscape.core import layout
+from diffscape.settings import presets
+from diffscape.settings.sections import EvaluateSettings, JudgeSettings, SampleSettings
 from diffscape.study import results, stages
 from diffscape.study.demo import run_demo
 from diffscape.study.narrate import Narrator, Tools
@@ -43,7 +43,7 @@ def ds(tmp_path_factory):
 
 
 def tiny_run(steps: int = 4, sampling: str = "ddim-3") -> RunSpec:
-    cfg = config.resolve(
+    cfg = presets.resolve(
         "tiny",
         {
             "model.channels": [16, 32],
@@ -141,7 +141,8 @@ def test_each_stage_is_skipped_on_its_own(ds, tmp_path, monkeypatch):
 def test_killed_during_evaluate_redoes_only_what_is_missing(ds, tmp_path, monkeypatch):
     out = tmp_path / "study"
     samples = tiny_run().sample_dir(out)
-    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    paths = [str(TESTS), os.environ.get("PYTHONPATH", "")]  # and the caller's, if any
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
     code = f"import test_pipeline as t; t.drive({str(out)!r}, {str(ds.root)!r})"
     log = (tmp_path / "log").open("w")
     proc = subprocess.Popen(

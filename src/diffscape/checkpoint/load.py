@@ -18,7 +18,6 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from diffscape.checkpoint.verify import WEIGHTS, CheckpointError, checkpoint_problem
-from diffscape.config import RunConfig, load_config_json
 from diffscape.core.layout import (
     CHECKPOINTS,
     COMPLETE,
@@ -31,6 +30,8 @@ from diffscape.core.layout import (
     STATE_JSON,
     checkpoint_step,
 )
+from diffscape.settings.presets import load_config_json
+from diffscape.settings.sections import RunConfig
 
 
 def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:

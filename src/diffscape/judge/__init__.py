@@ -1,8 +1,9 @@
 """Judges: classifiers trained on real images that check whether generated images belong to the
 class they were requested as (``score``), and the Classification Accuracy Score (``cas``).
 
-Names are imported on first use, so that ``diffscape.judge.settings`` (the CLI's defaults) loads
-without torch and scikit-learn (seconds on a busy CPU).
+Names are imported on first use, so that importing the package loads neither torch nor
+scikit-learn (seconds on a busy CPU). The judges' settings are ``diffscape.settings.sections``'
+``CNNSettings`` and ``SVCSettings``.
 """
 
 from __future__ import annotations
@@ -13,9 +14,7 @@ import types
 from typing import Any
 
 _WHERE = {
-    "CNNSettings": "settings",
-    "SVCSettings": "settings",
-    "JudgeError": "settings",
+    "JudgeError": "data",
     "JudgeResult": "train",
     "train_judge": "train",
     "load_judge": "store",
