@@ -116,11 +116,9 @@ STUDY = [  # (row name, settings); the first row is the reference of the ratios
 
 
 def _cfg(preset: str, *extra: str):  # noqa: ANN202 - RunConfig, imported lazily
-    from diffscape import config
+    from diffscape.settings.presets import resolve
 
-    return config.resolve(
-        preset, ["model.conditional=true", f"model.num_classes={CLASSES}", *extra]
-    )
+    return resolve(preset, ["model.conditional=true", f"model.num_classes={CLASSES}", *extra])
 
 
 def _sync_fn(device: str) -> Callable[[], None]:
@@ -324,7 +322,6 @@ def child_sample(spec: dict) -> dict:
     """Seconds per sampler step of sample.denoise (its real loop) at one batch and guidance."""
     import torch
 
-    from diffscape.config import with_changes
     from diffscape.model.unet import build_unet
     from diffscape.sample import generate as sample
 
@@ -353,7 +350,7 @@ def child_sample(spec: dict) -> dict:
     labels = torch.arange(b) % CLASSES
     gens = [torch.Generator().manual_seed(i) for i in range(b)]
     # DDPM always runs its T steps: time it on a T=k copy of the schedule (same work per step).
-    short = with_changes(cfg, diffusion={"timesteps": k, "rescale_linear": False})
+    short = cfg.with_changes(diffusion={"timesteps": k, "rescale_linear": False})
     runs = {
         "ddpm": lambda: denoise(unet, short, noise, labels, gens, sampler="ddpm", guidance=spec["guidance"]),
         "ddim": lambda: denoise(unet, cfg, noise, labels, gens, sampler="ddim", steps=k, guidance=spec["guidance"]),

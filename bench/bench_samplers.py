@@ -36,10 +36,11 @@ def main() -> None:
 
     from diffscape.data.dataset import load_dataset
     from diffscape.data.imagefolder import SampleSet
-    from diffscape.metrics.evaluate import EvalSettings, evaluate
+    from diffscape.metrics.evaluate import evaluate
     from diffscape.metrics.features import InceptionExtractor
     from diffscape.metrics.weights import resolve_inception_weights
     from diffscape.sample import generate_images, load_for_sampling, plan
+    from diffscape.settings.sections import EvaluateSettings
 
     ds = load_dataset(args.dataset)
     model = load_for_sampling(args.run)
@@ -57,7 +58,7 @@ def main() -> None:
         seconds = time.perf_counter() - t0
         fake = SampleSet(images=images, class_names=folders, paths=[Path(f) for f in folders])
         m = evaluate(
-            (ds, "test"), fake, EvalSettings(n=args.n, n_real=args.n_real, per_class=False),
+            (ds, "test"), fake, EvaluateSettings(n=args.n, n_real=args.n_real, per_class=False),
             extractor=extractor, progress=False, say=lambda _: None,
         )  # fmt: skip
         row = {

@@ -29,13 +29,13 @@ def one(preset: str, precision: str, batch: int | None, steps: int, warmup: int)
     """Time `steps` steps of diffscape.train.train_step (after `warmup`) on the CPU."""
     import resource
 
-    from diffscape import config
     from diffscape.model.unet import build_unet, count_parameters
+    from diffscape.settings.presets import resolve
     from diffscape.train import measure_train_speed
 
     over = ["model.conditional=true", "model.num_classes=5", f"train.precision={precision}"]
-    b = batch or config.resolve(preset, over).train.batch_size
-    cfg = config.resolve(preset, [*over, f"train.batch_size={b}"])
+    b = batch or resolve(preset, over).train.batch_size
+    cfg = resolve(preset, [*over, f"train.batch_size={b}"])
     ips = measure_train_speed(cfg, steps, warmup=warmup, cpu=True)
     return {
         "preset": preset,

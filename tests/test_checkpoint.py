@@ -16,10 +16,11 @@ import pytest
 import torch
 from fixtures_data import colour_dataset
 
-from diffscape import checkpoint, config
+from diffscape import checkpoint
 from diffscape.checkpoint import verify
 from diffscape.cli import main
 from diffscape.core import layout
+from diffscape.settings import presets
 from diffscape.train import train
 
 TINY = [
@@ -46,7 +47,7 @@ def ds(tmp_path_factory):
 def trained(ds, tmp_path_factory):
     """A tiny run with checkpoints at steps 2 and 4 (copied by each test before damage)."""
     run = tmp_path_factory.mktemp("runs") / "r"
-    train(config.resolve("tiny", TINY), ds.root, run, progress=False)
+    train(presets.resolve("tiny", TINY), ds.root, run, progress=False)
     assert [s for s, _ in checkpoint.list_checkpoints(run)] == [2, 4]
     return run
 

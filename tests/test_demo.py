@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from diffscape.config import EvaluateSettings, SampleSettings
 from diffscape.core import layout
 from diffscape.core.errors import DiffscapeError
-from diffscape.study.demo import STAGES, DemoSettings, run_demo
+from diffscape.settings.sections import DemoSettings, EvaluateSettings, SampleSettings
+from diffscape.study.demo import STAGES, run_demo
 
 SHORT = DemoSettings(
     minutes=0.05,
@@ -63,7 +63,7 @@ def test_demo_refuses_a_foreign_folder_and_no_budget(tmp_path):
     with pytest.raises(layout.OutError, match="not empty"):
         run_demo(tmp_path, SHORT, say=lambda _: None, progress=False)
     assert (tmp_path / "thesis.txt").read_text() == "keep me"
-    with pytest.raises(DiffscapeError, match="budget"):
+    with pytest.raises(DiffscapeError, match=r"demo\.minutes: 0 is out of range"):
         run_demo(tmp_path / "new", DemoSettings(minutes=0), say=lambda _: None)
     assert not (tmp_path / "new").exists()
 
@@ -80,18 +80,17 @@ def test_full_demo_meets_its_targets(tmp_path):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"minutes": float("nan")}, "budget"),
-        ({"minutes": -1}, "budget"),
-        ({"sample": SampleSettings(seed=-1)}, "seed"),
-        ({"evaluate": EvaluateSettings(n=1)}, "evaluate.n"),
-        ({"max_steps": 0}, "train.steps"),
+        ({"minutes": float("nan")}, r"demo\.minutes"),
+        ({"minutes": -1}, r"demo\.minutes"),
+        ({"sample": {"seed": -1}}, r"demo\.sample\.seed"),
+        ({"evaluate": {"n": 1}}, r"demo\.evaluate\.n"),
+        ({"max_steps": 0}, r"demo\.max_steps"),
+        ({"preset": "nosuch"}, "unknown preset"),
     ],
 )
 def test_bad_settings_are_refused_before_anything_is_written(tmp_path, change, message):
-    from dataclasses import replace
-
     with pytest.raises(DiffscapeError, match=message):
-        run_demo(tmp_path / "demo", replace(SHORT, **change), say=lambda _: None)
+        run_demo(tmp_path / "demo", SHORT.with_changes(**change), say=lambda _: None)
     assert not (tmp_path / "demo").exists()
 
 

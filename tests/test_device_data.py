@@ -11,7 +11,7 @@ import pytest
 import torch
 from fixtures_data import colour_dataset
 
-from diffscape import checkpoint, config
+from diffscape import checkpoint
 from diffscape.checkpoint import TrainingState
 from diffscape.data.source import (
     DEVICE_DATA_FRACTION,
@@ -21,6 +21,8 @@ from diffscape.data.source import (
     data_on_device,
     make_source,
 )
+from diffscape.settings import presets
+from diffscape.settings.engine import ConfigError
 from diffscape.train import build_model, make_accelerator, step_generator, step_parts, train
 from diffscape.train import train_step as run_step
 
@@ -45,7 +47,7 @@ def ds(tmp_path_factory):
 
 
 def cfg(*extra):
-    return config.resolve("tiny", TINY + list(extra))
+    return presets.resolve("tiny", TINY + list(extra))
 
 
 def losses(run: Path) -> list[float]:
@@ -135,7 +137,7 @@ def test_make_source_follows_the_setting_on_the_cpu():
     dev = torch.device("cpu")
     assert isinstance(make_source("auto", images, labels, 0, 2, dev)[0], HostSource)
     assert isinstance(make_source("on", images, labels, 0, 2, dev)[0], DeviceSource)
-    with pytest.raises(config.ConfigError, match="data_on_device"):
+    with pytest.raises(ConfigError, match="data_on_device"):
         cfg("train.data_on_device=maybe")
 
 
@@ -153,7 +155,7 @@ def test_cuda_device_source_gathers_the_same_images(ds):
 def test_cuda_step_has_no_host_sync(ds):
     """After a warm-up step, train_step with the split on the GPU, fused AdamW and the device
     guard must not synchronise with the host (torch raises on any synchronising call)."""
-    c = config.with_changes(cfg("train.steps=10"), model={"num_classes": 3})
+    c = cfg("train.steps=10").with_changes(model={"num_classes": 3})
     acc = make_accelerator(c, cpu=False)
     model, ema, opt = build_model(c, acc)
     data = DeviceSource(ds.images("train"), ds.labels("train"), 0, 8, acc.device)

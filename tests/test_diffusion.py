@@ -5,13 +5,13 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from diffscape import config
 from diffscape.core.errors import DiffscapeError
 from diffscape.model import diffusion
+from diffscape.settings import presets, sections
 
 
 def _d(**kw):
-    return config.resolve("tiny", [f"diffusion.{k}={v}" for k, v in kw.items()]).diffusion
+    return presets.resolve("tiny", [f"diffusion.{k}={v}" for k, v in kw.items()]).diffusion
 
 
 def test_linear_golden_numbers():
@@ -95,7 +95,7 @@ def test_min_snr_weights():
 def test_sampler_names_are_listed_once():
     assert (
         diffusion.SAMPLERS
-        == typing.get_args(config.Sampler)
+        == typing.get_args(sections.Sampler)
         == ("ddpm", "ddim", "dpm", "dpm3", "dpm-karras", "unipc", "heun")
     )
     assert "eta" not in inspect.signature(diffusion.make_scheduler).parameters  # eta goes to step()

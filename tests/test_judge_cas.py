@@ -15,7 +15,7 @@ from diffscape.data.dataset import Dataset
 from diffscape.data.imagefolder import save_png
 from diffscape.data.synth import synthesize
 from diffscape.judge.cas import cas, format_cas, matched_real_subset
-from diffscape.judge.settings import CNNSettings
+from diffscape.settings.sections import CNNSettings
 
 FAST_CNN = CNNSettings(widths=(16, 32, 64), convs_per_block=1, max_epochs=12, patience_epochs=4)
 

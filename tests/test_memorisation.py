@@ -19,6 +19,7 @@ from diffscape.data.dataset import SplitWriter, write_manifest_and_publish
 from diffscape.data.imagefolder import load_sample_folder, save_png
 from diffscape.metrics import evaluate as E
 from diffscape.metrics import memorisation as M
+from diffscape.settings.sections import EvaluateSettings
 
 SIZE = 16
 
@@ -137,7 +138,7 @@ def test_evaluate_records_memorisation_with_global_indices(tmp_path, real_split)
     ds = make_dataset(tmp_path / "ds", train, smooth_images(20, seed=3))
     fake_imgs, sources = planted(train, n_fresh=14, copies=[2, 33], noisy=[41, 59])
     fake = fake_folder(tmp_path / "s", fake_imgs)
-    s = E.EvalSettings(n=18, per_class=False, near_copy=0.5)
+    s = EvaluateSettings(n=18, per_class=False, near_copy=0.5)
     r = E.evaluate((ds, real_split), fake, s, extractor=TinyExtractor(dim=32), progress=False)
     m = r["memorisation"]
     assert m["train_source"] == ("real-features" if real_split == "train" else "train-split")
@@ -156,7 +157,7 @@ def test_evaluate_subsets_map_back_to_the_whole_arrays(tmp_path):
     ds = make_dataset(tmp_path / "ds", train, smooth_images(8, seed=3))
     fake_imgs, sources = planted(train, n_fresh=20, copies=[5, 6, 7], noisy=[])
     fake = fake_folder(tmp_path / "s", fake_imgs)
-    s = E.EvalSettings(n=12, n_real=30, per_class=False, seed=1)
+    s = EvaluateSettings(n=12, n_real=30, per_class=False, seed=1)
     r = E.evaluate((ds, "train"), fake, s, extractor=TinyExtractor(dim=32), progress=False)
     m = r["memorisation"]
     assert m["n_fake"] == 12 and m["n_train"] == 30 and m["pixel_n_train"] == 40
@@ -171,7 +172,7 @@ def test_other_image_size_skips_the_pixel_check_and_says_why(tmp_path):
     ds = make_dataset(tmp_path / "ds", smooth_images(10, seed=0), smooth_images(4, seed=1))
     fake = fake_folder(tmp_path / "s", smooth_images(5, seed=2, size=8))
     r = E.evaluate(
-        (ds, "train"), fake, E.EvalSettings(n=5, per_class=False),
+        (ds, "train"), fake, EvaluateSettings(n=5, per_class=False),
         extractor=TinyExtractor(), progress=False,
     )  # fmt: skip
     m = r["memorisation"]
@@ -183,16 +184,16 @@ def test_other_image_size_skips_the_pixel_check_and_says_why(tmp_path):
 def test_memorisation_off_records_nothing(tmp_path):
     ds = make_dataset(tmp_path / "ds", smooth_images(10, seed=0), smooth_images(4, seed=1))
     fake = fake_folder(tmp_path / "s", smooth_images(5, seed=2))
-    s = E.EvalSettings(n=5, per_class=False, memorisation=False)
+    s = EvaluateSettings(n=5, per_class=False, memorisation=False)
     r = E.evaluate((ds, "train"), fake, s, extractor=TinyExtractor(), progress=False)
     assert "memorisation" not in r
     assert "copies" not in E.format_summary(r)
 
 
-@pytest.mark.parametrize("value", [0, -1, 11, float("nan"), True, "0.5"])
+@pytest.mark.parametrize("value", [0, -1, 11, float("nan"), True, "zero"])
 def test_near_copy_out_of_range_is_refused(value):
     with pytest.raises(E.DiffscapeError, match="near_copy"):
-        E.EvalSettings(near_copy=value)
+        EvaluateSettings(near_copy=value)
 
 
 # ---- the picture ---------------------------------------------------------------------------------
@@ -203,7 +204,7 @@ def test_save_pairs_png_draws_the_closest_pairs(tmp_path):
     ds = make_dataset(tmp_path / "ds", train, smooth_images(8, seed=3))
     fake_imgs, _ = planted(train, n_fresh=10, copies=[2, 3], noisy=[4])
     fake = fake_folder(tmp_path / "s", fake_imgs)
-    s = E.EvalSettings(n=13, per_class=False)
+    s = EvaluateSettings(n=13, per_class=False)
     r = E.evaluate((ds, "train"), fake, s, extractor=TinyExtractor(dim=32), progress=False)
     path = M.save_pairs_png(fake, ds, r, tmp_path / layout.PAIRS_PNG)
     assert path == tmp_path / layout.PAIRS_PNG

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import sys
 import types
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ from diffscape.data.dataset import SplitWriter, load_dataset, write_manifest_and
 from diffscape.data.imagefolder import load_sample_folder, save_png
 from diffscape.metrics import evaluate as E
 from diffscape.metrics import weights as W
-from diffscape.metrics.features import dataset_features, embed_images
+from diffscape.metrics.features import check_cache_dir, dataset_features, embed_images
 from diffscape.metrics.scores import (
     bootstrap_fid,
     fid_from_features,
@@ -34,6 +33,7 @@ from diffscape.metrics.scores import (
     kid_subset_size,
     precision_recall,
 )
+from diffscape.settings.sections import EvaluateSettings
 
 CLASSES = ["dark", "light"]
 # Features of the same image computed in batches of other shapes (or on another CPU: AVX2 vs
@@ -287,7 +287,7 @@ def test_evaluate_small_n_warns_leads_with_kid_and_reports_no_is(tmp_path, capsy
     samples = load_sample_folder(make_samples(tmp_path / "s", {"dark": 4, "light": 4, "cats": 2}))
     ext = TinyExtractor()
     out = tmp_path / "m.json"
-    r = E.evaluate((ds, "train"), samples, E.EvalSettings(n=None), extractor=ext, progress=False)
+    r = E.evaluate((ds, "train"), samples, EvaluateSettings(n=None), extractor=ext, progress=False)
     E.write_metrics(out, r)
     print(E.format_summary(r, out))
     captured = capsys.readouterr()
@@ -321,7 +321,7 @@ def test_evaluate_large_n_leads_with_fid_and_subsamples_fake(tmp_path, capsys):
         (ds, "train"),
         (ds, "test"),
         # per_class off: 100 KID subsets of 1000 per class would cost seconds each
-        E.EvalSettings(n=2100, bootstrap=2, per_class=False),
+        EvaluateSettings(n=2100, bootstrap=2, per_class=False),
         extractor=ext,
         progress=False,
     )
@@ -333,25 +333,24 @@ def test_evaluate_large_n_leads_with_fid_and_subsamples_fake(tmp_path, capsys):
     b = r["fid_bootstrap"]
     assert r["fid_interval"] == {"low": b["low"], "high": b["high"], "n_boot": 2}
     assert 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1 and r["prc_k"] == 3
-    # without evaluate.fid64: FID-64 of every scored image, not of 150 vs 150
-    assert r["fid64_n"] == [2200, 2100] and r["fid64"] >= 0
+    assert r["fid64_n"] == [150, 150]  # on by default: the same default as a study's
     lines = capsys.readouterr().out.splitlines()
     assert next(line for line in lines if line.startswith(("KID", "FID"))).startswith("FID ")
 
 
 def test_fid64_on_150_vs_150_when_asked(tmp_path, capsys):
     ds = make_dataset(tmp_path / "ds", {"train": 100, "test": 90})
-    s = E.EvalSettings(n=None, per_class=False, fid64=True, memorisation=False)
+    s = EvaluateSettings(n=None, per_class=False, fid64=True, memorisation=False)
     r = E.evaluate((ds, "train"), (ds, "test"), s, extractor=TinyExtractor(), progress=False)
     assert r["fid64_n"] == [150, 150] and r["fid64"] > 0
-    every = E.evaluate((ds, "train"), (ds, "test"), replace(s, fid64=False),
+    every = E.evaluate((ds, "train"), (ds, "test"), s.model_copy(update={"fid64": False}),
                        extractor=TinyExtractor(), progress=False)  # fmt: skip
     assert every["fid64_n"] == [200, 180]  # one name for both: its sizes say which
     assert r["fid64"] != every["fid64"]  # a subset of the 200 real / 180 fake images
     assert r["fid_interval"] is None and r["resize"] is None  # no bootstrap, a stand-in
     assert "FID-64" in E.format_summary(r) and "(n 150 / 150)" in E.format_summary(r)
     few = E.evaluate(
-        (ds, "train"), (ds, "test"), replace(s, n=20, fid64_n=150), extractor=TinyExtractor(),
+        (ds, "train"), (ds, "test"), s.with_changes(n=20, fid64_n=150), extractor=TinyExtractor(),
         progress=False,
     )  # fmt: skip
     assert few["fid64_n"] == [150, 20]  # fewer than asked: all there are
@@ -373,28 +372,28 @@ def test_settings_resize_must_match_the_network(tmp_path):
     ext = TinyExtractor()
     ext.resize = "torch"
     with pytest.raises(ValueError, match="resizes with 'torch'"):
-        E.evaluate((ds, "train"), (ds, "train"), E.EvalSettings(n=4), extractor=ext)
+        E.evaluate((ds, "train"), (ds, "train"), EvaluateSettings(n=4), extractor=ext)
     r = E.evaluate(
-        (ds, "train"), (ds, "train"), E.EvalSettings(n=4, resize="torch", per_class=False),
+        (ds, "train"), (ds, "train"), EvaluateSettings(n=4, resize="torch", per_class=False),
         extractor=ext, progress=False,
     )  # fmt: skip
     assert r["resize"] == "torch"
     with pytest.raises(DiffscapeError, match="tf1, torch"):
-        E.EvalSettings(resize="bicubic")
+        EvaluateSettings(resize="bicubic")
 
 
 def test_real_vs_real_same_split_is_zero_and_uses_cache(tmp_path):
     ds = make_dataset(tmp_path / "ds", {"train": 8})
     ext = TinyExtractor()
     kw = {"extractor": ext, "progress": False}
-    r = E.evaluate((ds, "train"), (ds, "train"), E.EvalSettings(n=16), **kw)
+    r = E.evaluate((ds, "train"), (ds, "train"), EvaluateSettings(n=16), **kw)
     assert r["fid"] == pytest.approx(0, abs=1e-6) and r["fid64"] == pytest.approx(0, abs=1e-6)
     # the fake side (the same split, all images) was found in the cache the real side filled
     assert r["fake"]["features_from_cache"] and ext.images_seen == 16
-    r2 = E.evaluate((ds, "train"), (ds, "train"), E.EvalSettings(n=16), **kw)
+    r2 = E.evaluate((ds, "train"), (ds, "train"), EvaluateSettings(n=16), **kw)
     assert r2["real"]["features_from_cache"] and ext.images_seen == 16
     # a subset depends only on (split size, n, seed): drawn alike on either side, it is the same
-    r3 = E.evaluate((ds, "train"), (ds, "train"), E.EvalSettings(n=10, n_real=10, seed=3), **kw)
+    r3 = E.evaluate((ds, "train"), (ds, "train"), EvaluateSettings(n=10, n_real=10, seed=3), **kw)
     assert not r3["real"]["features_from_cache"] and r3["fake"]["features_from_cache"]
     assert ext.images_seen == 26 and r3["fid"] == pytest.approx(0, abs=1e-6)
 
@@ -402,7 +401,7 @@ def test_real_vs_real_same_split_is_zero_and_uses_cache(tmp_path):
 def test_inception_score_only_with_genuine_logits(tmp_path):
     ds = make_dataset(tmp_path / "ds", {"train": 6})
     samples = load_sample_folder(make_samples(tmp_path / "s", {"dark": 10, "light": 10}))
-    s = E.EvalSettings(n=20)
+    s = EvaluateSettings(n=20)
     r = E.evaluate((ds, "train"), samples, s, extractor=TinyExtractor(logits=True), progress=False)
     assert r["inception_score"]["mean"] > 1 and "inception_score_unavailable" not in r
 
@@ -410,7 +409,7 @@ def test_inception_score_only_with_genuine_logits(tmp_path):
 def test_evaluate_rejects_n_below_two(tmp_path):
     ds = make_dataset(tmp_path / "ds", {"train": 3})
     with pytest.raises(DiffscapeError, match="at least 2"):
-        E.evaluate((ds, "train"), (ds, "train"), E.EvalSettings(n=1), extractor=TinyExtractor())
+        E.evaluate((ds, "train"), (ds, "train"), EvaluateSettings(n=1), extractor=TinyExtractor())
 
 
 # ---- --fake resolution -------------------------------------------------------------------------
@@ -586,7 +585,7 @@ def test_weights_file_holding_other_objects_is_refused(tmp_path):
 )  # fmt: skip
 def test_settings_out_of_range_are_refused(field, value):
     with pytest.raises(DiffscapeError, match=field):
-        E.EvalSettings(**{field: value})
+        EvaluateSettings(**{field: value})
 
 
 @pytest.mark.parametrize(
@@ -608,14 +607,15 @@ def test_unusable_feature_cache_is_refused_before_anything_is_embedded(tmp_path,
     monkeypatch.setenv("DIFFSCAPE_CACHE", str(tmp_path / "file"))
     ext = TinyExtractor()
     with pytest.raises(DiffscapeError, match=r"file is not a folder.*DIFFSCAPE_CACHE.*--no-cache"):
-        E.evaluate((ds, "train"), (ds, "train"), E.EvalSettings(n=4), extractor=ext)
+        E.evaluate((ds, "train"), (ds, "train"), EvaluateSettings(n=4), extractor=ext)
     assert ext.images_seen == 0
-    s = E.EvalSettings(n=4, use_cache=False)  # --no-cache: the cache is never touched
+    s = EvaluateSettings(n=4, cache=False)  # --no-cache: the cache is never touched
     assert E.evaluate((ds, "train"), (ds, "train"), s, extractor=ext)["fid"] is not None
     assert (tmp_path / "file").read_text() == "not a folder"
     missing = tmp_path / "new" / "deeper"  # a cache that can be made is fine; nothing is made
     monkeypatch.setenv("DIFFSCAPE_CACHE", str(missing))
-    assert E.settings_for_command(n=4).use_cache and not (tmp_path / "new").exists()
+    check_cache_dir()  # what the evaluate command checks first
+    assert not (tmp_path / "new").exists()
 
 
 def test_cli_out_that_is_a_folder_is_refused_before_embedding(tmp_path, capsys):
@@ -643,7 +643,7 @@ def test_library_writes_nothing_into_the_working_directory(tmp_path, monkeypatch
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
-    r = E.evaluate((ds, "train"), (ds, "train"), E.EvalSettings(n=8), extractor=TinyExtractor())
+    r = E.evaluate((ds, "train"), (ds, "train"), EvaluateSettings(n=8), extractor=TinyExtractor())
     assert r["n_fake"] == 8 and list(cwd.iterdir()) == []
 
 

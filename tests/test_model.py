@@ -6,7 +6,6 @@ import torch
 from diffusers import UNet2DModel
 from torch import nn
 
-from diffscape import config
 from diffscape.core.errors import DiffscapeError
 from diffscape.model import unet
 from diffscape.model.unet import (
@@ -20,13 +19,14 @@ from diffscape.model.unet import (
     load_unet,
     parameter_count,
 )
+from diffscape.settings import presets
 
 SMALL = ["model.channels=[16, 32]", "model.attention_resolutions=[16]"]
 
 
 def _cfg(activation: str, conditional: bool = False):
     extra = ["model.conditional=true", "model.num_classes=3"] if conditional else []
-    return config.resolve("tiny", SMALL + [f"model.activation={activation}"] + extra).model
+    return presets.resolve("tiny", SMALL + [f"model.activation={activation}"] + extra).model
 
 
 @pytest.mark.parametrize("act", ["relu", "gelu", "mish", "silu"])
@@ -103,7 +103,7 @@ HUGE = [
 
 def test_too_large_model_is_refused_in_one_line(monkeypatch):
     monkeypatch.setattr(unet, "available_memory_bytes", lambda: 8 * 2**30)
-    huge = config.resolve("tiny", HUGE).model
+    huge = presets.resolve("tiny", HUGE).model
     with pytest.raises(ModelTooLarge) as err:
         build_unet(huge)
     msg = str(err.value)
@@ -179,10 +179,10 @@ def test_pickle_or_garbage_weights_are_refused(tmp_path):
 def test_model_folder_must_match_its_checkpoint(tmp_path):
     ckpt = tmp_path / "step-0000001"
     ckpt.mkdir()
-    run_cfg = config.resolve("tiny", SMALL)
+    run_cfg = presets.resolve("tiny", SMALL)
     (ckpt / "config.json").write_text(run_cfg.to_json())
     (ckpt / "COMPLETE").write_text("complete\n")
-    other = config.resolve("tiny", ["model.channels=[16, 48]", "model.attention_resolutions=[16]"])
+    other = presets.resolve("tiny", ["model.channels=[16, 48]", "model.attention_resolutions=[16]"])
     build_unet(other.model).save_pretrained(ckpt / "model")
     with pytest.raises(ModelFolderError, match=r"disagrees with .*config\.json \(block_out_chan"):
         load_unet(ckpt / "model")

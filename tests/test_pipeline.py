@@ -23,9 +23,9 @@ from test_metrics_evaluate import TinyExtractor
 import diffscape.judge.score
 import diffscape.sample
 import diffscape.train
-from diffscape import config
-from diffscape.config import EvaluateSettings, JudgeSettings, SampleSettings
 from diffscape.core import layout
+from diffscape.settings import presets
+from diffscape.settings.sections import EvaluateSettings, JudgeSettings, SampleSettings
 from diffscape.study import results, stages
 from diffscape.study.demo import run_demo
 from diffscape.study.narrate import Narrator, Tools
@@ -43,7 +43,7 @@ def ds(tmp_path_factory):
 
 
 def tiny_run(steps: int = 4, sampling: str = "ddim-3") -> RunSpec:
-    cfg = config.resolve(
+    cfg = presets.resolve(
         "tiny",
         {
             "model.channels": [16, 32],

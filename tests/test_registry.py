@@ -15,12 +15,12 @@ from fixtures_data import colour_dataset
 from test_metrics_evaluate import TinyExtractor
 from test_pipeline import tiny_run, tiny_spec
 
-from diffscape.config import SampleSettings
 from diffscape.metrics import registry
 from diffscape.metrics.evaluate import format_summary
 from diffscape.metrics.registry import METRICS, Metric
 from diffscape.report import build_report, collect
 from diffscape.report.verdicts import settings
+from diffscape.settings.sections import SampleSettings
 from diffscape.study import results
 from diffscape.study.narrate import Narrator, Tools
 from diffscape.study.shared import prepare_study

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffscape import config
 from diffscape.cli import main
 from diffscape.core.errors import DiffscapeError
 from diffscape.report import build_report, collect
+from diffscape.settings import presets
 
 CLASSES = ["Coast", "Desert", "Forest"]
 CHROMIUM_CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -172,7 +172,7 @@ def make_run(
 ) -> Path:
     """A run folder as train() + sample_to_folder + evaluate + judge score leave it."""
     run = root / name
-    cfg = config.resolve("tiny", ["model.conditional=true", *overrides]).to_dict()
+    cfg = presets.resolve("tiny", ["model.conditional=true", *overrides]).to_dict()
     cfg["model"]["num_classes"] = len(CLASSES)
     _write(run / "config.json", cfg)
     lines = []
@@ -445,7 +445,7 @@ def make_replicated(root: Path, seeds: tuple[int, ...] = (0, 1, 2)) -> Path:
             changes = {o.split("=")[0]: o.split("=")[1] for o in overrides}
             planned.append({"name": name, "setting": setting, "seed": seed, "training": folder,
                             "sample_dir": f"{folder}/samples/ddim-50-w1", "changes": changes})  # fmt: skip
-    base = config.resolve("tiny", ["model.conditional=true"]).to_dict()
+    base = presets.resolve("tiny", ["model.conditional=true"]).to_dict()
     _write(sweep / "sweep.json", {"name": "schedule, replicated", "seeds": list(seeds),
            "baseline": "linear", "runs": planned, "base_config": base,
            "description": "Three settings, each trained and sampled with every seed."})  # fmt: skip

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from fixtures_data import colour_dataset
 
-from diffscape import config
 from diffscape.model.unet import CpuAutocastFp32Attention, build_unet
+from diffscape.settings import presets
 from diffscape.train import setup as train_setup
 from diffscape.train import train
 
@@ -36,7 +36,7 @@ def ds(tmp_path_factory):
 @pytest.fixture(scope="module")
 def fp32_losses(ds, tmp_path_factory):
     run = tmp_path_factory.mktemp("runs") / "fp32"
-    train(config.resolve("tiny", TINY), ds.root, run, progress=False)
+    train(presets.resolve("tiny", TINY), ds.root, run, progress=False)
     return _losses(run)
 
 
@@ -45,13 +45,13 @@ def _losses(run: Path) -> list[float]:
 
 
 def _unet():
-    cfg = config.with_changes(config.resolve("tiny", TINY), model={"num_classes": 3})
+    cfg = presets.resolve("tiny", TINY).with_changes(model={"num_classes": 3})
     torch.manual_seed(0)
     return build_unet(cfg.model)
 
 
 def test_channels_last_trains_like_contiguous(ds, tmp_path, fp32_losses):
-    train(config.resolve("tiny", [*TINY, "train.channels_last=true"]), ds.root, tmp_path / "cl",
+    train(presets.resolve("tiny", [*TINY, "train.channels_last=true"]), ds.root, tmp_path / "cl",
           progress=False)  # fmt: skip
     cl = _losses(tmp_path / "cl")
     # Same math, other kernels: equal up to float rounding, step after step.
@@ -60,7 +60,7 @@ def test_channels_last_trains_like_contiguous(ds, tmp_path, fp32_losses):
 
 def test_bf16_channels_last_trains_close_to_fp32(ds, tmp_path, fp32_losses):
     over = [*TINY, "train.precision=bf16", "train.channels_last=true"]
-    train(config.resolve("tiny", over), ds.root, tmp_path / "bf", progress=False)
+    train(presets.resolve("tiny", over), ds.root, tmp_path / "bf", progress=False)
     bf = _losses(tmp_path / "bf")
     assert all(abs(x - y) < 0.05 * x for x, y in zip(fp32_losses, bf, strict=True))
 
@@ -103,7 +103,7 @@ def test_fp32_attention_processor():
 @pytest.mark.slow
 def test_compiled_training_step_matches_eager(ds, tmp_path, fp32_losses):
     # torch.compile costs minutes of compiling on a CPU: slow marker.
-    train(config.resolve("tiny", [*TINY, "train.compile=true"]), ds.root, tmp_path / "c",
+    train(presets.resolve("tiny", [*TINY, "train.compile=true"]), ds.root, tmp_path / "c",
           progress=False)  # fmt: skip
     assert _losses(tmp_path / "c") == pytest.approx(fp32_losses, rel=1e-3)
 
@@ -111,7 +111,7 @@ def test_compiled_training_step_matches_eager(ds, tmp_path, fp32_losses):
 def test_bf16_on_a_cpu_without_native_bf16_warns(ds, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(train_setup, "cpu_has_bf16", lambda: False)
     over = [*TINY, "train.steps=1", "train.precision=bf16"]
-    train(config.resolve("tiny", over), ds.root, tmp_path / "w", progress=False, cpu=True)
+    train(presets.resolve("tiny", over), ds.root, tmp_path / "w", progress=False, cpu=True)
     assert "set train.precision=fp32" in capsys.readouterr().err
 
 
@@ -129,7 +129,7 @@ def test_auto_precision_trains_in_fp32_without_native_bf16(ds, tmp_path, monkeyp
                                                            fp32_losses):  # fmt: skip
     # Same losses as an fp32 run, bit for bit: "auto" fell back to fp32 on this (pretend) CPU.
     monkeypatch.setattr(train_setup, "cpu_has_bf16", lambda: False)
-    train(config.resolve("tiny", [*TINY, "train.precision=auto"]), ds.root, tmp_path / "a",
+    train(presets.resolve("tiny", [*TINY, "train.precision=auto"]), ds.root, tmp_path / "a",
           progress=False, cpu=True)  # fmt: skip
     assert "precision: auto -> fp32 on cpu" in capsys.readouterr().err
     assert _losses(tmp_path / "a") == fp32_losses

@@ -20,10 +20,10 @@ import diffscape.train
 from diffscape import checkpoint
 from diffscape import sweep as sweep_module
 from diffscape.cli import main
-from diffscape.config import ConfigError
 from diffscape.core import layout
 from diffscape.core.errors import DiffscapeError
 from diffscape.report import build_report
+from diffscape.settings.engine import ConfigError
 from diffscape.study.narrate import Tools
 from diffscape.study.shared import ensure_data
 from diffscape.study.workers import worker_slots

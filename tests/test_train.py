@@ -14,10 +14,12 @@ import pytest
 import torch
 from fixtures_data import colour_dataset
 
-from diffscape import checkpoint, config
+from diffscape import checkpoint
 from diffscape.core import layout
 from diffscape.data.source import batch_indices
 from diffscape.model import diffusion
+from diffscape.settings import presets
+from diffscape.settings.engine import ConfigError
 from diffscape.train import NonFiniteLossError, lr_at, train
 
 TINY = [
@@ -39,7 +41,7 @@ def ds(tmp_path_factory):
 
 
 def cfg(*extra):
-    return config.resolve("tiny", TINY + list(extra))
+    return presets.resolve("tiny", TINY + list(extra))
 
 
 def losses(run: Path) -> list[float]:
@@ -89,14 +91,14 @@ def test_checkpoint_contents_and_pruning(ds, tmp_path):
             "config.json", "run.json", "COMPLETE"} <= names  # fmt: skip
     assert json.loads((ck / "state.json").read_text())["step"] == 8
     assert json.loads((ck / "run.json").read_text())["classes"] == ["c0", "c1", "c2"]
-    assert config.load_config_json(ck / "config.json").model.num_classes == 3
+    assert presets.load_config_json(ck / "config.json").model.num_classes == 3
     assert (tmp_path / "r" / "config.json").is_file()
     assert not any(p.suffix in (".bin", ".pt", ".pkl") for p in ck.rglob("*"))
 
 
 def test_changed_shape_is_refused(ds, tmp_path):
     train(cfg("train.steps=2"), ds.root, tmp_path / "r", progress=False)
-    with pytest.raises(config.ConfigError, match=r"model\.channels"):
+    with pytest.raises(ConfigError, match=r"model\.channels"):
         train(
             cfg("train.steps=4", "model.channels=[16, 48]"), ds.root, tmp_path / "r", progress=False
         )
@@ -332,7 +334,7 @@ def test_cpu_bf16_autocast_trains_close_to_fp32(ds, tmp_path):
     train(cfg("train.steps=6", "train.precision=bf16"), ds.root, tmp_path / "b", progress=False)
     f, b = losses(tmp_path / "f"), losses(tmp_path / "b")
     assert all(abs(x - y) < 0.05 * x for x, y in zip(f, b, strict=True))
-    with pytest.raises(config.ConfigError, match="fp16"):
+    with pytest.raises(ConfigError, match="fp16"):
         if torch.cuda.is_available():
             pytest.skip("fp16 is allowed on a GPU")
         train(cfg("train.steps=1", "train.precision=fp16"), ds.root, tmp_path / "h", progress=False)
@@ -397,7 +399,7 @@ def _guarded_run(ds, monkeypatch, *, fused: bool, guard: str, bad: set[int], ste
         return real(*a, **k) * (float("nan") if state.step in bad else 1.0)
 
     monkeypatch.setattr(diffusion, "training_target", poisoned)
-    c = config.with_changes(cfg(f"train.steps={steps}"), model={"num_classes": 3})
+    c = cfg(f"train.steps={steps}").with_changes(model={"num_classes": 3})
     acc = tr.make_accelerator(c, cpu=True)
     model, ema, _ = tr.build_model(c, acc)
     opt = torch.optim.AdamW(model.parameters(), lr=c.train.lr, fused=fused, foreach=not fused)

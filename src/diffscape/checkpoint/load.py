@@ -18,7 +18,6 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from diffscape.checkpoint.verify import CheckpointError, checkpoint_problem
-from diffscape.config import RunConfig, load_config_json
 from diffscape.core.layout import (
     CHECKPOINTS,
     COMPLETE,
@@ -32,6 +31,8 @@ from diffscape.core.layout import (
     UNET_WEIGHTS,
     checkpoint_step,
 )
+from diffscape.settings.presets import load_config_json
+from diffscape.settings.sections import RunConfig
 
 
 def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:

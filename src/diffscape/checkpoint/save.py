@@ -19,7 +19,6 @@ from safetensors.torch import save_file
 from diffscape import __version__
 from diffscape.checkpoint.load import TrainingState, list_checkpoints
 from diffscape.checkpoint.verify import write_marker
-from diffscape.config import RunConfig
 from diffscape.core.atomic import (
     clean_stale_tmp,
     disk_full,
@@ -44,6 +43,7 @@ from diffscape.core.layout import (
     checkpoint_name,
     checkpoint_step,
 )
+from diffscape.settings.sections import RunConfig
 
 
 def optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from diffscape.settings.flags import Flags
+from diffscape.settings.sections import DemoSettings
+
+DEMO_FLAGS = Flags(DemoSettings)  # its sampling and evaluation are not flags
+
 EPILOG = """\
 examples:
   diffscape demo                          # 9 minutes in all, whatever the CPU
@@ -31,26 +36,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=HelpFormatter,
     )
     p.add_argument("--out", default="diffscape-demo", help="folder for everything the demo writes")
-    p.add_argument(
-        "--minutes",
-        type=float,
-        default=None,
-        help="wall-clock budget of the whole demo, evaluation included (default 9)%(default).0s",
-    )
     p.add_argument("--data", default=None, help="a prepared dataset instead of the built-in one")
-    p.add_argument("--seed", type=int, default=0, help="seeds data, weights and sampling")
+    DEMO_FLAGS.add_to(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from dataclasses import replace
+    from diffscape.study.demo import run_demo
 
-    from diffscape.study.demo import DemoSettings, run_demo
-
-    s = DemoSettings()
-    s = replace(s, seed=args.seed, sample=replace(s.sample, seed=args.seed))
-    if args.minutes is not None:
-        s = replace(s, minutes=args.minutes)
+    s = DEMO_FLAGS.build(args)
+    if hasattr(args, DEMO_FLAGS.dest("seed")):  # the command's --seed seeds the images too
+        s = s.with_changes(sample={"seed": s.seed})
     run_demo(args.out, s, data=args.data, progress=not args.no_progress)
     return 0

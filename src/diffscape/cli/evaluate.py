@@ -8,6 +8,11 @@ from pathlib import Path
 
 from diffscape.cli import HelpFormatter, add_overwrite
 from diffscape.core import layout
+from diffscape.settings.flags import Flags
+from diffscape.settings.sections import EvaluateSettings
+
+# Every evaluate setting but a study's own (which split, the floor, on or off).
+EVALUATE_FLAGS = Flags(EvaluateSettings, exclude=("enabled", "split", "floor"))
 
 DESCRIPTION = """\
 Score generated images against a real dataset split: FID (2048 and 64 features), KID mean ± std,
@@ -20,7 +25,7 @@ published FIDs); --resize torch uses torchmetrics >= 1.8's antialiased bilinear 
 
 Memorisation: each generated image's nearest training image, in Inception features and in pixels,
 divided by the typical distance between a training image and its nearest neighbour; below
---near-copy (0.5) it counts as a near-copy. The summary gives the share; closest-pairs.png
+--near-copy it counts as a near-copy. The summary gives the share; closest-pairs.png
 beside metrics.json shows the closest pairs (generated | training).
 
 FID needs many images: the standard is 10,000 generated images against the whole real split.
@@ -46,7 +51,7 @@ examples:
   diffscape evaluate --real data/synth:train --fake data/synth:test       # the floor
   diffscape evaluate --real data/synth --fake samples/a --n 10000 --bootstrap 50
   diffscape evaluate --real data/synth --fake samples/a --inception-weights ~/weights.pth
-  diffscape evaluate --real data/synth --fake samples/a --fid64   # the seed report's FID
+  diffscape evaluate --real data/synth --fake samples/a --no-fid64 --no-memorisation
 """
 
 
@@ -75,74 +80,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="generated images, a dataset split, or a run to sample" + IN_WORDS,
     )
     p.add_argument(
-        "--n",
-        type=int,
-        default=None,
-        help="generated images to use (random subset if more); default 10000 with a GPU, 1000 without"
-        + IN_WORDS,
-    )
-    p.add_argument(
-        "--n-real",
-        type=int,
-        default=None,
-        help="real images to use (default: the whole split)" + IN_WORDS,
-    )
-    p.add_argument(
         "--out",
         default=layout.EVAL_JSON,
         help="where to write the metrics (closest-pairs.png goes beside it)",
     )
     add_overwrite(p, "a metrics file --out and closest-pairs.png beside it")
-    add_measure_options(p)
+    EVALUATE_FLAGS.add_to(p)
     p.set_defaults(func=run)
-
-
-def add_measure_options(p: argparse.ArgumentParser) -> None:
-    """How the scores are computed: interval, network, resize, extra scores, batches, cache."""
-    p.add_argument(
-        "--bootstrap",
-        type=int,
-        default=0,
-        metavar="B",
-        help="FID bootstrap resamples for a 95%% interval (0: none; each costs a few s on a CPU)",
-    )
-    p.add_argument(
-        "--inception-weights",
-        default=None,
-        metavar="PATH",
-        help="FID Inception weights file (.pth); default: see above" + IN_WORDS,
-    )
-    p.add_argument(
-        "--resize",
-        choices=("tf1", "torch"),
-        default="tf1",
-        help="resize to 299 px: tf1 (torch-fidelity, published FIDs) or torch (torchmetrics >= 1.8)",
-    )
-    p.add_argument(
-        "--fid64",
-        action="store_true",
-        help="also FID at 64 features on 150 real vs 150 generated images (the seed report's)"
-        + IN_WORDS,
-    )
-    p.add_argument(
-        "--near-copy",
-        type=float,
-        default=0.5,
-        metavar="RATIO",
-        help="distance ratio below which a generated image counts as a copy of a training one",
-    )
-    p.add_argument(
-        "--no-memorisation", action="store_true", help="skip the copies check" + IN_WORDS
-    )
-    p.add_argument("--batch", type=int, default=32, help="images per network call")
-    p.add_argument("--seed", type=int, default=0, help="seed for subsets, KID and bootstrap")
-    p.add_argument("--no-per-class", action="store_true", help="skip per-class FID/KID" + IN_WORDS)
-    p.add_argument(
-        "--no-cache", action="store_true", help="neither read nor write cached features" + IN_WORDS
-    )
-    p.add_argument(
-        "--device", default=None, help="cpu, cuda, ... (default: cuda if available)" + IN_WORDS
-    )
 
 
 def check_out_file(out: Path, overwrite: bool) -> Path:
@@ -169,27 +113,14 @@ def run(args: argparse.Namespace) -> int:
         format_summary,
         open_fake,
         resolve_extractor,
-        settings_for_command,
         write_metrics,
     )
+    from diffscape.metrics.features import check_cache_dir
     from diffscape.metrics.memorisation import save_pairs_png
 
-    # Errors name the flags (--n, not n); an unusable feature cache is refused here, up front.
-    settings = settings_for_command(
-        n=args.n,
-        n_real=args.n_real,
-        per_class=not args.no_per_class,
-        bootstrap=args.bootstrap,
-        seed=args.seed,
-        batch=args.batch,
-        use_cache=not args.no_cache,
-        inception_weights=args.inception_weights,
-        device=args.device,
-        resize=args.resize,
-        fid64=args.fid64,
-        memorisation=not args.no_memorisation,
-        near_copy=args.near_copy,
-    )
+    settings = EVALUATE_FLAGS.build(args)  # errors name the flags (--n, not evaluate.n)
+    if settings.cache:
+        check_cache_dir()  # an unusable feature cache is refused now, before any work
     out = check_out_file(Path(args.out), args.overwrite)
     real = parse_dataset_spec(args.real, default_split="train")
     # Missing or damaged weights fail before a run is sampled (minutes) or anything embedded;
@@ -197,8 +128,8 @@ def run(args: argparse.Namespace) -> int:
     extractor = resolve_extractor(settings) if fake_is_run(args.fake) else None
     # A run folder is sampled with as many images as will be scored; evaluate() itself says
     # which default n it chose.
-    n_to_sample = args.n if args.n is not None else default_n(args.device)[0]
-    fake = open_fake(args.fake, n=n_to_sample, seed=args.seed)
+    n_to_sample = settings.n if settings.n is not None else default_n(settings.device)[0]
+    fake = open_fake(args.fake, n=n_to_sample, seed=settings.seed)
     extractor = extractor or resolve_extractor(settings)
     result = evaluate(real, fake, settings, extractor=extractor, fake_name=args.fake)
     # The library writes nothing; the command writes where --out says (./metrics.json by default).

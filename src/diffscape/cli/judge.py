@@ -6,17 +6,15 @@ import argparse
 
 from diffscape.cli import HelpFormatter, add_overwrite
 from diffscape.core import layout
-from diffscape.judge.settings import (  # light: the defaults live there, once
-    MAX_BLOCKS,
-    MAX_WIDTH,
-    VAL_FRACTION,
-    CNNSettings,
-    SVCSettings,
-)
+from diffscape.settings.engine import value_text
+from diffscape.settings.flags import Flags
+from diffscape.settings.sections import JUDGE_VAL_FRACTION, CNNSettings, JudgeSettings, SVCSettings
 
-CNN, SVC = CNNSettings(), SVCSettings()
-GRID_C = ", ".join(f"{c:g}" for c in SVC.grid_C)
-GRID_GAMMA = ", ".join(str(g) for g in SVC.grid_gamma)
+KIND_FLAGS = Flags(JudgeSettings, ["kind"])
+CNN_FLAGS = Flags(CNNSettings, rename={"max_epochs": "epochs", "patience_epochs": "patience"})
+SVC_FLAGS = Flags(SVCSettings)
+GRID_C = value_text(SVCSettings.model_fields["grid_C"].default)
+GRID_GAMMA = value_text(SVCSettings.model_fields["grid_gamma"].default)
 
 JUDGE_EXAMPLES = """\
 examples:
@@ -64,27 +62,9 @@ chance (1 / classes) = the samples teach nothing about the real classes. Writes 
 
 
 def _add_cnn_options(p: argparse.ArgumentParser, val_help: str) -> None:
+    CNN_FLAGS.add_to(p, "the CNN (cnn.* in docs/settings.md)")
     p.add_argument(
-        "--epochs", type=int, default=CNN.max_epochs, help="CNN: at most this many epochs, 1-10000"
-    )
-    p.add_argument(
-        "--patience",
-        type=int,
-        default=CNN.patience_epochs,
-        help="CNN: stop this many epochs (1 or more) after the val accuracy last rose",
-    )
-    p.add_argument("--batch", type=int, default=CNN.batch, help="CNN: images per step, 2-65536")
-    p.add_argument(
-        "--lr", type=float, default=CNN.lr, help="CNN: AdamW peak learning rate, in (0, 10]"
-    )
-    p.add_argument(
-        "--widths",
-        default=",".join(str(w) for w in CNN.widths),
-        help="CNN: channels of each conv block (each halves the image), comma-separated; "
-        f"1-{MAX_BLOCKS} blocks of 1-{MAX_WIDTH}",
-    )
-    p.add_argument(
-        "--val-fraction", type=float, default=VAL_FRACTION, help=val_help + ", in (0, 1)"
+        "--val-fraction", type=float, default=JUDGE_VAL_FRACTION, help=val_help + ", in (0, 1)"
     )
     p.add_argument(
         "--seed", type=int, default=0, help="seeds hold-out, weights, order, augmentation"
@@ -119,7 +99,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         epilog=TRAIN_EXAMPLES,
     )
     t.add_argument("dataset", metavar="DATASET", help="dataset folder (data prepare / data synth)")
-    t.add_argument("--kind", choices=["svc", "cnn"], default="cnn", help="classifier")
+    KIND_FLAGS.add_to(t)
     t.add_argument(
         "--out",
         required=True,
@@ -133,15 +113,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         default=argparse.SUPPRESS,  # None would print "(default: None)"
         help="resize images to this side (default: the dataset's size)",
     )
-    t.add_argument("--C", type=float, default=SVC.C, dest="svc_c", help="SVC without --grid: C > 0")
-    t.add_argument(
-        "--gamma",
-        default=str(SVC.gamma),
-        help="SVC without --grid: RBF gamma (a number > 0 or 'scale')",
-    )
-    t.add_argument(
-        "--standardize", action="store_true", help="SVC: z-score every pixel before the SVC"
-    )
+    SVC_FLAGS.add_to(t, "the SVC (svc.* in docs/settings.md)")
     _add_cnn_options(t, "share of each class held out for validation when there is no val split")
     add_overwrite(t, "a judge folder --out")
     t.set_defaults(func=_train)
@@ -195,50 +167,21 @@ def _add_cas(sub: argparse._SubParsersAction) -> None:
     c.set_defaults(func=_cas)
 
 
-def _cnn_settings(args: argparse.Namespace) -> CNNSettings:
-    from diffscape.core.errors import DiffscapeError
-
-    try:
-        widths = tuple(int(w) for w in args.widths.split(","))
-    except ValueError:
-        raise DiffscapeError(
-            f"--widths must be integers separated by commas, got {args.widths!r}"
-        ) from None
-    return CNNSettings(
-        widths=widths,
-        max_epochs=args.epochs,
-        patience_epochs=args.patience,
-        batch=args.batch,
-        lr=args.lr,
-    )
-
-
-def _gamma(text: str) -> float | str:
-    from diffscape.core.errors import DiffscapeError
-
-    if text == "scale":
-        return text
-    try:
-        return float(text)
-    except ValueError:
-        raise DiffscapeError(f"--gamma must be a number or 'scale', got {text!r}") from None
-
-
 def _train(args: argparse.Namespace) -> int:
     from diffscape.judge.svc import format_grid
     from diffscape.judge.train import train_judge
 
-    svc = SVCSettings(C=args.svc_c, gamma=_gamma(args.gamma), standardize=args.standardize)
+    kind, cnn, svc = KIND_FLAGS.build(args).kind, CNN_FLAGS.build(args), SVC_FLAGS.build(args)
     result = train_judge(
         args.dataset,
-        args.kind,
+        kind,
         args.out,
         grid=args.grid,
         seed=args.seed,
         size=getattr(args, "size", None),
         val_fraction=args.val_fraction,
         svc=svc,
-        cnn=_cnn_settings(args),
+        cnn=cnn,
         progress=not args.no_progress,
         overwrite=args.overwrite,
     )
@@ -281,7 +224,7 @@ def _cas(args: argparse.Namespace) -> int:
         out=getattr(args, "out", None),
         seed=args.seed,
         val_fraction=args.val_fraction,
-        settings=_cnn_settings(args),
+        settings=CNN_FLAGS.build(args),
         progress=not args.no_progress,
         overwrite=args.overwrite,
     )

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 
-from diffscape import config
+from diffscape.settings.flags import Flags
+from diffscape.settings.sections import SampleSettings
+
+SAMPLE_FLAGS = Flags(SampleSettings)
+# interpolate: one row from two seeds (--seeds), deterministic samplers only (ddpm is refused)
+INTERPOLATE_FLAGS = Flags(SampleSettings, ["sampler", "steps", "guidance"])
 
 SAMPLE_EPILOG = """\
 examples:
@@ -22,29 +26,6 @@ Without --steps, ddim and dpm take 50 steps, or T if the model has fewer noise l
 """
 
 
-def add_sampler_args(p: argparse.ArgumentParser) -> None:
-    """Sampler options, typed, bounded and described by the settings engine (config.py)."""
-    config.add_setting_arguments(
-        p,
-        "sample",
-        ["sampler", "steps", "eta", "guidance", "seed", "batch"],
-        defaults={"steps": None, "guidance": None},  # None: the sampler's / the model's default
-    )
-    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
-
-
-def sample_value(name: str) -> Callable[[str], object]:
-    """argparse ``type=``: one field of the sample settings, parsed and bounded by the engine."""
-
-    def parse(text: str) -> object:
-        try:
-            return getattr(config.parse_section("sample", {name: text}), name)
-        except config.ConfigError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
-
-    return parse
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     from diffscape.cli import HelpFormatter, add_overwrite
 
@@ -59,20 +40,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("source", help="run folder (latest checkpoint) or a checkpoint folder")
     p.add_argument("--out", required=True, help="folder to write (new, empty, or older samples)")
     add_overwrite(p, "a samples folder --out")
-    n_bounds = config.bounds_text(
-        next(r for r in config.table("sample") if r.key == "sample.n").meta
-    )
-    p.add_argument(
-        "--n",
-        type=sample_value("n"),
-        default=16,
-        help=f"images in total (per class with --per-class); {n_bounds}",
-    )
     p.add_argument("--per-class", action="store_true", help="--n images for every class")
     p.add_argument(
         "--class", dest="classes", default=None, help="comma-separated class names, or all"
     )
-    add_sampler_args(p)
+    SAMPLE_FLAGS.add_to(p)
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_sample)
 
@@ -101,20 +74,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("source", help="run folder or checkpoint folder")
     i.add_argument(
         "--seeds",
-        type=sample_value("seed"),
         nargs=2,
-        default=(0, 1),
+        default=("0", "1"),
         metavar=("A", "B"),
-        help=f"the two seeds, each at most {config.SEED_MAX}",
+        help="the two seeds (sample.seed's bounds)",
     )
     i.add_argument("--frames", type=int, default=8, help="images in the row, at least 2")
     i.add_argument("--class", dest="class_name", default=None, help="class (conditional models)")
-    i.add_argument(
-        "--sampler",
-        choices=[s for s in config.SAMPLERS if s != "ddpm"],  # the deterministic ones
-        default="ddim",
-    )
-    config.add_setting_arguments(i, "sample", ["steps", "guidance"], defaults={"steps": None})
+    INTERPOLATE_FLAGS.add_to(i)
     i.add_argument("--out", required=True, help="PNG file to write")
     add_overwrite(i, "a PNG --out")
     i.set_defaults(func=run_interpolate)
@@ -129,18 +96,19 @@ def parse_classes(text: str | None) -> list[str] | None:
 def run_sample(args: argparse.Namespace) -> int:
     from diffscape.sample import sample_to_folder
 
+    s = SAMPLE_FLAGS.build(args)
     record = sample_to_folder(
         args.source,
         args.out,
-        n=args.n,
+        n=s.n,
         per_class=args.per_class,
         classes=parse_classes(args.classes),
-        sampler=args.sampler,
-        steps=args.steps,
-        eta=args.eta,
-        guidance=args.guidance,
-        seed=args.seed,
-        batch=args.batch,
+        sampler=s.sampler,
+        steps=s.steps,
+        eta=s.eta,
+        guidance=s.guidance,
+        seed=s.seed,
+        batch=s.batch,
         use_ema=not args.no_ema,
         progress=not args.no_progress,
         overwrite=args.overwrite,
@@ -160,17 +128,25 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_interpolate(args: argparse.Namespace) -> int:
     from diffscape.sample import interpolate
+    from diffscape.settings.engine import ConfigError, parse_text
 
+    s = INTERPOLATE_FLAGS.build(args)
+    seeds = []
+    for text in args.seeds:
+        try:
+            seeds.append(SampleSettings(seed=parse_text(text)).seed)
+        except ConfigError as e:
+            raise e.naming(f"--seeds {text}") from None
     interpolate(
         args.source,
         args.out,
-        seed_a=args.seeds[0],
-        seed_b=args.seeds[1],
+        seed_a=seeds[0],
+        seed_b=seeds[1],
         frames=args.frames,
         class_name=args.class_name,
-        sampler=args.sampler,
-        steps=args.steps,
-        guidance=args.guidance,
+        sampler=s.sampler,
+        steps=s.steps,
+        guidance=s.guidance,
         overwrite=args.overwrite,
     )
     print(f"wrote {args.out}")

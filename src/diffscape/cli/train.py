@@ -5,6 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from diffscape.settings.flags import Flags
+from diffscape.settings.sections import ModelConfig, TrainConfig
+
+# On top of the preset and --set (so the defaults they show are the preset's).
+MODEL_FLAGS = Flags(ModelConfig, ["conditional"], default="the preset's")
+TRAIN_FLAGS = Flags(TrainConfig, ["steps", "minutes"], default="the preset's")
+
 EPILOG = """\
 examples:
   diffscape train data/synth --out runs/tiny --conditional
@@ -15,7 +22,7 @@ examples:
   diffscape train data/synth --out runs/x --set diffusion.schedule=cosine --dry-run
   accelerate launch --multi_gpu --num_processes 2 -m diffscape train data/synth --out runs/ddp
 
-Settings (`--set section.key=value`, repeatable) are the fields of diffscape/config.py:
+Settings (`--set section.key=value`, repeatable; docs/settings.md) are:
 model.* (image_size, channels, layers_per_block, attention_resolutions, activation, dropout,
 ...), diffusion.* (schedule, timesteps, rescale_linear, prediction), train.* (steps,
 batch_size, lr, warmup_steps, grad_clip, ema_decay, label_dropout, precision, seed,
@@ -27,7 +34,7 @@ Only one `train` at a time writes into a run folder: a second one is refused (ex
 
 def register(sub: argparse._SubParsersAction) -> None:
     from diffscape.cli import HelpFormatter
-    from diffscape.config import describe_settings
+    from diffscape.settings.docs import describe_settings
 
     p = sub.add_parser(
         "train",
@@ -55,19 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="override one setting, e.g. train.lr=1e-4 (repeatable)",
     )
-    p.add_argument(
-        "--conditional",
-        action="store_true",
-        help="class-conditional (same as model.conditional=true)",
-    )
-    p.add_argument("--steps", type=int, help="total optimizer steps (same as train.steps=N)")
-    p.add_argument(
-        "--minutes",
-        type=float,
-        metavar="M",
-        help="wall-clock budget (same as train.minutes=M): at M minutes the step in progress "
-        "finishes, a checkpoint is saved and training ends (exit 0); train.steps still caps it",
-    )
+    MODEL_FLAGS.add_to(p)
+    TRAIN_FLAGS.add_to(p)
     group = p.add_mutually_exclusive_group()
     group.add_argument(
         "--resume", action="store_true", help="require a checkpoint in --out and continue it"
@@ -84,31 +80,29 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def resolve_from_args(args: argparse.Namespace):  # noqa: ANN201
-    from diffscape import config
+    """preset <- --set overrides <- the flags (typed values, straight into their fields)."""
+    from diffscape.settings.presets import resolve
 
-    overrides = list(args.overrides)
-    if args.conditional:
-        overrides.append("model.conditional=true")
-    if args.steps is not None:
-        overrides.append(f"train.steps={args.steps}")
-    if args.minutes is not None:
-        overrides.append(f"train.minutes={args.minutes}")
-    return config.resolve(args.preset, overrides)
+    cfg = resolve(args.preset, args.overrides)
+    return cfg.with_changes(
+        model=MODEL_FLAGS.build(args, cfg.model), train=TRAIN_FLAGS.build(args, cfg.train)
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from diffscape.data.dataset import load_dataset
     from diffscape.train import TrainingInterrupted, prepare_config, train
 
-    cfg = prepare_config(resolve_from_args(args), load_dataset(args.dataset))
+    cfg = resolve_from_args(args)
+    ds = load_dataset(args.dataset)  # once: train() takes it as loaded
     if args.dry_run:
-        sys.stdout.write(cfg.to_json())
+        sys.stdout.write(prepare_config(cfg, ds).to_json())
         return 0
     resume = True if args.resume else (False if args.fresh else None)
     try:
         result = train(
             cfg,
-            args.dataset,
+            ds,
             args.out,
             resume=resume,
             progress=not args.no_progress,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -23,9 +22,10 @@ from diffscape.core.atomic import write_json
 from diffscape.core.layout import CAS_JSON, UNCONDITIONAL, check_files_in
 from diffscape.data.dataset import Dataset, parse_dataset_spec
 from diffscape.data.imagefolder import load_sample_folder
-from diffscape.judge.cnn import CNNSettings, fit_cnn
+from diffscape.judge.cnn import fit_cnn
 from diffscape.judge.data import VAL_FRACTION, JudgeError, map_class_names, stratified_holdout
 from diffscape.judge.score import confusion_matrix, per_class_accuracy
+from diffscape.settings.sections import CNNSettings
 
 
 def matched_real_subset(
@@ -155,7 +155,7 @@ def cas(
         "real_shortfall": short,
         "seed": seed,
         "val_fraction": val_fraction,
-        "settings": asdict(settings),
+        "settings": settings.to_dict(),
     }
     write_json(out_dir / CAS_JSON, result)
     return result

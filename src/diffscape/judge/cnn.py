@@ -18,15 +18,11 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from diffscape.data.dataset import MAX_SIZE
-from diffscape.judge.data import check_images
-from diffscape.judge.settings import (
-    MAX_CLASSES,
-    CNNSettings,
-    JudgeError,
-    check_architecture,
-)
+from diffscape.judge.data import JudgeError, check_images
+from diffscape.settings.sections import CNNSettings
 
-__all__ = ["CNNConfig", "CNNSettings", "SmallCNN", "TrainedCNN", "fit_cnn", "predict"]
+__all__ = ["CNNConfig", "SmallCNN", "TrainedCNN", "fit_cnn", "predict"]
+MAX_CLASSES = 10_000  # outputs of a CNN judge
 
 
 @dataclass(frozen=True)
@@ -40,7 +36,8 @@ class CNNConfig:
     dropout: float = 0.2  # before the linear head
 
     def __post_init__(self) -> None:
-        check_architecture(self.widths, self.convs_per_block, self.dropout)
+        # the architecture's bounds are the settings' (a ConfigError names the setting)
+        CNNSettings(widths=self.widths, convs_per_block=self.convs_per_block, dropout=self.dropout)
         if not 1 <= self.num_classes <= MAX_CLASSES:
             raise JudgeError(f"a CNN judge has 1 to {MAX_CLASSES} classes, got {self.num_classes}")
         if not 2 ** len(self.widths) <= self.size <= MAX_SIZE:

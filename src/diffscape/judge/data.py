@@ -12,11 +12,16 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from diffscape.core.errors import DiffscapeError
 from diffscape.data.dataset import Dataset
 from diffscape.data.memory import check_fits
-from diffscape.judge.settings import VAL_FRACTION, JudgeError
+from diffscape.settings.sections import JUDGE_VAL_FRACTION as VAL_FRACTION
 
 __all__ = ["VAL_FRACTION", "JudgeError", "Splits", "load_splits", "map_class_names"]
+
+
+class JudgeError(DiffscapeError, ValueError):
+    """Data or a judge file that a judge cannot be trained on, loaded from or scored with."""
 
 
 def check_images(images: np.ndarray) -> np.ndarray:

@@ -34,10 +34,10 @@ from sklearn.svm import SVC
 from diffscape.core.layout import SKOPS_SCHEMA
 from diffscape.data.dataset import read_npy_header
 from diffscape.data.memory import check_fits
-from diffscape.judge.data import check_images
-from diffscape.judge.settings import Gamma, JudgeError, SVCSettings
+from diffscape.judge.data import JudgeError, check_images
+from diffscape.settings.sections import Gamma, SVCSettings
 
-__all__ = ["SVCSettings", "fit_grid", "format_grid", "load_svc", "save_svc"]
+__all__ = ["fit_grid", "format_grid", "load_svc", "save_svc"]
 
 # What a saved SVC judge may contain. skops already trusts most scikit-learn and numpy types by
 # default; checking against our own short list as well means a judge file holding anything else

@@ -22,10 +22,11 @@ import torch
 from diffscape.core.atomic import tmp_dir_beside
 from diffscape.core.layout import check_out
 from diffscape.data.dataset import MAX_SIZE, Dataset, load_dataset
-from diffscape.judge.cnn import CNNSettings, fit_cnn
+from diffscape.judge.cnn import fit_cnn
 from diffscape.judge.data import VAL_FRACTION, JudgeError, Splits, load_splits
 from diffscape.judge.store import publish, write_cnn_judge, write_svc_judge
-from diffscape.judge.svc import GridRow, SVCSettings, features, fit_grid
+from diffscape.judge.svc import GridRow, features, fit_grid
+from diffscape.settings.sections import CNNSettings, SVCSettings
 
 Kind = Literal["svc", "cnn"]
 
@@ -106,7 +107,7 @@ def train_judge(
             | ({"test": len(data.y_test)} if data.y_test is not None else {}),
             "val_source": data.val_source,
         },
-        "settings": asdict(settings),
+        "settings": settings.to_dict(),
     }
     start = time.perf_counter()
     if kind == "svc":
@@ -154,13 +155,7 @@ def _train_svc(
     x_train, x_val = features(data.x_train), features(data.x_val)
     x_test = None if data.x_test is None else features(data.x_test)
     if not grid:
-        settings = SVCSettings(
-            C=settings.C,
-            gamma=settings.gamma,
-            standardize=settings.standardize,
-            grid_C=(settings.C,),
-            grid_gamma=(settings.gamma,),
-        )
+        settings = settings.with_changes(grid_C=(settings.C,), grid_gamma=(settings.gamma,))
 
     def on_row(r: GridRow) -> None:
         test = "-" if r.test is None else f"{100 * r.test:.1f}%"

@@ -42,14 +42,13 @@ from diffscape.metrics.features import (
     InceptionExtractor,
     cache_dir,
     check_cache_dir,
-    check_resize,
     dataset_features,
     describe_plan,
     embed_images,
     is_cached,
     log,
 )
-from diffscape.metrics.memorisation import NEAR_COPY, memorisation_record, near_copies, subset
+from diffscape.metrics.memorisation import memorisation_record, near_copies, subset
 from diffscape.metrics.scores import (
     IS_SPLITS,
     PRC_K,
@@ -60,80 +59,15 @@ from diffscape.metrics.scores import (
     precision_recall,
 )
 from diffscape.metrics.weights import resolve_inception_weights
+from diffscape.settings.sections import EvaluateSettings
 
 GPU_DEFAULT_N = 10_000  # generated images on a GPU machine: the usual FID-10k
 CPU_DEFAULT_N = 1_000  # generated images without a GPU (about 4-5 min of Inception on 2 cores)
 FID_FEATURES = 2048  # below this many images the 2048-d covariance is singular and FID biased
-MAX_BOOTSTRAP = 10_000  # FID resamples (each costs a few seconds on a CPU)
-FID64_N = 150  # images per side of the seed report's FID (64 features, 150 real vs 150 generated)
 TRAIN = "train"  # the split a model learns from: what memorisation compares with
 
 Side = SampleSet | tuple[Dataset, str]
 Features = dict[str, np.ndarray]
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    """How to score: sample sizes, seeds and where the network runs (all plain values)."""
-
-    n: int | None = None  # generated images (seeded subset if more); None: 10,000 GPU / 1,000 CPU
-    n_real: int | None = None  # real images (seeded subset); None: the whole split
-    per_class: bool = True  # FID/KID per class folder named like a dataset class
-    bootstrap: int = 0  # FID bootstrap resamples for a 95% interval, 0 = none
-    seed: int = 0  # for subsets, KID subsets and the bootstrap
-    batch: int = 32  # images per network call
-    use_cache: bool = True  # read and write cached real-split features
-    inception_weights: str | None = None  # weights file; None: metrics.weights' resolution order
-    device: str | None = None  # cpu, cuda, ...; None: cuda if available
-    resize: str = "tf1"  # to 299 px: "tf1" (torch-fidelity / TF 1, published FIDs) or "torch"
-    precision_recall: bool = True  # Kynkäänniemi et al. 2019, k = PRC_K
-    fid64: bool = False  # the seed report's yardstick: 64-d features, fid64_n vs fid64_n images
-    fid64_n: int = FID64_N
-    memorisation: bool = True  # nearest training image of each generated one (features, pixels)
-    near_copy: float = NEAR_COPY  # distance ratio below which an image is flagged as a copy
-
-    def __post_init__(self) -> None:
-        check_resize(self.resize)
-        _check_int("fid64_n", self.fid64_n, 2, "FID needs at least 2 images on each side")
-        near = self.near_copy
-        if isinstance(near, bool) or not isinstance(near, int | float) or not 0 < near <= 10:
-            raise SettingError("near_copy", f"{near!r}: must be a number in (0, 10]")
-        _check_int("n", self.n, 2, "FID and KID need at least 2 generated images", optional=True)
-        _check_int("n_real", self.n_real, 2, "FID and KID need at least 2 real images", True)
-        _check_int("bootstrap", self.bootstrap, 0, "0 turns it off")
-        if self.bootstrap > MAX_BOOTSTRAP:
-            raise SettingError("bootstrap", f"{self.bootstrap}: at most {MAX_BOOTSTRAP} resamples")
-        _check_int("seed", self.seed, 0, "seeds are 0 or more")
-        _check_int("batch", self.batch, 1, "at least one image per network call")
-
-
-class SettingError(DiffscapeError):
-    """A bad :class:`EvalSettings` value, named by its field (``n = 0: ...``); ``field`` and
-    ``detail`` let a command name its own flag instead (``--n 0: ...``)."""
-
-    def __init__(self, field: str, detail: str) -> None:
-        super().__init__(f"{field} = {detail}")
-        self.field, self.detail = field, detail
-
-
-def _check_int(name: str, value: object, low: int, why: str, optional: bool = False) -> None:
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise SettingError(name, f"{value!r}: must be an integer >= {low} ({why})")
-
-
-def settings_for_command(**values: Any) -> EvalSettings:
-    """:class:`EvalSettings` for ``diffscape evaluate``, whose flags are the fields' names with
-    dashes: a bad value is named by the flag the user typed (``--n-real``, not ``n_real``), and
-    an unusable feature cache is refused now, before a run is sampled or an image embedded."""
-    try:
-        settings = EvalSettings(**values)
-    except SettingError as e:
-        raise DiffscapeError(f"--{e.field.replace('_', '-')} {e.detail}") from None
-    if settings.use_cache:
-        check_cache_dir()
-    return settings
 
 
 def default_n(device: torch.device | str | None = None) -> tuple[int, str]:
@@ -239,10 +173,10 @@ class _Plan:
         return self.fake_total if self.fake_idx is None else len(self.fake_idx)
 
 
-def plan_images(real: Side, fake: Side, n: int, settings: EvalSettings) -> _Plan:
+def plan_images(real: Side, fake: Side, n: int, settings: EvaluateSettings) -> _Plan:
     """Which images are scored; refused here, before anything is embedded: fewer than 2 on a
     side, or a feature cache that could not take the features."""
-    if settings.use_cache:
+    if settings.cache:
         check_cache_dir()
     real_total, fake_total = _count(real), _count(fake)
     plan = _Plan(
@@ -260,7 +194,7 @@ def plan_images(real: Side, fake: Side, n: int, settings: EvalSettings) -> _Plan
 
 
 def resolve_extractor(
-    settings: EvalSettings, say: Callable[[str], None] = log
+    settings: EvaluateSettings, say: Callable[[str], None] = log
 ) -> InceptionExtractor:
     """The standard FID Inception network, from the weights ``settings`` names (or found)."""
     weights = resolve_inception_weights(settings.inception_weights)
@@ -285,12 +219,12 @@ def _say_plan(
     real: Side,
     fake: Side,
     ext: FeatureExtractor,
-    s: EvalSettings,
+    s: EvaluateSettings,
     say: Callable[[str], None],
 ) -> None:
     """Say up front how many images will go through the network, and how long that takes."""
-    to_embed = (0 if _side_cached(real, plan.real_idx, ext, s.use_cache) else plan.n_real) + (
-        0 if _side_cached(fake, plan.fake_idx, ext, s.use_cache) else plan.n_fake
+    to_embed = (0 if _side_cached(real, plan.real_idx, ext, s.cache) else plan.n_real) + (
+        0 if _side_cached(fake, plan.fake_idx, ext, s.cache) else plan.n_fake
     )
     if to_embed:
         say(f"in all: {describe_plan(ext, to_embed, s.batch)}")
@@ -305,7 +239,7 @@ def side_features(
     side: Side,
     idx: np.ndarray | None,
     extractor: FeatureExtractor,
-    settings: EvalSettings,
+    settings: EvaluateSettings,
     *,
     desc: str,
     progress: bool,
@@ -327,7 +261,7 @@ def side_features(
         split=split,
         indices=idx,
         batch=settings.batch,
-        use_cache=settings.use_cache,
+        use_cache=settings.cache,
         desc=desc,
         progress=progress,
         say=say,
@@ -400,7 +334,7 @@ def _extra_scores(
     real_feats: Features,
     fake_feats: Features,
     extractor: FeatureExtractor,
-    settings: EvalSettings,
+    settings: EvaluateSettings,
     say: Callable[[str], None],
 ) -> dict[str, Any]:
     """The FID bootstrap interval and the Inception Score (each when asked for / possible)."""
@@ -425,7 +359,7 @@ def _extra_scores(
 
 
 def _prc_scores(
-    real: Features, fake: Features, s: EvalSettings, device: torch.device
+    real: Features, fake: Features, s: EvaluateSettings, device: torch.device
 ) -> dict[str, Any]:
     """Precision and recall (k = PRC_K) on the 2048-d features, when asked for and possible."""
     out: dict[str, Any] = {"precision": None, "recall": None, "prc_k": PRC_K}
@@ -436,7 +370,7 @@ def _prc_scores(
     return out
 
 
-def _fid64_scores(real: Features, fake: Features, s: EvalSettings) -> dict[str, Any]:
+def _fid64_scores(real: Features, fake: Features, s: EvaluateSettings) -> dict[str, Any]:
     """FID on the 64-d features and its sizes (``fid64_n``: real, generated): of every scored
     image, or with ``fid64`` of seeded subsets of fid64_n images per side (the seed report's
     yardstick, 150 vs 150)."""
@@ -455,7 +389,7 @@ def _memorisation(
     plan: _Plan,
     feats: tuple[Features, Features],
     extractor: FeatureExtractor,
-    s: EvalSettings,
+    s: EvaluateSettings,
     say: Callable[[str], None],
     progress: bool,
 ) -> dict[str, Any]:
@@ -553,7 +487,7 @@ def _sides_record(
 def evaluate(
     real: tuple[Dataset, str],
     fake: Side,
-    settings: EvalSettings | None = None,
+    settings: EvaluateSettings | None = None,
     *,
     extractor: FeatureExtractor | None = None,
     fake_name: str | None = None,
@@ -567,7 +501,7 @@ def evaluate(
     or a stand-in (tests); None builds the FID Inception network from ``settings``.
     """
     t0 = time.perf_counter()
-    s = settings or EvalSettings()
+    s = settings or EvaluateSettings()
     dev = _device(s.device) if extractor is None else extractor.device
     notes: list[str] = []
     n = s.n

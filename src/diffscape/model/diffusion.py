@@ -18,12 +18,12 @@ from diffusers import (
 from diffusers.schedulers.scheduling_ddpm import betas_for_alpha_bar
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from diffscape.config import SAMPLERS, DiffusionConfig, Sampler, SampleSettings
 from diffscape.core.errors import DiffscapeError
+from diffscape.settings.sections import DEFAULT_SAMPLE_STEPS, SAMPLERS, DiffusionConfig, Sampler
 
-# The sampler names (Sampler, SAMPLERS) are listed once, in config.py, so that the CLI can offer
+# The sampler names (Sampler, SAMPLERS) are listed once, in settings/sections.py, so that the CLI can offer
 # them without importing torch; they are importable from here too.
-DEFAULT_STEPS = SampleSettings().steps  # DDIM / DPM-Solver++ steps when none are asked for: 50
+DEFAULT_STEPS = DEFAULT_SAMPLE_STEPS  # DDIM / DPM-Solver++ steps when none are asked for: 50
 
 
 def linear_betas(timesteps: int, start: float, end: float, rescale: bool) -> torch.Tensor:

@@ -20,9 +20,11 @@ from diffusers import UNet2DModel
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from torch import nn
 
-from diffscape.config import ConfigError, ModelConfig, from_dict, load_config_json
 from diffscape.core.errors import DiffscapeError
 from diffscape.core.layout import COMPLETE, CONFIG_JSON, UNET_WEIGHTS
+from diffscape.settings.engine import ConfigError
+from diffscape.settings.presets import from_dict, load_config_json
+from diffscape.settings.sections import ModelConfig
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "silu": nn.SiLU,

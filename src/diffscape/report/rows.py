@@ -411,7 +411,7 @@ def infer_base(rows: list[Row]) -> tuple[dict[str, Any] | None, str]:
         return shared, "changes are shown against the settings all runs share (no sweep.json)"
     preset = configs[0].get("preset")
     try:
-        from diffscape.config import from_dict, load_preset
+        from diffscape.settings.presets import from_dict, load_preset
 
         preset_config = json.loads(from_dict(load_preset(str(preset))).to_json())  # lists
         return flatten(preset_config), (f"changes are shown against the {preset!r} preset")

@@ -30,6 +30,9 @@ from diffscape.data.imagefolder import save_png
 from diffscape.model import diffusion
 from diffscape.sample.generate import check_settings, grid_image, iter_images
 from diffscape.sample.load import LoadedModel, load_for_sampling
+from diffscape.settings.sections import SampleSettings
+
+SAMPLE = SampleSettings()  # the defaults: the same as `diffscape sample`'s and a study's
 
 
 def plan(
@@ -128,15 +131,15 @@ def sample_to_folder(
     source: str | Path,
     out: str | Path,
     *,
-    n: int = 16,
+    n: int = SAMPLE.n,
     per_class: bool = False,
     classes: Sequence[str] | None = None,
-    sampler: diffusion.Sampler = "ddim",
-    steps: int | None = None,
-    eta: float = 0.0,
-    guidance: float | None = None,
-    seed: int = 0,
-    batch: int | None = None,
+    sampler: diffusion.Sampler = SAMPLE.sampler,
+    steps: int | None = SAMPLE.steps,
+    eta: float = SAMPLE.eta,
+    guidance: float | None = SAMPLE.guidance,
+    seed: int = SAMPLE.seed,
+    batch: int | None = SAMPLE.batch,
     use_ema: bool = True,
     progress: bool = True,
     overwrite: bool = False,

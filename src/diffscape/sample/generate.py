@@ -14,12 +14,11 @@ import numpy as np
 import torch
 from diffusers import UNet2DModel
 
-from diffscape import config
-from diffscape.config import RunConfig
 from diffscape.core.errors import DiffscapeError
 from diffscape.data.show import labelled_rows_image
 from diffscape.model import diffusion
 from diffscape.model.unet import null_class
+from diffscape.settings.sections import RunConfig, SampleSettings
 
 
 def default_device() -> torch.device:
@@ -198,4 +197,4 @@ def check_settings(**given: object) -> None:
     """Sample settings given to the library (``n``, ``sampler``, ``steps``, ``eta``,
     ``guidance``, ``seed``, ``batch``) checked by the settings engine against the bounds that
     ``--help`` shows: a one-line ConfigError naming the setting. None: not given (default)."""
-    config.parse_section("sample", {k: v for k, v in given.items() if v is not None})
+    SampleSettings(**{k: v for k, v in given.items() if v is not None})

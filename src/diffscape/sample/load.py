@@ -12,11 +12,12 @@ import torch
 from diffusers import UNet2DModel
 
 from diffscape.checkpoint import resolve_checkpoint
-from diffscape.config import RunConfig, load_config_json
 from diffscape.core import layout
 from diffscape.core.errors import DiffscapeError
 from diffscape.model.unet import load_unet
 from diffscape.sample.generate import default_device
+from diffscape.settings.presets import load_config_json
+from diffscape.settings.sections import RunConfig
 
 
 @dataclass(frozen=True)

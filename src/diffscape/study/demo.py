@@ -11,17 +11,16 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from diffscape import config
-from diffscape.config import EvaluateSettings, JudgeSettings, SampleSettings
 from diffscape.core import layout, lock
 from diffscape.core.errors import DiffscapeError
 from diffscape.core.timefmt import duration
 from diffscape.data.dataset import load_dataset
 from diffscape.report import build_report
+from diffscape.settings.presets import resolve
+from diffscape.settings.sections import DemoSettings, JudgeSettings
 from diffscape.study import results
 from diffscape.study.narrate import Narrator, Tools, pct
 from diffscape.study.results import DemoSummary, RunResult
@@ -41,29 +40,7 @@ DEMO_OVERRIDES = (
     "train.sample_every_steps=0",
     "train.milestone_every_steps=0",
 )
-# DPM-Solver++ at 20 steps: on the demo model FID 269 / KID 0.204 vs DDIM-50's 279 / 0.220 and
-# DDPM-1000's 300 / 0.239 (bench/bench_samplers.py), same judge accuracy (98.5%), 2.5x faster.
-DEMO_SAMPLE = SampleSettings(n=40, sampler="dpm", steps=20, guidance=1.0, seed=0)
-# 200 generated vs 200 real test images: about 2 minutes of Inception on 2 CPU cores with the
-# floor (the test split's features are cached between the two).
-DEMO_EVALUATE = EvaluateSettings(split="test", n=200, n_real=200)
 STAGES = 8  # data, judge, floor, train, sample, evaluate, judge samples, report
-
-
-@dataclass(frozen=True)
-class DemoSettings:
-    # The whole demo's wall-clock budget: training gets what the other stages (data, judge,
-    # floor before it; sampling, FID/KID, judging and the report after it) leave, as its
-    # train.minutes deadline; see :func:`training_minutes`.
-    minutes: float = 9.0  # budget of the whole run, wall-clock minutes of this machine
-    max_steps: int = 100_000  # training steps at most (far beyond what the budget allows)
-    preset: str = "tiny"  # model preset (32 px)
-    synth_images: int = 5000  # procedural landscapes to make (80% train, 20% test)
-    sample: SampleSettings = DEMO_SAMPLE  # n is images per class
-    evaluate: EvaluateSettings = DEMO_EVALUATE
-    judge_epochs: int = 6  # CNN judge epochs at most (synth is learnt to ~100% in 2-3)
-    judge_patience: int = 2  # stop after this many epochs without a better validation score
-    seed: int = 0  # seeds data, judge and weights (sample.seed seeds the images)
 
 
 def study_spec(out: Path, s: DemoSettings, data: str | os.PathLike[str] | None) -> StudySpec:
@@ -83,9 +60,7 @@ def study_spec(out: Path, s: DemoSettings, data: str | os.PathLike[str] | None) 
 
 def demo_run(s: DemoSettings, image_size: int, train_minutes: float) -> RunSpec:
     """The demo's one run: the recipe, trained until ``train_minutes`` (or ``s.max_steps``)."""
-    cfg = config.resolve(s.preset, list(DEMO_OVERRIDES))
-    cfg = config.with_changes(
-        cfg,
+    cfg = resolve(s.preset, list(DEMO_OVERRIDES)).with_changes(
         model={"image_size": image_size},
         train={"seed": s.seed, "minutes": train_minutes, "steps": s.max_steps},
     )
@@ -121,12 +96,9 @@ def inception_rate(timings: dict[str, float], floor: results.Floor | None) -> fl
 
 
 def check(s: DemoSettings) -> DemoSettings:
-    """``s``, or the one-line error of its first bad value (before anything is written)."""
-    if not 0 < s.minutes < float("inf"):
-        raise DiffscapeError(f"--minutes {s.minutes}: the demo needs a training budget above 0")
-    config.check_settings(s.sample)
-    config.check_settings(s.evaluate)
-    demo_run(s, 32, s.minutes)  # the training config: validated
+    """``s``, or the one-line error of the training config it makes (its preset, its
+    recipe), before anything is written (its own values were checked when it was made)."""
+    demo_run(s, 32, s.minutes)
     return s
 
 
@@ -145,7 +117,7 @@ def run_demo(
     with lock.hold(out, "demo"):
         before = results.read_json(out / layout.DEMO_JSON) or {}
         same_budget = (before.get("settings") or {}).get("minutes") == s.minutes
-        results.write_json(out / layout.DEMO_JSON, {"settings": asdict(s)})  # the marker, first
+        results.write_json(out / layout.DEMO_JSON, {"settings": s.to_dict()})  # the marker, first
         tools = Tools(Narrator(say, total=STAGES), progress=progress)
         spec = study_spec(out, s, data)
         dataset = ensure_data(spec, tools)
@@ -223,7 +195,7 @@ def summarize(
     return DemoSummary(
         wall_seconds=wall_seconds,
         timings_seconds=timings,
-        settings=asdict(s),
+        settings=s.to_dict(),
         steps=result.steps,
         train_images_per_second=None if trained is None else trained.images_per_second,
         fid=metrics.get("fid"),

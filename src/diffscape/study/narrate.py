@@ -66,19 +66,19 @@ class Tools:
         self.narrator = narrator or Narrator()
         self.progress = progress
         self._extractor = extractor  # None: the Inception network, built when first needed
+        self._built: tuple | None = None  # what the network was built for (None: given)
 
-    def extractor(self, resize: str = "tf1") -> Any:
-        """The Inception network resizing as ``resize`` does (built once; a stand-in given to
-        the constructor is always the one)."""
-        current = getattr(self._extractor, "resize", resize)
-        if self._extractor is None or current != resize:
-            from diffscape.metrics.features import InceptionExtractor
-            from diffscape.metrics.weights import resolve_inception_weights
-            from diffscape.sample import default_device
+    def extractor(self, settings: Any) -> Any:
+        """The Inception network of ``settings`` (an EvaluateSettings: its resize, weights and
+        device), built once and again only when they change; a stand-in given to the
+        constructor is always the one (unless it resizes otherwise)."""
+        wanted = (settings.resize, settings.inception_weights, settings.device)
+        ext = self._extractor
+        same_resize = getattr(ext, "resize", settings.resize) == settings.resize
+        if ext is None or not same_resize or self._built not in (None, wanted):
+            from diffscape.metrics.evaluate import resolve_extractor
 
-            w = resolve_inception_weights(None)
-            self.narrator.note(f"Inception weights: {w.path} (sha256 {w.sha256[:12]}, {w.source})")
-            self._extractor = InceptionExtractor(w, default_device(), resize=resize)
+            self._extractor, self._built = resolve_extractor(settings, self.narrator.note), wanted
         return self._extractor
 
 

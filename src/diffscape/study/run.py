@@ -6,7 +6,6 @@ a finished run (its result.json written with the same settings) is skipped.
 from __future__ import annotations
 
 import traceback
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from diffscape.study import results
 from diffscape.study.narrate import Tools
 from diffscape.study.results import RunResult, TrainRecord
 from diffscape.study.shared import judge_identity
-from diffscape.study.spec import RunSpec, Study
+from diffscape.study.spec import RunSpec, Study, upgraded
 from diffscape.study.stages import (
     StageError,
     also_judge_stage,
@@ -34,8 +33,8 @@ def settings_record(study: Study, run: RunSpec) -> dict[str, Any]:
     lies: moving the study folder must not redo every run)."""
     record = {
         "config": run.config.to_dict(),
-        "sample": asdict(run.sample),
-        "evaluate": asdict(study.spec.evaluate),
+        "sample": run.sample.to_dict(),
+        "evaluate": study.spec.evaluate.to_dict(),
         "judge": study.judge_identity,
         "dataset": study.dataset_hash,
     }
@@ -46,7 +45,7 @@ def settings_record(study: Study, run: RunSpec) -> dict[str, Any]:
 
 def is_finished(study: Study, run: RunSpec) -> bool:
     r = results.read_result(run.sample_dir(study.out))
-    return r is not None and r.ok and r.settings == settings_record(study, run)
+    return r is not None and r.ok and upgraded(r.settings) == settings_record(study, run)
 
 
 def _identity(run: RunSpec) -> dict[str, Any]:
@@ -56,7 +55,7 @@ def _identity(run: RunSpec) -> dict[str, Any]:
             "training": run.training,
             "sampling": run.sampling,
             "changes": run.changes,
-            "sample": asdict(run.sample),
+            "sample": run.sample.to_dict(),
             "setting": run.setting or run.name,
             "seed": run.seed,
         }

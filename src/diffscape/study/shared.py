@@ -11,7 +11,6 @@ when one is made (as in :mod:`.stages`).
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -82,14 +81,14 @@ def ensure_judge(spec: StudySpec, data: Path, needed: bool, tools: Tools) -> Pat
 
 def _judge_of_kind(spec: StudySpec, ds: Any, kind: str, path: Path, tools: Tools) -> Path:
     """A ``kind`` judge of the real training images in ``path``, trained there once."""
-    from diffscape.judge.settings import CNNSettings
     from diffscape.judge.train import train_judge
+    from diffscape.settings.sections import CNNSettings
 
     nar = tools.narrator
     if layout.is_judge_dir(path):
         nar.skip("judge", f"trained before: {path}")
         return path
-    cnn = CNNSettings(**spec.judge_cnn)  # type: ignore[arg-type]
+    cnn = CNNSettings.parse(spec.judge_cnn)
     # ~400 img/s per epoch on 2 cores (29 epochs of 3,900 photos in 287 s, docs/real-photos.md);
     # an upper bound: early stopping usually ends it sooner
     eta = ds.count("train") * cnn.max_epochs / 400 if kind == "cnn" else 40
@@ -159,7 +158,7 @@ def ensure_floor(study: Study, tools: Tools) -> Floor | None:
     try:
         metrics = stages.fid_kid(
             (ds, other), (ds, e.split), n_ref, n_other, f"{ds.root}:{e.split}", tools,
-            replace(e, memorisation=False, bootstrap=0),  # the train split against itself
+            e.with_changes(memorisation=False, bootstrap=0),  # the train split against itself
         )  # fmt: skip
     except Exception as err:  # optional: the runs are still worth doing
         nar.done(f"failed ({type(err).__name__}: {err}); going on without a floor")

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from diffscape.config import EvaluateSettings, JudgeSettings, RunConfig, SampleSettings
 from diffscape.core import layout
+from diffscape.settings.sections import EvaluateSettings, JudgeSettings, RunConfig, SampleSettings
 from diffscape.study import results
 
 
@@ -67,3 +67,13 @@ class Study:
 def train_identity(study: Study, run: RunSpec) -> dict[str, Any]:
     """What a finished training must match to be skipped on a re-run (train.json's settings)."""
     return results.plain({"config": run.config.to_dict(), "dataset": study.dataset_hash})
+
+
+def upgraded(record: Any) -> Any:
+    """A settings record (result.json's, metrics.json's) written before the evaluate settings
+    took in those of the evaluate command (per_class, seed, batch, ...): they read as their
+    defaults, which are what that evaluation used; so a re-run skips what it finished."""
+    if isinstance(record, dict) and isinstance(record.get("evaluate"), dict):
+        defaults = results.plain(EvaluateSettings().to_dict())
+        return {**record, "evaluate": {**defaults, **record["evaluate"]}}
+    return record

@@ -12,16 +12,15 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from diffscape.config import EvaluateSettings
 from diffscape.core import layout
+from diffscape.settings.sections import EvaluateSettings
 from diffscape.study import results
 from diffscape.study.narrate import Tools, pct
 from diffscape.study.results import TrainRecord
-from diffscape.study.spec import RunSpec, Study, train_identity
+from diffscape.study.spec import RunSpec, Study, train_identity, upgraded
 
 
 def fid_kid(
@@ -36,15 +35,11 @@ def fid_kid(
     """THE call into :func:`diffscape.metrics.evaluate.evaluate` (FID/KID, precision/recall,
     fid64, memorisation of ``fake`` against the real split, as the study's [evaluate] asks,
     with the study's shared Inception network); writes nothing."""
-    from diffscape.metrics.evaluate import EvalSettings, evaluate
+    from diffscape.metrics.evaluate import evaluate
 
-    e = settings or EvaluateSettings()
-    chosen = EvalSettings(
-        n=n, n_real=n_real, resize=e.resize, bootstrap=e.bootstrap, fid64=e.fid64,
-        memorisation=e.memorisation, near_copy=e.near_copy,
-    )  # fmt: skip
+    e = (settings or EvaluateSettings()).with_changes(n=n, n_real=n_real)  # the study's sizes
     return evaluate(
-        real, fake, chosen, extractor=tools.extractor(e.resize),
+        real, fake, e, extractor=tools.extractor(e),
         fake_name=name, progress=tools.progress, say=tools.narrator.note,
     )  # fmt: skip
 
@@ -128,9 +123,9 @@ def evaluate_stage(study: Study, run: RunSpec, made: int, tools: Tools) -> dict[
     from diffscape.data.imagefolder import load_sample_folder
 
     e, nar, folder = study.spec.evaluate, tools.narrator, run.sample_dir(study.out)
-    wanted = results.plain({"evaluate": asdict(e), "dataset": study.dataset_hash, "made": made})
+    wanted = results.plain({"evaluate": e.to_dict(), "dataset": study.dataset_hash, "made": made})
     done = results.read_metrics(folder)
-    if done is not None and done.get("settings") == wanted:
+    if done is not None and upgraded(done.get("settings")) == wanted:
         nar.skip("evaluate", "scored before", who=run.name)
         return done
     ds = load_dataset(study.data)

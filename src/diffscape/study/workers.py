@@ -17,9 +17,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from diffscape.config import from_dict, parse_section
 from diffscape.core import layout
 from diffscape.core.errors import DiffscapeError
+from diffscape.settings.engine import Settings
+from diffscape.settings.presets import from_dict
+from diffscape.settings.sections import EvaluateSettings, JudgeSettings, SampleSettings
 from diffscape.study import results
 from diffscape.study.narrate import Narrator, Tools, log
 from diffscape.study.results import RunResult
@@ -82,7 +84,8 @@ def worker_slots(gpus: int, jobs: int | None = None, cores: int | None = None) -
 
 def job_json(study: Study, runs: list[RunSpec]) -> str:
     """A worker's job: the prepared study and the runs of one training, as JSON."""
-    return json.dumps(results.plain({"study": asdict(study), "runs": [asdict(r) for r in runs]}))
+    job = {"study": asdict(study), "runs": [asdict(r) for r in runs]}
+    return json.dumps(job, default=lambda o: o.to_dict() if isinstance(o, Settings) else str(o))
 
 
 def job_from_json(text: str) -> tuple[Study, list[RunSpec]]:
@@ -90,8 +93,8 @@ def job_from_json(text: str) -> tuple[Study, list[RunSpec]]:
     s = job["study"]
     spec = StudySpec(**{
         **s["spec"], "out": Path(s["spec"]["out"]),
-        "evaluate": parse_section("evaluate", s["spec"]["evaluate"]),
-        "judge": parse_section("judge", s["spec"]["judge"]),
+        "evaluate": EvaluateSettings.parse(s["spec"]["evaluate"]),
+        "judge": JudgeSettings.parse(s["spec"]["judge"]),
     })  # fmt: skip
     study = Study(**{**s, "spec": spec, "data": Path(s["data"]),
                      "judge": None if s["judge"] is None else Path(s["judge"])})  # fmt: skip
@@ -100,7 +103,7 @@ def job_from_json(text: str) -> tuple[Study, list[RunSpec]]:
             **{
                 **r,
                 "config": from_dict(r["config"]),
-                "sample": parse_section("sample", r["sample"]),
+                "sample": SampleSettings.parse(r["sample"]),
             }
         )
         for r in job["runs"]

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
 from typing import Any
 
-from diffscape.config import ConfigError, RunConfig, parse_section, resolve
 from diffscape.core import layout
-from diffscape.study.spec import RunSpec
-from diffscape.sweep.spec import (
+from diffscape.settings.engine import ConfigError
+from diffscape.settings.presets import resolve
+from diffscape.settings.sections import (
+    DEFAULT_SAMPLE_STEPS,
     EvaluateSettings,
     JudgeSettings,
+    RunConfig,
+    SampleSettings,
+)
+from diffscape.study.spec import RunSpec
+from diffscape.sweep.spec import (
     SweepError,
     SweepSpec,
     folder_problem,
@@ -26,7 +31,7 @@ PlannedRun = RunSpec
 
 def resolve_config(preset: str, overrides: dict[str, Any]) -> RunConfig:
     """defaults <- preset <- dotted overrides, validated (errors name the field):
-    :func:`diffscape.config.resolve` with a sweep's ``{"train.lr": 1e-4}`` mapping."""
+    :func:`diffscape.settings.presets.resolve` with a sweep's ``{"train.lr": 1e-4}`` mapping."""
     return resolve(preset, overrides)
 
 
@@ -83,10 +88,15 @@ def check_folders(spec: SweepSpec) -> None:
 
 
 def _sample_for(spec: SweepSpec, changes: dict[str, Any], cfg: RunConfig) -> tuple[Any, dict]:
-    sample = parse_section("sample", {**asdict(spec.sample), **changes})
+    """A run's sampling with the steps it really takes: ancestral sampling (ddpm) every one of
+    the T steps; the others the steps asked for, or (none) the default, at most T."""
+    sample = SampleSettings.parse({**spec.sample.to_dict(), **changes})
     changes = {f"sample.{k}": v for k, v in changes.items()}
-    if sample.sampler == "ddpm":  # ancestral sampling takes every one of the T steps
-        sample = replace(sample, steps=cfg.diffusion.timesteps)
+    t = cfg.diffusion.timesteps
+    if sample.sampler == "ddpm" or sample.steps is None:
+        sample = sample.with_changes(
+            steps=t if sample.sampler == "ddpm" else min(DEFAULT_SAMPLE_STEPS, t)
+        )
         if "sample.steps" in changes:
             changes["sample.steps"] = sample.steps
     return sample, changes
@@ -153,7 +163,8 @@ def describe_plan(spec: SweepSpec, runs: list[PlannedRun]) -> str:
         lines.append("  base: " + ", ".join(f"{k}={v}" for k, v in spec.base.items()))
     s = spec.sample
     lines.append(
-        f"  sample: n={s.n} per class, {s.sampler} {s.steps} steps, w={s.guidance:g}; "
+        f"  sample: n={s.n} per class, {s.sampler} {s.steps or DEFAULT_SAMPLE_STEPS} steps, "
+        f"w={s.guidance:g}; "
         f"evaluate: {_describe_eval(spec.evaluate)}; judge: {_describe_judge(spec.judge)}"
     )
     if spec.seeds is not None:

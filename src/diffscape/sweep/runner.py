@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +105,7 @@ def sweep_record(spec: SweepSpec, runs: list[PlannedRun], sspec: StudySpec) -> d
         "dataset": dataset,
         "spec": {**spec.raw, "dataset": dataset},
         "base_config": base_config(spec).to_dict(),
-        "base_sample": asdict(spec.sample),
+        "base_sample": spec.sample.to_dict(),
         "seeds": None if spec.seeds is None else list(spec.seeds),
         "baseline": baseline_name(spec),
         "runs": [

@@ -1,6 +1,7 @@
 """The sweep file: parsing and checking a TOML study into a :class:`SweepSpec` (format in
-``diffscape.sweep``'s docstring). Every value is parsed by the config's settings engine; the
-``[sample]``, ``[evaluate]`` and ``[judge]`` dataclasses live in :mod:`diffscape.config`."""
+``diffscape.sweep``'s docstring). Every value is parsed by the settings engine; the
+``[sample]``, ``[evaluate]`` and ``[judge]`` tables are :mod:`diffscape.settings.sections`'
+``SampleSettings``, ``EvaluateSettings`` and ``JudgeSettings``."""
 
 from __future__ import annotations
 
@@ -12,24 +13,22 @@ import os
 import re
 import tomllib
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from diffscape.config import (
-    ALL_SECTIONS,
+from diffscape.core import layout
+from diffscape.core.errors import DiffscapeError
+from diffscape.settings.engine import ConfigError, Settings
+from diffscape.settings.presets import split_key
+from diffscape.settings.sections import (
+    DEFAULT_SAMPLE_STEPS,
     SEED_MAX,
-    ConfigError,
     EvaluateSettings,
     JudgeSettings,
     SampleSettings,
-    check_settings,
-    parse_section,
-    split_key,
 )
-from diffscape.core import layout
-from diffscape.core.errors import DiffscapeError
 
 BASE_RUN_NAME = "model"  # the one training run of a sweep without [grid] or [[runs]]
 
@@ -353,10 +352,9 @@ def listed_runs(runs: Any, source: str) -> tuple[Variant, ...]:
     return _unique(out, f"{source} [[runs]]")
 
 
-def settings(cls: type, table: dict[str, Any], where: str) -> Any:
-    """A settings dataclass (``SampleSettings``, ``EvaluateSettings``, ``JudgeSettings``) from a
-    TOML table, parsed by the config's engine; its errors become a SweepError saying where."""
-    (section,) = [name for name, c in ALL_SECTIONS.items() if c is cls]
+def settings(cls: type[Settings], table: dict[str, Any], where: str) -> Any:
+    """Settings (``SampleSettings``, ``EvaluateSettings``, ``JudgeSettings``) from a TOML table,
+    parsed by the settings engine; its errors become a SweepError saying where."""
     if cls is SampleSettings:
         for key, value in table.items():
             if isinstance(value, list):
@@ -365,22 +363,15 @@ def settings(cls: type, table: dict[str, Any], where: str) -> Any:
                     f"e.g. [sample.grid] {key} = {value}"
                 )
     try:
-        return parse_section(section, table)
-    except ConfigError as e:
-        raise SweepError(f"{where}: {e}") from None
-
-
-def check_sample(s: SampleSettings, where: str) -> None:
-    """Raise a SweepError when ``s`` (built directly) breaks the bounds of the settings table."""
-    try:
-        check_settings(s)
+        return cls.parse(table)
     except ConfigError as e:
         raise SweepError(f"{where}: {e}") from None
 
 
 def sampling_name(s: SampleSettings, extra: Iterable[str] = ()) -> str:
     """``ddim-50-w1``: sampler, steps (ddpm takes all T), guidance, then anything else set."""
-    parts = [s.sampler] + ([] if s.sampler == "ddpm" else [str(s.steps)])
+    steps = DEFAULT_SAMPLE_STEPS if s.steps is None else s.steps  # as before steps could be none
+    parts = [s.sampler] + ([] if s.sampler == "ddpm" else [str(steps)])
     parts.append(f"w{s.guidance:g}")
     for key in extra:
         parts.append(f"{key}{_value_text(getattr(s, key))}")
@@ -392,7 +383,7 @@ def sampling_variants(
 ) -> tuple[Variant, ...]:
     """The samplings of every trained model: one (``[sample]`` as is), a grid over it, or a list
     of changes to it. A variant's changes are the sample settings that differ between them."""
-    known = [f.name for f in fields(SampleSettings)]
+    known = list(SampleSettings.model_fields)
     if grid:
         for key, values in grid.items():
             if key not in known:
@@ -410,7 +401,7 @@ def sampling_variants(
         changes = [{}]
     made = []
     for i, c in enumerate(changes):
-        s = settings(SampleSettings, {**asdict(sample), **c}, f"{where} variant #{i + 1}")
+        s = settings(SampleSettings, {**sample.to_dict(), **c}, f"{where} variant #{i + 1}")
         made.append(s)
     # Name by the standard triple plus whatever else differs between the variants.
     varying = [k for k in ("eta", "seed", "n") if len({getattr(s, k) for s in made}) > 1]
@@ -423,4 +414,4 @@ def sampling_variants(
 
 
 def _varying_keys(made: list[SampleSettings]) -> list[str]:
-    return [f.name for f in fields(SampleSettings) if len({getattr(s, f.name) for s in made}) > 1]
+    return [k for k in SampleSettings.model_fields if len({getattr(s, k) for s in made}) > 1]

@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 
 from diffscape.checkpoint import TrainingState
-from diffscape.config import RunConfig
 from diffscape.core import atomic, layout
 from diffscape.core.timefmt import duration
+from diffscape.settings.sections import RunConfig
 from diffscape.train.step import StepResult
 
 

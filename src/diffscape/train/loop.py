@@ -28,13 +28,13 @@ import torch
 from accelerate import Accelerator
 
 from diffscape.checkpoint import TrainingState, latest_checkpoint
-from diffscape.config import RunConfig
 from diffscape.core import atomic, layout
 from diffscape.core.errors import DiffscapeError
 from diffscape.data.dataset import Dataset, load_dataset
 from diffscape.data.source import BatchSource, make_source
 from diffscape.model.unet import count_parameters
 from diffscape.sample.generate import generate_images, grid_image
+from diffscape.settings.sections import RunConfig
 from diffscape.train.logger import TrainLogger, truncate_metrics
 from diffscape.train.resume import checkpoint_to_resume, lock_run_dir, resume_state, run_info, save
 from diffscape.train.setup import (
@@ -149,10 +149,12 @@ def _start(
 
 
 def train(
-    cfg: RunConfig, dataset_dir: str | Path, run_dir: str | Path, *, resume: bool | None = None,
-    progress: bool = True, cpu: bool | None = None, on_log: Callable[[dict], None] | None = None,
+    cfg: RunConfig, dataset: str | Path | Dataset, run_dir: str | Path, *,
+    resume: bool | None = None, progress: bool = True, cpu: bool | None = None,
+    on_log: Callable[[dict], None] | None = None,
 ) -> TrainOutcome:  # fmt: skip
-    """Train (or continue training) a DDPM; returns where the final checkpoint is.
+    """Train (or continue) a DDPM on a dataset folder or a loaded Dataset; returns where the
+    final checkpoint is.
 
     ``resume=None`` continues automatically when ``run_dir`` holds a checkpoint, ``True``
     requires one, ``False`` refuses to touch a run folder that has one. Training ends at
@@ -161,8 +163,8 @@ def train(
     """
     t_start = time.perf_counter()
     run_dir = Path(run_dir)
-    ds = load_dataset(dataset_dir)
-    cfg = prepare_config(cfg, ds)
+    ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
+    cfg = prepare_config(cfg, ds)  # the only place: a caller passes the config as resolved
     t = cfg.train
     deadline = t_start + 60 * t.minutes if t.minutes > 0 else math.inf
     with contextlib.ExitStack() as stack:
@@ -171,7 +173,7 @@ def train(
         lock_run_dir(stack, run_dir, accelerator)
         main = accelerator.is_main_process
         parts, state, data = _start(cfg, accelerator, run_dir, resume, ds)
-        info = _write_run_files(cfg, ds, dataset_dir, run_dir, state.step, accelerator)
+        info = _write_run_files(cfg, ds, ds.root, run_dir, state.step, accelerator)
 
         # -- the loop
         start_step, final_ckpt, stopped_by = state.step, None, "steps"
@@ -189,7 +191,7 @@ def train(
             if saving:
                 final_ckpt = save(parts, state, run_dir, info)
             if why == "signal":
-                raise _interrupted(stop, state, final_ckpt, dataset_dir, run_dir)
+                raise _interrupted(stop, state, final_ckpt, ds.root, run_dir)
             if why == "budget":
                 stopped_by = "budget"
                 break

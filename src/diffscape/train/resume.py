@@ -25,11 +25,13 @@ from diffscape.checkpoint import (
     read_checkpoint_config,
     save_checkpoint,
 )
-from diffscape.config import ConfigError, RunConfig, shape_changes
 from diffscape.core import atomic, layout
 from diffscape.core.errors import DiffscapeError
 from diffscape.core.lock import FolderBusy, hold
 from diffscape.data.dataset import Dataset
+from diffscape.settings.engine import ConfigError
+from diffscape.settings.presets import shape_changes
+from diffscape.settings.sections import RunConfig
 from diffscape.train.setup import any_process
 from diffscape.train.step import StepParts
 

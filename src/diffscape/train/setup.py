@@ -15,11 +15,12 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 
 from diffscape.checkpoint import TrainingState
-from diffscape.config import ConfigError, RunConfig, with_changes
 from diffscape.data.dataset import Dataset
 from diffscape.data.source import make_source
 from diffscape.model import diffusion
 from diffscape.model.unet import build_unet
+from diffscape.settings.engine import ConfigError
+from diffscape.settings.sections import RunConfig
 from diffscape.train.step import StepParts, train_step
 
 
@@ -157,7 +158,7 @@ def prepare_config(cfg: RunConfig, ds: Dataset) -> RunConfig:
             raise ConfigError(
                 f"model.num_classes is {m.num_classes} but the dataset has {ds.num_classes}"
             )
-        return with_changes(cfg, model={"num_classes": ds.num_classes})
+        return cfg.with_changes(model={"num_classes": ds.num_classes})
     return cfg
 
 

@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 
 from diffscape.checkpoint import TrainingState
-from diffscape.config import DiffusionConfig, RunConfig
 from diffscape.data.source import BatchSource
 from diffscape.model import diffusion
 from diffscape.model.unet import null_class
+from diffscape.settings.sections import DiffusionConfig, RunConfig
 
 
 def lr_at(step: int, cfg_lr: float, warmup_steps: int, total_steps: int, schedule: str) -> float:
