@@ -9,6 +9,7 @@ batch it was computed in (diffusers' ``randn_tensor`` accepts one generator per 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -115,24 +116,16 @@ def generate_images(
     *,
     class_idx: Sequence[int | None],
     index: Sequence[int],
-    seed: int,
-    sampler: diffusion.Sampler = "ddpm",
-    steps: int | None = None,
-    eta: float = 0.0,
-    guidance: float = 1.0,
-    batch: int = 64,
-    progress: bool = True,
+    **how: Any,
 ) -> np.ndarray:
-    """Images for the given (class, index) pairs as uint8 (N, 3, H, W)."""
+    """Images for the given (class, index) pairs as uint8 (N, 3, H, W), in memory; ``how``:
+    :func:`iter_images`' keywords (seed, sampler, steps, eta, guidance, batch, progress)."""
     if len(class_idx) != len(index):
         raise ValueError("class_idx and index must have the same length")
     size = cfg.model.image_size
     out = np.empty((len(index), 3, size, size), np.uint8)
     pairs = list(zip(class_idx, index, strict=True))
-    for start, images in iter_images(
-        unet, cfg, pairs, seed=seed, sampler=sampler, steps=steps, eta=eta, guidance=guidance,
-        batch=batch, progress=progress,
-    ):  # fmt: skip
+    for start, images in iter_images(unet, cfg, pairs, **how):
         out[start : start + len(images)] = images
     return out
 

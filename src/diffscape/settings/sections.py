@@ -274,7 +274,9 @@ class EvaluateSettings(Settings):
     # on for the evaluate command too (it was off there): 150 of the 64-d features every
     # evaluation computes anyway, so it costs one small FID
     fid64: bool = Field(
-        True, description="also FID on 64-d features of fid64_n vs fid64_n images (seed report)"
+        True,
+        description="FID on 64-d features (fid64) of fid64_n vs fid64_n images, the seed "
+        "report's yardstick; off: of every scored image",
     )
     memorisation: bool = Field(
         True, description="nearest training image of every generated one; near-copies"
