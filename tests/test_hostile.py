@@ -1080,3 +1080,16 @@ def test_usage_errors_are_one_line(argv, capfd):
     assert r.rc == 2
     (line,) = r.err_lines
     assert "error:" in line and "--help" in line
+
+
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
+        (OSError(28, "No space left on device", "/data/x.npy"), "no space left on /data/x.npy"),
+        (RuntimeError("I/O error: No space left on device (os error 28)"), "its --out"),
+    ],
+    ids=["oserror", "wrapped"],
+)
+def test_a_full_disk_anywhere_is_one_line_not_an_internal_error(error, said):
+    line = cli.error_line(error)
+    assert line.startswith("error: no space left") and said in line and "internal" not in line

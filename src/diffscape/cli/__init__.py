@@ -12,6 +12,7 @@ import os
 import sys
 from typing import NoReturn
 
+from diffscape.core.atomic import is_disk_full
 from diffscape.core.errors import DiffscapeError
 
 # Modules that register subcommands, in the order `diffscape --help` lists them.
@@ -111,6 +112,9 @@ def error_line(e: BaseException) -> str:
     was written."""
     if isinstance(e, DiffscapeError):
         return "error: " + _one_line(str(e))
+    if is_disk_full(e):  # a write the commands do not wrap themselves (they name path and size)
+        where = getattr(e, "filename", None) or "the disk this command writes to (its --out)"
+        return f"error: no space left on {where}: free some space, then run the same command again"
     if isinstance(e, OSError) and e.strerror:
         where = f" {e.filename}" if e.filename else ""
         return f"error: cannot use{where}: {e.strerror} (check the path, its permissions and free space)"
