@@ -181,16 +181,21 @@ def sample_to_folder(
                 say(estimate(model, p, len(todo), record, w, batch))
             make_images(model, p, todo, partial, batch=batch, progress=progress, say=say,
                         seed=seed, sampler=sampler, steps=steps, eta=eta, guidance=w)  # fmt: skip
-            write_grid(partial, p)
-            atomic.write_json(partial / layout.SAMPLES_JSON, record)
-            (partial / layout.LOCK).unlink(missing_ok=True)  # held until the fd closes
-            (partial / layout.PARTIAL_JSON).unlink(missing_ok=True)
-            atomic.publish_dir(partial, out)
+            publish(partial, out, p, record)
     except BaseException:
         if held and partial.is_dir() and not any(partial.glob(f"*/{layout.SAMPLE_PNG}")):
             atomic.remove_tmp(partial)  # no image made: nothing to continue from, nothing left
         raise
     return record
+
+
+def publish(partial: Path, out: Path, p: Plan, record: dict) -> None:
+    """The finished partial folder, with its grid and samples.json (last), renamed to ``out``."""
+    write_grid(partial, p)
+    atomic.write_json(partial / layout.SAMPLES_JSON, record)
+    (partial / layout.LOCK).unlink(missing_ok=True)  # held until the fd closes
+    (partial / layout.PARTIAL_JSON).unlink(missing_ok=True)
+    atomic.publish_dir(partial, out)
 
 
 def samples_record(
