@@ -69,7 +69,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     data.set_defaults(func=lambda args: data.print_help() or 2)
     sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    _add_prepare(sub)
+    _add_synth(sub)
+    _add_show(sub)
 
+
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "prepare",
         help="photos (folder or .zip) -> dataset folder",
@@ -103,6 +108,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_overwrite(p, "a dataset --out made from other photos or options")
     p.set_defaults(func=_prepare)
 
+
+def _add_synth(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser(
         "synth",
         help="procedural landscapes -> dataset folder",
@@ -120,6 +127,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_overwrite(s, "a dataset --out")
     s.set_defaults(func=_synth)
 
+
+def _add_show(sub: argparse._SubParsersAction) -> None:
     v = sub.add_parser(
         "show",
         help="dataset folder -> PNG with one row of samples per class",

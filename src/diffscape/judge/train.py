@@ -68,22 +68,10 @@ def train_judge(
     hold-out, the CNN's initialisation, data order and augmentation. Without a val split,
     ``val_fraction`` of each class of train is held out for validation.
     """
-    if kind not in ("svc", "cnn"):
-        raise JudgeError(f"unknown judge kind {kind!r}; choose svc or cnn")
-    if grid and kind != "svc":
-        raise JudgeError("--grid searches the SVC's (C, gamma); it applies to --kind svc only")
-    if not 0 < val_fraction < 1:
-        raise JudgeError(f"--val-fraction must be in (0, 1), got {val_fraction}")
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
     size = size or ds.size
     svc, cnn = svc or SVCSettings(), cnn or CNNSettings()
-    if kind == "cnn" and size < 2 ** len(cnn.widths):
-        raise JudgeError(
-            f"a {len(cnn.widths)}-block CNN halves the image {len(cnn.widths)} times; "
-            f"use --size {2 ** len(cnn.widths)} or more (got {size})"
-        )
-    if not 1 <= size <= MAX_SIZE:
-        raise JudgeError(f"--size must be 1 to {MAX_SIZE} pixels, got {size}")
+    _check_options(kind, grid, val_fraction, size, cnn)
     out = check_out(out, "judge", overwrite=overwrite)  # before training, not after
     settings = svc if kind == "svc" else cnn
     # The SVC works on float32 features, which scikit-learn copies to float64: 12 bytes a value.
@@ -124,6 +112,23 @@ def train_judge(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return JudgeResult(out, kind, ds.classes, size, accuracy, rows, info)
+
+
+def _check_options(kind: str, grid: bool, val_fraction: float, size: int, cnn: CNNSettings) -> None:
+    """The options that no settings model checks, each refused in one line before any work."""
+    if kind not in ("svc", "cnn"):
+        raise JudgeError(f"unknown judge kind {kind!r}; choose svc or cnn")
+    if grid and kind != "svc":
+        raise JudgeError("--grid searches the SVC's (C, gamma); it applies to --kind svc only")
+    if not 0 < val_fraction < 1:
+        raise JudgeError(f"--val-fraction must be in (0, 1), got {val_fraction}")
+    if kind == "cnn" and size < 2 ** len(cnn.widths):
+        raise JudgeError(
+            f"a {len(cnn.widths)}-block CNN halves the image {len(cnn.widths)} times; "
+            f"use --size {2 ** len(cnn.widths)} or more (got {size})"
+        )
+    if not 1 <= size <= MAX_SIZE:
+        raise JudgeError(f"--size must be 1 to {MAX_SIZE} pixels, got {size}")
 
 
 def _check_trainable(ds: Dataset, data: Splits) -> None:
