@@ -77,8 +77,27 @@ def test_check_out_accepts_new_empty_and_same_kind(tmp_path):
             "judge",
             "not empty and not a diffscape folder",
         ),
+        (
+            lambda p: (
+                p.mkdir(),
+                (p.parent / "papers").mkdir(),
+                (p.parent / "papers" / "a.tex").touch(),
+                (p / "papers").symlink_to(p.parent / "papers"),
+            ),
+            "dataset",
+            "not empty and not a diffscape folder",
+        ),
+        (lambda p: (p.mkdir(), (p / "empty").mkdir()), "dataset", "not empty"),
     ],
-    ids=["run-as-dataset", "dataset-as-samples", "file", "thesis", "thesis-subfolder"],
+    ids=[
+        "run-as-dataset",
+        "dataset-as-samples",
+        "file",
+        "thesis",
+        "thesis-subfolder",
+        "only-a-link-to-a-folder",
+        "only-an-empty-folder",
+    ],  # fmt: skip
 )
 def test_check_out_refuses_other_things_naming_them(tmp_path, setup, kind, said):
     out = tmp_path / "thesis"
@@ -90,6 +109,21 @@ def test_check_out_refuses_other_things_naming_them(tmp_path, setup, kind, said)
     assert said in message and str(out) in message and "\n" not in message
     assert isinstance(e.value, DiffscapeError)
     assert digest(tmp_path) == before
+
+
+def test_overwrite_never_replaces_a_folder_holding_a_link(tmp_path):
+    """A link inside a dataset (to a folder or a file, even named like diffscape's own) is a
+    person's: --overwrite would delete it."""
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "notes.txt").write_text("mine")
+    ds = make_dataset(tmp_path / "ds")
+    (ds / "extra").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(layout.OutError, match="holds extra"):
+        layout.check_out(ds, "dataset", overwrite=True)
+    (ds / "extra").unlink()
+    (ds / layout.images_file("val")).symlink_to(tmp_path / "elsewhere" / "notes.txt")
+    with pytest.raises(layout.OutError, match="holds val_images.npy"):
+        layout.check_out(ds, "dataset", overwrite=True)
 
 
 def test_check_out_refuses_broken_link(tmp_path):

@@ -318,26 +318,40 @@ def is_our_temporary(p: Path) -> bool:
     return (p / TMP_MARKER).is_file() if p.is_dir() and not p.is_symlink() else True
 
 
-def foreign_entries(p: Path, kind: str | None = None) -> list[str]:
-    """Paths below folder ``p`` (relative) that this program did not write: everything but the
-    lock and its temporaries, or, for a ``kind`` of REPLACED, what OWN_CONTENT lists."""
+def _ours_in_passing(p: Path) -> bool:
+    """A lock, a temporary's marker, or one of this program's temporaries."""
+    return p.name in (LOCK, TMP_MARKER) or is_our_temporary(p)
+
+
+def holds_nothing(p: Path) -> bool:
+    """Folder ``p`` holds nothing but a lock and this program's temporaries: anything else at
+    its top (a file, a folder, even empty, a link) is someone's."""
+    return all(_ours_in_passing(c) for c in p.iterdir())
+
+
+def foreign_entries(p: Path, kind: str) -> list[str]:
+    """Paths below folder ``p`` (relative; the first 20 or so) that OWN_CONTENT[kind] does not
+    list: files a person put there, and links (this program writes none)."""
     import fnmatch
 
-    patterns = OWN_CONTENT.get(kind or "", ())
+    patterns = OWN_CONTENT.get(kind, ())
     found = []
     for root, dirs, files in os.walk(p):
         rel_root = Path(root).relative_to(p)
         for d in list(dirs):
-            if is_our_temporary(Path(root) / d):
-                dirs.remove(d)  # its contents are ours
+            here = Path(root) / d
+            if here.is_symlink() or is_our_temporary(here):
+                dirs.remove(d)  # a link is not walked: reported below; a temporary is ours
+                if here.is_symlink():
+                    found.append((rel_root / d).as_posix())
         for name in files:
             rel = (rel_root / name).as_posix()
-            if name in (LOCK, TMP_MARKER) or is_our_temporary(Path(root) / name):
+            if _ours_in_passing(Path(root) / name):
                 continue
-            if not any(fnmatch.fnmatchcase(rel, pat) for pat in patterns):
+            if Path(root, name).is_symlink() or not any(
+                fnmatch.fnmatchcase(rel, pat) for pat in patterns
+            ):
                 found.append(rel)
-        if not patterns and dirs:  # empty sub-folders count: someone made them
-            found += [(rel_root / d).as_posix() for d in dirs if not any(Path(root, d).iterdir())]
         if len(found) > 20:
             break
     return sorted(found)
@@ -368,7 +382,7 @@ def check_out(
         return _check_file(p, kind, overwrite, what)
     if not p.is_dir():
         raise _refuse(what, p, "is a file, not a folder", "pick another path")
-    if not foreign_entries(p):  # empty but for a lock and temporaries
+    if holds_nothing(p):
         return p
     if is_kind(p, kind):
         if kind not in REPLACED:
