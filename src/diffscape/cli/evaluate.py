@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from diffscape.cli import HelpFormatter, add_overwrite
@@ -93,14 +92,14 @@ def check_out_file(out: Path, overwrite: bool) -> Path:
     """Refuse an --out that may not or cannot be written before minutes of embedding, not
     after: the rule of every output (diffscape.core.layout.check_out) for the metrics and the
     closest pairs beside them, and a folder this process can write into."""
+    from diffscape.core.atomic import unwritable
     from diffscape.core.errors import DiffscapeError
 
     out = layout.check_out(out, "metrics", overwrite=overwrite)
     layout.check_out(out.with_name(layout.PAIRS_PNG), "image", overwrite=overwrite)
-    parent = out.parent if str(out.parent) else Path(".")
-    existing = next((p for p in (parent, *parent.parents) if p.exists()), Path("."))
-    if not existing.is_dir() or not os.access(existing, os.W_OK):
-        raise DiffscapeError(f"--out {out}: cannot write into {existing}; pick another path")
+    why = unwritable(out.parent)
+    if why is not None:
+        raise DiffscapeError(f"--out {out}: {why}; pick another path")
     return out
 
 

@@ -93,6 +93,24 @@ def make_tmp_dir(path: Path) -> Path:
     return path
 
 
+def nearest_existing(path: str | os.PathLike[str]) -> Path:
+    """``path`` (made absolute) or its nearest ancestor that exists (a broken link counts: it
+    is there, and it is no folder): what decides whether ``path`` can be made."""
+    full = _full(path)
+    return next(p for p in (full, *full.parents) if p.exists() or p.is_symlink())
+
+
+def unwritable(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` could not be created or written into (a phrase naming the obstacle), or None.
+    Creates nothing: the nearest existing folder on the way decides."""
+    existing = nearest_existing(path)
+    if not existing.is_dir():
+        return f"{existing} is not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} cannot be written (read-only file system or no permission)"
+    return None
+
+
 class DiskFull(DiffscapeError):
     """The disk ran out of space (or quota) while writing."""
 
@@ -115,8 +133,7 @@ def disk_full(
         with contextlib.suppress(OSError):
             remove_tmp(tmp)
     where = _full(path)
-    probe = next((p for p in (where, *where.parents) if p.exists()), Path("/"))
-    free = shutil.disk_usage(probe).free
+    free = shutil.disk_usage(nearest_existing(where)).free
     needed = f"about {need / 1e6:,.1f} MB" if need else "more space"
     return DiskFull(
         f"no space left on the disk of {where}: writing it needs {needed}, {free / 1e6:,.1f} MB "

@@ -221,12 +221,8 @@ def check_cache_dir() -> Path:
     CacheError naming it, raised before minutes of embedding (whose features could then not be
     stored). Creates nothing: the nearest existing folder on the way decides."""
     path = cache_dir()
-    existing = next(p for p in (path, *path.parents) if p.exists() or p.is_symlink())
-    if not existing.is_dir():
-        why = f"{existing} is not a folder"
-    elif not os.access(existing, os.W_OK | os.X_OK):
-        why = f"{existing} cannot be written"
-    else:
+    why = atomic.unwritable(path)
+    if why is None:
         return path
     if os.environ.get(ENV_CACHE):
         source, todo = f"${ENV_CACHE}", f"unset {ENV_CACHE} or point it at a writable folder"

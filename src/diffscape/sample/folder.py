@@ -363,12 +363,10 @@ def samples_out(out: str | Path, overwrite: bool) -> Path:
     to (checked before any image is made). Otherwise a one-line error that says what to do."""
     out = layout.check_out(out, "samples", overwrite=overwrite)
     parent = Path(os.path.abspath(out)).parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not os.access(parent, os.W_OK | os.X_OK):
+    why = atomic.unwritable(parent)
+    if why is not None:
         raise DiffscapeError(
-            f"cannot write into {parent} (read-only file system or no permission); pick an "
-            "--out in a folder you can write to"
+            f"cannot write into {parent}: {why}; pick an --out in a folder you can write to"
         )
     return out
 
