@@ -547,3 +547,12 @@ def test_corrupt_png_in_a_samples_folder_is_named(tmp_path):
     bad.write_bytes(good[: len(good) // 2])  # truncated
     with pytest.raises(DiffscapeError, match="00001.png"):
         load_sample_folder(tmp_path)
+
+
+def test_a_class_named_twice_is_sampled_once(runs, tmp_path):
+    rec = sample_to_folder(
+        runs["cond"], tmp_path / "s", n=2, per_class=True, classes=["c1", "c1"], steps=2,
+        progress=False,
+    )  # fmt: skip
+    assert rec["n"] == 2 and rec["counts"] == {"c1": 2}
+    assert sorted(p.name for p in (tmp_path / "s" / "c1").iterdir()) == ["00000.png", "00001.png"]

@@ -3,7 +3,7 @@
 (samples folders, made resumably), :mod:`.export` (interpolation rows, a diffusers folder)."""
 
 from diffscape.sample.export import MAX_FRAMES, export_diffusers, interpolate
-from diffscape.sample.folder import Plan, make_plan, plan, sample_to_folder
+from diffscape.sample.folder import Plan, chosen_classes, make_plan, sample_to_folder
 from diffscape.sample.generate import (
     check_settings,
     default_device,
@@ -23,6 +23,7 @@ __all__ = [
     "LoadedModel",
     "Plan",
     "check_settings",
+    "chosen_classes",
     "class_names",
     "default_device",
     "denoise",
@@ -35,7 +36,6 @@ __all__ = [
     "load_for_sampling",
     "make_plan",
     "model_output",
-    "plan",
     "sample_to_folder",
     "slerp",
     "to_uint8",

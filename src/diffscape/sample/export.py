@@ -15,7 +15,7 @@ from diffscape.core.errors import DiffscapeError
 from diffscape.data.imagefolder import make_grid, save_image
 from diffscape.model import diffusion
 from diffscape.model.unet import null_class
-from diffscape.sample.folder import plan
+from diffscape.sample.folder import chosen_classes
 from diffscape.sample.generate import check_settings, denoise, image_generator, slerp, to_uint8
 from diffscape.sample.load import load_for_sampling
 
@@ -48,8 +48,7 @@ def interpolate(
         raise DiffscapeError(f"interpolate writes a PNG image: {out_png} must end in .png")
     out_png = layout.check_out(out_png, "image", overwrite=overwrite)
     model = load_for_sampling(source)
-    class_idx, _, _ = plan(model, 1, False, [class_name] if class_name else None)
-    k = class_idx[0]
+    k = chosen_classes(model, [class_name] if class_name else None)[0]
     size = model.cfg.model.image_size
     a = torch.randn((3, size, size), generator=image_generator(seed_a, k, 0))
     b = torch.randn((3, size, size), generator=image_generator(seed_b, k, 0))

@@ -35,38 +35,23 @@ from diffscape.settings.sections import SampleSettings
 SAMPLE = SampleSettings()  # the defaults: the same as `diffscape sample`'s and a study's
 
 
-def plan(
-    model: LoadedModel, n: int, per_class: bool, classes: Sequence[str] | None
-) -> tuple[list[int | None], list[int], list[str]]:
-    """(class index, index within class, folder name) for every image to make.
-
-    Conditional: ``n`` per class with ``per_class``, else ``n`` in total spread round-robin over
-    the chosen classes. Unconditional: ``n`` images into ``unconditional/``.
-    """
+def chosen_classes(model: LoadedModel, classes: Sequence[str] | None) -> tuple[int | None, ...]:
+    """The class indices to sample, in the order given (each once): ``classes`` or all of a
+    conditional model's; ``(None,)`` for an unconditional model, which refuses a class."""
     if not model.cfg.model.conditional:
         if classes:
             raise DiffscapeError(
                 "this model is unconditional (trained without --conditional): it cannot make "
                 f"images of class {', '.join(classes)}; drop --class"
             )
-        return [None] * n, list(range(n)), [layout.UNCONDITIONAL] * n
+        return (None,)
     chosen = [layout.safe_component(c, "class name") for c in classes or model.classes]
     unknown = [c for c in chosen if c not in model.classes]
     if unknown:
         raise DiffscapeError(
             f"unknown class {', '.join(unknown)}; this model knows {', '.join(model.classes)}"
         )
-    ks = [model.classes.index(c) for c in chosen]
-    if per_class:
-        pairs = [(k, i) for k in ks for i in range(n)]
-    else:
-        counters = dict.fromkeys(ks, 0)
-        pairs = []
-        for j in range(n):
-            k = ks[j % len(ks)]
-            pairs.append((k, counters[k]))
-            counters[k] += 1
-    return [k for k, _ in pairs], [i for _, i in pairs], [model.classes[k] for k, _ in pairs]
+    return tuple(dict.fromkeys(model.classes.index(c) for c in chosen))
 
 
 @dataclass(frozen=True)
@@ -120,11 +105,9 @@ class Todo(Sequence):
 
 
 def make_plan(model: LoadedModel, n: int, per_class: bool, classes: Sequence[str] | None) -> Plan:
-    if not model.cfg.model.conditional:
-        plan(model, 1, per_class, classes)  # refuses --class for an unconditional model
-        return Plan((None,), (layout.UNCONDITIONAL,), n, per_class)
-    ks = plan(model, 1, True, classes)[0]
-    return Plan(tuple(ks), tuple(model.classes[k] for k in ks), n, per_class)
+    ks = chosen_classes(model, classes)
+    names = tuple(layout.UNCONDITIONAL if k is None else model.classes[k] for k in ks)
+    return Plan(ks, names, n, per_class)
 
 
 def sample_to_folder(
