@@ -327,6 +327,32 @@ def test_data_order_and_lr_are_pure_functions():
     assert lr_at(0, 1.0, 10, 100, "constant") == pytest.approx(0.1)
     assert lr_at(50, 1.0, 10, 100, "constant") == 1.0
     assert lr_at(100, 1.0, 10, 100, "cosine") == pytest.approx(0.0, abs=1e-9)
+    assert lr_at(55, 1.0, 10, 100, "linear") == pytest.approx(0.5)
+    # a wall-clock budget: the decay follows whichever end is nearer, steps or minutes
+    assert lr_at(20, 1.0, 10, 100, "linear", budget_progress=0.75) == pytest.approx(0.25)
+    assert lr_at(20, 1.0, 10, 100, "cosine", budget_progress=1.0) == pytest.approx(0, abs=1e-9)
+    assert lr_at(20, 1.0, 10, 100, "constant", budget_progress=0.9) == 1.0
+    assert lr_at(5, 1.0, 10, 100, "linear", budget_progress=0.9) == pytest.approx(0.6)  # warm-up
+
+
+def test_lr_decays_to_the_minutes_deadline_and_the_budget_is_the_runs(ds, tmp_path):
+    """With train.minutes, a decaying LR reaches ~0 at the deadline although train.steps is far
+    away; the seconds trained are checkpointed, so a resumed run trains only what is left."""
+    over = ("train.steps=100000", "train.minutes=0.03", "train.lr_schedule=linear",
+            "train.warmup_steps=0", "train.log_every_steps=1", "train.checkpoint_every_steps=0")  # fmt: skip
+    r = train(cfg(*over), ds.root, tmp_path / "r", progress=False)
+    assert r.stopped_by == "budget" and r.steps >= 3
+    records = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    peak = cfg().train.lr
+    assert records[0]["lr"] == pytest.approx(peak)
+    assert records[-1]["lr"] < 0.25 * peak  # the last step ran close to the deadline
+    lrs = [x["lr"] for x in records]
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] < lrs[0]
+    assert records[-1]["seconds"] >= 0.03 * 60
+    state = json.loads((r.final_checkpoint / "state.json").read_text())
+    assert state["seconds"] >= 0.03 * 60
+    again = train(cfg(*over), ds.root, tmp_path / "r", progress=False)
+    assert again.steps == r.steps and again.stopped_by == "budget"  # nothing left to train
 
 
 def test_cpu_bf16_autocast_trains_close_to_fp32(ds, tmp_path):

@@ -135,6 +135,9 @@ class TrainingState:
     step: int  # optimizer steps done
     bad_steps_in_a_row: int = 0
     skipped_steps: int = 0  # non-finite steps skipped so far
+    # wall-clock seconds this run has trained, over every call: what train.minutes counts and
+    # what the LR schedule's budget progress is (0 in checkpoints written before it existed)
+    seconds: float = 0.0
 
 
 def read_checkpoint_config(ckpt: Path) -> RunConfig:
@@ -179,6 +182,7 @@ def load_training_state(
             step=int(meta["step"]),
             bad_steps_in_a_row=int(meta["bad_steps_in_a_row"]),
             skipped_steps=int(meta["skipped_steps"]),
+            seconds=float(meta.get("seconds", 0.0)),
         )
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(

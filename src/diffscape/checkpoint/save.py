@@ -138,6 +138,7 @@ def _write_checkpoint(
         "step": state.step,
         "bad_steps_in_a_row": state.bad_steps_in_a_row,
         "skipped_steps": state.skipped_steps,
+        "seconds": state.seconds,
         "rng": rng_meta,
         "diffscape_version": __version__,
         "torch_version": torch.__version__,

@@ -128,15 +128,20 @@ class TrainConfig(Settings):
     steps: int = Field(2000, ge=1, le=MANY, description="optimizer steps in total")
     minutes: float = Field(
         0.0, ge=0,
-        description="wall-clock budget in minutes, 0 = none: at the deadline the step in "
-        "progress finishes, a checkpoint is saved and training ends; train.steps still caps it",
+        description="wall-clock budget of the run in minutes (every call together: a resumed "
+        "run trains what is left), 0 = none: at the deadline the step in progress finishes, a "
+        "checkpoint is saved and training ends; train.steps still caps it",
     )  # fmt: skip
     batch_size: int = Field(
         32, ge=1, le=65_536, description="images per step, summed over processes"
     )
     lr: float = Field(2e-4, gt=0, le=1, description="peak AdamW learning rate")
     warmup_steps: int = Field(100, ge=0, le=MANY, description="linear LR warm-up from 0, in steps")
-    lr_schedule: Literal["constant", "cosine"] = Field("constant", description="LR after warm-up")
+    lr_schedule: Literal["constant", "cosine", "linear"] = Field(
+        "constant",
+        description="LR after warm-up: constant, or a cosine or linear decay to 0 at the end "
+        "of training (train.steps, or the train.minutes deadline when that comes first)",
+    )
     weight_decay: float = Field(0.0, ge=0, le=10, description="AdamW decoupled weight decay")
     grad_clip: float = Field(
         1.0, ge=0, description="clip the gradient at this global norm, 0 = off"

@@ -29,16 +29,10 @@ class TrainLogger:
 
     def __init__(
         self, run_dir: Path, cfg: RunConfig, *, main: bool, world: int, step: int,
-        t_start: float, progress: bool, on_log: Callable[[dict], None] | None,
+        progress: bool, on_log: Callable[[dict], None] | None,
     ) -> None:  # fmt: skip
         self.path = run_dir / layout.METRICS_JSONL
-        self.cfg, self.main, self.world, self.t_start, self.on_log = (
-            cfg,
-            main,
-            world,
-            t_start,
-            on_log,
-        )
+        self.cfg, self.main, self.world, self.on_log = cfg, main, world, on_log
         self.tb = _tensorboard(run_dir) if main else None
         self.bar = None
         # With a wall-clock budget the bar counts seconds of it (the step cap is usually far
@@ -71,7 +65,7 @@ class TrainLogger:
         if self.bar is None:
             return
         if self.budget_seconds:
-            spent = min(self.budget_seconds, time.perf_counter() - self.t_start)
+            spent = min(self.budget_seconds, state.seconds)  # the run's, over every call
             self.bar.set_postfix_str(f"step {state.step}{self.loss_text}", refresh=False)
             self.bar.update(max(0.0, spent - self.bar.n))
         else:
@@ -119,7 +113,7 @@ class TrainLogger:
             "images_per_second": self.window_steps * t.batch_size / max(elapsed, 1e-9),
             "skipped_steps": state.skipped_steps,
             "processes": self.world,
-            "seconds": time.perf_counter() - self.t_start,
+            "seconds": state.seconds,  # trained by the run so far, over every call
         }
         if stopped_by is not None:
             record["stopped_by"] = stopped_by

@@ -38,7 +38,6 @@ from diffscape.settings.sections import RunConfig
 from diffscape.train.logger import TrainLogger, truncate_metrics
 from diffscape.train.resume import checkpoint_to_resume, lock_run_dir, resume_state, run_info, save
 from diffscape.train.setup import (
-    any_process,
     build_model,
     make_accelerator,
     precision_notes,
@@ -116,12 +115,18 @@ def _check_bad_steps(gave_up: int | None, max_bad_steps: int, run_dir: Path) -> 
         )
 
 
-def _stop_reason(accelerator: Accelerator, stop: _StopFlag, deadline: float) -> str | None:
-    """Why to stop after this step ("signal", "budget" or None), agreed by all processes."""
-    by_signal, by_budget = any_process(
-        accelerator, stop.signum is not None, time.perf_counter() >= deadline
-    )
-    return "signal" if by_signal else ("budget" if by_budget else None)
+def _stop_reason(
+    accelerator: Accelerator, stop: _StopFlag, seconds: float, budget: float
+) -> tuple[str | None, float]:
+    """Why to stop after this step ("signal", "budget" or None) and the run's seconds trained,
+    both agreed by all processes (the seconds set the next step's LR, which must not differ)."""
+    by_signal = stop.signum is not None
+    if accelerator.num_processes > 1:
+        flags = torch.tensor([float(by_signal), seconds], device=accelerator.device)
+        by_signal, seconds = accelerator.reduce(flags, "sum").tolist()
+        seconds /= accelerator.num_processes
+    why = "signal" if by_signal else ("budget" if seconds >= budget else None)
+    return why, seconds
 
 
 def _start(
@@ -142,6 +147,9 @@ def _start(
     if ckpt is not None:
         state, resume_note = resume_state(ckpt, model, ema, optimizer, gen, rank, t.seed)
         notes += [f"resuming {run_dir} from {ckpt.name} (step {state.step})", resume_note]
+        if t.minutes and state.seconds >= 60 * t.minutes and state.step < t.steps:
+            notes.append(f"train: the run has used its train.minutes={t.minutes:g} budget; "
+                         "raise --minutes to train it longer")  # fmt: skip
     for note in notes if accelerator.is_main_process else []:
         if note:
             print(note, file=sys.stderr)
@@ -158,15 +166,17 @@ def train(
 
     ``resume=None`` continues automatically when ``run_dir`` holds a checkpoint, ``True``
     requires one, ``False`` refuses to touch a run folder that has one. Training ends at
-    ``train.steps``, or earlier when ``train.minutes`` (of this call) have passed: the step in
-    progress finishes and a checkpoint is saved (``stopped_by="budget"``).
+    ``train.steps``, or earlier when the run has trained ``train.minutes`` (over all its calls;
+    checkpoints keep the seconds): the step in progress finishes and a checkpoint is saved
+    (``stopped_by="budget"``). A decaying ``train.lr_schedule`` reaches 0 at whichever end
+    comes first.
     """
     t_start = time.perf_counter()
     run_dir = Path(run_dir)
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
     cfg = prepare_config(cfg, ds)  # the only place: a caller passes the config as resolved
     t = cfg.train
-    deadline = t_start + 60 * t.minutes if t.minutes > 0 else math.inf
+    budget = 60 * t.minutes if t.minutes > 0 else math.inf
     with contextlib.ExitStack() as stack:
         # -- setup: the accelerator, the run folder's lock, the network, resume
         accelerator = make_accelerator(cfg, cpu)
@@ -176,15 +186,19 @@ def train(
         info = _write_run_files(cfg, ds, ds.root, run_dir, state.step, accelerator)
 
         # -- the loop
-        start_step, final_ckpt, stopped_by = state.step, None, "steps"
+        start_step, final_ckpt = state.step, None
+        stopped_by = "budget" if state.seconds >= budget else "steps"  # resumed with none left
         log = TrainLogger(run_dir, cfg, main=main, world=accelerator.num_processes,
-                          step=state.step, t_start=t_start, progress=progress, on_log=on_log)  # fmt: skip
+                          step=state.step, progress=progress, on_log=on_log)  # fmt: skip
         stack.callback(log.close)
         stop = stack.enter_context(_StopFlag())
-        while state.step < t.steps:
+        before = state.seconds  # trained in earlier calls (the same on every process)
+        while state.step < t.steps and state.seconds < budget:
             result = train_step(parts, state, data)
             log.step(state, result)
-            why = _stop_reason(accelerator, stop, deadline)
+            why, state.seconds = _stop_reason(
+                accelerator, stop, before + time.perf_counter() - t_start, budget
+            )
             saving = _log_and_check(log, state, result.lr, why, cfg, run_dir)
             if t.sample_every_steps and state.step % t.sample_every_steps == 0 and main:
                 _sample_grid(parts.ema, cfg, ds.classes, run_dir, state.step)

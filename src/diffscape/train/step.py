@@ -2,7 +2,8 @@
 one copy of the step (``train()`` runs it; the benchmarks time it).
 
 Every random draw of a step comes from ``parts.gen`` (flips, noise, timesteps, label dropout),
-whose state is checkpointed, and the LR is a pure function of the step: what exact resume needs.
+whose state is checkpointed, and the LR is a pure function of the step (and, with a wall-clock
+budget, of the seconds trained, which are checkpointed too): what exact resume needs.
 
 The step does not wait for the device: a non-finite step is skipped on the device (fused AdamW's
 ``found_inf``, an EMA weight of 0), and the loop reads the steps' flags and losses once per
@@ -26,13 +27,21 @@ from diffscape.model.unet import null_class
 from diffscape.settings.sections import DiffusionConfig, RunConfig
 
 
-def lr_at(step: int, cfg_lr: float, warmup_steps: int, total_steps: int, schedule: str) -> float:
-    """Linear warm-up from 0 to ``cfg_lr``, then constant or cosine decay to 0."""
+def lr_at(
+    step: int, cfg_lr: float, warmup_steps: int, total_steps: int, schedule: str,
+    budget_progress: float = 0.0,
+) -> float:  # fmt: skip
+    """Linear warm-up from 0 to ``cfg_lr``, then constant, or a cosine or linear decay that
+    reaches 0 at the end of training: at ``total_steps``, or when the wall-clock budget is spent
+    (``budget_progress``: the fraction of ``train.minutes`` used), whichever comes first."""
     if warmup_steps and step < warmup_steps:
         return cfg_lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    progress = min(1.0, max(progress, budget_progress))
     if schedule == "cosine":
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return cfg_lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return cfg_lr * 0.5 * (1 + math.cos(math.pi * progress))
+    if schedule == "linear":
+        return cfg_lr * (1.0 - progress)
     return cfg_lr
 
 
@@ -153,7 +162,8 @@ def train_step(parts: StepParts, state: TrainingState, data: BatchSource) -> Ste
     x_t = diffusion.q_sample(x0, noise, tt, alpha_bar)
     target = diffusion.training_target(x0, noise, tt, alpha_bar, cfg.diffusion.prediction)
 
-    lr = lr_at(step, t.lr, t.warmup_steps, t.steps, t.lr_schedule)
+    spent = state.seconds / (60 * t.minutes) if t.minutes > 0 else 0.0
+    lr = lr_at(step, t.lr, t.warmup_steps, t.steps, t.lr_schedule, spent)
     for group in parts.optimizer.param_groups:
         group["lr"] = lr
     with acc.autocast():
