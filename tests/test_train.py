@@ -336,21 +336,22 @@ def test_data_order_and_lr_are_pure_functions():
 
 
 def test_lr_decays_to_the_minutes_deadline_and_the_budget_is_the_runs(ds, tmp_path):
-    """With train.minutes, a decaying LR reaches ~0 at the deadline although train.steps is far
-    away; the seconds trained are checkpointed, so a resumed run trains only what is left."""
-    over = ("train.steps=100000", "train.minutes=0.03", "train.lr_schedule=linear",
+    """With train.minutes, a decaying LR follows the seconds trained to 0 at the deadline
+    although train.steps is far away; the seconds are checkpointed, so a resumed run trains only
+    what is left. (Checked against the log's own clock: independent of the machine's speed.)"""
+    budget = 0.2 * 60
+    over = ("train.steps=100000", "train.minutes=0.2", "train.lr_schedule=linear",
             "train.warmup_steps=0", "train.log_every_steps=1", "train.checkpoint_every_steps=0")  # fmt: skip
     r = train(cfg(*over), ds.root, tmp_path / "r", progress=False)
-    assert r.stopped_by == "budget" and r.steps >= 3
+    assert r.stopped_by == "budget" and r.steps >= 2
     records = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     peak = cfg().train.lr
-    assert records[0]["lr"] == pytest.approx(peak)
-    assert records[-1]["lr"] < 0.25 * peak  # the last step ran close to the deadline
-    lrs = [x["lr"] for x in records]
-    assert lrs == sorted(lrs, reverse=True) and lrs[-1] < lrs[0]
-    assert records[-1]["seconds"] >= 0.03 * 60
+    assert records[0]["lr"] == pytest.approx(peak)  # nothing trained before the first step
+    for before, rec in zip(records, records[1:], strict=False):  # a step's LR: the seconds so far
+        assert rec["lr"] == pytest.approx(peak * (1 - before["seconds"] / budget), rel=1e-6)
+    assert records[-2]["seconds"] < budget <= records[-1]["seconds"]
     state = json.loads((r.final_checkpoint / "state.json").read_text())
-    assert state["seconds"] >= 0.03 * 60
+    assert state["seconds"] == pytest.approx(records[-1]["seconds"])
     again = train(cfg(*over), ds.root, tmp_path / "r", progress=False)
     assert again.steps == r.steps and again.stopped_by == "budget"  # nothing left to train
 

@@ -170,6 +170,12 @@ class TrainConfig(Settings):
         description="hold the split on the device; auto: on CUDA when <= 25% of free GPU memory",
     )
     seed: Seed = Field(0, description="seeds weights, data order, noise and dropout")
+    # Through Accelerate's trackers (diffscape.train.logger.trackers); metrics.jsonl always.
+    log_with: Literal["tensorboard", "wandb", "mlflow", "off"] = Field(
+        "tensorboard",
+        description="also log to this tracker: tensorboard (when installed; RUN/tensorboard/), "
+        "wandb (WANDB_MODE=offline: files in RUN/wandb/), mlflow (MLFLOW_TRACKING_URI), off",
+    )
     log_every_steps: int = Field(
         25, ge=1, le=MANY, description="metrics.jsonl cadence: a line per this many steps"
     )

@@ -1,5 +1,6 @@
-"""What a training says: metrics.jsonl, TensorBoard, the progress bar, the ``on_log`` callback
-and the one line on how long the run will take."""
+"""What a training says: metrics.jsonl, the progress bar, the ``on_log`` callback and the one
+line on how long the run will take; and the same numbers to TensorBoard, Weights & Biases or
+MLflow through Accelerate's trackers (``train.log_with``), which own those integrations."""
 
 from __future__ import annotations
 
@@ -11,16 +12,62 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
+from accelerate.tracking import GeneralTracker
 
 from diffscape.checkpoint import TrainingState
 from diffscape.core import atomic, layout
 from diffscape.core.timefmt import duration
+from diffscape.settings.engine import ConfigError
 from diffscape.settings.sections import RunConfig
 from diffscape.train.step import StepResult
 
+TRACKED = ("loss", "lr", "grad_norm", "images_per_second")  # logged to the tracker as train/KEY
+EXTRAS = {"wandb": "wandb", "mlflow": "mlflow", "tensorboard": "tensorboard"}  # pip extra
+
+
+def trackers(cfg: RunConfig, run_dir: Path) -> list[GeneralTracker]:
+    """The Accelerate tracker of ``train.log_with`` for this run (main process only).
+
+    tensorboard: RUN/tensorboard/ as before, nothing when the package is not installed (an
+    optional extra); wandb and mlflow: refused in one line when not installed. Built here rather
+    than named in ``Accelerator(log_with=...)`` to choose their places: Accelerate would give
+    MLflow the run folder as the whole experiment's artifact store."""
+    name = cfg.train.log_with
+    if name == "off":
+        return []
+    try:
+        __import__(name)
+    except ImportError:
+        if name == "tensorboard":
+            return []
+        raise ConfigError(
+            f"train.log_with={name} needs the {name} package: pip install 'diffscape[{EXTRAS[name]}]'"
+        ) from None
+    from accelerate.tracking import MLflowTracker, TensorBoardTracker, WandBTracker
+
+    if name == "tensorboard":
+        return [TensorBoardTracker(layout.TENSORBOARD, run_dir)]
+    if name == "wandb":
+        return [WandBTracker("diffscape", dir=str(run_dir), name=run_dir.name)]
+    return [MLflowTracker("diffscape", run_name=run_dir.name)]
+
+
+def tracker_config(cfg: RunConfig) -> dict[str, str | int | float | bool] | None:
+    """The run's config as flat parameters (``model.channels``: "[32, 64, 64]"); None for
+    TensorBoard, whose hparams would add files that runs never had (config.json is beside)."""
+    if cfg.train.log_with == "tensorboard":
+        return None
+    flat = {}
+    for section, values in cfg.model_dump(mode="json").items():
+        for key, value in values.items() if isinstance(values, dict) else [("", values)]:
+            name = f"{section}.{key}" if key else section
+            flat[name] = value if isinstance(value, str | int | float | bool) else json.dumps(value)
+    return flat
+
 
 class TrainLogger:
-    """metrics.jsonl, TensorBoard, the progress bar and the ``on_log`` callback.
+    """metrics.jsonl, the tracker, the progress bar and the ``on_log`` callback.
 
     Losses are averaged over a window of ``train.log_every_steps`` good steps; skipped steps get
     their own record. Steps are only queued as they come; :meth:`settle` reads their flags (the
@@ -28,18 +75,20 @@ class TrainLogger:
     the window (its losses are already reduced); only the main process writes."""
 
     def __init__(
-        self, run_dir: Path, cfg: RunConfig, *, main: bool, world: int, step: int,
+        self, run_dir: Path, cfg: RunConfig, accelerator: Accelerator, *, step: int,
         progress: bool, on_log: Callable[[dict], None] | None,
     ) -> None:  # fmt: skip
         self.path = run_dir / layout.METRICS_JSONL
-        self.cfg, self.main, self.world, self.on_log = cfg, main, world, on_log
-        self.tb = _tensorboard(run_dir) if main else None
+        self.cfg, self.on_log, self.accelerator = cfg, on_log, accelerator
+        self.main, self.world = accelerator.is_main_process, accelerator.num_processes
+        # the trackers given to the Accelerator by train.setup.make_accelerator (main only)
+        accelerator.init_trackers("diffscape", config=tracker_config(cfg))
         self.bar = None
         # With a wall-clock budget the bar counts seconds of it (the step cap is usually far
         # away and its ETA meaningless); otherwise it counts steps.
         self.budget_seconds = cfg.train.minutes * 60
         self.loss_text = ""
-        if progress and main:
+        if progress and self.main:
             from tqdm.auto import tqdm
 
             if self.budget_seconds:
@@ -128,9 +177,8 @@ class TrainLogger:
             (self.bar.write if self.bar is not None else print)(note, file=sys.stderr)
         if self.main:
             _append_jsonl(self.path, record)
-            if self.tb is not None:
-                for k in ("loss", "lr", "grad_norm", "images_per_second"):
-                    self.tb.add_scalar(f"train/{k}", record[k], state.step)
+            tracked = {f"train/{k}": record[k] for k in TRACKED if record[k] is not None}
+            self.accelerator.log(tracked, step=state.step)
             self.loss_text = f", loss={record['loss']:.4f}"
             if self.bar is not None and not self.budget_seconds:
                 self.bar.set_postfix_str(self.loss_text[2:], refresh=False)
@@ -138,11 +186,27 @@ class TrainLogger:
                 self.on_log(record)
         self._window_reset()
 
+    def image(self, path: Path, step: int) -> None:
+        """A sample grid to the tracker: an MLflow artifact, a W&B image (TensorBoard: none,
+        the grids are PNGs in the run folder)."""
+        for tracker in self.accelerator.trackers:
+            if tracker.name == "mlflow":
+                tracker.log_artifact(str(path))
+            elif tracker.name == "wandb":
+                from PIL import Image
+
+                tracker.log_images({"samples": [Image.open(path)]}, step=step)
+
+    def __enter__(self) -> TrainLogger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-        if self.tb is not None:
-            self.tb.close()
+        self.accelerator.end_training()  # closes the trackers' runs
 
 
 def pace_note(steps: int, minutes: float, step: int, steps_per_second: float, spent: float) -> str:
@@ -176,11 +240,3 @@ def truncate_metrics(path: Path, step: int) -> None:
         return
     keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
     atomic.write_text(path, "".join(ln + "\n" for ln in keep))
-
-
-def _tensorboard(run_dir: Path):  # noqa: ANN202 - optional dependency
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is an optional extra
-        return None
-    return SummaryWriter(log_dir=str(run_dir / layout.TENSORBOARD))

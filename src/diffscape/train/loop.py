@@ -35,7 +35,7 @@ from diffscape.data.source import BatchSource, make_source
 from diffscape.model.unet import count_parameters
 from diffscape.sample.generate import generate_images, grid_image
 from diffscape.settings.sections import RunConfig
-from diffscape.train.logger import TrainLogger, truncate_metrics
+from diffscape.train.logger import TrainLogger, trackers, truncate_metrics
 from diffscape.train.resume import checkpoint_to_resume, lock_run_dir, resume_state, run_info, save
 from diffscape.train.setup import (
     build_model,
@@ -179,7 +179,7 @@ def train(
     budget = 60 * t.minutes if t.minutes > 0 else math.inf
     with contextlib.ExitStack() as stack:
         # -- setup: the accelerator, the run folder's lock, the network, resume
-        accelerator = make_accelerator(cfg, cpu)
+        accelerator = make_accelerator(cfg, cpu, trackers(cfg, run_dir))
         lock_run_dir(stack, run_dir, accelerator)
         main = accelerator.is_main_process
         parts, state, data = _start(cfg, accelerator, run_dir, resume, ds)
@@ -187,10 +187,8 @@ def train(
 
         # -- the loop
         start_step, final_ckpt = state.step, None
-        stopped_by = "budget" if state.seconds >= budget else "steps"  # resumed with none left
-        log = TrainLogger(run_dir, cfg, main=main, world=accelerator.num_processes,
-                          step=state.step, progress=progress, on_log=on_log)  # fmt: skip
-        stack.callback(log.close)
+        log = stack.enter_context(TrainLogger(run_dir, cfg, accelerator, step=state.step,
+                                              progress=progress, on_log=on_log))  # fmt: skip
         stop = stack.enter_context(_StopFlag())
         before = state.seconds  # trained in earlier calls (the same on every process)
         while state.step < t.steps and state.seconds < budget:
@@ -200,22 +198,17 @@ def train(
                 accelerator, stop, before + time.perf_counter() - t_start, budget
             )
             saving = _log_and_check(log, state, result.lr, why, cfg, run_dir)
-            if t.sample_every_steps and state.step % t.sample_every_steps == 0 and main:
-                _sample_grid(parts.ema, cfg, ds.classes, run_dir, state.step)
+            _grid_when_due(log, parts, ds.classes, run_dir, state.step, end=False)
             if saving:
                 final_ckpt = save(parts, state, run_dir, info)
             if why == "signal":
                 raise _interrupted(stop, state, final_ckpt, ds.root, run_dir)
-            if why == "budget":
-                stopped_by = "budget"
-                break
 
-        # -- the end
+        # -- the end: by train.steps, or by the budget (also: resumed with none left)
+        stopped_by = "steps" if state.step >= t.steps else "budget"
         final_ckpt = final_ckpt or latest_checkpoint(run_dir)  # None: nothing to train
-        if main and t.sample_every_steps and not (run_dir / layout.TRAIN_SAMPLES).is_dir():
-            _sample_grid(parts.ema, cfg, ds.classes, run_dir, state.step)
+        _grid_when_due(log, parts, ds.classes, run_dir, state.step, end=True)
     seconds = time.perf_counter() - t_start
-    accelerator.end_training()
     return TrainOutcome(
         run_dir=run_dir, steps=state.step, final_checkpoint=Path(final_ckpt or run_dir),
         seconds=seconds, skipped_steps=state.skipped_steps,
@@ -268,11 +261,24 @@ def _interrupted(
     )
 
 
+def _grid_when_due(
+    log: TrainLogger, parts: StepParts, classes: list[str], run_dir: Path, step: int, end: bool
+) -> None:
+    """The main process's sample grid every ``train.sample_every_steps``, and one at the end
+    when the run has none; each also to the tracker."""
+    every = parts.cfg.train.sample_every_steps
+    if not (every and log.main):
+        return
+    due = not (run_dir / layout.TRAIN_SAMPLES).is_dir() if end else step % every == 0
+    if due:
+        log.image(_sample_grid(parts.ema, parts.cfg, classes, run_dir, step), step)
+
+
 def _sample_grid(
     ema: torch.nn.Module, cfg: RunConfig, classes: list[str], run_dir: Path, step: int
-) -> None:
+) -> Path:
     """A grid from the EMA weights with fixed seeds: one row per class (or 2 rows
-    unconditional), so grids at different steps are comparable."""
+    unconditional), so grids at different steps are comparable; returns its path."""
     per_row = 8
     if cfg.model.conditional:
         class_idx = [c for c in range(len(classes)) for _ in range(per_row)]
@@ -292,5 +298,7 @@ def _sample_grid(
         progress=False,
     )
     names = classes if cfg.model.conditional else ["samples"]
-    with atomic.atomic_path(run_dir / layout.TRAIN_SAMPLES / layout.train_grid_name(step)) as tmp:
+    path = run_dir / layout.TRAIN_SAMPLES / layout.train_grid_name(step)
+    with atomic.atomic_path(path) as tmp:
         grid_image(imgs, names, per_row).save(tmp, format="PNG")
+    return path

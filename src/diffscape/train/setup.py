@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
+from accelerate.tracking import GeneralTracker
 
 from diffscape.checkpoint import TrainingState
 from diffscape.data.dataset import Dataset
@@ -24,9 +25,12 @@ from diffscape.settings.sections import RunConfig
 from diffscape.train.step import StepParts, train_step
 
 
-def make_accelerator(cfg: RunConfig, cpu: bool | None = None) -> Accelerator:
+def make_accelerator(
+    cfg: RunConfig, cpu: bool | None = None, trackers: list[GeneralTracker] | None = None
+) -> Accelerator:
     """The Accelerator for ``cfg.train.precision`` (see :func:`resolve_precision`), on the CPU
-    when ``cpu`` or when there is no GPU."""
+    when ``cpu`` or when there is no GPU, logging to ``trackers`` (given to the main process
+    only: RANK 0 of a launcher)."""
     t = cfg.train
     if t.precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("train.precision: fp16 needs a CUDA GPU; use bf16 or fp32 on a CPU")
@@ -40,7 +44,9 @@ def make_accelerator(cfg: RunConfig, cpu: bool | None = None) -> Accelerator:
         # (sweeps, notebooks), so forget the previous run's state first.
         AcceleratorState._reset_state(reset_partial_state=True)
     accelerator = Accelerator(
-        cpu=on_cpu, mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+        cpu=on_cpu,
+        mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision],
+        log_with=trackers if trackers and os.environ.get("RANK", "0") == "0" else None,
     )
     if t.batch_size % accelerator.num_processes:
         raise ConfigError(
