@@ -129,7 +129,7 @@ def plan(spec: SweepSpec) -> list[RunSpec]:
                         {**t.changes, **changes},
                         setting=setting,
                         seed=seed,
-                    )  # fmt: skip
+                    )
                 )
     if errors:
         raise SweepError("; ".join(errors))

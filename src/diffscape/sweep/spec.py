@@ -133,10 +133,8 @@ def parse_sweep(data: dict[str, Any], source: str, root: Path) -> SweepSpec:
         dataset = raw["dataset"] = str((root / str(dataset)).resolve())
     base = flatten_overrides(_table(data, "base", source), f"{source} [base]")
     if "grid" in data:
-        trainings = grid_variants(
-            flatten_overrides(_table(data, "grid", source), f"{source} [grid]"),
-            f"{source} [grid]",
-        )
+        where = f"{source} [grid]"
+        trainings = grid_variants(flatten_overrides(_table(data, "grid", source), where), where)
     elif "runs" in data:
         trainings = listed_runs(data["runs"], source)
     else:
