@@ -276,10 +276,10 @@ def test_with_changes_is_validated_and_merges_sections():
 
 def test_sweep_spec_uses_the_settings_engine(tmp_path):
     from diffscape.sweep import spec
-    from diffscape.sweep.plan import plan, resolve_config
+    from diffscape.sweep.plan import plan
 
     assert not hasattr(spec, "_coerce")
-    assert resolve_config("tiny", {"train.steps": 7}) == presets.resolve("tiny", ["train.steps=7"])
+    assert presets.resolve("tiny", {"train.steps": 7}) == presets.resolve("tiny", ["train.steps=7"])
     path = tmp_path / "s.toml"
     for body, field in [
         ("[sample]\neta = nan\n", "sample.eta"),

@@ -4,10 +4,11 @@
 computes every score from features: FID at 2048 and at 64 features (``fid64``; with the fid64
 setting on 150 vs 150 images, the seed report's), KID mean ± std, precision and recall
 (Kynkäänniemi et al. 2019), the Inception Score when genuine logits exist, per-class FID/KID for
-class-conditional samples, and optionally a bootstrap interval for FID. The memorisation check (:mod:`.memorisation`) finds each
-generated image's nearest training image in Inception space and in pixels. Images reach the
-network resized like torch-fidelity and TensorFlow 1 (``resize="tf1"``, the standard of
-published FIDs) unless ``resize="torch"`` (torchmetrics >= 1.8's antialiased bilinear). It returns the metrics and writes nothing: ``write_metrics`` saves
+class-conditional samples, and optionally a bootstrap interval for FID. The memorisation check
+(:mod:`.memorisation`) finds each generated image's nearest training image in Inception space
+and in pixels. Images reach the network resized like torch-fidelity and TensorFlow 1
+(``resize="tf1"``, the standard of published FIDs) unless ``resize="torch"`` (torchmetrics >=
+1.8's antialiased bilinear). It returns the metrics and writes nothing: ``write_metrics`` saves
 them (``metrics.json``), ``format_summary`` turns them into a one-screen summary.
 
 Sample sizes: FID is biased upward at small n (and at n < 2048 its covariance is singular), so
@@ -100,11 +101,6 @@ def versions() -> dict[str, str]:
 # ---- what the --fake argument names ------------------------------------------------------------
 
 
-def fake_run_samples(run_dir: Path, n: int, seed: int) -> Path:
-    """Where ``open_fake`` puts the images it samples from a run."""
-    return run_dir / layout.TRAIN_SAMPLES / layout.evaluate_samples_name(n, seed)
-
-
 def _split_spec(spec: str) -> tuple[Path, str | None]:
     head, sep, tail = spec.rpartition(":")
     return (Path(head), tail) if sep and tail in SPLITS else (Path(spec), None)
@@ -130,7 +126,7 @@ def open_fake(spec: str, *, n: int, seed: int = 0) -> Side:
     if split is not None:
         raise DiffscapeError(f"{path} is not a prepared dataset, so {spec!r} names no split")
     if layout.is_run_dir(path):
-        out_dir = fake_run_samples(path, n, seed)
+        out_dir = path / layout.TRAIN_SAMPLES / layout.evaluate_samples_name(n, seed)
         if not layout.is_samples_dir(out_dir):
             from diffscape.sample import sample_to_folder
 
@@ -330,57 +326,42 @@ def per_class_scores(
     return out or None
 
 
-def _extra_scores(
-    real_feats: Features,
-    fake_feats: Features,
+def _more_scores(
+    real: Features,
+    fake: Features,
     extractor: FeatureExtractor,
-    settings: EvaluateSettings,
+    s: EvaluateSettings,
+    dev: torch.device,
     say: Callable[[str], None],
 ) -> dict[str, Any]:
-    """The FID bootstrap interval and the Inception Score (each when asked for / possible)."""
+    """The FID bootstrap interval, the Inception Score and precision and recall (each when asked
+    for and possible), and FID on the 64-d features with its sizes (``fid64_n``: real,
+    generated): of every scored image, or with ``fid64`` of seeded subsets of fid64_n images
+    per side (the seed report's yardstick, 150 vs 150)."""
     out: dict[str, Any] = {"fid_bootstrap": None, "fid_interval": None}
-    if settings.bootstrap > 0:
-        say(f"bootstrap: {settings.bootstrap} FID resamples (a few seconds each on a CPU)")
-        b = bootstrap_fid(
-            real_feats[FEATURES_2048],
-            fake_feats[FEATURES_2048],
-            samples=settings.bootstrap,
-            seed=settings.seed,
-        )
+    r, f = real[FEATURES_2048], fake[FEATURES_2048]
+    if s.bootstrap > 0:
+        say(f"bootstrap: {s.bootstrap} FID resamples (a few seconds each on a CPU)")
+        b = bootstrap_fid(r, f, samples=s.bootstrap, seed=s.seed)
         out["fid_bootstrap"] = b.to_json()
         out["fid_interval"] = {"low": b.low, "high": b.high, "n_boot": b.samples}
-    if extractor.has_logits and LOGITS in fake_feats:
-        mean, std = inception_score_from_logits(fake_feats[LOGITS], seed=settings.seed)
+    if extractor.has_logits and LOGITS in fake:
+        mean, std = inception_score_from_logits(fake[LOGITS], seed=s.seed)
         out["inception_score"] = {"mean": mean, "std": std, "splits": IS_SPLITS}
     else:
         out["inception_score"] = None
         out["inception_score_unavailable"] = extractor.logits_reason or "no logits"
-    return out
-
-
-def _prc_scores(
-    real: Features, fake: Features, s: EvaluateSettings, device: torch.device
-) -> dict[str, Any]:
-    """Precision and recall (k = PRC_K) on the 2048-d features, when asked for and possible."""
-    out: dict[str, Any] = {"precision": None, "recall": None, "prc_k": PRC_K}
-    r, f = real[FEATURES_2048], fake[FEATURES_2048]
+    out |= {"precision": None, "recall": None, "prc_k": PRC_K}
     if s.precision_recall and min(len(r), len(f)) > PRC_K:
-        pr = precision_recall(r, f, k=PRC_K, device=device if device.type == "cuda" else "cpu")
+        pr = precision_recall(r, f, k=PRC_K, device=dev if dev.type == "cuda" else "cpu")
         out |= {"precision": pr.precision, "recall": pr.recall}
-    return out
-
-
-def _fid64_scores(real: Features, fake: Features, s: EvaluateSettings) -> dict[str, Any]:
-    """FID on the 64-d features and its sizes (``fid64_n``: real, generated): of every scored
-    image, or with ``fid64`` of seeded subsets of fid64_n images per side (the seed report's
-    yardstick, 150 vs 150)."""
     if not (FEATURES_64 in real and FEATURES_64 in fake):
-        return {"fid64": None, "fid64_n": None}
+        return out | {"fid64": None, "fid64_n": None}
     r, f = real[FEATURES_64], fake[FEATURES_64]
     if s.fid64:
         r_idx, f_idx = _subset(len(r), s.fid64_n, s.seed), _subset(len(f), s.fid64_n, s.seed + 1)
         r, f = (r if r_idx is None else r[r_idx]), (f if f_idx is None else f[f_idx])
-    return {"fid64": fid_from_features(r, f), "fid64_n": [len(r), len(f)]}
+    return out | {"fid64": fid_from_features(r, f), "fid64_n": [len(r), len(f)]}
 
 
 def _memorisation(
@@ -530,9 +511,7 @@ def evaluate(
         **score_pair(real_feats, fake_feats, s.seed),
         "lead": "kid" if small_n else "fid",
         "resize": resize,
-        **_extra_scores(real_feats, fake_feats, extractor, s, say),
-        **_prc_scores(real_feats, fake_feats, s, dev),
-        **_fid64_scores(real_feats, fake_feats, s),
+        **_more_scores(real_feats, fake_feats, extractor, s, dev, say),
     }
     if s.memorisation:
         result |= _memorisation(real, fake, plan, feats, extractor, s, say, progress)

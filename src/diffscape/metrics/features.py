@@ -28,6 +28,7 @@ from tqdm import tqdm
 from diffscape.core import atomic, layout
 from diffscape.core.atomic import atomic_path
 from diffscape.core.errors import DiffscapeError
+from diffscape.metrics.memorisation import subset
 from diffscape.metrics.weights import InceptionWeights, build_inception
 
 ENV_CACHE = "DIFFSCAPE_CACHE"
@@ -63,7 +64,6 @@ class FeatureExtractor(Protocol):
         ...
 
 
-RESIZES = ("tf1", "torch")
 # What each resize is, in the words recorded in metrics.json and the feature cache key. "torch"
 # keeps the exact words older diffscape versions wrote, so their cached features still match.
 _PREPROCESSING = {
@@ -78,15 +78,6 @@ _PREPROCESSING = {
 }
 
 
-def check_resize(resize: str) -> str:
-    if resize not in RESIZES:
-        raise DiffscapeError(
-            f"resize {resize!r}: must be one of {', '.join(RESIZES)} (tf1: the standard of "
-            "published FIDs and torch-fidelity; torch: torchmetrics >= 1.8's antialiased bilinear)"
-        )
-    return resize
-
-
 class InceptionExtractor:
     """The FID Inception network (torchmetrics' ``NoTrainInceptionV3``) returning several layers
     from one forward pass. ``resize``: "tf1" (default: torch-fidelity's and TensorFlow 1's
@@ -95,35 +86,26 @@ class InceptionExtractor:
     input_size = 299  # every image is resized to this
 
     def __init__(
-        self,
-        weights: InceptionWeights,
-        device: str | torch.device = "cpu",
-        with_64: bool = True,
-        resize: str = "tf1",
+        self, weights: InceptionWeights, device: str | torch.device = "cpu", resize: str = "tf1"
     ) -> None:
-        self.weights = weights
-        self.device = torch.device(device)
-        self.resize = check_resize(resize)
-        layers = [FEATURES_64] if with_64 else []
-        layers.append(FEATURES_2048)
-        if weights.has_logits:
-            layers.append(LOGITS)
-        self.layers = tuple(layers)
+        import torchmetrics
+
+        # The two resizes give different features, so the words are part of the cache key.
+        self.preprocessing = _PREPROCESSING[resize].format(tm=torchmetrics.__version__)
+        self.weights, self.device, self.resize = weights, torch.device(device), resize
         self.has_logits = weights.has_logits
         self.logits_reason = "" if weights.has_logits else NO_LOGITS_REASON
+        self.layers = (FEATURES_64, FEATURES_2048) + ((LOGITS,) if weights.has_logits else ())
         self.net = build_inception(
             weights, list(self.layers), self.device, antialias=resize == "torch"
         )
         self._seconds_per_image: float | None = None
 
     def identity(self) -> dict[str, str]:
-        import torchmetrics
-
         return {
             "network": "inception-v3-compat (FID Inception, TF 2015-12-05)",
             "weights_sha256": self.weights.sha256,
-            # The two resizes give different features, so the words are part of the cache key.
-            "preprocessing": _PREPROCESSING[self.resize].format(tm=torchmetrics.__version__),
+            "preprocessing": self.preprocessing,
         }
 
     @torch.no_grad()
@@ -146,22 +128,14 @@ class InceptionExtractor:
         return self._seconds_per_image
 
 
-def device_words(device: torch.device) -> str:
-    return "this CPU" if device.type == "cpu" else f"{device.type}"
-
-
-def estimate_seconds(extractor: FeatureExtractor, n: int, batch: int) -> float | None:
-    per = getattr(extractor, "seconds_per_image", None)
-    return None if per is None else per(batch) * n
-
-
 def describe_plan(extractor: FeatureExtractor, n: int, batch: int) -> str:
     """``embedding N images at 299x299, about M min on this CPU``."""
     size = f"{extractor.input_size}x{extractor.input_size}"
-    seconds = estimate_seconds(extractor, n, batch)
-    where = device_words(extractor.device)
-    if seconds is None:
+    per = getattr(extractor, "seconds_per_image", None)  # a stand-in may not measure itself
+    where = "this CPU" if extractor.device.type == "cpu" else extractor.device.type
+    if per is None:
         return f"embedding {n} images at {size} on {where}"
+    seconds = per(batch) * n
     if seconds < 90:
         return f"embedding {n} images at {size}, about {max(1, round(seconds))} s on {where}"
     return f"embedding {n} images at {size}, about {seconds / 60:.0f} min on {where}"
@@ -233,25 +207,6 @@ def check_cache_dir() -> Path:
     )
 
 
-def indices_digest(indices: np.ndarray | None, n_total: int) -> str:
-    """Which images of the split were embedded: "all" or a hash of the index list."""
-    if indices is None:
-        return f"all:{n_total}"
-    return "sha256:" + hashlib.sha256(np.asarray(indices, np.int64).tobytes()).hexdigest()
-
-
-def cache_key(
-    *, content_hash: str, split: str, images: str, layer: str, extractor: dict[str, str]
-) -> dict[str, str]:
-    return {
-        "dataset_content_hash": content_hash,
-        "split": split,
-        "images": images,
-        "layer": layer,
-        **extractor,
-    }
-
-
 def cache_keys(
     extractor: FeatureExtractor,
     *,
@@ -260,15 +215,14 @@ def cache_keys(
     indices: np.ndarray | None,
     n_total: int,
 ) -> dict[str, dict[str, str]]:
-    """{layer: cache key} for the chosen images of a dataset split."""
-    ident = extractor.identity()
-    images = indices_digest(indices, n_total)
-    return {
-        layer: cache_key(
-            content_hash=content_hash, split=split, images=images, layer=layer, extractor=ident
-        )
-        for layer in extractor.layers
-    }
+    """{layer: cache key} for the chosen images of a dataset split ("all" of them, or a hash of
+    the index list)."""
+    if indices is None:
+        images = f"all:{n_total}"
+    else:
+        images = "sha256:" + hashlib.sha256(np.asarray(indices, np.int64).tobytes()).hexdigest()
+    where = {"dataset_content_hash": content_hash, "split": split, "images": images}
+    return {layer: {**where, "layer": layer, **extractor.identity()} for layer in extractor.layers}
 
 
 def _key_path(key: dict[str, str]) -> Path:
@@ -276,29 +230,26 @@ def _key_path(key: dict[str, str]) -> Path:
     return cache_dir() / layout.feature_cache_name(digest, key["layer"])
 
 
-def has_cached(key: dict[str, str]) -> bool:
+def _cached(key: dict[str, str]) -> Path | None:
+    """The features file of ``key``, when its key file says so (not a digest collision or a
+    foreign file)."""
     path = _key_path(key)
-    meta = path.with_suffix(".json")
     try:
-        return path.is_file() and json.loads(meta.read_text()) == key
+        found = path.is_file() and json.loads(path.with_suffix(".json").read_text()) == key
     except (OSError, ValueError):
-        return False
+        return None
+    return path if found else None
 
 
 def is_cached(extractor: FeatureExtractor, **where: Any) -> bool:
     """Whether every layer of these images is in the cache (``where``: as for cache_keys)."""
-    return all(has_cached(k) for k in cache_keys(extractor, **where).values())
+    return all(_cached(k) is not None for k in cache_keys(extractor, **where).values())
 
 
 def load_cached(key: dict[str, str]) -> np.ndarray | None:
-    path = _key_path(key)
-    meta = path.with_suffix(".json")
-    if not (path.is_file() and meta.is_file()):
-        return None
+    path = _cached(key)
     try:
-        if json.loads(meta.read_text()) != key:  # a digest collision or a foreign file
-            return None
-        return np.load(path, allow_pickle=False)
+        return None if path is None else np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError):
         return None  # unreadable: recompute (and overwrite)
 
@@ -337,32 +288,9 @@ def dataset_features(
             n = n_total if indices is None else len(indices)
             say(f"{desc}: {n} images' features from the cache ({cache_dir()})")
             return {k: v for k, v in found.items() if v is not None}, True
-    chosen = images if indices is None else _take(images, indices)
+    chosen = subset(images, indices)
     feats = embed_images(chosen, extractor, batch=batch, desc=desc, progress=progress, say=say)
     if use_cache:
         for layer, key in keys.items():
             store_cached(key, feats[layer])
     return feats, False
-
-
-class _Take:
-    """Lazy ``images[indices]`` over a memory-mapped array, read a batch at a time."""
-
-    def __init__(self, images: np.ndarray, indices: np.ndarray) -> None:
-        self.images, self.indices = images, np.asarray(indices, np.int64)
-        self.shape = (len(self.indices), *images.shape[1:])
-        self.ndim, self.dtype = images.ndim, images.dtype
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, s: slice) -> np.ndarray:
-        idx = self.indices[s]
-        order = np.argsort(idx)  # sorted reads are kinder to a memory map
-        out = np.empty((len(idx), *self.shape[1:]), self.dtype)
-        out[order] = self.images[idx[order]]
-        return out
-
-
-def _take(images: np.ndarray, indices: np.ndarray) -> np.ndarray:
-    return _Take(images, indices)  # type: ignore[return-value]

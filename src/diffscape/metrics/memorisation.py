@@ -97,11 +97,13 @@ def typical_distance(train: Rows, seed: int = 0) -> float:
 
 
 class _Subset:
-    """Lazy ``rows[indices]`` (sorted reads from a memory map)."""
+    """Lazy ``rows[indices]`` over a memory-mapped array, read a slice at a time (sorted indices
+    read sorted, which is kinder to a memory map)."""
 
     def __init__(self, rows: Rows, indices: np.ndarray) -> None:
         self.rows, self.indices = rows, np.asarray(indices, np.int64)
         self.shape = (len(self.indices), *rows.shape[1:])
+        self.ndim, self.dtype = rows.ndim, rows.dtype
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -111,6 +113,7 @@ class _Subset:
 
 
 def subset(rows: Rows, indices: np.ndarray | None) -> Rows:
+    """``rows[indices]`` read lazily (all rows when None)."""
     return rows if indices is None else _Subset(rows, indices)
 
 

@@ -34,24 +34,17 @@ def _generator(seed: int | torch.Generator) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed))
 
 
-def feature_stats(features: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, unbiased covariance) in float64, as torchmetrics' FID accumulates them."""
-    f = _as_tensor(features).double()
-    if f.shape[0] < 2:
-        raise ValueError("FID needs at least 2 images on each side")
-    return f.mean(dim=0), torch.cov(f.T)
-
-
-def fid_from_stats(
-    mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor, sigma2: torch.Tensor
-) -> float:
-    """torchmetrics' ``_compute_fid`` (sqrt of the eigenvalues of sigma1 @ sigma2)."""
-    return float(_compute_fid(mu1.double(), sigma1.double(), mu2.double(), sigma2.double()))
-
-
 def fid_from_features(real: np.ndarray | torch.Tensor, fake: np.ndarray | torch.Tensor) -> float:
-    """Fréchet distance between Gaussians fitted to two feature sets (Heusel et al. 2017)."""
-    return fid_from_stats(*feature_stats(real), *feature_stats(fake))
+    """Fréchet distance between Gaussians fitted to two feature sets (Heusel et al. 2017): each
+    side's mean and unbiased covariance in float64, as torchmetrics' FID accumulates them, into
+    its ``_compute_fid`` (sqrt of the eigenvalues of sigma1 @ sigma2)."""
+    stats = []
+    for features in (real, fake):
+        f = _as_tensor(features).double()
+        if f.shape[0] < 2:
+            raise ValueError("FID needs at least 2 images on each side")
+        stats += [f.mean(dim=0), torch.cov(f.T)]
+    return float(_compute_fid(*stats))
 
 
 @dataclass(frozen=True)

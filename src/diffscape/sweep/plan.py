@@ -14,25 +14,11 @@ from diffscape.settings.sections import (
     RunConfig,
     SampleSettings,
 )
-from diffscape.study.spec import RunSpec
-from diffscape.sweep.spec import (
-    SweepError,
-    SweepSpec,
-    folder_problem,
-)
 
-# ---- the plan: (training, sampling) pairs --------------------------------------------------------
-
-
-# One row of the report: a training run sampled one way. The study's run type, so that a
+# One row of the report is a training run sampled one way: the study's RunSpec, so that a
 # planned sweep runs as it is.
-PlannedRun = RunSpec
-
-
-def resolve_config(preset: str, overrides: dict[str, Any]) -> RunConfig:
-    """defaults <- preset <- dotted overrides, validated (errors name the field):
-    :func:`diffscape.settings.presets.resolve` with a sweep's ``{"train.lr": 1e-4}`` mapping."""
-    return resolve(preset, overrides)
+from diffscape.study.spec import RunSpec
+from diffscape.sweep.spec import SweepError, SweepSpec, folder_problem
 
 
 def setting_names(spec: SweepSpec) -> list[str]:
@@ -102,7 +88,7 @@ def _sample_for(spec: SweepSpec, changes: dict[str, Any], cfg: RunConfig) -> tup
     return sample, changes
 
 
-def plan(spec: SweepSpec) -> list[PlannedRun]:
+def plan(spec: SweepSpec) -> list[RunSpec]:
     """Every run of the sweep, its config resolved and validated up front, so that a typo in
     the last run stops the sweep before hours are spent on the first. With ``seeds``, every
     setting once per seed (train.seed and sample.seed both the seed), seed after seed."""
@@ -115,7 +101,7 @@ def plan(spec: SweepSpec) -> list[PlannedRun]:
     for t in spec.trainings:
         try:
             configs = {
-                seed: resolve_config(
+                seed: resolve(
                     spec.preset,
                     {**spec.base, **t.changes, **({} if seed is None else {"train.seed": seed})},
                 )
@@ -143,7 +129,7 @@ def plan(spec: SweepSpec) -> list[PlannedRun]:
                         {**t.changes, **changes},
                         setting=setting,
                         seed=seed,
-                    )  # fmt: skip
+                    )
                 )
     if errors:
         raise SweepError("; ".join(errors))
@@ -152,11 +138,7 @@ def plan(spec: SweepSpec) -> list[PlannedRun]:
     return runs
 
 
-def base_config(spec: SweepSpec) -> RunConfig:
-    return resolve_config(spec.preset, spec.base)
-
-
-def describe_plan(spec: SweepSpec, runs: list[PlannedRun]) -> str:
+def describe_plan(spec: SweepSpec, runs: list[RunSpec]) -> str:
     """What ``--dry-run`` prints: the base and every run's changes."""
     lines = [f"sweep {spec.name} ({spec.source}): {len(runs)} run(s), preset {spec.preset}"]
     if spec.base:

@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from diffscape.core import layout, lock
+from diffscape.settings.presets import resolve
 from diffscape.study import results
 from diffscape.study.narrate import Narrator, Tools, log
 from diffscape.study.results import RunResult
 from diffscape.study.shared import ensure_data, prepare_study
-from diffscape.study.spec import StudySpec
+from diffscape.study.spec import RunSpec, StudySpec
 from diffscape.study.workers import run_study, worker_slots
-from diffscape.sweep.plan import PlannedRun, base_config, baseline_name, plan
+from diffscape.sweep.plan import baseline_name, plan
 from diffscape.sweep.spec import SweepError, SweepSpec, load_sweep
 
 DEFAULT_SYNTH_N = 2500  # images of the default synthetic set (as `diffscape data synth`)
@@ -30,13 +31,13 @@ def study_spec(spec: SweepSpec, out: Path, data: str | os.PathLike[str] | None) 
         out=Path(out),
         dataset=None if chosen is None else str(chosen),
         synth_images=DEFAULT_SYNTH_N,
-        synth_size=base_config(spec).model.image_size,
+        synth_size=resolve(spec.preset, spec.base).model.image_size,
         evaluate=spec.evaluate,
         judge=spec.judge,
     )
 
 
-def _selected(runs: list[PlannedRun], only: Iterable[str] | None) -> list[PlannedRun]:
+def _selected(runs: list[RunSpec], only: Iterable[str] | None) -> list[RunSpec]:
     if only is None:
         return runs
     wanted = set(only)
@@ -88,23 +89,18 @@ def run_sweep(
         return run_study(study, runs, tools, gpus=gpus, jobs=jobs)
 
 
-def _dataset_path(sspec: StudySpec) -> Path:
-    """Where the sweep's dataset is (or will be, once synthesized)."""
-    if sspec.dataset is not None:
-        return Path(sspec.dataset).resolve()
-    return (sspec.out / sspec.data_dir).resolve()
-
-
-def sweep_record(spec: SweepSpec, runs: list[PlannedRun], sspec: StudySpec) -> dict[str, Any]:
+def sweep_record(spec: SweepSpec, runs: list[RunSpec], sspec: StudySpec) -> dict[str, Any]:
     """sweep.json: the spec as read, the base config and the planned rows (for the report)."""
-    dataset = str(_dataset_path(sspec))
+    # where the sweep's dataset is (or will be, once synthesized)
+    data = sspec.out / sspec.data_dir if sspec.dataset is None else Path(sspec.dataset)
+    dataset = str(data.resolve())
     return {
         "name": spec.name,
         "description": spec.description,
         "source": spec.source,
         "dataset": dataset,
         "spec": {**spec.raw, "dataset": dataset},
-        "base_config": base_config(spec).to_dict(),
+        "base_config": resolve(spec.preset, spec.base).to_dict(),
         "base_sample": spec.sample.to_dict(),
         "seeds": None if spec.seeds is None else list(spec.seeds),
         "baseline": baseline_name(spec),

@@ -130,28 +130,17 @@ def parse_sweep(data: dict[str, Any], source: str, root: Path) -> SweepSpec:
     raw = copy.deepcopy(data)
     dataset = data.get("dataset")
     if dataset is not None:
-        dataset = str((root / str(dataset)).resolve())
-        raw["dataset"] = dataset
+        dataset = raw["dataset"] = str((root / str(dataset)).resolve())
     base = flatten_overrides(_table(data, "base", source), f"{source} [base]")
     if "grid" in data:
-        trainings = grid_variants(
-            flatten_overrides(_table(data, "grid", source), f"{source} [grid]"),
-            f"{source} [grid]",
-        )
+        where = f"{source} [grid]"
+        trainings = grid_variants(flatten_overrides(_table(data, "grid", source), where), where)
     elif "runs" in data:
         trainings = listed_runs(data["runs"], source)
     else:
         trainings = (Variant(BASE_RUN_NAME, {}),)
 
-    sample_table = dict(_table(data, "sample", source))
-    sample_grid = _table(sample_table, "grid", f"{source} [sample]")
-    sample_runs = sample_table.pop("runs", None)
-    sample_table.pop("grid", None)
-    if sample_grid and sample_runs is not None:
-        raise SweepError(f"{source}: give either [sample.grid] or [[sample.runs]], not both")
-    sample = settings(SampleSettings, sample_table, f"{source} [sample]")
-    samplings = sampling_variants(sample, sample_grid, sample_runs, f"{source} [sample]")
-
+    sample, samplings = sampling_variants(_table(data, "sample", source), source)
     judge_table = dict(_table(data, "judge", source))
     if judge_table.get("path") is not None:
         judge_table["path"] = str((root / str(judge_table["path"])).resolve())
@@ -249,7 +238,7 @@ def _check_no_seed_settings(spec: SweepSpec) -> None:
     """With ``seeds``, each replicate's seeds come from that list: setting them elsewhere too
     would be silently overridden."""
     keys = set(spec.base) | {k for t in spec.trainings for k in t.changes}
-    where = [k for k in ("train.seed",) if k in keys]
+    where = ["train.seed"] if "train.seed" in keys else []
     if any("seed" in s.changes for s in spec.samplings) or spec.sample.seed != 0:
         where.append("sample.seed")
     if where:
@@ -328,26 +317,30 @@ def _unique(variants: list[Variant], where: str) -> tuple[Variant, ...]:
     return tuple(variants)
 
 
-def grid_variants(axes: dict[str, Any], where: str) -> tuple[Variant, ...]:
+def _product(axes: dict[str, Any], where: str) -> list[dict[str, Any]]:
     """The cartesian product of the axes, in the order they are written."""
     for key, values in axes.items():
         if not isinstance(values, list) or not values:
             raise SweepError(f"{where}: {key} must be a non-empty list of values")
-    combos = [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
-    return _unique([Variant(changes_name(c), c) for c in combos], where)
+    return [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
+
+
+def _tables(runs: Any, where: str, what: str) -> list[dict[str, Any]]:
+    if not isinstance(runs, list) or not runs or not all(isinstance(r, dict) for r in runs):
+        raise SweepError(f"{where}: {what} must be a list of tables")
+    return runs
+
+
+def grid_variants(axes: dict[str, Any], where: str) -> tuple[Variant, ...]:
+    return _unique([Variant(changes_name(c), c) for c in _product(axes, where)], where)
 
 
 def listed_runs(runs: Any, source: str) -> tuple[Variant, ...]:
-    if not isinstance(runs, list) or not runs:
-        raise SweepError(f"{source}: [[runs]] must be a list of tables")
     out = []
-    for i, entry in enumerate(runs):
-        where = f"{source} [[runs]] #{i + 1}"
-        if not isinstance(entry, dict):
-            raise SweepError(f"{where}: each run must be a table")
+    for i, entry in enumerate(_tables(runs, source, "[[runs]]")):
         entry = dict(entry)
         name = entry.pop("name", None)
-        changes = flatten_overrides(entry, where)
+        changes = flatten_overrides(entry, f"{source} [[runs]] #{i + 1}")
         out.append(Variant(safe_name(str(name)) if name else changes_name(changes), changes))
     return _unique(out, f"{source} [[runs]]")
 
@@ -379,39 +372,36 @@ def sampling_name(s: SampleSettings, extra: Iterable[str] = ()) -> str:
 
 
 def sampling_variants(
-    sample: SampleSettings, grid: dict[str, Any], runs: Any, where: str
-) -> tuple[Variant, ...]:
-    """The samplings of every trained model: one (``[sample]`` as is), a grid over it, or a list
-    of changes to it. A variant's changes are the sample settings that differ between them."""
+    table: dict[str, Any], source: str
+) -> tuple[SampleSettings, tuple[Variant, ...]]:
+    """``[sample]`` and the samplings of every trained model: one (``[sample]`` as is), a grid
+    over it, or a list of changes to it. A variant's changes are the sample settings that
+    differ between them."""
+    where = f"{source} [sample]"
+    table = dict(table)
+    grid = _table(table, "grid", where)
+    runs = table.pop("runs", None)
+    table.pop("grid", None)
+    if grid and runs is not None:
+        raise SweepError(f"{source}: give either [sample.grid] or [[sample.runs]], not both")
+    sample = settings(SampleSettings, table, where)
     known = list(SampleSettings.model_fields)
+    unknown = [key for key in grid if key not in known]
+    if unknown:
+        raise SweepError(f"{where}.grid: unknown key {unknown[0]}; known: {', '.join(known)}")
     if grid:
-        for key, values in grid.items():
-            if key not in known:
-                raise SweepError(f"{where}.grid: unknown key {key}; known: {', '.join(known)}")
-            if not isinstance(values, list) or not values:
-                raise SweepError(f"{where}.grid: {key} must be a non-empty list")
-        changes = [dict(zip(grid, vs, strict=True)) for vs in itertools.product(*grid.values())]
+        changes = _product(grid, f"{where}.grid")
     elif runs is not None:
-        if not isinstance(runs, list) or not runs:
-            raise SweepError(f"{where}: [[sample.runs]] must be a list of tables")
-        if not all(isinstance(r, dict) for r in runs):
-            raise SweepError(f"{where}: each [[sample.runs]] entry must be a table")
-        changes = [dict(r) for r in runs]
+        changes = [dict(r) for r in _tables(runs, where, "[[sample.runs]]")]
     else:
         changes = [{}]
-    made = []
-    for i, c in enumerate(changes):
-        s = settings(SampleSettings, {**sample.to_dict(), **c}, f"{where} variant #{i + 1}")
-        made.append(s)
+    made = [
+        settings(SampleSettings, {**sample.to_dict(), **c}, f"{where} variant #{i + 1}")
+        for i, c in enumerate(changes)
+    ]
     # Name by the standard triple plus whatever else differs between the variants.
     varying = [k for k in ("eta", "seed", "n") if len({getattr(s, k) for s in made}) > 1]
     varying += [k for k in ("eta", "seed") if k not in varying and getattr(made[0], k)]
-    out = [
-        Variant(sampling_name(s, varying), {k: getattr(s, k) for k in _varying_keys(made)})
-        for s in made
-    ]
-    return _unique(out, f"{where} (samplings)")
-
-
-def _varying_keys(made: list[SampleSettings]) -> list[str]:
-    return [k for k in SampleSettings.model_fields if len({getattr(s, k) for s in made}) > 1]
+    differ = [k for k in known if len({getattr(s, k) for s in made}) > 1]
+    out = [Variant(sampling_name(s, varying), {k: getattr(s, k) for k in differ}) for s in made]
+    return sample, _unique(out, f"{where} (samplings)")
