@@ -14,8 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from diffscape.metrics import registry
 from diffscape.report.rows import Row
-from diffscape.report.table import class_names, summaries
+from diffscape.report.table import summaries
 
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 PALETTE += ["#7f7f7f", "#bcbd22"]
@@ -175,7 +176,7 @@ def fid_vs_steps(rows: list[Row], floor: dict[str, Any] | None) -> Plot:
 
 def accuracy_vs_guidance(rows: list[Row]) -> Plot:
     title = "Judge accuracy against guidance"
-    classes = class_names(rows)
+    classes = registry.class_names(r.records for r in rows)
     groups = _lines(rows, "accuracy", "guidance", lambda s: f"{s['sampler']} {s['sampler_steps']}")
     if not groups:
         return Plot(
