@@ -111,13 +111,6 @@ def _signed(m: Metric, value: float | None) -> str:
     return ("+" if value >= 0 else "−") + m.text(abs(value))
 
 
-def _best(values: list[float | None], higher: bool) -> float | None:
-    present = [v for v in values if v is not None]
-    if len(present) < 2:
-        return None
-    return max(present) if higher else min(present)
-
-
 def n_note(m: Metric, recs: Records) -> str:
     """The sizes a run's number was measured on: "n 250 / 250" (generated / real), "n 90"."""
     sizes = m.sizes_of(recs)
@@ -272,7 +265,10 @@ def results_table(
     images)."""
     recs = [records(r) for r in coll.rows]
     ok = [x for x, r in zip(recs, coll.rows, strict=True) if r.status in ("ok", "unknown")]
-    best = {m.key: _best([m.value(x) for x in ok], m.higher_is_better) for m in metrics}
+    best = {}  # each metric's best value among two or more finished runs
+    for m in metrics:
+        present = [v for x in ok if (v := m.value(x)) is not None]
+        best[m.key] = (max if m.higher_is_better else min)(present) if len(present) > 1 else None
     of = {r.group: s for s in sets for r in s.rows}
     body = []
     for i, (row, x) in enumerate(zip(coll.rows, recs, strict=True)):

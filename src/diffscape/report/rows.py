@@ -133,19 +133,9 @@ def flatten(config: dict[str, Any] | None) -> dict[str, Any]:
     return out
 
 
-def is_floor(metrics: dict[str, Any]) -> bool:
-    """A metrics.json that compares two dataset splits: real vs real, not a run's scores."""
-    fake = metrics.get("fake")
-    return isinstance(fake, dict) and fake.get("kind") == "dataset"
-
-
 def _latest_training_grid(train_dir: Path) -> Path | None:
     grids = sorted((train_dir / layout.TRAIN_SAMPLES).glob(layout.TRAIN_GRID_PNG))
     return grids[-1] if grids else None
-
-
-def _is_sampling(d: Path) -> bool:
-    return layout.is_samples_dir(d) or (d / layout.RESULT_JSON).is_file()
 
 
 def sample_dirs(run_dir: Path) -> list[Path]:
@@ -154,7 +144,9 @@ def sample_dirs(run_dir: Path) -> list[Path]:
     found = []
     for parent in (run_dir, run_dir / layout.TRAIN_SAMPLES):
         if parent.is_dir():
-            found += [d for d in sorted(parent.iterdir()) if d.is_dir() and _is_sampling(d)]
+            for d in sorted(parent.iterdir()):
+                if layout.is_samples_dir(d) or (d / layout.RESULT_JSON).is_file():
+                    found.append(d)
     return found
 
 
@@ -180,7 +172,8 @@ def _scores(metrics: dict[str, Any] | None, floors: list[dict[str, Any]]) -> dic
     metrics.json carries its floor under a "floor" key."""
     if metrics is None:
         return None
-    if is_floor(metrics):
+    fake = metrics.get("fake")
+    if isinstance(fake, dict) and fake.get("kind") == "dataset":  # two dataset splits compared
         floors.append(metrics)
         return None
     if isinstance(metrics.get("floor"), dict):
