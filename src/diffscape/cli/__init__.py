@@ -10,7 +10,7 @@ import argparse
 import importlib
 import os
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from diffscape.core.atomic import is_disk_full
 from diffscape.core.errors import DiffscapeError
@@ -32,8 +32,11 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 
 
 class Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line (argparse prints the whole usage first);
-    sub-commands inherit it through ``add_subparsers``."""
+    """An argument parser whose errors are one line (argparse prints the whole usage first) and
+    whose help is :class:`HelpFormatter`'s; sub-commands inherit it through ``add_subparsers``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, formatter_class=HelpFormatter, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n")
@@ -50,10 +53,23 @@ def add_overwrite(p: argparse.ArgumentParser, what: str) -> None:
     )
 
 
+def add_out(p: argparse.ArgumentParser, what: str) -> None:
+    """A required --out; its help says what it is, with no "(default: None)"."""
+    p.add_argument("--out", required=True, default=argparse.SUPPRESS, help=what)
+
+
+def options(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """The options ``names`` as a library call's keyword arguments: None for an option that was
+    not given and has no default; ``progress`` is the opposite of --no-progress."""
+    values = {name: getattr(args, name, None) for name in names}
+    if "progress" in values:
+        values["progress"] = not args.no_progress
+    return values
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="diffscape",
-        formatter_class=HelpFormatter,
         description=(
             "Train, sample and judge small-image diffusion models.\n\n"
             "Typical flow:\n"

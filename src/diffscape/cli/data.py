@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from diffscape.cli import HelpFormatter, add_overwrite
+from diffscape.cli import add_out, add_overwrite, options
 from diffscape.core.layout import MANIFEST
 
 if TYPE_CHECKING:
@@ -64,7 +64,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "data",
         help="make and inspect dataset folders",
         description="Make dataset folders (prepare photos, synthesize landscapes) and look at them.",
-        formatter_class=HelpFormatter,
         epilog=DATA_EXAMPLES,
     )
     data.set_defaults(func=lambda args: data.print_help() or 2)
@@ -80,16 +79,10 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
         help="photos (folder or .zip) -> dataset folder",
         description="Decode, EXIF-rotate, centre-crop and resize photos into a dataset folder\n"
         "(manifest.json + memory-mappable uint8 arrays per split).",
-        formatter_class=HelpFormatter,
         epilog=PREPARE_EXAMPLES,
     )
     p.add_argument("src", metavar="SRC", help="folder or .zip of photos (never modified)")
-    p.add_argument(
-        "--out",
-        required=True,
-        default=argparse.SUPPRESS,  # required: no "(default: None)" in --help
-        help=OUT_HELP,
-    )
+    add_out(p, OUT_HELP)
     p.add_argument("--size", type=int, default=32, help=SIZE_HELP)
     p.add_argument(
         "--test-fraction",
@@ -114,10 +107,9 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
         "synth",
         help="procedural landscapes -> dataset folder",
         description="Generate a labelled dataset of procedural landscape images.",
-        formatter_class=HelpFormatter,
         epilog=SYNTH_EXAMPLES,
     )
-    s.add_argument("--out", required=True, default=argparse.SUPPRESS, help=OUT_HELP)
+    add_out(s, OUT_HELP)
     s.add_argument(
         "--n", type=int, default=2500, help="number of images, all splits together (5 or more)"
     )
@@ -134,11 +126,10 @@ def _add_show(sub: argparse._SubParsersAction) -> None:
         help="dataset folder -> PNG with one row of samples per class",
         description="Draw random images of one split, one labelled row per class\n"
         "(class name and image count on the left).",
-        formatter_class=HelpFormatter,
         epilog=SHOW_EXAMPLES,
     )
     v.add_argument("dataset", metavar="DIR", help="prepared dataset folder")
-    v.add_argument("--out", required=True, default=argparse.SUPPRESS, help="PNG file to write")
+    add_out(v, "PNG file to write")
     v.add_argument("--split", default="train", help="split to draw from: train, val or test")
     v.add_argument("--per-class", type=int, default=8, help="images per class row, 1 to 100")
     v.add_argument("--seed", type=int, default=0, help="seed of the random choice of images")
@@ -146,39 +137,22 @@ def _add_show(sub: argparse._SubParsersAction) -> None:
     v.set_defaults(func=_show)
 
 
-def _prepare(args: argparse.Namespace) -> int:
+def _prepare(args: argparse.Namespace) -> None:
     from diffscape.data.prepare import prepare_dataset
 
-    ds = prepare_dataset(
-        args.src,
-        args.out,
-        size=args.size,
-        test_fraction=args.test_fraction,
-        seed=args.seed,
-        progress=not args.no_progress,
-        max_pixels=args.max_pixels,
-        overwrite=args.overwrite,
-    )
+    names = ("size", "test_fraction", "seed", "progress", "max_pixels", "overwrite")
+    ds = prepare_dataset(args.src, args.out, **options(args, *names))
     print(summary(ds))
-    return 0
 
 
-def _synth(args: argparse.Namespace) -> int:
+def _synth(args: argparse.Namespace) -> None:
     from diffscape.data.synth import synthesize
 
-    ds = synthesize(
-        n=args.n,
-        size=args.size,
-        out=args.out,
-        seed=args.seed,
-        test_fraction=args.test_fraction,
-        overwrite=args.overwrite,
-    )
+    ds = synthesize(**options(args, "n", "size", "out", "seed", "test_fraction", "overwrite"))
     print(summary(ds))
-    return 0
 
 
-def _show(args: argparse.Namespace) -> int:
+def _show(args: argparse.Namespace) -> None:
     from diffscape.core.layout import check_out
     from diffscape.data.dataset import load_dataset
     from diffscape.data.imagefolder import save_image
@@ -190,7 +164,6 @@ def _show(args: argparse.Namespace) -> int:
     save_image(sheet, out)
     rows = ds.num_classes or 1
     print(f"wrote {out}: {rows} rows of up to {args.per_class} {args.split} images")
-    return 0
 
 
 def summary(ds: Dataset) -> str:

@@ -25,28 +25,24 @@ missing: with the same settings nothing is redone; changed settings redo what th
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from diffscape.cli import HelpFormatter
-
     p = sub.add_parser(
         "demo",
         help="the whole pipeline on built-in landscapes, in minutes on a CPU",
         description="Synthesize landscapes, train a small conditional diffusion model, sample "
         "every class, evaluate, judge, and write an HTML report.",
         epilog=EPILOG,
-        formatter_class=HelpFormatter,
     )
     p.add_argument("--out", default="diffscape-demo", help="folder for everything the demo writes")
-    p.add_argument("--data", default=None, help="a prepared dataset instead of the built-in one")
+    p.add_argument("--data", help="a prepared dataset instead of the built-in one")
     DEMO_FLAGS.add_to(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> None:
     from diffscape.study.demo import run_demo
 
     s = DEMO_FLAGS.build(args)
     if hasattr(args, DEMO_FLAGS.dest("seed")):  # the command's --seed seeds the images too
         s = s.with_changes(sample={"seed": s.seed})
     run_demo(args.out, s, data=args.data, progress=not args.no_progress)
-    return 0

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from diffscape.cli import HelpFormatter, add_overwrite
+from diffscape.cli import add_overwrite
 from diffscape.core import layout
 from diffscape.settings.flags import Flags
 from diffscape.settings.sections import EvaluateSettings
@@ -64,7 +63,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "evaluate",
         help="FID / KID / IS of samples against a real dataset split",
         description=DESCRIPTION,
-        formatter_class=HelpFormatter,
     )
     p.add_argument(
         "--real",
@@ -88,22 +86,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def check_out_file(out: Path, overwrite: bool) -> Path:
-    """Refuse an --out that may not or cannot be written before minutes of embedding, not
-    after: the rule of every output (diffscape.core.layout.check_out) for the metrics and the
-    closest pairs beside them, and a folder this process can write into."""
+def run(args: argparse.Namespace) -> None:
     from diffscape.core.atomic import unwritable
     from diffscape.core.errors import DiffscapeError
-
-    out = layout.check_out(out, "metrics", overwrite=overwrite)
-    layout.check_out(out.with_name(layout.PAIRS_PNG), "image", overwrite=overwrite)
-    why = unwritable(out.parent)
-    if why is not None:
-        raise DiffscapeError(f"--out {out}: {why}; pick another path")
-    return out
-
-
-def run(args: argparse.Namespace) -> int:
     from diffscape.data.dataset import parse_dataset_spec
     from diffscape.metrics.evaluate import (
         default_n,
@@ -120,7 +105,13 @@ def run(args: argparse.Namespace) -> int:
     settings = EVALUATE_FLAGS.build(args)  # errors name the flags (--n, not evaluate.n)
     if settings.cache:
         check_cache_dir()  # an unusable feature cache is refused now, before any work
-    out = check_out_file(Path(args.out), args.overwrite)
+    # Refuse an --out that may not or cannot be written before minutes of embedding, not after:
+    # the rule of every output (diffscape.core.layout.check_out) for the metrics and the closest
+    # pairs beside them, and a folder this process can write into.
+    out = layout.check_out(args.out, "metrics", overwrite=args.overwrite)
+    layout.check_out(out.with_name(layout.PAIRS_PNG), "image", overwrite=args.overwrite)
+    if (why := unwritable(out.parent)) is not None:
+        raise DiffscapeError(f"--out {out}: {why}; pick another path")
     real = parse_dataset_spec(args.real, default_split="train")
     # Missing or damaged weights fail before a run is sampled (minutes) or anything embedded;
     # a folder of images is read first (seconds), so a bad image fails before the network.
@@ -137,4 +128,3 @@ def run(args: argparse.Namespace) -> int:
     pairs = save_pairs_png(fake, real[0], result, out.with_name(layout.PAIRS_PNG))
     if pairs is not None:
         print(f"wrote {pairs} (closest generated | training pairs)")
-    return 0

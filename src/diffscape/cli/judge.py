@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from diffscape.cli import HelpFormatter, add_overwrite
+from diffscape.cli import add_out, add_overwrite, options
 from diffscape.core import layout
 from diffscape.settings.engine import value_text
 from diffscape.settings.flags import Flags
@@ -78,7 +78,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="train class judges, score samples against them, CAS",
         description="Classifiers trained on real images that check whether generated images "
         "belong to the class\nthey were requested as, and the Classification Accuracy Score.",
-        formatter_class=HelpFormatter,
         epilog=JUDGE_EXAMPLES,
     )
     judge.set_defaults(func=lambda args: judge.print_help() or 2)
@@ -95,17 +94,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         description="Train a judge on a dataset's train split: an RBF SVC on raw pixels (the "
         "report's judge)\nor a small CNN with augmentation and early stopping (much better on "
         "photos).",
-        formatter_class=HelpFormatter,
         epilog=TRAIN_EXAMPLES,
     )
     t.add_argument("dataset", metavar="DATASET", help="dataset folder (data prepare / data synth)")
     KIND_FLAGS.add_to(t)
-    t.add_argument(
-        "--out",
-        required=True,
-        default=argparse.SUPPRESS,
-        help="judge folder to write: new, empty or an older judge",
-    )
+    add_out(t, "judge folder to write: new, empty or an older judge")
     t.add_argument("--grid", action="store_true", help="SVC: search the report's (C, gamma) grid")
     t.add_argument(
         "--size",
@@ -125,7 +118,6 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
         help="judge + samples folder -> accuracy per class, confusion matrix",
         description="Classify generated images with a judge and compare with the class each was "
         "requested as.",
-        formatter_class=HelpFormatter,
         epilog=SCORE_EXAMPLES,
     )
     s.add_argument("judge", metavar="JUDGE", help="judge folder (judge train)")
@@ -150,7 +142,6 @@ def _add_cas(sub: argparse._SubParsersAction) -> None:
         help="Classification Accuracy Score: train on samples, test on real",
         description="Train the judge CNN on generated images only, test it on real test images, "
         "and compare\nwith the same CNN trained on an equal number of real images.",
-        formatter_class=HelpFormatter,
         epilog=CAS_EXAMPLES,
     )
     c.add_argument("samples", metavar="SAMPLES", help="samples folder: SAMPLES/<class>/<i>.png")
@@ -167,24 +158,13 @@ def _add_cas(sub: argparse._SubParsersAction) -> None:
     c.set_defaults(func=_cas)
 
 
-def _train(args: argparse.Namespace) -> int:
+def _train(args: argparse.Namespace) -> None:
     from diffscape.judge.svc import format_grid
     from diffscape.judge.train import train_judge
 
     kind, cnn, svc = KIND_FLAGS.build(args).kind, CNN_FLAGS.build(args), SVC_FLAGS.build(args)
-    result = train_judge(
-        args.dataset,
-        kind,
-        args.out,
-        grid=args.grid,
-        seed=args.seed,
-        size=getattr(args, "size", None),
-        val_fraction=args.val_fraction,
-        svc=svc,
-        cnn=cnn,
-        progress=not args.no_progress,
-        overwrite=args.overwrite,
-    )
+    names = ("grid", "seed", "size", "val_fraction", "progress", "overwrite")
+    result = train_judge(args.dataset, kind, args.out, svc=svc, cnn=cnn, **options(args, *names))
     if result.grid:
         selected = result.info["selected"]
         best = next(r for r in result.grid if (r.C, r.gamma) == (selected["C"], selected["gamma"]))
@@ -192,42 +172,31 @@ def _train(args: argparse.Namespace) -> int:
     acc = result.accuracy
     parts = [f"{k} {100 * v:.1f}%" for k, v in acc.items() if v is not None]
     print(f"{result.kind} judge -> {result.judge_dir}: accuracy " + ", ".join(parts))
-    return 0
 
 
-def _score(args: argparse.Namespace) -> int:
+def _score(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from diffscape.judge.score import format_score, score
 
-    out = getattr(args, "out", None)
-    result = score(
-        args.judge,
-        args.samples,
-        real=getattr(args, "real", None),
-        out=out,
-        overwrite=args.overwrite,
-    )
+    result = score(args.judge, args.samples, **options(args, "real", "out", "overwrite"))
     print(format_score(result))
-    print(f"wrote accuracy.json, confusion.json, confusion.png to {Path(out or args.samples)}")
-    return 0
+    print(f"wrote accuracy.json, confusion.json, confusion.png to {Path(result_dir(args))}")
 
 
-def _cas(args: argparse.Namespace) -> int:
+def _cas(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from diffscape.judge.cas import cas, format_cas
 
+    names = ("out", "seed", "val_fraction", "progress", "overwrite")
     result = cas(
-        args.samples,
-        args.dataset,
-        out=getattr(args, "out", None),
-        seed=args.seed,
-        val_fraction=args.val_fraction,
-        settings=CNN_FLAGS.build(args),
-        progress=not args.no_progress,
-        overwrite=args.overwrite,
+        args.samples, args.dataset, settings=CNN_FLAGS.build(args), **options(args, *names)
     )
     print(format_cas(result))
-    print(f"wrote {Path(getattr(args, 'out', None) or args.samples) / layout.CAS_JSON}")
-    return 0
+    print(f"wrote {Path(result_dir(args)) / layout.CAS_JSON}")
+
+
+def result_dir(args: argparse.Namespace) -> str:
+    """Where score and cas write: --out, else the samples folder."""
+    return getattr(args, "out", None) or args.samples

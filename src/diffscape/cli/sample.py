@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from diffscape.cli import add_overwrite, options
 from diffscape.settings.flags import Flags
 from diffscape.settings.sections import SampleSettings
 
@@ -27,7 +28,6 @@ Without --steps, ddim and dpm take 50 steps, or T if the model has fewer noise l
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from diffscape.cli import HelpFormatter, add_overwrite
 
     p = sub.add_parser(
         "sample",
@@ -35,15 +35,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Generate images with DDPM, DDIM or DPM-Solver++, with classifier-free "
         "guidance for conditional models.",
         epilog=SAMPLE_EPILOG,
-        formatter_class=HelpFormatter,
     )
     p.add_argument("source", help="run folder (latest checkpoint) or a checkpoint folder")
     p.add_argument("--out", required=True, help="folder to write (new, empty, or older samples)")
     add_overwrite(p, "a samples folder --out")
     p.add_argument("--per-class", action="store_true", help="--n images for every class")
-    p.add_argument(
-        "--class", dest="classes", default=None, help="comma-separated class names, or all"
-    )
+    p.add_argument("--class", dest="classes", help="comma-separated class names, or all")
     SAMPLE_FLAGS.add_to(p)
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -55,7 +52,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Export a run's (EMA) UNet and its noise scheduler as a diffusers folder: "
         "unet/ (UNet2DModel.from_pretrained) and scheduler/ (DDPMScheduler.from_pretrained).",
         epilog="example:\n  diffscape export runs/tiny --out exported/tiny",
-        formatter_class=HelpFormatter,
     )
     e.add_argument("source", help="run folder or checkpoint folder")
     e.add_argument("--out", required=True, help="folder to write")
@@ -69,7 +65,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Walk the starting noise from one seed to another (spherical interpolation) "
         "and denoise each point deterministically, to see how smooth the model is.",
         epilog="example:\n  diffscape interpolate runs/tiny --seeds 1 2 --class Glacier --out walk.png",
-        formatter_class=HelpFormatter,
     )
     i.add_argument("source", help="run folder or checkpoint folder")
     i.add_argument(
@@ -80,7 +75,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="the two seeds (sample.seed's bounds)",
     )
     i.add_argument("--frames", type=int, default=8, help="images in the row, at least 2")
-    i.add_argument("--class", dest="class_name", default=None, help="class (conditional models)")
+    i.add_argument("--class", dest="class_name", help="class (conditional models)")
     INTERPOLATE_FLAGS.add_to(i)
     i.add_argument("--out", required=True, help="PNG file to write")
     add_overwrite(i, "a PNG --out")
@@ -93,44 +88,33 @@ def parse_classes(text: str | None) -> list[str] | None:
     return [c.strip() for c in text.split(",") if c.strip()]
 
 
-def run_sample(args: argparse.Namespace) -> int:
+def run_sample(args: argparse.Namespace) -> None:
     from diffscape.sample import sample_to_folder
 
-    s = SAMPLE_FLAGS.build(args)
     record = sample_to_folder(
         args.source,
         args.out,
-        n=s.n,
-        per_class=args.per_class,
         classes=parse_classes(args.classes),
-        sampler=s.sampler,
-        steps=s.steps,
-        eta=s.eta,
-        guidance=s.guidance,
-        seed=s.seed,
-        batch=s.batch,
         use_ema=not args.no_ema,
-        progress=not args.no_progress,
-        overwrite=args.overwrite,
+        **SAMPLE_FLAGS.values(args),
+        **options(args, "per_class", "progress", "overwrite"),
     )
     counts = ", ".join(f"{k} {v}" for k, v in record["counts"].items())
     print(f"wrote {record['n']} images ({counts}) and grid.png to {args.out}")
-    return 0
 
 
-def run_export(args: argparse.Namespace) -> int:
+def run_export(args: argparse.Namespace) -> None:
     from diffscape.sample import export_diffusers
 
     out = export_diffusers(args.source, args.out, use_ema=not args.no_ema, overwrite=args.overwrite)
     print(f"exported to {out} (unet/, scheduler/)")
-    return 0
 
 
-def run_interpolate(args: argparse.Namespace) -> int:
+def run_interpolate(args: argparse.Namespace) -> None:
     from diffscape.sample import interpolate
     from diffscape.settings.engine import ConfigError, parse_text
 
-    s = INTERPOLATE_FLAGS.build(args)
+    settings = INTERPOLATE_FLAGS.values(args)
     seeds = []
     for text in args.seeds:
         try:
@@ -142,12 +126,7 @@ def run_interpolate(args: argparse.Namespace) -> int:
         args.out,
         seed_a=seeds[0],
         seed_b=seeds[1],
-        frames=args.frames,
-        class_name=args.class_name,
-        sampler=s.sampler,
-        steps=s.steps,
-        guidance=s.guidance,
-        overwrite=args.overwrite,
+        **settings,
+        **options(args, "frames", "class_name", "overwrite"),
     )
     print(f"wrote {args.out}")
-    return 0

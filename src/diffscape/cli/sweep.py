@@ -7,6 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from diffscape.cli import add_overwrite, options
 from diffscape.core import layout
 
 SWEEP_EPILOG = """\
@@ -69,15 +70,12 @@ sweep.json and its real-vs-real floor (_floor/floor.json).
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from diffscape.cli import HelpFormatter
-
     p = sub.add_parser(
         "sweep",
         help="a study: train, sample and score every run of a sweep file",
         description="Run a hyperparameter study: every run of a sweep file is trained, sampled, "
         "evaluated and judged, then one report page is written.",
         epilog=SWEEP_EPILOG,
-        formatter_class=HelpFormatter,
     )
     p.add_argument("sweep", nargs="?", help="sweep .toml file, or a shipped sweep's name")
     p.add_argument("--out", help="folder for the runs (re-run with it to continue)")
@@ -107,16 +105,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="one self-contained HTML page from sweep or run folders",
         description="Build a report page from a sweep folder, a run folder, or several.",
         epilog=REPORT_EPILOG,
-        formatter_class=HelpFormatter,
     )
     r.add_argument("runs", nargs="+", help="sweep folder(s) or run folder(s)")
     r.add_argument(
         "--out", default=layout.REPORT_HTML, help="HTML file to write (results.csv goes beside it)"
     )
-    r.add_argument(
-        "--overwrite", action="store_true", help="replace a report page and results.csv "
-        "written before (files diffscape did not write are never replaced)",
-    )  # fmt: skip
+    add_overwrite(r, "a report page and results.csv")
     r.add_argument("--title", help="page title (default: the sweep's name)")
     r.set_defaults(func=run_report_command)
 
@@ -139,14 +133,8 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     from diffscape.train import TrainingInterrupted
 
     try:
-        results = sweep.run_sweep(
-            spec,
-            args.out,
-            data=args.data,
-            progress=not args.no_progress,
-            only=args.only,
-            jobs=args.jobs,
-        )
+        names = ("data", "progress", "only", "jobs")
+        results = sweep.run_sweep(spec, args.out, **options(args, *names))
     except TrainingInterrupted as e:
         print(f"diffscape: {e}\nRun the same sweep command again to continue.", file=sys.stderr)
         return 128 + int(e.signum)
@@ -162,14 +150,8 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def run_report_command(args: argparse.Namespace) -> int:
+def run_report_command(args: argparse.Namespace) -> None:
     from diffscape.report import build_report
 
-    page = build_report(
-        args.runs if len(args.runs) > 1 else args.runs[0],
-        args.out,
-        title=args.title,
-        overwrite=args.overwrite,
-    )
+    page = build_report(args.runs, args.out, **options(args, "title", "overwrite"))
     print(f"wrote {page} and {page.with_name(layout.RESULTS_CSV)}")
-    return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from diffscape.cli import options
 from diffscape.settings.flags import Flags
 from diffscape.settings.sections import ModelConfig, TrainConfig
 
@@ -33,7 +34,6 @@ Only one `train` at a time writes into a run folder: a second one is refused (ex
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from diffscape.cli import HelpFormatter
     from diffscape.settings.docs import describe_settings
 
     p = sub.add_parser(
@@ -45,7 +45,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=EPILOG
         + "\nsettings, key=default:\n"
         + describe_settings("model", "diffusion", "train"),
-        formatter_class=HelpFormatter,
     )
     p.add_argument("dataset", help="prepared dataset folder (data prepare / data synth)")
     p.add_argument("--out", required=True, help="run folder to write (or continue)")
@@ -79,35 +78,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def resolve_from_args(args: argparse.Namespace):  # noqa: ANN201
-    """preset <- --set overrides <- the flags (typed values, straight into their fields)."""
-    from diffscape.settings.presets import resolve
-
-    cfg = resolve(args.preset, args.overrides)
-    return cfg.with_changes(
-        model=MODEL_FLAGS.build(args, cfg.model), train=TRAIN_FLAGS.build(args, cfg.train)
-    )
-
-
 def run(args: argparse.Namespace) -> int:
     from diffscape.data.dataset import load_dataset
+    from diffscape.settings.presets import resolve
     from diffscape.train import TrainingInterrupted, prepare_config, train
 
-    cfg = resolve_from_args(args)
+    # preset <- --set overrides <- the flags (typed values, straight into their fields)
+    cfg = resolve(args.preset, args.overrides)
+    model, train_cfg = MODEL_FLAGS.build(args, cfg.model), TRAIN_FLAGS.build(args, cfg.train)
+    cfg = cfg.with_changes(model=model, train=train_cfg)
     ds = load_dataset(args.dataset)  # once: train() takes it as loaded
     if args.dry_run:
         sys.stdout.write(prepare_config(cfg, ds).to_json())
         return 0
     resume = True if args.resume else (False if args.fresh else None)
+    cpu = args.cpu or None  # no --cpu: train() picks the device
     try:
-        result = train(
-            cfg,
-            ds,
-            args.out,
-            resume=resume,
-            progress=not args.no_progress,
-            cpu=True if args.cpu else None,
-        )
+        result = train(cfg, ds, args.out, resume=resume, cpu=cpu, **options(args, "progress"))
     except TrainingInterrupted as e:
         print(f"diffscape: {e}", file=sys.stderr)
         return 128 + int(e.signum)  # the shell convention for "killed by signal N"

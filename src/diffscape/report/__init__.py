@@ -36,11 +36,10 @@ def build_report(
     from diffscape.report.page import render
     from diffscape.report.plots import all_plots
 
-    paths = [Path(runs)] if isinstance(runs, str | os.PathLike) else [Path(p) for p in runs]
     out = layout.check_out(out_html, "html", overwrite=overwrite)
     if csv:
         layout.check_out(out.with_name(layout.RESULTS_CSV), "csv", overwrite=overwrite)
-    coll = collect(paths)
+    coll = collect(runs)
     if title:
         coll = replace(coll, title=title)
     csv_name = None

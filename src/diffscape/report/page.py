@@ -1,35 +1,32 @@
 """The report as one self-contained HTML page, so that it opens from disk with no server and no
-network: the page is ``templates/page.html`` (Jinja2, autoescaped) with its CSS and its few lines
-of JS (sortable tables) inlined from ``page.css`` and ``page.js``; this module gives it the data:
-the tables (HTML built here and in :mod:`.settings_html`), plots as inline SVG, sample grids as
-base64 data URIs."""
+network: the page is ``templates/page.html`` (Jinja2, autoescaped; its ``table`` macro draws
+every table) with its CSS and its few lines of JS (sortable tables) inlined from ``page.css`` and
+``page.js``; this module gives it the data: the tables' cells, plots as inline SVG, sample grids
+as base64 data URIs.
+
+A sweep with seeds gets the settings table (one row per setting: mean ± 95 % interval over its
+seeds, then the verdicts against the baseline) above the per-run table; a sweep without seeds
+gets the verdicts in its per-run table."""
 
 from __future__ import annotations
 
 import base64
 import json
+import math
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import jinja2
-from markupsafe import Markup
 
 from diffscape import __version__
+from diffscape.core.stats import BETTER, NO_DIFFERENCE, NO_INTERVAL, WORSE, Estimate
 from diffscape.core.timefmt import duration
 from diffscape.metrics import registry
 from diffscape.metrics.registry import Metric, Records
-from diffscape.report.html import cell, esc, small
 from diffscape.report.plots import Plot
 from diffscape.report.rows import Collection, Row
-from diffscape.report.settings_html import (
-    column_tip,
-    last_headline,
-    n_note,
-    settings_table,
-    verdict_cell,
-    within_tip,
-)
 from diffscape.report.table import records
 from diffscape.report.verdicts import TRAIN_TIME, Setting, metrics_for, settings
 
@@ -40,25 +37,42 @@ STATUS_TEXT = {
     "incomplete": "interrupted",
     "unknown": "",
 }
+VERDICT_CLASS = {BETTER: "v-better", WORSE: "v-worse", NO_DIFFERENCE: "v-none", NO_INTERVAL: "v-na"}
+VERDICT_SHORT = {
+    BETTER: "better",
+    WORSE: "worse",
+    NO_DIFFERENCE: "no difference found",
+    NO_INTERVAL: "no interval",
+}
+VERDICT_TIP = (
+    "against the baseline: better, worse, or no difference found (the 95% interval of the "
+    "difference, from the run's own sampling noise with one seed, excludes 0 or not)"
+)
+SETTING_VERDICT_TIP = (
+    "{label} against the baseline: better, worse or no difference found (95% interval of the "
+    "difference excludes 0 or not)"
+)
 
 
-def _fmt(value: float | None, spec: str) -> str:
-    return "–" if value is None else format(value, spec)
+@dataclass(frozen=True)
+class Cell:
+    """A table cell as the template's ``td`` macro draws it: its text (a link to ``href``), a
+    badge, chips, a muted word, small notes (its n, the step it was read at) and an error under
+    it. ``sort`` is the value the page's script sorts the column by; a number column's missing
+    value sorts last either way."""
 
-
-def _value(value: Any) -> str:
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(map(str, value)) + "]"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-def _heat(v: float | None) -> str:
-    """A light green whose depth follows an accuracy in [0, 1]."""
-    if v is None:
-        return ""
-    return f' style="background:hsl(135 45% {97 - 27 * v:.0f}%)"'
+    text: str = ""
+    sort: float | str | None = None
+    cls: str = ""
+    tip: str = ""
+    notes: tuple[str, ...] = ()
+    style: str = ""
+    href: str = ""
+    badge: tuple[str, str] | None = None  # (class, text)
+    chips: tuple[str, ...] = ()
+    muted: str = ""
+    error: str = ""
+    span: int = 0
 
 
 # Columns: (header, type, tooltip, sorts descending first). "num" columns sort numerically.
@@ -73,60 +87,128 @@ TRAINING_COLUMNS: list[Column] = [
     ("img/s", "num", "training images per second (median over log windows)", True),
     ("Loss", "num", "last logged training loss", False),
 ]
+SETTING_COLUMNS: list[Column] = [
+    ("Setting", "text", "the setting; its runs (one per seed) are listed below", False),
+    ("Changes from base", "text", "settings that differ from the base config", False),
+]
 
 
-def _best(values: list[float | None], higher: bool) -> float | None:
-    present = [v for v in values if v is not None]
-    if len(present) < 2:
-        return None
-    return max(present) if higher else min(present)
+def _fmt(value: float | None, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
 
 
-def _metric_columns(metrics: list[Metric], verdicts: list[Metric]) -> list[Column]:
-    """A column per metric; the verdicts right after the last headline metric."""
-    cols = []
-    for m in metrics:
-        cols.append((m.label, "num", column_tip(m), m.higher_is_better))
-        if verdicts and m is last_headline(metrics):
-            cols += [(f"{v.label} vs baseline", "num", VERDICT_TIP, False) for v in verdicts]
-    return cols
+def _value(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(map(str, value)) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
-def results_table(
-    coll: Collection, metrics: list[Metric], verdicts: list[Metric], sets: list[Setting]
-) -> str:
-    """The per-run table: a column per metric (and each setting's verdict on the ``verdicts``
-    metrics), the training's numbers, and the real data's row under it."""
-    recs = [records(r) for r in coll.rows]
-    ok = [x for x, r in zip(recs, coll.rows, strict=True) if r.status in ("ok", "unknown")]
-    best = {m.key: _best([m.value(x) for x in ok], m.higher_is_better) for m in metrics}
-    cols = RUN_COLUMNS + _metric_columns(metrics, verdicts) + TRAINING_COLUMNS
-    head = "".join(
-        f'<th data-type="{t}"{" data-desc-first" if hi else ""} title="{esc(tip)}" scope="col">'
-        f"{esc(name)}</th>"
-        for name, t, tip, hi in cols
+def _signed(m: Metric, value: float | None) -> str:
+    if value is None:
+        return "?"
+    return ("+" if value >= 0 else "−") + m.text(abs(value))
+
+
+def n_note(m: Metric, recs: Records) -> str:
+    """The sizes a run's number was measured on: "n 250 / 250" (generated / real), "n 90"."""
+    sizes = m.sizes_of(recs)
+    return "n " + " / ".join(map(str, sizes)) if sizes else ""
+
+
+def _with_verdicts(metrics: list[Metric], items: list[Any], verdicts: list[Any]) -> list[Any]:
+    """``items`` (one per metric) with ``verdicts`` right after the last headline metric's, next
+    to the numbers they judge."""
+    last = next((m for m in reversed(metrics) if m.headline), None)
+    if not verdicts or last is None:
+        return items
+    at = metrics.index(last) + 1
+    return items[:at] + verdicts + items[at:]
+
+
+def metric_columns(
+    metrics: list[Metric], verdicts: list[Metric], verdict_tip: str, tip: str = ""
+) -> list[Column]:
+    """A column per metric (``tip`` added to its tooltip), and after the headline metrics a
+    column per verdict (``verdict_tip`` names its metric with ``{label}``)."""
+    cols = [
+        (m.label, "num", f"{m.about}; {'higher' if m.higher_is_better else 'lower'} is better"
+         + tip, m.higher_is_better)
+        for m in metrics
+    ]  # fmt: skip
+    judged = [
+        (f"{v.label} vs baseline", "num", verdict_tip.format(label=v.label), False)
+        for v in verdicts
+    ]
+    return _with_verdicts(metrics, cols, judged)
+
+
+def estimate_cell(m: Metric, e: Estimate | None, note: str = "") -> Cell:
+    """``mean ± half-width`` of the 95 % interval, with how many seeds under it."""
+    if e is None:
+        return Cell("–", cls="num")
+    k = f"{e.k} seed{'s' if e.k != 1 else ''}"
+    why = (
+        "seeds"
+        if e.between is not None and (e.within is None or e.between >= e.within)
+        else ("within-run noise" if e.within is not None else "no interval")
     )
-    of = {r.group: s for s in sets for r in s.rows}
+    tip = f"mean of {k}; 95% interval from {why}"
+    if e.low is not None:
+        tip += f": [{m.text(e.low)}, {m.text(e.high)}]"
+    plus_minus = "" if e.half_width is None else f" ± {m.text(e.half_width)}"
+    notes = (f"{k}{' · ' + note if note else ''}",)
+    return Cell(m.text(e.mean) + plus_minus, e.mean, "num", tip, notes)
+
+
+def verdict_cell(m: Metric, s: Setting | None) -> Cell:
+    """The setting's verdict on ``m`` against the baseline, coloured; the difference and its
+    interval under it."""
+    if s is None:
+        return Cell("–", cls="num verdict")
+    if s.is_baseline:
+        return Cell(sort="", cls="verdict v-base", muted="baseline")
+    c = s.comparisons.get(m.key)
+    if c is None:
+        return Cell("–", cls="verdict")
+    under = f"Δ {_signed(m, c.diff)}"
+    if c.low is not None:
+        under += f" [{_signed(m, c.low)}, {_signed(m, c.high)}]"
+    notes = ("at this n and these seeds", under) if c.verdict == NO_DIFFERENCE else (under,)
+    better = "lower" if not m.higher_is_better else "higher"
+    df = "" if math.isinf(c.df) else f", df {c.df:.1f}"
+    tip = f"{m.label}: {c.verdict} than the baseline ({better} is better); {under}{df}"
+    order = {BETTER: 0, NO_DIFFERENCE: 1, WORSE: 2}.get(c.verdict, 3)
+    return Cell(VERDICT_SHORT[c.verdict], order, f"verdict {VERDICT_CLASS[c.verdict]}", tip, notes)
+
+
+def settings_table(sets: list[Setting], metrics: list[Metric]) -> dict[str, Any]:
+    """One row per setting: every number's mean ± 95 % interval over its seeds, then the
+    verdicts against the baseline."""
+    verdicts = [m for m in metrics if m.headline]
+    tip = "; mean ± 95% interval half-width over seeds"
+    head = SETTING_COLUMNS + metric_columns(metrics, verdicts, SETTING_VERDICT_TIP, tip)
     body = []
-    for i, (row, x) in enumerate(zip(coll.rows, recs, strict=True)):
-        cells = [_metric_cell(m, x, best[m.key]) for m in metrics]
-        _insert_verdicts(cells, metrics, [verdict_cell(v, of.get(row.group)) for v in verdicts])
-        body.append(_row_html(i, row, x, cells))
-    foot = _floor_row(coll, metrics, verdicts)
-    return (
-        '<div class="table-wrap"><table id="runs" class="sortable">'
-        f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody>{foot}</table></div>"
-    )
+    for s in sets:
+        first, recs = s.rows[0], records(s.rows[0])
+        seeds = [r.seed for r in s.rows if r.seed is not None]
+        runs = f"{s.k} of {len(s.rows)} runs" + (
+            f" · seeds {', '.join(map(str, seeds))}" if seeds else ""
+        )
+        chips = tuple(f"{k}={v}" for k, v in first.changes.items())
+        numbers = [estimate_cell(m, s.estimates.get(m.key), n_note(m, recs)) for m in metrics]
+        cells = [
+            Cell(s.name, s.name, "name", notes=(runs,),
+                 badge=("base", "baseline") if s.is_baseline else None),
+            Cell(sort="", cls="changes", chips=chips, muted="" if chips else "base"),
+            *_with_verdicts(metrics, numbers, [verdict_cell(v, s) for v in verdicts]),
+        ]  # fmt: skip
+        body.append(("", cells))
+    return {"id": "settings", "head": head, "rows": body}
 
 
-def _insert_verdicts(cells: list[str], metrics: list[Metric], verdicts: list[str]) -> None:
-    """The verdict cells right after the last headline metric's."""
-    if verdicts:
-        at = metrics.index(last_headline(metrics)) + 1
-        cells[at:at] = verdicts
-
-
-def _metric_cell(m: Metric, recs: Records, best: float | None) -> str:
+def metric_cell(m: Metric, recs: Records, best: float | None) -> Cell:
     """One run's number, its n under it, its own 95 % interval in the tooltip; a class's
     column is compact (its n and the class's other scores in the tooltip, shaded by value)."""
     value = m.value(recs)
@@ -137,51 +219,78 @@ def _metric_cell(m: Metric, recs: Records, best: float | None) -> str:
         values = [(o, o.value(recs)) for o in others if o.key != m.key]
         facts = [note] + [f"{o.label} {o.text(v)}" for o, v in values if v is not None]
         tip = f"{c}: " + ", ".join(f for f in facts if f)
-        heat = _heat(value) if m.fmt == "%" else ""
-        return cell(m.text(value), value, "num cls", heat + f' title="{esc(tip)}"')
-    text = m.shown(recs) + (small(note) if note else "")
-    tip = within_tip(m, recs) if value is not None else ""
-    classes = "num" + (" best" if value is not None and value == best else "")
-    return cell(text, value, classes, f' title="{esc(tip)}"' if tip else "")
+        # A light green whose depth follows an accuracy in [0, 1].
+        depth = None if m.fmt != "%" or value is None else 97 - 27 * value
+        heat = "" if depth is None else f"background:hsl(135 45% {depth:.0f}%)"
+        return Cell(m.text(value), value, "num cls", tip, style=heat)
+    within = m.variance(recs) if value is not None else None
+    tip = "" if within is None else f"± {m.text(1.96 * math.sqrt(within))} (95%, this run alone)"
+    best_cls = " best" if value is not None and value == best else ""
+    return Cell(m.shown(recs), value, "num" + best_cls, tip, (note,) if note else ())
 
 
-def _row_html(i: int, row: Row, recs: Records, metric_cells: list[str]) -> str:
+def _run_cells(i: int, row: Row, recs: Records) -> list[Cell]:
+    """The run's name (a link to its samples), changes and sampling, then its training."""
     status = STATUS_TEXT.get(row.status, row.status)
-    badge = f' <span class="badge {esc(row.status.replace(" ", "-"))}">{esc(status)}</span>'
-    name = f'<a href="#run-{i}">{esc(row.name)}</a>' + (badge if status else "")
-    if row.error:
-        stage = row.result.stage if row.result else None
-        where = f"in {stage}: " if stage else ""
-        name += f'<div class="error">{esc(where + row.error)}</div>'
-    changes = (
-        "".join(
-            f'<code class="chip">{esc(k)}={esc(_value(v))}</code> ' for k, v in row.changes.items()
-        )
-        or '<span class="muted">base</span>'
-    )
+    stage = row.result.stage if row.result else None
+    error = f"{f'in {stage}: ' if stage else ''}{row.error}" if row.error else ""
+    chips = tuple(f"{k}={_value(v)}" for k, v in row.changes.items())
     s = row.sampling or {}
     sampler, steps, guidance, n = (s.get(k) for k in ("sampler", "steps", "guidance", "n"))
-    sampling = "–"
+    sampling, images = "–", ()
     if sampler:
-        w = "" if guidance is None else f" · w={guidance:g}"
-        sampling = f"{esc(sampler)} {esc(steps)}{w}" + (small(f"{n} images") if n else "")
-    cells = [
-        cell(name, row.name, "name"),
-        cell(changes, "; ".join(f"{k}={v}" for k, v in row.changes.items()), "changes"),
-        cell(sampling, f"{sampler or ''} {steps or 0:05d}", "sampling"),
-        *metric_cells,
-    ]
+        sampling = f"{sampler} {steps}" + ("" if guidance is None else f" · w={guidance:g}")
+        images = (f"{n} images",) if n else ()
     t = recs["train"]
     secs, speed, loss = t.get("train_seconds"), t.get("images_per_second"), t.get("final_loss")
-    cells.append(cell(duration(secs), secs, "num"))
-    cells.append(cell(_fmt(speed, ".0f"), speed, "num"))
-    steps_note = small(f"step {t['train_steps']}") if t.get("train_steps") else ""
-    cells.append(cell(_fmt(loss, ".4f") + steps_note, loss, "num"))
-    cls = f' class="{esc(row.status.replace(" ", "-"))}"'
-    return f"<tr{cls}>{''.join(cells)}</tr>"
+    step = (f"step {t['train_steps']}",) if t.get("train_steps") else ()
+    badge = (row.status.replace(" ", "-"), status) if status else None
+    changed = "; ".join(f"{k}={v}" for k, v in row.changes.items())
+    return [
+        Cell(row.name, row.name, "name", href=f"#run-{i}", badge=badge, error=error),
+        Cell(sort=changed, cls="changes", chips=chips, muted="" if chips else "base"),
+        Cell(sampling, f"{sampler or ''} {steps or 0:05d}", "sampling", notes=images),
+        Cell(duration(secs), secs, "num"),
+        Cell(_fmt(speed, ".0f"), speed, "num"),
+        Cell(_fmt(loss, ".4f"), loss, "num", notes=step),
+    ]
 
 
-def tables(coll: Collection) -> str:
+def results_table(
+    coll: Collection, metrics: list[Metric], verdicts: list[Metric], sets: list[Setting]
+) -> dict[str, Any]:
+    """The per-run table: a column per metric (and each setting's verdict on the ``verdicts``
+    metrics), the training's numbers, and the real data's row under it (each metric of real
+    images in place of samples: the real-vs-real floor; the judge's accuracy on real test
+    images)."""
+    recs = [records(r) for r in coll.rows]
+    ok = [x for x, r in zip(recs, coll.rows, strict=True) if r.status in ("ok", "unknown")]
+    best = {}  # each metric's best value among two or more finished runs
+    for m in metrics:
+        present = [v for x in ok if (v := m.value(x)) is not None]
+        best[m.key] = (max if m.higher_is_better else min)(present) if len(present) > 1 else None
+    of = {r.group: s for s in sets for r in s.rows}
+    body = []
+    for i, (row, x) in enumerate(zip(coll.rows, recs, strict=True)):
+        numbers = [metric_cell(m, x, best[m.key]) for m in metrics]
+        run = _run_cells(i, row, x)
+        judged = [verdict_cell(v, of.get(row.group)) for v in verdicts]
+        cells = run[:3] + _with_verdicts(metrics, numbers, judged) + run[3:]
+        body.append((row.status.replace(" ", "-"), cells))
+    real = next(
+        (r.accuracy.get("real") for r in coll.rows if r.accuracy and r.accuracy.get("real")), None
+    )
+    foot = None
+    if coll.floor is not None or real is not None:
+        floor = registry.records(coll.floor, real)
+        numbers = [metric_cell(m, floor, None) for m in metrics]
+        foot = _with_verdicts(metrics, numbers, [Cell(span=len(verdicts))] if verdicts else [])
+        foot.append(Cell(span=len(TRAINING_COLUMNS)))
+    head = RUN_COLUMNS + metric_columns(metrics, verdicts, VERDICT_TIP) + TRAINING_COLUMNS
+    return {"id": "runs", "head": head, "rows": body, "foot": foot}
+
+
+def tables(coll: Collection) -> dict[str, Any]:
     """The results: for a sweep with seeds, the settings table (mean ± 95 % interval over the
     seeds, verdicts against the baseline) above the per-run table; otherwise the per-run table,
     with a verdict per headline metric when there are settings to compare."""
@@ -191,60 +300,17 @@ def tables(coll: Collection) -> str:
     verdicts = [m for m in metrics if m.headline] if len(sets) > 1 and not replicated else []
     runs = results_table(coll, [m for m in metrics if m is not TRAIN_TIME], verdicts, sets)
     if not replicated:
-        return runs
+        return {"runs": runs}
     baseline = next((s.name for s in sets if s.is_baseline), "")
-    return (
-        f'<p class="hint">{esc(SETTINGS_HINT.format(baseline=baseline))}</p>'
-        + settings_table(coll, sets, metrics)
-        + f'<details class="runs"><summary>Every run ({len(coll.rows)}, one per setting and '
-        f"seed)</summary>{runs}</details>"
-    )
-
-
-VERDICT_TIP = (
-    "against the baseline: better, worse, or no difference found (the 95% interval of the "
-    "difference, from the run's own sampling noise with one seed, excludes 0 or not)"
-)
-SETTINGS_HINT = (
-    "One row per setting: the mean over its seeds ± the half-width of a 95% interval that "
-    "counts seed-to-seed variation and each run's own sampling noise (KID subsets, FID "
-    "bootstrap, binomial noise of accuracies). Verdicts compare each setting with the "
-    "baseline ({baseline}): better or worse when the 95% interval of the difference excludes 0, "
-    "else no difference found at this n and these seeds."
-)
-
-
-def _floor_row(coll: Collection, metrics: list[Metric], verdicts: list[Metric]) -> str:
-    """The real-data reference under the table (not sorted): each metric of real images in
-    place of samples (the real-vs-real floor; the judge's accuracy on real test images)."""
-    real = next(
-        (r.accuracy.get("real") for r in coll.rows if r.accuracy and r.accuracy.get("real")), None
-    )
-    if coll.floor is None and real is None:
-        return ""
-    recs = registry.records(coll.floor, real)
-    cells = [_metric_cell(m, recs, None) for m in metrics]
-    _insert_verdicts(cells, metrics, [f'<td colspan="{len(verdicts)}"></td>'] if verdicts else [])
-    return (
-        '<tfoot><tr class="floor"><th scope="row">Real data<span class="n">the floor / ceiling'
-        '</span></th><td colspan="2" class="muted">real images in place of samples</td>'
-        f'{"".join(cells)}<td colspan="{len(TRAINING_COLUMNS)}"></td></tr></tfoot>'
-    )
-
-
-def _data_uri(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
-
-
-def _png_size(path: Path) -> tuple[int, int] | None:
-    data = Path(path).read_bytes()[:24]
-    if data[:8] != b"\x89PNG\r\n\x1a\n":
-        return None
-    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    return {"runs": runs, "settings": settings_table(sets, metrics), "baseline": baseline}
 
 
 def _figure(path: Path, alt: str, caption: str) -> dict[str, Any]:
-    return {"src": _data_uri(path), "size": _png_size(path), "alt": alt, "caption": caption}
+    data = Path(path).read_bytes()
+    png = data[:8] == b"\x89PNG\r\n\x1a\n"
+    size = (int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big"))
+    src = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+    return {"src": src, "size": size if png else None, "alt": alt, "caption": caption}
 
 
 def _card(row: Row) -> dict[str, Any]:
@@ -304,7 +370,7 @@ def render(coll: Collection, plots: list[Plot], csv_name: str | None) -> str:
         written=f"{datetime.now():%Y-%m-%d %H:%M}",
         version=__version__,
         csv_name=csv_name,
-        table=Markup(tables(coll)),
+        tables=tables(coll),
         notes=_notes(coll),
         base="\n".join(f"{k} = {json.dumps(v)}" for k, v in sorted(coll.base.items())),
         plots=plots,

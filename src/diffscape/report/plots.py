@@ -6,7 +6,6 @@ and a sentence saying what is missing, which the page shows in place of the plot
 
 from __future__ import annotations
 
-import functools
 import io
 import math
 import re
@@ -15,8 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from diffscape.metrics import registry
 from diffscape.report.rows import Row
-from diffscape.report.table import class_names, summaries
+from diffscape.report.table import summaries
 
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 PALETTE += ["#7f7f7f", "#bcbd22"]
@@ -29,21 +29,6 @@ class Plot:
     svg: str | None  # None: not drawn, ``note`` says why
     note: str
     wide: bool = False  # two panels: the page gives it the full width
-
-
-def _literal_text(plot: Callable[..., Plot]) -> Callable[..., Plot]:
-    """Run ``plot`` with mathtext off: run names, class names and settings are user text, drawn
-    as written ("$x^$" in a run name would otherwise start a formula, or fail to parse). The
-    setting is read when each text is made, so it must hold while the figure is drawn."""
-
-    @functools.wraps(plot)
-    def literal(*args: Any, **kwargs: Any) -> Plot:
-        import matplotlib
-
-        with matplotlib.rc_context({"text.parse_math": False}):
-            return plot(*args, **kwargs)
-
-    return literal
 
 
 def _figure(panels: int = 1, height: float = 3.4):  # noqa: ANN202 - matplotlib Figure
@@ -64,8 +49,7 @@ def to_svg(fig: Any, salt: str) -> str:
     (smaller, selectable); the salt keeps element ids unique between plots on one page."""
     import matplotlib
 
-    rc = {"svg.fonttype": "none", "svg.hashsalt": salt, "text.parse_math": False}
-    with matplotlib.rc_context(rc):
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": salt}):
         buf = io.StringIO()
         # No <metadata> block: no creation date (pages differ only where results do), and no
         # RDF namespace URLs that look like links.
@@ -93,7 +77,6 @@ def _training_label(row: Row) -> str:
     return row.train_dir.name if row.train_dir is not None else row.name
 
 
-@_literal_text
 def loss_curves(rows: list[Row]) -> Plot:
     title = "Training loss"
     runs: dict[str, list[dict[str, Any]]] = {}
@@ -147,7 +130,6 @@ def _lines(
     return {k: v for k, v in groups.items() if len({s[x] for s in v}) >= 2}
 
 
-@_literal_text
 def fid_vs_steps(rows: list[Row], floor: dict[str, Any] | None) -> Plot:
     title = "FID and KID against sampler steps"
     # One line per model, sampler and guidance weight: only the step count varies along it.
@@ -192,10 +174,9 @@ def fid_vs_steps(rows: list[Row], floor: dict[str, Any] | None) -> Plot:
     return Plot("steps", title, to_svg(fig, "steps"), note, wide=True)
 
 
-@_literal_text
 def accuracy_vs_guidance(rows: list[Row]) -> Plot:
     title = "Judge accuracy against guidance"
-    classes = class_names(rows)
+    classes = registry.class_names(r.records for r in rows)
     groups = _lines(rows, "accuracy", "guidance", lambda s: f"{s['sampler']} {s['sampler_steps']}")
     if not groups:
         return Plot(
@@ -242,7 +223,6 @@ def accuracy_vs_guidance(rows: list[Row]) -> Plot:
     return Plot("guidance", title, to_svg(fig, "guidance"), note, wide=with_fid)
 
 
-@_literal_text
 def fid_vs_accuracy(rows: list[Row], floor: dict[str, Any] | None) -> Plot:
     title = "FID against judge accuracy"
     pts = list(zip(rows, summaries(rows), strict=True))
@@ -292,9 +272,15 @@ def _label_points(ax: Any, names: list[str], xs: list[float], ys: list[float]) -
 
 
 def all_plots(rows: list[Row], floor: dict[str, Any] | None) -> list[Plot]:
-    return [
-        loss_curves(rows),
-        fid_vs_steps(rows, floor),
-        accuracy_vs_guidance(rows),
-        fid_vs_accuracy(rows, floor),
-    ]
+    import matplotlib
+
+    # Mathtext off: run names, class names and settings are user text, drawn as written ("$x^$"
+    # in a run name would otherwise start a formula, or fail to parse). The setting is read when
+    # each text is made, so it must hold while the figures are made and drawn.
+    with matplotlib.rc_context({"text.parse_math": False}):
+        return [
+            loss_curves(rows),
+            fid_vs_steps(rows, floor),
+            accuracy_vs_guidance(rows),
+            fid_vs_accuracy(rows, floor),
+        ]

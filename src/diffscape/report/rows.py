@@ -27,6 +27,7 @@ folder, a run still shows its training log and its latest training grid.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -48,14 +49,14 @@ class Row:
     name: str
     status: str  # ok | failed | not run | incomplete | unknown (no result.json, outputs found)
     train_dir: Path | None
-    sample_dir: Path | None
-    config: dict[str, Any] | None  # config.json
-    log: list[dict[str, Any]]  # metrics.jsonl records
-    sampling: dict[str, Any] | None  # samples.json (or the sweep's sample settings)
-    metrics: dict[str, Any] | None  # metrics.json
-    accuracy: dict[str, Any] | None  # accuracy.json
-    result: RunResult | None  # result.json (sweep rows)
-    grid: Path | None  # grid.png (or the latest training grid)
+    sample_dir: Path | None = None
+    config: dict[str, Any] | None = None  # config.json
+    log: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl records
+    sampling: dict[str, Any] | None = None  # samples.json (or the sweep's sample settings)
+    metrics: dict[str, Any] | None = None  # metrics.json
+    accuracy: dict[str, Any] | None = None  # accuracy.json
+    result: RunResult | None = None  # result.json (sweep rows)
+    grid: Path | None = None  # grid.png (or the latest training grid)
     grid_caption: str = ""
     changes: dict[str, Any] = field(default_factory=dict)  # filled in by :func:`collect`
     setting: str = ""  # the setting this run replicates (sweep.json); "": its name
@@ -132,19 +133,9 @@ def flatten(config: dict[str, Any] | None) -> dict[str, Any]:
     return out
 
 
-def is_floor(metrics: dict[str, Any]) -> bool:
-    """A metrics.json that compares two dataset splits: real vs real, not a run's scores."""
-    fake = metrics.get("fake")
-    return isinstance(fake, dict) and fake.get("kind") == "dataset"
-
-
 def _latest_training_grid(train_dir: Path) -> Path | None:
     grids = sorted((train_dir / layout.TRAIN_SAMPLES).glob(layout.TRAIN_GRID_PNG))
     return grids[-1] if grids else None
-
-
-def _is_sampling(d: Path) -> bool:
-    return layout.is_samples_dir(d) or (d / layout.RESULT_JSON).is_file()
 
 
 def sample_dirs(run_dir: Path) -> list[Path]:
@@ -153,7 +144,9 @@ def sample_dirs(run_dir: Path) -> list[Path]:
     found = []
     for parent in (run_dir, run_dir / layout.TRAIN_SAMPLES):
         if parent.is_dir():
-            found += [d for d in sorted(parent.iterdir()) if d.is_dir() and _is_sampling(d)]
+            for d in sorted(parent.iterdir()):
+                if layout.is_samples_dir(d) or (d / layout.RESULT_JSON).is_file():
+                    found.append(d)
     return found
 
 
@@ -179,7 +172,8 @@ def _scores(metrics: dict[str, Any] | None, floors: list[dict[str, Any]]) -> dic
     metrics.json carries its floor under a "floor" key."""
     if metrics is None:
         return None
-    if is_floor(metrics):
+    fake = metrics.get("fake")
+    if isinstance(fake, dict) and fake.get("kind") == "dataset":  # two dataset splits compared
         floors.append(metrics)
         return None
     if isinstance(metrics.get("floor"), dict):
@@ -242,13 +236,10 @@ def rows_from_run(run_dir: Path, floors: list[dict[str, Any]]) -> list[Row]:
             name=run_dir.name,
             status="unknown",
             train_dir=run_dir,
-            sample_dir=None,
             config=shared["config"],
             log=shared["log"],
-            sampling=None,
             metrics=shared["metrics"],
             accuracy=shared["accuracy"],
-            result=None,
             grid=grid,
             grid_caption=f"training grid ({grid.stem})" if grid else "",
         )
@@ -294,22 +285,12 @@ def _planned_row(run: dict[str, Any], train_dir: Path) -> Row:
         name=run["name"],
         status="incomplete" if (train_dir / layout.CHECKPOINTS).is_dir() else "not run",
         train_dir=train_dir if exists else None,
-        sample_dir=None,
         config=read_json(train_dir / layout.CONFIG_JSON),
         log=read_log(train_dir / layout.METRICS_JSONL),
-        sampling=None,
-        metrics=None,
-        accuracy=None,
         result=RunResult(name=run["name"], status="missing", changes=run.get("changes") or {}),
         grid=_latest_training_grid(train_dir) if exists else None,
         grid_caption="latest training grid",
     )
-
-
-def _as_paths(runs: str | Path | Iterable[str | Path]) -> list[Path]:
-    if isinstance(runs, str | Path):
-        return [Path(runs)]
-    return [Path(p) for p in runs]
 
 
 @dataclass
@@ -364,9 +345,9 @@ def _collect_one(p: Path, found: _Found) -> None:
             found.rows += rows_from_run(c, found.floors)
 
 
-def collect(runs: str | Path | Iterable[str | Path]) -> Collection:
+def collect(runs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> Collection:
     """Every row found in sweep folders, demo folders, run folders, or folders of run folders."""
-    paths = _as_paths(runs)
+    paths = [Path(runs)] if isinstance(runs, str | os.PathLike) else [Path(p) for p in runs]
     found = _Found()
     for p in paths:
         _collect_one(p, found)

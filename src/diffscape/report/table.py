@@ -25,7 +25,7 @@ def train_stats(log: list[dict[str, Any]]) -> dict[str, Any]:
     (robust to the slow first window and to pauses)."""
     recs = [r for r in log if not r.get("skipped")]
     if not recs:
-        return {}
+        return dict.fromkeys(("train_seconds", "images_per_second", "train_steps", "final_loss"))
     total, segment, prev = 0.0, 0.0, -1.0
     for r in recs:
         s = r.get("seconds")
@@ -50,11 +50,6 @@ def records(row: Row) -> dict[str, Any]:
     return {**row.records, "train": train_stats(row.log)}
 
 
-def class_names(rows: list[Row]) -> list[str]:
-    """Classes in the judge's order, as first seen."""
-    return registry.class_names(r.records for r in rows)
-
-
 def summary(row: Row, metrics: list[Metric]) -> dict[str, Any]:
     """Flat numbers of one row (None where missing): one per metric, by its key."""
     recs, s = records(row), row.sampling or {}
@@ -73,8 +68,6 @@ def summary(row: Row, metrics: list[Metric]) -> dict[str, Any]:
     ev, a = row.metrics or {}, row.accuracy or {}
     out |= {"n_fake": ev.get("n_fake"), "n_real": ev.get("n_real"), "n_judged": a.get("n")}
     out["judge_real_accuracy"] = (a.get("real") or {}).get("accuracy")
-    out |= {"train_seconds": None, "images_per_second": None, "train_steps": None}
-    out["final_loss"] = None
     out |= recs["train"]
     out["error"] = row.error
     return out

@@ -93,3 +93,9 @@ class Flags:
             hint = getattr(args, "settings_help", None)
             see = f" (see {hint} --help)" if hint else ""
             raise ConfigError(f"{error}{see}", e.path, e.shown, e.problem) from None
+
+    def values(self, args: argparse.Namespace) -> dict[str, Any]:
+        """These flags' settings, the section's defaults with the flags given, as keyword
+        arguments (checked as :meth:`build` does)."""
+        settings = self.build(args)
+        return {name: getattr(settings, name) for name in self.rows}
