@@ -50,21 +50,6 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def stale_tmp(folder: Path) -> list[Path]:
-    """This program's temporaries in ``folder`` left by processes that no longer run."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    found = []
-    for p in folder.iterdir():
-        m = _TMP.match(p.name)
-        if not m or not layout.is_our_temporary(p):
-            continue
-        if int(m.group("pid")) != os.getpid() and not pid_alive(int(m.group("pid"))):
-            found.append(p)
-    return found
-
-
 def remove_tmp(p: Path) -> None:
     """Delete one of this program's temporaries (a folder only if it holds the marker)."""
     with contextlib.suppress(FileNotFoundError):
@@ -78,11 +63,17 @@ def remove_tmp(p: Path) -> None:
 def clean_stale_tmp(folder: Path) -> list[Path]:
     """Delete this program's temporaries in ``folder`` left by processes that no longer run;
     returns them."""
+    folder = Path(folder)
     removed = []
-    for p in stale_tmp(folder):
-        with contextlib.suppress(OSError):
-            remove_tmp(p)
-            removed.append(p)
+    for p in folder.iterdir() if folder.is_dir() else []:
+        m = _TMP.match(p.name)
+        if not m or not layout.is_our_temporary(p):
+            continue
+        pid = int(m.group("pid"))
+        if pid != os.getpid() and not pid_alive(pid):
+            with contextlib.suppress(OSError):
+                remove_tmp(p)
+                removed.append(p)
     return removed
 
 

@@ -18,6 +18,7 @@ Kinds of folder, each recognised by its marker file::
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import Path
@@ -172,61 +173,33 @@ MARKERS: dict[str, str] = {
 }
 
 
-def kind_of(path: str | os.PathLike[str]) -> str | None:
-    """The kind of folder ``path`` is, by its marker file; None for anything else."""
-    p = Path(path)
-    for kind, marker in MARKERS.items():
-        if (p / marker).is_file():
-            return kind
-    return None
-
-
-def is_dataset_dir(path: str | os.PathLike[str]) -> bool:
-    return (Path(path) / MANIFEST).is_file()
-
-
-def is_run_dir(path: str | os.PathLike[str]) -> bool:
-    """A training run: run.json, or (runs from before run.json) config.json + checkpoints/."""
-    p = Path(path)
-    return (p / RUN_JSON).is_file() or ((p / CONFIG_JSON).is_file() and (p / CHECKPOINTS).is_dir())
-
-
-def is_checkpoint_dir(path: str | os.PathLike[str]) -> bool:
-    return (Path(path) / COMPLETE).is_file()
-
-
-def is_samples_dir(path: str | os.PathLike[str]) -> bool:
-    return (Path(path) / SAMPLES_JSON).is_file()
-
-
-def is_judge_dir(path: str | os.PathLike[str]) -> bool:
-    return (Path(path) / JUDGE_JSON).is_file()
-
-
-def is_sweep_dir(path: str | os.PathLike[str]) -> bool:
-    return (Path(path) / SWEEP_JSON).is_file()
-
-
-def is_demo_dir(path: str | os.PathLike[str]) -> bool:
-    """demo.json, or (demos from before it) summary.json beside a run/ folder."""
-    p = Path(path)
-    return (p / DEMO_JSON).is_file() or ((p / SUMMARY_JSON).is_file() and (p / DEMO_RUN).is_dir())
-
-
-_PREDICATES = {
-    "dataset": is_dataset_dir,
-    "run": is_run_dir,
-    "samples": is_samples_dir,
-    "judge": is_judge_dir,
-    "sweep": is_sweep_dir,
-    "demo": is_demo_dir,
-    "report": lambda p: (Path(p) / REPORT_JSON).is_file(),
-    "export": lambda p: (Path(p) / EXPORT_CONFIG).is_file(),
+# Folders written before their kind had a marker: a file and a folder beside it that mark one.
+OLD_MARKERS: dict[str, tuple[str, str]] = {
+    "run": (CONFIG_JSON, CHECKPOINTS),
+    "demo": (SUMMARY_JSON, DEMO_RUN),
 }
 
 
 def is_kind(path: str | os.PathLike[str], kind: str) -> bool:
-    return _PREDICATES[kind](path)
+    """Whether ``path`` is a folder of ``kind``: its marker file, or its older layout."""
+    p = Path(path)
+    if (p / MARKERS[kind]).is_file():
+        return True
+    file, folder = OLD_MARKERS.get(kind, (None, None))
+    return file is not None and (p / file).is_file() and (p / folder).is_dir()
+
+
+def kind_of(path: str | os.PathLike[str]) -> str | None:
+    """The kind of folder ``path`` is, by its marker file; None for anything else."""
+    return next((kind for kind, marker in MARKERS.items() if (Path(path) / marker).is_file()), None)
+
+
+is_dataset_dir = functools.partial(is_kind, kind="dataset")
+is_run_dir = functools.partial(is_kind, kind="run")
+is_samples_dir = functools.partial(is_kind, kind="samples")
+is_judge_dir = functools.partial(is_kind, kind="judge")
+is_sweep_dir = functools.partial(is_kind, kind="sweep")
+is_demo_dir = functools.partial(is_kind, kind="demo")
 
 
 class OutError(DiffscapeError):
