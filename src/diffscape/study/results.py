@@ -89,11 +89,11 @@ class Floor:
     """FID/KID of real images against real images: what the scores read for a perfect model at
     the study's sizes. ``metrics`` is the evaluation's whole record (what the report shows)."""
 
-    fid: float | None
-    kid: dict[str, Any] | None
-    n_fake: int | None
-    n_real: int | None
-    metrics: dict[str, Any]
+    fid: float | None = None
+    kid: dict[str, Any] | None = None
+    n_fake: int | None = None
+    n_real: int | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] | None = None  # None: written before floors recorded them
 
 
@@ -150,11 +150,6 @@ def _fits(value: Any, hint: Any) -> bool:
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
     return isinstance(value, origin or hint)
-
-
-def _typed(data: dict[str, Any], key: str, hint: Any) -> Any:
-    value = data.get(key)
-    return value if _fits(value, hint) else None
 
 
 def from_record(cls: type[T], data: dict[str, Any] | None) -> T | None:
@@ -238,20 +233,9 @@ def read_floor(study_dir: str | os.PathLike[str]) -> Floor | None:
         if data is None or (isinstance(fake, dict) and fake.get("kind") != "dataset"):
             continue  # not a real-vs-real record
         settings = data.pop("settings", None)
-        return Floor(
-            fid=_typed(data, "fid", float | None),
-            kid=_typed(data, "kid", dict[str, Any] | None),
-            n_fake=_typed(data, "n_fake", int | None),
-            n_real=_typed(data, "n_real", int | None),
-            metrics=data,
-            settings=settings if isinstance(settings, dict) else None,
-        )
+        return from_record(Floor, {**data, "metrics": data, "settings": settings})
     return None
 
 
 def write_summary(demo_dir: str | os.PathLike[str], summary: DemoSummary) -> Path:
     return atomic.write_json(Path(demo_dir) / layout.SUMMARY_JSON, plain(asdict(summary)))
-
-
-def read_summary(demo_dir: str | os.PathLike[str]) -> DemoSummary | None:
-    return from_record(DemoSummary, read_json(Path(demo_dir) / layout.SUMMARY_JSON))
