@@ -70,12 +70,8 @@ class Plan:
     def total(self) -> int:
         return self.n * len(self.ks) if self.per_class else self.n
 
-    def pair(self, j: int) -> tuple[int, int]:
-        """(position in ks, index within its class) of image j."""
-        return divmod(j, self.n) if self.per_class else (j % len(self.ks), j // len(self.ks))
-
     def pairs(self, js: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`pair` of many positions at once."""
+        """(positions in ks, indices within their class) of images ``js``."""
         return np.divmod(js, self.n) if self.per_class else (js % len(self.ks), js // len(self.ks))
 
     def counts(self) -> dict[str, int]:
@@ -214,7 +210,7 @@ def make_images(
             model.unet, model.cfg, Todo(p, todo), batch=batch, progress=progress, **how
         ):
             for img, j in zip(images, todo[start : start + len(images)], strict=True):
-                k, i = p.pair(int(j))
+                k, i = p.pairs(int(j))
                 save_png_atomically(partial / p.names[k] / layout.sample_name(i), img)
     except BaseException:
         made = sum(1 for _ in partial.glob(f"*/{layout.SAMPLE_PNG}"))
