@@ -1,7 +1,4 @@
-"""Finding and reading checkpoints: a run's complete ones, the newest that verifies (damaged ones
-skipped and named), a checkpoint or run folder resolved to one, and an exact resume's weights,
-optimizer, counters and RNG states read back from safetensors and JSON only (nothing unpickled).
-"""
+"""Finding and reading checkpoints: the newest that verifies, and an exact resume's states."""
 
 from __future__ import annotations
 

@@ -69,15 +69,33 @@ def save_checkpoint(
     final = Path(run_dir) / layout.CHECKPOINTS / layout.checkpoint_name(state.step)
     tmp = atomic.tmp_dir_beside(final)
     try:
-        _write_checkpoint(tmp, cfg, model, ema, optimizer, state, rng_states, info)
+        model.save_pretrained(tmp / layout.MODEL_DIR, safe_serialization=True)
+        ema.save_pretrained(tmp / layout.EMA_DIR, safe_serialization=True)
+        opt_tensors, opt_meta = optimizer_to_files(optimizer)
+        save_file(opt_tensors, tmp / layout.OPTIMIZER_TENSORS)
+        # compact and strict (no default=str): these are read back into the optimizer and RNGs
+        atomic.write_text(tmp / layout.OPTIMIZER_JSON, json.dumps(opt_meta))
+        rng_tensors, rng_meta = rng_to_files(rng_states)
+        save_file(rng_tensors, tmp / layout.RNG_TENSORS)
+        meta = {
+            "step": state.step,
+            "bad_steps_in_a_row": state.bad_steps_in_a_row,
+            "skipped_steps": state.skipped_steps,
+            "rng": rng_meta,
+            "diffscape_version": __version__,
+            "torch_version": torch.__version__,
+        }
+        atomic.write_text(tmp / layout.STATE_JSON, json.dumps(meta))
+        atomic.write_text(tmp / layout.CONFIG_JSON, cfg.to_json())
+        atomic.write_json(tmp / layout.RUN_JSON, info or {})
+        write_marker(tmp)
     except BaseException as e:
         atomic.remove_tmp(tmp)  # a failed save leaves nothing behind; the previous ones are intact
         if atomic.is_disk_full(e):
             raise atomic.disk_full(e, final, tmp, _checkpoint_bytes(model, optimizer)) from None
         raise
-    atomic.publish_dir(
-        tmp, final
-    )  # replaces the same step saved again (a signal right after a save)
+    # replaces the same step saved again (a signal right after a save)
+    atomic.publish_dir(tmp, final)
     prune_checkpoints(run_dir, keep_last, milestone_every_steps)
     return final
 
@@ -93,38 +111,6 @@ def _checkpoint_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) 
         if isinstance(t, torch.Tensor)
     )
     return 2 * weights + moments + 65536
-
-
-def _write_checkpoint(
-    tmp: Path,
-    cfg: RunConfig,
-    model: torch.nn.Module,
-    ema: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    state: TrainingState,
-    rng_states: dict[str, torch.Tensor],
-    info: dict[str, Any] | None,
-) -> None:
-    model.save_pretrained(tmp / layout.MODEL_DIR, safe_serialization=True)
-    ema.save_pretrained(tmp / layout.EMA_DIR, safe_serialization=True)
-    opt_tensors, opt_meta = optimizer_to_files(optimizer)
-    save_file(opt_tensors, tmp / layout.OPTIMIZER_TENSORS)
-    # compact and strict (no default=str): these are read back into the optimizer and RNGs
-    atomic.write_text(tmp / layout.OPTIMIZER_JSON, json.dumps(opt_meta))
-    rng_tensors, rng_meta = rng_to_files(rng_states)
-    save_file(rng_tensors, tmp / layout.RNG_TENSORS)
-    meta = {
-        "step": state.step,
-        "bad_steps_in_a_row": state.bad_steps_in_a_row,
-        "skipped_steps": state.skipped_steps,
-        "rng": rng_meta,
-        "diffscape_version": __version__,
-        "torch_version": torch.__version__,
-    }
-    atomic.write_text(tmp / layout.STATE_JSON, json.dumps(meta))
-    atomic.write_text(tmp / layout.CONFIG_JSON, cfg.to_json())
-    atomic.write_json(tmp / layout.RUN_JSON, info or {})
-    write_marker(tmp)
 
 
 def prune_checkpoints(run_dir: Path, keep_last: int, milestone_every_steps: int = 0) -> None:

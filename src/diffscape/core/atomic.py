@@ -1,12 +1,5 @@
-"""Writing files and folders so that readers never see a half-written one.
-
-Every file the package writes goes through ``write_text``/``write_json``/``write_bytes`` (or
-``atomic_path`` for writers that need a file name, such as ``np.save``); every folder built in
-one go (a dataset, a judge, a samples folder) is built in ``tmp_dir_beside(out)`` and moved into
-place with ``publish_dir``. All temporaries carry the writer's PID and a name (and, for folders, a
-marker file) that says this program made them, so ``clean_stale_tmp`` removes the leftovers of
-killed processes without touching a live writer's, or anything a person made.
-"""
+"""Writing files and folders so that readers never see a half-written one (the rules are in
+docs/architecture.md: every write, temporaries, cleaning killed writers' leftovers)."""
 
 from __future__ import annotations
 

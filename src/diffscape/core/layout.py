@@ -2,18 +2,8 @@
 
 The files on disk are a contract between commands (train writes what sample reads, sweeps write
 what the report reads); this module is that contract written down. Other modules import the
-names from here instead of spelling string literals.
-
-Kinds of folder, each recognised by its marker file::
-
-    dataset   manifest.json + <split>_images.npy / <split>_labels.npy
-    run       run.json + config.json, metrics.jsonl, samples/step-N.png, checkpoints/step-N/
-    samples   samples.json + <class>/<index>.png, grid.png (+ metrics.json, accuracy.json)
-    judge     judge.json + the classifier's files
-    sweep     sweep.json + one run folder per training run, _data/, _judge/, _floor/
-    demo      demo.json + data/, judge/, run/, report.html, summary.json
-    report    report.json + report.html, results.csv (``diffscape report --out DIR``)
-    export    diffscape_config.json + unet/, scheduler/, classes.json (``diffscape export``)
+names from here instead of spelling string literals. A folder's kind is known by its marker file
+(``MARKERS``); what each kind holds is ``OWN_CONTENT`` and the names below.
 """
 
 from __future__ import annotations

@@ -1,7 +1,4 @@
-"""Samples folders: ``out/<class>/<index>.png`` + ``grid.png`` + ``samples.json``, planned
-without a list per image, made into a hidden partial folder that a re-run continues, checked
-for disk space and estimated in time before any image is made, published whole.
-"""
+"""Samples folders: ``out/<class>/<index>.png`` + ``grid.png`` + ``samples.json``."""
 
 from __future__ import annotations
 

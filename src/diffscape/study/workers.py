@@ -1,8 +1,5 @@
-"""Running a study's trainings (:func:`run_study`): one after another in this process, or several
-at once in worker processes (``python -m diffscape.study.workers worker JOB``), one per GPU; on
-a CPU, ``jobs`` > 1 runs that many workers at once, each on its share of the cores
-(:func:`worker_slots`).
-"""
+"""Running a study's trainings (:func:`run_study`) in this process or in worker processes
+(``python -m diffscape.study.workers worker JOB``)."""
 
 from __future__ import annotations
 
