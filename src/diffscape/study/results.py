@@ -14,14 +14,16 @@ ignored and missing ones take their defaults, so files written by older versions
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+
+from pydantic import TypeAdapter, ValidationError
 
 from diffscape.core import atomic, layout
 
@@ -134,22 +136,18 @@ def write_json(path: str | os.PathLike[str], data: dict[str, Any]) -> Path:
     return atomic.write_json(path, plain(data))
 
 
+@functools.cache
+def _adapter(hint: Any) -> TypeAdapter:
+    return TypeAdapter(hint)
+
+
 def _fits(value: Any, hint: Any) -> bool:
-    """Whether a JSON value has the field's type (loosely: dict, list, str, int, float, None)."""
-    origin = typing.get_origin(hint)
-    if hint is Any:
-        return True
-    if origin in (typing.Union, types.UnionType):
-        return any(_fits(value, a) for a in typing.get_args(hint))
-    if origin is Literal:
-        return value in typing.get_args(hint)
-    if hint is type(None):
-        return value is None
-    if hint is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, origin or hint)
+    """Whether a JSON value has the field's type (strictly: no true for a number, no "1" for 1)."""
+    try:
+        _adapter(hint).validate_python(value, strict=True)
+    except ValidationError:
+        return False
+    return True
 
 
 def from_record(cls: type[T], data: dict[str, Any] | None) -> T | None:
