@@ -197,10 +197,8 @@ class OutError(DiffscapeError):
 
 
 # ---- the one rule for every output path ----------------------------------------------------------
-# A command's output may be written if it does not exist; a file or folder of the command's own
-# kind (recognised by its marker) is replaced only with --overwrite; anything else is refused.
-# Folders of the kinds below are replaced whole; runs, sweeps and demos are continued in place
-# (train resumes, a sweep or demo redoes what is missing), never replaced.
+# (check_out) Folders of these kinds are replaced whole with --overwrite; runs, sweeps and demos
+# are continued in place (train resumes, a sweep or demo redoes what is missing), never replaced.
 REPLACED: frozenset[str] = frozenset({"dataset", "samples", "judge", "export", "report"})
 TMP_MARKER = ".diffscape-tmp"  # inside every temporary folder (diffscape.core.atomic)
 TMP_INFIX = ".diffscape-tmp-"  # in every temporary's name: ".<name>.diffscape-tmp-<pid>"
@@ -327,13 +325,9 @@ def _refuse(what: str, p: Path, why: str, todo: str) -> OutError:
 def check_out(
     out: str | os.PathLike[str], kind: str, *, overwrite: bool = False, what: str = "--out"
 ) -> Path:
-    """The one rule for every output path, file or folder, of every command. ``kind`` is a
-    folder kind (MARKERS) or a file kind (OWN_FILE). ``out`` may be written if it does not
-    exist; a folder that holds nothing (but a lock and this program's temporaries) may be
-    filled; an output of this ``kind`` is replaced only with ``overwrite`` (a run, sweep or demo
-    is continued instead); anything else is refused with one line naming it. A symbolic link
-    is followed: the path returned is the link's target, and the caller writes there.
-    """
+    """The one rule for every output path (docs/architecture.md, "Rules that hold everywhere");
+    ``kind`` is a folder kind (MARKERS) or a file kind (OWN_FILE). Returns the path to write:
+    a symbolic link's target."""
     p = Path(out)
     if p.is_symlink():
         if not p.exists():

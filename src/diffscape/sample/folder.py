@@ -121,15 +121,12 @@ def sample_to_folder(
     overwrite: bool = False,
     say: Callable[[str], None] | None = None,
 ) -> dict:
-    """Sample from a run or checkpoint into ``out/<class>/<index>.png`` + ``grid.png`` +
-    ``samples.json``; returns the samples.json record.
+    """Sample from a run or checkpoint into ``out``; returns the samples.json record.
 
-    Images are written as they are made into a hidden partial folder beside ``out``
-    (``.<name>.diffscape-tmp-partial``), which is renamed to ``out`` when complete; an
-    interrupted run leaves its images there, and the same call again makes only the missing
-    ones (an image depends only on (seed, class, index), so the result is the uninterrupted
-    one). An existing samples folder is replaced only with ``overwrite``, never mixed with new
-    images; ``steps`` None is the sampler's default, and the record says the steps really taken.
+    Images are written as they are made into the partial folder beside ``out``; the same call
+    again makes only the missing ones (an image depends only on (seed, class, index), so the
+    result is the uninterrupted one). An existing samples folder is replaced only with
+    ``overwrite``, never mixed with new images; ``steps`` None is the sampler's default.
     """
     check_settings(sampler=sampler, n=n, batch=batch, steps=steps, seed=seed, guidance=guidance,
                    eta=eta)  # fmt: skip
