@@ -144,7 +144,7 @@ def load_training_state(
     if problem is not None:
         raise CheckpointError(f"checkpoint {ckpt} is damaged ({problem}); not loading it")
     for name, module in ((layout.MODEL_DIR, model), (layout.EMA_DIR, ema)):
-        weights = _weights_file(ckpt / name)
+        weights = ckpt / name / layout.UNET_WEIGHTS  # listed in the marker: verified above
         try:
             missing, unexpected = module.load_state_dict(_tensors(weights), strict=False)
         except RuntimeError as e:  # shapes that differ from the network's
@@ -188,15 +188,3 @@ def _json(path: Path) -> Any:
         return json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path} is not valid JSON ({_first_line(e)})") from None
-
-
-def _weights_file(folder: Path) -> Path:
-    path = folder / layout.UNET_WEIGHTS
-    if not path.is_file():
-        # Anything but safetensors would mean unpickling: refuse instead.
-        others = sorted(p.name for p in folder.glob("*")) if folder.is_dir() else []
-        raise CheckpointError(
-            f"{folder} has no {layout.UNET_WEIGHTS} (found: {others}); diffscape only loads "
-            "safetensors weights"
-        )
-    return path

@@ -71,6 +71,10 @@ class Plan:
         """(positions in ks, indices within their class) of images ``js``."""
         return np.divmod(js, self.n) if self.per_class else (js % len(self.ks), js // len(self.ks))
 
+    def position(self, k: int, i: int) -> int:
+        """The j of :meth:`pairs`' (k, i)."""
+        return k * self.n + i if self.per_class else i * len(self.ks) + k
+
     def counts(self) -> dict[str, int]:
         """Images per folder, for every folder that gets one."""
         if self.per_class:
@@ -252,22 +256,15 @@ def resume_partial(partial: Path, record: dict, p: Plan, say: Callable[[str], No
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
         atomic.write_json(spec_path, _identity(record))
         return np.arange(p.total)
-    js = np.arange(p.total)
-    ks, idx = p.pairs(js)
     done = np.zeros(p.total, bool)
     counts = p.counts()
     for k, name in enumerate(p.names):
-        count = counts.get(name, 0)
-        if not count:
-            continue
-        have = np.zeros(count, bool)
         folder = partial / name
         for f in os.listdir(folder) if folder.is_dir() else []:
             stem, _, ext = f.partition(".")
-            if ext == "png" and stem.isdigit() and int(stem) < count:
-                have[int(stem)] = True
-        done[ks == k] = have[idx[ks == k]]
-    todo = js[~done]
+            if ext == "png" and stem.isdigit() and int(stem) < counts.get(name, 0):
+                done[p.position(k, int(stem))] = True
+    todo = np.flatnonzero(~done)
     if len(todo) < p.total:
         say(f"sample: continuing: {p.total - len(todo)} of {p.total} images were made before")
     return todo
