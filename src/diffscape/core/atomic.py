@@ -157,6 +157,20 @@ def write_text(path: str | os.PathLike[str], text: str) -> Path:
     return write_bytes(path, text.encode("utf-8"))
 
 
+def plain(value: Any) -> Any:
+    """JSON's view of a value (tuples become lists), for comparing with what was written."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def read_json(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """A JSON object from ``path``; None when missing, unreadable or not an object."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def write_json(path: str | os.PathLike[str], data: Any) -> Path:
     """Indented JSON with a final newline; values JSON cannot hold (paths, ...) as strings."""
     return write_text(path, json.dumps(data, indent=2, default=str) + "\n")

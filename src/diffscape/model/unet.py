@@ -20,6 +20,7 @@ from diffusers import UNet2DModel
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from torch import nn
 
+from diffscape.core.atomic import plain
 from diffscape.core.errors import DiffscapeError
 from diffscape.core.layout import COMPLETE, CONFIG_JSON, UNET_WEIGHTS
 from diffscape.data.memory import available_bytes
@@ -215,7 +216,7 @@ def load_unet(path: str | Path, dtype: torch.dtype | None = None) -> UNet2DModel
     cfg = model_config_from_unet(saved, path)
     expected = _meta_unet(cfg).config
     for key, value in saved.items():
-        if key in expected and not key.startswith("_") and _plain(value) != _plain(expected[key]):
+        if key in expected and not key.startswith("_") and plain(value) != plain(expected[key]):
             raise ModelFolderError(
                 f"{path / CONFIG_JSON}: {key}={value!r} is not what diffscape builds "
                 f"({expected[key]!r}); this folder was not written by diffscape"
@@ -233,11 +234,6 @@ def load_unet(path: str | Path, dtype: torch.dtype | None = None) -> UNet2DModel
         raise ModelFolderError(f"{path}: cannot load the weights ({line})") from None
     unet = apply_activation(unet, unet.config.act_fn)
     return set_attention_processor(unet, CpuAutocastFp32Attention)
-
-
-def _plain(value: Any) -> Any:
-    """Tuples as lists, as JSON stores them."""
-    return json.loads(json.dumps(value, default=str))
 
 
 def read_unet_config(path: Path) -> dict[str, Any]:

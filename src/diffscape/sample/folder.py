@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import platform
 import shutil
@@ -244,10 +243,7 @@ def resume_partial(partial: Path, record: dict, p: Plan, say: Callable[[str], No
     finished image when the partial folder was left by the same settings (a re-run continues);
     a partial folder of other settings is emptied first. An array: --n may be 10**6 a class."""
     spec_path = partial / layout.PARTIAL_JSON
-    try:
-        before = json.loads(spec_path.read_text())
-    except (OSError, ValueError):
-        before = None
+    before = atomic.read_json(spec_path)
     if before != _identity(record):
         if before is not None:
             say(f"sample: {partial} held images of other settings; starting again")

@@ -15,7 +15,6 @@ ignored and missing ones take their defaults, so files written by older versions
 from __future__ import annotations
 
 import functools
-import json
 import os
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -26,6 +25,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import TypeAdapter, ValidationError
 
 from diffscape.core import atomic, layout
+from diffscape.core.atomic import plain, read_json
 
 Status = Literal["ok", "failed", "missing"]
 T = TypeVar("T")
@@ -34,11 +34,6 @@ T = TypeVar("T")
 def now() -> str:
     """The time a record is written, in UTC, to the second."""
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def plain(value: Any) -> Any:
-    """JSON's view of a value (tuples become lists), for comparing with what was written."""
-    return json.loads(json.dumps(value, default=str))
 
 
 # ---- records -------------------------------------------------------------------------------------
@@ -120,15 +115,6 @@ class DemoSummary:
 
 
 # ---- reading and writing -------------------------------------------------------------------------
-
-
-def read_json(path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """A JSON object from ``path``; None when missing, unreadable or not an object."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def write_json(path: str | os.PathLike[str], data: dict[str, Any]) -> Path:
