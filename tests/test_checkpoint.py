@@ -207,13 +207,13 @@ def test_marker_from_before_file_lists_is_refused_in_one_line(run, tmp_path, cap
 
 def test_each_file_is_read_once(run, monkeypatch):
     reads: list[Path] = []
-    real = verify._read_file
+    real = verify._sha256
 
     def counting(path, **kw):
         reads.append(path)
         return real(path, **kw)
 
-    monkeypatch.setattr(verify, "_read_file", counting)
+    monkeypatch.setattr(verify, "_sha256", counting)
     verify._verify.cache_clear()
     latest = checkpoint.latest_checkpoint(run)
     n_files = len(json.loads((latest / layout.COMPLETE).read_text())["files"])

@@ -7,12 +7,12 @@ from diffusers import UNet2DModel
 from torch import nn
 
 from diffscape.core.errors import DiffscapeError
+from diffscape.data.memory import available_bytes
 from diffscape.model import unet
 from diffscape.model.unet import (
     ModelFolderError,
     ModelTooLarge,
     apply_activation,
-    available_memory_bytes,
     build_unet,
     count_parameters,
     estimate_memory_bytes,
@@ -102,7 +102,7 @@ HUGE = [
 
 
 def test_too_large_model_is_refused_in_one_line(monkeypatch):
-    monkeypatch.setattr(unet, "available_memory_bytes", lambda: 8 * 2**30)
+    monkeypatch.setattr(unet, "available_bytes", lambda: 8 * 2**30)
     huge = presets.resolve("tiny", HUGE).model
     with pytest.raises(ModelTooLarge) as err:
         build_unet(huge)
@@ -118,7 +118,7 @@ def test_too_large_model_is_refused_in_one_line(monkeypatch):
 
 
 def test_available_memory_is_read():
-    have = available_memory_bytes()
+    have = available_bytes()
     assert have is not None and have > 2**20
 
 
@@ -148,7 +148,7 @@ def test_hostile_model_folder_fails_before_allocating(tmp_path, monkeypatch, edi
     saved = json.loads(file.read_text())
     edit(saved)
     file.write_text(json.dumps(saved))
-    monkeypatch.setattr(unet, "available_memory_bytes", lambda: 8 * 2**30)
+    monkeypatch.setattr(unet, "available_bytes", lambda: 8 * 2**30)
 
     def never(*a, **k):
         raise AssertionError("from_pretrained reached")

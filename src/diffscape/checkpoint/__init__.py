@@ -1,7 +1,4 @@
-"""Checkpoints: a folder of safetensors + JSON, written atomically (:mod:`.save`), verified
-against its marker (:mod:`.verify`), found and read back (:mod:`.load`), never unpickled.
-
-``RUN/checkpoints/step-0000500/`` holds
+"""Checkpoints (:mod:`.save`, :mod:`.verify`, :mod:`.load`). ``RUN/checkpoints/step-N/`` holds
 
 - ``model/`` and ``ema/``: diffusers ``UNet2DModel`` folders (``config.json`` + safetensors),
   loadable with ``UNet2DModel.from_pretrained``;

@@ -1,7 +1,4 @@
-"""Finding and reading checkpoints: a run's complete ones, the newest that verifies (damaged ones
-skipped and named), a checkpoint or run folder resolved to one, and an exact resume's weights,
-optimizer, counters and RNG states read back from safetensors and JSON only (nothing unpickled).
-"""
+"""Finding and reading checkpoints: the newest that verifies, and an exact resume's states."""
 
 from __future__ import annotations
 
@@ -18,32 +15,20 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from diffscape.checkpoint.verify import CheckpointError, checkpoint_problem
-from diffscape.core.layout import (
-    CHECKPOINTS,
-    COMPLETE,
-    CONFIG_JSON,
-    EMA_DIR,
-    MODEL_DIR,
-    OPTIMIZER_JSON,
-    OPTIMIZER_TENSORS,
-    RNG_TENSORS,
-    STATE_JSON,
-    UNET_WEIGHTS,
-    checkpoint_step,
-)
+from diffscape.core import layout
 from diffscape.settings.presets import load_config_json
 from diffscape.settings.sections import RunConfig
 
 
 def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     """Complete checkpoints of a run (those with a marker), oldest first; not yet verified."""
-    folder = Path(run_dir) / CHECKPOINTS
+    folder = Path(run_dir) / layout.CHECKPOINTS
     if not folder.is_dir():
         return []
     found = []
     for p in folder.iterdir():
-        step = checkpoint_step(p.name)
-        if step is not None and (p / COMPLETE).is_file():
+        step = layout.checkpoint_step(p.name)
+        if step is not None and (p / layout.COMPLETE).is_file():
             found.append((step, p))
     return sorted(found)
 
@@ -72,7 +57,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 def resolve_checkpoint(path: Path) -> Path:
     """A checkpoint folder (verified), or a run folder (-> its newest checkpoint that verifies)."""
     path = Path(path)
-    if (path / COMPLETE).is_file():
+    if (path / layout.COMPLETE).is_file():
         problem = checkpoint_problem(path)
         if problem is not None:
             raise CheckpointError(
@@ -80,13 +65,13 @@ def resolve_checkpoint(path: Path) -> Path:
                 "its newest intact checkpoint"
             )
         return path
-    if (path / CHECKPOINTS).is_dir():
+    if (path / layout.CHECKPOINTS).is_dir():
         latest = latest_checkpoint(path)
         if latest is None:
             raise CheckpointError(f"{path} has no complete checkpoint yet")
         return latest
-    if path.is_dir() and checkpoint_step(path.name) is not None:
-        raise CheckpointError(f"{path} is an incomplete checkpoint (no {COMPLETE} marker)")
+    if path.is_dir() and layout.checkpoint_step(path.name) is not None:
+        raise CheckpointError(f"{path} is an incomplete checkpoint (no {layout.COMPLETE} marker)")
     raise CheckpointError(f"{path} is neither a run folder nor a checkpoint folder")
 
 
@@ -141,7 +126,7 @@ class TrainingState:
 
 
 def read_checkpoint_config(ckpt: Path) -> RunConfig:
-    return load_config_json(Path(ckpt) / CONFIG_JSON)
+    return load_config_json(Path(ckpt) / layout.CONFIG_JSON)
 
 
 def load_training_state(
@@ -156,13 +141,13 @@ def load_training_state(
     :func:`latest_checkpoint` just did it), and only safetensors and JSON are read, so no code
     from the checkpoint can run."""
     ckpt = Path(ckpt)
-    if not (ckpt / COMPLETE).is_file():
-        raise CheckpointError(f"{ckpt} is incomplete (no {COMPLETE} marker); not loading it")
+    if not (ckpt / layout.COMPLETE).is_file():
+        raise CheckpointError(f"{ckpt} is incomplete (no {layout.COMPLETE} marker); not loading it")
     problem = checkpoint_problem(ckpt)
     if problem is not None:
         raise CheckpointError(f"checkpoint {ckpt} is damaged ({problem}); not loading it")
-    for name, module in ((MODEL_DIR, model), (EMA_DIR, ema)):
-        weights = _weights_file(ckpt / name)
+    for name, module in ((layout.MODEL_DIR, model), (layout.EMA_DIR, ema)):
+        weights = ckpt / name / layout.UNET_WEIGHTS  # listed in the marker: verified above
         try:
             missing, unexpected = module.load_state_dict(_tensors(weights), strict=False)
         except RuntimeError as e:  # shapes that differ from the network's
@@ -173,11 +158,11 @@ def load_training_state(
                 f"unexpected {unexpected[:3]}"
             )
     try:
-        meta_opt = _json(ckpt / OPTIMIZER_JSON)
-        opt_state = optimizer_from_files(_tensors(ckpt / OPTIMIZER_TENSORS), meta_opt)
+        meta_opt = _json(ckpt / layout.OPTIMIZER_JSON)
+        opt_state = optimizer_from_files(_tensors(ckpt / layout.OPTIMIZER_TENSORS), meta_opt)
         optimizer.load_state_dict(opt_state)
-        meta = _json(ckpt / STATE_JSON)
-        states = restore_rng(_tensors(ckpt / RNG_TENSORS), meta["rng"])
+        meta = _json(ckpt / layout.STATE_JSON)
+        states = restore_rng(_tensors(ckpt / layout.RNG_TENSORS), meta["rng"])
         counters = TrainingState(
             step=int(meta["step"]),
             bad_steps_in_a_row=int(meta["bad_steps_in_a_row"]),
@@ -207,15 +192,3 @@ def _json(path: Path) -> Any:
         return json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path} is not valid JSON ({_first_line(e)})") from None
-
-
-def _weights_file(folder: Path) -> Path:
-    path = folder / UNET_WEIGHTS
-    if not path.is_file():
-        # Anything but safetensors would mean unpickling: refuse instead.
-        others = sorted(p.name for p in folder.glob("*")) if folder.is_dir() else []
-        raise CheckpointError(
-            f"{folder} has no {UNET_WEIGHTS} (found: {others}); diffscape only loads "
-            "safetensors weights"
-        )
-    return path

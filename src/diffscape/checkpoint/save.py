@@ -19,30 +19,7 @@ from safetensors.torch import save_file
 from diffscape import __version__
 from diffscape.checkpoint.load import TrainingState, list_checkpoints
 from diffscape.checkpoint.verify import write_marker
-from diffscape.core.atomic import (
-    clean_stale_tmp,
-    disk_full,
-    is_disk_full,
-    publish_dir,
-    remove_tmp,
-    tmp_dir_beside,
-    write_json,
-    write_text,
-)
-from diffscape.core.layout import (
-    CHECKPOINTS,
-    COMPLETE,
-    CONFIG_JSON,
-    EMA_DIR,
-    MODEL_DIR,
-    OPTIMIZER_JSON,
-    OPTIMIZER_TENSORS,
-    RNG_TENSORS,
-    RUN_JSON,
-    STATE_JSON,
-    checkpoint_name,
-    checkpoint_step,
-)
+from diffscape.core import atomic, layout
 from diffscape.settings.sections import RunConfig
 
 
@@ -89,16 +66,37 @@ def save_checkpoint(
     info: dict[str, Any] | None = None,
 ) -> Path:
     """Write a complete checkpoint atomically, then prune old ones. Returns its folder."""
-    final = Path(run_dir) / CHECKPOINTS / checkpoint_name(state.step)
-    tmp = tmp_dir_beside(final)
+    final = Path(run_dir) / layout.CHECKPOINTS / layout.checkpoint_name(state.step)
+    tmp = atomic.tmp_dir_beside(final)
     try:
-        _write_checkpoint(tmp, cfg, model, ema, optimizer, state, rng_states, info)
+        model.save_pretrained(tmp / layout.MODEL_DIR, safe_serialization=True)
+        ema.save_pretrained(tmp / layout.EMA_DIR, safe_serialization=True)
+        opt_tensors, opt_meta = optimizer_to_files(optimizer)
+        save_file(opt_tensors, tmp / layout.OPTIMIZER_TENSORS)
+        # compact and strict (no default=str): these are read back into the optimizer and RNGs
+        atomic.write_text(tmp / layout.OPTIMIZER_JSON, json.dumps(opt_meta))
+        rng_tensors, rng_meta = rng_to_files(rng_states)
+        save_file(rng_tensors, tmp / layout.RNG_TENSORS)
+        meta = {
+            "step": state.step,
+            "bad_steps_in_a_row": state.bad_steps_in_a_row,
+            "skipped_steps": state.skipped_steps,
+            "seconds": state.seconds,
+            "rng": rng_meta,
+            "diffscape_version": __version__,
+            "torch_version": torch.__version__,
+        }
+        atomic.write_text(tmp / layout.STATE_JSON, json.dumps(meta))
+        atomic.write_text(tmp / layout.CONFIG_JSON, cfg.to_json())
+        atomic.write_json(tmp / layout.RUN_JSON, info or {})
+        write_marker(tmp)
     except BaseException as e:
-        remove_tmp(tmp)  # a failed save leaves nothing behind; the previous ones are intact
-        if is_disk_full(e):
-            raise disk_full(e, final, tmp, _checkpoint_bytes(model, optimizer)) from None
+        atomic.remove_tmp(tmp)  # a failed save leaves nothing behind; the previous ones are intact
+        if atomic.is_disk_full(e):
+            raise atomic.disk_full(e, final, tmp, _checkpoint_bytes(model, optimizer)) from None
         raise
-    publish_dir(tmp, final)  # replaces the same step saved again (a signal right after a save)
+    # replaces the same step saved again (a signal right after a save)
+    atomic.publish_dir(tmp, final)
     prune_checkpoints(run_dir, keep_last, milestone_every_steps)
     return final
 
@@ -116,51 +114,18 @@ def _checkpoint_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) 
     return 2 * weights + moments + 65536
 
 
-def _write_checkpoint(
-    tmp: Path,
-    cfg: RunConfig,
-    model: torch.nn.Module,
-    ema: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    state: TrainingState,
-    rng_states: dict[str, torch.Tensor],
-    info: dict[str, Any] | None,
-) -> None:
-    model.save_pretrained(tmp / MODEL_DIR, safe_serialization=True)
-    ema.save_pretrained(tmp / EMA_DIR, safe_serialization=True)
-    opt_tensors, opt_meta = optimizer_to_files(optimizer)
-    save_file(opt_tensors, tmp / OPTIMIZER_TENSORS)
-    # compact and strict (no default=str): these are read back into the optimizer and RNGs
-    write_text(tmp / OPTIMIZER_JSON, json.dumps(opt_meta))
-    rng_tensors, rng_meta = rng_to_files(rng_states)
-    save_file(rng_tensors, tmp / RNG_TENSORS)
-    meta = {
-        "step": state.step,
-        "bad_steps_in_a_row": state.bad_steps_in_a_row,
-        "skipped_steps": state.skipped_steps,
-        "seconds": state.seconds,
-        "rng": rng_meta,
-        "diffscape_version": __version__,
-        "torch_version": torch.__version__,
-    }
-    write_text(tmp / STATE_JSON, json.dumps(meta))
-    write_text(tmp / CONFIG_JSON, cfg.to_json())
-    write_json(tmp / RUN_JSON, info or {})
-    write_marker(tmp)
-
-
 def prune_checkpoints(run_dir: Path, keep_last: int, milestone_every_steps: int = 0) -> None:
     """Delete complete checkpoints beyond the last ``keep_last`` (milestones stay), and the
     leftovers of killed saves: temporaries of processes that no longer run, and step folders
     without a marker."""
-    folder = Path(run_dir) / CHECKPOINTS
+    folder = Path(run_dir) / layout.CHECKPOINTS
     complete = list_checkpoints(run_dir)
     keep = {p for _, p in complete[-keep_last:]}
     for step, path in complete:
         milestone = milestone_every_steps and step % milestone_every_steps == 0
         if path not in keep and not milestone:
             shutil.rmtree(path)
-    clean_stale_tmp(folder)
+    atomic.clean_stale_tmp(folder)
     for p in folder.iterdir():
-        if checkpoint_step(p.name) is not None and not (p / COMPLETE).exists():
+        if layout.checkpoint_step(p.name) is not None and not (p / layout.COMPLETE).exists():
             shutil.rmtree(p, ignore_errors=True)

@@ -1,12 +1,5 @@
-"""Writing files and folders so that readers never see a half-written one.
-
-Every file the package writes goes through ``write_text``/``write_json``/``write_bytes`` (or
-``atomic_path`` for writers that need a file name, such as ``np.save``); every folder built in
-one go (a dataset, a judge, a samples folder) is built in ``tmp_dir_beside(out)`` and moved into
-place with ``publish_dir``. All temporaries carry the writer's PID and a name (and, for folders, a
-marker file) that says this program made them, so ``clean_stale_tmp`` removes the leftovers of
-killed processes without touching a live writer's, or anything a person made.
-"""
+"""Writing files and folders so that readers never see a half-written one (the rules are in
+docs/architecture.md: every write, temporaries, cleaning killed writers' leftovers)."""
 
 from __future__ import annotations
 
@@ -50,21 +43,6 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def stale_tmp(folder: Path) -> list[Path]:
-    """This program's temporaries in ``folder`` left by processes that no longer run."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    found = []
-    for p in folder.iterdir():
-        m = _TMP.match(p.name)
-        if not m or not layout.is_our_temporary(p):
-            continue
-        if int(m.group("pid")) != os.getpid() and not pid_alive(int(m.group("pid"))):
-            found.append(p)
-    return found
-
-
 def remove_tmp(p: Path) -> None:
     """Delete one of this program's temporaries (a folder only if it holds the marker)."""
     with contextlib.suppress(FileNotFoundError):
@@ -78,11 +56,17 @@ def remove_tmp(p: Path) -> None:
 def clean_stale_tmp(folder: Path) -> list[Path]:
     """Delete this program's temporaries in ``folder`` left by processes that no longer run;
     returns them."""
+    folder = Path(folder)
     removed = []
-    for p in stale_tmp(folder):
-        with contextlib.suppress(OSError):
-            remove_tmp(p)
-            removed.append(p)
+    for p in folder.iterdir() if folder.is_dir() else []:
+        m = _TMP.match(p.name)
+        if not m or not layout.is_our_temporary(p):
+            continue
+        pid = int(m.group("pid"))
+        if pid != os.getpid() and not pid_alive(pid):
+            with contextlib.suppress(OSError):
+                remove_tmp(p)
+                removed.append(p)
     return removed
 
 
@@ -171,6 +155,20 @@ def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
 
 def write_text(path: str | os.PathLike[str], text: str) -> Path:
     return write_bytes(path, text.encode("utf-8"))
+
+
+def plain(value: Any) -> Any:
+    """JSON's view of a value (tuples become lists), for comparing with what was written."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def read_json(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """A JSON object from ``path``; None when missing, unreadable or not an object."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def write_json(path: str | os.PathLike[str], data: Any) -> Path:

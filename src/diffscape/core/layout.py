@@ -2,22 +2,13 @@
 
 The files on disk are a contract between commands (train writes what sample reads, sweeps write
 what the report reads); this module is that contract written down. Other modules import the
-names from here instead of spelling string literals.
-
-Kinds of folder, each recognised by its marker file::
-
-    dataset   manifest.json + <split>_images.npy / <split>_labels.npy
-    run       run.json + config.json, metrics.jsonl, samples/step-N.png, checkpoints/step-N/
-    samples   samples.json + <class>/<index>.png, grid.png (+ metrics.json, accuracy.json)
-    judge     judge.json + the classifier's files
-    sweep     sweep.json + one run folder per training run, _data/, _judge/, _floor/
-    demo      demo.json + data/, judge/, run/, report.html, summary.json
-    report    report.json + report.html, results.csv (``diffscape report --out DIR``)
-    export    diffscape_config.json + unet/, scheduler/, classes.json (``diffscape export``)
+names from here instead of spelling string literals. A folder's kind is known by its marker file
+(``MARKERS``); what each kind holds is ``OWN_CONTENT`` and the names below.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import Path
@@ -172,61 +163,33 @@ MARKERS: dict[str, str] = {
 }
 
 
-def kind_of(path: str | os.PathLike[str]) -> str | None:
-    """The kind of folder ``path`` is, by its marker file; None for anything else."""
-    p = Path(path)
-    for kind, marker in MARKERS.items():
-        if (p / marker).is_file():
-            return kind
-    return None
-
-
-def is_dataset_dir(path: str | os.PathLike[str]) -> bool:
-    return (Path(path) / MANIFEST).is_file()
-
-
-def is_run_dir(path: str | os.PathLike[str]) -> bool:
-    """A training run: run.json, or (runs from before run.json) config.json + checkpoints/."""
-    p = Path(path)
-    return (p / RUN_JSON).is_file() or ((p / CONFIG_JSON).is_file() and (p / CHECKPOINTS).is_dir())
-
-
-def is_checkpoint_dir(path: str | os.PathLike[str]) -> bool:
-    return (Path(path) / COMPLETE).is_file()
-
-
-def is_samples_dir(path: str | os.PathLike[str]) -> bool:
-    return (Path(path) / SAMPLES_JSON).is_file()
-
-
-def is_judge_dir(path: str | os.PathLike[str]) -> bool:
-    return (Path(path) / JUDGE_JSON).is_file()
-
-
-def is_sweep_dir(path: str | os.PathLike[str]) -> bool:
-    return (Path(path) / SWEEP_JSON).is_file()
-
-
-def is_demo_dir(path: str | os.PathLike[str]) -> bool:
-    """demo.json, or (demos from before it) summary.json beside a run/ folder."""
-    p = Path(path)
-    return (p / DEMO_JSON).is_file() or ((p / SUMMARY_JSON).is_file() and (p / DEMO_RUN).is_dir())
-
-
-_PREDICATES = {
-    "dataset": is_dataset_dir,
-    "run": is_run_dir,
-    "samples": is_samples_dir,
-    "judge": is_judge_dir,
-    "sweep": is_sweep_dir,
-    "demo": is_demo_dir,
-    "report": lambda p: (Path(p) / REPORT_JSON).is_file(),
-    "export": lambda p: (Path(p) / EXPORT_CONFIG).is_file(),
+# Folders written before their kind had a marker: a file and a folder beside it that mark one.
+OLD_MARKERS: dict[str, tuple[str, str]] = {
+    "run": (CONFIG_JSON, CHECKPOINTS),
+    "demo": (SUMMARY_JSON, DEMO_RUN),
 }
 
 
 def is_kind(path: str | os.PathLike[str], kind: str) -> bool:
-    return _PREDICATES[kind](path)
+    """Whether ``path`` is a folder of ``kind``: its marker file, or its older layout."""
+    p = Path(path)
+    if (p / MARKERS[kind]).is_file():
+        return True
+    file, folder = OLD_MARKERS.get(kind, (None, None))
+    return file is not None and (p / file).is_file() and (p / folder).is_dir()
+
+
+def kind_of(path: str | os.PathLike[str]) -> str | None:
+    """The kind of folder ``path`` is, by its marker file; None for anything else."""
+    return next((kind for kind, marker in MARKERS.items() if (Path(path) / marker).is_file()), None)
+
+
+is_dataset_dir = functools.partial(is_kind, kind="dataset")
+is_run_dir = functools.partial(is_kind, kind="run")
+is_samples_dir = functools.partial(is_kind, kind="samples")
+is_judge_dir = functools.partial(is_kind, kind="judge")
+is_sweep_dir = functools.partial(is_kind, kind="sweep")
+is_demo_dir = functools.partial(is_kind, kind="demo")
 
 
 class OutError(DiffscapeError):
@@ -234,10 +197,8 @@ class OutError(DiffscapeError):
 
 
 # ---- the one rule for every output path ----------------------------------------------------------
-# A command's output may be written if it does not exist; a file or folder of the command's own
-# kind (recognised by its marker) is replaced only with --overwrite; anything else is refused.
-# Folders of the kinds below are replaced whole; runs, sweeps and demos are continued in place
-# (train resumes, a sweep or demo redoes what is missing), never replaced.
+# (check_out) Folders of these kinds are replaced whole with --overwrite; runs, sweeps and demos
+# are continued in place (train resumes, a sweep or demo redoes what is missing), never replaced.
 REPLACED: frozenset[str] = frozenset({"dataset", "samples", "judge", "export", "report"})
 TMP_MARKER = ".diffscape-tmp"  # inside every temporary folder (diffscape.core.atomic)
 TMP_INFIX = ".diffscape-tmp-"  # in every temporary's name: ".<name>.diffscape-tmp-<pid>"
@@ -364,13 +325,9 @@ def _refuse(what: str, p: Path, why: str, todo: str) -> OutError:
 def check_out(
     out: str | os.PathLike[str], kind: str, *, overwrite: bool = False, what: str = "--out"
 ) -> Path:
-    """The one rule for every output path, file or folder, of every command. ``kind`` is a
-    folder kind (MARKERS) or a file kind (OWN_FILE). ``out`` may be written if it does not
-    exist; a folder that holds nothing (but a lock and this program's temporaries) may be
-    filled; an output of this ``kind`` is replaced only with ``overwrite`` (a run, sweep or demo
-    is continued instead); anything else is refused with one line naming it. A symbolic link
-    is followed: the path returned is the link's target, and the caller writes there.
-    """
+    """The one rule for every output path (docs/architecture.md, "Rules that hold everywhere");
+    ``kind`` is a folder kind (MARKERS) or a file kind (OWN_FILE). Returns the path to write:
+    a symbolic link's target."""
     p = Path(out)
     if p.is_symlink():
         if not p.exists():

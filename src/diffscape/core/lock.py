@@ -46,12 +46,7 @@ def hold(folder: str | os.PathLike[str], what: str = "folder") -> Iterator[Path]
     FolderBusy if another process holds it."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    with _hold_file(folder / LOCK, folder, what):
-        yield folder
-
-
-@contextlib.contextmanager
-def _hold_file(path: Path, folder: Path, what: str) -> Iterator[None]:
+    path = folder / LOCK
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
@@ -64,6 +59,6 @@ def _hold_file(path: Path, folder: Path, what: str) -> Iterator[None]:
         os.ftruncate(fd, 0)
         command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:200]
         os.write(fd, f"{os.getpid()} ({command})\n".encode())
-        yield
+        yield folder
     finally:
         os.close(fd)  # releases the lock

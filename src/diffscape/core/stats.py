@@ -38,7 +38,6 @@ LEVEL = 0.95
 BETTER, WORSE = "better", "worse"
 NO_DIFFERENCE = "no difference found at this n and these seeds"
 NO_INTERVAL = "no interval: one seed and no within-run noise estimate"
-VERDICTS = (BETTER, WORSE, NO_DIFFERENCE, NO_INTERVAL)
 
 
 @dataclass(frozen=True)
@@ -51,10 +50,6 @@ class Estimate:
     df: float  # degrees of freedom of ``var`` (math.inf: a normal interval)
     between: float | None  # sample variance over the seeds (k >= 2)
     within: float | None  # mean within-run variance of one run's number
-
-    @property
-    def se(self) -> float | None:
-        return None if self.var is None else math.sqrt(self.var)
 
     @property
     def half_width(self) -> float | None:
@@ -79,7 +74,7 @@ class Comparison:
     low: float | None
     high: float | None
     df: float
-    verdict: str  # one of VERDICTS
+    verdict: str  # BETTER, WORSE, NO_DIFFERENCE or NO_INTERVAL
 
 
 def critical(df: float, level: float = LEVEL) -> float:

@@ -26,33 +26,22 @@ from diffscape.settings.sections import DEFAULT_SAMPLE_STEPS, SAMPLERS, Diffusio
 DEFAULT_STEPS = DEFAULT_SAMPLE_STEPS  # DDIM / DPM-Solver++ steps when none are asked for: 50
 
 
-def linear_betas(timesteps: int, start: float, end: float, rescale: bool) -> torch.Tensor:
-    """Ho et al. 2020's linear schedule. With ``rescale`` the endpoints are multiplied by
-    1000/T, so that T=500 ends at about the same total noise as T=1000 (improved-diffusion's
-    ``get_named_beta_schedule``); without it, the endpoints are used as given for any T."""
-    scale = 1000.0 / timesteps if rescale else 1.0
-    return torch.linspace(start * scale, end * scale, timesteps, dtype=torch.float64)
-
-
-def cosine_betas(timesteps: int) -> torch.Tensor:
-    """Nichol & Dhariwal 2021, eq. 17 (s = 0.008, betas capped at 0.999): diffusers'
-    ``squaredcos_cap_v2``."""
-    return betas_for_alpha_bar(timesteps, max_beta=0.999).to(torch.float64)
-
-
-def sigmoid_betas(timesteps: int, start: float, end: float) -> torch.Tensor:
-    """Sigmoid schedule as in diffusers' DDPMScheduler ("sigmoid"), between start and end."""
-    x = torch.linspace(-6, 6, timesteps, dtype=torch.float64)
-    return torch.sigmoid(x) * (end - start) + start
-
-
 def make_betas(cfg: DiffusionConfig) -> torch.Tensor:
+    """The betas of ``cfg.schedule``, in float64."""
     if cfg.schedule == "linear":
-        return linear_betas(cfg.timesteps, cfg.beta_start, cfg.beta_end, cfg.rescale_linear)
+        # Ho et al. 2020. With rescale_linear the endpoints are multiplied by 1000/T, so that
+        # T=500 ends at about the same total noise as T=1000 (improved-diffusion's
+        # get_named_beta_schedule); without it, the endpoints are used as given for any T.
+        scale = 1000.0 / cfg.timesteps if cfg.rescale_linear else 1.0
+        start, end = cfg.beta_start * scale, cfg.beta_end * scale
+        return torch.linspace(start, end, cfg.timesteps, dtype=torch.float64)
     if cfg.schedule == "cosine":
-        return cosine_betas(cfg.timesteps)
+        # Nichol & Dhariwal 2021, eq. 17 (s = 0.008, betas capped at 0.999): squaredcos_cap_v2
+        return betas_for_alpha_bar(cfg.timesteps, max_beta=0.999).to(torch.float64)
     if cfg.schedule == "sigmoid":
-        return sigmoid_betas(cfg.timesteps, cfg.beta_start, cfg.beta_end)
+        # as diffusers' DDPMScheduler "sigmoid", between beta_start and beta_end
+        x = torch.linspace(-6, 6, cfg.timesteps, dtype=torch.float64)
+        return torch.sigmoid(x) * (cfg.beta_end - cfg.beta_start) + cfg.beta_start
     raise ValueError(f"unknown schedule {cfg.schedule!r}")
 
 

@@ -20,8 +20,10 @@ from diffusers import UNet2DModel
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from torch import nn
 
+from diffscape.core.atomic import plain
 from diffscape.core.errors import DiffscapeError
 from diffscape.core.layout import COMPLETE, CONFIG_JSON, UNET_WEIGHTS
+from diffscape.data.memory import available_bytes
 from diffscape.settings.engine import ConfigError
 from diffscape.settings.presets import from_dict, load_config_json
 from diffscape.settings.sections import ModelConfig
@@ -84,7 +86,7 @@ def build_unet(cfg: ModelConfig) -> UNet2DModel:
     seed it first). Refused in one line if training it would not fit in memory."""
     check_memory(cfg, training=True)
     unet = UNet2DModel(**unet_kwargs(cfg))
-    return cpu_fp32_attention(apply_activation(unet, cfg.activation))
+    return set_attention_processor(apply_activation(unet, cfg.activation), CpuAutocastFp32Attention)
 
 
 # --- memory ------------------------------------------------------------------------------------
@@ -126,19 +128,12 @@ def estimate_memory_bytes(cfg: ModelConfig, *, training: bool = False, batch: in
     return parameter_count(cfg) * per_parameter + batch * activation_bytes(cfg, training=training)
 
 
-def available_memory_bytes() -> int | None:
-    """Memory this machine can give without swapping (:func:`diffscape.data.memory.available_bytes`)."""
-    from diffscape.data.memory import available_bytes
-
-    return available_bytes()
-
-
 def check_memory(cfg: ModelConfig, *, training: bool, batch: int = 1) -> int:
     """Refuse (ModelTooLarge, one line) a network that would not fit in available memory;
     return the estimate in bytes otherwise."""
     params = parameter_count(cfg)
     need = estimate_memory_bytes(cfg, training=training, batch=batch)
-    have = available_memory_bytes()
+    have = available_bytes()
     if have is not None and need > have:
         raise ModelTooLarge(
             f"model of {params:,} parameters needs about {need / _GIB:.1f} GiB "
@@ -174,7 +169,8 @@ class CpuAutocastFp32Attention(AttnProcessor2_0):
     training step of the small preset (bench/bench.py, docs/benchmarks.md). The projections
     around it are small, so the whole block runs in fp32 (more exact too) and its output goes
     back to the input's dtype, so the rest of the network sees what diffusers' processor gives.
-    On CUDA, bf16 SDPA is fast and this processor is diffusers' own.
+    On CUDA, bf16 SDPA is fast and this processor is diffusers' own. It is not saved: a
+    diffusers folder loads with diffusers' default processor and computes the same thing.
     """
 
     # diffusers passes only the keyword arguments named in this signature: keep its names.
@@ -208,12 +204,6 @@ def set_attention_processor(
     return unet
 
 
-def cpu_fp32_attention(unet: nn.Module) -> nn.Module:
-    """Give every attention block :class:`CpuAutocastFp32Attention`, in place (not saved: a
-    diffusers folder loads with diffusers' default processor and computes the same thing)."""
-    return set_attention_processor(unet, CpuAutocastFp32Attention)
-
-
 def load_unet(path: str | Path, dtype: torch.dtype | None = None) -> UNet2DModel:
     """Load a saved UNet folder (diffusers format) and restore its activation everywhere.
 
@@ -226,7 +216,7 @@ def load_unet(path: str | Path, dtype: torch.dtype | None = None) -> UNet2DModel
     cfg = model_config_from_unet(saved, path)
     expected = _meta_unet(cfg).config
     for key, value in saved.items():
-        if key in expected and not key.startswith("_") and _plain(value) != _plain(expected[key]):
+        if key in expected and not key.startswith("_") and plain(value) != plain(expected[key]):
             raise ModelFolderError(
                 f"{path / CONFIG_JSON}: {key}={value!r} is not what diffscape builds "
                 f"({expected[key]!r}); this folder was not written by diffscape"
@@ -242,12 +232,8 @@ def load_unet(path: str | Path, dtype: torch.dtype | None = None) -> UNet2DModel
     except (OSError, ValueError, RuntimeError) as e:  # weights that do not fit the config
         line = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise ModelFolderError(f"{path}: cannot load the weights ({line})") from None
-    return cpu_fp32_attention(apply_activation(unet, unet.config.act_fn))
-
-
-def _plain(value: Any) -> Any:
-    """Tuples as lists, as JSON stores them."""
-    return json.loads(json.dumps(value, default=str))
+    unet = apply_activation(unet, unet.config.act_fn)
+    return set_attention_processor(unet, CpuAutocastFp32Attention)
 
 
 def read_unet_config(path: Path) -> dict[str, Any]:
@@ -306,9 +292,8 @@ def _check_against_checkpoint(path: Path, cfg: ModelConfig) -> None:
     ckpt = path.parent
     if not ((ckpt / COMPLETE).is_file() and (ckpt / CONFIG_JSON).is_file()):
         return
-    run_model = load_config_json(ckpt / CONFIG_JSON).model
-    if unet_kwargs(run_model) != unet_kwargs(cfg):
-        theirs, ours = unet_kwargs(run_model), unet_kwargs(cfg)
+    theirs, ours = unet_kwargs(load_config_json(ckpt / CONFIG_JSON).model), unet_kwargs(cfg)
+    if theirs != ours:
         key = next(k for k in ours if ours[k] != theirs[k])
         raise ModelFolderError(
             f"{path / CONFIG_JSON} disagrees with {ckpt / CONFIG_JSON} ({key}: {ours[key]!r} vs "

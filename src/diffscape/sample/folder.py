@@ -1,12 +1,8 @@
-"""Samples folders: ``out/<class>/<index>.png`` + ``grid.png`` + ``samples.json``, planned
-without a list per image, made into a hidden partial folder that a re-run continues, checked
-for disk space and estimated in time before any image is made, published whole.
-"""
+"""Samples folders: ``out/<class>/<index>.png`` + ``grid.png`` + ``samples.json``."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import platform
 import shutil
@@ -70,13 +66,13 @@ class Plan:
     def total(self) -> int:
         return self.n * len(self.ks) if self.per_class else self.n
 
-    def pair(self, j: int) -> tuple[int, int]:
-        """(position in ks, index within its class) of image j."""
-        return divmod(j, self.n) if self.per_class else (j % len(self.ks), j // len(self.ks))
-
     def pairs(self, js: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`pair` of many positions at once."""
+        """(positions in ks, indices within their class) of images ``js``."""
         return np.divmod(js, self.n) if self.per_class else (js % len(self.ks), js // len(self.ks))
+
+    def position(self, k: int, i: int) -> int:
+        """The j of :meth:`pairs`' (k, i)."""
+        return k * self.n + i if self.per_class else i * len(self.ks) + k
 
     def counts(self) -> dict[str, int]:
         """Images per folder, for every folder that gets one."""
@@ -128,15 +124,12 @@ def sample_to_folder(
     overwrite: bool = False,
     say: Callable[[str], None] | None = None,
 ) -> dict:
-    """Sample from a run or checkpoint into ``out/<class>/<index>.png`` + ``grid.png`` +
-    ``samples.json``; returns the samples.json record.
+    """Sample from a run or checkpoint into ``out``; returns the samples.json record.
 
-    Images are written as they are made into a hidden partial folder beside ``out``
-    (``.<name>.diffscape-tmp-partial``), which is renamed to ``out`` when complete; an
-    interrupted run leaves its images there, and the same call again makes only the missing
-    ones (an image depends only on (seed, class, index), so the result is the uninterrupted
-    one). An existing samples folder is replaced only with ``overwrite``, never mixed with new
-    images; ``steps`` None is the sampler's default, and the record says the steps really taken.
+    Images are written as they are made into the partial folder beside ``out``; the same call
+    again makes only the missing ones (an image depends only on (seed, class, index), so the
+    result is the uninterrupted one). An existing samples folder is replaced only with
+    ``overwrite``, never mixed with new images; ``steps`` None is the sampler's default.
     """
     check_settings(sampler=sampler, n=n, batch=batch, steps=steps, seed=seed, guidance=guidance,
                    eta=eta)  # fmt: skip
@@ -214,7 +207,7 @@ def make_images(
             model.unet, model.cfg, Todo(p, todo), batch=batch, progress=progress, **how
         ):
             for img, j in zip(images, todo[start : start + len(images)], strict=True):
-                k, i = p.pair(int(j))
+                k, i = p.pairs(int(j))
                 save_png_atomically(partial / p.names[k] / layout.sample_name(i), img)
     except BaseException:
         made = sum(1 for _ in partial.glob(f"*/{layout.SAMPLE_PNG}"))
@@ -250,10 +243,7 @@ def resume_partial(partial: Path, record: dict, p: Plan, say: Callable[[str], No
     finished image when the partial folder was left by the same settings (a re-run continues);
     a partial folder of other settings is emptied first. An array: --n may be 10**6 a class."""
     spec_path = partial / layout.PARTIAL_JSON
-    try:
-        before = json.loads(spec_path.read_text())
-    except (OSError, ValueError):
-        before = None
+    before = atomic.read_json(spec_path)
     if before != _identity(record):
         if before is not None:
             say(f"sample: {partial} held images of other settings; starting again")
@@ -262,22 +252,15 @@ def resume_partial(partial: Path, record: dict, p: Plan, say: Callable[[str], No
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
         atomic.write_json(spec_path, _identity(record))
         return np.arange(p.total)
-    js = np.arange(p.total)
-    ks, idx = p.pairs(js)
     done = np.zeros(p.total, bool)
     counts = p.counts()
     for k, name in enumerate(p.names):
-        count = counts.get(name, 0)
-        if not count:
-            continue
-        have = np.zeros(count, bool)
         folder = partial / name
         for f in os.listdir(folder) if folder.is_dir() else []:
             stem, _, ext = f.partition(".")
-            if ext == "png" and stem.isdigit() and int(stem) < count:
-                have[int(stem)] = True
-        done[ks == k] = have[idx[ks == k]]
-    todo = js[~done]
+            if ext == "png" and stem.isdigit() and int(stem) < counts.get(name, 0):
+                done[p.position(k, int(stem))] = True
+    todo = np.flatnonzero(~done)
     if len(todo) < p.total:
         say(f"sample: continuing: {p.total - len(todo)} of {p.total} images were made before")
     return todo

@@ -120,8 +120,6 @@ def generate_images(
 ) -> np.ndarray:
     """Images for the given (class, index) pairs as uint8 (N, 3, H, W), in memory; ``how``:
     :func:`iter_images`' keywords (seed, sampler, steps, eta, guidance, batch, progress)."""
-    if len(class_idx) != len(index):
-        raise ValueError("class_idx and index must have the same length")
     size = cfg.model.image_size
     out = np.empty((len(index), 3, size, size), np.uint8)
     pairs = list(zip(class_idx, index, strict=True))

@@ -76,7 +76,4 @@ def class_names(ckpt: Path, cfg: RunConfig) -> list[str]:
     names = info.get("classes") if isinstance(info, dict) else None
     if not isinstance(names, list) or len(names) != cfg.model.num_classes:
         return [f"class{i}" for i in range(cfg.model.num_classes)]
-    names = [layout.safe_component(c, f"class name in {path}") for c in names]
-    if len(set(names)) != len(names):
-        raise DiffscapeError(f"{path} lists a class name twice; each class needs its own folder")
-    return names
+    return layout.check_class_names(names, path, hint="each class needs its own folder")

@@ -95,13 +95,6 @@ def inception_rate(timings: dict[str, float], floor: results.Floor | None) -> fl
     return max(0.5, (floor.n_fake + floor.n_real) / seconds)
 
 
-def check(s: DemoSettings) -> DemoSettings:
-    """``s``, or the one-line error of the training config it makes (its preset, its
-    recipe), before anything is written (its own values were checked when it was made)."""
-    demo_run(s, 32, s.minutes)
-    return s
-
-
 def run_demo(
     out: str | os.PathLike[str],
     settings: DemoSettings | None = None,
@@ -111,7 +104,8 @@ def run_demo(
 ) -> DemoSummary:
     """Run the whole pipeline into ``out`` (a new or empty folder, or an earlier demo's);
     returns the summary (also ``out/summary.json``)."""
-    s = check(settings or DemoSettings())
+    s = settings or DemoSettings()
+    demo_run(s, 32, s.minutes)  # the training config's one-line error before anything is written
     out = layout.check_out(out, "demo")
     t_start = time.perf_counter()
     with lock.hold(out, "demo"):
@@ -163,18 +157,20 @@ def budget_training(s: DemoSettings, ds: Any, study: Study, tools: Tools, t_star
     elapsed = time.perf_counter() - t_start
     minutes = training_minutes(s, elapsed, after)
     left = 60 * s.minutes - elapsed - after
-    fmt = duration
     if left < 60 * MIN_TRAIN_MINUTES:
         tools.narrator.note(
             f"budget: {s.minutes:g} min is less than the other stages need (about "
-            f"{fmt(elapsed + after)}); training gets the minimum {fmt(60 * minutes)}"
+            f"{duration(elapsed + after)}); training gets the minimum {duration(60 * minutes)}"
         )
     else:
         tools.narrator.note(
-            f"budget: {s.minutes:g} min in all; {fmt(elapsed)} spent, about {fmt(after)} "
-            f"needed after training: training gets {fmt(60 * minutes)}"
+            f"budget: {s.minutes:g} min in all; {duration(elapsed)} spent, about {duration(after)} "
+            f"needed after training: training gets {duration(60 * minutes)}"
         )
     return minutes
+
+
+FLOOR_KEYS = ("fid", "kid", "n_fake", "n_real")  # what summary.json says of the floor
 
 
 def summarize(
@@ -200,14 +196,7 @@ def summarize(
         train_images_per_second=None if trained is None else trained.images_per_second,
         fid=metrics.get("fid"),
         kid=metrics.get("kid"),
-        floor=None
-        if floor is None
-        else {
-            "fid": floor.fid,
-            "kid": floor.kid,
-            "n_fake": floor.n_fake,
-            "n_real": floor.n_real,
-        },  # fmt: skip
+        floor=None if floor is None else {k: getattr(floor, k) for k in FLOOR_KEYS},
         n_fake=metrics.get("n_fake"),
         n_real=metrics.get("n_real"),
         judge_real_test_accuracy=(judge.get("accuracy") or {}).get("test"),

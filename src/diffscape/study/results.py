@@ -14,16 +14,18 @@ ignored and missing ones take their defaults, so files written by older versions
 
 from __future__ import annotations
 
-import json
+import functools
 import os
-import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from pydantic import TypeAdapter, ValidationError
+
 from diffscape.core import atomic, layout
+from diffscape.core.atomic import plain, read_json
 
 Status = Literal["ok", "failed", "missing"]
 T = TypeVar("T")
@@ -32,11 +34,6 @@ T = TypeVar("T")
 def now() -> str:
     """The time a record is written, in UTC, to the second."""
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def plain(value: Any) -> Any:
-    """JSON's view of a value (tuples become lists), for comparing with what was written."""
-    return json.loads(json.dumps(value, default=str))
 
 
 # ---- records -------------------------------------------------------------------------------------
@@ -89,11 +86,11 @@ class Floor:
     """FID/KID of real images against real images: what the scores read for a perfect model at
     the study's sizes. ``metrics`` is the evaluation's whole record (what the report shows)."""
 
-    fid: float | None
-    kid: dict[str, Any] | None
-    n_fake: int | None
-    n_real: int | None
-    metrics: dict[str, Any]
+    fid: float | None = None
+    kid: dict[str, Any] | None = None
+    n_fake: int | None = None
+    n_real: int | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] | None = None  # None: written before floors recorded them
 
 
@@ -120,41 +117,23 @@ class DemoSummary:
 # ---- reading and writing -------------------------------------------------------------------------
 
 
-def read_json(path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """A JSON object from ``path``; None when missing, unreadable or not an object."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def write_json(path: str | os.PathLike[str], data: dict[str, Any]) -> Path:
     """A plain record (sweep.json, demo.json), written atomically."""
     return atomic.write_json(path, plain(data))
 
 
+@functools.cache
+def _adapter(hint: Any) -> TypeAdapter:
+    return TypeAdapter(hint)
+
+
 def _fits(value: Any, hint: Any) -> bool:
-    """Whether a JSON value has the field's type (loosely: dict, list, str, int, float, None)."""
-    origin = typing.get_origin(hint)
-    if hint is Any:
-        return True
-    if origin in (typing.Union, types.UnionType):
-        return any(_fits(value, a) for a in typing.get_args(hint))
-    if origin is Literal:
-        return value in typing.get_args(hint)
-    if hint is type(None):
-        return value is None
-    if hint is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, origin or hint)
-
-
-def _typed(data: dict[str, Any], key: str, hint: Any) -> Any:
-    value = data.get(key)
-    return value if _fits(value, hint) else None
+    """Whether a JSON value has the field's type (strictly: no true for a number, no "1" for 1)."""
+    try:
+        _adapter(hint).validate_python(value, strict=True)
+    except ValidationError:
+        return False
+    return True
 
 
 def from_record(cls: type[T], data: dict[str, Any] | None) -> T | None:
@@ -238,20 +217,9 @@ def read_floor(study_dir: str | os.PathLike[str]) -> Floor | None:
         if data is None or (isinstance(fake, dict) and fake.get("kind") != "dataset"):
             continue  # not a real-vs-real record
         settings = data.pop("settings", None)
-        return Floor(
-            fid=_typed(data, "fid", float | None),
-            kid=_typed(data, "kid", dict[str, Any] | None),
-            n_fake=_typed(data, "n_fake", int | None),
-            n_real=_typed(data, "n_real", int | None),
-            metrics=data,
-            settings=settings if isinstance(settings, dict) else None,
-        )
+        return from_record(Floor, {**data, "metrics": data, "settings": settings})
     return None
 
 
 def write_summary(demo_dir: str | os.PathLike[str], summary: DemoSummary) -> Path:
     return atomic.write_json(Path(demo_dir) / layout.SUMMARY_JSON, plain(asdict(summary)))
-
-
-def read_summary(demo_dir: str | os.PathLike[str]) -> DemoSummary | None:
-    return from_record(DemoSummary, read_json(Path(demo_dir) / layout.SUMMARY_JSON))

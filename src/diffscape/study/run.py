@@ -48,8 +48,9 @@ def is_finished(study: Study, run: RunSpec) -> bool:
     return r is not None and r.ok and upgraded(r.settings) == settings_record(study, run)
 
 
-def _identity(run: RunSpec) -> dict[str, Any]:
-    return results.plain(
+def _write_result(study: Study, run: RunSpec, **outcome: Any) -> RunResult:
+    """``run``'s result.json: who it is, ``outcome``, the settings a re-run must match."""
+    who = results.plain(
         {
             "name": run.name,
             "training": run.training,
@@ -60,6 +61,11 @@ def _identity(run: RunSpec) -> dict[str, Any]:
             "seed": run.seed,
         }
     )
+    result = RunResult(
+        **who, **outcome, settings=settings_record(study, run), finished_at=results.now()
+    )
+    results.write_result(run.sample_dir(study.out), result)
+    return result
 
 
 def finish_run(study: Study, run: RunSpec, trained: TrainRecord, tools: Tools) -> RunResult:
@@ -72,13 +78,10 @@ def finish_run(study: Study, run: RunSpec, trained: TrainRecord, tools: Tools) -
     if study.judge is not None and run.config.model.conditional:
         acc = timed("judge", lambda: judge_stage(study, run, made, tools), seconds)
         also = timed("judge", lambda: also_judge_stage(study, run, made, tools), seconds)
-    result = RunResult(
-        **_identity(run), status="ok", steps=trained.steps, n_samples=made,
+    return _write_result(
+        study, run, status="ok", steps=trained.steps, n_samples=made,
         scores=registry.values(registry.records(metrics, acc, also)), seconds=seconds,
-        settings=settings_record(study, run), finished_at=results.now(),
     )  # fmt: skip
-    results.write_result(run.sample_dir(study.out), result)
-    return result
 
 
 def record_failure(
@@ -86,13 +89,10 @@ def record_failure(
 ) -> RunResult:
     message = f"{type(error).__name__}: {error}"
     tools.narrator.note(f"{run.name}: FAILED in {stage}: {message}")
-    result = RunResult(
-        **_identity(run), status="failed", stage=stage, error=message,
+    return _write_result(
+        study, run, status="failed", stage=stage, error=message,
         traceback="".join(traceback.format_exception(type(error), error, error.__traceback__)),
-        settings=settings_record(study, run), finished_at=results.now(),
     )  # fmt: skip
-    results.write_result(run.sample_dir(study.out), result)
-    return result
 
 
 def skip_finished(run: RunSpec, tools: Tools) -> None:

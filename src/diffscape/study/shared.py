@@ -1,12 +1,6 @@
-"""A study's shared pieces, made once (:func:`prepare_study`)::
-
-    data   the given dataset, or procedural landscapes synthesized into <study>/<data_dir>
-    judge  a classifier of the real classes, trained into <study>/<judge_dir> (or a given one),
-           and the further judges of ``[judge] also``
-    floor  real vs real FID/KID at the study's sizes, in <study>/_floor/floor.json
-
-Each is made again only when its settings changed; numpy and the networks are imported only
-when one is made (as in :mod:`.stages`).
+"""A study's shared pieces, made once (:func:`prepare_study`): data, judges, the floor. Each is
+made again only when its settings changed; numpy and the networks are imported only when one is
+made (as in :mod:`.stages`).
 """
 
 from __future__ import annotations

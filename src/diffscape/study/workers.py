@@ -1,32 +1,27 @@
-"""Running a study's trainings (:func:`run_study`): one after another in this process, or several
-at once in worker processes (``python -m diffscape.study.workers worker JOB``), one per GPU; on
-a CPU, ``jobs`` > 1 runs that many workers at once, each on its share of the cores
-(:func:`worker_slots`).
-"""
+"""Running a study's trainings (:func:`run_study`) in this process or in worker processes
+(``python -m diffscape.study.workers worker JOB``)."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import TypeAdapter
+
 from diffscape.core import layout
 from diffscape.core.errors import DiffscapeError
-from diffscape.settings.engine import Settings
-from diffscape.settings.presets import from_dict
-from diffscape.settings.sections import EvaluateSettings, JudgeSettings, SampleSettings
 from diffscape.study import results
 from diffscape.study.narrate import Narrator, Tools, log
 from diffscape.study.results import RunResult
 from diffscape.study.run import is_finished, record_failure, run_training, skip_finished
-from diffscape.study.spec import RunSpec, Study, StudySpec
+from diffscape.study.spec import RunSpec, Study
 
 
 def run_study(
@@ -82,33 +77,16 @@ def worker_slots(gpus: int, jobs: int | None = None, cores: int | None = None) -
     return [Slot(f"CPU worker {i} ({threads} thread{'s' * (threads > 1)})", env) for i in range(n)]
 
 
+# A worker's job: the prepared study and the runs of one training (settings, paths and all).
+_JOB = TypeAdapter(tuple[Study, list[RunSpec]])
+
+
 def job_json(study: Study, runs: list[RunSpec]) -> str:
-    """A worker's job: the prepared study and the runs of one training, as JSON."""
-    job = {"study": asdict(study), "runs": [asdict(r) for r in runs]}
-    return json.dumps(job, default=lambda o: o.to_dict() if isinstance(o, Settings) else str(o))
+    return _JOB.dump_json((study, runs)).decode()
 
 
 def job_from_json(text: str) -> tuple[Study, list[RunSpec]]:
-    job = json.loads(text)
-    s = job["study"]
-    spec = StudySpec(**{
-        **s["spec"], "out": Path(s["spec"]["out"]),
-        "evaluate": EvaluateSettings.parse(s["spec"]["evaluate"]),
-        "judge": JudgeSettings.parse(s["spec"]["judge"]),
-    })  # fmt: skip
-    study = Study(**{**s, "spec": spec, "data": Path(s["data"]),
-                     "judge": None if s["judge"] is None else Path(s["judge"])})  # fmt: skip
-    runs = [
-        RunSpec(
-            **{
-                **r,
-                "config": from_dict(r["config"]),
-                "sample": SampleSettings.parse(r["sample"]),
-            }
-        )
-        for r in job["runs"]
-    ]
-    return study, runs
+    return _JOB.validate_json(text)
 
 
 def _start_worker(study: Study, runs: list[RunSpec], slot: Slot) -> subprocess.Popen:
