@@ -72,10 +72,8 @@ def _train_and_test(
     keep, held = stratified_holdout(y, val_fraction, np.random.default_rng(seed))
     # The same seed for both sources, so the two CNNs differ only in their training images.
     trained = fit_cnn(
-        x[keep],
-        y[keep],
-        x[held],
-        y[held],
+        (x[keep], y[keep]),
+        (x[held], y[held]),
         len(classes),
         settings,
         torch.Generator().manual_seed(seed),
