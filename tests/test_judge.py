@@ -174,7 +174,6 @@ def test_cnn_round_trip_gives_identical_outputs(tmp_path: Path) -> None:
     torch.manual_seed(0)
     net = SmallCNN(config).eval()
     mean, std = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
-    tmp_path.joinpath("j").mkdir()
     info = {"classes": ["a", "b", "c", "d"], "size": 16}
     write_judge(tmp_path / "j", CNNModel(net, mean, std), info)
     judge = load_judge(tmp_path / "j")
@@ -199,7 +198,6 @@ def test_svc_round_trip_gives_identical_decisions(tmp_path: Path) -> None:
     x = rng.integers(0, 256, (40, 3, 8, 8), dtype=np.uint8)
     y = np.arange(40) % 2
     model = SVC(C=10.0, gamma="scale").fit(features(x), y)
-    tmp_path.joinpath("j").mkdir()
     write_judge(tmp_path / "j", model, {"classes": ["a", "b"], "size": 8})
     judge = load_judge(tmp_path / "j")
     np.testing.assert_array_equal(
@@ -299,7 +297,6 @@ def test_score_works_for_any_number_of_classes(tmp_path: Path) -> None:
     config = CNNConfig(num_classes=12, size=16, widths=(8,), convs_per_block=1)
     torch.manual_seed(1)
     net = SmallCNN(config).eval()
-    tmp_path.joinpath("j").mkdir()
     mean, std = [0.5] * 3, [0.25] * 3
     write_judge(tmp_path / "j", CNNModel(net, mean, std), {"classes": classes, "size": 16})
     x = np.random.default_rng(0).integers(0, 256, (60, 3, 16, 16), dtype=np.uint8)
@@ -320,7 +317,6 @@ def test_score_draws_class_names_as_written_and_writes_all_files_or_none(
 
     classes = ["$x^$", "50$ and 60$", "$x_1$"]  # mathtext would fail on the first
     config = CNNConfig(num_classes=3, size=16, widths=(8,), convs_per_block=1)
-    tmp_path.joinpath("j").mkdir()
     model = CNNModel(SmallCNN(config), [0.5] * 3, [0.25] * 3)
     write_judge(tmp_path / "j", model, {"classes": classes, "size": 16})
     x = np.random.default_rng(0).integers(0, 256, (6, 3, 16, 16), dtype=np.uint8)
@@ -414,7 +410,6 @@ JUDGE_CLASSES = ["a", "b", "c"]
 def small_svc_judge(root: Path) -> Path:
     x = np.random.default_rng(0).integers(0, 256, (30, 3, 8, 8), dtype=np.uint8)
     model = SVC(C=10.0, gamma="scale").fit(features(x), np.arange(30) % 3)
-    root.mkdir()
     write_judge(root, model, {"classes": JUDGE_CLASSES, "size": 8})
     return root
 
@@ -422,7 +417,6 @@ def small_svc_judge(root: Path) -> Path:
 def small_cnn_judge(root: Path) -> Path:
     config = CNNConfig(num_classes=3, size=8, widths=(8,), convs_per_block=1)
     torch.manual_seed(0)
-    root.mkdir()
     model = CNNModel(SmallCNN(config), [0.5] * 3, [0.25] * 3)
     write_judge(root, model, {"classes": JUDGE_CLASSES, "size": 8})
     return root

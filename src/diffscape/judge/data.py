@@ -6,6 +6,7 @@ sample folders and callers' arrays all go through the same few helpers.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -13,7 +14,9 @@ import numpy as np
 from PIL import Image
 
 from diffscape.core.errors import DiffscapeError
+from diffscape.core.layout import UNCONDITIONAL
 from diffscape.data.dataset import Dataset
+from diffscape.data.imagefolder import load_sample_folder
 from diffscape.data.memory import check_fits
 from diffscape.settings.sections import JUDGE_VAL_FRACTION as VAL_FRACTION
 
@@ -131,3 +134,18 @@ def map_class_names(names: Sequence[str | None], classes: Sequence[str], what: s
             "after the judge's classes."
         )
     return np.asarray([index[n] for n in names], np.int64)  # type: ignore[index]
+
+
+def load_requested(
+    samples_dir: str | os.PathLike[str], classes: Sequence[str], size: int, use: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """A sample folder's images at ``size`` and, for each, the index into ``classes`` of the
+    class it was requested as (its folder); ``use`` names what needs them in an error."""
+    samples = load_sample_folder(samples_dir, size=size)
+    loose = sum(1 for c in samples.class_names if c in (None, UNCONDITIONAL))
+    if loose:
+        raise JudgeError(
+            f"{samples_dir} has {loose} images without a class folder; {use} needs "
+            "<class>/<i>.png (sample a conditional model with --per-class)"
+        )
+    return samples.images, map_class_names(samples.class_names, classes, str(samples_dir))

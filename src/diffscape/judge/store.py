@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,8 @@ from safetensors.torch import load_file, save_file
 from sklearn.pipeline import Pipeline
 from sklearn.svm import SVC
 
-from diffscape.core.atomic import write_json
-from diffscape.core.layout import CNN_FILE, JUDGE_JSON, SVC_FILE, check_class_names
+from diffscape.core.atomic import publish_dir, tmp_dir_beside, write_json
+from diffscape.core.layout import CNN_FILE, JUDGE_JSON, SVC_FILE, check_class_names, check_out
 from diffscape.data.dataset import MAX_SIZE
 from diffscape.data.memory import check_fits
 from diffscape.judge.cnn import CNNConfig, CNNModel, SmallCNN
@@ -59,21 +60,32 @@ class Judge:
         return self.model.predict(features(images)).astype(np.int64)
 
 
-def write_judge(folder: Path, model: SVC | Pipeline | CNNModel, info: dict[str, Any]) -> None:
-    """The model's file, then judge.json: ``info`` with the kind and what loading needs."""
+def write_judge(
+    out: Path, model: SVC | Pipeline | CNNModel, info: dict[str, Any], overwrite: bool = False
+) -> None:
+    """The judge folder ``out``: the model's file, then judge.json (``info`` with the kind and what
+    loading needs), built beside it and moved into place once complete; an old judge is replaced
+    only with ``overwrite``, and only if the rule still allows it (it may have changed while
+    training)."""
     kind = "cnn" if isinstance(model, CNNModel) else "svc"
     described: dict[str, Any] = {"file": MODEL_FILES[kind]}
-    if isinstance(model, CNNModel):
-        state = {k: v.detach().contiguous() for k, v in model.net.state_dict().items()}
-        save_file(state, str(folder / CNN_FILE))
-        described["architecture"] = "SmallCNN"
-        described["config"] = asdict(model.net.config)
-        # Input = (x / 255 - mean) / std per RGB channel, statistics of the training images.
-        described["normalisation"] = {"mean": model.mean, "std": model.std}
-    else:
-        sio.dump(model, folder / SVC_FILE)
-    info = {"format": FORMAT, "version": FORMAT_VERSION, **info, "kind": kind, "model": described}
-    write_json(folder / JUDGE_JSON, info)
+    tmp = tmp_dir_beside(out)
+    try:
+        if isinstance(model, CNNModel):
+            state = {k: v.detach().contiguous() for k, v in model.net.state_dict().items()}
+            save_file(state, str(tmp / CNN_FILE))
+            described["architecture"] = "SmallCNN"
+            described["config"] = asdict(model.net.config)
+            # Input = (x / 255 - mean) / std per RGB channel, statistics of the training images.
+            described["normalisation"] = {"mean": model.mean, "std": model.std}
+        else:
+            sio.dump(model, tmp / SVC_FILE)
+        head = {"format": FORMAT, "version": FORMAT_VERSION}
+        write_json(tmp / JUDGE_JSON, {**head, **info, "kind": kind, "model": described})
+        publish_dir(tmp, check_out(out, "judge", overwrite=overwrite))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def read_info(judge_dir: str | os.PathLike[str]) -> dict[str, Any]:

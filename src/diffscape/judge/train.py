@@ -9,7 +9,6 @@ on every row, to print the report's table) but never chooses anything.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -21,7 +20,6 @@ import torch
 from sklearn.pipeline import Pipeline
 from sklearn.svm import SVC
 
-from diffscape.core.atomic import publish_dir, tmp_dir_beside
 from diffscape.core.layout import check_out
 from diffscape.data.dataset import MAX_SIZE, SPLITS, Dataset, load_dataset
 from diffscape.judge.cnn import TrainedCNN, fit_cnn
@@ -71,7 +69,6 @@ def train_judge(
     svc, cnn = svc or SVCSettings(), cnn or CNNSettings()
     _check_options(kind, grid, val_fraction, size, cnn)
     out = check_out(out, "judge", overwrite=overwrite)  # before training, not after
-    settings = svc if kind == "svc" else cnn
     # The SVC works on float32 features, which scikit-learn copies to float64: 12 bytes a value.
     extra = 12 if kind == "svc" else 0
     data = load_splits(ds, size, val_fraction, np.random.default_rng(seed), extra)
@@ -92,7 +89,7 @@ def train_judge(
             "n": n,
             "val_source": data.val_source,
         },
-        "settings": settings.to_dict(),
+        "settings": (svc if kind == "svc" else cnn).to_dict(),
     }
     start = time.perf_counter()
     if kind == "svc":
@@ -101,14 +98,7 @@ def train_judge(
         model, accuracy, rows = *_train_cnn(data, cnn, seed, info, progress), None
     info["train_seconds"] = round(time.perf_counter() - start, 1)
     info["accuracy"] = accuracy
-    tmp = tmp_dir_beside(out)
-    try:
-        write_judge(tmp, model, info)
-        # only if the rule still allows it: the folder may have changed while training
-        publish_dir(tmp, check_out(out, "judge", overwrite=overwrite))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    write_judge(out, model, info, overwrite)
     return JudgeResult(out, kind, ds.classes, size, accuracy, rows, info)
 
 
