@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import stat
 import time
 import warnings
@@ -38,14 +37,13 @@ from typing import IO, Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from diffscape.core.atomic import tmp_dir_beside
 from diffscape.core.layout import MANIFEST, check_out, is_dataset_dir, safe_component
 from diffscape.data.dataset import (
     MAX_SIZE,
     UNLABELLED,
     Dataset,
     DatasetError,
-    SplitWriter,
+    building,
     load_dataset,
     write_manifest_and_publish,
 )
@@ -471,27 +469,24 @@ def _write(
 
     class_index = {name: i for i, name in enumerate(plan.classes)}
     skipped = list(plan.skipped)
-    tmp = tmp_dir_beside(out)
-    writers = {s: SplitWriter(tmp, s, size) for s in plan.splits}
-    try:
-        with _pixel_limit(max_pixels):
-            for item in tqdm(plan.items, desc="prepare", unit="img", disable=not progress):
-                try:
-                    with source.open(item.file.rel) as fp:
-                        image = _decode(fp, item.file.size_bytes, size)
-                except _Unusable as e:
-                    skipped.append(_skip(item.file.rel, str(e)))
-                    continue
-                except Exception as e:  # open failed: permissions, broken link, zip member
-                    skipped.append(_skip(item.file.rel, f"cannot read: {type(e).__name__}: {e}"))
-                    continue
-                label = UNLABELLED if item.class_name is None else class_index[item.class_name]
-                writers[item.split].add(image, label)
+    with building(out, size, plan.splits) as (tmp, writers), _pixel_limit(max_pixels):
+        for item in tqdm(plan.items, desc="prepare", unit="img", disable=not progress):
+            try:
+                with source.open(item.file.rel) as fp:
+                    image = _decode(fp, item.file.size_bytes, size)
+            except _Unusable as e:
+                skipped.append(_skip(item.file.rel, str(e)))
+                continue
+            except Exception as e:  # open failed: permissions, broken link, zip member
+                skipped.append(_skip(item.file.rel, f"cannot read: {type(e).__name__}: {e}"))
+                continue
+            label = UNLABELLED if item.class_name is None else class_index[item.class_name]
+            writers[item.split].add(image, label)
         for w in writers.values():
             w.finish()
         skipped.sort(key=lambda s: s["path"])
         n_files = len(plan.items) + len(plan.skipped)
-        if sum(w.n for w in writers.values()) == 0:
+        if not any(w.labels for w in writers.values()):
             raise DatasetError(
                 f"nothing usable in {source.path}: all {n_files} image files were skipped "
                 f"({_reason_counts(skipped)}); e.g. {skipped[0]['path']}: {skipped[0]['reason']}"
@@ -516,11 +511,6 @@ def _write(
                 "input_fingerprint": fingerprint,
             },
         )
-    except BaseException:
-        for w in writers.values():
-            w.close()
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _reason_counts(skipped: list[dict[str, str]]) -> str:
