@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,19 +37,6 @@ from diffscape.core.layout import (
     raw_images_file,
 )
 from diffscape.data.memory import check_fits
-
-__all__ = [
-    "FORMAT",
-    "MAX_SIZE",
-    "SPLITS",
-    "UNLABELLED",
-    "Dataset",
-    "DatasetError",
-    "SplitWriter",
-    "load_dataset",
-    "parse_dataset_spec",
-    "write_manifest_and_publish",
-]
 
 FORMAT = "diffscape-dataset"
 FORMAT_VERSION = 1
@@ -343,12 +331,9 @@ def write_manifest_and_publish(
         "content_hash": hash_dataset_files(tmp_dir, splits),
     }
     for split in splits:
-        labels = split_labels[split]
-        counts = {c: 0 for c in classes}
-        for lab in labels:
-            if lab >= 0:
-                counts[classes[lab]] += 1
-        manifest["splits"][split] = {"n": len(labels), "counts": counts}
+        found = Counter(classes[lab] for lab in split_labels[split] if lab >= 0)
+        counts = {c: found[c] for c in classes}
+        manifest["splits"][split] = {"n": len(split_labels[split]), "counts": counts}
     if extra:
         manifest.update(extra)
     write_json(tmp_dir / MANIFEST, manifest)

@@ -440,13 +440,7 @@ def _mountain(img: np.ndarray, rng: np.random.Generator, size: int) -> None:
     _paint(img, s.cover(y - fg_top), fg)
 
 
-_RENDERERS = {
-    "Coast": _coast,
-    "Desert": _desert,
-    "Forest": _forest,
-    "Glacier": _glacier,
-    "Mountain": _mountain,
-}
+_RENDERERS = dict(zip(CLASSES, (_coast, _desert, _forest, _glacier, _mountain), strict=True))
 
 
 def _check_size(size: int) -> None:

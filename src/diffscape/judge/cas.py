@@ -22,9 +22,9 @@ from diffscape.core.atomic import write_json
 from diffscape.core.layout import CAS_JSON, check_files_in
 from diffscape.data.dataset import Dataset, parse_dataset_spec
 from diffscape.judge.cnn import fit_cnn
-from diffscape.judge.data import VAL_FRACTION, JudgeError, load_requested, stratified_holdout
+from diffscape.judge.data import JudgeError, load_requested, stratified_holdout
 from diffscape.judge.score import confusion_matrix, per_class_accuracy
-from diffscape.settings.sections import CNNSettings
+from diffscape.settings.sections import JUDGE_VAL_FRACTION, CNNSettings
 
 
 def matched_real_subset(
@@ -89,7 +89,7 @@ def cas(
     *,
     out: str | os.PathLike[str] | None = None,
     seed: int = 0,
-    val_fraction: float = VAL_FRACTION,
+    val_fraction: float = JUDGE_VAL_FRACTION,
     settings: CNNSettings | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,

@@ -21,7 +21,6 @@ from diffscape.data.dataset import MAX_SIZE
 from diffscape.judge.data import JudgeError, check_images
 from diffscape.settings.sections import CNNSettings
 
-__all__ = ["CNNConfig", "CNNModel", "SmallCNN", "TrainedCNN", "fit_cnn"]
 MAX_CLASSES = 10_000  # outputs of a CNN judge
 
 

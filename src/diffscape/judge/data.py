@@ -18,9 +18,6 @@ from diffscape.core.layout import UNCONDITIONAL
 from diffscape.data.dataset import Dataset
 from diffscape.data.imagefolder import load_sample_folder
 from diffscape.data.memory import check_fits
-from diffscape.settings.sections import JUDGE_VAL_FRACTION as VAL_FRACTION
-
-__all__ = ["VAL_FRACTION", "JudgeError", "Splits", "load_splits", "map_class_names"]
 
 
 class JudgeError(DiffscapeError, ValueError):

@@ -37,8 +37,6 @@ from diffscape.data.memory import check_fits
 from diffscape.judge.data import JudgeError, Splits, accuracy, check_images
 from diffscape.settings.sections import Gamma, SVCSettings
 
-__all__ = ["fit_grid", "format_grid", "load_svc"]
-
 # What a saved SVC judge may contain. skops already trusts most scikit-learn and numpy types by
 # default; checking against our own short list as well means a judge file holding anything else
 # (another estimator, a function, a custom class) is refused before it is loaded.

@@ -23,10 +23,10 @@ from sklearn.svm import SVC
 from diffscape.core.layout import check_out
 from diffscape.data.dataset import MAX_SIZE, SPLITS, Dataset, load_dataset
 from diffscape.judge.cnn import TrainedCNN, fit_cnn
-from diffscape.judge.data import VAL_FRACTION, JudgeError, Splits, accuracy, load_splits
+from diffscape.judge.data import JudgeError, Splits, accuracy, load_splits
 from diffscape.judge.store import write_judge
 from diffscape.judge.svc import GridRow, fit_grid
-from diffscape.settings.sections import CNNSettings, SVCSettings
+from diffscape.settings.sections import JUDGE_VAL_FRACTION, CNNSettings, SVCSettings
 
 Kind = Literal["svc", "cnn"]
 
@@ -50,7 +50,7 @@ def train_judge(
     grid: bool = False,
     seed: int = 0,
     size: int | None = None,
-    val_fraction: float = VAL_FRACTION,
+    val_fraction: float = JUDGE_VAL_FRACTION,
     svc: SVCSettings | None = None,
     cnn: CNNSettings | None = None,
     progress: bool = True,
