@@ -11,12 +11,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
 from diffscape.core.errors import DiffscapeError
 from diffscape.core.layout import UNCONDITIONAL
 from diffscape.data.dataset import Dataset
-from diffscape.data.imagefolder import load_sample_folder
+from diffscape.data.imagefolder import load_sample_folder, to_chw, to_pil
 from diffscape.data.memory import check_fits
 
 
@@ -36,18 +35,13 @@ def check_images(images: np.ndarray) -> np.ndarray:
 
 def resize_images(images: np.ndarray, size: int) -> np.ndarray:
     """uint8 (N, 3, H, W) -> uint8 (N, 3, size, size); a no-op (no copy) at the right size.
-
-    Uses the same resampling as :func:`diffscape.data.imagefolder.read_image` (PIL bicubic), so
-    an image read from a sample folder at ``size`` and one resized here are identical.
-    """
+    Resampled as a sample folder read at ``size`` is (:func:`~diffscape.data.imagefolder.to_chw`)."""
     images = check_images(images)
     if images.shape[2:] == (size, size):
         return images
     out = np.empty((len(images), 3, size, size), np.uint8)
     for i, im in enumerate(images):
-        pil = Image.fromarray(np.ascontiguousarray(im.transpose(1, 2, 0)))
-        pil = pil.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=None)
-        out[i] = np.asarray(pil).transpose(2, 0, 1)
+        out[i] = to_chw(to_pil(im), size)
     return out
 
 
