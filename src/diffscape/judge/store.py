@@ -101,10 +101,8 @@ def read_info(judge_dir: str | os.PathLike[str]) -> dict[str, Any]:
         info = json.loads(path.read_bytes())
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise JudgeError(f"{path} is not valid JSON ({e}); {again}") from None
-    if not isinstance(info, dict) or (info.get("format"), info.get("version")) != (
-        FORMAT,
-        FORMAT_VERSION,
-    ):
+    header = (info.get("format"), info.get("version")) if isinstance(info, dict) else None
+    if header != (FORMAT, FORMAT_VERSION):
         raise JudgeError(f"{path} is not a {FORMAT} v{FORMAT_VERSION} file; {again}")
     kind, classes, size, model = (info.get(k) for k in ("kind", "classes", "size", "model"))
     if kind not in MODEL_FILES:

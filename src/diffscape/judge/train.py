@@ -35,8 +35,6 @@ Kind = Literal["svc", "cnn"]
 class JudgeResult:
     judge_dir: Path
     kind: Kind
-    classes: list[str]
-    size: int
     accuracy: dict[str, float | None]  # train / val / test
     grid: list[GridRow] | None  # the SVC grid, one row per (C, gamma); None otherwise
     info: dict[str, Any]  # what was written to judge.json
@@ -99,7 +97,7 @@ def train_judge(
     info["train_seconds"] = round(time.perf_counter() - start, 1)
     info["accuracy"] = accuracy
     write_judge(out, model, info, overwrite)
-    return JudgeResult(out, kind, ds.classes, size, accuracy, rows, info)
+    return JudgeResult(out, kind, accuracy, rows, info)
 
 
 def _check_options(kind: str, grid: bool, val_fraction: float, size: int, cnn: CNNSettings) -> None:
