@@ -26,10 +26,10 @@ from diffscape.core.errors import DiffscapeError
 from diffscape.data.dataset import Dataset, SplitWriter, write_manifest_and_publish
 from diffscape.data.imagefolder import save_png
 from diffscape.data.synth import synthesize
-from diffscape.judge.cnn import CNNConfig, SmallCNN, logits
+from diffscape.judge.cnn import CNNConfig, CNNModel, SmallCNN
 from diffscape.judge.data import JudgeError, stratified_holdout
 from diffscape.judge.score import confusion_matrix, score, variety_warning
-from diffscape.judge.store import load_judge, write_cnn_judge, write_svc_judge
+from diffscape.judge.store import load_judge, write_judge
 from diffscape.judge.svc import features, format_grid, load_svc
 from diffscape.judge.train import train_judge
 from diffscape.settings.engine import value_text
@@ -174,12 +174,11 @@ def test_cnn_round_trip_gives_identical_outputs(tmp_path: Path) -> None:
     torch.manual_seed(0)
     net = SmallCNN(config).eval()
     mean, std = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
-    tmp_path.joinpath("j").mkdir()
     info = {"classes": ["a", "b", "c", "d"], "size": 16}
-    write_cnn_judge(tmp_path / "j", net.state_dict(), config, mean, std, info)
+    write_judge(tmp_path / "j", CNNModel(net, mean, std), info)
     judge = load_judge(tmp_path / "j")
     x = np.random.default_rng(0).integers(0, 256, (20, 3, 16, 16), dtype=np.uint8)
-    assert torch.equal(logits(judge.net, judge.mean, judge.std, x), logits(net, mean, std, x))
+    assert torch.equal(judge.model.logits(x), CNNModel(net, mean, std).logits(x))
     assert judge.kind == "cnn" and judge.classes == ["a", "b", "c", "d"] and judge.size == 16
 
 
@@ -199,8 +198,7 @@ def test_svc_round_trip_gives_identical_decisions(tmp_path: Path) -> None:
     x = rng.integers(0, 256, (40, 3, 8, 8), dtype=np.uint8)
     y = np.arange(40) % 2
     model = SVC(C=10.0, gamma="scale").fit(features(x), y)
-    tmp_path.joinpath("j").mkdir()
-    write_svc_judge(tmp_path / "j", model, {"classes": ["a", "b"], "size": 8})
+    write_judge(tmp_path / "j", model, {"classes": ["a", "b"], "size": 8})
     judge = load_judge(tmp_path / "j")
     np.testing.assert_array_equal(
         judge.model.decision_function(features(x)), model.decision_function(features(x))
@@ -299,11 +297,8 @@ def test_score_works_for_any_number_of_classes(tmp_path: Path) -> None:
     config = CNNConfig(num_classes=12, size=16, widths=(8,), convs_per_block=1)
     torch.manual_seed(1)
     net = SmallCNN(config).eval()
-    tmp_path.joinpath("j").mkdir()
     mean, std = [0.5] * 3, [0.25] * 3
-    write_cnn_judge(
-        tmp_path / "j", net.state_dict(), config, mean, std, {"classes": classes, "size": 16}
-    )
+    write_judge(tmp_path / "j", CNNModel(net, mean, std), {"classes": classes, "size": 16})
     x = np.random.default_rng(0).integers(0, 256, (60, 3, 16, 16), dtype=np.uint8)
     pred = load_judge(tmp_path / "j").predict(x)
     requested = np.arange(60) % 12
@@ -322,10 +317,8 @@ def test_score_draws_class_names_as_written_and_writes_all_files_or_none(
 
     classes = ["$x^$", "50$ and 60$", "$x_1$"]  # mathtext would fail on the first
     config = CNNConfig(num_classes=3, size=16, widths=(8,), convs_per_block=1)
-    tmp_path.joinpath("j").mkdir()
-    sd = SmallCNN(config).state_dict()
-    write_cnn_judge(tmp_path / "j", sd, config, [0.5] * 3, [0.25] * 3,
-                    {"classes": classes, "size": 16})  # fmt: skip
+    model = CNNModel(SmallCNN(config), [0.5] * 3, [0.25] * 3)
+    write_judge(tmp_path / "j", model, {"classes": classes, "size": 16})
     x = np.random.default_rng(0).integers(0, 256, (6, 3, 16, 16), dtype=np.uint8)
     samples = write_samples(tmp_path / "s", x, [classes[i % 3] for i in range(6)])
     score(tmp_path / "j", samples, out=tmp_path / "out")
@@ -417,19 +410,15 @@ JUDGE_CLASSES = ["a", "b", "c"]
 def small_svc_judge(root: Path) -> Path:
     x = np.random.default_rng(0).integers(0, 256, (30, 3, 8, 8), dtype=np.uint8)
     model = SVC(C=10.0, gamma="scale").fit(features(x), np.arange(30) % 3)
-    root.mkdir()
-    write_svc_judge(root, model, {"classes": JUDGE_CLASSES, "size": 8})
+    write_judge(root, model, {"classes": JUDGE_CLASSES, "size": 8})
     return root
 
 
 def small_cnn_judge(root: Path) -> Path:
     config = CNNConfig(num_classes=3, size=8, widths=(8,), convs_per_block=1)
     torch.manual_seed(0)
-    root.mkdir()
-    state = SmallCNN(config).state_dict()
-    write_cnn_judge(
-        root, state, config, [0.5] * 3, [0.25] * 3, {"classes": JUDGE_CLASSES, "size": 8}
-    )
+    model = CNNModel(SmallCNN(config), [0.5] * 3, [0.25] * 3)
+    write_judge(root, model, {"classes": JUDGE_CLASSES, "size": 8})
     return root
 
 

@@ -17,13 +17,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
-from diffscape.core.atomic import publish_dir, write_json
+from diffscape.core.atomic import publish_dir, tmp_dir_beside, write_json
 from diffscape.core.errors import DiffscapeError
 from diffscape.core.layout import (
     MANIFEST,
@@ -33,19 +37,6 @@ from diffscape.core.layout import (
     raw_images_file,
 )
 from diffscape.data.memory import check_fits
-
-__all__ = [
-    "FORMAT",
-    "MAX_SIZE",
-    "SPLITS",
-    "UNLABELLED",
-    "Dataset",
-    "DatasetError",
-    "SplitWriter",
-    "load_dataset",
-    "parse_dataset_spec",
-    "write_manifest_and_publish",
-]
 
 FORMAT = "diffscape-dataset"
 FORMAT_VERSION = 1
@@ -241,14 +232,13 @@ class SplitWriter:
     """Streams images of one split into ``<split>_images.npy`` without holding them in memory.
 
     The number of images is not known up front (unreadable files are skipped), so pixels go to a
-    raw temporary file first and are copied behind an ``.npy`` header in chunks at the end.
+    raw temporary file first and are copied behind an ``.npy`` header at the end.
     """
 
     tmp_dir: Path
     split: str
     size: int
-    _n: int = 0
-    _labels: list[int] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)  # one per image added
     _raw: Any = None
 
     def __post_init__(self) -> None:
@@ -261,41 +251,42 @@ class SplitWriter:
                 f"{image_chw.shape}"
             )
         self._raw.write(np.ascontiguousarray(image_chw).tobytes())
-        self._labels.append(int(label))
-        self._n += 1
-
-    @property
-    def n(self) -> int:
-        return self._n
-
-    @property
-    def labels(self) -> list[int]:
-        return list(self._labels)
+        self.labels.append(int(label))
 
     def close(self) -> None:
         """Close the raw file without finishing, e.g. when giving up on a failed build."""
-        if not self._raw.closed:
-            self._raw.close()
+        self._raw.close()
 
     def finish(self) -> None:
         """Write the ``.npy`` files into ``tmp_dir`` and delete the raw file."""
         self._raw.close()
         raw_path = self.tmp_dir / raw_images_file(self.split)
-        shape = (self._n, 3, self.size, self.size)
-        out = np.lib.format.open_memmap(
-            self.tmp_dir / images_file(self.split), mode="w+", dtype=np.uint8, shape=shape
-        )
-        per_image = 3 * self.size * self.size
-        chunk = max(1, (64 << 20) // per_image)  # copy 64 MiB at a time
-        with open(raw_path, "rb") as f:
-            for start in range(0, self._n, chunk):
-                stop = min(self._n, start + chunk)
-                buf = f.read((stop - start) * per_image)
-                out[start:stop] = np.frombuffer(buf, np.uint8).reshape(stop - start, *shape[1:])
-        out.flush()
-        del out
+        shape = (len(self.labels), 3, self.size, self.size)
+        header = {"descr": "|u1", "fortran_order": False, "shape": shape}
+        with open(self.tmp_dir / images_file(self.split), "wb") as f, open(raw_path, "rb") as raw:
+            np.lib.format.write_array_header_1_0(f, header)
+            shutil.copyfileobj(raw, f, 64 << 20)  # 64 MiB at a time
         raw_path.unlink()
-        np.save(self.tmp_dir / labels_file(self.split), np.asarray(self._labels, np.int64))
+        np.save(self.tmp_dir / labels_file(self.split), np.asarray(self.labels, np.int64))
+
+
+@contextmanager
+def building(
+    out_dir: Path, size: int, splits: Iterable[str]
+) -> Iterator[tuple[Path, dict[str, SplitWriter]]]:
+    """A temporary folder beside ``out_dir`` and a writer per split in it. On any exception, Ctrl-C
+    included, the writers are closed and the folder removed: no half-written folder is left."""
+    tmp = tmp_dir_beside(out_dir)
+    writers: dict[str, SplitWriter] = {}
+    try:
+        for split in splits:
+            writers[split] = SplitWriter(tmp, split, size)
+        yield tmp, writers
+    except BaseException:
+        for w in writers.values():
+            w.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def hash_dataset_files(root: Path, splits: list[str]) -> str:
@@ -340,12 +331,9 @@ def write_manifest_and_publish(
         "content_hash": hash_dataset_files(tmp_dir, splits),
     }
     for split in splits:
-        labels = split_labels[split]
-        counts = {c: 0 for c in classes}
-        for lab in labels:
-            if lab >= 0:
-                counts[classes[lab]] += 1
-        manifest["splits"][split] = {"n": len(labels), "counts": counts}
+        found = Counter(classes[lab] for lab in split_labels[split] if lab >= 0)
+        counts = {c: found[c] for c in classes}
+        manifest["splits"][split] = {"n": len(split_labels[split]), "counts": counts}
     if extra:
         manifest.update(extra)
     write_json(tmp_dir / MANIFEST, manifest)

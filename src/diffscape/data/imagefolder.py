@@ -60,13 +60,23 @@ def list_images(root: str | Path) -> list[tuple[Path, str | None]]:
     return found
 
 
+def to_chw(image: Image.Image, size: int | None = None) -> np.ndarray:
+    """An RGB picture -> uint8 (3, H, W), resized to ``size`` if given and different: PIL bicubic,
+    antialiased over all source pixels (reducing_gap=None). Every image the package resizes
+    (prepare, sample folders, the judges' inputs) goes through here, so all resize alike."""
+    if size is not None and image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=None)
+    return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy()
+
+
+def to_pil(image_chw: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.ascontiguousarray(np.asarray(image_chw).transpose(1, 2, 0)))
+
+
 def read_image(path: Path, size: int | None = None) -> np.ndarray:
-    """uint8 (3, H, W) RGB; resized (bicubic, antialiased) to ``size`` if given and different."""
+    """uint8 (3, H, W) RGB, resized to ``size`` if given (:func:`to_chw`)."""
     with Image.open(path) as im:
-        im = im.convert("RGB")
-        if size is not None and im.size != (size, size):
-            im = im.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=None)
-        return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1).copy()
+        return to_chw(im.convert("RGB"), size)
 
 
 def load_sample_folder(root: str | Path, size: int | None = None) -> SampleSet:
@@ -126,7 +136,7 @@ def save_image(image: Image.Image, path: str | Path) -> Path:
 
 def save_png(path: Path, image_chw: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.ascontiguousarray(image_chw.transpose(1, 2, 0))).save(path)
+    to_pil(image_chw).save(path)
 
 
 def make_grid(images: np.ndarray, nrow: int, pad: int = 2, fill: int = 255) -> np.ndarray:

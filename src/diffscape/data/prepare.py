@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import stat
 import time
 import warnings
@@ -38,17 +37,17 @@ from typing import IO, Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from diffscape.core.atomic import tmp_dir_beside
 from diffscape.core.layout import MANIFEST, check_out, is_dataset_dir, safe_component
 from diffscape.data.dataset import (
     MAX_SIZE,
     UNLABELLED,
     Dataset,
     DatasetError,
-    SplitWriter,
+    building,
     load_dataset,
     write_manifest_and_publish,
 )
+from diffscape.data.imagefolder import to_chw
 
 # Bump when preprocessing changes, so that re-running `prepare` rebuilds instead of a no-op.
 PREPARE_VERSION = 1
@@ -112,12 +111,8 @@ def preprocess_image(image: Image.Image, size: int) -> np.ndarray:
     side = min(w, h)
     left, top = (w - side) // 2, (h - side) // 2
     # Crop before resizing: resize(box=...) lets the filter read pixels outside the box.
-    square = rgb.crop((left, top, left + side, top + side))
-    if side != size:
-        # reducing_gap=None: exact antialiased bicubic over all source pixels (the large-JPEG
-        # speed-up is done by the decoder, see _decode).
-        square = square.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=None)
-    return np.asarray(square, dtype=np.uint8).transpose(2, 0, 1).copy()
+    # The large-JPEG speed-up is done by the decoder (see _decode), not by the resize.
+    return to_chw(rgb.crop((left, top, left + side, top + side)), size)
 
 
 class _Unusable(Exception):
@@ -471,27 +466,24 @@ def _write(
 
     class_index = {name: i for i, name in enumerate(plan.classes)}
     skipped = list(plan.skipped)
-    tmp = tmp_dir_beside(out)
-    writers = {s: SplitWriter(tmp, s, size) for s in plan.splits}
-    try:
-        with _pixel_limit(max_pixels):
-            for item in tqdm(plan.items, desc="prepare", unit="img", disable=not progress):
-                try:
-                    with source.open(item.file.rel) as fp:
-                        image = _decode(fp, item.file.size_bytes, size)
-                except _Unusable as e:
-                    skipped.append(_skip(item.file.rel, str(e)))
-                    continue
-                except Exception as e:  # open failed: permissions, broken link, zip member
-                    skipped.append(_skip(item.file.rel, f"cannot read: {type(e).__name__}: {e}"))
-                    continue
-                label = UNLABELLED if item.class_name is None else class_index[item.class_name]
-                writers[item.split].add(image, label)
+    with building(out, size, plan.splits) as (tmp, writers), _pixel_limit(max_pixels):
+        for item in tqdm(plan.items, desc="prepare", unit="img", disable=not progress):
+            try:
+                with source.open(item.file.rel) as fp:
+                    image = _decode(fp, item.file.size_bytes, size)
+            except _Unusable as e:
+                skipped.append(_skip(item.file.rel, str(e)))
+                continue
+            except Exception as e:  # open failed: permissions, broken link, zip member
+                skipped.append(_skip(item.file.rel, f"cannot read: {type(e).__name__}: {e}"))
+                continue
+            label = UNLABELLED if item.class_name is None else class_index[item.class_name]
+            writers[item.split].add(image, label)
         for w in writers.values():
             w.finish()
         skipped.sort(key=lambda s: s["path"])
         n_files = len(plan.items) + len(plan.skipped)
-        if sum(w.n for w in writers.values()) == 0:
+        if not any(w.labels for w in writers.values()):
             raise DatasetError(
                 f"nothing usable in {source.path}: all {n_files} image files were skipped "
                 f"({_reason_counts(skipped)}); e.g. {skipped[0]['path']}: {skipped[0]['reason']}"
@@ -516,11 +508,6 @@ def _write(
                 "input_fingerprint": fingerprint,
             },
         )
-    except BaseException:
-        for w in writers.values():
-            w.close()
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _reason_counts(skipped: list[dict[str, str]]) -> str:

@@ -74,9 +74,6 @@ class HostSource:
     batch_size: int  # the global batch, summed over processes
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
-    def __len__(self) -> int:
-        return len(self.images)
-
     def batch(self, step: int, rank: int = 0, world: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         idx = batch_indices(self.seed, step, self.batch_size, len(self.images))
         return load_batch(self.images, self.labels, idx[rank::world])

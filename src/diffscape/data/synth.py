@@ -17,7 +17,6 @@ and has class ``i % 5``, so it does not depend on ``n`` or on how the images are
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TypeVar
@@ -25,10 +24,9 @@ from typing import TypeVar
 import numpy as np
 from tqdm import tqdm
 
-from diffscape.core.atomic import tmp_dir_beside
 from diffscape.core.errors import DiffscapeError
 from diffscape.core.layout import check_out
-from diffscape.data.dataset import MAX_SIZE, Dataset, SplitWriter, write_manifest_and_publish
+from diffscape.data.dataset import MAX_SIZE, Dataset, building, write_manifest_and_publish
 
 CLASSES = ("Coast", "Desert", "Forest", "Glacier", "Mountain")
 SYNTH_VERSION = 1  # bump when the pictures change, so cached statistics are not reused
@@ -442,13 +440,7 @@ def _mountain(img: np.ndarray, rng: np.random.Generator, size: int) -> None:
     _paint(img, s.cover(y - fg_top), fg)
 
 
-_RENDERERS = {
-    "Coast": _coast,
-    "Desert": _desert,
-    "Forest": _forest,
-    "Glacier": _glacier,
-    "Mountain": _mountain,
-}
+_RENDERERS = dict(zip(CLASSES, (_coast, _desert, _forest, _glacier, _mountain), strict=True))
 
 
 def _check_size(size: int) -> None:
@@ -525,30 +517,21 @@ def synthesize(
             "lower test_fraction or raise n"
         )
 
-    tmp = tmp_dir_beside(out_dir)
-    writers: dict[str, SplitWriter] = {}
-    try:
-        writers["train"] = SplitWriter(tmp, "train", size)
-        if is_test.any():
-            writers["test"] = SplitWriter(tmp, "test", size)
+    splits = ["train", "test"] if is_test.any() else ["train"]
+    with building(out_dir, size, splits) as (tmp, writers):
         for i in tqdm(range(n), disable=not progress, desc="synth", unit="img"):
             image, label = render_index(seed, i, size)
             writers["test" if is_test[i] else "train"].add(image, label)
         for w in writers.values():
             w.finish()
-    except BaseException:  # Ctrl-C included: leave no half-written folder behind
-        for w in writers.values():
-            w.close()
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return write_manifest_and_publish(
-        tmp,
-        out_dir,
-        classes=list(CLASSES),
-        size=size,
-        split_labels={name: w.labels for name, w in writers.items()},
-        source=f"synth:seed={int(seed)}",
-        resize="none (rendered at size)",
-        skipped=[],
-        extra={"synth": {"seed": int(seed), "n": int(n), "version": SYNTH_VERSION}},
-    )
+        return write_manifest_and_publish(
+            tmp,
+            out_dir,
+            classes=list(CLASSES),
+            size=size,
+            split_labels={name: w.labels for name, w in writers.items()},
+            source=f"synth:seed={int(seed)}",
+            resize="none (rendered at size)",
+            skipped=[],
+            extra={"synth": {"seed": int(seed), "n": int(n), "version": SYNTH_VERSION}},
+        )

@@ -19,13 +19,12 @@ import numpy as np
 import torch
 
 from diffscape.core.atomic import write_json
-from diffscape.core.layout import CAS_JSON, UNCONDITIONAL, check_files_in
+from diffscape.core.layout import CAS_JSON, check_files_in
 from diffscape.data.dataset import Dataset, parse_dataset_spec
-from diffscape.data.imagefolder import load_sample_folder
 from diffscape.judge.cnn import fit_cnn
-from diffscape.judge.data import VAL_FRACTION, JudgeError, map_class_names, stratified_holdout
+from diffscape.judge.data import JudgeError, load_requested, stratified_holdout
 from diffscape.judge.score import confusion_matrix, per_class_accuracy
-from diffscape.settings.sections import CNNSettings
+from diffscape.settings.sections import JUDGE_VAL_FRACTION, CNNSettings
 
 
 def matched_real_subset(
@@ -56,10 +55,8 @@ def _open(dataset: Dataset | str) -> tuple[Dataset, str]:
 
 
 def _train_and_test(
-    x: np.ndarray,
-    y: np.ndarray,
-    x_test: np.ndarray,
-    y_test: np.ndarray,
+    train: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
     classes: list[str],
     name: str,
     settings: CNNSettings,
@@ -67,20 +64,13 @@ def _train_and_test(
     val_fraction: float,
     progress: bool,
 ) -> dict[str, Any]:
-    """Train the CNN on (x, y), early-stopped on a held-out part of them; score on the test
-    images."""
+    """Train the CNN on ``train``, early-stopped on a held-out part of it; score on ``test``."""
+    (x, y), (x_test, y_test) = train, test
     keep, held = stratified_holdout(y, val_fraction, np.random.default_rng(seed))
     # The same seed for both sources, so the two CNNs differ only in their training images.
+    gen = torch.Generator().manual_seed(seed)
     trained = fit_cnn(
-        x[keep],
-        y[keep],
-        x[held],
-        y[held],
-        len(classes),
-        settings,
-        torch.Generator().manual_seed(seed),
-        progress=progress,
-        desc=f"cas {name}",
+        (x[keep], y[keep]), (x[held], y[held]), len(classes), settings, gen, progress, f"cas {name}"
     )
     matrix = confusion_matrix(y_test, trained.predict(x_test), len(classes))
     return {
@@ -99,7 +89,7 @@ def cas(
     *,
     out: str | os.PathLike[str] | None = None,
     seed: int = 0,
-    val_fraction: float = VAL_FRACTION,
+    val_fraction: float = JUDGE_VAL_FRACTION,
     settings: CNNSettings | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
@@ -108,26 +98,19 @@ def cas(
     """CAS of ``samples_dir`` against ``dataset`` (``DIR`` or ``DIR:split``; scored on the test
     split by default, the real baseline drawn from train). Early stopping uses ``val_fraction`` of
     each training set (generated or real), never the test images. Writes cas.json into ``out``
-    (default ``samples_dir``: a new file, or this program's with ``overwrite``) and returns what
-    it holds."""
+    (default ``samples_dir``: a new file, or ours with ``overwrite``) and returns what it holds."""
     out_dir = check_files_in(out or samples_dir, {CAS_JSON: "cas"}, overwrite=overwrite)
     settings = settings or CNNSettings()
     if not 0 < val_fraction < 1:
         raise JudgeError(f"--val-fraction must be in (0, 1), got {val_fraction}")
     ds, split = _open(dataset)
-    samples = load_sample_folder(samples_dir, size=ds.size)
-    if any(c in (None, UNCONDITIONAL) for c in samples.class_names):
-        raise JudgeError(
-            f"{samples_dir} has images without a class folder; CAS needs <class>/<i>.png"
-        )
     classes = ds.classes
-    y_gen = map_class_names(samples.class_names, classes, str(samples_dir))
+    x_gen, y_gen = load_requested(samples_dir, classes, ds.size, "CAS")
     test = ds.read_images(split, copies=0.0), np.asarray(ds.labels(split), np.int64)
 
     y_train_all = np.asarray(ds.labels("train"), np.int64)
     counts = np.bincount(y_gen, minlength=len(classes))
-    rng = np.random.default_rng(seed)
-    real_idx, short = matched_real_subset(y_train_all, counts, classes, rng)
+    real_idx, short = matched_real_subset(y_train_all, counts, classes, np.random.default_rng(seed))
     x_real = np.asarray(ds.images("train")[real_idx])  # only these rows of the memory map
     log(
         f"CAS: {len(y_gen)} generated vs {len(real_idx)} real training images, "
@@ -136,9 +119,9 @@ def cas(
     )
 
     def run(x: np.ndarray, y: np.ndarray, name: str) -> dict[str, Any]:
-        return _train_and_test(x, y, *test, classes, name, settings, seed, val_fraction, progress)
+        return _train_and_test((x, y), test, classes, name, settings, seed, val_fraction, progress)
 
-    generated = run(samples.images, y_gen, "generated")
+    generated = run(x_gen, y_gen, "generated")
     real = run(x_real, y_train_all[real_idx], "real")
     result: dict[str, Any] = {
         "samples": str(samples_dir),

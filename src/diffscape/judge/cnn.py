@@ -9,7 +9,7 @@ tolerant to where things are in the picture.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -21,7 +21,6 @@ from diffscape.data.dataset import MAX_SIZE
 from diffscape.judge.data import JudgeError, check_images
 from diffscape.settings.sections import CNNSettings
 
-__all__ = ["CNNConfig", "SmallCNN", "TrainedCNN", "fit_cnn", "predict"]
 MAX_CLASSES = 10_000  # outputs of a CNN judge
 
 
@@ -64,16 +63,10 @@ class CNNConfig:
 
     def num_params(self) -> int:
         """Numbers in the state dict (weights and BatchNorm statistics), to compare with a
-        weights file before building the network."""
-        n, c_in = 0, 3
-        for w in self.widths:
-            for _ in range(self.convs_per_block):
-                n += 9 * c_in * w + 4 * w + 1  # conv, BN weight/bias/mean/var, batch count
-                c_in = w
-        return n + c_in * self.num_classes + self.num_classes
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "widths": list(self.widths)}
+        weights file before building the network: counted on the meta device, which allocates
+        nothing."""
+        with torch.device("meta"):
+            return sum(t.numel() for t in SmallCNN(self).state_dict().values())
 
 
 class SmallCNN(nn.Module):
@@ -82,6 +75,7 @@ class SmallCNN(nn.Module):
 
     def __init__(self, config: CNNConfig) -> None:
         super().__init__()
+        self.config = config
         layers: list[nn.Module] = []
         c_in = 3
         for w in config.widths:
@@ -109,11 +103,6 @@ def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
     mean = x.mean(axis=(0, 2))
     std = x.std(axis=(0, 2)).clip(min=1e-3)
     return mean.tolist(), std.tolist()
-
-
-def normalise(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
-    """Float images in [0, 1] -> the network's input (per-channel z-scores)."""
-    return (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
 
 
 def augment(x: Tensor, settings: CNNSettings, gen: torch.Generator) -> Tensor:
@@ -152,50 +141,43 @@ def lr_at(epoch: float, settings: CNNSettings) -> float:
 
 
 @dataclass
-class TrainedCNN:
-    """A trained network with what is needed to run and describe it."""
+class CNNModel:
+    """A network and its input normalisation (the training images' channel statistics)."""
 
     net: SmallCNN
-    config: CNNConfig
     mean: list[float]
     std: list[float]
+
+    def normalise(self, x: Tensor) -> Tensor:
+        """Float images in [0, 1] -> the network's input (per-channel z-scores)."""
+        mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (self.mean, self.std))
+        return (x - mean) / std
+
+    @torch.inference_mode()
+    def logits(self, images: np.ndarray, batch: int = 256) -> Tensor:
+        images = check_images(images)
+        self.net.eval()
+        out = []
+        for i in range(0, len(images), batch):
+            x = torch.from_numpy(np.array(images[i : i + batch])).float() / 255.0
+            out.append(self.net(self.normalise(x)))
+        return torch.cat(out)
+
+    def predict(self, images: np.ndarray, batch: int = 256) -> np.ndarray:
+        if len(images) == 0:
+            return np.empty(0, np.int64)
+        return self.logits(images, batch).argmax(1).numpy().astype(np.int64)
+
+
+@dataclass
+class TrainedCNN(CNNModel):
     best_epoch: int  # 1-based epoch whose weights were kept
     history: list[dict]  # per epoch: train loss, train (augmented) accuracy, val loss/accuracy
 
-    def predict(self, images: np.ndarray, batch: int = 256) -> np.ndarray:
-        return predict(self.net, self.mean, self.std, images, batch)
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return {k: v.detach().contiguous() for k, v in self.net.state_dict().items()}
-
-
-@torch.inference_mode()
-def logits(
-    net: nn.Module, mean: list[float], std: list[float], images: np.ndarray, batch: int = 256
-) -> Tensor:
-    images = check_images(images)
-    net.eval()
-    m, s = torch.tensor(mean), torch.tensor(std)
-    out = [
-        net(normalise(torch.from_numpy(np.array(images[i : i + batch])).float() / 255.0, m, s))
-        for i in range(0, len(images), batch)
-    ]
-    return torch.cat(out) if out else torch.empty(0, 0)
-
-
-def predict(
-    net: nn.Module, mean: list[float], std: list[float], images: np.ndarray, batch: int = 256
-) -> np.ndarray:
-    if len(images) == 0:
-        return np.empty(0, np.int64)
-    return logits(net, mean, std, images, batch).argmax(1).numpy().astype(np.int64)
-
 
 def fit_cnn(
-    x_train: np.ndarray,
-    y_train: np.ndarray,
-    x_val: np.ndarray,
-    y_val: np.ndarray,
+    train: tuple[np.ndarray, np.ndarray],  # uint8 images (N, 3, H, W) and their labels
+    val: tuple[np.ndarray, np.ndarray],
     num_classes: int,
     settings: CNNSettings,
     gen: torch.Generator,
@@ -207,8 +189,7 @@ def fit_cnn(
     Training stops ``patience_epochs`` after the validation accuracy last rose; the weights kept
     are those of the best-accuracy epoch with the lowest validation loss. (Loss alone keeps
     falling long after accuracy saturates on easy data, so it would never stop.)"""
-    x_train, x_val = check_images(x_train), check_images(x_val)
-    if len(x_val) == 0:
+    if len(val[0]) == 0:
         raise JudgeError(
             "early stopping needs at least one validation image: give some class two or more "
             "images (or the dataset a val split)"
@@ -217,7 +198,7 @@ def fit_cnn(
     # ``gen`` inside a fork, so the result depends on ``gen`` alone and the caller's RNG is untouched.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-        return _fit((x_train, y_train), (x_val, y_val), num_classes, settings, gen, progress, desc)
+        return _fit(train, val, num_classes, settings, gen, progress, desc)
 
 
 def _fit(
@@ -230,64 +211,52 @@ def _fit(
     desc: str,
 ) -> TrainedCNN:
     (x_train, y_train), (x_val, y_val) = train, val
-    size = x_train.shape[-1]
+    x_train = check_images(x_train)
     config = CNNConfig(
-        num_classes, size, settings.widths, settings.convs_per_block, settings.dropout
+        num_classes, x_train.shape[-1], settings.widths, settings.convs_per_block, settings.dropout
     )
-    net = SmallCNN(config)
-    mean, std = channel_stats(x_train)
-    m, s = torch.tensor(mean), torch.tensor(std)
+    model = CNNModel(SmallCNN(config), *channel_stats(x_train))
+    net = model.net
     xt = torch.from_numpy(np.ascontiguousarray(x_train))
     yt = torch.from_numpy(np.asarray(y_train, np.int64))
     yv = torch.from_numpy(np.asarray(y_val, np.int64))
     opt = torch.optim.AdamW(net.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    steps_per_epoch = max(1, math.ceil(len(xt) / settings.batch))
 
-    best: tuple[float, float] | None = None  # (val accuracy, -val loss) of the kept weights
     best_state: dict[str, Tensor] = {}
-    best_epoch = 0
-    rose_epoch = 0  # last epoch the validation accuracy went up
     history: list[dict] = []
     bar = tqdm(range(1, settings.max_epochs + 1), desc=desc, unit="epoch", disable=not progress)
     for epoch in bar:
         net.train()
-        order = torch.randperm(len(xt), generator=gen)
+        batches = torch.randperm(len(xt), generator=gen).split(settings.batch)
         loss_sum, correct = 0.0, 0
-        for step in range(steps_per_epoch):
-            idx = order[step * settings.batch : (step + 1) * settings.batch]
+        for step, idx in enumerate(batches):
             if len(idx) < 2:  # BatchNorm cannot train on a single image
                 continue
-            for group in opt.param_groups:
-                group["lr"] = lr_at(epoch - 1 + step / steps_per_epoch, settings)
-            x = augment(xt[idx].float() / 255.0, settings, gen)
-            out = net(normalise(x, m, s))
+            opt.param_groups[0]["lr"] = lr_at(epoch - 1 + step / len(batches), settings)
+            out = net(model.normalise(augment(xt[idx].float() / 255.0, settings, gen)))
             loss = F.cross_entropy(out, yt[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             loss_sum += loss.item() * len(idx)
             correct += int((out.argmax(1) == yt[idx]).sum())
-        val_logits = logits(net, mean, std, x_val)
-        val_loss = float(F.cross_entropy(val_logits, yv))
-        val_acc = float((val_logits.argmax(1) == yv).float().mean())
-        history.append(
-            {
-                "epoch": epoch,
-                "train_loss": loss_sum / len(xt),
-                "train_accuracy": correct / len(xt),
-                "val_loss": val_loss,
-                "val_accuracy": val_acc,
-            }
-        )
-        bar.set_postfix(loss=f"{loss_sum / len(xt):.3f}", val_acc=f"{val_acc:.3f}")
-        if best is None or val_acc > best[0]:
-            rose_epoch = epoch
-        if best is None or (val_acc, -val_loss) > best:
-            best, best_epoch = (val_acc, -val_loss), epoch
+        val_logits = model.logits(x_val)  # (and the network left in eval mode)
+        h = {
+            "epoch": epoch,
+            "train_loss": loss_sum / len(xt),
+            "train_accuracy": correct / len(xt),
+            "val_loss": float(F.cross_entropy(val_logits, yv)),
+            "val_accuracy": float((val_logits.argmax(1) == yv).float().mean()),
+        }
+        history.append(h)
+        bar.set_postfix(loss=f"{h['train_loss']:.3f}", val_acc=f"{h['val_accuracy']:.3f}")
+        # The first epoch of the highest accuracy, and of those the lowest loss, is kept.
+        best = max(history, key=lambda e: (e["val_accuracy"], -e["val_loss"]))
+        if best["epoch"] == epoch:
             best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-        if epoch - rose_epoch >= settings.patience_epochs:
+        rose = min(e["epoch"] for e in history if e["val_accuracy"] == best["val_accuracy"])
+        if epoch - rose >= settings.patience_epochs:  # no higher accuracy for that long
             break
     bar.close()
     net.load_state_dict(best_state)
-    net.eval()
-    return TrainedCNN(net, config, mean, std, best_epoch, history)
+    return TrainedCNN(net, model.mean, model.std, best["epoch"], history)

@@ -6,18 +6,17 @@ sample folders and callers' arrays all go through the same few helpers.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
 from diffscape.core.errors import DiffscapeError
+from diffscape.core.layout import UNCONDITIONAL
 from diffscape.data.dataset import Dataset
+from diffscape.data.imagefolder import load_sample_folder, to_chw, to_pil
 from diffscape.data.memory import check_fits
-from diffscape.settings.sections import JUDGE_VAL_FRACTION as VAL_FRACTION
-
-__all__ = ["VAL_FRACTION", "JudgeError", "Splits", "load_splits", "map_class_names"]
 
 
 class JudgeError(DiffscapeError, ValueError):
@@ -36,18 +35,13 @@ def check_images(images: np.ndarray) -> np.ndarray:
 
 def resize_images(images: np.ndarray, size: int) -> np.ndarray:
     """uint8 (N, 3, H, W) -> uint8 (N, 3, size, size); a no-op (no copy) at the right size.
-
-    Uses the same resampling as :func:`diffscape.data.imagefolder.read_image` (PIL bicubic), so
-    an image read from a sample folder at ``size`` and one resized here are identical.
-    """
+    Resampled as a sample folder read at ``size`` is (:func:`~diffscape.data.imagefolder.to_chw`)."""
     images = check_images(images)
     if images.shape[2:] == (size, size):
         return images
     out = np.empty((len(images), 3, size, size), np.uint8)
     for i, im in enumerate(images):
-        pil = Image.fromarray(np.ascontiguousarray(im.transpose(1, 2, 0)))
-        pil = pil.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=None)
-        out[i] = np.asarray(pil).transpose(2, 0, 1)
+        out[i] = to_chw(to_pil(im), size)
     return out
 
 
@@ -67,17 +61,21 @@ def stratified_holdout(
     return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
 
 
+def accuracy(
+    predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray | None, y: np.ndarray | None
+) -> float | None:
+    """The share of the images ``x`` that ``predict`` labels ``y``; None when there are none."""
+    return None if x is None or len(x) == 0 else float((predict(x) == y).mean())
+
+
 @dataclass(frozen=True)
 class Splits:
-    """In-memory train/val/test arrays at the judge's size, plus where validation came from."""
+    """In-memory images (``x``) and labels (``y``) at the judge's size: train, val and, when the
+    dataset has one, test, in that order; plus where validation came from."""
 
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
-    x_test: np.ndarray | None  # None when the dataset has no test split
-    y_test: np.ndarray | None
-    val_source: str  # "val split" or "N% of train held out (seed S)"
+    x: dict[str, np.ndarray]
+    y: dict[str, np.ndarray]
+    val_source: str  # "val split" or "N% of train held out"
 
 
 def load_splits(
@@ -101,27 +99,19 @@ def load_splits(
         f"a judge on {dataset.root} ({n} images at {size} px)",
         "use --size to train on smaller images, or a smaller dataset",
     )
-
-    def read(split: str) -> tuple[np.ndarray, np.ndarray]:
-        x = resize_images(np.array(dataset.images(split)), size)  # read into memory
-        y = np.asarray(dataset.labels(split), np.int64)
-        if (y < 0).any():
+    x: dict[str, np.ndarray] = {}
+    y: dict[str, np.ndarray] = {}
+    for split in dataset.splits:
+        x[split] = resize_images(np.array(dataset.images(split)), size)  # read into memory
+        y[split] = np.asarray(dataset.labels(split), np.int64)
+        if (y[split] < 0).any():
             raise JudgeError(f"{dataset.root}:{split} has unlabelled images; a judge needs labels")
-        return x, y
-
-    x_train, y_train = read("train")
-    if "val" in dataset.splits:
-        x_val, y_val = read("val")
-        source = "val split"
-    else:
-        keep, held = stratified_holdout(y_train, val_fraction, rng)
-        x_val, y_val = x_train[held], y_train[held]
-        x_train, y_train = x_train[keep], y_train[keep]
-        source = f"{val_fraction:.0%} of train held out"
-    x_test = y_test = None
-    if "test" in dataset.splits:
-        x_test, y_test = read("test")
-    return Splits(x_train, y_train, x_val, y_val, x_test, y_test, source)
+        if split == "train" and "val" not in dataset.splits:
+            keep, held = stratified_holdout(y["train"], val_fraction, rng)
+            x["val"], y["val"] = x["train"][held], y["train"][held]
+            x["train"], y["train"] = x["train"][keep], y["train"][keep]
+    held_out = f"{val_fraction:.0%} of train held out"
+    return Splits(x, y, "val split" if "val" in dataset.splits else held_out)
 
 
 def map_class_names(names: Sequence[str | None], classes: Sequence[str], what: str) -> np.ndarray:
@@ -135,3 +125,18 @@ def map_class_names(names: Sequence[str | None], classes: Sequence[str], what: s
             "after the judge's classes."
         )
     return np.asarray([index[n] for n in names], np.int64)  # type: ignore[index]
+
+
+def load_requested(
+    samples_dir: str | os.PathLike[str], classes: Sequence[str], size: int, use: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """A sample folder's images at ``size`` and, for each, the index into ``classes`` of the
+    class it was requested as (its folder); ``use`` names what needs them in an error."""
+    samples = load_sample_folder(samples_dir, size=size)
+    loose = sum(1 for c in samples.class_names if c in (None, UNCONDITIONAL))
+    if loose:
+        raise JudgeError(
+            f"{samples_dir} has {loose} images without a class folder; {use} needs "
+            "<class>/<i>.png (sample a conditional model with --per-class)"
+        )
+    return samples.images, map_class_names(samples.class_names, classes, str(samples_dir))

@@ -21,12 +21,10 @@ from diffscape.core.layout import (
     CONFUSION_JSON,
     CONFUSION_PNG,
     PNG_SOFTWARE,
-    UNCONDITIONAL,
     check_files_in,
 )
 from diffscape.data.dataset import parse_dataset_spec
-from diffscape.data.imagefolder import load_sample_folder
-from diffscape.judge.data import JudgeError, map_class_names
+from diffscape.judge.data import load_requested, map_class_names
 from diffscape.judge.store import load_judge
 
 OUTPUTS = {ACCURACY_JSON: "accuracy", CONFUSION_JSON: "confusion", CONFUSION_PNG: "image"}
@@ -90,15 +88,8 @@ def score(
     program's own, and returns what accuracy.json holds."""
     out_dir = check_files_in(out if out is not None else samples_dir, OUTPUTS, overwrite=overwrite)
     judge = load_judge(judge_dir)
-    samples = load_sample_folder(samples_dir, size=judge.size)
-    loose = sum(1 for c in samples.class_names if c in (None, UNCONDITIONAL))
-    if loose:
-        raise JudgeError(
-            f"{samples_dir} has {loose} images without a class folder; scoring needs "
-            "<class>/<i>.png (sample a conditional model with --per-class)"
-        )
-    y_true = map_class_names(samples.class_names, judge.classes, str(samples_dir))
-    y_pred = judge.predict(samples.images)
+    images, y_true = load_requested(samples_dir, judge.classes, judge.size, "scoring")
+    y_pred = judge.predict(images)
     matrix = confusion_matrix(y_true, y_pred, len(judge.classes))
     accuracy = float(metrics.accuracy_score(y_true, y_pred))
     real_acc = real_accuracy(judge, real)

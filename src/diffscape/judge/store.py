@@ -13,103 +13,79 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
+import shutil
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
-import torch
+import skops.io as sio
 from safetensors.torch import load_file, save_file
 from sklearn.pipeline import Pipeline
 from sklearn.svm import SVC
 
-from diffscape.core.atomic import publish_dir, write_json
+from diffscape.core.atomic import publish_dir, tmp_dir_beside, write_json
 from diffscape.core.layout import CNN_FILE, JUDGE_JSON, SVC_FILE, check_class_names, check_out
 from diffscape.data.dataset import MAX_SIZE
 from diffscape.data.memory import check_fits
-from diffscape.judge.cnn import CNNConfig, SmallCNN, predict
-from diffscape.judge.data import JudgeError, check_images, resize_images
-from diffscape.judge.svc import features, load_svc, save_svc
+from diffscape.judge.cnn import CNNConfig, CNNModel, SmallCNN
+from diffscape.judge.data import JudgeError, resize_images
+from diffscape.judge.svc import features, load_svc
 
 FORMAT = "diffscape-judge"
 FORMAT_VERSION = 1
 MODEL_FILES = {"svc": SVC_FILE, "cnn": CNN_FILE}
 
 
-class Judge(Protocol):
-    """What scoring needs from a judge, whatever its kind."""
+@dataclass(frozen=True)
+class Judge:
+    """A loaded judge: what scoring needs, whatever its kind."""
 
-    kind: str
+    model: SVC | Pipeline | CNNModel
     classes: list[str]
     size: int
     info: dict[str, Any]  # the parsed judge.json
 
+    @property
+    def kind(self) -> str:
+        return str(self.info["kind"])
+
     def predict(self, images: np.ndarray) -> np.ndarray:
         """uint8 (N, 3, H, W), any H = W -> int64 (N,) indices into ``classes``."""
-        ...
-
-
-@dataclass(frozen=True)
-class SVCJudge:
-    model: SVC | Pipeline
-    classes: list[str]
-    size: int
-    info: dict[str, Any]
-    kind: str = "svc"
-
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        images = resize_images(check_images(images), self.size)
+        images = resize_images(images, self.size)
+        if isinstance(self.model, CNNModel):
+            return self.model.predict(images)
         if len(images) == 0:
             return np.empty(0, np.int64)
         return self.model.predict(features(images)).astype(np.int64)
 
 
-@dataclass(frozen=True)
-class CNNJudge:
-    net: SmallCNN
-    mean: list[float]
-    std: list[float]
-    classes: list[str]
-    size: int
-    info: dict[str, Any]
-    kind: str = "cnn"
-
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        return predict(self.net, self.mean, self.std, resize_images(images, self.size))
-
-
-def publish(tmp: Path, out: Path, overwrite: bool = False) -> None:
-    """Move a finished judge folder into place, replacing an old one only once this is complete
-    (and only if the rule still allows it: the folder may have changed while training)."""
-    publish_dir(tmp, check_out(out, "judge", overwrite=overwrite))
-
-
-def write_svc_judge(tmp: Path, model: SVC | Pipeline, info: dict[str, Any]) -> None:
-    save_svc(model, tmp / SVC_FILE)
-    write_info(tmp, {**info, "kind": "svc", "model": {"file": SVC_FILE}})
-
-
-def write_cnn_judge(
-    tmp: Path,
-    state: dict[str, torch.Tensor],
-    config: CNNConfig,
-    mean: list[float],
-    std: list[float],
-    info: dict[str, Any],
+def write_judge(
+    out: Path, model: SVC | Pipeline | CNNModel, info: dict[str, Any], overwrite: bool = False
 ) -> None:
-    save_file(state, str(tmp / CNN_FILE))
-    model = {
-        "file": CNN_FILE,
-        "architecture": "SmallCNN",
-        "config": config.to_dict(),
-        # Input = (x / 255 - mean) / std per RGB channel, statistics of the training images.
-        "normalisation": {"mean": mean, "std": std},
-    }
-    write_info(tmp, {**info, "kind": "cnn", "model": model})
-
-
-def write_info(folder: Path, info: dict[str, Any]) -> None:
-    write_json(folder / JUDGE_JSON, {"format": FORMAT, "version": FORMAT_VERSION, **info})
+    """The judge folder ``out``: the model's file, then judge.json (``info`` with the kind and what
+    loading needs), built beside it and moved into place once complete; an old judge is replaced
+    only with ``overwrite``, and only if the rule still allows it (it may have changed while
+    training)."""
+    kind = "cnn" if isinstance(model, CNNModel) else "svc"
+    described: dict[str, Any] = {"file": MODEL_FILES[kind]}
+    tmp = tmp_dir_beside(out)
+    try:
+        if isinstance(model, CNNModel):
+            state = {k: v.detach().contiguous() for k, v in model.net.state_dict().items()}
+            save_file(state, str(tmp / CNN_FILE))
+            described["architecture"] = "SmallCNN"
+            described["config"] = asdict(model.net.config)
+            # Input = (x / 255 - mean) / std per RGB channel, statistics of the training images.
+            described["normalisation"] = {"mean": model.mean, "std": model.std}
+        else:
+            sio.dump(model, tmp / SVC_FILE)
+        head = {"format": FORMAT, "version": FORMAT_VERSION}
+        write_json(tmp / JUDGE_JSON, {**head, **info, "kind": kind, "model": described})
+        publish_dir(tmp, check_out(out, "judge", overwrite=overwrite))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def read_info(judge_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -125,10 +101,8 @@ def read_info(judge_dir: str | os.PathLike[str]) -> dict[str, Any]:
         info = json.loads(path.read_bytes())
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise JudgeError(f"{path} is not valid JSON ({e}); {again}") from None
-    if not isinstance(info, dict) or (info.get("format"), info.get("version")) != (
-        FORMAT,
-        FORMAT_VERSION,
-    ):
+    header = (info.get("format"), info.get("version")) if isinstance(info, dict) else None
+    if header != (FORMAT, FORMAT_VERSION):
         raise JudgeError(f"{path} is not a {FORMAT} v{FORMAT_VERSION} file; {again}")
     kind, classes, size, model = (info.get(k) for k in ("kind", "classes", "size", "model"))
     if kind not in MODEL_FILES:
@@ -141,7 +115,7 @@ def read_info(judge_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return info
 
 
-def load_judge(judge_dir: str | os.PathLike[str]) -> SVCJudge | CNNJudge:
+def load_judge(judge_dir: str | os.PathLike[str]) -> Judge:
     """Open a judge folder; nothing in it is unpickled, and nothing larger than its files is
     allocated. JudgeError (one line) for anything that is not a judge written by diffscape."""
     root = Path(judge_dir)
@@ -150,12 +124,11 @@ def load_judge(judge_dir: str | os.PathLike[str]) -> SVCJudge | CNNJudge:
     model_path = root / info["model"]["file"]
     if not model_path.is_file():
         raise JudgeError(f"{root} is incomplete: {model_path.name} is missing")
-    if info["kind"] == "svc":
-        model = load_svc(model_path)
-        _check_svc(model, len(classes), size, model_path)
-        return SVCJudge(model, classes, size, info)
-    net, mean, std = _load_cnn(info, model_path)
-    return CNNJudge(net, mean, std, classes, size, info)
+    if info["kind"] == "cnn":
+        return Judge(_load_cnn(info, model_path), classes, size, info)
+    model = load_svc(model_path)
+    _check_svc(model, len(classes), size, model_path)
+    return Judge(model, classes, size, info)
 
 
 def _check_svc(model: SVC | Pipeline, k: int, size: int, path: Path) -> None:
@@ -173,7 +146,7 @@ def _check_svc(model: SVC | Pipeline, k: int, size: int, path: Path) -> None:
         )
 
 
-def _load_cnn(info: dict[str, Any], path: Path) -> tuple[SmallCNN, list[float], list[float]]:
+def _load_cnn(info: dict[str, Any], path: Path) -> CNNModel:
     """The network and its input normalisation; the architecture is checked against judge.json
     and the weights file's size before anything is allocated."""
     try:
@@ -200,7 +173,7 @@ def _load_cnn(info: dict[str, Any], path: Path) -> tuple[SmallCNN, list[float], 
             f"{path} is not this judge's weights ({type(e).__name__}: {_first_line(e)}); "
             "train the judge again"
         ) from None
-    return net.eval(), mean, std
+    return CNNModel(net.eval(), mean, std)
 
 
 def _first_line(e: BaseException) -> str:

@@ -34,10 +34,8 @@ from sklearn.svm import SVC
 from diffscape.core.layout import SKOPS_SCHEMA
 from diffscape.data.dataset import read_npy_header
 from diffscape.data.memory import check_fits
-from diffscape.judge.data import JudgeError, check_images
+from diffscape.judge.data import JudgeError, Splits, accuracy, check_images
 from diffscape.settings.sections import Gamma, SVCSettings
-
-__all__ = ["fit_grid", "format_grid", "load_svc", "save_svc"]
 
 # What a saved SVC judge may contain. skops already trusts most scikit-learn and numpy types by
 # default; checking against our own short list as well means a judge file holding anything else
@@ -76,17 +74,6 @@ def features(images: np.ndarray) -> np.ndarray:
     return images.reshape(len(images), -1).astype(np.float32) / 255.0
 
 
-def make_svc(C: float, gamma: Gamma, standardize: bool) -> SVC | Pipeline:
-    svc = SVC(C=C, gamma=gamma, kernel="rbf")
-    return make_pipeline(StandardScaler(), svc) if standardize else svc
-
-
-def accuracy(model: SVC | Pipeline, x: np.ndarray | None, y: np.ndarray | None) -> float | None:
-    if x is None or y is None or len(x) == 0:
-        return None
-    return float((model.predict(x) == y).mean())
-
-
 @dataclass(frozen=True)
 class GridRow:
     C: float
@@ -98,33 +85,24 @@ class GridRow:
 
 
 def fit_grid(
-    x_train: np.ndarray,
-    y_train: np.ndarray,
-    x_val: np.ndarray,
-    y_val: np.ndarray,
-    x_test: np.ndarray | None,
-    y_test: np.ndarray | None,
-    settings: SVCSettings,
-    on_row: Callable[[GridRow], None] | None = None,
+    data: Splits, settings: SVCSettings, on_row: Callable[[GridRow], None] | None = None
 ) -> tuple[SVC | Pipeline, list[GridRow], GridRow]:
     """Fit one SVC per (C, gamma) on train and pick the best validation accuracy (first wins
-    ties, so the smaller C and the grid's earlier gamma). Inputs are :func:`features`."""
+    ties, so the smaller C and the grid's earlier gamma)."""
+    x = {split: features(images) for split, images in data.x.items()}
     best_model: SVC | Pipeline | None = None
     best_row: GridRow | None = None
     rows: list[GridRow] = []
     for C in settings.grid_C:
         for gamma in settings.grid_gamma:
             start = time.perf_counter()
-            model = make_svc(C, gamma, settings.standardize).fit(x_train, y_train)
+            model = SVC(C=C, gamma=gamma, kernel="rbf")
+            if settings.standardize:
+                model = make_pipeline(StandardScaler(), model)
+            model.fit(x["train"], data.y["train"])
             seconds = time.perf_counter() - start
-            row = GridRow(
-                C=C,
-                gamma=gamma,
-                train=accuracy(model, x_train, y_train),  # type: ignore[arg-type]
-                val=accuracy(model, x_val, y_val),  # type: ignore[arg-type]
-                test=accuracy(model, x_test, y_test),
-                fit_seconds=seconds,
-            )
+            acc = {split: accuracy(model.predict, x[split], data.y[split]) for split in x}
+            row = GridRow(C, gamma, acc["train"], acc["val"], acc.get("test"), seconds)
             rows.append(row)
             if on_row:
                 on_row(row)
@@ -145,10 +123,6 @@ def format_grid(rows: list[GridRow], best: GridRow | None = None) -> str:
             f"{r.fit_seconds:6.1f}{mark}"
         )
     return "\n".join(lines)
-
-
-def save_svc(model: SVC | Pipeline, path: Path) -> None:
-    sio.dump(model, path)
 
 
 def load_svc(path: Path) -> SVC | Pipeline:

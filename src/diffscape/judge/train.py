@@ -9,7 +9,6 @@ on every row, to print the report's table) but never chooses anything.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -18,15 +17,16 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from sklearn.pipeline import Pipeline
+from sklearn.svm import SVC
 
-from diffscape.core.atomic import tmp_dir_beside
 from diffscape.core.layout import check_out
-from diffscape.data.dataset import MAX_SIZE, Dataset, load_dataset
-from diffscape.judge.cnn import fit_cnn
-from diffscape.judge.data import VAL_FRACTION, JudgeError, Splits, load_splits
-from diffscape.judge.store import publish, write_cnn_judge, write_svc_judge
-from diffscape.judge.svc import GridRow, features, fit_grid
-from diffscape.settings.sections import CNNSettings, SVCSettings
+from diffscape.data.dataset import MAX_SIZE, SPLITS, Dataset, load_dataset
+from diffscape.judge.cnn import TrainedCNN, fit_cnn
+from diffscape.judge.data import JudgeError, Splits, accuracy, load_splits
+from diffscape.judge.store import write_judge
+from diffscape.judge.svc import GridRow, fit_grid
+from diffscape.settings.sections import JUDGE_VAL_FRACTION, CNNSettings, SVCSettings
 
 Kind = Literal["svc", "cnn"]
 
@@ -35,15 +35,9 @@ Kind = Literal["svc", "cnn"]
 class JudgeResult:
     judge_dir: Path
     kind: Kind
-    classes: list[str]
-    size: int
     accuracy: dict[str, float | None]  # train / val / test
     grid: list[GridRow] | None  # the SVC grid, one row per (C, gamma); None otherwise
     info: dict[str, Any]  # what was written to judge.json
-
-
-def _accuracy(pred: np.ndarray, y: np.ndarray | None) -> float | None:
-    return None if y is None or len(y) == 0 else float((pred == y).mean())
 
 
 def train_judge(
@@ -54,7 +48,7 @@ def train_judge(
     grid: bool = False,
     seed: int = 0,
     size: int | None = None,
-    val_fraction: float = VAL_FRACTION,
+    val_fraction: float = JUDGE_VAL_FRACTION,
     svc: SVCSettings | None = None,
     cnn: CNNSettings | None = None,
     progress: bool = True,
@@ -73,15 +67,14 @@ def train_judge(
     svc, cnn = svc or SVCSettings(), cnn or CNNSettings()
     _check_options(kind, grid, val_fraction, size, cnn)
     out = check_out(out, "judge", overwrite=overwrite)  # before training, not after
-    settings = svc if kind == "svc" else cnn
     # The SVC works on float32 features, which scikit-learn copies to float64: 12 bytes a value.
     extra = 12 if kind == "svc" else 0
     data = load_splits(ds, size, val_fraction, np.random.default_rng(seed), extra)
     _check_trainable(ds, data)
+    n = {split: len(y) for split, y in data.y.items()}
     log(
-        f"judge {kind}: {ds.num_classes} classes at {size} px; train {len(data.y_train)}, "
-        f"val {len(data.y_val)} ({data.val_source}), test "
-        f"{0 if data.y_test is None else len(data.y_test)}"
+        f"judge {kind}: {ds.num_classes} classes at {size} px; train {n['train']}, "
+        f"val {n['val']} ({data.val_source}), test {n.get('test', 0)}"
     )
     info: dict[str, Any] = {
         "classes": ds.classes,
@@ -91,27 +84,20 @@ def train_judge(
             "path": str(ds.root),
             "content_hash": ds.content_hash,
             "size": ds.size,
-            "n": {"train": len(data.y_train), "val": len(data.y_val)}
-            | ({"test": len(data.y_test)} if data.y_test is not None else {}),
+            "n": n,
             "val_source": data.val_source,
         },
-        "settings": settings.to_dict(),
+        "settings": (svc if kind == "svc" else cnn).to_dict(),
     }
     start = time.perf_counter()
     if kind == "svc":
-        accuracy, rows, save = _train_svc(data, svc, grid, info, log)
+        model, accuracy, rows = _train_svc(data, svc, grid, info, log)
     else:
-        accuracy, rows, save = _train_cnn(data, cnn, seed, info, progress)
+        model, accuracy, rows = *_train_cnn(data, cnn, seed, info, progress), None
     info["train_seconds"] = round(time.perf_counter() - start, 1)
     info["accuracy"] = accuracy
-    tmp = tmp_dir_beside(out)
-    try:
-        save(tmp, info)
-        publish(tmp, out, overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return JudgeResult(out, kind, ds.classes, size, accuracy, rows, info)
+    write_judge(out, model, info, overwrite)
+    return JudgeResult(out, kind, accuracy, rows, info)
 
 
 def _check_options(kind: str, grid: bool, val_fraction: float, size: int, cnn: CNNSettings) -> None:
@@ -133,21 +119,18 @@ def _check_options(kind: str, grid: bool, val_fraction: float, size: int, cnn: C
 
 def _check_trainable(ds: Dataset, data: Splits) -> None:
     """Two classes to tell apart and something to validate on, or one line saying so."""
-    present = np.unique(data.y_train)
+    present = np.unique(data.y["train"])
     if len(present) < 2:
         names = ", ".join(ds.classes[c] for c in present) or "none"
         raise JudgeError(
             f"{ds.root}: the training images are of {len(present)} class ({names}); a judge "
             "tells classes apart, so it needs images of at least two"
         )
-    if len(data.y_val) == 0:
+    if len(data.y["val"]) == 0:
         raise JudgeError(
             f"{ds.root}: no image can be held out for validation (every class has one "
             "training image); add images or a val split"
         )
-
-
-Saver = Callable[[Path, dict[str, Any]], None]  # writes the model and judge.json into a folder
 
 
 def _train_svc(
@@ -156,9 +139,7 @@ def _train_svc(
     grid: bool,
     info: dict[str, Any],
     log: Callable[[str], None],
-) -> tuple[dict[str, float | None], list[GridRow] | None, Saver]:
-    x_train, x_val = features(data.x_train), features(data.x_val)
-    x_test = None if data.x_test is None else features(data.x_test)
+) -> tuple[SVC | Pipeline, dict[str, float | None], list[GridRow] | None]:
     if not grid:
         settings = settings.with_changes(grid_C=(settings.C,), grid_gamma=(settings.gamma,))
 
@@ -169,48 +150,21 @@ def _train_svc(
             f"test {test} ({r.fit_seconds:.1f} s)"
         )
 
-    model, rows, best = fit_grid(
-        x_train, data.y_train, x_val, data.y_val, x_test, data.y_test, settings, on_row
-    )
+    model, rows, best = fit_grid(data, settings, on_row)
     info["selected"] = {"C": best.C, "gamma": best.gamma, "by": "val accuracy"}
     if grid:
         info["grid"] = [asdict(r) for r in rows]
-    accuracy = {"train": best.train, "val": best.val, "test": best.test}
-    return accuracy, rows if grid else None, lambda tmp, info: write_svc_judge(tmp, model, info)
+    return model, {"train": best.train, "val": best.val, "test": best.test}, rows if grid else None
 
 
 def _train_cnn(
-    data: Splits,
-    settings: CNNSettings,
-    seed: int,
-    info: dict[str, Any],
-    progress: bool,
-) -> tuple[dict[str, float | None], None, Saver]:
+    data: Splits, settings: CNNSettings, seed: int, info: dict[str, Any], progress: bool
+) -> tuple[TrainedCNN, dict[str, float | None]]:
+    x, y = data.x, data.y
     gen = torch.Generator().manual_seed(seed)
-    trained = fit_cnn(
-        data.x_train,
-        data.y_train,
-        data.x_val,
-        data.y_val,
-        len(info["classes"]),
-        settings,
-        gen,
-        progress=progress,
-        desc="judge cnn",
-    )
-    accuracy = {
-        "train": _accuracy(trained.predict(data.x_train), data.y_train),
-        "val": _accuracy(trained.predict(data.x_val), data.y_val),
-        "test": None
-        if data.x_test is None
-        else _accuracy(trained.predict(data.x_test), data.y_test),
-    }
+    train, val = (x["train"], y["train"]), (x["val"], y["val"])
+    trained = fit_cnn(train, val, len(info["classes"]), settings, gen, progress, "judge cnn")
     info["best_epoch"] = trained.best_epoch
     info["epochs_run"] = len(trained.history)
     info["history"] = trained.history
-
-    def save(tmp: Path, info: dict[str, Any]) -> None:
-        state = trained.state_dict()
-        write_cnn_judge(tmp, state, trained.config, trained.mean, trained.std, info)
-
-    return accuracy, None, save
+    return trained, {s: accuracy(trained.predict, x.get(s), y.get(s)) for s in SPLITS}
