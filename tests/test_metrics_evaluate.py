@@ -655,3 +655,29 @@ def test_cache_location_follows_xdg_cache_home(tmp_path, monkeypatch):
     assert cache_dir() == tmp_path / "xdg" / "diffscape" / "features"
     monkeypatch.setenv("DIFFSCAPE_CACHE", str(tmp_path / "mine"))
     assert cache_dir() == tmp_path / "mine" / "features"
+
+
+def test_memorisation_on_a_cpu_embeds_a_seeded_subset_and_the_estimate_counts_it(tmp_path, capsys):
+    """Against the test split, memorisation embeds training images too: on a CPU a seeded subset
+    of them (evaluate.memorisation_n, 500 by default), announced in the up-front count; the
+    pixel check still searches every training image. The summary says how many each used."""
+    ds = make_dataset(tmp_path / "ds", {"train": 400, "test": 20})  # 800 train, 40 test images
+    samples = load_sample_folder(make_samples(tmp_path / "s", {"dark": 5, "light": 5}))
+    ext = TinyExtractor()
+    s = EvaluateSettings(n=10, per_class=False, fid64=False, cache=False)
+    r = E.evaluate((ds, "test"), samples, s, extractor=ext, progress=False)
+    err = capsys.readouterr().err
+    assert "in all: embedding 550 images" in err  # 40 real + 10 generated + 500 training
+    assert ext.images_seen == 550
+    m = r["memorisation"]
+    assert m["n_train"] == E.CPU_MEMORISATION_N and m["pixel_n_train"] == 800
+    assert m["train_source"] == "train-split"
+    text = E.format_summary(r)
+    assert "Inception over 500 training images" in text and "800 training images)" in text
+    # the same images each time (seeded), and all of them when asked
+    again = E.evaluate((ds, "test"), samples, s, extractor=TinyExtractor(), progress=False)
+    assert again["memorisation"]["pairs"] == m["pairs"]
+    ext_all = TinyExtractor()
+    s_all = s.with_changes(memorisation_n=10_000)
+    r_all = E.evaluate((ds, "test"), samples, s_all, extractor=ext_all, progress=False)
+    assert r_all["memorisation"]["n_train"] == 800 and ext_all.images_seen == 850

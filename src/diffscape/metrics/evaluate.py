@@ -64,6 +64,7 @@ from diffscape.settings.sections import EvaluateSettings
 
 GPU_DEFAULT_N = 10_000  # generated images on a GPU machine: the usual FID-10k
 CPU_DEFAULT_N = 1_000  # generated images without a GPU (about 4-5 min of Inception on 2 cores)
+CPU_MEMORISATION_N = 500  # training images embedded for memorisation without a GPU (~1 min)
 FID_FEATURES = 2048  # below this many images the 2048-d covariance is singular and FID biased
 TRAIN = "train"  # the split a model learns from: what memorisation compares with
 
@@ -159,6 +160,10 @@ class _Plan:
     fake_idx: np.ndarray | None
     real_total: int
     fake_total: int
+    # memorisation's training images in Inception space (None: all), when it embeds the train
+    # split itself (the real side is another split); else the real side's features serve
+    train_idx: np.ndarray | None = None
+    train_total: int = 0
 
     @property
     def n_real(self) -> int:
@@ -175,11 +180,19 @@ def plan_images(real: Side, fake: Side, n: int, settings: EvaluateSettings) -> _
     if settings.cache:
         check_cache_dir()
     real_total, fake_total = _count(real), _count(fake)
+    ds, split = real
+    embeds_train = settings.memorisation and split != TRAIN and TRAIN in ds.splits
+    train_total = ds.count(TRAIN) if embeds_train else 0
+    mem_n = settings.memorisation_n
+    if mem_n is None and _device(settings.device).type == "cpu":
+        mem_n = CPU_MEMORISATION_N
     plan = _Plan(
         real_idx=_subset(real_total, settings.n_real, settings.seed),
         fake_idx=_subset(fake_total, n, settings.seed),
         real_total=real_total,
         fake_total=fake_total,
+        train_idx=_subset(train_total, mem_n, settings.seed) if train_total else None,
+        train_total=train_total,
     )
     if min(plan.n_real, plan.n_fake) < 2:
         raise DiffscapeError(
@@ -218,10 +231,13 @@ def _say_plan(
     s: EvaluateSettings,
     say: Callable[[str], None],
 ) -> None:
-    """Say up front how many images will go through the network, and how long that takes."""
-    to_embed = (0 if _side_cached(real, plan.real_idx, ext, s.cache) else plan.n_real) + (
-        0 if _side_cached(fake, plan.fake_idx, ext, s.cache) else plan.n_fake
-    )
+    """Say up front how many images will go through the network, and how long that takes:
+    both sides and memorisation's training images, less what the cache holds."""
+    train = (real[0], TRAIN)
+    n_train = plan.train_total if plan.train_idx is None else len(plan.train_idx)
+    sides = [(real, plan.real_idx, plan.n_real), (fake, plan.fake_idx, plan.n_fake)]
+    sides += [(train, plan.train_idx, n_train)] if plan.train_total else []
+    to_embed = sum(0 if _side_cached(side, idx, ext, s.cache) else n for side, idx, n in sides)
     if to_embed:
         say(f"in all: {describe_plan(ext, to_embed, s.batch)}")
     else:
@@ -375,8 +391,8 @@ def _memorisation(
     progress: bool,
 ) -> dict[str, Any]:
     """Each generated image's nearest training image: in Inception space (the real side's
-    features when it is the train split, else the train split's, at most n_real of them) and
-    in pixels (every training image)."""
+    features when it is the train split, else the train split's: ``plan.train_idx``, a seeded
+    subset on a CPU) and in pixels (every training image)."""
     ds, split = real
     n_train = ds.count(TRAIN) if TRAIN in ds.splits else 0
     if n_train < 2:
@@ -385,7 +401,7 @@ def _memorisation(
     if split == TRAIN:
         train_feats, train_idx, source = feats[0], plan.real_idx, "real-features"
     else:
-        train_idx = _subset(n_train, s.n_real, s.seed)
+        train_idx = plan.train_idx
         train_feats, _ = side_features(
             (ds, TRAIN), train_idx, extractor, s, desc="train", progress=progress, say=say
         )
@@ -573,13 +589,15 @@ def _copies_lines(r: dict[str, Any]) -> list[str]:
         why = r.get("memorisation_unavailable")
         return [f"{'copies':<11} unavailable: {why}"] if why else []
     px = (
-        f"pixels {m['pixel_share']:.1%} (median ratio {m['pixel_median_ratio']:.2f})"
+        f"pixels {m['pixel_share']:.1%} (median ratio {m['pixel_median_ratio']:.2f}, "
+        f"{m['pixel_n_train']:,} training images)"
         if m.get("pixel_share") is not None
         else f"pixels: {m.get('pixel_unavailable', 'not computed')}"
     )
     return [
         f"{'copies':<11} {m['share']:.1%} near-copies of training images (ratio < "
-        f"{m['threshold']:g}; Inception, median ratio {m['median_ratio']:.2f}); {px}"
+        f"{m['threshold']:g}; Inception over {m['n_train']:,} training images, median ratio "
+        f"{m['median_ratio']:.2f}); {px}"
     ]
 
 

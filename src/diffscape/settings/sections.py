@@ -292,6 +292,13 @@ class EvaluateSettings(Settings):
     memorisation: bool = Field(
         True, description="nearest training image of every generated one; near-copies"
     )
+    # Bounded on a CPU: the whole 4,589-image train split of the real-photo path cost 13 more
+    # minutes of Inception than the estimate announced (issue 26); pixels are cheap: all of them.
+    memorisation_n: int | None = Field(
+        None, ge=2, le=10_000_000,
+        description="training images searched in Inception space for each generated image's "
+        "nearest (a seeded subset; pixels: all of them); none: all on a GPU, 500 on a CPU",
+    )  # fmt: skip
     near_copy: float = Field(
         0.5, gt=0, le=10,
         description="flag a near-copy below this ratio to the train-to-train distance",
