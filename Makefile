@@ -2,9 +2,9 @@
 # virtual environment on first use (about 6 GB, mostly PyTorch) and install everything.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# Idle OpenMP threads spin and starve the other core on a 2-core machine (measured 2-19x
-# slower training when anything else runs); passive waiting costs 10-20% when idle.
-export OMP_WAIT_POLICY ?= PASSIVE
+# The tests wait passively between OpenMP tasks (two test workers share 2 cores; spinning
+# threads starve each other). The demo keeps the CLI's choice (diffscape.cli.main).
+test test-all: export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: setup demo test test-all lint bench clean
 

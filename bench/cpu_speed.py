@@ -44,6 +44,8 @@ VARIANTS: dict[str, tuple[dict[str, str], list[str], str]] = {
         ["train.precision=bf16", "train.channels_last=true"],
         "spin + bf16 + NHWC",
     ),
+    "spin100k-bf16": ({"GOMP_SPINCOUNT": "100000"}, ["train.precision=bf16"], "spin 100k + bf16"),
+    "active-bf16": ({"OMP_WAIT_POLICY": "ACTIVE"}, ["train.precision=bf16"], "spin forever + bf16"),
     "t1": ({**PASSIVE, "OMP_NUM_THREADS": "1"}, [], "1 thread"),
     "t1-bf16": ({**PASSIVE, "OMP_NUM_THREADS": "1"}, ["train.precision=bf16"], "1 thread, bf16"),
     "t1-bf16-cl": (
@@ -52,7 +54,16 @@ VARIANTS: dict[str, tuple[dict[str, str], list[str], str]] = {
         "1 thread, bf16 + NHWC",
     ),
     "b32": (PASSIVE, ["train.batch_size=32"], "batch 32 (a different recipe)"),
+    # the new defaults: libgomp's own bounded spin (no OMP_* set), precision auto (bf16 where
+    # the CPU has it natively), threads by the load (train.threads=0, re-read every 5 s)
+    "new": ({}, ["train.precision=auto", "train.threads=0"], "new default: spin, auto, adaptive"),
+    "new-fixed": ({}, ["train.precision=auto"], "new default without adapting threads"),
     "compile": (PASSIVE, ["train.compile=true"], "torch.compile (inductor)"),
+    "compile-spin-bf16": (
+        {"GOMP_SPINCOUNT": "10000"},
+        ["train.compile=true", "train.precision=bf16"],
+        "torch.compile + spin + bf16",
+    ),
     "compile-bf16": (
         PASSIVE,
         ["train.compile=true", "train.precision=bf16"],
@@ -84,13 +95,20 @@ def child(overrides: list[str], seconds: float, warmup: int) -> dict:
     gen = torch.Generator().manual_seed(0)
     parts = step_parts(cfg, acc, model, ema, opt, gen)
     state = TrainingState(step=0)
+    from diffscape.train.threads import CoreSharing
+
+    adapt = "train.threads=0" in overrides  # only the variants that test it
+    say = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    cores = CoreSharing(0 if adapt else torch.get_num_threads(), acc.device, say)
     for _ in range(warmup):
         train_step(parts, state, data)
+        cores.check()
     float(parts.model.conv_in.weight.sum())
     start_s = time.time() - float(os.environ["BENCH_T0"])  # since the parent started us
     t0, steps = time.perf_counter(), 0
     while time.perf_counter() - t0 < seconds:
         train_step(parts, state, data)
+        cores.check()
         steps += 1
     float(parts.model.conv_in.weight.sum())
     dt = time.perf_counter() - t0

@@ -95,13 +95,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+SPINNING = ("train", "demo")  # commands whose training shares the cores by the load
+
+
 def main(argv: list[str] | None = None) -> int:
-    # Idle OpenMP threads spin by default and starve a busy 2-core machine (measured 2-19x
-    # slow-downs; tiny at batch 16 with one core busy: 20 img/s spinning, 43 passive). Passive
-    # waiting costs ~1.6x on a quiet machine (60 vs 96 img/s): users who have the cores to
-    # themselves can opt in with GOMP_SPINCOUNT=10000 (docs/real-photos.md, "Threads").
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     argv = sys.argv[1:] if argv is None else list(argv)
+    # Idle OpenMP threads spin by default (libgomp: a bounded spin, then sleep) and starve a
+    # busy 2-core machine (tiny, one core busy: 7 img/s spinning against 37 passive); passive
+    # waiting halves what two threads gain on a quiet one (bf16: 70 against 112 img/s;
+    # bench/cpu_speed.py). Training reads the load and drops to one thread beside a busy
+    # process (train.threads=0, diffscape.train.threads), so train and demo keep libgomp's
+    # spin; every other command waits passively. Set before torch (and libgomp) is imported.
+    if next((a for a in argv if not a.startswith("-")), "") not in SPINNING:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     # --debug is taken anywhere, also after the command (where users add it when retrying).
     debug = "--debug" in argv or os.environ.get("DIFFSCAPE_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]

@@ -162,6 +162,11 @@ class TrainConfig(Settings):
         "fp32", description="autocast dtype; auto: bf16 on CPUs with native bf16, else fp32"
     )
     channels_last: bool = Field(False, description="NHWC memory format for convolutions")
+    threads: int = Field(
+        0, ge=0, le=4096,
+        description="CPU threads of the training step; 0 = auto: every core while other "
+        "processes leave them idle, one while another keeps a core busy (read every 5 s)",
+    )  # fmt: skip
     compile: bool = Field(False, description="torch.compile the UNet")
     # The whole uint8 split on the training device, gathered there each step with the step's
     # draws on a device generator: no host work or copies per step (issue 17).

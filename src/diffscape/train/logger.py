@@ -21,6 +21,7 @@ from diffscape.core.timefmt import duration
 from diffscape.settings.engine import ConfigError
 from diffscape.settings.sections import RunConfig
 from diffscape.train.step import StepResult
+from diffscape.train.threads import CoreSharing
 
 TRACKED = ("loss", "lr", "grad_norm", "images_per_second")  # logged to the tracker as train/KEY
 EXTRAS = {"wandb": "wandb", "mlflow": "mlflow", "tensorboard": "tensorboard"}  # pip extra
@@ -81,6 +82,7 @@ class TrainLogger:
         self.path = run_dir / layout.METRICS_JSONL
         self.cfg, self.on_log, self.accelerator = cfg, on_log, accelerator
         self.main, self.world = accelerator.is_main_process, accelerator.num_processes
+        self.cores = CoreSharing(cfg.train.threads, accelerator.device, self._say)
         # the trackers given to the Accelerator by train.setup.make_accelerator (main only)
         accelerator.init_trackers("diffscape", config=tracker_config(cfg))
         self.bar = None
@@ -109,8 +111,10 @@ class TrainLogger:
         self.window_t0 = time.perf_counter()
 
     def step(self, state: TrainingState, result: StepResult) -> None:
-        """Queue one step (nothing is read from the device here) and move the progress bar."""
+        """Queue one step (nothing is read from the device here), move the progress bar and
+        share the cores (:class:`~diffscape.train.threads.CoreSharing`)."""
         self.pending.append((state.step, result))
+        self.cores.check()
         if self.bar is None:
             return
         if self.budget_seconds:
@@ -169,12 +173,12 @@ class TrainLogger:
         if self.main and stopped_by == "budget":
             msg = (f"train: the budget (train.minutes={t.minutes:g}) ended training after step "
                    f"{state.step}; saving a checkpoint (continue with --resume)")  # fmt: skip
-            (self.bar.write if self.bar is not None else print)(msg, file=sys.stderr)
+            self._say(msg)
         if self.main and not self.told_pace and stopped_by is None and self.window_steps:
             self.told_pace = True
             note = pace_note(t.steps, t.minutes, state.step, record["images_per_second"] / t.batch_size,
                              record["seconds"])  # fmt: skip
-            (self.bar.write if self.bar is not None else print)(note, file=sys.stderr)
+            self._say(note)
         if self.main:
             _append_jsonl(self.path, record)
             tracked = {f"train/{k}": record[k] for k in TRACKED if record[k] is not None}
@@ -203,7 +207,12 @@ class TrainLogger:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _say(self, line: str) -> None:
+        if self.main:
+            (self.bar.write if self.bar is not None else print)(line, file=sys.stderr)
+
     def close(self) -> None:
+        self.cores.close()
         if self.bar is not None:
             self.bar.close()
         self.accelerator.end_training()  # closes the trackers' runs

@@ -174,6 +174,12 @@ def cpu_has_bf16() -> bool:
     docs/benchmarks.md); without AVX512-BF16 or AMX, bf16 is emulated in software (expected
     slower than fp32; no such CPU was at hand to measure).
     torch.cpu's probes are private: unknown means yes."""
+    # ONEDNN_MAX_CPU_ISA below the bf16 ISAs (e.g. AVX2, to stand in for an older CPU) leaves
+    # bf16 to slow reference kernels: 1.5-5 img/s against fp32's 22-38 (bench/cpu_speed.py)
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+    if not cap.startswith(("ALL", "DEFAULT", "AVX512_CORE_BF16", "AVX512_CORE_FP16",
+                           "AVX512_CORE_AMX", "AVX10")):  # fmt: skip
+        return False
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: True)() for name in probes)
 
