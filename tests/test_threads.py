@@ -84,3 +84,27 @@ def test_a_real_busy_process_is_seen(two_threads):
     finally:
         hog.kill()
         hog.wait()
+
+
+def test_train_says_when_it_drops_to_one_thread(two_threads, monkeypatch, tmp_path, capsys):
+    """Through train(): a neighbour seen at the start is said before the first step."""
+    from fixtures_data import colour_dataset
+
+    from diffscape.settings import presets
+    from diffscape.train import train
+
+    calls = {"n": 0}
+
+    def busy() -> float:  # one core's worth more every time it is read
+        calls["n"] += 1
+        return float(calls["n"])
+
+    monkeypatch.setattr(T, "_busy_seconds", busy)
+    monkeypatch.setattr(T, "_own_seconds", lambda: 0.0)
+    monkeypatch.setattr(T.time, "sleep", lambda s: None)
+    ds = colour_dataset(tmp_path / "ds", n_train=16)
+    over = ["model.channels=[16, 32]", "model.attention_resolutions=[16]", "train.steps=2",
+            "train.batch_size=8", "train.sample_every_steps=0", "train.precision=fp32"]  # fmt: skip
+    train(presets.resolve("tiny", over), ds.root, tmp_path / "r", progress=False)
+    assert "training on 1 thread" in capsys.readouterr().err
+    assert torch.get_num_threads() == 2  # given back at the end

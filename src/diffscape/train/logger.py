@@ -82,7 +82,6 @@ class TrainLogger:
         self.path = run_dir / layout.METRICS_JSONL
         self.cfg, self.on_log, self.accelerator = cfg, on_log, accelerator
         self.main, self.world = accelerator.is_main_process, accelerator.num_processes
-        self.cores = CoreSharing(cfg.train.threads, accelerator.device, self._say)
         # the trackers given to the Accelerator by train.setup.make_accelerator (main only)
         accelerator.init_trackers("diffscape", config=tracker_config(cfg))
         self.bar = None
@@ -101,6 +100,7 @@ class TrainLogger:
                 self.bar = tqdm(total=cfg.train.steps, initial=step, desc="train", unit="step",
                                 dynamic_ncols=True)  # fmt: skip
         self._window_reset()
+        self.cores = CoreSharing(cfg.train.threads, accelerator.device, self._say)  # says
         self.told_pace = False  # the one-time "at X img/s this takes about ..." line
         self.last_grad_norm: torch.Tensor | float = float("nan")
         self.pending: list[tuple[int, StepResult]] = []  # (step after it, result), unread
