@@ -415,9 +415,15 @@ def test_old_config_json_reads_back_and_writes_the_same_json():
         ["model.conditional=true", "model.num_classes=3", "model.image_size=16",
          "model.channels=[16,32]", "model.attention_resolutions=[8]", "train.batch_size=4",
          "train.sample_every_steps=0", "train.lr=3e-4", "diffusion.timesteps=50",
-         "train.checkpoint_every_steps=0", "train.steps=2", "train.minutes=5"],
+         "train.checkpoint_every_steps=0", "train.steps=2", "train.minutes=5",
+         "train.precision=fp32"],  # the tiny preset's before issue 26
     )  # fmt: skip
-    assert cfg.to_json() == path.read_text()
+    # written again the same, plus only the settings added since, at their defaults
+    written, old = json.loads(cfg.to_json()), json.loads(path.read_text())
+    added = {"log_with": "tensorboard", "threads": 0}  # issue 26, 27
+    assert written == old | {"train": old["train"] | added}
+    without = {**written, "train": {k: v for k, v in written["train"].items() if k not in added}}
+    assert json.dumps(without, indent=2) + "\n" == path.read_text()  # keys, nesting, types
     assert isinstance(cfg.train.minutes, float) and isinstance(cfg.model.channels, tuple)
 
 
@@ -429,6 +435,9 @@ def test_old_judge_json_settings_read_back():
     assert CNNSettings.parse(cnn["settings"]).to_dict() | {"widths": [8, 16]} == cnn["settings"]
     svc = json.loads((DATA / "judge-svc.json").read_text())
     assert SVCSettings.parse(svc["settings"]) == SVCSettings(C=10.0, gamma="scale")
+
+
+TINY_BEFORE_ISSUE_26 = ["train.precision=fp32", "train.lr=1e-3", "train.lr_schedule=constant"]
 
 
 def test_old_study_records_read_back_and_still_match():
@@ -444,11 +453,13 @@ def test_old_study_records_read_back_and_still_match():
     assert EvaluateSettings.parse(old["evaluate_default"]) == EvaluateSettings()
     assert SampleSettings.parse(old["result_settings"]["sample"]) == s
     assert JudgeSettings.parse(old["judge"]) == JudgeSettings(also=("svc",))
-    assert presets.from_dict(old["result_settings"]["config"]) == presets.resolve("tiny")
+    # the tiny preset as it was when these were written (issue 26 changed its precision and LR)
+    was_tiny = presets.resolve("tiny", TINY_BEFORE_ISSUE_26)
+    assert presets.from_dict(old["result_settings"]["config"]) == was_tiny
     assert DemoSettings.parse(old["demo_json"]["settings"]) == DemoSettings()
     # what evaluate_stage and is_finished compare: the old record reads as the new one
     wanted = results.plain({"evaluate": e.to_dict(), "dataset": "abc", "made": 60})
     assert upgraded(old["metrics_settings"]) == wanted
-    record = {"config": presets.resolve("tiny").to_dict(), "sample": s.to_dict(),
+    record = {"config": was_tiny.to_dict(), "sample": s.to_dict(),
               "evaluate": e.to_dict(), "judge": None, "dataset": "abc"}  # fmt: skip
     assert upgraded(old["result_settings"]) == results.plain(record)

@@ -25,7 +25,7 @@ from diffscape.study import results
 from diffscape.study.narrate import Narrator, Tools, pct
 from diffscape.study.results import DemoSummary, RunResult
 from diffscape.study.shared import ensure_data, prepare_study
-from diffscape.study.spec import RunSpec, Study, StudySpec, train_identity
+from diffscape.study.spec import RunSpec, Study, StudySpec, train_identity, upgraded
 from diffscape.study.workers import run_study
 
 # The demo's recipe is the tiny preset's CPU recipe (v-prediction, min-SNR, lr 1e-3, EMA 0.995;
@@ -146,7 +146,7 @@ def trained_minutes(s: DemoSettings, ds: Any, study: Study) -> float | None:
     minutes = ((settings.get("config") or {}).get("train") or {}).get("minutes")
     if not minutes:
         return None
-    same = settings == train_identity(study, demo_run(s, ds.size, minutes))
+    same = upgraded(settings) == train_identity(study, demo_run(s, ds.size, minutes))
     return minutes if same else None
 
 

@@ -3,11 +3,13 @@ and the prepared study (:class:`Study`: the dataset and judges every run uses)."
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from diffscape.core import layout
+from diffscape.settings.engine import ConfigError
 from diffscape.settings.sections import EvaluateSettings, JudgeSettings, RunConfig, SampleSettings
 from diffscape.study import results
 
@@ -70,10 +72,16 @@ def train_identity(study: Study, run: RunSpec) -> dict[str, Any]:
 
 
 def upgraded(record: Any) -> Any:
-    """A settings record (result.json's, metrics.json's) written before the evaluate settings
-    took in those of the evaluate command (per_class, seed, batch, ...): they read as their
-    defaults, which are what that evaluation used; so a re-run skips what it finished."""
-    if isinstance(record, dict) and isinstance(record.get("evaluate"), dict):
-        defaults = results.plain(EvaluateSettings().to_dict())
-        return {**record, "evaluate": {**defaults, **record["evaluate"]}}
-    return record
+    """A settings record (result.json's, metrics.json's, train.json's) written before settings
+    were added (the evaluate command's per_class, seed, batch, ...; train.log_with, threads):
+    they read as their defaults, which are what that run used; so a re-run skips what it
+    finished."""
+    if not isinstance(record, dict):
+        return record
+    out = dict(record)
+    if isinstance(out.get("evaluate"), dict):
+        out["evaluate"] = {**results.plain(EvaluateSettings().to_dict()), **out["evaluate"]}
+    if isinstance(out.get("config"), dict):
+        with contextlib.suppress(ConfigError):  # unreadable: compared as it is (a re-run)
+            out["config"] = results.plain(RunConfig.parse(out["config"]).to_dict())
+    return out

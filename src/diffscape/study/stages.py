@@ -51,7 +51,7 @@ def train_stage(study: Study, run: RunSpec, tools: Tools) -> TrainRecord:
     run_dir, cfg, nar = run.train_dir(study.out), run.config, tools.narrator
     wanted = train_identity(study, run)
     done = results.read_train(run_dir)
-    if done is not None and done.settings == wanted:
+    if done is not None and upgraded(done.settings) == wanted:
         nar.skip("train", f"trained before ({done.steps} steps)", who=run.training)
         return done
     t = cfg.train
