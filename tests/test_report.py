@@ -279,6 +279,26 @@ def test_user_text_is_drawn_literally_and_never_a_spreadsheet_formula(tmp_path):
     assert csv_cell(-1.5) == -1.5 and csv_cell(None) is None and csv_cell("\tx") == "'\tx"
 
 
+def test_numbers_read_as_a_person_reads_them_and_the_csv_keeps_them_whole(tmp_path):
+    """A computed setting (a time budget) shows 3 significant digits, one as typed stays as
+    typed, counts get thousands separators; results.csv keeps every digit."""
+    root = tmp_path / "runs"
+    budget = ["train.minutes=4.933329535049999", "train.ema_decay=0.9999"]
+    for name, lr in (("a", "1e-4"), ("b", "0.00016666666666666666")):
+        run = make_run(root, name, [*budget, f"train.lr={lr}"], {"s": {"fid": 20.0}}, steps=12000)
+        d = run / "samples" / "s"
+        _write(d / "samples.json", {**json.loads((d / "samples.json").read_text()), "n": 10000})
+        _write(d / "metrics.json", metrics_json(20.0, n=10000))
+    text = build_report(root, tmp_path / "out" / "report.html").read_text()
+    assert "4.933" not in text and "0.000166" not in text
+    assert "train.minutes = 4.93\n" in text and "train.ema_decay = 0.9999\n" in text  # base
+    assert ">train.lr=0.000167</code>" in text and ">train.lr=0.0001</code>" in text  # chips
+    assert "n 10,000 / 10,000" in text and "10,000 images" in text and "step 12,000" in text
+    with (tmp_path / "out" / "results.csv").open(newline="") as f:
+        rows = {r["name"]: r for r in csv.DictReader(f)}
+    assert rows["b"]["train.lr"] == "0.00016666666666666666"
+
+
 def test_single_run_folder_as_the_demo_leaves_it(tmp_path):
     """One run, its samples in a subfolder, the scores beside them: at the run's top level
     (metrics.json) or in a folder of their own (eval/accuracy.json)."""

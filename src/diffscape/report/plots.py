@@ -93,8 +93,9 @@ def loss_curves(rows: list[Row]) -> Plot:
         color = PALETTE[i % len(PALETTE)]
         ax.plot(steps, loss, color=color, alpha=0.2, linewidth=0.8)
         ax.plot(steps, _ema(loss), color=color, linewidth=1.8, label=name)
-    from matplotlib.ticker import FuncFormatter, LogLocator
+    from matplotlib.ticker import FuncFormatter, LogLocator, StrMethodFormatter
 
+    ax.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))  # 20,000 steps
     ax.set_yscale("log")
     plain = FuncFormatter(lambda v, _: f"{v:g}")  # 0.5, not 5x10^-1
     ax.yaxis.set_major_formatter(plain)
@@ -170,7 +171,7 @@ def fid_vs_steps(rows: list[Row], floor: dict[str, Any] | None) -> Plot:
         ax.set_ylabel(f"{name}, lower is better")
         ax.legend(fontsize=8, frameon=False)
     ns = sorted({s["n_fake"] for v in groups.values() for s in v if s["n_fake"]})
-    note = f"generated images per point: n = {', '.join(map(str, ns))}" if ns else ""
+    note = f"generated images per point: n = {', '.join(f'{n:,}' for n in ns)}" if ns else ""
     return Plot("steps", title, to_svg(fig, "steps"), note, wide=True)
 
 
@@ -219,7 +220,7 @@ def accuracy_vs_guidance(rows: list[Row]) -> Plot:
         axes[1].set_xlabel("guidance weight w")
         axes[1].set_ylabel("FID, lower is better")
     ns = sorted({s["n_judged"] for v in groups.values() for s in v if s["n_judged"]})
-    note = f"judged images per point: n = {', '.join(map(str, ns))}" if ns else ""
+    note = f"judged images per point: n = {', '.join(f'{n:,}' for n in ns)}" if ns else ""
     return Plot("guidance", title, to_svg(fig, "guidance"), note, wide=with_fid)
 
 
