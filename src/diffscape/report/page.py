@@ -317,12 +317,19 @@ def tables(coll: Collection) -> dict[str, Any]:
     return {"runs": runs, "settings": settings_table(sets, metrics), "baseline": baseline}
 
 
+# About how wide (CSS px) a sample grid or closest-pairs sheet is shown: a small one is
+# upscaled by a whole factor (its pixels stay square; the page draws them pixelated), so that
+# 32-px samples are big enough to see; a phone's width or a narrower card shrinks it.
+FIGURE_PX = 640
+
+
 def _figure(path: Path, alt: str, caption: str) -> dict[str, Any]:
     data = Path(path).read_bytes()
     png = data[:8] == b"\x89PNG\r\n\x1a\n"
-    size = (int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big"))
+    w, h = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    k = max(1, round(FIGURE_PX / w)) if png and w else 1
     src = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-    return {"src": src, "size": size if png else None, "alt": alt, "caption": caption}
+    return {"src": src, "size": (k * w, k * h) if png else None, "alt": alt, "caption": caption}
 
 
 def _card(row: Row) -> dict[str, Any]:
