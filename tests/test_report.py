@@ -50,8 +50,9 @@ def chromium_args(tmp: Path) -> list[str]:
 
 
 # Runs first in <head>: records script errors, failed resources and console.error calls; on
-# load it clicks every header (the sort must not throw), then FID twice, and writes what it saw
-# into the DOM for --dump-dom to return.
+# load it clicks every header (the sort must not throw), then FID twice, measures what a reader
+# sees (overflow, the plots' and the tables' text, the sample pictures), and posts it all to the
+# page that frames it (HOST), which writes it into its DOM for --dump-dom to return.
 PROBE = """<script>
 window.__errors = [];
 window.onerror = function (m) { window.__errors.push(String(m)); };
@@ -60,8 +61,9 @@ window.addEventListener("error", function (e) {
 }, true);
 (function () { var orig = console.error; console.error = function () {
   window.__errors.push("console " + Array.prototype.join.call(arguments, " ")); orig.apply(console, arguments); }; })();
+function px(el) { return parseFloat(getComputedStyle(el).fontSize); }
 window.addEventListener("load", function () {
-  var out = {};
+  var out = {width: window.innerWidth, scrollWidth: document.documentElement.scrollWidth};
   try {
     var ths = Array.prototype.slice.call(document.querySelectorAll("#runs thead th"));
     ths.forEach(function (th) { th.click(); });
@@ -74,40 +76,88 @@ window.addEventListener("load", function () {
     out.images = Array.prototype.filter.call(document.images, function (i) {
       return i.complete && i.naturalWidth > 0; }).length;
     out.allImages = document.images.length;
+    out.tableFont = px(document.querySelector("#runs tbody td"));
+    // the largest text of each plot (axis labels, tick labels) in CSS px as drawn
+    out.plotFonts = Array.prototype.map.call(document.querySelectorAll("svg.plot"), function (svg) {
+      return Math.max.apply(null, Array.prototype.map.call(svg.querySelectorAll("text"), function (t) {
+        var m = t.getScreenCTM(); return px(t) * Math.hypot(m.a, m.b); })); });
+    out.pictures = Array.prototype.map.call(document.querySelectorAll(".card img"), function (i) {
+      return {width: i.getBoundingClientRect().width, box: i.parentNode.getBoundingClientRect().width,
+              rendering: getComputedStyle(i).imageRendering}; });
   } catch (err) { window.__errors.push("probe " + err); }
   out.errors = window.__errors;
-  var pre = document.createElement("pre"); pre.id = "probe-result";
-  pre.textContent = JSON.stringify(out); document.body.appendChild(pre);
+  parent.postMessage(JSON.stringify(out), "*");
 });
 </script>"""
 
+# The page framed at a phone's width and a desktop's, side by side (a headless window is at
+# least 500 px wide; a frame can be narrower).
+WIDTHS = (390, 1280)
+HOST = """<!doctype html><html><body style="margin:0; display:flex; align-items:flex-start">
+{frames}<script>window.addEventListener("message", function (e) {{
+  var pre = document.createElement("pre"); pre.className = "probe-result";
+  pre.textContent = e.data; document.body.appendChild(pre); }});</script></body></html>"""
+
 
 def check_page(html_path: Path, tmp: Path, screenshot: Path | None = None) -> dict:
-    """Open the page in headless Chromium: no script errors, no console output, no failed
-    resources; returns what the probe saw (sort state, row order, plots, decoded images)."""
+    """Open the page in headless Chromium at each of WIDTHS: no script errors, no console
+    output, no failed resources, and readable: nothing wider than the screen, the plots' text as
+    large as the tables' on a desktop and not tiny on a phone, sample pictures large (as wide as
+    the screen on a phone), the same plots and decoded images at each width. Returns what the
+    probe saw on the desktop (sort state, row order, plots, decoded images, sizes)."""
     args = chromium_args(tmp)
-    text = html_path.read_text()
     probe = html_path.with_name("probe-" + html_path.name)
-    probe.write_text(text.replace("<head>", "<head>" + PROBE, 1))
+    probe.write_text(html_path.read_text().replace("<head>", "<head>" + PROBE, 1))
+    frame = '<iframe src="{}" style="border:0; flex:none; width:{}px; height:2000px"></iframe>'
+    host = html_path.with_name("host-" + html_path.name)
+    host.write_text(HOST.format(frames="".join(frame.format(probe.name, w) for w in WIDTHS)))
+    window = f"--window-size={sum(WIDTHS) + 20},2000"
     proc = subprocess.run(
         [*args, "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000",
-         "--dump-dom", probe.as_uri()],
+         "--hide-scrollbars", window, "--dump-dom", host.as_uri()],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    found = re.search(r'<pre id="probe-result">(.*?)</pre>', proc.stdout, re.S)
-    assert found, f"the probe did not run; stderr:\n{proc.stderr[-2000:]}"
-    seen = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
-    assert seen["errors"] == [], seen["errors"]
+    found = re.findall(r'<pre class="probe-result">(.*?)</pre>', proc.stdout, re.S)
+    assert len(found) == len(WIDTHS), f"the probe did not run; stderr:\n{proc.stderr[-2000:]}"
+    seen = [json.loads(f.replace("&quot;", '"').replace("&amp;", "&")) for f in found]
+    by_width = {s["width"]: s for s in seen}
+    assert sorted(by_width) == sorted(WIDTHS)
     console = [ln for ln in proc.stderr.splitlines() if ":CONSOLE" in ln]
     assert console == [], console
+    for width, s in by_width.items():
+        assert s["errors"] == [], (width, s["errors"])
+        assert_readable(s, phone=width < 600)
+    assert len({(s["svgs"], s["images"], s["allImages"]) for s in by_width.values()}) == 1
     if screenshot is not None:
         subprocess.run(
-            [*args, "--hide-scrollbars", f"--screenshot={screenshot}", "--window-size=1400,2000",
-             html_path.as_uri()],
+            [*args, "--hide-scrollbars", f"--screenshot={screenshot}", window, host.as_uri()],
             capture_output=True, timeout=120, check=True,
         )  # fmt: skip
-        assert screenshot.stat().st_size > 10_000
-    return seen
+        with Image.open(screenshot) as shot:
+            pixels = np.asarray(shot.convert("L"), dtype=float)
+        x = 0
+        for w in WIDTHS:  # each frame drew a page: not blank
+            assert pixels[:, x : x + w].std() > 10, f"the page at {w} px looks blank"
+            x += w
+    return by_width[max(WIDTHS)]
+
+
+def assert_readable(seen: dict, phone: bool) -> None:
+    """What a reader sees at one width (the probe's measurements, CSS px)."""
+    width = seen["width"]
+    assert seen["scrollWidth"] <= width, f"the page is {seen['scrollWidth']} px wide at {width}"
+    table = seen["tableFont"]
+    for font in seen["plotFonts"]:
+        if phone:  # shrunk to the screen; two panels scroll sideways rather than shrink more
+            assert font >= 9, f"plot text {font:.1f} px on a {width}-px screen"
+        else:
+            assert abs(font / table - 1) < 0.1, f"plot text {font:.1f} px, tables {table} px"
+    for p in seen["pictures"]:
+        assert p["rendering"] == "pixelated"
+        if phone:
+            assert abs(p["width"] - p["box"]) <= 1, p  # the screen's width
+        else:
+            assert p["width"] >= min(480, p["box"]), p  # no thumbnail
 
 
 def assert_self_contained(text: str) -> None:
@@ -279,6 +329,26 @@ def test_user_text_is_drawn_literally_and_never_a_spreadsheet_formula(tmp_path):
     assert csv_cell(-1.5) == -1.5 and csv_cell(None) is None and csv_cell("\tx") == "'\tx"
 
 
+def test_numbers_read_as_a_person_reads_them_and_the_csv_keeps_them_whole(tmp_path):
+    """A computed setting (a time budget) shows 3 significant digits, one as typed stays as
+    typed, counts get thousands separators; results.csv keeps every digit."""
+    root = tmp_path / "runs"
+    budget = ["train.minutes=4.933329535049999", "train.ema_decay=0.9999"]
+    for name, lr in (("a", "1e-4"), ("b", "0.00016666666666666666")):
+        run = make_run(root, name, [*budget, f"train.lr={lr}"], {"s": {"fid": 20.0}}, steps=12000)
+        d = run / "samples" / "s"
+        _write(d / "samples.json", {**json.loads((d / "samples.json").read_text()), "n": 10000})
+        _write(d / "metrics.json", metrics_json(20.0, n=10000))
+    text = build_report(root, tmp_path / "out" / "report.html").read_text()
+    assert "4.933" not in text and "0.000166" not in text
+    assert "train.minutes = 4.93\n" in text and "train.ema_decay = 0.9999\n" in text  # base
+    assert ">train.lr=0.000167</code>" in text and ">train.lr=0.0001</code>" in text  # chips
+    assert "n 10,000 / 10,000" in text and "10,000 images" in text and "step 12,000" in text
+    with (tmp_path / "out" / "results.csv").open(newline="") as f:
+        rows = {r["name"]: r for r in csv.DictReader(f)}
+    assert rows["b"]["train.lr"] == "0.00016666666666666666"
+
+
 def test_single_run_folder_as_the_demo_leaves_it(tmp_path):
     """One run, its samples in a subfolder, the scores beside them: at the run's top level
     (metrics.json) or in a folder of their own (eval/accuracy.json)."""
@@ -302,6 +372,8 @@ def test_single_run_folder_as_the_demo_leaves_it(tmp_path):
     assert row.changes == {"model.conditional": True, "train.steps": 300}  # against the preset
     assert "Not drawn" in text and "needs judge accuracy at two or more guidance" in text
     assert text.count("<svg") == 1  # the loss curve only
+    # its one plot is drawn at the size of the page's text, not stretched to the page's width
+    check_page(page, tmp_path, screenshot=tmp_path / "shot.png")
 
 
 def test_run_without_samples_and_list_of_runs(tmp_path):

@@ -97,9 +97,22 @@ def _fmt(value: float | None, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
 
-def _value(value: Any) -> str:
+def _rounded(value: Any) -> Any:
+    """``value`` as a person reads it: a computed float (more than 6 significant digits, such
+    as a time budget of 4.933329535049999 minutes) to 3 of them; a float as typed (0.9999, 2e-4)
+    as it is, since rounding it would change the setting shown. Lists element by element."""
     if isinstance(value, list | tuple):
-        return "[" + ", ".join(map(str, value)) + "]"
+        return [_rounded(v) for v in value]
+    if isinstance(value, float) and math.isfinite(value) and float(f"{value:.6g}") != value:
+        return float(f"{value:.3g}")
+    return value
+
+
+def _value(value: Any) -> str:
+    """A setting's value in a chip: ``[1, 2]``, ``true``, ``4.93``."""
+    value = _rounded(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(map(_value, value)) + "]"
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
@@ -114,7 +127,7 @@ def _signed(m: Metric, value: float | None) -> str:
 def n_note(m: Metric, recs: Records) -> str:
     """The sizes a run's number was measured on: "n 250 / 250" (generated / real), "n 90"."""
     sizes = m.sizes_of(recs)
-    return "n " + " / ".join(map(str, sizes)) if sizes else ""
+    return "n " + " / ".join(f"{n:,}" for n in sizes) if sizes else ""
 
 
 def _with_verdicts(metrics: list[Metric], items: list[Any], verdicts: list[Any]) -> list[Any]:
@@ -196,7 +209,7 @@ def settings_table(sets: list[Setting], metrics: list[Metric]) -> dict[str, Any]
         runs = f"{s.k} of {len(s.rows)} runs" + (
             f" · seeds {', '.join(map(str, seeds))}" if seeds else ""
         )
-        chips = tuple(f"{k}={v}" for k, v in first.changes.items())
+        chips = tuple(f"{k}={_value(v)}" for k, v in first.changes.items())
         numbers = [estimate_cell(m, s.estimates.get(m.key), n_note(m, recs)) for m in metrics]
         cells = [
             Cell(s.name, s.name, "name", notes=(runs,),
@@ -240,18 +253,17 @@ def _run_cells(i: int, row: Row, recs: Records) -> list[Cell]:
     sampling, images = "–", ()
     if sampler:
         sampling = f"{sampler} {steps}" + ("" if guidance is None else f" · w={guidance:g}")
-        images = (f"{n} images",) if n else ()
+        images = (f"{n:,} images",) if n else ()
     t = recs["train"]
     secs, speed, loss = t.get("train_seconds"), t.get("images_per_second"), t.get("final_loss")
-    step = (f"step {t['train_steps']}",) if t.get("train_steps") else ()
+    step = (f"step {t['train_steps']:,}",) if t.get("train_steps") else ()
     badge = (row.status.replace(" ", "-"), status) if status else None
-    changed = "; ".join(f"{k}={v}" for k, v in row.changes.items())
     return [
         Cell(row.name, row.name, "name", href=f"#run-{i}", badge=badge, error=error),
-        Cell(sort=changed, cls="changes", chips=chips, muted="" if chips else "base"),
+        Cell(sort="; ".join(chips), cls="changes", chips=chips, muted="" if chips else "base"),
         Cell(sampling, f"{sampler or ''} {steps or 0:05d}", "sampling", notes=images),
         Cell(duration(secs), secs, "num"),
-        Cell(_fmt(speed, ".0f"), speed, "num"),
+        Cell(_fmt(speed, ",.0f"), speed, "num"),
         Cell(_fmt(loss, ".4f"), loss, "num", notes=step),
     ]
 
@@ -305,12 +317,19 @@ def tables(coll: Collection) -> dict[str, Any]:
     return {"runs": runs, "settings": settings_table(sets, metrics), "baseline": baseline}
 
 
+# About how wide (CSS px) a sample grid or closest-pairs sheet is shown: a small one is
+# upscaled by a whole factor (its pixels stay square; the page draws them pixelated), so that
+# 32-px samples are big enough to see; a phone's width or a narrower card shrinks it.
+FIGURE_PX = 640
+
+
 def _figure(path: Path, alt: str, caption: str) -> dict[str, Any]:
     data = Path(path).read_bytes()
     png = data[:8] == b"\x89PNG\r\n\x1a\n"
-    size = (int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big"))
+    w, h = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    k = max(1, round(FIGURE_PX / w)) if png and w else 1
     src = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-    return {"src": src, "size": size if png else None, "alt": alt, "caption": caption}
+    return {"src": src, "size": (k * w, k * h) if png else None, "alt": alt, "caption": caption}
 
 
 def _card(row: Row) -> dict[str, Any]:
@@ -372,7 +391,7 @@ def render(coll: Collection, plots: list[Plot], csv_name: str | None) -> str:
         csv_name=csv_name,
         tables=tables(coll),
         notes=_notes(coll),
-        base="\n".join(f"{k} = {json.dumps(v)}" for k, v in sorted(coll.base.items())),
+        base="\n".join(f"{k} = {json.dumps(_rounded(v))}" for k, v in sorted(coll.base.items())),
         plots=plots,
         cards=[_card(r) for r in coll.rows],
         sources=", ".join(str(p) for p in coll.sources),
