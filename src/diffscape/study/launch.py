@@ -167,7 +167,9 @@ def train_job(study: Study, runs: list[RunSpec]) -> str | None:
         run_training(study, runs, Tools(Narrator(log), progress=False))
     except TrainingInterrupted as e:
         # "stopped by SIGTERM after step 8"; the rest advises the train command's --resume
-        return f"{str(e).split(';')[0]}, checkpoint saved; the same sweep command resumes it"
+        why = f"{str(e).split(';')[0]}, checkpoint saved; the same sweep command resumes it"
+        log(f"job: {runs[0].training} {why}")
+        return why
     return None
 
 
