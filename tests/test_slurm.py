@@ -180,7 +180,7 @@ def _job_id(name: str) -> str:
 
 
 def test_a_cancelled_job_is_recorded_and_its_run_resumes_exactly(slurm, ds, tmp_path):
-    steps = 60
+    steps = 80
     spec, runs = sweep_file(tmp_path, ds.root, steps), tmp_path / "runs"
     cmd = [sys.executable, "-m", "diffscape", "sweep", str(spec), "--out", str(runs),
            "--launcher", "slurm", "--no-progress"]  # fmt: skip
@@ -197,7 +197,7 @@ def test_a_cancelled_job_is_recorded_and_its_run_resumes_exactly(slurm, ds, tmp_
     log = runs / layout.SWEEP_LOGS / "b" / f"{job}_0_log.out"
     assert "1 of 2 runs finished" in out
     line = next(ln for ln in out.splitlines() if ln.startswith("  b: failed"))
-    assert f"job {job} CANCELLED: stopped by SIGTERM after step" in line and str(log) in line
+    assert f"job {job} (CANCELLED): stopped by SIGTERM after step" in line and str(log) in line
     assert "checkpoint saved; the same sweep command resumes it" in line
     assert "stopped by SIGTERM" in log.read_text()
     stopped = checkpoint.list_checkpoints(runs / "b")[-1][0]

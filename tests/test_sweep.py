@@ -314,7 +314,7 @@ model.image_size = 16
 
 def test_cpu_jobs_share_the_cores(ds, tmp_path, monkeypatch):
     """On a CPU, --jobs 2 trains two runs at once as submitit jobs, each told to use half the
-    cores (OMP_NUM_THREADS), and both finish as they would one after the other."""
+    cores (torch.set_num_threads), and both finish as they would one after the other."""
     body = """
 [[runs]]
 name = "a"
@@ -330,8 +330,8 @@ train.lr = 2e-3
     threads = max(1, (os.cpu_count() or 1) // 2)
     for name in ("a", "b"):
         assert f"job: {name} on {threads} CPU thread(s)" in job_log(runs, name)
-    assert worker_slots(0, 2, cores=2)[1].env["OMP_NUM_THREADS"] == "1"
-    assert worker_slots(0, 3, cores=8)[0].env["OMP_NUM_THREADS"] == "2"
+    assert worker_slots(0, 2, cores=2)[1].threads == 1
+    assert worker_slots(0, 3, cores=8)[0].threads == 2
     assert [s.name for s in worker_slots(4, 2)] == ["GPU 0", "GPU 1"]
     assert len(worker_slots(0, None)) == 1 and len(worker_slots(3)) == 3
     with pytest.raises(DiffscapeError, match="--jobs 0"):

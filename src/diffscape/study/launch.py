@@ -49,8 +49,11 @@ def run_study(
             skip_finished(r, tools)
         else:
             todo.setdefault(r.training, []).append(r)
-    slots = worker_slots(gpus, jobs) if slurm is None else [slurm_slot(slurm)] * len(todo)
-    if todo and (slurm is not None or len(slots) > 1 and len(todo) > 1):
+    if slurm is None:
+        slots = worker_slots(gpus, jobs)
+    else:  # all at once: the cluster queues them
+        slots = [Slot("Slurm", threads=slurm.cpus, slurm=slurm)] * len(todo)
+    if todo and (slurm is not None or (len(slots) > 1 and len(todo) > 1)):
         run_jobs(study, todo, slots, tools)
     else:
         for group in todo.values():
@@ -64,33 +67,31 @@ def _missing(run: RunSpec) -> RunResult:
 
 @dataclass(frozen=True)
 class Slot:
-    """Where one job runs: its name in messages, the environment it starts with, and on a
-    Slurm cluster what it asks for (None: this machine)."""
+    """Where one job runs: its name in messages, its training's CPU threads (None: torch's
+    default), the GPU it sees on this machine, or on a Slurm cluster what it asks for."""
 
     name: str
-    env: dict[str, str]
+    threads: int | None = None
+    gpu: int | None = None
     slurm: SlurmSettings | None = None
 
     def executor(self, folder: Path) -> submitit.Executor:
         """A submitit executor for one training's job, its files and log in ``folder``."""
-        setup = [f"export {k}={v}" for k, v in self.env.items()]
-        if self.slurm is None:
-            executor: submitit.Executor = submitit.LocalExecutor(folder)
+        if self.slurm is not None:
+            executor: submitit.Executor = submitit.SlurmExecutor(folder)
             executor.update_parameters(
-                timeout_min=LOCAL_TIME_LIMIT_MIN, setup=setup, stderr_to_stdout=True
+                **slurm_parameters(self.slurm, folder.name), stderr_to_stdout=True
             )
             return executor
-        executor = submitit.SlurmExecutor(folder)
-        executor.update_parameters(
-            **slurm_parameters(self.slurm, folder.name), setup=setup, stderr_to_stdout=True
-        )
+        gpu = {} if self.gpu is None else {"visible_gpus": (self.gpu,), "gpus_per_node": 1}
+        executor = submitit.LocalExecutor(folder)
+        executor.update_parameters(timeout_min=LOCAL_TIME_LIMIT_MIN, stderr_to_stdout=True, **gpu)
         return executor
 
 
 def worker_slots(gpus: int, jobs: int | None = None, cores: int | None = None) -> list[Slot]:
     """Where jobs run on this machine: one per GPU (at most ``jobs`` of them when given), or,
-    without a GPU, ``jobs`` jobs each given ``cores // jobs`` threads (OMP_NUM_THREADS; at
-    least 1).
+    without a GPU, ``jobs`` jobs each given ``cores // jobs`` threads (at least 1).
 
     Why CPU jobs: a small UNet does not keep two threads busy. On a 2-core VM, two one-thread
     trainings of ``tiny`` ran at 46.6 img/s each (93 together) where one two-thread training ran
@@ -101,15 +102,10 @@ def worker_slots(gpus: int, jobs: int | None = None, cores: int | None = None) -
         raise DiffscapeError(f"--jobs {jobs}: give 1 or more workers")
     if gpus >= 1:
         n = gpus if jobs is None else min(jobs, gpus)
-        return [Slot(f"GPU {g}", {"CUDA_VISIBLE_DEVICES": str(g)}) for g in range(n)]
+        return [Slot(f"GPU {g}", gpu=g) for g in range(n)]
     n = jobs or 1
-    threads = max(1, (cores or os.cpu_count() or 1) // n)
-    env = _threads(threads)
-    return [Slot(f"CPU worker {i} ({threads} thread{'s' * (threads > 1)})", env) for i in range(n)]
-
-
-def slurm_slot(slurm: SlurmSettings) -> Slot:
-    return Slot("Slurm", _threads(slurm.cpus), slurm)
+    t = max(1, (cores or os.cpu_count() or 1) // n)
+    return [Slot(f"CPU worker {i} ({t} thread{'s' * (t > 1)})", threads=t) for i in range(n)]
 
 
 def slurm_parameters(slurm: SlurmSettings, training: str) -> dict[str, Any]:
@@ -143,24 +139,25 @@ def describe_jobs(
     return "\n".join(lines)
 
 
-def _threads(n: int) -> dict[str, str]:
-    return {"OMP_NUM_THREADS": str(n), "MKL_NUM_THREADS": str(n)}
-
-
 def job_folder(study: Study, training: str) -> Path:
     """A training's jobs' files and logs: in the study's _logs/ folder, not in the run folder,
     which train must find new or a run (files of their own would make it neither)."""
     return study.out / layout.SWEEP_LOGS / training
 
 
-def train_job(study: Study, runs: list[RunSpec]) -> str | None:
-    """What a job runs: :func:`run_training` of one training. Returns None, or why its training
-    stopped early after saving a checkpoint: SIGTERM (Slurm's scancel, pre-emption, the time
-    limit) or SIGUSR2 (which submitit asks Slurm to send 90 s before the time limit)."""
+def train_job(study: Study, runs: list[RunSpec], threads: int | None = None) -> str | None:
+    """What a job runs: :func:`run_training` of one training, on ``threads`` CPU threads.
+    Returns None, or why its training stopped early after saving a checkpoint: SIGTERM (a
+    cancel, Slurm's pre-emption or time limit) or SIGUSR2 (which submitit asks Slurm to send 90
+    s before the time limit). Outside training either ends the job at once (submitit's own
+    handlers would let it run on, until Slurm's SIGKILL)."""
     import torch
 
     from diffscape.train import TrainingInterrupted
 
+    if threads:
+        torch.set_num_threads(threads)
+    signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGUSR2, _as_sigterm)
     log(f"job: {runs[0].training} on {torch.get_num_threads()} CPU thread(s)")
     try:
@@ -173,12 +170,26 @@ def train_job(study: Study, runs: list[RunSpec]) -> str | None:
     return None
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def _as_sigterm(signum: int, frame: Any) -> None:
-    """SIGUSR2 stops a training as SIGTERM does (submitit's own handler would raise in the
-    middle of a step, or requeue the job); outside training, it is let be as SIGTERM is."""
+    """SIGUSR2 does what SIGTERM does (training installs its own handler of SIGTERM)."""
     handler = signal.getsignal(signal.SIGTERM)
     if callable(handler):
         handler(signum, frame)
+
+
+def _cancel(job: submitit.Job) -> None:
+    """Slurm: scancel. Here: SIGTERM to the job's controller, which passes it on and waits for
+    the job (submitit's cancel sends SIGINT, on which the controller kills the job a second
+    later, maybe in the middle of saving a checkpoint)."""
+    if isinstance(job, submitit.LocalJob):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(job.job_id), signal.SIGTERM)  # its job id is the controller's pid
+    else:
+        job.cancel(check=False)
 
 
 def job_states(jobs: list[submitit.Job]) -> dict[str, str]:
@@ -231,7 +242,7 @@ def run_jobs(
                     if i not in running and pending:
                         name = pending.pop(0)
                         executor = slot.executor(job_folder(study, name))
-                        job = executor.submit(train_job, study, groups[name])
+                        job = executor.submit(train_job, study, groups[name], slot.threads)
                         running[i] = (job, name)
                         say(f"{name}: job {job.job_id} on {slot.name} (log: {job.paths.stdout})")
                 time.sleep(POLL_S)
@@ -243,7 +254,7 @@ def run_jobs(
         except BaseException:
             jobs = [job for job, _ in running.values()]
             for job in jobs:
-                job.cancel(check=False)
+                _cancel(job)
             while not ENDED.issuperset(job_states(jobs).values()):
                 time.sleep(POLL_S)
             raise
@@ -260,8 +271,8 @@ def _job_ended(
     if job.paths.result_pickle.exists():  # else submitit's job.result() would wait for it
         with contextlib.suppress(Exception):  # the job raised: its log says what
             stopped = job.result()
-    why = f": {stopped}" if stopped else " before finishing"
+    why = f": {stopped}" if stopped else " ended before finishing"
     for r in runs:
         if results.read_result(r.sample_dir(study.out)) is None:
-            err = DiffscapeError(f"job {job.job_id} {state}{why}; see {job.paths.stdout}")
+            err = DiffscapeError(f"job {job.job_id} ({state}){why}; see {job.paths.stdout}")
             record_failure(study, r, "job", err, tools)
