@@ -339,6 +339,32 @@ train.lr = 2e-3
     assert not (tmp_path / "other").exists()
 
 
+def test_sigterm_cancels_the_jobs_and_each_saves_a_checkpoint(ds, tmp_path):
+    """SIGTERM (as Ctrl-C) on a sweep running jobs cancels them: each training saves a checkpoint
+    at the step it reached and stops, then the command ends, leaving no job running."""
+    body = '[[runs]]\nname = "a"\n[[runs]]\nname = "b"\n'
+    spec = spec_file(tmp_path, body + TRAIN_ONLY, steps=400, dataset=ds.root)
+    runs = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "diffscape", "sweep", str(spec), "--out", str(runs),
+           "--jobs", "2", "--no-progress", "--no-report"]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    deadline = time.monotonic() + 120
+    while not all(checkpoint.list_checkpoints(runs / name) for name in "ab"):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, out
+    for name in "ab":
+        last = checkpoint.list_checkpoints(runs / name)[-1][0]
+        assert last < 400
+        assert f"job: {name} stopped by SIGTERM after step {last}," in job_log(runs, name)
+        pid = int(out.split(f"{name}: job ")[1].split()[0])  # a local job's id: its pid
+        assert not Path(f"/proc/{pid}").exists()
+
+
 def test_sampling_only_sweep_trains_once(ds, tmp_path, monkeypatch):
     body = """
 [sample.grid]
