@@ -1,5 +1,5 @@
 """Studies on a Slurm cluster, for real: a one-node Slurm (munged, slurmctld, slurmd) started for
-the session, a two-run sweep submitted with --launcher slurm, one job cancelled mid-training
+these tests, a two-run sweep submitted with --launcher slurm, one job cancelled mid-training
 (recorded as failed with its log), then the same command resubmits only that run, which resumes
 to the losses of the run never stopped. Needs root and the Debian packages slurm-wlm and munge
 (skips, saying why, without them). And the --dry-run of jobs, which needs neither.
@@ -117,9 +117,9 @@ def _stop(root: Path) -> None:
             break
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
-    """A one-node Slurm for the session; SLURM_CONF names it meanwhile."""
+    """A one-node Slurm for this module's tests; SLURM_CONF names it meanwhile."""
     missing = [b for b in (*DAEMONS, "sbatch", "squeue", "scancel") if shutil.which(b) is None]
     if missing:
         pytest.skip(f"no {', '.join(missing)}: apt-get install slurm-wlm munge")
