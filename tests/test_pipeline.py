@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import cloudpickle
 import pytest
 import torch
 from fixtures_data import colour_dataset
@@ -28,11 +29,11 @@ from diffscape.settings import presets
 from diffscape.settings.sections import EvaluateSettings, JudgeSettings, SampleSettings
 from diffscape.study import results, stages
 from diffscape.study.demo import run_demo
+from diffscape.study.launch import run_study, train_job
 from diffscape.study.narrate import Narrator, Tools
 from diffscape.study.run import settings_record
 from diffscape.study.shared import ensure_data, ensure_floor, prepare_study
 from diffscape.study.spec import RunSpec, Study, StudySpec
-from diffscape.study.workers import job_from_json, job_json, run_study, worker_main
 
 TESTS = Path(__file__).resolve().parent
 
@@ -247,12 +248,12 @@ def test_results_read_back_older_and_damaged_files(tmp_path):
     assert [p.name for p in (tmp_path / "new").iterdir()] == [layout.RESULT_JSON]
 
 
-def test_worker_job_round_trips(ds, tmp_path):
+def test_a_job_pickles_as_submitit_sends_it(ds, tmp_path):
     spec = tiny_spec(tmp_path, ds)
     study = Study(spec, Path(ds.root), "hash", tmp_path / "judge", {"kind": "svc"})
     runs = [tiny_run(), tiny_run(sampling="other")]
-    assert job_from_json(job_json(study, runs)) == (study, runs)
-    assert worker_main(["nonsense"]) == 2
+    job = cloudpickle.loads(cloudpickle.dumps((train_job, study, runs)))
+    assert job == (train_job, study, runs)
 
 
 def test_library_never_defaults_to_the_current_folder():

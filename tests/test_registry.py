@@ -22,9 +22,9 @@ from diffscape.report import build_report, collect
 from diffscape.report.verdicts import settings
 from diffscape.settings.sections import SampleSettings
 from diffscape.study import results
+from diffscape.study.launch import run_study
 from diffscape.study.narrate import Narrator, Tools
 from diffscape.study.shared import prepare_study
-from diffscape.study.workers import run_study
 
 BY_KEY = {m.key: m for m in METRICS}
 

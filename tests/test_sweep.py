@@ -24,9 +24,9 @@ from diffscape.core import layout
 from diffscape.core.errors import DiffscapeError
 from diffscape.report import build_report
 from diffscape.settings.engine import ConfigError
+from diffscape.study.launch import worker_slots
 from diffscape.study.narrate import Tools
 from diffscape.study.shared import ensure_data
-from diffscape.study.workers import worker_slots
 from diffscape.sweep import SweepError, load_sweep, plan, run_sweep, shipped_sweeps
 
 TINY = """
@@ -40,6 +40,13 @@ steps = 3
 """
 ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONUNBUFFERED": "1"}
 TRAIN_ONLY = "[evaluate]\nenabled = false\n[judge]\nenabled = false\n"  # no scoring stages
+
+
+def job_log(runs: Path, training: str) -> str:
+    """The logs of a training's jobs (submitit's files in RUNS/_logs/<training>/)."""
+    logs = sorted((runs / layout.SWEEP_LOGS / training).glob("*_log.out"))
+    assert logs, f"no job log for {training}"
+    return "".join(p.read_text() for p in logs)
 
 
 def spec_file(tmp: Path, body: str, steps: int = 8, dataset: Path | None = None) -> Path:
@@ -277,8 +284,8 @@ kind = "svc"
 
 
 def test_failures_are_recorded_and_runs_go_one_per_gpu(ds, tmp_path, monkeypatch):
-    """Two "GPUs": each training runs in its own worker process with its CUDA_VISIBLE_DEVICES
-    (on a CPU machine the workers train on the CPU). One run cannot train (its image size does
+    """Two "GPUs": each training runs as a submitit job on this machine with its
+    CUDA_VISIBLE_DEVICES (on a CPU machine the jobs train on the CPU). One run cannot train (its image size does
     not match the data); it is recorded as failed and the other finishes."""
     body = """
 [[runs]]
@@ -297,9 +304,7 @@ model.image_size = 16
     assert bad.status == "failed" and bad.stage == "train"
     assert "model.image_size is 16" in bad.error and "Traceback" in bad.traceback
     for name in ("ok", "wrong-size"):
-        assert (
-            "[sweep]" in (runs / layout.SWEEP_LOGS / layout.worker_log_name(name)).read_text()
-        )  # a log per worker
+        assert "[sweep]" in job_log(runs, name)  # a log per job
     # a re-run retries only the failure (and fails the same way)
     calls = _spy_on_train(monkeypatch)
     again = run_sweep(spec, runs, progress=False, gpus=1)
@@ -309,8 +314,8 @@ model.image_size = 16
 
 
 def test_cpu_jobs_share_the_cores(ds, tmp_path, monkeypatch):
-    """On a CPU, --jobs 2 trains two runs at once in worker processes, each told to use half the
-    cores (OMP_NUM_THREADS), and both finish as they would one after the other."""
+    """On a CPU, --jobs 2 trains two runs at once as submitit jobs, each told to use half the
+    cores (torch.set_num_threads), and both finish as they would one after the other."""
     body = """
 [[runs]]
 name = "a"
@@ -325,17 +330,40 @@ train.lr = 2e-3
     assert [(r.name, r.status, r.steps) for r in results] == [("a", "ok", 4), ("b", "ok", 4)]
     threads = max(1, (os.cpu_count() or 1) // 2)
     for name in ("a", "b"):
-        assert (
-            f"worker: {name} on {threads} CPU thread(s)"
-            in (runs / layout.SWEEP_LOGS / layout.worker_log_name(name)).read_text()
-        )
-    assert worker_slots(0, 2, cores=2)[1].env["OMP_NUM_THREADS"] == "1"
-    assert worker_slots(0, 3, cores=8)[0].env["OMP_NUM_THREADS"] == "2"
+        assert f"job: {name} on {threads} CPU thread(s)" in job_log(runs, name)
+    assert worker_slots(0, 2, cores=2)[1].threads == 1
+    assert worker_slots(0, 3, cores=8)[0].threads == 2
     assert [s.name for s in worker_slots(4, 2)] == ["GPU 0", "GPU 1"]
     assert len(worker_slots(0, None)) == 1 and len(worker_slots(3)) == 3
     with pytest.raises(DiffscapeError, match="--jobs 0"):
         run_sweep(spec, tmp_path / "other", progress=False, gpus=0, jobs=0)
     assert not (tmp_path / "other").exists()
+
+
+def test_sigterm_cancels_the_jobs_and_each_saves_a_checkpoint(ds, tmp_path):
+    """SIGTERM (as Ctrl-C) on a sweep running jobs cancels them: each training saves a checkpoint
+    at the step it reached and stops, then the command ends, leaving no job running."""
+    body = '[[runs]]\nname = "a"\n[[runs]]\nname = "b"\n'
+    spec = spec_file(tmp_path, body + TRAIN_ONLY, steps=400, dataset=ds.root)
+    runs = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "diffscape", "sweep", str(spec), "--out", str(runs),
+           "--jobs", "2", "--no-progress", "--no-report"]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    deadline = time.monotonic() + 120
+    while not all(checkpoint.list_checkpoints(runs / name) for name in "ab"):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, out
+    for name in "ab":
+        last = checkpoint.list_checkpoints(runs / name)[-1][0]
+        assert last < 400
+        assert f"job: {name} stopped by SIGTERM after step {last}," in job_log(runs, name)
+        pid = int(out.split(f"{name}: job ")[1].split()[0])  # a local job's id: its pid
+        assert not Path(f"/proc/{pid}").exists()
 
 
 def test_sampling_only_sweep_trains_once(ds, tmp_path, monkeypatch):

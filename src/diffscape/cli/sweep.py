@@ -9,6 +9,10 @@ from pathlib import Path
 
 from diffscape.cli import add_overwrite, options
 from diffscape.core import layout
+from diffscape.settings.flags import Flags
+from diffscape.settings.sections import SlurmSettings
+
+SLURM_FLAGS = Flags(SlurmSettings, rename={n: f"slurm_{n}" for n in SlurmSettings.model_fields})
 
 SWEEP_EPILOG = """\
 examples:
@@ -17,6 +21,7 @@ examples:
   diffscape sweep guidance-cpu --out runs/guidance --dry-run  # list the runs, do nothing
   diffscape sweep --list                                    # the shipped sweeps
   diffscape sweep schedule-seeds-cpu --out runs/schedule-seeds  # 2 settings x 3 seeds
+  diffscape sweep my-sweep.toml --out runs/mine --launcher slurm --slurm-gpus 1  # Slurm jobs
 
 Each run is trained, sampled, evaluated (FID/KID) and judged (per-class accuracy) into
 RUNS/<run>/ and RUNS/<run>/samples/<sampling>/ (result.json last). Running the same command
@@ -24,6 +29,9 @@ again skips finished work, retries what failed and resumes interrupted training;
 is recorded with its error and the sweep goes on. With several GPUs, runs go one per GPU;
 on a CPU, --jobs 2 trains two runs at once with one thread each (on a 2-core VM, 1.4x the images
 per minute of one two-thread run for `tiny`). Each run's train.minutes is its own wall clock.
+With --launcher slurm every unfinished training is a Slurm job, all submitted at once (logs in
+RUNS/_logs/<run>/); a job cancelled, pre-empted or out of time saves a checkpoint and its run is
+recorded as failed: the same command again resubmits only what is unfinished, which resumes.
 Without a dataset (--data or `dataset = ...` in the file) the default synthetic landscapes are
 made in RUNS/_data. At the end RUNS/report.html and RUNS/results.csv are written.
 
@@ -45,6 +53,8 @@ A sweep file (TOML):
   n = 250
   [judge]                               # kind = "cnn" | "svc", or path = "judges/x"
   kind = "svc"
+  [slurm]                               # --launcher slurm: partition, account, gpus, cpus,
+  partition = "gpu"                     #   minutes (each job's time limit)
 The full format is in the docstring of diffscape/sweep/__init__.py (`python -c "import diffscape.sweep; help(diffscape.sweep)"`).
 """
 
@@ -90,14 +100,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--jobs",
         type=int,
         metavar="N",
-        help="trainings at once: on a CPU, N workers sharing the cores (each gets cores/N "
-        "threads; a small model trains more images per minute this way); with GPUs, at most "
-        "one per GPU (default: one per GPU, else 1)",
+        help="trainings at once on this machine: on a CPU, N jobs sharing the cores (each gets "
+        "cores/N threads; a small model trains more images per minute this way); with GPUs, at "
+        "most one per GPU (default: one per GPU, else 1)",
     )
-    p.add_argument("--dry-run", action="store_true", help="print the runs and exit")
+    p.add_argument(
+        "--launcher",
+        choices=("local", "slurm"),
+        default="local",
+        help="where the trainings run: local (this machine; --jobs) or slurm (a Slurm job each, "
+        "all submitted at once; the [slurm] table and --slurm-* say what each asks for)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the runs and jobs and exit")
     p.add_argument("--list", action="store_true", help="list the shipped sweeps and exit")
     p.add_argument("--no-report", action="store_true", help="do not write RUNS/report.html")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    SLURM_FLAGS.add_to(p, "Slurm jobs (--launcher slurm; each overrides the file's [slurm])")
     p.set_defaults(func=run_sweep_command)
 
     r = sub.add_parser(
@@ -125,16 +143,29 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     if not args.sweep:
         raise sweep.SweepError("give a sweep file or a shipped sweep's name (see --list)")
     spec = sweep.load_sweep(args.sweep)
+    slurm = SLURM_FLAGS.build(args, base=spec.slurm) if args.launcher == "slurm" else None
+    if slurm is None and SLURM_FLAGS.given(args):
+        raise sweep.SweepError("--slurm-* options are for --launcher slurm")
+    if slurm is not None and args.jobs is not None:
+        raise sweep.SweepError("--jobs is for --launcher local: Slurm queues every job at once")
     if args.dry_run:
-        print(sweep.describe_plan(spec, sweep.plan(spec)))
+        import torch
+
+        from diffscape.study.launch import describe_jobs
+
+        runs = sweep.plan(spec)
+        print(sweep.describe_plan(spec, runs))
+        trainings = list(dict.fromkeys(r.training for r in runs))
+        gpus = torch.cuda.device_count()
+        print(describe_jobs(trainings, args.out or "RUNS", slurm, gpus, args.jobs))
         return 0
     if not args.out:
         raise sweep.SweepError("--out RUNS: say where the runs go")
     from diffscape.train import TrainingInterrupted
 
     try:
-        names = ("data", "progress", "only", "jobs")
-        results = sweep.run_sweep(spec, args.out, **options(args, *names))
+        names = ("data", "progress", "only", "jobs", "launcher")
+        results = sweep.run_sweep(spec, args.out, slurm=slurm, **options(args, *names))
     except TrainingInterrupted as e:
         print(f"diffscape: {e}\nRun the same sweep command again to continue.", file=sys.stderr)
         return 128 + int(e.signum)

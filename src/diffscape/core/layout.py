@@ -118,12 +118,7 @@ SWEEP_JSON = "sweep.json"
 SWEEP_DATA = "_data"
 SWEEP_JUDGE = "_judge"
 SWEEP_FLOOR = "_floor"
-SWEEP_LOGS = "_logs"  # the worker processes' logs, one per training
-
-
-def worker_log_name(training: str) -> str:
-    return f"{training}.log"
-
+SWEEP_LOGS = "_logs"  # the jobs' files and logs, a folder per training (submitit's names)
 
 SWEEP_JUDGE_ALSO = "_judge-{kind}"  # a study's further judges ([judge] also = ["svc"])
 ACCURACY_ALSO_JSON = "accuracy-{kind}.json"  # their accuracy, beside accuracy.json

@@ -436,3 +436,27 @@ ALL_SECTIONS: dict[str, type[Settings]] = {
     **{c.section: c for c in (SampleSettings, EvaluateSettings, JudgeSettings)},
     **{c.section: c for c in (CNNSettings, SVCSettings, DemoSettings)},
 }
+
+
+class SlurmSettings(Settings):
+    """A study on a Slurm cluster (``diffscape sweep --launcher slurm``, a sweep file's
+    ``[slurm]``): one job per training, each asking for these."""
+
+    section: ClassVar[str] = "slurm"
+    partition: str | None = Field(
+        None, description="partition (sbatch --partition); none: the cluster's default"
+    )
+    account: str | None = Field(
+        None, description="account charged (sbatch --account); none: your default"
+    )
+    gpus: int = Field(0, ge=0, le=64, description="GPUs per job (sbatch --gpus-per-node)")
+    cpus: int = Field(
+        1, ge=1, le=4096, description="CPU cores per job, its threads (sbatch --cpus-per-task)"
+    )
+    minutes: int | None = Field(
+        None, ge=1, le=MANY,
+        description="time limit per job (sbatch --time); none: the partition's default",
+    )  # fmt: skip
+
+
+ALL_SECTIONS[SlurmSettings.section] = SlurmSettings

@@ -22,11 +22,11 @@ from diffscape.report import build_report
 from diffscape.settings.presets import resolve
 from diffscape.settings.sections import DemoSettings, JudgeSettings
 from diffscape.study import results
+from diffscape.study.launch import run_study
 from diffscape.study.narrate import Narrator, Tools, pct
 from diffscape.study.results import DemoSummary, RunResult
 from diffscape.study.shared import ensure_data, prepare_study
 from diffscape.study.spec import RunSpec, Study, StudySpec, train_identity, upgraded
-from diffscape.study.workers import run_study
 
 # The demo's recipe is the tiny preset's CPU recipe (v-prediction, min-SNR, lr 1e-3, EMA 0.995;
 # docs/benchmarks.md "Demo recipe": at 600 steps of 32 on the synth set it gave 98% judge

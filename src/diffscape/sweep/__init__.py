@@ -43,6 +43,11 @@ A sweep file (TOML; shipped ones in ``diffscape/sweeps/``, by name)::
     kind = "svc"                      #   or path = "judges/x"; enabled = false: skip
     also = ["svc"]                    # further judges, once each into RUNS/_judge-<kind>
 
+    [slurm]                           # with --launcher slurm: what each training's job asks
+    partition = "gpu"                 #   for (--slurm-partition ... override it): partition,
+    gpus = 1                          #   account, gpus, cpus, minutes (the time limit)
+    minutes = 240
+
 A sweep expands to at most 1000 runs (trainings x samplings x seeds, counted before anything is
 expanded). Run names become folders (unsafe characters made ``-``); names the sweep folder uses
 itself (``sweep.json``, ``report.html``, ``_judge``, any name starting with ``_``), names over
@@ -59,6 +64,8 @@ Output folder::
     RUNS/<run>/samples/<variant>/     one sampling of it: <class>/<i>.png, grid.png,
                                       samples.json, metrics.json, accuracy.json, result.json,
                                       closest-pairs.png, accuracy-<kind>.json (``also``)
+    RUNS/_logs/<run>/                 the log of each job that ran that training (submitit's:
+                                      <job id>_0_log.out, its submission and result files)
     RUNS/<run>-seed<k>/               with ``seeds``: each replicate's training run (same
                                       layout); a sweep without ``seeds`` keeps RUNS/<run>/, so
                                       older sweep folders resume and report as they were
@@ -68,8 +75,10 @@ retries what failed, and resumes interrupted training (``train`` continues from 
 checkpoint). A failure (in training, sampling, evaluation or judging) is recorded in
 result.json with its traceback and the sweep goes on with the next run.
 
-Runs go one after another on one device. With several GPUs visible, each training run (with its
-samplings) goes to a subprocess of its own, one per GPU (``CUDA_VISIBLE_DEVICES``).
+Runs go one after another in this process on one device. With several GPUs visible (or
+``--jobs N`` on a CPU), each training run (with its samplings) is a submitit job on this machine,
+one per GPU (``CUDA_VISIBLE_DEVICES``) or N sharing the cores; with ``--launcher slurm`` every
+unfinished training is a Slurm job, all submitted at once (:mod:`diffscape.study.launch`).
 """
 
 # The package's API in one namespace: `from diffscape import sweep; sweep.run_sweep(...)`.

@@ -1,22 +1,25 @@
 """Running a sweep: its planned runs handed to :mod:`diffscape.study`, which makes the shared
 data, judge and floor once, then trains, samples, evaluates and judges every run (result.json
-last), one worker process per GPU when several are visible."""
+last), as jobs when several run at once or on a Slurm cluster (:mod:`diffscape.study.launch`)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from diffscape.core import layout, lock
+from diffscape.core.errors import DiffscapeError
 from diffscape.settings.presets import resolve
+from diffscape.settings.sections import SlurmSettings
 from diffscape.study import results
+from diffscape.study.launch import run_study, worker_slots
 from diffscape.study.narrate import Narrator, Tools, log
 from diffscape.study.results import RunResult
 from diffscape.study.shared import ensure_data, prepare_study
 from diffscape.study.spec import RunSpec, StudySpec
-from diffscape.study.workers import run_study, worker_slots
 from diffscape.sweep.plan import baseline_name, plan
 from diffscape.sweep.spec import SweepError, SweepSpec, load_sweep
 
@@ -60,6 +63,8 @@ def run_sweep(
     only: Iterable[str] | None = None,
     gpus: int | None = None,
     jobs: int | None = None,
+    launcher: Literal["local", "slurm"] = "local",
+    slurm: SlurmSettings | None = None,
 ) -> list[RunResult]:
     """Run (or continue) a sweep into ``out_dir``; returns every run's result.
 
@@ -67,10 +72,15 @@ def run_sweep(
     (by folder name) or rows (by name); the floor is then left to the whole sweep. ``gpus``
     overrides ``torch.cuda.device_count()`` for deciding whether to run one worker per GPU.
     ``jobs``: how many trainings at once (at most one per GPU; on a CPU, each on its share of
-    the cores: :func:`diffscape.study.workers.worker_slots`); default one per GPU, else one.
+    the cores: :func:`diffscape.study.launch.worker_slots`); default one per GPU, else one.
+    ``launcher="slurm"``: every unfinished training a Slurm job asking for ``slurm`` (default:
+    the file's ``[slurm]``), all submitted at once.
     """
     worker_slots(0, jobs)  # a bad --jobs fails before anything is written
     spec = sweep if isinstance(sweep, SweepSpec) else load_sweep(sweep)
+    if launcher == "slurm" and shutil.which("sbatch") is None:
+        raise DiffscapeError("--launcher slurm: no sbatch here; run it on a Slurm login node")
+    slurm = (slurm or spec.slurm) if launcher == "slurm" else None
     out = layout.check_out(out_dir, "sweep")
     all_runs = plan(spec)
     runs = _selected(all_runs, only)
@@ -86,7 +96,7 @@ def run_sweep(
         dataset = ensure_data(sspec, tools)
         conditional = any(r.config.model.conditional for r in runs)
         study = prepare_study(sspec, dataset, tools, judge_needed=conditional, floor=only is None)
-        return run_study(study, runs, tools, gpus=gpus, jobs=jobs)
+        return run_study(study, runs, tools, gpus=gpus, jobs=jobs, slurm=slurm)
 
 
 def sweep_record(spec: SweepSpec, runs: list[RunSpec], sspec: StudySpec) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """The sweep file: parsing and checking a TOML study into a :class:`SweepSpec` (format in
 ``diffscape.sweep``'s docstring). Every value is parsed by the settings engine; the
-``[sample]``, ``[evaluate]`` and ``[judge]`` tables are :mod:`diffscape.settings.sections`'
-``SampleSettings``, ``EvaluateSettings`` and ``JudgeSettings``."""
+``[sample]``, ``[evaluate]``, ``[judge]`` and ``[slurm]`` tables are
+:mod:`diffscape.settings.sections`' ``SampleSettings``, ``EvaluateSettings``, ``JudgeSettings``
+and ``SlurmSettings``."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from diffscape.settings.sections import (
     EvaluateSettings,
     JudgeSettings,
     SampleSettings,
+    SlurmSettings,
 )
 
 BASE_RUN_NAME = "model"  # the one training run of a sweep without [grid] or [[runs]]
@@ -64,11 +66,12 @@ class SweepSpec:
     raw: dict[str, Any] = field(repr=False, default_factory=dict)  # as read, paths absolute
     seeds: tuple[int, ...] | None = None  # replicates: train.seed = sample.seed = each; None: one
     baseline: str | None = None  # the setting the others are compared with; None: the first
+    slurm: SlurmSettings = field(default_factory=SlurmSettings)  # its jobs, on a Slurm cluster
 
 
 TOP_KEYS = (
     "name", "description", "preset", "dataset", "base", "grid", "runs", "sample", "evaluate",
-    "judge", "seeds", "baseline",
+    "judge", "seeds", "baseline", "slurm",
 )  # fmt: skip
 MAX_SEEDS = 100
 # Runs of one sweep file (trainings x samplings x seeds), counted before a grid is expanded: a
@@ -162,6 +165,7 @@ def parse_sweep(data: dict[str, Any], source: str, root: Path) -> SweepSpec:
         raw=raw,
         seeds=parse_seeds(data.get("seeds"), source),
         baseline=None if data.get("baseline") is None else str(data["baseline"]),
+        slurm=settings(SlurmSettings, _table(data, "slurm", source), f"{source} [slurm]"),
     )
     if spec.seeds is not None:
         _check_no_seed_settings(spec)
