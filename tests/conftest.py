@@ -32,6 +32,10 @@ for _name, _path in CACHE_ENV.items():
 # Idle OpenMP threads spin by default and starve other processes on a small machine; every
 # subprocess a test starts (the CLI, trainers) inherits this.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# A fixed thread count: the tests compare runs bit for bit (resume, batch sizes), and training's
+# thread count that follows the load (train.threads=0) would differ between them beside another
+# test worker. tests/test_threads.py removes it to test that policy.
+os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
 
 
 def pytest_unconfigure(config: object) -> None:

@@ -37,7 +37,8 @@ def test_presets_resolve_and_differ():
     # the CPU presets carry the CPU recipe (docs/real-photos.md); the GPU ones do not (yet)
     for cpu in (tiny, presets.resolve("small")):
         assert cpu.diffusion.prediction == "v_prediction"
-        assert cpu.diffusion.loss_weighting == "min_snr" and cpu.train.lr == 1e-3
+        assert cpu.diffusion.loss_weighting == "min_snr" and cpu.train.lr >= 1e-3
+    assert (tiny.train.lr, tiny.train.lr_schedule) == (2e-3, "cosine")  # issue 26's sweep
     assert base64.diffusion.prediction == "epsilon"
 
 
@@ -416,7 +417,7 @@ def test_old_config_json_reads_back_and_writes_the_same_json():
          "model.channels=[16,32]", "model.attention_resolutions=[8]", "train.batch_size=4",
          "train.sample_every_steps=0", "train.lr=3e-4", "diffusion.timesteps=50",
          "train.checkpoint_every_steps=0", "train.steps=2", "train.minutes=5",
-         "train.precision=fp32"],  # the tiny preset's before issue 26
+         "train.precision=fp32", "train.lr_schedule=constant"],  # tiny before issue 26
     )  # fmt: skip
     # written again the same, plus only the settings added since, at their defaults
     written, old = json.loads(cfg.to_json()), json.loads(path.read_text())

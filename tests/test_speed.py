@@ -36,7 +36,7 @@ def ds(tmp_path_factory):
 @pytest.fixture(scope="module")
 def fp32_losses(ds, tmp_path_factory):
     run = tmp_path_factory.mktemp("runs") / "fp32"
-    train(presets.resolve("tiny", TINY), ds.root, run, progress=False)
+    train(presets.resolve("tiny", [*TINY, "train.precision=fp32"]), ds.root, run, progress=False)
     return _losses(run)
 
 
@@ -127,9 +127,10 @@ def test_auto_precision_is_bf16_only_on_a_cpu_with_native_bf16():
 
 def test_auto_precision_trains_in_fp32_without_native_bf16(ds, tmp_path, monkeypatch, capsys,
                                                            fp32_losses):  # fmt: skip
-    # Same losses as an fp32 run, bit for bit: "auto" fell back to fp32 on this (pretend) CPU.
+    # Same losses as an fp32 run: "auto" fell back to fp32 on this (pretend) CPU (bf16 differs
+    # in the 3rd digit; since issue 26 the two runs differed in the 8th: rel 1e-6 allowed).
     monkeypatch.setattr(train_setup, "cpu_has_bf16", lambda: False)
     train(presets.resolve("tiny", [*TINY, "train.precision=auto"]), ds.root, tmp_path / "a",
           progress=False, cpu=True)  # fmt: skip
     assert "precision: auto -> fp32 on cpu" in capsys.readouterr().err
-    assert _losses(tmp_path / "a") == fp32_losses
+    assert _losses(tmp_path / "a") == pytest.approx(fp32_losses, rel=1e-6)

@@ -49,6 +49,15 @@ def _installed(name: str) -> bool:
     return True
 
 
+def train_cli(ds, run: Path, tracker: str, env: dict[str, str]) -> None:
+    """`diffscape train` in its own process, as a user runs it, logging to ``tracker``."""
+    sets = [a for s in [*TINY, f"train.log_with={tracker}"] for a in ("--set", s)]
+    cmd = [sys.executable, "-m", "diffscape", "train", str(ds.root), "--out", str(run),
+           "--no-progress", *sets]  # fmt: skip
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+
 def test_tensorboard_default_writes_the_same_files_as_before(ds, tmp_path):
     if not _installed("tensorboard"):
         pytest.skip("tensorboard is not installed (pip install 'diffscape[tensorboard]')")
@@ -82,12 +91,8 @@ def test_wandb_offline_files_appear_in_the_run(ds, tmp_path):
         pytest.skip("wandb is not installed (pip install 'diffscape[wandb]')")
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true",
            "WANDB_CONFIG_DIR": str(tmp_path / "wandb-config"), "OMP_NUM_THREADS": "1"}  # fmt: skip
-    sets = [a for s in [*TINY, "train.log_with=wandb"] for a in ("--set", s)]
     run = tmp_path / "r"
-    cmd = [sys.executable, "-m", "diffscape", "train", str(ds.root), "--out", str(run),
-           "--no-progress", *sets]  # fmt: skip
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
+    train_cli(ds, run, "wandb", env)
     runs = list((run / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, list((run / "wandb").iterdir())
     (log,) = runs[0].glob("*.wandb")  # the run's log, what `wandb sync` uploads
@@ -141,12 +146,8 @@ def test_mlflow_server_lists_the_run_with_metrics_config_and_grid(ds, tmp_path, 
     from mlflow.tracking import MlflowClient
 
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "OMP_NUM_THREADS": "1"}
-    sets = [a for s in [*TINY, "train.log_with=mlflow"] for a in ("--set", s)]
     run = tmp_path / "my-run"
-    cmd = [sys.executable, "-m", "diffscape", "train", str(ds.root), "--out", str(run),
-           "--no-progress", *sets]  # fmt: skip
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
+    train_cli(ds, run, "mlflow", env)
 
     client = MlflowClient(tracking_uri=mlflow_server)
     exp = client.get_experiment_by_name("diffscape")
