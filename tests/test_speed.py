@@ -51,7 +51,8 @@ def _unet():
 
 
 def test_channels_last_trains_like_contiguous(ds, tmp_path, fp32_losses):
-    train(presets.resolve("tiny", [*TINY, "train.channels_last=true"]), ds.root, tmp_path / "cl",
+    cl_fp32 = [*TINY, "train.channels_last=true", "train.precision=fp32"]  # tiny is auto now
+    train(presets.resolve("tiny", cl_fp32), ds.root, tmp_path / "cl",
           progress=False)  # fmt: skip
     cl = _losses(tmp_path / "cl")
     # Same math, other kernels: equal up to float rounding, step after step.
