@@ -24,7 +24,6 @@ from diffscape.train.step import StepResult
 from diffscape.train.threads import CoreSharing
 
 TRACKED = ("loss", "lr", "grad_norm", "images_per_second")  # logged to the tracker as train/KEY
-EXTRAS = {"wandb": "wandb", "mlflow": "mlflow", "tensorboard": "tensorboard"}  # pip extra
 
 
 def trackers(cfg: RunConfig, run_dir: Path) -> list[GeneralTracker]:
@@ -43,7 +42,7 @@ def trackers(cfg: RunConfig, run_dir: Path) -> list[GeneralTracker]:
         if name == "tensorboard":
             return []
         raise ConfigError(
-            f"train.log_with={name} needs the {name} package: pip install 'diffscape[{EXTRAS[name]}]'"
+            f"train.log_with={name} needs the {name} package: pip install 'diffscape[{name}]'"
         ) from None
     from accelerate.tracking import MLflowTracker, TensorBoardTracker, WandBTracker
 
