@@ -163,6 +163,41 @@ def test_guidance_on_model_outputs(runs):
     assert torch.allclose(w3, uncond + 3 * (cond - uncond), atol=1e-4)  # batched cond+uncond
 
 
+def test_guidance_interval_guides_only_the_steps_inside_it(runs):
+    m = load_for_sampling(runs["cond"])
+    kw = {"class_idx": [0, 1, 2], "index": [0, 0, 0], "seed": 3, "sampler": "dpm", "steps": 6,
+          "progress": False}  # fmt: skip
+    plain = generate_images(m.unet, m.cfg, guidance=1.0, **kw).astype(int)
+    full = generate_images(m.unet, m.cfg, guidance=4.0, **kw).astype(int)
+    everywhere = generate_images(m.unet, m.cfg, guidance=4.0, guidance_interval=(0, 1e6), **kw)
+    nowhere = generate_images(m.unet, m.cfg, guidance=4.0, guidance_interval=(1e5, 1e6), **kw)
+    # the middle of this model's sigmas (T=50: 0.01 .. about 8)
+    middle = generate_images(m.unet, m.cfg, guidance=4.0, guidance_interval=(0.5, 3), **kw)
+    assert (everywhere.astype(int) == full).all() and (nowhere.astype(int) == plain).all()
+    middle = middle.astype(int)
+    assert np.abs(middle - full).mean() > 0.5 and np.abs(middle - plain).mean() > 0.5
+
+
+def test_guidance_at_follows_sigma():
+    ab = 1 / (1 + 2.0**2)  # sigma = 2
+    assert diffusion.guidance_at(3.0, None, ab) == 3.0
+    assert diffusion.guidance_at(3.0, (1.0, 2.0), ab) == 3.0  # (lo, hi]: hi included
+    assert diffusion.guidance_at(3.0, (2.0, 5.0), ab) == 1.0  # lo excluded
+    assert diffusion.guidance_at(3.0, (0.1, 1.5), ab) == 1.0
+
+
+def test_guidance_interval_is_recorded_and_a_rerun_with_another_is_new(runs, tmp_path, capsys):
+    out = tmp_path / "s"
+    argv = ["sample", str(runs["cond"]), "--n", "1", "--per-class", "--steps", "3",
+            "--guidance", "3", "--no-progress", "--out", str(out)]  # fmt: skip
+    assert main([*argv, "--guidance-interval", "0.3,3"]) == 0
+    assert json.loads((out / "samples.json").read_text())["guidance_interval"] == [0.3, 3]
+    assert main([*argv, "--guidance-interval", "3,0.3", "--overwrite"]) == 2
+    assert "--guidance-interval" in capsys.readouterr().err
+    assert main([*argv, "--overwrite"]) == 0  # every step: the key is absent, as before
+    assert "guidance_interval" not in json.loads((out / "samples.json").read_text())
+
+
 def test_sample_folder_layout_and_record(runs, tmp_path):
     out = tmp_path / "s"
     rc = main(["sample", str(runs["cond"]), "--n", "2", "--per-class", "--out", str(out),

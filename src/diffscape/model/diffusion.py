@@ -7,6 +7,8 @@ including our rescaled linear schedule, which diffusers does not offer.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from diffusers import (
     DDIMScheduler,
@@ -142,6 +144,15 @@ def guide(out_cond: torch.Tensor, out_uncond: torch.Tensor, w: float) -> torch.T
     out = out_uncond + w (out_cond - out_uncond); w=0 unconditional, w=1 conditional, w>1 guided.
     """
     return out_uncond + w * (out_cond - out_uncond)
+
+
+def guidance_at(w: float, interval: tuple[float, float] | None, alpha_bar: float) -> float:
+    """The guidance weight at a step whose noise level is ``alpha_bar``: ``w`` inside the
+    interval of sigma = sqrt((1 - alpha_bar) / alpha_bar), (lo, hi], else 1 (conditional)."""
+    if interval is None:
+        return w
+    sigma = math.sqrt((1 - alpha_bar) / alpha_bar)
+    return w if interval[0] < sigma <= interval[1] else 1.0
 
 
 def drop_labels(

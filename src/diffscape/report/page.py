@@ -253,6 +253,8 @@ def _run_cells(i: int, row: Row, recs: Records) -> list[Cell]:
     sampling, images = "–", ()
     if sampler:
         sampling = f"{sampler} {steps}" + ("" if guidance is None else f" · w={guidance:g}")
+        if s.get("guidance_interval"):
+            sampling += " in σ ({:g}, {:g}]".format(*s["guidance_interval"])
         images = (f"{n:,} images",) if n else ()
     t = recs["train"]
     secs, speed, loss = t.get("train_seconds"), t.get("images_per_second"), t.get("final_loss")

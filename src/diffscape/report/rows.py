@@ -39,7 +39,7 @@ from diffscape.metrics import registry
 from diffscape.study.results import RunResult, read_floor, read_result
 
 DERIVED_FIELDS = {"model.num_classes", "preset"}  # set by the dataset or bookkeeping, not choices
-SAMPLE_KEYS = ("sampler", "steps", "guidance", "eta", "seed")
+SAMPLE_KEYS = ("sampler", "steps", "guidance", "guidance_interval", "eta", "seed")
 
 
 @dataclass(frozen=True)

@@ -117,6 +117,7 @@ def sample_to_folder(
     steps: int | None = SAMPLE.steps,
     eta: float = SAMPLE.eta,
     guidance: float | None = SAMPLE.guidance,
+    guidance_interval: tuple[float, float] | None = SAMPLE.guidance_interval,
     seed: int = SAMPLE.seed,
     batch: int | None = SAMPLE.batch,
     use_ema: bool = True,
@@ -132,7 +133,7 @@ def sample_to_folder(
     ``overwrite``, never mixed with new images; ``steps`` None is the sampler's default.
     """
     check_settings(sampler=sampler, n=n, batch=batch, steps=steps, seed=seed, guidance=guidance,
-                   eta=eta)  # fmt: skip
+                   eta=eta, guidance_interval=guidance_interval)  # fmt: skip
     say = say or (lambda text: print(text, file=sys.stderr))
     out = samples_out(out, overwrite)
     partial, held = partial_dir(out), False
@@ -149,6 +150,8 @@ def sample_to_folder(
             w = 1.0 if guidance is None else guidance
             p = make_plan(model, n, per_class, classes)
             record = samples_record(model, p, sampler, steps, eta, w, seed, per_class)
+            if guidance_interval is not None and w not in (0.0, 1.0):  # absent: every step
+                record["guidance_interval"] = list(guidance_interval)
             if batch is None:
                 batch = 256 if next(model.unet.parameters()).device.type == "cuda" else 64
             todo = resume_partial(partial, record, p, say)
@@ -156,7 +159,8 @@ def sample_to_folder(
             if len(todo):
                 say(estimate(model, p, len(todo), record, w, batch))
             make_images(model, p, todo, partial, batch=batch, progress=progress, say=say,
-                        seed=seed, sampler=sampler, steps=steps, eta=eta, guidance=w)  # fmt: skip
+                        seed=seed, sampler=sampler, steps=steps, eta=eta, guidance=w,
+                        guidance_interval=guidance_interval)  # fmt: skip
             publish(partial, out, p, record)
     except BaseException:
         if held and partial.is_dir() and not any(partial.glob(f"*/{layout.SAMPLE_PNG}")):

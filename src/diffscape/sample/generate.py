@@ -79,9 +79,11 @@ def denoise(
     steps: int | None = None,
     eta: float = 0.0,
     guidance: float = 1.0,
+    guidance_interval: tuple[float, float] | None = None,
 ) -> torch.Tensor:
     """Run a sampler from ``noise`` (B, 3, H, W) to images (float, on CPU), not clamped: about
-    [-1, 1] for a trained model; ``to_uint8`` clamps."""
+    [-1, 1] for a trained model; ``to_uint8`` clamps. ``guidance`` applies at the steps whose
+    noise level lies in ``guidance_interval`` (all when None; :func:`diffusion.guidance_at`)."""
     device = next(unet.parameters()).device
     sched = diffusion.make_scheduler(cfg.diffusion, sampler)
     n_steps = diffusion.sampler_steps(cfg.diffusion.timesteps, sampler, steps)
@@ -93,9 +95,12 @@ def denoise(
     if sampler in diffusion.TAKES_GENERATOR:
         extra["generator"] = generators
     null = null_class(cfg.model)
+    alpha_bar = sched.alphas_cumprod
     for t in sched.timesteps:
         model_in = sched.scale_model_input(x, t)
-        out = model_output(unet, model_in, t, labels, null, guidance)
+        ab = float(alpha_bar[min(int(round(float(t))), len(alpha_bar) - 1)])
+        w = diffusion.guidance_at(guidance, guidance_interval, ab)
+        out = model_output(unet, model_in, t, labels, null, w)
         x = sched.step(out, t, x, **extra).prev_sample
     if not torch.isfinite(x).all():  # would become black images silently
         raise DiffscapeError(
@@ -138,12 +143,14 @@ def iter_images(
     steps: int | None = None,
     eta: float = 0.0,
     guidance: float = 1.0,
+    guidance_interval: tuple[float, float] | None = None,
     batch: int = 64,
     progress: bool = True,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """(position of the batch's first pair, its images as uint8 (B, 3, H, W)) for the (class,
     index) ``pairs``, a batch at a time: memory holds one batch whatever the number of images."""
-    check_settings(sampler=sampler, steps=steps, eta=eta, guidance=guidance, seed=seed, batch=batch)
+    check_settings(sampler=sampler, steps=steps, eta=eta, guidance=guidance, seed=seed, batch=batch,
+                   guidance_interval=guidance_interval)  # fmt: skip
     conditional = cfg.model.conditional
     size, null = cfg.model.image_size, null_class(cfg.model)
     bar = None
@@ -168,6 +175,7 @@ def iter_images(
             x = denoise(
                 unet, cfg, noise, labels, gens,
                 sampler=sampler, steps=steps, eta=eta, guidance=guidance,
+                guidance_interval=guidance_interval,
             )  # fmt: skip
             yield start, to_uint8(x)
             if bar is not None:

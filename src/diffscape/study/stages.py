@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from diffscape.core import layout
-from diffscape.settings.sections import EvaluateSettings
+from diffscape.settings.sections import EvaluateSettings, SampleSettings
 from diffscape.study import results
 from diffscape.study.narrate import Tools, pct
 from diffscape.study.results import TrainRecord
@@ -83,8 +83,15 @@ def _sampling_done(record: dict[str, Any], run: RunSpec, checkpoint: Path | None
         == (s.sampler, steps, s.eta, s.seed)
         and record.get("per_class") == cond
         and record.get("guidance") == (s.guidance if cond else None)
+        and record.get("guidance_interval") == _interval(s, cond)
         and (all(c == s.n for c in counts.values()) if cond else record.get("n") == s.n)
     )
+
+
+def _interval(s: SampleSettings, cond: bool) -> list[float] | None:
+    """samples.json's guidance_interval for these settings (absent when w applies everywhere)."""
+    guided = cond and s.guidance not in (0.0, 1.0)
+    return list(s.guidance_interval) if guided and s.guidance_interval else None
 
 
 def sample_stage(study: Study, run: RunSpec, tools: Tools) -> dict[str, Any]:
@@ -110,6 +117,7 @@ def sample_stage(study: Study, run: RunSpec, tools: Tools) -> dict[str, Any]:
     record = sample_to_folder(
         run.train_dir(study.out), out_dir, n=s.n, per_class=cond, sampler=s.sampler,
         steps=s.steps, eta=s.eta, guidance=s.guidance if cond else None, seed=s.seed,
+        guidance_interval=s.guidance_interval if cond else None,
         batch=s.batch, progress=tools.progress, overwrite=True,
     )  # fmt: skip
     nar.done(f"{record['n']} images in {out_dir}")

@@ -29,6 +29,7 @@ A sweep file (TOML; shipped ones in ``diffscape/sweeps/``, by name)::
     sampler = "ddim"                  # ddpm | ddim | dpm
     steps = 50                        # sampler steps (ddpm always takes all T)
     guidance = 1.0                    # classifier-free guidance weight w
+    guidance_interval = [0.3, 3.0]    # optional: w only at noise levels sigma in (lo, hi]
     [sample.grid]                     # sampling-only variation, on the same trained model(s):
     guidance = [0, 1, 2, 3, 5]        #   a cartesian product ...
     # [[sample.runs]]                 #   ... or a list of settings, e.g. {sampler="ddpm"}
