@@ -45,29 +45,6 @@ class CNNConfig:
                 f"{MAX_SIZE} px, got {self.size}"
             )
 
-    @classmethod
-    def from_dict(cls, d: dict) -> CNNConfig:
-        """The config judge.json holds; JudgeError when it is not one."""
-        try:
-            return cls(
-                num_classes=int(d["num_classes"]),
-                size=int(d["size"]),
-                widths=tuple(int(w) for w in d["widths"]),
-                convs_per_block=int(d["convs_per_block"]),
-                dropout=float(d["dropout"]),
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            if isinstance(e, JudgeError):
-                raise
-            raise JudgeError(f"not a CNN judge config ({type(e).__name__}: {e})") from None
-
-    def num_params(self) -> int:
-        """Numbers in the state dict (weights and BatchNorm statistics), to compare with a
-        weights file before building the network: counted on the meta device, which allocates
-        nothing."""
-        with torch.device("meta"):
-            return sum(t.numel() for t in SmallCNN(self).state_dict().values())
-
 
 class SmallCNN(nn.Module):
     """[conv3x3-BN-ReLU x convs_per_block, maxpool2] per width, global average pool, dropout,
