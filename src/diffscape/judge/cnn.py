@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from diffscape.data.dataset import MAX_SIZE
-from diffscape.judge.data import JudgeError, check_images
+from diffscape.judge.data import JudgeError
 from diffscape.settings.sections import CNNSettings
 
 MAX_CLASSES = 10_000  # outputs of a CNN judge
@@ -132,7 +132,6 @@ class CNNModel:
 
     @torch.inference_mode()
     def logits(self, images: np.ndarray, batch: int = 256) -> Tensor:
-        images = check_images(images)
         self.net.eval()
         out = []
         for i in range(0, len(images), batch):
@@ -188,7 +187,6 @@ def _fit(
     desc: str,
 ) -> TrainedCNN:
     (x_train, y_train), (x_val, y_val) = train, val
-    x_train = check_images(x_train)
     config = CNNConfig(
         num_classes, x_train.shape[-1], settings.widths, settings.convs_per_block, settings.dropout
     )
