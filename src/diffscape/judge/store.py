@@ -128,23 +128,18 @@ def load_judge(judge_dir: str | os.PathLike[str]) -> Judge:
     if info["kind"] == "cnn":
         return Judge(_load_cnn(info, model_path), classes, size, info)
     model = load_svc(model_path)
-    _check_svc(model, len(classes), size, model_path)
-    return Judge(model, classes, size, info)
-
-
-def _check_svc(model: SVC | Pipeline, k: int, size: int, path: Path) -> None:
-    """The SVC must take this judge's images and predict indices into its classes."""
+    # The SVC must take this judge's images and predict indices into its classes.
     svc = model[-1] if isinstance(model, Pipeline) else model
-    n_features = getattr(model, "n_features_in_", None)
-    labels = np.asarray(getattr(svc, "classes_", []))
+    labels, k = np.asarray(getattr(svc, "classes_", [])), len(classes)
     if (
-        n_features != 3 * size * size
+        getattr(model, "n_features_in_", None) != 3 * size * size
         or labels.dtype.kind not in "iu"
         or not (len(labels) >= 2 and labels.min() >= 0 and labels.max() < k)
     ):
         raise JudgeError(
-            f"{path} does not fit its judge.json ({k} classes at {size} px); train it again"
+            f"{model_path} does not fit its judge.json ({k} classes at {size} px); train it again"
         )
+    return Judge(model, classes, size, info)
 
 
 def _load_cnn(info: dict[str, Any], path: Path) -> CNNModel:
