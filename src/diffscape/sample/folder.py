@@ -16,13 +16,12 @@ from typing import Any
 import diffusers
 import numpy as np
 import torch
-from PIL import Image
 
 from diffscape import __version__
 from diffscape.core import atomic, layout, lock
 from diffscape.core.errors import DiffscapeError
 from diffscape.core.timefmt import duration
-from diffscape.data.imagefolder import save_png
+from diffscape.data.imagefolder import read_image, save_png
 from diffscape.model import diffusion
 from diffscape.sample.generate import check_settings, grid_image, iter_images
 from diffscape.sample.load import LoadedModel, load_for_sampling
@@ -166,8 +165,16 @@ def sample_to_folder(
 
 
 def publish(partial: Path, out: Path, p: Plan, record: dict) -> None:
-    """The finished partial folder, with its grid and samples.json (last), renamed to ``out``."""
-    write_grid(partial, p)
+    """The finished partial folder, with its grid and samples.json (last), renamed to ``out``;
+    grid.png: one labelled row of up to 8 images per class, read back from the folder."""
+    counts = p.counts()
+    per_row = min(8, max(1, min(counts.values())))
+    rows = [
+        read_image(partial / name / layout.sample_name(i))
+        for name in counts
+        for i in range(per_row)
+    ]
+    grid_image(np.stack(rows), list(counts), per_row).save(partial / layout.GRID_PNG)
     atomic.write_json(partial / layout.SAMPLES_JSON, record)
     (partial / layout.LOCK).unlink(missing_ok=True)  # held until the fd closes
     (partial / layout.PARTIAL_JSON).unlink(missing_ok=True)
@@ -192,7 +199,12 @@ def samples_record(
         "classes": list(p.counts()),
         "counts": p.counts(),
         "image_size": model.cfg.model.image_size,
-        "versions": versions(),
+        "versions": {
+            "diffscape": __version__,
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "python": platform.python_version(),
+        },
     }
 
 
@@ -311,18 +323,6 @@ def save_png_atomically(path: Path, image_chw: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def write_grid(folder: Path, p: Plan) -> None:
-    """grid.png: one labelled row of up to 8 images per class, read back from the folder."""
-    counts = p.counts()
-    per_row = min(8, max(1, min(counts.values())))
-    rows = []
-    for name in counts:
-        for i in range(per_row):
-            with Image.open(folder / name / layout.sample_name(i)) as im:
-                rows.append(np.asarray(im.convert("RGB")).transpose(2, 0, 1))
-    grid_image(np.stack(rows), list(counts), per_row).save(folder / layout.GRID_PNG)
-
-
 def samples_out(out: str | Path, overwrite: bool) -> Path:
     """``out`` as a Path when a samples folder may be written there (layout.check_out: new,
     empty, or an older samples folder with ``overwrite``), in a folder this process can write
@@ -335,12 +335,3 @@ def samples_out(out: str | Path, overwrite: bool) -> Path:
             f"cannot write into {parent}: {why}; pick an --out in a folder you can write to"
         )
     return out
-
-
-def versions() -> dict[str, str]:
-    return {
-        "diffscape": __version__,
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "python": platform.python_version(),
-    }
