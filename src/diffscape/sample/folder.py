@@ -300,10 +300,8 @@ def estimate(model: LoadedModel, p: Plan, todo: int, record: dict, w: float, bat
     b = min(batch, todo) * (2 if both else 1)
     device = next(unet.parameters()).device
     x = torch.zeros((b, 3, size, size), device=device)
-    labels = (
-        torch.zeros(b, dtype=torch.long, device=device) if model.cfg.model.conditional else None
-    )
     t = torch.zeros(b, device=device, dtype=torch.long)
+    labels = t if model.cfg.model.conditional else None  # class 0 at noise level 0
     with torch.inference_mode():
         unet(x, t, class_labels=labels)  # the first call also sets up kernels: not timed
         t0 = time.perf_counter()

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 from diffusers import UNet2DModel
+from tqdm.auto import tqdm
 
 from diffscape.core.errors import DiffscapeError
 from diffscape.data.show import labelled_rows_image
@@ -146,11 +147,8 @@ def iter_images(
     check_settings(sampler=sampler, steps=steps, eta=eta, guidance=guidance, seed=seed, batch=batch)
     conditional = cfg.model.conditional
     size, null = cfg.model.image_size, null_class(cfg.model)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(pairs), desc=f"sample ({sampler})", unit="img", dynamic_ncols=True)
+    desc = f"sample ({sampler})"
+    bar = tqdm(total=len(pairs), desc=desc, unit="img", dynamic_ncols=True, disable=not progress)
     was_training = unet.training
     unet.eval()
     try:
@@ -170,11 +168,9 @@ def iter_images(
                 sampler=sampler, steps=steps, eta=eta, guidance=guidance,
             )  # fmt: skip
             yield start, to_uint8(x)
-            if bar is not None:
-                bar.update(len(gens))
+            bar.update(len(gens))
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
         unet.train(was_training)
 
 
