@@ -23,10 +23,6 @@ from diffscape.model.unet import null_class
 from diffscape.settings.sections import RunConfig, SampleSettings
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def image_generator(seed: int, class_idx: int | None, index: int) -> torch.Generator:
     """The generator of one image: a pure function of (seed, class, index)."""
     c = 0 if class_idx is None else class_idx + 1
