@@ -404,7 +404,9 @@ def prepare_dataset(
             return existing
         out = check_out(out, "dataset", overwrite=overwrite)
         plan = _plan(files, test_fraction, seed, source.unsafe)
-        return _write(source, plan, out, size, max_pixels, progress, options, fingerprint)
+        extra = {"prepare_options": options, "input_fingerprint": fingerprint}
+        with _pixel_limit(max_pixels):
+            return _write(source, plan, out, size, progress, extra)
     finally:
         source.close()
 
@@ -441,20 +443,14 @@ def _fingerprint(src: Path, files: list[SourceFile], options: dict[str, Any]) ->
 
 
 def _write(
-    source: _Source,
-    plan: _Plan,
-    out: Path,
-    size: int,
-    max_pixels: int,
-    progress: bool,
-    options: dict[str, Any],
-    fingerprint: str,
+    source: _Source, plan: _Plan, out: Path, size: int, progress: bool, extra: dict[str, Any]
 ) -> Dataset:
+    """Decode ``plan``'s images into the dataset ``out``; ``extra`` goes into its manifest."""
     from tqdm.auto import tqdm
 
     class_index = {name: i for i, name in enumerate(plan.classes)}
     skipped = list(plan.skipped)
-    with building(out, size, plan.splits) as (tmp, writers), _pixel_limit(max_pixels):
+    with building(out, size, plan.splits) as (tmp, writers):
         for item in tqdm(plan.items, desc="prepare", unit="img", disable=not progress):
             try:
                 with source.open(item.file.rel) as fp:
@@ -490,11 +486,7 @@ def _write(
             source=str(source.path.resolve()),
             resize=RESIZE,
             skipped=skipped,
-            extra={
-                "layout": plan.layout,
-                "prepare_options": options,
-                "input_fingerprint": fingerprint,
-            },
+            extra={"layout": plan.layout, **extra},
         )
 
 
