@@ -301,7 +301,6 @@ def _plan(
         default=None,
     )
     if split_depth is not None:
-        layout = "split-folders"
         for f, p in zip(files, parts, strict=True):
             split = SPLIT_NAMES.get(p[split_depth].lower()) if len(p) > split_depth + 1 else None
             if split is None:
@@ -317,8 +316,6 @@ def _plan(
     classes = sorted({rest[0] for _, _, rest in placed if len(rest) > 1})
     for name in classes:  # folder names become path components of samples later: check now
         safe_component(name, "class name")
-    if split_depth is None:
-        layout = "class-folders" if classes else "flat"
     items: list[_Item] = []
     for f, split, rest in placed:
         if classes and len(rest) == 1:
@@ -326,13 +323,13 @@ def _plan(
             continue
         items.append(_Item(f, split or "train", rest[0] if classes else None))
 
-    if split_depth is None and test_fraction > 0:
-        items = _hold_out(items, test_fraction, seed)
     # Split folders found are kept even when empty; a held-out test split is kept when asked.
     if split_depth is not None:
-        found = {split for _, split, _ in placed}
+        layout, found = "split-folders", {split for _, split, _ in placed}
     else:
+        layout = "class-folders" if classes else "flat"
         found = {"train", "test"} if test_fraction > 0 else {"train"}
+        items = _hold_out(items, test_fraction, seed)  # a no-op at test_fraction 0
     splits = [s for s in ("train", "val", "test") if s in found]
     return _Plan(layout, classes, splits, items, skipped)
 
