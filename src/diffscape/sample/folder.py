@@ -151,9 +151,8 @@ def sample_to_folder(
             if batch is None:
                 batch = 256 if next(model.unet.parameters()).device.type == "cuda" else 64
             todo = resume_partial(partial, record, p, say)
-            check_space(partial, len(todo), model.cfg.model.image_size)
             if len(todo):
-                say(estimate(model, p, len(todo), record, w, batch))
+                say(estimate(model, p, len(todo), record, w, batch, partial))
             make_images(model, p, todo, partial, batch=batch, progress=progress, say=say,
                         seed=seed, sampler=sampler, steps=steps, eta=eta, guidance=w)  # fmt: skip
             publish(partial, out, p, record)
@@ -281,20 +280,19 @@ def resume_partial(partial: Path, record: dict, p: Plan, say: Callable[[str], No
 PNG_BYTES = 1.1  # a sample PNG's size over its raw pixels at most (noise-like images), measured
 
 
-def check_space(folder: Path, images: int, size: int) -> None:
-    """Refuse before sampling when the images will not fit on the disk."""
-    need = int(images * (3 * size * size * PNG_BYTES + 200))
+def estimate(
+    model: LoadedModel, p: Plan, todo: int, record: dict, w: float, batch: int, folder: Path
+) -> str:
+    """One line before sampling: images, time (one network call timed now) and disk; refused
+    first when the images will not fit on the disk of ``folder``."""
+    size, unet = model.cfg.model.image_size, model.unet
+    need = todo * (3 * size * size * PNG_BYTES + 200)
     free = shutil.disk_usage(folder).free
-    if need > free:
+    if int(need) > free:
         raise DiffscapeError(
-            f"{images} images of {size} px need about {need / 1e6:,.0f} MB on the disk of "
+            f"{todo} images of {size} px need about {need / 1e6:,.0f} MB on the disk of "
             f"{folder}, which has {free / 1e6:,.0f} MB free; free space or pick another --out"
         )
-
-
-def estimate(model: LoadedModel, p: Plan, todo: int, record: dict, w: float, batch: int) -> str:
-    """One line before sampling: images, time (one network call timed now) and disk."""
-    size, unet = model.cfg.model.image_size, model.unet
     calls_per_batch = record["steps"] * (2 if record["sampler"] == "heun" else 1)
     both = model.cfg.model.conditional and w not in (0.0, 1.0)  # cond and uncond in one call
     b = min(batch, todo) * (2 if both else 1)
@@ -308,9 +306,8 @@ def estimate(model: LoadedModel, p: Plan, todo: int, record: dict, w: float, bat
         unet(x, t, class_labels=labels)
         per_call = time.perf_counter() - t0
     seconds = per_call * calls_per_batch * -(-todo // batch)
-    mb = todo * (3 * size * size * PNG_BYTES + 200) / 1e6
     images = f"{todo} images" if todo == p.total else f"the {todo} images still to make"
-    return f"sample: {images}, about {duration(seconds)} and up to {mb:,.1f} MB on disk"
+    return f"sample: {images}, about {duration(seconds)} and up to {need / 1e6:,.1f} MB on disk"
 
 
 def save_png_atomically(path: Path, image_chw: np.ndarray) -> None:
