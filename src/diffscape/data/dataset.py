@@ -253,10 +253,6 @@ class SplitWriter:
         self._raw.write(np.ascontiguousarray(image_chw).tobytes())
         self.labels.append(int(label))
 
-    def close(self) -> None:
-        """Close the raw file without finishing, e.g. when giving up on a failed build."""
-        self._raw.close()
-
     def finish(self) -> None:
         """Write the ``.npy`` files into ``tmp_dir`` and delete the raw file."""
         self._raw.close()
@@ -284,21 +280,9 @@ def building(
         yield tmp, writers
     except BaseException:
         for w in writers.values():
-            w.close()
+            w._raw.close()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def hash_dataset_files(root: Path, splits: list[str]) -> str:
-    """sha256 over every split's arrays (streamed), so equal content gives an equal hash."""
-    h = hashlib.sha256()
-    for split in splits:
-        for name in (images_file(split), labels_file(split)):
-            h.update(name.encode())
-            with open(root / name, "rb") as f:
-                while block := f.read(1 << 20):
-                    h.update(block)
-    return h.hexdigest()
 
 
 def write_manifest_and_publish(
@@ -319,6 +303,13 @@ def write_manifest_and_publish(
     an existing ``out_dir`` is replaced only once the new one is complete.
     """
     splits = [s for s in SPLITS if s in split_labels]
+    h = hashlib.sha256()  # over every split's arrays (streamed): equal content, equal hash
+    for split in splits:
+        for name in (images_file(split), labels_file(split)):
+            h.update(name.encode())
+            with open(tmp_dir / name, "rb") as f:
+                while block := f.read(1 << 20):
+                    h.update(block)
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
@@ -328,14 +319,13 @@ def write_manifest_and_publish(
         "source": source,
         "resize": resize,
         "skipped": skipped,
-        "content_hash": hash_dataset_files(tmp_dir, splits),
+        "content_hash": h.hexdigest(),
     }
     for split in splits:
         found = Counter(classes[lab] for lab in split_labels[split] if lab >= 0)
         counts = {c: found[c] for c in classes}
         manifest["splits"][split] = {"n": len(split_labels[split]), "counts": counts}
-    if extra:
-        manifest.update(extra)
+    manifest.update(extra or {})
     write_json(tmp_dir / MANIFEST, manifest)
     publish_dir(tmp_dir, out_dir)
     return load_dataset(out_dir)

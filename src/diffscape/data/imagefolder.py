@@ -15,7 +15,6 @@ from PIL import Image
 
 from diffscape.core import atomic, layout
 from diffscape.core.errors import DiffscapeError
-from diffscape.core.layout import UNCONDITIONAL
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
@@ -28,36 +27,13 @@ class SampleSet:
     class_names: list[str | None]  # requested class of each image (None: no class folder)
     paths: list[Path]
 
-    @property
-    def classes(self) -> list[str]:
-        """Class folders present, sorted; excludes ``unconditional`` and loose images."""
-        return sorted({c for c in self.class_names if c not in (None, UNCONDITIONAL)})
 
-
-def _index_key(p: Path) -> tuple[int, str]:
-    return (int(p.stem), "") if p.stem.isdigit() else (1 << 62, p.stem)
-
-
-def list_images(root: str | Path) -> list[tuple[Path, str | None]]:
-    """(path, class folder) for every image one level below ``root``; when there are no image
-    subfolders, the images directly in ``root`` (class None). Loose images beside class folders
-    are figures (``grid.png``, ``confusion.png``), not samples, and are ignored."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DiffscapeError(f"{root} is not a folder of images")
-
-    def images_in(folder: Path) -> list[Path]:
-        return sorted(
-            (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
-            key=_index_key,
-        )
-
-    found: list[tuple[Path, str | None]] = []
-    for d in sorted(x for x in root.iterdir() if x.is_dir() and not x.name.startswith(".")):
-        found += [(p, d.name) for p in images_in(d)]
-    if not found:
-        found = [(p, None) for p in images_in(root)]
-    return found
+def _images_in(folder: Path) -> list[Path]:
+    """The images in ``folder``, numbered ones in number order, then the others by name."""
+    return sorted(
+        (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
+        key=lambda p: (int(p.stem), "") if p.stem.isdigit() else (1 << 62, p.stem),
+    )
 
 
 def to_chw(image: Image.Image, size: int | None = None) -> np.ndarray:
@@ -74,21 +50,38 @@ def to_pil(image_chw: np.ndarray) -> Image.Image:
 
 
 def read_image(path: Path, size: int | None = None) -> np.ndarray:
-    """uint8 (3, H, W) RGB, resized to ``size`` if given (:func:`to_chw`)."""
-    with Image.open(path) as im:
-        return to_chw(im.convert("RGB"), size)
+    """uint8 (3, H, W) RGB, resized to ``size`` if given (:func:`to_chw`); a DiffscapeError
+    names a file that is not a readable image."""
+    try:
+        with Image.open(path) as im:
+            return to_chw(im.convert("RGB"), size)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        # PIL: UnidentifiedImageError (an OSError) for garbage, OSError for a truncated file
+        why = " ".join(str(e).split()) or type(e).__name__
+        raise DiffscapeError(
+            f"{path} is not a readable image ({why}); delete or replace it"
+        ) from None
 
 
 def load_sample_folder(root: str | Path, size: int | None = None) -> SampleSet:
     """Read every image of a sample folder into memory (generated sets are small: 10k x 32 px
-    is 30 MB). Images of different sizes need ``size``."""
-    entries = list_images(root)
+    is 30 MB). Images of different sizes need ``size``.
+
+    The images are those one level below ``root`` (class folders); when there are no image
+    subfolders, those directly in ``root`` (class None). Loose images beside class folders are
+    figures (``grid.png``, ``confusion.png``), not samples, and are ignored."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DiffscapeError(f"{root} is not a folder of images")
+    folders = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    entries: list[tuple[Path, str | None]] = [(p, d.name) for d in folders for p in _images_in(d)]
+    entries = entries or [(p, None) for p in _images_in(root)]
     if not entries:
         raise DiffscapeError(
             f"{root} holds no images (expected {root}/<class>/<i>.png as written by "
             "`diffscape sample`)"
         )
-    arrays = [_read_sample(p, size) for p, _ in entries]
+    arrays = [read_image(p, size) for p, _ in entries]
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
         raise DiffscapeError(f"{root} mixes image sizes {sorted(shapes)}; pass a size to resize")
@@ -97,20 +90,6 @@ def load_sample_folder(root: str | Path, size: int | None = None) -> SampleSet:
         class_names=[c for _, c in entries],
         paths=[p for p, _ in entries],
     )
-
-
-def _read_sample(path: Path, size: int | None) -> np.ndarray:
-    try:
-        return read_image(path, size)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        # PIL: UnidentifiedImageError (an OSError) for garbage, OSError for a truncated file
-        raise DiffscapeError(
-            f"{path} is not a readable image ({_one_line(e)}); delete or replace it"
-        ) from None
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
 
 
 def save_image(image: Image.Image, path: str | Path) -> Path:

@@ -13,9 +13,8 @@ Wrapper folders (one folder holding everything) are stripped, so a zip of ``phot
 reads like ``photos/`` itself. A consequence: a single class folder reads as unlabelled images,
 which is what one class amounts to anyway.
 
-Every image is decoded one at a time (memory stays flat), EXIF-rotated, made RGB, centre-cropped
-to a square and resized. Files with an image suffix that cannot be used are skipped and listed
-with a reason in ``manifest["skipped"]``; other files (``.txt``, TFRecords, ...) are ignored.
+Images are decoded one at a time (memory stays flat). Files with an image suffix that cannot be
+used are skipped and listed with a reason in ``manifest["skipped"]``; other files are ignored.
 """
 
 from __future__ import annotations
@@ -236,14 +235,10 @@ class _Source:
                                 self.unsafe.append(_skip(rel, NOT_REGULAR))
         return sorted(found, key=lambda f: f.rel)
 
-    @contextmanager
-    def open(self, rel: str) -> Iterator[IO[bytes]]:
+    def open(self, rel: str) -> IO[bytes]:
         if self._zip is not None:
-            with self._zip.open(rel) as f:  # seekable: Pillow re-reads the header
-                yield f
-        else:
-            with _open_regular(self.path / rel) as f:
-                yield f
+            return self._zip.open(rel)  # seekable: Pillow re-reads the header
+        return _open_regular(self.path / rel)
 
     def close(self) -> None:
         if self._zip is not None:
@@ -287,10 +282,6 @@ class _Plan:
     skipped: list[dict[str, str]]  # image files the layout leaves out, with the reason
 
 
-def _split_of(folder: str) -> str | None:
-    return SPLIT_NAMES.get(folder.lower())
-
-
 def _skip(rel: str, reason: str) -> dict[str, str]:
     return {"path": rel, "reason": reason}
 
@@ -306,12 +297,12 @@ def _plan(
     # Split folders count at the shallowest depth where any folder has a split name, so that a
     # wrapper (Kaggle nests everything in "Landscape Classification/" twice) may precede them.
     split_depth = min(
-        (i for p in parts for i, folder in enumerate(p[:-1]) if _split_of(folder)), default=None
+        (i for p in parts for i, folder in enumerate(p[:-1]) if folder.lower() in SPLIT_NAMES),
+        default=None,
     )
     if split_depth is not None:
-        layout = "split-folders"
         for f, p in zip(files, parts, strict=True):
-            split = _split_of(p[split_depth]) if len(p) > split_depth + 1 else None
+            split = SPLIT_NAMES.get(p[split_depth].lower()) if len(p) > split_depth + 1 else None
             if split is None:
                 skipped.append(_skip(f.rel, "outside the split folders: not below train/val/test"))
             else:
@@ -325,8 +316,6 @@ def _plan(
     classes = sorted({rest[0] for _, _, rest in placed if len(rest) > 1})
     for name in classes:  # folder names become path components of samples later: check now
         safe_component(name, "class name")
-    if split_depth is None:
-        layout = "class-folders" if classes else "flat"
     items: list[_Item] = []
     for f, split, rest in placed:
         if classes and len(rest) == 1:
@@ -334,13 +323,13 @@ def _plan(
             continue
         items.append(_Item(f, split or "train", rest[0] if classes else None))
 
-    if split_depth is None and test_fraction > 0:
-        items = _hold_out(items, test_fraction, seed)
     # Split folders found are kept even when empty; a held-out test split is kept when asked.
     if split_depth is not None:
-        found = {split for _, split, _ in placed}
+        layout, found = "split-folders", {split for _, split, _ in placed}
     else:
+        layout = "class-folders" if classes else "flat"
         found = {"train", "test"} if test_fraction > 0 else {"train"}
+        items = _hold_out(items, test_fraction, seed)  # a no-op at test_fraction 0
     splits = [s for s in ("train", "val", "test") if s in found]
     return _Plan(layout, classes, splits, items, skipped)
 
@@ -403,13 +392,18 @@ def prepare_dataset(
             "prepare_version": PREPARE_VERSION,
         }
         fingerprint = _fingerprint(src, files, options)
-        existing = _existing_dataset(out)
+        try:
+            existing = load_dataset(out)
+        except (DatasetError, OSError, ValueError):  # absent, incomplete or unreadable: rebuild
+            existing = None
         if existing is not None and existing.manifest.get("input_fingerprint") == fingerprint:
             print(f"{out} is up to date (same input files and options); nothing rewritten")
             return existing
         out = check_out(out, "dataset", overwrite=overwrite)
         plan = _plan(files, test_fraction, seed, source.unsafe)
-        return _write(source, plan, out, size, max_pixels, progress, options, fingerprint)
+        extra = {"prepare_options": options, "input_fingerprint": fingerprint}
+        with _pixel_limit(max_pixels):
+            return _write(source, plan, out, size, progress, extra)
     finally:
         source.close()
 
@@ -435,13 +429,6 @@ def _check_out(src: Path, out: Path) -> None:
         raise DatasetError(f"--out {out} is SRC itself; pick another folder")
 
 
-def _existing_dataset(out: Path) -> Dataset | None:
-    try:
-        return load_dataset(out)
-    except (DatasetError, OSError, ValueError):  # absent, incomplete or unreadable: rebuild
-        return None
-
-
 def _fingerprint(src: Path, files: list[SourceFile], options: dict[str, Any]) -> str:
     """sha256 over the listing (path, bytes, mtime) and the options: cheap (no file is read)
     and changes whenever a file is added, removed, renamed or rewritten."""
@@ -453,20 +440,14 @@ def _fingerprint(src: Path, files: list[SourceFile], options: dict[str, Any]) ->
 
 
 def _write(
-    source: _Source,
-    plan: _Plan,
-    out: Path,
-    size: int,
-    max_pixels: int,
-    progress: bool,
-    options: dict[str, Any],
-    fingerprint: str,
+    source: _Source, plan: _Plan, out: Path, size: int, progress: bool, extra: dict[str, Any]
 ) -> Dataset:
+    """Decode ``plan``'s images into the dataset ``out``; ``extra`` goes into its manifest."""
     from tqdm.auto import tqdm
 
     class_index = {name: i for i, name in enumerate(plan.classes)}
     skipped = list(plan.skipped)
-    with building(out, size, plan.splits) as (tmp, writers), _pixel_limit(max_pixels):
+    with building(out, size, plan.splits) as (tmp, writers):
         for item in tqdm(plan.items, desc="prepare", unit="img", disable=not progress):
             try:
                 with source.open(item.file.rel) as fp:
@@ -502,11 +483,7 @@ def _write(
             source=str(source.path.resolve()),
             resize=RESIZE,
             skipped=skipped,
-            extra={
-                "layout": plan.layout,
-                "prepare_options": options,
-                "input_fingerprint": fingerprint,
-            },
+            extra={"layout": plan.layout, **extra},
         )
 
 

@@ -24,12 +24,9 @@ def labelled_rows_image(rows: list[tuple[str, np.ndarray]], scale: int = 2) -> I
     ``rows``: ``(label, images)`` with ``images`` uint8 (N, 3, H, W); H and W are the same in
     every row, N may differ (0 leaves the row empty but labelled). Images are upscaled ``scale``
     times by nearest neighbour, so that 32-px images stay crisp and visible.
-    Each row is ``max(scale * (H + 2 * PAD), text height + 2 * TEXT_MARGIN)`` pixels tall.
     """
     if not rows:
         raise ValueError("labelled_rows_image needs at least one row")
-    if scale < 1:
-        raise ValueError(f"scale must be >= 1, got {scale}")
     shapes = {images.shape[1:] for _, images in rows if len(images)}
     if len(shapes) > 1:
         raise ValueError(f"every row needs images of one shape, got {sorted(shapes)}")

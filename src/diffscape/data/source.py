@@ -45,19 +45,6 @@ def batch_indices(seed: int, step: int, batch_size: int, n: int) -> np.ndarray:
     return np.concatenate(parts).astype(np.int64, copy=False)
 
 
-def load_batch(
-    images: np.ndarray, labels: np.ndarray, idx: np.ndarray
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 rows of a memory-mapped array -> float images in [-1, 1] and int64 labels. Sorted
-    reads keep the access pattern friendly to the page cache; the order is restored after."""
-    order = np.argsort(idx, kind="stable")
-    inv = np.empty_like(order)
-    inv[order] = np.arange(len(order))
-    x = np.asarray(images[idx[order]])[inv]
-    y = np.asarray(labels[idx[order]])[inv]
-    return to_unit_range(torch.from_numpy(x)), torch.from_numpy(y.astype(np.int64))
-
-
 def to_unit_range(x: torch.Tensor) -> torch.Tensor:
     """uint8 pixels -> float32 in [-1, 1] (the same ops on every device: bit-identical)."""
     return x.float().div_(127.5).sub_(1.0)
@@ -75,8 +62,11 @@ class HostSource:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     def batch(self, step: int, rank: int = 0, world: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = batch_indices(self.seed, step, self.batch_size, len(self.images))
-        return load_batch(self.images, self.labels, idx[rank::world])
+        idx = batch_indices(self.seed, step, self.batch_size, len(self.images))[rank::world]
+        # Sorted reads keep the access pattern friendly to the page cache; inv restores the order.
+        rows, inv = np.unique(idx, return_inverse=True)
+        x, y = np.asarray(self.images[rows])[inv], np.asarray(self.labels[rows])[inv]
+        return to_unit_range(torch.from_numpy(x)), torch.from_numpy(y.astype(np.int64))
 
 
 class DeviceSource:

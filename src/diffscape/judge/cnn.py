@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from diffscape.data.dataset import MAX_SIZE
-from diffscape.judge.data import JudgeError, check_images
+from diffscape.judge.data import JudgeError
 from diffscape.settings.sections import CNNSettings
 
 MAX_CLASSES = 10_000  # outputs of a CNN judge
@@ -44,29 +44,6 @@ class CNNConfig:
                 f"a {len(self.widths)}-block CNN takes images of {2 ** len(self.widths)} to "
                 f"{MAX_SIZE} px, got {self.size}"
             )
-
-    @classmethod
-    def from_dict(cls, d: dict) -> CNNConfig:
-        """The config judge.json holds; JudgeError when it is not one."""
-        try:
-            return cls(
-                num_classes=int(d["num_classes"]),
-                size=int(d["size"]),
-                widths=tuple(int(w) for w in d["widths"]),
-                convs_per_block=int(d["convs_per_block"]),
-                dropout=float(d["dropout"]),
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            if isinstance(e, JudgeError):
-                raise
-            raise JudgeError(f"not a CNN judge config ({type(e).__name__}: {e})") from None
-
-    def num_params(self) -> int:
-        """Numbers in the state dict (weights and BatchNorm statistics), to compare with a
-        weights file before building the network: counted on the meta device, which allocates
-        nothing."""
-        with torch.device("meta"):
-            return sum(t.numel() for t in SmallCNN(self).state_dict().values())
 
 
 class SmallCNN(nn.Module):
@@ -155,7 +132,6 @@ class CNNModel:
 
     @torch.inference_mode()
     def logits(self, images: np.ndarray, batch: int = 256) -> Tensor:
-        images = check_images(images)
         self.net.eval()
         out = []
         for i in range(0, len(images), batch):
@@ -211,7 +187,6 @@ def _fit(
     desc: str,
 ) -> TrainedCNN:
     (x_train, y_train), (x_val, y_val) = train, val
-    x_train = check_images(x_train)
     config = CNNConfig(
         num_classes, x_train.shape[-1], settings.widths, settings.convs_per_block, settings.dropout
     )

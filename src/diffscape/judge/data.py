@@ -23,20 +23,15 @@ class JudgeError(DiffscapeError, ValueError):
     """Data or a judge file that a judge cannot be trained on, loaded from or scored with."""
 
 
-def check_images(images: np.ndarray) -> np.ndarray:
-    """Accept only what the judges are trained on: uint8 RGB in NCHW layout."""
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (N, 3, H, W) -> uint8 (N, 3, size, size); a no-op (no copy) at the right size.
+    Resampled as a sample folder read at ``size`` is (:func:`~diffscape.data.imagefolder.to_chw`).
+    Only what the judges are trained on is accepted: uint8 RGB in NCHW layout."""
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] != 3:
         raise JudgeError(
             f"expected uint8 images of shape (N, 3, H, W), got {images.dtype} {images.shape}"
         )
-    return images
-
-
-def resize_images(images: np.ndarray, size: int) -> np.ndarray:
-    """uint8 (N, 3, H, W) -> uint8 (N, 3, size, size); a no-op (no copy) at the right size.
-    Resampled as a sample folder read at ``size`` is (:func:`~diffscape.data.imagefolder.to_chw`)."""
-    images = check_images(images)
     if images.shape[2:] == (size, size):
         return images
     out = np.empty((len(images), 3, size, size), np.uint8)

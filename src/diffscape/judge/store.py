@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import skops.io as sio
+import torch
 from safetensors.torch import load_file, save_file
 from sklearn.pipeline import Pipeline
 from sklearn.svm import SVC
@@ -127,41 +128,46 @@ def load_judge(judge_dir: str | os.PathLike[str]) -> Judge:
     if info["kind"] == "cnn":
         return Judge(_load_cnn(info, model_path), classes, size, info)
     model = load_svc(model_path)
-    _check_svc(model, len(classes), size, model_path)
-    return Judge(model, classes, size, info)
-
-
-def _check_svc(model: SVC | Pipeline, k: int, size: int, path: Path) -> None:
-    """The SVC must take this judge's images and predict indices into its classes."""
+    # The SVC must take this judge's images and predict indices into its classes.
     svc = model[-1] if isinstance(model, Pipeline) else model
-    n_features = getattr(model, "n_features_in_", None)
-    labels = np.asarray(getattr(svc, "classes_", []))
+    labels, k = np.asarray(getattr(svc, "classes_", [])), len(classes)
     if (
-        n_features != 3 * size * size
+        getattr(model, "n_features_in_", None) != 3 * size * size
         or labels.dtype.kind not in "iu"
         or not (len(labels) >= 2 and labels.min() >= 0 and labels.max() < k)
     ):
         raise JudgeError(
-            f"{path} does not fit its judge.json ({k} classes at {size} px); train it again"
+            f"{model_path} does not fit its judge.json ({k} classes at {size} px); train it again"
         )
+    return Judge(model, classes, size, info)
 
 
 def _load_cnn(info: dict[str, Any], path: Path) -> CNNModel:
     """The network and its input normalisation; the architecture is checked against judge.json
     and the weights file's size before anything is allocated."""
     try:
-        config = CNNConfig.from_dict(info["model"]["config"])
-        norm = info["model"]["normalisation"]
+        c, norm = info["model"]["config"], info["model"]["normalisation"]
+        config = CNNConfig(
+            int(c["num_classes"]),
+            int(c["size"]),
+            tuple(int(w) for w in c["widths"]),
+            int(c["convs_per_block"]),
+            float(c["dropout"]),
+        )
         mean, std = [float(m) for m in norm["mean"]], [float(s) for s in norm["std"]]
-    except (KeyError, TypeError, ValueError) as e:
-        raise JudgeError(f"{path.parent / JUDGE_JSON}: {e}; train the judge again") from None
+    except (KeyError, TypeError, ValueError) as e:  # ValueError: JudgeError, ConfigError too
+        raise JudgeError(
+            f"{path.parent / JUDGE_JSON}: {type(e).__name__}: {e}; train the judge again"
+        ) from None
     if (config.num_classes, config.size) != (len(info["classes"]), info["size"]) or not (
         len(mean) == len(std) == 3 and all(math.isfinite(x) for x in mean + std) and min(std) > 0
     ):
         raise JudgeError(f"{path.parent / JUDGE_JSON} contradicts itself; train the judge again")
-    if 4 * config.num_params() > path.stat().st_size:
+    with torch.device("meta"):  # the state dict's numbers (BatchNorm's too), allocating nothing
+        n_params = sum(t.numel() for t in SmallCNN(config).state_dict().values())
+    if 4 * n_params > path.stat().st_size:
         raise JudgeError(
-            f"{path} holds {path.stat().st_size} bytes, less than the {config.num_params()} "
+            f"{path} holds {path.stat().st_size} bytes, less than the {n_params} "
             "float32 weights judge.json describes; train the judge again"
         )
     check_fits(3 * path.stat().st_size, f"loading {path}", "free memory, or train a smaller judge")
@@ -169,12 +175,9 @@ def _load_cnn(info: dict[str, Any], path: Path) -> CNNModel:
     try:
         net.load_state_dict(load_file(str(path)))
     except Exception as e:  # safetensors and torch raise several types for a bad file
+        first_line = (str(e).strip().splitlines() or [""])[0][:200]
         raise JudgeError(
-            f"{path} is not this judge's weights ({type(e).__name__}: {_first_line(e)}); "
+            f"{path} is not this judge's weights ({type(e).__name__}: {first_line}); "
             "train the judge again"
         ) from None
     return CNNModel(net.eval(), mean, std)
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [""])[0][:200]

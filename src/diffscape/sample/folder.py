@@ -16,13 +16,12 @@ from typing import Any
 import diffusers
 import numpy as np
 import torch
-from PIL import Image
 
 from diffscape import __version__
 from diffscape.core import atomic, layout, lock
 from diffscape.core.errors import DiffscapeError
 from diffscape.core.timefmt import duration
-from diffscape.data.imagefolder import save_png
+from diffscape.data.imagefolder import read_image, save_png
 from diffscape.model import diffusion
 from diffscape.sample.generate import check_settings, grid_image, iter_images
 from diffscape.sample.load import LoadedModel, load_for_sampling
@@ -155,9 +154,8 @@ def sample_to_folder(
             if batch is None:
                 batch = 256 if next(model.unet.parameters()).device.type == "cuda" else 64
             todo = resume_partial(partial, record, p, say)
-            check_space(partial, len(todo), model.cfg.model.image_size)
             if len(todo):
-                say(estimate(model, p, len(todo), record, w, batch))
+                say(estimate(model, p, len(todo), record, w, batch, partial))
             make_images(model, p, todo, partial, batch=batch, progress=progress, say=say,
                         seed=seed, sampler=sampler, steps=steps, eta=eta, guidance=w,
                         guidance_interval=guidance_interval)  # fmt: skip
@@ -170,8 +168,16 @@ def sample_to_folder(
 
 
 def publish(partial: Path, out: Path, p: Plan, record: dict) -> None:
-    """The finished partial folder, with its grid and samples.json (last), renamed to ``out``."""
-    write_grid(partial, p)
+    """The finished partial folder, with its grid and samples.json (last), renamed to ``out``;
+    grid.png: one labelled row of up to 8 images per class, read back from the folder."""
+    counts = p.counts()
+    per_row = min(8, max(1, min(counts.values())))
+    rows = [
+        read_image(partial / name / layout.sample_name(i))
+        for name in counts
+        for i in range(per_row)
+    ]
+    grid_image(np.stack(rows), list(counts), per_row).save(partial / layout.GRID_PNG)
     atomic.write_json(partial / layout.SAMPLES_JSON, record)
     (partial / layout.LOCK).unlink(missing_ok=True)  # held until the fd closes
     (partial / layout.PARTIAL_JSON).unlink(missing_ok=True)
@@ -196,7 +202,12 @@ def samples_record(
         "classes": list(p.counts()),
         "counts": p.counts(),
         "image_size": model.cfg.model.image_size,
-        "versions": versions(),
+        "versions": {
+            "diffscape": __version__,
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "python": platform.python_version(),
+        },
     }
 
 
@@ -273,38 +284,34 @@ def resume_partial(partial: Path, record: dict, p: Plan, say: Callable[[str], No
 PNG_BYTES = 1.1  # a sample PNG's size over its raw pixels at most (noise-like images), measured
 
 
-def check_space(folder: Path, images: int, size: int) -> None:
-    """Refuse before sampling when the images will not fit on the disk."""
-    need = int(images * (3 * size * size * PNG_BYTES + 200))
+def estimate(
+    model: LoadedModel, p: Plan, todo: int, record: dict, w: float, batch: int, folder: Path
+) -> str:
+    """One line before sampling: images, time (one network call timed now) and disk; refused
+    first when the images will not fit on the disk of ``folder``."""
+    size, unet = model.cfg.model.image_size, model.unet
+    need = todo * (3 * size * size * PNG_BYTES + 200)
     free = shutil.disk_usage(folder).free
-    if need > free:
+    if int(need) > free:
         raise DiffscapeError(
-            f"{images} images of {size} px need about {need / 1e6:,.0f} MB on the disk of "
+            f"{todo} images of {size} px need about {need / 1e6:,.0f} MB on the disk of "
             f"{folder}, which has {free / 1e6:,.0f} MB free; free space or pick another --out"
         )
-
-
-def estimate(model: LoadedModel, p: Plan, todo: int, record: dict, w: float, batch: int) -> str:
-    """One line before sampling: images, time (one network call timed now) and disk."""
-    size, unet = model.cfg.model.image_size, model.unet
     calls_per_batch = record["steps"] * (2 if record["sampler"] == "heun" else 1)
     both = model.cfg.model.conditional and w not in (0.0, 1.0)  # cond and uncond in one call
     b = min(batch, todo) * (2 if both else 1)
     device = next(unet.parameters()).device
     x = torch.zeros((b, 3, size, size), device=device)
-    labels = (
-        torch.zeros(b, dtype=torch.long, device=device) if model.cfg.model.conditional else None
-    )
     t = torch.zeros(b, device=device, dtype=torch.long)
+    labels = t if model.cfg.model.conditional else None  # class 0 at noise level 0
     with torch.inference_mode():
         unet(x, t, class_labels=labels)  # the first call also sets up kernels: not timed
         t0 = time.perf_counter()
         unet(x, t, class_labels=labels)
         per_call = time.perf_counter() - t0
     seconds = per_call * calls_per_batch * -(-todo // batch)
-    mb = todo * (3 * size * size * PNG_BYTES + 200) / 1e6
     images = f"{todo} images" if todo == p.total else f"the {todo} images still to make"
-    return f"sample: {images}, about {duration(seconds)} and up to {mb:,.1f} MB on disk"
+    return f"sample: {images}, about {duration(seconds)} and up to {need / 1e6:,.1f} MB on disk"
 
 
 def save_png_atomically(path: Path, image_chw: np.ndarray) -> None:
@@ -313,18 +320,6 @@ def save_png_atomically(path: Path, image_chw: np.ndarray) -> None:
     tmp = path.with_name(atomic.tmp_name(path.name) + path.suffix)
     save_png(tmp, image_chw)
     os.replace(tmp, path)
-
-
-def write_grid(folder: Path, p: Plan) -> None:
-    """grid.png: one labelled row of up to 8 images per class, read back from the folder."""
-    counts = p.counts()
-    per_row = min(8, max(1, min(counts.values())))
-    rows = []
-    for name in counts:
-        for i in range(per_row):
-            with Image.open(folder / name / layout.sample_name(i)) as im:
-                rows.append(np.asarray(im.convert("RGB")).transpose(2, 0, 1))
-    grid_image(np.stack(rows), list(counts), per_row).save(folder / layout.GRID_PNG)
 
 
 def samples_out(out: str | Path, overwrite: bool) -> Path:
@@ -339,12 +334,3 @@ def samples_out(out: str | Path, overwrite: bool) -> Path:
             f"cannot write into {parent}: {why}; pick an --out in a folder you can write to"
         )
     return out
-
-
-def versions() -> dict[str, str]:
-    return {
-        "diffscape": __version__,
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "python": platform.python_version(),
-    }

@@ -14,16 +14,13 @@ from typing import Any
 import numpy as np
 import torch
 from diffusers import UNet2DModel
+from tqdm.auto import tqdm
 
 from diffscape.core.errors import DiffscapeError
 from diffscape.data.show import labelled_rows_image
 from diffscape.model import diffusion
 from diffscape.model.unet import null_class
 from diffscape.settings.sections import RunConfig, SampleSettings
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def image_generator(seed: int, class_idx: int | None, index: int) -> torch.Generator:
@@ -153,11 +150,8 @@ def iter_images(
                    guidance_interval=guidance_interval)  # fmt: skip
     conditional = cfg.model.conditional
     size, null = cfg.model.image_size, null_class(cfg.model)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(pairs), desc=f"sample ({sampler})", unit="img", dynamic_ncols=True)
+    desc = f"sample ({sampler})"
+    bar = tqdm(total=len(pairs), desc=desc, unit="img", dynamic_ncols=True, disable=not progress)
     was_training = unet.training
     unet.eval()
     try:
@@ -178,11 +172,9 @@ def iter_images(
                 guidance_interval=guidance_interval,
             )  # fmt: skip
             yield start, to_uint8(x)
-            if bar is not None:
-                bar.update(len(gens))
+            bar.update(len(gens))
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
         unet.train(was_training)
 
 

@@ -15,7 +15,6 @@ from diffscape.checkpoint import resolve_checkpoint
 from diffscape.core import layout
 from diffscape.core.errors import DiffscapeError
 from diffscape.model.unet import load_unet
-from diffscape.sample.generate import default_device
 from diffscape.settings.presets import load_config_json
 from diffscape.settings.sections import RunConfig
 
@@ -58,7 +57,7 @@ def load_for_sampling(
                 "the trainer); reading the newest intact checkpoint instead",
                 file=sys.stderr,
             )
-    unet.to(device or default_device())
+    unet.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     return LoadedModel(unet, cfg, classes, ckpt, weights)
 
 
