@@ -22,8 +22,8 @@ from diffscape.settings.sections import SlurmSettings
 from diffscape.study import results
 from diffscape.study.narrate import Narrator, Tools, log
 from diffscape.study.results import RunResult
-from diffscape.study.run import is_finished, record_failure, run_training, skip_finished
 from diffscape.study.spec import RunSpec, Study
+from diffscape.study.stages import is_finished, record_failure, run_training, skip_finished
 
 POLL_S = 2.0  # how often the jobs are looked at
 # A job on this machine runs as long as its training takes (submitit's default: 2 minutes).
@@ -39,10 +39,8 @@ def run_study(
     study: Study, runs: list[RunSpec], tools: Tools, *, gpus: int = 0, jobs: int | None = None,
     slurm: SlurmSettings | None = None,
 ) -> list[RunResult]:  # fmt: skip
-    """Every run of a prepared study; returns each run's result. Each training is a Slurm job
-    when ``slurm`` is given, a job on this machine when several can run at once
-    (:func:`worker_slots`: one per GPU, or ``jobs`` sharing the CPU cores), else they run one
-    after another in this process (sharing its Inception network, progress bars and Ctrl-C)."""
+    """Every run of a prepared study; returns each run's result. Trainings run in this process
+    (sharing its Inception network, progress bars and Ctrl-C) unless they can be jobs."""
     todo: dict[str, list[RunSpec]] = {}  # training -> its samplings not finished yet
     for r in runs:
         if is_finished(study, r):
@@ -58,11 +56,11 @@ def run_study(
     else:
         for group in todo.values():
             run_training(study, group, tools)
-    return [results.read_result(r.sample_dir(study.out)) or _missing(r) for r in runs]
-
-
-def _missing(run: RunSpec) -> RunResult:
-    return RunResult(name=run.name, status="missing", training=run.training, sampling=run.sampling)
+    return [
+        results.read_result(r.sample_dir(study.out))
+        or RunResult(name=r.name, training=r.training, sampling=r.sampling, status="missing")
+        for r in runs
+    ]
 
 
 @dataclass(frozen=True)
@@ -139,12 +137,6 @@ def describe_jobs(
     return "\n".join(lines)
 
 
-def job_folder(study: Study, training: str) -> Path:
-    """A training's jobs' files and logs: in the study's _logs/ folder, not in the run folder,
-    which train must find new or a run (files of their own would make it neither)."""
-    return study.out / layout.SWEEP_LOGS / training
-
-
 def train_job(study: Study, runs: list[RunSpec], threads: int | None = None) -> str | None:
     """What a job runs: :func:`run_training` of one training, on ``threads`` CPU threads.
     Returns None, or why its training stopped early after saving a checkpoint: SIGTERM (a
@@ -211,12 +203,8 @@ def job_states(jobs: list[submitit.Job]) -> dict[str, str]:
 def _sigterm_as_interrupt() -> Any:
     """SIGTERM would end this process at once and leave the jobs unattended; as a
     KeyboardInterrupt it reaches the code that cancels them."""
-
-    def stop(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
     try:
-        old = signal.signal(signal.SIGTERM, stop)
+        old = signal.signal(signal.SIGTERM, _interrupt)
     except ValueError:  # not the main thread: no handler
         yield
         return
@@ -241,7 +229,9 @@ def run_jobs(
                 for i, slot in enumerate(slots):
                     if i not in running and pending:
                         name = pending.pop(0)
-                        executor = slot.executor(job_folder(study, name))
+                        # its files and log in _logs/, not in the run folder, which train must
+                        # find new or a run (files of their own would make it neither)
+                        executor = slot.executor(study.out / layout.SWEEP_LOGS / name)
                         job = executor.submit(train_job, study, groups[name], slot.threads)
                         running[i] = (job, name)
                         say(f"{name}: job {job.job_id} on {slot.name} (log: {job.paths.stdout})")

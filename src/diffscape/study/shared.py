@@ -13,7 +13,7 @@ from diffscape.core.errors import DiffscapeError
 from diffscape.study import results, stages
 from diffscape.study.narrate import Tools, pct
 from diffscape.study.results import Floor
-from diffscape.study.spec import Study, StudySpec
+from diffscape.study.spec import Study, StudySpec, judge_identity
 
 
 def ensure_data(spec: StudySpec, tools: Tools) -> Path:
@@ -46,11 +46,6 @@ def ensure_data(spec: StudySpec, tools: Tools) -> Path:
     )  # fmt: skip
     nar.done(f"{ds.count('train')} train / {ds.count('test')} test")
     return ds.root.resolve()
-
-
-def judge_identity(path: Path) -> dict[str, Any]:
-    info = results.read_json(Path(path) / layout.JUDGE_JSON) or {}
-    return {k: info.get(k) for k in ("kind", "classes", "size", "seed", "settings", "accuracy")}
 
 
 def ensure_judge(spec: StudySpec, data: Path, needed: bool, tools: Tools) -> Path | None:

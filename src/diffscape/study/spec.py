@@ -71,6 +71,12 @@ def train_identity(study: Study, run: RunSpec) -> dict[str, Any]:
     return results.plain({"config": run.config.to_dict(), "dataset": study.dataset_hash})
 
 
+def judge_identity(path: Path) -> dict[str, Any]:
+    """What a judge is (judge.json), not where it lies."""
+    info = results.read_json(Path(path) / layout.JUDGE_JSON) or {}
+    return {k: info.get(k) for k in ("kind", "classes", "size", "seed", "settings", "accuracy")}
+
+
 def upgraded(record: Any) -> Any:
     """A settings record (result.json's, metrics.json's, train.json's) written before settings
     were added (the evaluate command's per_class, seed, batch, ...; train.log_with, threads):

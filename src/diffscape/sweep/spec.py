@@ -1,8 +1,5 @@
-"""The sweep file: parsing and checking a TOML study into a :class:`SweepSpec` (format in
-``diffscape.sweep``'s docstring). Every value is parsed by the settings engine; the
-``[sample]``, ``[evaluate]``, ``[judge]`` and ``[slurm]`` tables are
-:mod:`diffscape.settings.sections`' ``SampleSettings``, ``EvaluateSettings``, ``JudgeSettings``
-and ``SlurmSettings``."""
+"""The sweep file (format: ``diffscape.sweep``'s docstring) parsed and checked into a
+:class:`SweepSpec`; every value is parsed by the settings engine."""
 
 from __future__ import annotations
 
@@ -13,7 +10,6 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -144,10 +140,9 @@ def parse_sweep(data: dict[str, Any], source: str, root: Path) -> SweepSpec:
         trainings = (Variant(BASE_RUN_NAME, {}),)
 
     sample, samplings = sampling_variants(_table(data, "sample", source), source)
-    judge_table = dict(_table(data, "judge", source))
-    if judge_table.get("path") is not None:
-        judge_table["path"] = str((root / str(judge_table["path"])).resolve())
-        raw.setdefault("judge", {})["path"] = judge_table["path"]
+    judge = _table(raw, "judge", source)
+    if judge.get("path") is not None:
+        judge["path"] = str((root / str(judge["path"])).resolve())
     spec = SweepSpec(
         name=str(data.get("name") or Path(source).stem.removeprefix("shipped:")),
         description=str(data.get("description", "")).strip(),
@@ -160,7 +155,7 @@ def parse_sweep(data: dict[str, Any], source: str, root: Path) -> SweepSpec:
         evaluate=settings(
             EvaluateSettings, _table(data, "evaluate", source), f"{source} [evaluate]"
         ),
-        judge=settings(JudgeSettings, judge_table, f"{source} [judge]"),
+        judge=settings(JudgeSettings, judge, f"{source} [judge]"),
         source=source,
         raw=raw,
         seeds=parse_seeds(data.get("seeds"), source),
@@ -365,7 +360,7 @@ def settings(cls: type[Settings], table: dict[str, Any], where: str) -> Any:
         raise SweepError(f"{where}: {e}") from None
 
 
-def sampling_name(s: SampleSettings, extra: Iterable[str] = ()) -> str:
+def sampling_name(s: SampleSettings, extra: list[str]) -> str:
     """``ddim-50-w1``: sampler, steps (ddpm takes all T), guidance, then anything else set."""
     steps = DEFAULT_SAMPLE_STEPS if s.steps is None else s.steps  # as before steps could be none
     parts = [s.sampler] + ([] if s.sampler == "ddpm" else [str(steps)])
