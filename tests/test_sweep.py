@@ -4,6 +4,7 @@ go on, run one subprocess per "GPU", and vary sampling only. Tiny networks, tiny
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -394,10 +395,11 @@ kind = "svc"
     assert all(r.ok for r in results) and json.loads(accuracy.read_text())["n"] == 3
 
 
-def test_without_a_dataset_the_default_synthetic_set_is_made(tmp_path, monkeypatch):
-    monkeypatch.setattr(sweep_module.runner, "DEFAULT_SYNTH_N", 20)
+def test_without_a_dataset_the_default_synthetic_set_is_made(tmp_path):
     spec = load_sweep(spec_file(tmp_path, ""))
     sspec = sweep_module.study_spec(spec, tmp_path / "runs", None)
+    assert sspec.synth_images == 2500  # as `diffscape data synth`
+    sspec = dataclasses.replace(sspec, synth_images=20)
     made = ensure_data(sspec, Tools(progress=False))
     assert made == (tmp_path / "runs" / "_data").resolve()
     assert json.loads((made / "manifest.json").read_text())["classes"][0] == "Coast"

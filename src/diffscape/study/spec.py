@@ -20,7 +20,7 @@ class StudySpec:
 
     out: Path  # the study's folder
     dataset: str | None = None  # a prepared dataset; None: synthesize landscapes into data_dir
-    synth_images: int = 2500  # procedural landscapes to make when no dataset is given
+    synth_images: int = 2500  # landscapes to make when no dataset is given (as `data synth`)
     synth_size: int = 32  # their size in pixels
     seed: int = 0  # seeds the synthetic data and the judge
     evaluate: EvaluateSettings = field(default_factory=EvaluateSettings)
