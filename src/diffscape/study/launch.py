@@ -106,9 +106,8 @@ def worker_slots(gpus: int, jobs: int | None = None, cores: int | None = None) -
     return [Slot(f"CPU worker {i} ({t} thread{'s' * (t > 1)})", threads=t) for i in range(n)]
 
 
-def slurm_parameters(slurm: SlurmSettings, training: str) -> dict[str, Any]:
+def slurm_parameters(s: SlurmSettings, training: str) -> dict[str, Any]:
     """A training's job's sbatch options, by submitit's names (sbatch's, ``_`` for ``-``)."""
-    s = slurm
     asked = {"job_name": training, "partition": s.partition, "account": s.account}
     asked |= {"cpus_per_task": s.cpus, "gpus_per_node": s.gpus or None, "time": s.minutes}
     return {k: v for k, v in asked.items() if v is not None}

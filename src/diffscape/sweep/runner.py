@@ -1,6 +1,4 @@
-"""Running a sweep: its planned runs handed to :mod:`diffscape.study`, which makes the shared
-data, judge and floor once, then trains, samples, evaluates and judges every run (result.json
-last), as jobs when several run at once or on a Slurm cluster (:mod:`diffscape.study.launch`)."""
+"""Running a sweep: its planned runs handed to :mod:`diffscape.study`."""
 
 from __future__ import annotations
 
