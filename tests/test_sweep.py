@@ -460,7 +460,7 @@ diffusion = { schedule = "cosine" }
 
 def test_runs_are_counted_before_a_grid_is_expanded(tmp_path, monkeypatch):
     expanded = []
-    monkeypatch.setattr(sweep_module.spec, "grid_variants", lambda *a: expanded.append(a))
+    monkeypatch.setattr(sweep_module.spec, "_product", lambda *a: expanded.append(a))
     steps = list(range(1, 1001))
     big = f"[grid]\n'train.steps' = {steps}\n'train.lr' = [1e-4, 2e-4]\n"
     message = r"expands to 2000 runs \(1000 train.steps x 2 train.lr\); the limit is 1000: split"

@@ -133,7 +133,8 @@ def parse_sweep(data: dict[str, Any], source: str, root: Path) -> SweepSpec:
     base = flatten_overrides(_table(data, "base", source), f"{source} [base]")
     if "grid" in data:
         where = f"{source} [grid]"
-        trainings = grid_variants(flatten_overrides(_table(data, "grid", source), where), where)
+        axes = flatten_overrides(_table(data, "grid", source), where)
+        trainings = _unique([Variant(changes_name(c), c) for c in _product(axes, where)], where)
     elif "runs" in data:
         trainings = listed_runs(data["runs"], source)
     else:
@@ -328,10 +329,6 @@ def _tables(runs: Any, where: str, what: str) -> list[dict[str, Any]]:
     if not isinstance(runs, list) or not runs or not all(isinstance(r, dict) for r in runs):
         raise SweepError(f"{where}: {what} must be a list of tables")
     return runs
-
-
-def grid_variants(axes: dict[str, Any], where: str) -> tuple[Variant, ...]:
-    return _unique([Variant(changes_name(c), c) for c in _product(axes, where)], where)
 
 
 def listed_runs(runs: Any, source: str) -> tuple[Variant, ...]:
