@@ -100,14 +100,12 @@ def load_sweep(source: str | os.PathLike[str] | dict[str, Any]) -> SweepSpec:
         return parse_sweep(source, "<dict>", Path.cwd())
     path = Path(source)
     if path.is_file():
-        text = path.read_text()
         if path.suffix == ".json":
-            return parse_sweep(json.loads(text)["spec"], str(path), path.parent)
+            return parse_sweep(json.loads(path.read_text())["spec"], str(path), path.parent)
         try:
-            data = tomllib.loads(text)
+            return parse_sweep(tomllib.loads(path.read_text()), str(path), path.parent)
         except tomllib.TOMLDecodeError as e:
             raise SweepError(f"{path}: not valid TOML: {e}") from None
-        return parse_sweep(data, str(path), path.parent)
     shipped = resources.files("diffscape") / "sweeps" / f"{source}.toml"
     if shipped.is_file():
         return parse_sweep(tomllib.loads(shipped.read_text()), f"shipped:{source}", Path.cwd())
@@ -360,10 +358,8 @@ def settings(cls: type[Settings], table: dict[str, Any], where: str) -> Any:
 def sampling_name(s: SampleSettings, extra: list[str]) -> str:
     """``ddim-50-w1``: sampler, steps (ddpm takes all T), guidance, then anything else set."""
     steps = DEFAULT_SAMPLE_STEPS if s.steps is None else s.steps  # as before steps could be none
-    parts = [s.sampler] + ([] if s.sampler == "ddpm" else [str(steps)])
-    parts.append(f"w{s.guidance:g}")
-    for key in extra:
-        parts.append(f"{key}{_value_text(getattr(s, key))}")
+    parts = [s.sampler] + ([] if s.sampler == "ddpm" else [str(steps)]) + [f"w{s.guidance:g}"]
+    parts += [f"{key}{_value_text(getattr(s, key))}" for key in extra]
     return safe_name("-".join(parts))
 
 
