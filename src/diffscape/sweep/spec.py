@@ -182,8 +182,7 @@ def check_size(data: dict[str, Any], source: str) -> None:
     if isinstance(data.get("runs"), list):
         factors.append((len(data["runs"]), "[[runs]]"))
     sample = data.get("sample") if isinstance(data.get("sample"), dict) else {}
-    grid = sample.get("grid")
-    factors += [(n, f"sample.{k}") for n, k in _axes(grid, None)]
+    factors += [(n, f"sample.{k}") for n, k in _axes(sample.get("grid"), None)]
     if isinstance(sample.get("runs"), list):
         factors.append((len(sample["runs"]), "[[sample.runs]]"))
     if isinstance(data.get("seeds"), list):
