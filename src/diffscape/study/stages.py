@@ -206,9 +206,7 @@ def timed(stage: str, fn: Callable[[], Any], seconds: dict[str, float]) -> Any:
     t0 = time.perf_counter()
     try:
         out = fn()
-    except KeyboardInterrupt:
-        raise
-    except Exception as e:
+    except Exception as e:  # Ctrl-C (not an Exception) stops the study
         raise StageError(stage) from e
     seconds[stage] = round(time.perf_counter() - t0, 1)
     return out
@@ -298,7 +296,7 @@ def run_training(study: Study, runs: list[RunSpec], tools: Tools) -> None:
 
     try:
         trained = train_stage(study, runs[0], tools)
-    except (TrainingInterrupted, KeyboardInterrupt):
+    except TrainingInterrupted:  # a signal: the study stops (so does Ctrl-C, not an Exception)
         raise
     except Exception as e:
         for r in runs:
@@ -307,8 +305,6 @@ def run_training(study: Study, runs: list[RunSpec], tools: Tools) -> None:
     for r in runs:
         try:
             finish_run(study, r, trained, tools)
-        except KeyboardInterrupt:
-            raise
         except StageError as e:
             record_failure(study, r, e.stage, e.__cause__ or e, tools)
         except Exception as e:  # outside the stages: writing the result
