@@ -31,9 +31,9 @@ from diffscape.study import results, stages
 from diffscape.study.demo import run_demo
 from diffscape.study.launch import run_study, train_job
 from diffscape.study.narrate import Narrator, Tools
-from diffscape.study.run import settings_record
 from diffscape.study.shared import ensure_data, ensure_floor, prepare_study
 from diffscape.study.spec import RunSpec, Study, StudySpec
+from diffscape.study.stages import settings_record
 
 TESTS = Path(__file__).resolve().parent
 

@@ -4,6 +4,7 @@ go on, run one subprocess per "GPU", and vary sampling only. Tiny networks, tiny
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -394,10 +395,11 @@ kind = "svc"
     assert all(r.ok for r in results) and json.loads(accuracy.read_text())["n"] == 3
 
 
-def test_without_a_dataset_the_default_synthetic_set_is_made(tmp_path, monkeypatch):
-    monkeypatch.setattr(sweep_module.runner, "DEFAULT_SYNTH_N", 20)
+def test_without_a_dataset_the_default_synthetic_set_is_made(tmp_path):
     spec = load_sweep(spec_file(tmp_path, ""))
     sspec = sweep_module.study_spec(spec, tmp_path / "runs", None)
+    assert sspec.synth_images == 2500  # as `diffscape data synth`
+    sspec = dataclasses.replace(sspec, synth_images=20)
     made = ensure_data(sspec, Tools(progress=False))
     assert made == (tmp_path / "runs" / "_data").resolve()
     assert json.loads((made / "manifest.json").read_text())["classes"][0] == "Coast"
@@ -458,7 +460,7 @@ diffusion = { schedule = "cosine" }
 
 def test_runs_are_counted_before_a_grid_is_expanded(tmp_path, monkeypatch):
     expanded = []
-    monkeypatch.setattr(sweep_module.spec, "grid_variants", lambda *a: expanded.append(a))
+    monkeypatch.setattr(sweep_module.spec, "_product", lambda *a: expanded.append(a))
     steps = list(range(1, 1001))
     big = f"[grid]\n'train.steps' = {steps}\n'train.lr' = [1e-4, 2e-4]\n"
     message = r"expands to 2000 runs \(1000 train.steps x 2 train.lr\); the limit is 1000: split"

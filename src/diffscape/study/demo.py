@@ -156,8 +156,7 @@ def budget_training(s: DemoSettings, ds: Any, study: Study, tools: Tools, t_star
     after = after_training_seconds(s, len(ds.classes), rate)
     elapsed = time.perf_counter() - t_start
     minutes = training_minutes(s, elapsed, after)
-    left = 60 * s.minutes - elapsed - after
-    if left < 60 * MIN_TRAIN_MINUTES:
+    if minutes == MIN_TRAIN_MINUTES:
         tools.narrator.note(
             f"budget: {s.minutes:g} min is less than the other stages need (about "
             f"{duration(elapsed + after)}); training gets the minimum {duration(60 * minutes)}"

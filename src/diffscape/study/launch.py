@@ -22,8 +22,8 @@ from diffscape.settings.sections import SlurmSettings
 from diffscape.study import results
 from diffscape.study.narrate import Narrator, Tools, log
 from diffscape.study.results import RunResult
-from diffscape.study.run import is_finished, record_failure, run_training, skip_finished
 from diffscape.study.spec import RunSpec, Study
+from diffscape.study.stages import is_finished, record_failure, run_training, skip_finished
 
 POLL_S = 2.0  # how often the jobs are looked at
 # A job on this machine runs as long as its training takes (submitit's default: 2 minutes).
@@ -39,10 +39,8 @@ def run_study(
     study: Study, runs: list[RunSpec], tools: Tools, *, gpus: int = 0, jobs: int | None = None,
     slurm: SlurmSettings | None = None,
 ) -> list[RunResult]:  # fmt: skip
-    """Every run of a prepared study; returns each run's result. Each training is a Slurm job
-    when ``slurm`` is given, a job on this machine when several can run at once
-    (:func:`worker_slots`: one per GPU, or ``jobs`` sharing the CPU cores), else they run one
-    after another in this process (sharing its Inception network, progress bars and Ctrl-C)."""
+    """Every run of a prepared study; returns each run's result. Trainings run in this process
+    (sharing its Inception network, progress bars and Ctrl-C) unless they can be jobs."""
     todo: dict[str, list[RunSpec]] = {}  # training -> its samplings not finished yet
     for r in runs:
         if is_finished(study, r):
@@ -58,11 +56,11 @@ def run_study(
     else:
         for group in todo.values():
             run_training(study, group, tools)
-    return [results.read_result(r.sample_dir(study.out)) or _missing(r) for r in runs]
-
-
-def _missing(run: RunSpec) -> RunResult:
-    return RunResult(name=run.name, status="missing", training=run.training, sampling=run.sampling)
+    return [
+        results.read_result(r.sample_dir(study.out))
+        or RunResult(name=r.name, training=r.training, sampling=r.sampling, status="missing")
+        for r in runs
+    ]
 
 
 @dataclass(frozen=True)
@@ -108,9 +106,8 @@ def worker_slots(gpus: int, jobs: int | None = None, cores: int | None = None) -
     return [Slot(f"CPU worker {i} ({t} thread{'s' * (t > 1)})", threads=t) for i in range(n)]
 
 
-def slurm_parameters(slurm: SlurmSettings, training: str) -> dict[str, Any]:
+def slurm_parameters(s: SlurmSettings, training: str) -> dict[str, Any]:
     """A training's job's sbatch options, by submitit's names (sbatch's, ``_`` for ``-``)."""
-    s = slurm
     asked = {"job_name": training, "partition": s.partition, "account": s.account}
     asked |= {"cpus_per_task": s.cpus, "gpus_per_node": s.gpus or None, "time": s.minutes}
     return {k: v for k, v in asked.items() if v is not None}
@@ -137,12 +134,6 @@ def describe_jobs(
                 f"  {name}: sbatch " + " ".join(f"--{k.replace('_', '-')}={v}" for k, v in options)
             )
     return "\n".join(lines)
-
-
-def job_folder(study: Study, training: str) -> Path:
-    """A training's jobs' files and logs: in the study's _logs/ folder, not in the run folder,
-    which train must find new or a run (files of their own would make it neither)."""
-    return study.out / layout.SWEEP_LOGS / training
 
 
 def train_job(study: Study, runs: list[RunSpec], threads: int | None = None) -> str | None:
@@ -211,12 +202,8 @@ def job_states(jobs: list[submitit.Job]) -> dict[str, str]:
 def _sigterm_as_interrupt() -> Any:
     """SIGTERM would end this process at once and leave the jobs unattended; as a
     KeyboardInterrupt it reaches the code that cancels them."""
-
-    def stop(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
     try:
-        old = signal.signal(signal.SIGTERM, stop)
+        old = signal.signal(signal.SIGTERM, _interrupt)
     except ValueError:  # not the main thread: no handler
         yield
         return
@@ -241,7 +228,9 @@ def run_jobs(
                 for i, slot in enumerate(slots):
                     if i not in running and pending:
                         name = pending.pop(0)
-                        executor = slot.executor(job_folder(study, name))
+                        # its files and log in _logs/, not in the run folder, which train must
+                        # find new or a run (files of their own would make it neither)
+                        executor = slot.executor(study.out / layout.SWEEP_LOGS / name)
                         job = executor.submit(train_job, study, groups[name], slot.threads)
                         running[i] = (job, name)
                         say(f"{name}: job {job.job_id} on {slot.name} (log: {job.paths.stdout})")

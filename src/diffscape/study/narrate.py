@@ -40,12 +40,11 @@ class Narrator:
         about = f" (about {duration(eta)})" if eta else ""
         self.say(f"{self._label}{about}{': ' + detail if detail else ''}")
 
-    def done(self, what: str = "") -> float:
+    def done(self, what: str = "") -> None:
         dt = time.perf_counter() - self._t0
         self.timings[self._stage] = round(dt, 1)
         head = "     " if self.total else self._label + ":"
         self.say(f"{head} done in {duration(dt)}{'; ' + what if what else ''}")
-        return dt
 
     def skip(self, stage: str, why: str = "done before, skipped", who: str = "") -> None:
         self.timings.setdefault(stage, 0.0)

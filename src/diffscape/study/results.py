@@ -24,8 +24,8 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
 
-from diffscape.core import atomic, layout
-from diffscape.core.atomic import plain, read_json
+from diffscape.core import layout
+from diffscape.core.atomic import plain, read_json, write_json  # noqa: F401 (plain: re-exported)
 
 Status = Literal["ok", "failed", "missing"]
 T = TypeVar("T")
@@ -117,11 +117,6 @@ class DemoSummary:
 # ---- reading and writing -------------------------------------------------------------------------
 
 
-def write_json(path: str | os.PathLike[str], data: dict[str, Any]) -> Path:
-    """A plain record (sweep.json, demo.json), written atomically."""
-    return atomic.write_json(path, plain(data))
-
-
 @functools.cache
 def _adapter(hint: Any) -> TypeAdapter:
     return TypeAdapter(hint)
@@ -158,7 +153,7 @@ def result_path(sample_dir: str | os.PathLike[str]) -> Path:
 
 
 def write_result(sample_dir: str | os.PathLike[str], result: RunResult) -> Path:
-    return atomic.write_json(result_path(sample_dir), plain(asdict(result)))
+    return write_json(result_path(sample_dir), asdict(result))
 
 
 def read_result(sample_dir: str | os.PathLike[str]) -> RunResult | None:
@@ -167,7 +162,7 @@ def read_result(sample_dir: str | os.PathLike[str]) -> RunResult | None:
 
 
 def write_train(run_dir: str | os.PathLike[str], record: TrainRecord) -> Path:
-    return atomic.write_json(Path(run_dir) / layout.TRAIN_JSON, plain(asdict(record)))
+    return write_json(Path(run_dir) / layout.TRAIN_JSON, asdict(record))
 
 
 def read_train(run_dir: str | os.PathLike[str]) -> TrainRecord | None:
@@ -178,9 +173,7 @@ def write_metrics(
     sample_dir: str | os.PathLike[str], metrics: dict[str, Any], settings: Any
 ) -> Path:
     """A sampling's metrics.json: the evaluation's record plus the settings it was made with."""
-    return atomic.write_json(
-        Path(sample_dir) / layout.EVAL_JSON, plain({**metrics, "settings": settings})
-    )
+    return write_json(Path(sample_dir) / layout.EVAL_JSON, {**metrics, "settings": settings})
 
 
 def read_metrics(sample_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -197,7 +190,7 @@ def floor_path(study_dir: str | os.PathLike[str]) -> Path:
 
 
 def write_floor(study_dir: str | os.PathLike[str], metrics: dict[str, Any], settings: Any) -> Floor:
-    atomic.write_json(floor_path(study_dir), plain({**metrics, "settings": settings}))
+    write_json(floor_path(study_dir), {**metrics, "settings": settings})
     floor = read_floor(study_dir)
     assert floor is not None
     return floor
@@ -222,4 +215,4 @@ def read_floor(study_dir: str | os.PathLike[str]) -> Floor | None:
 
 
 def write_summary(demo_dir: str | os.PathLike[str], summary: DemoSummary) -> Path:
-    return atomic.write_json(Path(demo_dir) / layout.SUMMARY_JSON, plain(asdict(summary)))
+    return write_json(Path(demo_dir) / layout.SUMMARY_JSON, asdict(summary))

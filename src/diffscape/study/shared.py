@@ -13,7 +13,7 @@ from diffscape.core.errors import DiffscapeError
 from diffscape.study import results, stages
 from diffscape.study.narrate import Tools, pct
 from diffscape.study.results import Floor
-from diffscape.study.spec import Study, StudySpec
+from diffscape.study.spec import Study, StudySpec, judge_identity
 
 
 def ensure_data(spec: StudySpec, tools: Tools) -> Path:
@@ -48,20 +48,12 @@ def ensure_data(spec: StudySpec, tools: Tools) -> Path:
     return ds.root.resolve()
 
 
-def judge_identity(path: Path) -> dict[str, Any]:
-    info = results.read_json(Path(path) / layout.JUDGE_JSON) or {}
-    return {k: info.get(k) for k in ("kind", "classes", "size", "seed", "settings", "accuracy")}
-
-
-def ensure_judge(spec: StudySpec, data: Path, needed: bool, tools: Tools) -> Path | None:
+def ensure_judge(spec: StudySpec, ds: Any, needed: bool, tools: Tools) -> Path | None:
     """The judge folder: ``judge.path``, or one trained once into ``out/judge_dir``. None when
     judging is off or there is nothing to judge (no conditional run, unlabelled data)."""
-    from diffscape.data.dataset import load_dataset
-
     j, nar = spec.judge, tools.narrator
     if not j.enabled or not needed:
         return None
-    ds = load_dataset(data)
     if not ds.labelled:
         nar.note("no judge: the dataset has no classes")
         return None
@@ -94,16 +86,11 @@ def _judge_of_kind(spec: StudySpec, ds: Any, kind: str, path: Path, tools: Tools
     return path
 
 
-def ensure_also_judges(
-    spec: StudySpec, data: Path, main: Path | None, tools: Tools
-) -> dict[str, str]:
+def ensure_also_judges(spec: StudySpec, ds: Any, main: Path | None, tools: Tools) -> dict[str, str]:
     """The study's further judges (``[judge] also``), each trained once into ``_judge-<kind>``;
     a kind the main judge already is, is the main judge. None when the main one is off."""
-    from diffscape.data.dataset import load_dataset
-
     if main is None or not spec.judge.also:
         return {}
-    ds = load_dataset(data)
     main_kind = judge_identity(main).get("kind")
     return {
         kind: str(
@@ -168,11 +155,12 @@ def prepare_study(
     """The judge and the floor of a study over ``data`` (from :func:`ensure_data`)."""
     from diffscape.data.dataset import load_dataset
 
-    judge = ensure_judge(spec, data, judge_needed, tools)
+    ds = load_dataset(data)
+    judge = ensure_judge(spec, ds, judge_needed, tools)
     study = Study(
-        spec, data, load_dataset(data).content_hash, judge,
+        spec, data, ds.content_hash, judge,
         None if judge is None else judge_identity(judge),
-        ensure_also_judges(spec, data, judge, tools),
+        ensure_also_judges(spec, ds, judge, tools),
     )  # fmt: skip
     if floor:
         ensure_floor(study, tools)

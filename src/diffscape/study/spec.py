@@ -20,7 +20,7 @@ class StudySpec:
 
     out: Path  # the study's folder
     dataset: str | None = None  # a prepared dataset; None: synthesize landscapes into data_dir
-    synth_images: int = 2500  # procedural landscapes to make when no dataset is given
+    synth_images: int = 2500  # landscapes to make when no dataset is given (as `data synth`)
     synth_size: int = 32  # their size in pixels
     seed: int = 0  # seeds the synthetic data and the judge
     evaluate: EvaluateSettings = field(default_factory=EvaluateSettings)
@@ -69,6 +69,12 @@ class Study:
 def train_identity(study: Study, run: RunSpec) -> dict[str, Any]:
     """What a finished training must match to be skipped on a re-run (train.json's settings)."""
     return results.plain({"config": run.config.to_dict(), "dataset": study.dataset_hash})
+
+
+def judge_identity(path: Path) -> dict[str, Any]:
+    """What a judge is (judge.json), not where it lies."""
+    info = results.read_json(Path(path) / layout.JUDGE_JSON) or {}
+    return {k: info.get(k) for k in ("kind", "classes", "size", "seed", "settings", "accuracy")}
 
 
 def upgraded(record: Any) -> Any:

@@ -1,4 +1,6 @@
-"""The stages of a run: train -> sample -> evaluate (FID/KID) -> judge the samples.
+"""The stages of a run: train -> sample -> evaluate (FID/KID) -> judge the samples; one training
+and its samplings through them (:func:`run_training`), result.json written last, a failed stage
+recorded in it, a finished run (result.json with the same settings) skipped.
 
 Every stage skips work already done, recognised by its marker file and the settings recorded
 in it: train.json, samples.json, metrics.json, accuracy.json (:mod:`diffscape.study.results`).
@@ -11,16 +13,18 @@ from __future__ import annotations
 
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from diffscape.core import layout
+from diffscape.metrics import registry
 from diffscape.settings.sections import EvaluateSettings, SampleSettings
 from diffscape.study import results
 from diffscape.study.narrate import Tools, pct
-from diffscape.study.results import TrainRecord
-from diffscape.study.spec import RunSpec, Study, train_identity, upgraded
+from diffscape.study.results import RunResult, TrainRecord
+from diffscape.study.spec import RunSpec, Study, judge_identity, train_identity, upgraded
 
 
 def fid_kid(
@@ -30,14 +34,14 @@ def fid_kid(
     n_real: int | None,
     name: str,
     tools: Tools,
-    settings: EvaluateSettings | None = None,
+    settings: EvaluateSettings,
 ) -> dict[str, Any]:
     """THE call into :func:`diffscape.metrics.evaluate.evaluate` (FID/KID, precision/recall,
     fid64, memorisation of ``fake`` against the real split, as the study's [evaluate] asks,
     with the study's shared Inception network); writes nothing."""
     from diffscape.metrics.evaluate import evaluate
 
-    e = (settings or EvaluateSettings()).with_changes(n=n, n_real=n_real)  # the study's sizes
+    e = settings.with_changes(n=n, n_real=n_real)  # the study's sizes
     return evaluate(
         real, fake, e, extractor=tools.extractor(e),
         fake_name=name, progress=tools.progress, say=tools.narrator.note,
@@ -210,9 +214,106 @@ def timed(stage: str, fn: Callable[[], Any], seconds: dict[str, float]) -> Any:
     t0 = time.perf_counter()
     try:
         out = fn()
-    except KeyboardInterrupt:
-        raise
-    except Exception as e:
+    except Exception as e:  # Ctrl-C (not an Exception) stops the study
         raise StageError(stage) from e
     seconds[stage] = round(time.perf_counter() - t0, 1)
     return out
+
+
+RUN_STAGES = ("train", "sample", "evaluate", "judge samples")
+
+
+def settings_record(study: Study, run: RunSpec) -> dict[str, Any]:
+    """What a finished run must match to be skipped on a re-run (what was used, not where it
+    lies: moving the study folder must not redo every run)."""
+    record = {
+        "config": run.config.to_dict(),
+        "sample": run.sample.to_dict(),
+        "evaluate": study.spec.evaluate.to_dict(),
+        "judge": study.judge_identity,
+        "dataset": study.dataset_hash,
+    }
+    if study.also:  # only then: records of studies without them stay as they were
+        record["also"] = {k: judge_identity(Path(p)) for k, p in study.also.items()}
+    return results.plain(record)
+
+
+def is_finished(study: Study, run: RunSpec) -> bool:
+    r = results.read_result(run.sample_dir(study.out))
+    return r is not None and r.ok and upgraded(r.settings) == settings_record(study, run)
+
+
+def _write_result(study: Study, run: RunSpec, **outcome: Any) -> None:
+    """``run``'s result.json: who it is, ``outcome``, the settings a re-run must match."""
+    result = RunResult(
+        name=run.name,
+        training=run.training,
+        sampling=run.sampling,
+        changes=run.changes,
+        sample=run.sample.to_dict(),
+        setting=run.setting or run.name,
+        seed=run.seed,
+        **outcome,
+        settings=settings_record(study, run),
+        finished_at=results.now(),
+    )
+    results.write_result(run.sample_dir(study.out), result)
+
+
+def finish_run(study: Study, run: RunSpec, trained: TrainRecord, tools: Tools) -> None:
+    """Sample -> evaluate -> judge one trained run, then write its result.json (last)."""
+    seconds = {"train": trained.seconds}
+    made = timed("sample", lambda: sample_stage(study, run, tools), seconds)["n"]
+    metrics = acc = also = None
+    if study.spec.evaluate.enabled:
+        metrics = timed("evaluate", lambda: evaluate_stage(study, run, made, tools), seconds)
+    if study.judge is not None and run.config.model.conditional:
+        acc = timed("judge", lambda: judge_stage(study, run, made, tools), seconds)
+        also = timed("judge", lambda: also_judge_stage(study, run, made, tools), seconds)
+    _write_result(
+        study, run, status="ok", steps=trained.steps, n_samples=made,
+        scores=registry.values(registry.records(metrics, acc, also)), seconds=seconds,
+    )  # fmt: skip
+
+
+def record_failure(
+    study: Study, run: RunSpec, stage: str, error: BaseException, tools: Tools
+) -> None:
+    message = f"{type(error).__name__}: {error}"
+    tools.narrator.note(f"{run.name}: FAILED in {stage}: {message}")
+    _write_result(
+        study, run, status="failed", stage=stage, error=message,
+        traceback="".join(traceback.format_exception(type(error), error, error.__traceback__)),
+    )  # fmt: skip
+
+
+def skip_finished(run: RunSpec, tools: Tools) -> None:
+    nar = tools.narrator
+    if nar.total:  # numbered stages: each says it is done
+        for stage in RUN_STAGES:
+            nar.skip(stage)
+    else:
+        nar.skip("finished before, skipped", why="", who=run.name)
+
+
+def run_training(study: Study, runs: list[RunSpec], tools: Tools) -> None:
+    """Train one model (or resume it), then sample, evaluate and judge each of ``runs`` (its
+    samplings not finished yet: :func:`is_finished`). Failures are recorded per run; signals
+    and Ctrl-C stop the study."""
+    from diffscape.train import TrainingInterrupted
+
+    try:
+        trained = train_stage(study, runs[0], tools)
+    except TrainingInterrupted:  # a signal: the study stops (so does Ctrl-C, not an Exception)
+        raise
+    except Exception as e:
+        for r in runs:
+            record_failure(study, r, "train", e, tools)
+        return
+    for r in runs:
+        try:
+            finish_run(study, r, trained, tools)
+        except StageError as e:
+            record_failure(study, r, e.stage, e.__cause__ or e, tools)
+        except Exception as e:  # outside the stages: writing the result
+            record_failure(study, r, "result", e, tools)

@@ -18,27 +18,20 @@ from diffscape.settings.sections import (
 # One row of the report is a training run sampled one way: the study's RunSpec, so that a
 # planned sweep runs as it is.
 from diffscape.study.spec import RunSpec
-from diffscape.sweep.spec import SweepError, SweepSpec, folder_problem
+from diffscape.sweep.spec import SweepError, SweepSpec, Variant, folder_problem
 
 
-def setting_names(spec: SweepSpec) -> list[str]:
-    """The settings the sweep compares (the rows of its report), in order: a training run, a
-    sampling, or ``training/sampling`` where both vary. Seeds replicate each of them."""
-    names = []
-    for t in spec.trainings:
-        for s in spec.samplings:
-            if len(spec.samplings) == 1:
-                names.append(t.name)
-            elif len(spec.trainings) == 1:
-                names.append(s.name)
-            else:
-                names.append(f"{t.name}/{s.name}")
-    return names
+def setting_name(spec: SweepSpec, t: Variant, s: Variant) -> str:
+    """A setting the sweep compares (a row of its report): the training run, the sampling, or
+    ``training/sampling`` where both vary. Seeds replicate each of them."""
+    if len(spec.samplings) == 1:
+        return t.name
+    return s.name if len(spec.trainings) == 1 else f"{t.name}/{s.name}"
 
 
 def baseline_name(spec: SweepSpec) -> str:
     """The setting the others are compared with: ``baseline = "..."``, else the first."""
-    names = setting_names(spec)
+    names = [setting_name(spec, t, s) for t in spec.trainings for s in spec.samplings]
     if spec.baseline is None:
         return names[0]
     if spec.baseline not in names:
@@ -73,10 +66,14 @@ def check_folders(spec: SweepSpec) -> None:
         raise SweepError(f"{spec.source}: {'; '.join(problems)}; rename {them}")
 
 
-def _sample_for(spec: SweepSpec, changes: dict[str, Any], cfg: RunConfig) -> tuple[Any, dict]:
-    """A run's sampling with the steps it really takes: ancestral sampling (ddpm) every one of
-    the T steps; the others the steps asked for, or (none) the default, at most T."""
-    sample = SampleSettings.parse({**spec.sample.to_dict(), **changes})
+def _sample_for(
+    spec: SweepSpec, changes: dict[str, Any], cfg: RunConfig, seed: int | None
+) -> tuple[Any, dict]:
+    """A run's sampling (``seed``: a replicate's, not a change) with the steps it really takes:
+    ancestral sampling (ddpm) every one of the T steps; the others the steps asked for, or
+    (none) the default, at most T."""
+    seeded = {} if seed is None else {"seed": seed}
+    sample = SampleSettings.parse({**spec.sample.to_dict(), **changes, **seeded})
     changes = {f"sample.{k}": v for k, v in changes.items()}
     t = cfg.diffusion.timesteps
     if sample.sampler == "ddpm" or sample.steps is None:
@@ -95,7 +92,6 @@ def plan(spec: SweepSpec) -> list[RunSpec]:
     check_folders(spec)
     runs = []
     errors = []
-    names = iter(setting_names(spec))
     baseline_name(spec)  # checked before anything runs
     seeds: tuple[int | None, ...] = spec.seeds if spec.seeds is not None else (None,)
     for t in spec.trainings:
@@ -111,26 +107,13 @@ def plan(spec: SweepSpec) -> list[RunSpec]:
             errors.append(f"run {t.name}: {e}")
             configs = {}
         for s in spec.samplings:
-            setting = next(names)
+            setting = setting_name(spec, t, s)
             for seed, cfg in configs.items():
-                extra = {} if seed is None else {"seed": seed}
-                sample, changes = _sample_for(spec, {**s.changes, **extra}, cfg)
-                if seed is not None:  # the replicate's seed, not a change of the setting
-                    changes.pop("sample.seed")
+                sample, changes = _sample_for(spec, s.changes, cfg, seed)
                 training = t.name if seed is None else replicate_folder(t.name, seed)
                 name = setting if seed is None else f"{setting} (seed {seed})"
-                runs.append(
-                    RunSpec(
-                        name,
-                        training,
-                        s.name,
-                        cfg,
-                        sample,
-                        {**t.changes, **changes},
-                        setting=setting,
-                        seed=seed,
-                    )
-                )
+                changes = {**t.changes, **changes}
+                runs.append(RunSpec(name, training, s.name, cfg, sample, changes, setting, seed))
     if errors:
         raise SweepError("; ".join(errors))
     if spec.seeds is not None:  # seed after seed: a study stopped early still compares them all

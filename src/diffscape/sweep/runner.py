@@ -1,6 +1,4 @@
-"""Running a sweep: its planned runs handed to :mod:`diffscape.study`, which makes the shared
-data, judge and floor once, then trains, samples, evaluates and judges every run (result.json
-last), as jobs when several run at once or on a Slurm cluster (:mod:`diffscape.study.launch`)."""
+"""Running a sweep: its planned runs handed to :mod:`diffscape.study`."""
 
 from __future__ import annotations
 
@@ -23,8 +21,6 @@ from diffscape.study.spec import RunSpec, StudySpec
 from diffscape.sweep.plan import baseline_name, plan
 from diffscape.sweep.spec import SweepError, SweepSpec, load_sweep
 
-DEFAULT_SYNTH_N = 2500  # images of the default synthetic set (as `diffscape data synth`)
-
 
 def study_spec(spec: SweepSpec, out: Path, data: str | os.PathLike[str] | None) -> StudySpec:
     """The sweep's shared settings: --data, else the file's dataset, else the default synthetic
@@ -33,7 +29,6 @@ def study_spec(spec: SweepSpec, out: Path, data: str | os.PathLike[str] | None) 
     return StudySpec(
         out=Path(out),
         dataset=None if chosen is None else str(chosen),
-        synth_images=DEFAULT_SYNTH_N,
         synth_size=resolve(spec.preset, spec.base).model.image_size,
         evaluate=spec.evaluate,
         judge=spec.judge,

@@ -1,8 +1,5 @@
-"""The sweep file: parsing and checking a TOML study into a :class:`SweepSpec` (format in
-``diffscape.sweep``'s docstring). Every value is parsed by the settings engine; the
-``[sample]``, ``[evaluate]``, ``[judge]`` and ``[slurm]`` tables are
-:mod:`diffscape.settings.sections`' ``SampleSettings``, ``EvaluateSettings``, ``JudgeSettings``
-and ``SlurmSettings``."""
+"""The sweep file (format: ``diffscape.sweep``'s docstring) parsed and checked into a
+:class:`SweepSpec`; every value is parsed by the settings engine."""
 
 from __future__ import annotations
 
@@ -13,7 +10,6 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -104,14 +100,12 @@ def load_sweep(source: str | os.PathLike[str] | dict[str, Any]) -> SweepSpec:
         return parse_sweep(source, "<dict>", Path.cwd())
     path = Path(source)
     if path.is_file():
-        text = path.read_text()
         if path.suffix == ".json":
-            return parse_sweep(json.loads(text)["spec"], str(path), path.parent)
+            return parse_sweep(json.loads(path.read_text())["spec"], str(path), path.parent)
         try:
-            data = tomllib.loads(text)
+            return parse_sweep(tomllib.loads(path.read_text()), str(path), path.parent)
         except tomllib.TOMLDecodeError as e:
             raise SweepError(f"{path}: not valid TOML: {e}") from None
-        return parse_sweep(data, str(path), path.parent)
     shipped = resources.files("diffscape") / "sweeps" / f"{source}.toml"
     if shipped.is_file():
         return parse_sweep(tomllib.loads(shipped.read_text()), f"shipped:{source}", Path.cwd())
@@ -137,17 +131,17 @@ def parse_sweep(data: dict[str, Any], source: str, root: Path) -> SweepSpec:
     base = flatten_overrides(_table(data, "base", source), f"{source} [base]")
     if "grid" in data:
         where = f"{source} [grid]"
-        trainings = grid_variants(flatten_overrides(_table(data, "grid", source), where), where)
+        axes = flatten_overrides(_table(data, "grid", source), where)
+        trainings = _unique([Variant(changes_name(c), c) for c in _product(axes, where)], where)
     elif "runs" in data:
         trainings = listed_runs(data["runs"], source)
     else:
         trainings = (Variant(BASE_RUN_NAME, {}),)
 
     sample, samplings = sampling_variants(_table(data, "sample", source), source)
-    judge_table = dict(_table(data, "judge", source))
-    if judge_table.get("path") is not None:
-        judge_table["path"] = str((root / str(judge_table["path"])).resolve())
-        raw.setdefault("judge", {})["path"] = judge_table["path"]
+    judge = _table(raw, "judge", source)
+    if judge.get("path") is not None:
+        judge["path"] = str((root / str(judge["path"])).resolve())
     spec = SweepSpec(
         name=str(data.get("name") or Path(source).stem.removeprefix("shipped:")),
         description=str(data.get("description", "")).strip(),
@@ -160,7 +154,7 @@ def parse_sweep(data: dict[str, Any], source: str, root: Path) -> SweepSpec:
         evaluate=settings(
             EvaluateSettings, _table(data, "evaluate", source), f"{source} [evaluate]"
         ),
-        judge=settings(JudgeSettings, judge_table, f"{source} [judge]"),
+        judge=settings(JudgeSettings, judge, f"{source} [judge]"),
         source=source,
         raw=raw,
         seeds=parse_seeds(data.get("seeds"), source),
@@ -188,8 +182,7 @@ def check_size(data: dict[str, Any], source: str) -> None:
     if isinstance(data.get("runs"), list):
         factors.append((len(data["runs"]), "[[runs]]"))
     sample = data.get("sample") if isinstance(data.get("sample"), dict) else {}
-    grid = sample.get("grid")
-    factors += [(n, f"sample.{k}") for n, k in _axes(grid, None)]
+    factors += [(n, f"sample.{k}") for n, k in _axes(sample.get("grid"), None)]
     if isinstance(sample.get("runs"), list):
         factors.append((len(sample["runs"]), "[[sample.runs]]"))
     if isinstance(data.get("seeds"), list):
@@ -335,10 +328,6 @@ def _tables(runs: Any, where: str, what: str) -> list[dict[str, Any]]:
     return runs
 
 
-def grid_variants(axes: dict[str, Any], where: str) -> tuple[Variant, ...]:
-    return _unique([Variant(changes_name(c), c) for c in _product(axes, where)], where)
-
-
 def listed_runs(runs: Any, source: str) -> tuple[Variant, ...]:
     out = []
     for i, entry in enumerate(_tables(runs, source, "[[runs]]")):
@@ -365,13 +354,11 @@ def settings(cls: type[Settings], table: dict[str, Any], where: str) -> Any:
         raise SweepError(f"{where}: {e}") from None
 
 
-def sampling_name(s: SampleSettings, extra: Iterable[str] = ()) -> str:
+def sampling_name(s: SampleSettings, extra: list[str]) -> str:
     """``ddim-50-w1``: sampler, steps (ddpm takes all T), guidance, then anything else set."""
     steps = DEFAULT_SAMPLE_STEPS if s.steps is None else s.steps  # as before steps could be none
-    parts = [s.sampler] + ([] if s.sampler == "ddpm" else [str(steps)])
-    parts.append(f"w{s.guidance:g}")
-    for key in extra:
-        parts.append(f"{key}{_value_text(getattr(s, key))}")
+    parts = [s.sampler] + ([] if s.sampler == "ddpm" else [str(steps)]) + [f"w{s.guidance:g}"]
+    parts += [f"{key}{_value_text(getattr(s, key))}" for key in extra]
     return safe_name("-".join(parts))
 
 
