@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -49,7 +49,7 @@ from diffscape.metrics.features import (
     is_cached,
     log,
 )
-from diffscape.metrics.memorisation import memorisation_record, near_copies, subset
+from diffscape.metrics.memorisation import images_of, memorisation_record, near_copies, subset
 from diffscape.metrics.scores import (
     IS_SPLITS,
     PRC_K,
@@ -297,7 +297,7 @@ def score_pair(real: Features, fake: Features, seed: int) -> dict[str, Any]:
         if FEATURES_64 in real and FEATURES_64 in fake
         else None
     )
-    out["kid"] = kid_from_features(real[FEATURES_2048], fake[FEATURES_2048], seed=seed).to_json()
+    out["kid"] = asdict(kid_from_features(real[FEATURES_2048], fake[FEATURES_2048], seed=seed))
     return out | registry.computed(real, fake)
 
 
@@ -359,7 +359,7 @@ def _more_scores(
     if s.bootstrap > 0:
         say(f"bootstrap: {s.bootstrap} FID resamples (a few seconds each on a CPU)")
         b = bootstrap_fid(r, f, samples=s.bootstrap, seed=s.seed)
-        out["fid_bootstrap"] = b.to_json()
+        out["fid_bootstrap"] = asdict(b)
         out["fid_interval"] = {"low": b.low, "high": b.high, "n_boot": b.samples}
     if extractor.has_logits and LOGITS in fake:
         mean, std = inception_score_from_logits(fake[LOGITS], seed=s.seed)
@@ -413,7 +413,7 @@ def _memorisation(
         feats[1][FEATURES_2048], train_feats[FEATURES_2048],
         train_ids=all_train if train_idx is None else train_idx, **kw,
     )  # fmt: skip
-    fake_px, train_px = subset(_side_images(fake), plan.fake_idx), ds.images(TRAIN)
+    fake_px, train_px = subset(images_of(fake), plan.fake_idx), ds.images(TRAIN)
     pixel, why = None, ""
     if fake_px.shape[1:] != train_px.shape[1:]:
         why = (
@@ -423,10 +423,6 @@ def _memorisation(
         say(f"memorisation: nearest of {n_train} training images, in pixels")
         pixel = near_copies(fake_px, train_px, train_ids=all_train, **kw)
     return {"memorisation": memorisation_record(inception, pixel, source, why)}
-
-
-def _side_images(side: Side) -> np.ndarray:
-    return side.images if isinstance(side, SampleSet) else side[0].images(side[1])
 
 
 def _small_n_warning(plan: _Plan) -> str | None:

@@ -173,17 +173,12 @@ def embed_images(
 # ---- real-feature cache -------------------------------------------------------------------------
 
 
-def cache_root() -> Path:
-    """Where diffscape keeps caches: ``$DIFFSCAPE_CACHE``, else ``$XDG_CACHE_HOME/diffscape``,
-    else ``~/.cache/diffscape``."""
-    if os.environ.get(ENV_CACHE):
-        return Path(os.environ[ENV_CACHE])
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / layout.CACHE_HOME) / layout.CACHE_DIR
-
-
 def cache_dir() -> Path:
-    return cache_root() / layout.FEATURE_CACHE
+    root = os.environ.get(ENV_CACHE)
+    if not root:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        root = (Path(xdg) if xdg else Path.home() / layout.CACHE_HOME) / layout.CACHE_DIR
+    return Path(root) / layout.FEATURE_CACHE
 
 
 class CacheError(DiffscapeError):

@@ -158,14 +158,9 @@ def memorisation_record(
     if pixel:
         flags = flags | pixel.pop("flags")
     out = {**inception, "space": "inception", "train_source": train_source}
-    out |= {
-        "pixel_share": pixel["share"] if pixel else None,
-        "pixel_median_ratio": pixel["median_ratio"] if pixel else None,
-        "pixel_n_train": pixel["n_train"] if pixel else None,
-        "pixel_train_nn_median": pixel["train_nn_median"] if pixel else None,
-        "pixel_pairs": pixel["pairs"] if pixel else [],
-        "any_share": float(np.mean(flags)),
-    }
+    for key in ("share", "median_ratio", "n_train", "train_nn_median"):
+        out[f"pixel_{key}"] = pixel[key] if pixel else None
+    out |= {"pixel_pairs": pixel["pairs"] if pixel else [], "any_share": float(np.mean(flags))}
     if pixel is None:
         out["pixel_unavailable"] = why
     return out
@@ -178,7 +173,7 @@ LABEL = 14  # pixels of one line of text under each pair
 TITLE = 64  # pixels left of the pairs for the row titles
 
 
-def _images_of(side: Any) -> np.ndarray:
+def images_of(side: Any) -> np.ndarray:
     """uint8 (N, 3, H, W) of a SampleSet, a (Dataset, split) pair, a Dataset (its train split)
     or an array."""
     if isinstance(side, tuple):
@@ -234,7 +229,7 @@ def save_pairs_png(
     pairs = _pairs(rec or {}, space)[:k]
     if not pairs:
         return None
-    fakes, trains = _images_of(fake), _images_of(train)
+    fakes, trains = images_of(fake), images_of(train)
     threshold = float(rec.get("threshold", NEAR_COPY))
     # One column per pair (generated above, nearest training image below, the ratio under
     # them), so that the sheet is as wide as a sample grid rather than a tall strip.

@@ -10,7 +10,7 @@ never moves the caller's random state).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -53,9 +53,6 @@ class KID:
     std: float  # over subsets (population std, as torchmetrics reports it)
     subset_size: int
     subsets: int
-
-    def to_json(self) -> dict[str, float | int]:
-        return asdict(self)
 
 
 def kid_subset_size(n_real: int, n_fake: int) -> int:
@@ -136,9 +133,6 @@ class Interval:
     std: float
     samples: int
     confidence: float
-
-    def to_json(self) -> dict[str, float | int]:
-        return asdict(self)
 
 
 def bootstrap_fid(

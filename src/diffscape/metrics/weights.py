@@ -23,7 +23,7 @@ import hashlib
 import importlib.util
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -65,12 +65,7 @@ class InceptionWeights:
     has_logits: bool  # False when the classifier layer is blank (no Inception Score)
 
     def to_json(self) -> dict[str, object]:
-        return {
-            "path": str(self.path),
-            "sha256": self.sha256,
-            "source": self.source,
-            "has_logits": self.has_logits,
-        }
+        return {**asdict(self), "path": str(self.path)}
 
 
 def file_sha256(path: Path) -> str:

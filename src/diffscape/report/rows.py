@@ -28,12 +28,14 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from diffscape.core import layout
+from diffscape.core.atomic import read_json
 from diffscape.core.errors import DiffscapeError
 from diffscape.metrics import registry
 from diffscape.study.results import RunResult, read_floor, read_result
@@ -71,8 +73,10 @@ class Row:
 
     @property
     def records(self) -> dict[str, Any]:
-        """Its records by source, as the metric registry reads them."""
-        return registry.records(self.metrics, self.accuracy, self.judges)
+        """Its records by source, as the metric registry reads them, the training log's numbers
+        included (source ``"train"``)."""
+        recs = registry.records(self.metrics, self.accuracy, self.judges)
+        return {**recs, "train": train_stats(self.log)}
 
     @property
     def error(self) -> str | None:
@@ -96,14 +100,6 @@ class Collection:
     seeds: list[int] | None = None  # a replicated sweep's seeds
 
 
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def read_log(path: Path) -> list[dict[str, Any]]:
     """metrics.jsonl records, skipping lines that do not parse (a run killed mid-write)."""
     out = []
@@ -119,6 +115,33 @@ def read_log(path: Path) -> list[dict[str, Any]]:
         if isinstance(rec, dict) and "step" in rec:
             out.append(rec)
     return out
+
+
+def train_stats(log: list[dict[str, Any]]) -> dict[str, Any]:
+    """Training time, speed, steps and last loss from metrics.jsonl.
+
+    ``seconds`` counts from the start of each ``train`` call, so a resumed run's log restarts
+    it: the time is the sum over those segments. ``img/s`` is the median of the logged windows
+    (robust to the slow first window and to pauses)."""
+    recs = [r for r in log if not r.get("skipped")]
+    if not recs:
+        return dict.fromkeys(("train_seconds", "images_per_second", "train_steps", "final_loss"))
+    total, segment, prev = 0.0, 0.0, -1.0
+    for r in recs:
+        s = r.get("seconds")
+        if s is None:
+            continue
+        if s < prev:  # a new train() call: resumed
+            total += segment
+        segment, prev = s, s
+    total += segment
+    rates = [r["images_per_second"] for r in recs if r.get("images_per_second")]
+    return {
+        "train_seconds": total or None,
+        "images_per_second": statistics.median(rates) if rates else None,
+        "train_steps": recs[-1].get("step"),
+        "final_loss": recs[-1].get("loss"),
+    }
 
 
 def flatten(config: dict[str, Any] | None) -> dict[str, Any]:

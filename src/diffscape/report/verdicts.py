@@ -16,7 +16,6 @@ from diffscape.core.stats import Comparison, Estimate
 from diffscape.metrics import registry
 from diffscape.metrics.registry import Metric
 from diffscape.report.rows import Collection, Row
-from diffscape.report.table import records
 
 TRAIN_TIME = Metric(
     "train_seconds", "Train time", False, "wall time of training, summed over resumes "
@@ -57,7 +56,7 @@ def settings(coll: Collection, metrics: list[Metric] | None = None) -> list[Sett
     est = {}
     for name, rows in groups.items():
         done = [r for r in rows if r.status in ("ok", "unknown")]
-        recs = [records(r) for r in done]
+        recs = [r.records for r in done]
         est[name] = {
             m.key: stats.estimate([m.value(x) for x in recs], [m.variance(x) for x in recs])
             for m in metrics
