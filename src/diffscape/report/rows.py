@@ -204,25 +204,20 @@ def _scores(metrics: dict[str, Any] | None, floors: list[dict[str, Any]]) -> dic
     return metrics
 
 
-def _sampling_row(
-    run_dir: Path, d: Path, only: bool, shared: dict[str, Any], floors: list[dict[str, Any]]
-) -> Row:
+def _sampling_row(run: Row, d: Path, only: bool, floors: list[dict[str, Any]]) -> Row:
+    """One sampling of ``run``; the scores kept for the whole run count as its own when it is the
+    run's only sampling."""
     result = read_result(d)
-    sampling = read_json(d / layout.SAMPLES_JSON) or (result.sample if result else None)
-    name = (result.name if result else "") or (run_dir.name if only else f"{run_dir.name}/{d.name}")
     metrics = _scores(read_json(d / layout.EVAL_JSON), floors)
-    grid = d / layout.GRID_PNG
-    pairs = d / layout.PAIRS_PNG
-    return Row(
-        name=name,
+    grid, pairs = d / layout.GRID_PNG, d / layout.PAIRS_PNG
+    return replace(
+        run,
+        name=(result.name if result else "") or (run.name if only else f"{run.name}/{d.name}"),
         status=result.status if result else "unknown",
-        train_dir=run_dir,
         sample_dir=d,
-        config=shared["config"],
-        log=shared["log"],
-        sampling=sampling,
-        metrics=metrics if metrics is not None else (shared["metrics"] if only else None),
-        accuracy=read_json(d / layout.ACCURACY_JSON) or (shared["accuracy"] if only else None),
+        sampling=read_json(d / layout.SAMPLES_JSON) or (result.sample if result else None),
+        metrics=run.metrics if metrics is None and only else metrics,
+        accuracy=read_json(d / layout.ACCURACY_JSON) or (run.accuracy if only else None),
         result=result,
         grid=grid if grid.is_file() else None,
         grid_caption="samples (grid.png)",
@@ -244,29 +239,20 @@ def further_judges(d: Path) -> dict[str, Any]:
 def rows_from_run(run_dir: Path, floors: list[dict[str, Any]]) -> list[Row]:
     """The rows of one training run folder: one per sampling (or one for the training)."""
     samplings = sample_dirs(run_dir)
-    shared = {
-        "config": read_json(run_dir / layout.CONFIG_JSON),
-        "log": read_log(run_dir / layout.METRICS_JSONL),
-        "metrics": _scores(_run_level(run_dir, layout.EVAL_JSON, samplings), floors),
-        "accuracy": _run_level(run_dir, layout.ACCURACY_JSON, samplings),
-    }
-    if samplings:
-        only = len(samplings) == 1
-        return [_sampling_row(run_dir, d, only, shared, floors) for d in samplings]
     grid = _latest_training_grid(run_dir)
-    return [
-        Row(
-            name=run_dir.name,
-            status="unknown",
-            train_dir=run_dir,
-            config=shared["config"],
-            log=shared["log"],
-            metrics=shared["metrics"],
-            accuracy=shared["accuracy"],
-            grid=grid,
-            grid_caption=f"training grid ({grid.stem})" if grid else "",
-        )
-    ]
+    run = Row(
+        name=run_dir.name,
+        status="unknown",
+        train_dir=run_dir,
+        config=read_json(run_dir / layout.CONFIG_JSON),
+        log=read_log(run_dir / layout.METRICS_JSONL),
+        metrics=_scores(_run_level(run_dir, layout.EVAL_JSON, samplings), floors),
+        accuracy=_run_level(run_dir, layout.ACCURACY_JSON, samplings),
+        grid=grid,
+        grid_caption=f"training grid ({grid.stem})" if grid else "",
+    )
+    only = len(samplings) == 1
+    return [_sampling_row(run, d, only, floors) for d in samplings] or [run]
 
 
 def _planned_paths(root: Path, run: dict[str, Any]) -> tuple[Path, Path]:
