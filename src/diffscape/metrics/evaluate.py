@@ -6,10 +6,8 @@ setting on 150 vs 150 images, the seed report's), KID mean ± std, precision and
 (Kynkäänniemi et al. 2019), the Inception Score when genuine logits exist, per-class FID/KID for
 class-conditional samples, and optionally a bootstrap interval for FID. The memorisation check
 (:mod:`.memorisation`) finds each generated image's nearest training image in Inception space
-and in pixels. Images reach the network resized like torch-fidelity and TensorFlow 1
-(``resize="tf1"``, the standard of published FIDs) unless ``resize="torch"`` (torchmetrics >=
-1.8's antialiased bilinear). It returns the metrics and writes nothing: ``write_metrics`` saves
-them (``metrics.json``), ``format_summary`` turns them into a one-screen summary.
+and in pixels. Images reach the network resized as ``resize`` says
+(:class:`~diffscape.metrics.features.InceptionExtractor`).
 
 Sample sizes: FID is biased upward at small n (and at n < 2048 its covariance is singular), so
 the standard is 10k-50k generated images against the whole real split. On a CPU-only machine the
@@ -115,12 +113,9 @@ def fake_is_run(spec: str) -> bool:
 
 def open_fake(spec: str, *, n: int, seed: int = 0) -> Side:
     """``--fake`` -> a sample folder's images, or a dataset split (``DIR:split``, default
-    ``test``: the real-vs-real floor), or a training run sampled first.
-
-    Run folders are sampled through ``diffscape.sample.sample_to_folder(run_dir, out_dir, n=n,
-    seed=seed)`` into ``RUN/samples/evaluate-n{n}-seed{seed}/`` (reused when it is already a
-    finished samples folder), imported only here (torch and diffusers only when sampling).
-    """
+    ``test``: the real-vs-real floor), or a training run sampled first into its
+    ``samples/evaluate-n{n}-seed{seed}/`` (reused once finished; torch and diffusers are
+    imported only then)."""
     path, split = _split_spec(spec)
     if layout.is_dataset_dir(path):
         return parse_dataset_spec(spec, default_split="test")

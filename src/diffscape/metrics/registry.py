@@ -1,17 +1,11 @@
-"""Every number a run is judged by, declared once: :data:`METRICS`.
-
-An entry names the metric (``key``: result.json, results.csv, the verdicts; ``label``: the page),
-says which way is better, where its value and sizes sit in its record, how its within-run noise
-is obtained (intervals, verdicts) and how it is written. result.json, results.csv, the report's
-tables, verdicts and page iterate the entries. New maths is a function in
-:mod:`diffscape.metrics.scores` that the entry names (``compute=from_scores("name")``):
-:func:`diffscape.metrics.evaluate.evaluate` calls it on every pair of feature sets.
+"""Every number a run is judged by, declared once: :data:`METRICS` (docs/architecture.md says
+what iterates it and how to add a metric).
 
 A run's records by source (:func:`records`): ``"evaluate"``, evaluate()'s result (metrics.json;
 floor.json alike); ``"judge"``, the judge's accuracy.json; ``"judge:<kind>"``, a further judge's;
 the report adds ``"train"``. Per class (``per_class[c]`` holds the same layout) and per further
 judge, each metric's versions are derived (:meth:`Metric.of_class`, :meth:`Metric.of_judge`).
-Names older versions wrote (``old``) are still read. Torch-free: the report imports it.
+Torch-free: the report imports it.
 """
 
 from __future__ import annotations
@@ -19,6 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
+
+from diffscape.core import stats
+from diffscape.core.timefmt import duration
 
 Record = Mapping[str, Any]
 Records = Mapping[str, Record | None]  # source -> record
@@ -58,23 +55,17 @@ def no_noise(m: Metric, recs: Records) -> float | None:
 
 def bootstrap(m: Metric, recs: Records) -> float | None:
     """FID's bootstrap: its std, else the width of its interval (``evaluate.bootstrap``)."""
-    from diffscape.core import stats
-
     return stats.fid_var(m.record(recs) or {})
 
 
 def subsets(m: Metric, recs: Records) -> float | None:
     """KID's spread over random subsets, scaled from the subset size to the n it was run on."""
-    from diffscape.core import stats
-
     sizes = m.sizes_of(recs)
     return stats.kid_var(dig(m.record(recs), m.path[:-1]), min(sizes) if sizes else None)
 
 
 def binomial(m: Metric, recs: Records) -> float | None:
     """A share of independent images: p(1 - p) / n over the metric's first size."""
-    from diffscape.core import stats
-
     sizes = m.sizes_of(recs)
     return stats.binomial_var(m.value(recs), sizes[0] if sizes else None)
 
@@ -134,8 +125,6 @@ class Metric:
         if value is None:
             return "–"
         if self.fmt == "duration":
-            from diffscape.core.timefmt import duration
-
             return duration(value)
         if self.fmt == "%":
             return f"{100 * value:.1f}%"

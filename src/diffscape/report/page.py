@@ -82,7 +82,7 @@ RUN_COLUMNS: list[Column] = [
     ("Sampling", "text", "sampler, steps, guidance w", False),
 ]
 TRAINING_COLUMNS: list[Column] = [
-    ("Train time", "num", "wall time of training, summed over resumes (metrics.jsonl)", False),
+    (TRAIN_TIME.label, "num", TRAIN_TIME.about, False),
     ("img/s", "num", "training images per second (median over log windows)", True),
     ("Loss", "num", "last logged training loss", False),
 ]
