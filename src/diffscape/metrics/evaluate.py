@@ -254,25 +254,12 @@ def side_features(
 ) -> tuple[Features, bool]:
     """Features of the chosen images of one side; a dataset split's through the cache.
     Returns (features, came_from_cache)."""
+    kw = {"batch": settings.batch, "desc": desc, "progress": progress, "say": say}
     if isinstance(side, SampleSet):
-        imgs = side.images if idx is None else side.images[idx]
-        feats = embed_images(
-            imgs, extractor, batch=settings.batch, desc=desc, progress=progress, say=say
-        )
-        return feats, False
+        return embed_images(subset(side.images, idx), extractor, **kw), False
     ds, split = side
-    return dataset_features(
-        ds.images(split),
-        extractor,
-        content_hash=ds.content_hash,
-        split=split,
-        indices=idx,
-        batch=settings.batch,
-        use_cache=settings.cache,
-        desc=desc,
-        progress=progress,
-        say=say,
-    )
+    where = {"content_hash": ds.content_hash, "split": split, "indices": idx}
+    return dataset_features(ds.images(split), extractor, use_cache=settings.cache, **where, **kw)
 
 
 # ---- scores ------------------------------------------------------------------------------------
@@ -281,18 +268,14 @@ def side_features(
 def score_pair(real: Features, fake: Features, seed: int) -> dict[str, Any]:
     """n, FID (2048 and 64 features), KID and the registry's computed metrics of one pair of
     feature sets."""
-    n_r, n_f = len(real[FEATURES_2048]), len(fake[FEATURES_2048])
-    out: dict[str, Any] = {"n_real": n_r, "n_fake": n_f}
-    if min(n_r, n_f) < 2:
-        out["skipped"] = "fewer than 2 images on one side"
-        return out
-    out["fid"] = fid_from_features(real[FEATURES_2048], fake[FEATURES_2048])
-    out["fid64"] = (
-        fid_from_features(real[FEATURES_64], fake[FEATURES_64])
-        if FEATURES_64 in real and FEATURES_64 in fake
-        else None
-    )
-    out["kid"] = asdict(kid_from_features(real[FEATURES_2048], fake[FEATURES_2048], seed=seed))
+    r, f = real[FEATURES_2048], fake[FEATURES_2048]
+    out: dict[str, Any] = {"n_real": len(r), "n_fake": len(f)}
+    if min(len(r), len(f)) < 2:
+        return out | {"skipped": "fewer than 2 images on one side"}
+    with_64 = FEATURES_64 in real and FEATURES_64 in fake
+    out["fid"] = fid_from_features(r, f)
+    out["fid64"] = fid_from_features(real[FEATURES_64], fake[FEATURES_64]) if with_64 else None
+    out["kid"] = asdict(kid_from_features(r, f, seed=seed))
     return out | registry.computed(real, fake)
 
 

@@ -31,8 +31,6 @@ def build_report(
     or a list of these) to ``out_html``, and ``results.csv`` beside it; returns the page's path.
     Each is new, or a page or table of this program's replaced with ``overwrite``.
     """
-    from dataclasses import replace
-
     from diffscape.report.page import render
     from diffscape.report.plots import all_plots
 
@@ -41,7 +39,7 @@ def build_report(
         layout.check_out(out.with_name(layout.RESULTS_CSV), "csv", overwrite=overwrite)
     coll = collect(runs)
     if title:
-        coll = replace(coll, title=title)
+        coll.title = title
     csv_name = None
     if csv:
         write_csv(coll.rows, out.with_name(layout.RESULTS_CSV))

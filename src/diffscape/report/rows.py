@@ -87,17 +87,24 @@ class Row:
         return None if self.result is None else self.result.traceback
 
 
-@dataclass(frozen=True)
+@dataclass
 class Collection:
-    title: str
-    description: str
-    rows: list[Row]
-    floor: dict[str, Any] | None  # real-vs-real metrics.json
-    base: dict[str, Any] | None  # the base config, flattened to dotted keys
+    """What :func:`collect` found in the folders it was given."""
+
     sources: list[Path]
-    notes: list[str]
+    rows: list[Row] = field(default_factory=list)
+    floors: list[dict[str, Any]] = field(default_factory=list)  # real-vs-real metrics.json
+    title: str = ""
+    description: str = ""
+    base: dict[str, Any] | None = None  # the base config, flattened to dotted keys
+    notes: list[str] = field(default_factory=list)
     baseline: str | None = None  # the setting the others are compared with; None: the first
     seeds: list[int] | None = None  # a replicated sweep's seeds
+
+    @property
+    def floor(self) -> dict[str, Any] | None:
+        """The first floor found."""
+        return self.floors[0] if self.floors else None
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:
@@ -302,27 +309,14 @@ def _planned_row(run: dict[str, Any], train_dir: Path) -> Row:
     )
 
 
-@dataclass
-class _Found:
-    """What collect() gathers over the folders it is given."""
-
-    rows: list[Row] = field(default_factory=list)
-    floors: list[dict[str, Any]] = field(default_factory=list)
-    title: str = ""
-    description: str = ""
-    base: dict[str, Any] | None = None
-    baseline: str | None = None
-    seeds: list[int] | None = None
-
-
-def _study_floor(study: Path, found: _Found) -> None:
+def _study_floor(study: Path, found: Collection) -> None:
     """The real-vs-real floor of a sweep or demo folder (results.read_floor knows where)."""
     floor = read_floor(study)
     if floor is not None:
         found.floors.append(floor.metrics)
 
 
-def _collect_one(p: Path, found: _Found) -> None:
+def _collect_one(p: Path, found: Collection) -> None:
     """Rows and floors of one folder: a sweep, a demo, a run, or a folder of runs."""
     if not p.is_dir():
         raise DiffscapeError(f"{p} is not a folder; give a sweep folder or a run folder")
@@ -357,31 +351,18 @@ def _collect_one(p: Path, found: _Found) -> None:
 def collect(runs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> Collection:
     """Every row found in sweep folders, demo folders, run folders, or folders of run folders."""
     paths = [Path(runs)] if isinstance(runs, str | os.PathLike) else [Path(p) for p in runs]
-    found = _Found()
+    found = Collection(sources=paths)
     for p in paths:
         _collect_one(p, found)
-    title = found.title
-    if not title:
+    if not found.title:
         # The folder and its parent: "demo/run" says more than "run".
         names = ", ".join("/".join(p.resolve().parts[-2:]) for p in paths)
-        title = f"Run: {names}" if len(found.rows) == 1 else f"Runs: {names}"
-    notes: list[str] = []
-    base = found.base
-    if base is None:
-        base, why = infer_base(found.rows)
-        if why:
-            notes.append(why)
-    return Collection(
-        title=title,
-        description=found.description,
-        rows=[_with_changes(r, base, found.rows) for r in found.rows],
-        floor=found.floors[0] if found.floors else None,
-        base=base,
-        sources=paths,
-        notes=notes,
-        baseline=found.baseline,
-        seeds=found.seeds,
-    )
+        found.title = f"Run: {names}" if len(found.rows) == 1 else f"Runs: {names}"
+    if found.base is None:
+        found.base, why = infer_base(found.rows)
+        found.notes += [why] if why else []
+    found.rows = [_with_changes(r, found.base, found.rows) for r in found.rows]
+    return found
 
 
 def infer_base(rows: list[Row]) -> tuple[dict[str, Any] | None, str]:
