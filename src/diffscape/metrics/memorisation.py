@@ -200,12 +200,10 @@ def _pairs(rec: Mapping[str, Any], space: str) -> list[tuple[int, int, float, st
         found += [(int(f), int(t), float(r), "inc") for f, t, r in rec.get("pairs") or []]
     if space in ("both", "pixel"):
         found += [(int(f), int(t), float(r), "px") for f, t, r in rec.get("pixel_pairs") or []]
-    seen, out = set(), []
+    closest: dict[tuple[int, int], tuple[int, int, float, str]] = {}
     for pair in sorted(found, key=lambda p: p[2]):
-        if pair[:2] not in seen:
-            seen.add(pair[:2])
-            out.append(pair)
-    return out
+        closest.setdefault(pair[:2], pair)
+    return list(closest.values())
 
 
 def save_pairs_png(

@@ -1,9 +1,6 @@
 """One page a person reads: every run of a sweep (or any run folders) with its numbers, plots
-and samples, as a self-contained HTML file, plus ``results.csv`` beside it.
-
-:func:`build_report` accepts a sweep folder, a single run folder (with its samples, evaluation
-and judge outputs) or a list of either; :mod:`diffscape.report.rows` documents which files it
-reads in each run folder.
+and samples, as a self-contained HTML file, plus ``results.csv`` beside it
+(:mod:`diffscape.report.rows` documents which files it reads).
 """
 
 from __future__ import annotations

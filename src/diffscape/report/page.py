@@ -1,12 +1,6 @@
 """The report as one self-contained HTML page, so that it opens from disk with no server and no
-network: the page is ``templates/page.html`` (Jinja2, autoescaped; its ``table`` macro draws
-every table) with its CSS and its few lines of JS (sortable tables) inlined from ``page.css`` and
-``page.js``; this module gives it the data: the tables' cells, plots as inline SVG, sample grids
-as base64 data URIs.
-
-A sweep with seeds gets the settings table (one row per setting: mean ± 95 % interval over its
-seeds, then the verdicts against the baseline) above the per-run table; a sweep without seeds
-gets the verdicts in its per-run table."""
+network: this module gives ``templates/page.html`` its data (docs/architecture.md): the tables'
+cells, plots as inline SVG, sample grids as base64 data URIs."""
 
 from __future__ import annotations
 

@@ -1,10 +1,6 @@
 """The report's settings: runs grouped by the setting they replicate, every number's mean and 95 %
 interval over the seeds, and each setting against the baseline (:mod:`diffscape.core.stats`).
-
-Each number comes with its within-run variance where the run recorded one, as its entry in
-:mod:`diffscape.metrics.registry` says how: FID's bootstrap, KID's std over subsets, a binomial
-variance for shares of images (judge accuracy over n judged, precision over n generated, recall
-over n real, the near-copy share over n generated).
+Each run's own sampling variance is its metric's ``noise`` (:mod:`diffscape.metrics.registry`).
 """
 
 from __future__ import annotations
