@@ -5,9 +5,8 @@ searching:
 
 - a sweep folder (``sweep.json``) lists its rows: training folder, sampling folder, name, changes;
   rows not done yet still show. A demo folder (``demo.json``) holds one run in ``run/``.
-- the real-vs-real floor of a sweep or demo (:func:`diffscape.study.results.read_floor`:
-  ``_floor/floor.json``, or older ``_floor/metrics.json`` / ``floor.json``); a run folder takes
-  the floor of the study it lies in.
+- the real-vs-real floor of a sweep or demo (:func:`diffscape.study.results.read_floor` knows
+  where); a run folder takes the floor of the study it lies in.
 - a run folder (``run.json``, or ``config.json`` + ``checkpoints/``) gives ``config.json`` (the
   settings, shown as a diff from the base), ``metrics.jsonl`` (loss curves, time, img/s) and its
   samplings: the samples folders (``samples.json``) or sweep rows (``result.json``) directly in
