@@ -48,11 +48,6 @@ def number(value: Any) -> float | None:
 Noise = Callable[["Metric", Records], "float | None"]  # (metric, a run's records) -> variance
 
 
-def no_noise(m: Metric, recs: Records) -> float | None:
-    """No within-run variance known (one seed then gives no interval)."""
-    return None
-
-
 def bootstrap(m: Metric, recs: Records) -> float | None:
     """FID's bootstrap: its std, else the width of its interval (``evaluate.bootstrap``)."""
     return stats.fid_var(m.record(recs) or {})
@@ -84,7 +79,7 @@ class Metric:
     path: Path  # where its value sits in its record
     source: str = EVALUATE  # the record it is read from (module docstring)
     sizes: tuple[Path, ...] = ()  # where the numbers of images it was measured on sit
-    noise: Noise = no_noise  # its within-run variance, for intervals and verdicts
+    noise: Noise | None = None  # within-run variance, for intervals and verdicts; None: unknown
     spread: Path = ()  # a spread its record holds, shown after the value ("± std")
     fmt: str = ".2f"  # format spec; "%": a share shown as a percentage; "duration": seconds
     headline: bool = False  # a verdict column in the per-run table, and a fact on each card
@@ -106,7 +101,9 @@ class Metric:
 
     def variance(self, records: Records) -> float | None:
         """The run's own sampling variance of its value; None when unknown."""
-        return None if self.value(records) is None else self.noise(self, records)
+        if self.noise is None or self.value(records) is None:
+            return None
+        return self.noise(self, records)
 
     def sizes_of(self, records: Records) -> tuple[int, ...]:
         found = [dig(self.record(records), path) for path in self.sizes]
