@@ -51,8 +51,7 @@ def settings(coll: Collection, metrics: list[Metric] | None = None) -> list[Sett
         groups.setdefault(r.group, []).append(r)
     est = {}
     for name, rows in groups.items():
-        done = [r for r in rows if r.status in ("ok", "unknown")]
-        recs = [r.records for r in done]
+        recs = [r.records for r in rows if r.status in ("ok", "unknown")]
         est[name] = {
             m.key: stats.estimate([m.value(x) for x in recs], [m.variance(x) for x in recs])
             for m in metrics
