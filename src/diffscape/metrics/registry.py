@@ -213,9 +213,8 @@ def records(
     evaluate: Record | None = None, judge: Record | None = None, judges: Mapping | None = None
 ) -> dict[str, Record | None]:
     """A run's records by source: evaluate's result, the judge's, each further judge's."""
-    out: dict[str, Record | None] = {EVALUATE: evaluate, JUDGE: judge}
-    out |= {f"{JUDGE}:{kind}": rec for kind, rec in (judges or {}).items()}
-    return out
+    further = {f"{JUDGE}:{kind}": rec for kind, rec in (judges or {}).items()}
+    return {EVALUATE: evaluate, JUDGE: judge, **further}
 
 
 def class_names(runs: Iterable[Records]) -> list[str]:
