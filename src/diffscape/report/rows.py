@@ -295,15 +295,14 @@ def rows_from_sweep(root: Path, sweep: dict[str, Any], floors: list[dict[str, An
 
 def _planned_row(run: dict[str, Any], train_dir: Path) -> Row:
     """A sweep row without its result.json: not started, or interrupted."""
-    exists = train_dir.is_dir()
     return Row(
         name=run["name"],
         status="incomplete" if (train_dir / layout.CHECKPOINTS).is_dir() else "not run",
-        train_dir=train_dir if exists else None,
+        train_dir=train_dir if train_dir.is_dir() else None,
         config=read_json(train_dir / layout.CONFIG_JSON),
         log=read_log(train_dir / layout.METRICS_JSONL),
         result=RunResult(name=run["name"], status="missing", changes=run.get("changes") or {}),
-        grid=_latest_training_grid(train_dir) if exists else None,
+        grid=_latest_training_grid(train_dir),
         grid_caption="latest training grid",
     )
 
