@@ -179,12 +179,9 @@ def precision_recall(
     k: int = PRC_K,
     device: torch.device | str = "cpu",
 ) -> PrecisionRecall:
-    """Improved precision and recall (Kynkäänniemi et al. 2019): each set's manifold is the union
-    of balls reaching every feature's k-th nearest neighbour in its own set; precision is the
-    share of fake features inside the real manifold, recall the share of real ones inside the
-    fake manifold. torch-fidelity's own function (``calculate_precision_recall_part``, the
-    row-block variant) with blocks sized so that no distance block exceeds
-    ``PRC_MAX_BLOCK_ENTRIES``. Needs more than k features on each side."""
+    """Improved precision and recall (Kynkäänniemi et al. 2019; each set's manifold is the union
+    of balls reaching every feature's k-th nearest neighbour in its own set) by torch-fidelity's
+    own row-block ``calculate_precision_recall_part``, no block over ``PRC_MAX_BLOCK_ENTRIES``."""
     from torch_fidelity.metric_prc import calculate_precision_recall_part
 
     f_real = torch.as_tensor(real).float().to(device)
