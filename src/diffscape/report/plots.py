@@ -11,6 +11,7 @@ import math
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any
 
 from diffscape.metrics import registry
@@ -68,11 +69,7 @@ def to_svg(fig: Any, salt: str) -> str:
 def _ema(values: list[float]) -> list[float]:
     """Exponential moving average over about a twentieth of the points (none for short logs)."""
     alpha = min(1.0, 2 / (len(values) / 20 + 1))
-    out, acc = [], None
-    for v in values:
-        acc = v if acc is None else alpha * v + (1 - alpha) * acc
-        out.append(acc)
-    return out
+    return list(accumulate(values, lambda acc, v: alpha * v + (1 - alpha) * acc))
 
 
 def _training_label(row: Row) -> str:

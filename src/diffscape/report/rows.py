@@ -234,12 +234,8 @@ def _sampling_row(run: Row, d: Path, only: bool, floors: list[dict[str, Any]]) -
 
 def further_judges(d: Path) -> dict[str, Any]:
     """{kind: accuracy record} of a sampling's further judges (``accuracy-<kind>.json``)."""
-    found = {}
-    for kind in ("svc", "cnn"):
-        data = read_json(d / layout.ACCURACY_ALSO_JSON.format(kind=kind))
-        if data is not None and isinstance(data.get("accuracy"), int | float):
-            found[kind] = data
-    return found
+    found = {k: read_json(d / layout.ACCURACY_ALSO_JSON.format(kind=k)) for k in ("svc", "cnn")}
+    return {k: v for k, v in found.items() if v and isinstance(v.get("accuracy"), int | float)}
 
 
 def rows_from_run(run_dir: Path, floors: list[dict[str, Any]]) -> list[Row]:
