@@ -155,8 +155,7 @@ def flatten(config: dict[str, Any] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in (config or {}).items():
         if isinstance(value, dict):
-            for k, v in value.items():
-                out[f"{key}.{k}"] = v
+            out |= {f"{key}.{k}": v for k, v in value.items()}
         else:
             out[key] = value
     return out
