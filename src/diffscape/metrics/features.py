@@ -181,13 +181,9 @@ def cache_dir() -> Path:
     return Path(root) / layout.FEATURE_CACHE
 
 
-class CacheError(DiffscapeError):
-    """The feature cache cannot be used; the message says what to do."""
-
-
 def check_cache_dir() -> Path:
     """The feature cache folder, if it is one or can be made and can be written; otherwise a
-    CacheError naming it, raised before minutes of embedding (whose features could then not be
+    DiffscapeError naming it, raised before minutes of embedding (whose features could then not be
     stored). Creates nothing: the nearest existing folder on the way decides."""
     path = cache_dir()
     why = atomic.unwritable(path)
@@ -197,7 +193,7 @@ def check_cache_dir() -> Path:
         source, todo = f"${ENV_CACHE}", f"unset {ENV_CACHE} or point it at a writable folder"
     else:
         source, todo = "the default", f"set {ENV_CACHE} to a writable folder"
-    raise CacheError(
+    raise DiffscapeError(
         f"the feature cache {path} ({source}) cannot be used: {why}; {todo}, or pass --no-cache"
     )
 
