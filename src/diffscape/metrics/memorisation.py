@@ -177,13 +177,11 @@ def images_of(side: Any) -> np.ndarray:
     """uint8 (N, 3, H, W) of a SampleSet, a (Dataset, split) pair, a Dataset (its train split)
     or an array."""
     if isinstance(side, tuple):
-        ds, split = side
-        return ds.images(split)
-    if hasattr(side, "images") and not callable(side.images):
-        return side.images  # SampleSet
-    if hasattr(side, "images"):
-        return side.images("train")  # Dataset
-    return np.asarray(side)
+        return side[0].images(side[1])
+    images = getattr(side, "images", None)
+    if images is None:
+        return np.asarray(side)
+    return images("train") if callable(images) else images  # a Dataset's, a SampleSet's
 
 
 def _cell(image_chw: np.ndarray) -> Any:
