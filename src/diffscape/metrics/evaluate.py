@@ -72,8 +72,7 @@ Features = dict[str, np.ndarray]
 
 def default_n(device: torch.device | str | None = None) -> tuple[int, str]:
     """(n generated images, why) for this machine."""
-    dev = _device(device)
-    if dev.type == "cpu":
+    if _device(device).type == "cpu":
         return CPU_DEFAULT_N, (
             f"no GPU: using n={CPU_DEFAULT_N:,} generated images (the standard is "
             f"{GPU_DEFAULT_N:,}; pass --n to change)"
