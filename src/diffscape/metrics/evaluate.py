@@ -6,10 +6,8 @@ setting on 150 vs 150 images, the seed report's), KID mean ± std, precision and
 (Kynkäänniemi et al. 2019), the Inception Score when genuine logits exist, per-class FID/KID for
 class-conditional samples, and optionally a bootstrap interval for FID. The memorisation check
 (:mod:`.memorisation`) finds each generated image's nearest training image in Inception space
-and in pixels. Images reach the network resized like torch-fidelity and TensorFlow 1
-(``resize="tf1"``, the standard of published FIDs) unless ``resize="torch"`` (torchmetrics >=
-1.8's antialiased bilinear). It returns the metrics and writes nothing: ``write_metrics`` saves
-them (``metrics.json``), ``format_summary`` turns them into a one-screen summary.
+and in pixels. Images reach the network resized as ``resize`` says
+(:class:`~diffscape.metrics.features.InceptionExtractor`).
 
 Sample sizes: FID is biased upward at small n (and at n < 2048 its covariance is singular), so
 the standard is 10k-50k generated images against the whole real split. On a CPU-only machine the
@@ -22,7 +20,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -49,7 +47,7 @@ from diffscape.metrics.features import (
     is_cached,
     log,
 )
-from diffscape.metrics.memorisation import memorisation_record, near_copies, subset
+from diffscape.metrics.memorisation import images_of, memorisation_record, near_copies, subset
 from diffscape.metrics.scores import (
     IS_SPLITS,
     PRC_K,
@@ -74,8 +72,7 @@ Features = dict[str, np.ndarray]
 
 def default_n(device: torch.device | str | None = None) -> tuple[int, str]:
     """(n generated images, why) for this machine."""
-    dev = _device(device)
-    if dev.type == "cpu":
+    if _device(device).type == "cpu":
         return CPU_DEFAULT_N, (
             f"no GPU: using n={CPU_DEFAULT_N:,} generated images (the standard is "
             f"{GPU_DEFAULT_N:,}; pass --n to change)"
@@ -115,12 +112,9 @@ def fake_is_run(spec: str) -> bool:
 
 def open_fake(spec: str, *, n: int, seed: int = 0) -> Side:
     """``--fake`` -> a sample folder's images, or a dataset split (``DIR:split``, default
-    ``test``: the real-vs-real floor), or a training run sampled first.
-
-    Run folders are sampled through ``diffscape.sample.sample_to_folder(run_dir, out_dir, n=n,
-    seed=seed)`` into ``RUN/samples/evaluate-n{n}-seed{seed}/`` (reused when it is already a
-    finished samples folder), imported only here (torch and diffusers only when sampling).
-    """
+    ``test``: the real-vs-real floor), or a training run sampled first into its
+    ``samples/evaluate-n{n}-seed{seed}/`` (reused once finished; torch and diffusers are
+    imported only then)."""
     path, split = _split_spec(spec)
     if layout.is_dataset_dir(path):
         return parse_dataset_spec(spec, default_split="test")
@@ -214,6 +208,19 @@ def resolve_extractor(
     return InceptionExtractor(weights, _device(settings.device), resize=settings.resize)
 
 
+@dataclass(frozen=True)
+class _Job:
+    """One evaluation: what each of its steps reads."""
+
+    real: tuple[Dataset, str]
+    fake: Side
+    s: EvaluateSettings
+    plan: _Plan
+    extractor: FeatureExtractor
+    say: Callable[[str], None]
+    progress: bool
+
+
 def _side_cached(side: Side, idx: np.ndarray | None, ext: FeatureExtractor, use: bool) -> bool:
     if isinstance(side, SampleSet) or not use:
         return False
@@ -223,61 +230,34 @@ def _side_cached(side: Side, idx: np.ndarray | None, ext: FeatureExtractor, use:
     )
 
 
-def _say_plan(
-    plan: _Plan,
-    real: Side,
-    fake: Side,
-    ext: FeatureExtractor,
-    s: EvaluateSettings,
-    say: Callable[[str], None],
-) -> None:
+def _say_plan(job: _Job) -> None:
     """Say up front how many images will go through the network, and how long that takes:
     both sides and memorisation's training images, less what the cache holds."""
-    train = (real[0], TRAIN)
+    plan, ext, s = job.plan, job.extractor, job.s
     n_train = plan.train_total if plan.train_idx is None else len(plan.train_idx)
-    sides = [(real, plan.real_idx, plan.n_real), (fake, plan.fake_idx, plan.n_fake)]
-    sides += [(train, plan.train_idx, n_train)] if plan.train_total else []
+    sides = [(job.real, plan.real_idx, plan.n_real), (job.fake, plan.fake_idx, plan.n_fake)]
+    sides += [((job.real[0], TRAIN), plan.train_idx, n_train)] if plan.train_total else []
     to_embed = sum(0 if _side_cached(side, idx, ext, s.cache) else n for side, idx, n in sides)
     if to_embed:
-        say(f"in all: {describe_plan(ext, to_embed, s.batch)}")
+        job.say(f"in all: {describe_plan(ext, to_embed, s.batch)}")
     else:
-        say("all features are cached: nothing to embed")
+        job.say("all features are cached: nothing to embed")
 
 
 # ---- embedding ---------------------------------------------------------------------------------
 
 
 def side_features(
-    side: Side,
-    idx: np.ndarray | None,
-    extractor: FeatureExtractor,
-    settings: EvaluateSettings,
-    *,
-    desc: str,
-    progress: bool,
-    say: Callable[[str], None],
+    job: _Job, side: Side, idx: np.ndarray | None, desc: str
 ) -> tuple[Features, bool]:
     """Features of the chosen images of one side; a dataset split's through the cache.
     Returns (features, came_from_cache)."""
+    kw = {"batch": job.s.batch, "desc": desc, "progress": job.progress, "say": job.say}
     if isinstance(side, SampleSet):
-        imgs = side.images if idx is None else side.images[idx]
-        feats = embed_images(
-            imgs, extractor, batch=settings.batch, desc=desc, progress=progress, say=say
-        )
-        return feats, False
+        return embed_images(subset(side.images, idx), job.extractor, **kw), False
     ds, split = side
-    return dataset_features(
-        ds.images(split),
-        extractor,
-        content_hash=ds.content_hash,
-        split=split,
-        indices=idx,
-        batch=settings.batch,
-        use_cache=settings.cache,
-        desc=desc,
-        progress=progress,
-        say=say,
-    )
+    where = {"content_hash": ds.content_hash, "split": split, "indices": idx}
+    return dataset_features(ds.images(split), job.extractor, use_cache=job.s.cache, **where, **kw)
 
 
 # ---- scores ------------------------------------------------------------------------------------
@@ -286,18 +266,14 @@ def side_features(
 def score_pair(real: Features, fake: Features, seed: int) -> dict[str, Any]:
     """n, FID (2048 and 64 features), KID and the registry's computed metrics of one pair of
     feature sets."""
-    n_r, n_f = len(real[FEATURES_2048]), len(fake[FEATURES_2048])
-    out: dict[str, Any] = {"n_real": n_r, "n_fake": n_f}
-    if min(n_r, n_f) < 2:
-        out["skipped"] = "fewer than 2 images on one side"
-        return out
-    out["fid"] = fid_from_features(real[FEATURES_2048], fake[FEATURES_2048])
-    out["fid64"] = (
-        fid_from_features(real[FEATURES_64], fake[FEATURES_64])
-        if FEATURES_64 in real and FEATURES_64 in fake
-        else None
-    )
-    out["kid"] = kid_from_features(real[FEATURES_2048], fake[FEATURES_2048], seed=seed).to_json()
+    r, f = real[FEATURES_2048], fake[FEATURES_2048]
+    out: dict[str, Any] = {"n_real": len(r), "n_fake": len(f)}
+    if min(len(r), len(f)) < 2:
+        return out | {"skipped": "fewer than 2 images on one side"}
+    with_64 = FEATURES_64 in real and FEATURES_64 in fake
+    out["fid"] = fid_from_features(r, f)
+    out["fid64"] = fid_from_features(real[FEATURES_64], fake[FEATURES_64]) if with_64 else None
+    out["kid"] = asdict(kid_from_features(r, f, seed=seed))
     return out | registry.computed(real, fake)
 
 
@@ -312,16 +288,11 @@ def _side_classes(side: Side, indices: np.ndarray | None) -> list[str | None]:
 
 
 def per_class_scores(
-    real: tuple[Dataset, str],
-    fake: Side,
-    plan: _Plan,
-    feats: tuple[Features, Features],
-    seed: int,
-    warnings: list[str],
+    job: _Job, feats: tuple[Features, Features], warnings: list[str]
 ) -> dict[str, Any] | None:
     """FID/KID per class, for fake images whose class folder (or label) names a dataset class."""
-    classes = real[0].classes
-    fake_classes = _side_classes(fake, plan.fake_idx)
+    classes = job.real[0].classes
+    fake_classes = _side_classes(job.fake, job.plan.fake_idx)
     present = {c for c in fake_classes if c is not None and c != layout.UNCONDITIONAL}
     if not classes or not present:
         return None
@@ -331,35 +302,31 @@ def per_class_scores(
             f"class folders not in the dataset's classes, left out of per-class scores: "
             f"{', '.join(unknown)}"
         )
-    real_arr = np.array(_side_classes(real, plan.real_idx), dtype=object)
+    real_arr = np.array(_side_classes(job.real, job.plan.real_idx), dtype=object)
     fake_arr = np.array(fake_classes, dtype=object)
     out: dict[str, Any] = {}
     for c in (c for c in classes if c in present):
         r, f = real_arr == c, fake_arr == c
         out[c] = score_pair(
-            {k: v[r] for k, v in feats[0].items()}, {k: v[f] for k, v in feats[1].items()}, seed
+            {k: v[r] for k, v in feats[0].items()},
+            {k: v[f] for k, v in feats[1].items()},
+            job.s.seed,
         )
     return out or None
 
 
-def _more_scores(
-    real: Features,
-    fake: Features,
-    extractor: FeatureExtractor,
-    s: EvaluateSettings,
-    dev: torch.device,
-    say: Callable[[str], None],
-) -> dict[str, Any]:
+def _more_scores(job: _Job, real: Features, fake: Features) -> dict[str, Any]:
     """The FID bootstrap interval, the Inception Score and precision and recall (each when asked
     for and possible), and FID on the 64-d features with its sizes (``fid64_n``: real,
     generated): of every scored image, or with ``fid64`` of seeded subsets of fid64_n images
     per side (the seed report's yardstick, 150 vs 150)."""
+    s, extractor = job.s, job.extractor
     out: dict[str, Any] = {"fid_bootstrap": None, "fid_interval": None}
     r, f = real[FEATURES_2048], fake[FEATURES_2048]
     if s.bootstrap > 0:
-        say(f"bootstrap: {s.bootstrap} FID resamples (a few seconds each on a CPU)")
+        job.say(f"bootstrap: {s.bootstrap} FID resamples (a few seconds each on a CPU)")
         b = bootstrap_fid(r, f, samples=s.bootstrap, seed=s.seed)
-        out["fid_bootstrap"] = b.to_json()
+        out["fid_bootstrap"] = asdict(b)
         out["fid_interval"] = {"low": b.low, "high": b.high, "n_boot": b.samples}
     if extractor.has_logits and LOGITS in fake:
         mean, std = inception_score_from_logits(fake[LOGITS], seed=s.seed)
@@ -369,7 +336,8 @@ def _more_scores(
         out["inception_score_unavailable"] = extractor.logits_reason or "no logits"
     out |= {"precision": None, "recall": None, "prc_k": PRC_K}
     if s.precision_recall and min(len(r), len(f)) > PRC_K:
-        pr = precision_recall(r, f, k=PRC_K, device=dev if dev.type == "cuda" else "cpu")
+        dev = extractor.device if extractor.device.type == "cuda" else "cpu"
+        pr = precision_recall(r, f, k=PRC_K, device=dev)
         out |= {"precision": pr.precision, "recall": pr.recall}
     if not (FEATURES_64 in real and FEATURES_64 in fake):
         return out | {"fid64": None, "fid64_n": None}
@@ -380,20 +348,11 @@ def _more_scores(
     return out | {"fid64": fid_from_features(r, f), "fid64_n": [len(r), len(f)]}
 
 
-def _memorisation(
-    real: tuple[Dataset, str],
-    fake: Side,
-    plan: _Plan,
-    feats: tuple[Features, Features],
-    extractor: FeatureExtractor,
-    s: EvaluateSettings,
-    say: Callable[[str], None],
-    progress: bool,
-) -> dict[str, Any]:
+def _memorisation(job: _Job, feats: tuple[Features, Features]) -> dict[str, Any]:
     """Each generated image's nearest training image: in Inception space (the real side's
     features when it is the train split, else the train split's: ``plan.train_idx``, a seeded
     subset on a CPU) and in pixels (every training image)."""
-    ds, split = real
+    (ds, split), plan, s = job.real, job.plan, job.s
     n_train = ds.count(TRAIN) if TRAIN in ds.splits else 0
     if n_train < 2:
         why = "the dataset has fewer than 2 training images (no train split?)"
@@ -402,9 +361,7 @@ def _memorisation(
         train_feats, train_idx, source = feats[0], plan.real_idx, "real-features"
     else:
         train_idx = plan.train_idx
-        train_feats, _ = side_features(
-            (ds, TRAIN), train_idx, extractor, s, desc="train", progress=progress, say=say
-        )
+        train_feats, _ = side_features(job, (ds, TRAIN), train_idx, "train")
         source = "train-split"
     all_train = np.arange(n_train)
     fake_ids = np.arange(plan.fake_total) if plan.fake_idx is None else plan.fake_idx
@@ -413,20 +370,16 @@ def _memorisation(
         feats[1][FEATURES_2048], train_feats[FEATURES_2048],
         train_ids=all_train if train_idx is None else train_idx, **kw,
     )  # fmt: skip
-    fake_px, train_px = subset(_side_images(fake), plan.fake_idx), ds.images(TRAIN)
+    fake_px, train_px = subset(images_of(job.fake), plan.fake_idx), ds.images(TRAIN)
     pixel, why = None, ""
     if fake_px.shape[1:] != train_px.shape[1:]:
         why = (
             f"generated images {fake_px.shape[1:]} and training images {train_px.shape[1:]} differ"
         )
     else:
-        say(f"memorisation: nearest of {n_train} training images, in pixels")
+        job.say(f"memorisation: nearest of {n_train} training images, in pixels")
         pixel = near_copies(fake_px, train_px, train_ids=all_train, **kw)
     return {"memorisation": memorisation_record(inception, pixel, source, why)}
-
-
-def _side_images(side: Side) -> np.ndarray:
-    return side.images if isinstance(side, SampleSet) else side[0].images(side[1])
 
 
 def _small_n_warning(plan: _Plan) -> str | None:
@@ -453,26 +406,20 @@ def _describe(side: Side, name: str | None) -> str:
     return f"{ds.root}:{split}"
 
 
-def _sides_record(
-    real: tuple[Dataset, str],
-    fake: Side,
-    fake_name: str | None,
-    plan: _Plan,
-    cached: tuple[bool, bool],
-) -> dict[str, Any]:
-    real_ds, real_split = real
+def _sides_record(job: _Job, fake_name: str | None, cached: tuple[bool, bool]) -> dict[str, Any]:
+    real_ds, real_split = job.real
     return {
         "real": {
             "dataset": str(real_ds.root),
             "split": real_split,
             "content_hash": real_ds.content_hash,
-            "n_available": plan.real_total,
+            "n_available": job.plan.real_total,
             "features_from_cache": cached[0],
         },
         "fake": {
-            "source": _describe(fake, fake_name),
-            "kind": "samples" if isinstance(fake, SampleSet) else "dataset",
-            "n_available": plan.fake_total,
+            "source": _describe(job.fake, fake_name),
+            "kind": "samples" if isinstance(job.fake, SampleSet) else "dataset",
+            "n_available": job.plan.fake_total,
             "features_from_cache": cached[1],
         },
     }
@@ -499,11 +446,10 @@ def evaluate(
     """
     t0 = time.perf_counter()
     s = settings or EvaluateSettings()
-    dev = _device(s.device) if extractor is None else extractor.device
     notes: list[str] = []
     n = s.n
     if n is None:
-        n, why = default_n(dev)
+        n, why = default_n(_device(s.device) if extractor is None else extractor.device)
         notes.append(why)
         say(why)
     plan = plan_images(real, fake, n, s)
@@ -514,37 +460,37 @@ def evaluate(
     resize = getattr(extractor, "resize", None)  # an InceptionExtractor's, not a stand-in's
     if resize not in (None, s.resize):
         raise ValueError(f"the network resizes with {resize!r}, the settings say {s.resize!r}")
-    _say_plan(plan, real, fake, extractor, s, say)
-    kw = {"progress": progress, "say": say}
-    real_feats, real_cached = side_features(real, plan.real_idx, extractor, s, desc="real", **kw)
-    fake_feats, fake_cached = side_features(fake, plan.fake_idx, extractor, s, desc="fake", **kw)
+    job = _Job(real, fake, s, plan, extractor, say, progress)
+    _say_plan(job)
+    real_feats, real_cached = side_features(job, real, plan.real_idx, "real")
+    fake_feats, fake_cached = side_features(job, fake, plan.fake_idx, "fake")
 
     small_n = _small_n_warning(plan)
     warnings = [small_n] if small_n else []
     feats = (real_feats, fake_feats)
     result = {
-        **_sides_record(real, fake, fake_name, plan, (real_cached, fake_cached)),
+        **_sides_record(job, fake_name, (real_cached, fake_cached)),
         **score_pair(real_feats, fake_feats, s.seed),
         "lead": "kid" if small_n else "fid",
         "resize": resize,
-        **_more_scores(real_feats, fake_feats, extractor, s, dev, say),
+        **_more_scores(job, real_feats, fake_feats),
     }
     if s.memorisation:
-        result |= _memorisation(real, fake, plan, feats, extractor, s, say, progress)
+        result |= _memorisation(job, feats)
     if s.per_class:
-        result["per_class"] = per_class_scores(real, fake, plan, feats, s.seed, warnings)
+        result["per_class"] = per_class_scores(job, feats, warnings)
     result |= {"warnings": warnings, "notes": notes}
-    return result | _provenance(extractor, s.seed, dev, t0)
+    return result | _provenance(extractor, s.seed, t0)
 
 
-def _provenance(extractor: FeatureExtractor, seed: int, dev: torch.device, t0: float) -> dict:
+def _provenance(extractor: FeatureExtractor, seed: int, t0: float) -> dict:
     """What the scores were made with: the network, seed, device, versions, cache, time."""
     weights = getattr(extractor, "weights", None)  # an InceptionExtractor's, not a stand-in's
     return {
         "weights": weights.to_json() if weights is not None else None,
         "features": extractor.identity(),
         "seed": seed,
-        "device": str(dev),
+        "device": str(extractor.device),
         "versions": versions(),
         "cache_dir": str(cache_dir()),
         "seconds": round(time.perf_counter() - t0, 1),

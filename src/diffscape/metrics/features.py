@@ -173,26 +173,17 @@ def embed_images(
 # ---- real-feature cache -------------------------------------------------------------------------
 
 
-def cache_root() -> Path:
-    """Where diffscape keeps caches: ``$DIFFSCAPE_CACHE``, else ``$XDG_CACHE_HOME/diffscape``,
-    else ``~/.cache/diffscape``."""
-    if os.environ.get(ENV_CACHE):
-        return Path(os.environ[ENV_CACHE])
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / layout.CACHE_HOME) / layout.CACHE_DIR
-
-
 def cache_dir() -> Path:
-    return cache_root() / layout.FEATURE_CACHE
-
-
-class CacheError(DiffscapeError):
-    """The feature cache cannot be used; the message says what to do."""
+    root = os.environ.get(ENV_CACHE)
+    if not root:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        root = (Path(xdg) if xdg else Path.home() / layout.CACHE_HOME) / layout.CACHE_DIR
+    return Path(root) / layout.FEATURE_CACHE
 
 
 def check_cache_dir() -> Path:
     """The feature cache folder, if it is one or can be made and can be written; otherwise a
-    CacheError naming it, raised before minutes of embedding (whose features could then not be
+    DiffscapeError naming it, raised before minutes of embedding (whose features could then not be
     stored). Creates nothing: the nearest existing folder on the way decides."""
     path = cache_dir()
     why = atomic.unwritable(path)
@@ -202,7 +193,7 @@ def check_cache_dir() -> Path:
         source, todo = f"${ENV_CACHE}", f"unset {ENV_CACHE} or point it at a writable folder"
     else:
         source, todo = "the default", f"set {ENV_CACHE} to a writable folder"
-    raise CacheError(
+    raise DiffscapeError(
         f"the feature cache {path} ({source}) cannot be used: {why}; {todo}, or pass --no-cache"
     )
 

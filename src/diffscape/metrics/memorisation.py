@@ -158,14 +158,9 @@ def memorisation_record(
     if pixel:
         flags = flags | pixel.pop("flags")
     out = {**inception, "space": "inception", "train_source": train_source}
-    out |= {
-        "pixel_share": pixel["share"] if pixel else None,
-        "pixel_median_ratio": pixel["median_ratio"] if pixel else None,
-        "pixel_n_train": pixel["n_train"] if pixel else None,
-        "pixel_train_nn_median": pixel["train_nn_median"] if pixel else None,
-        "pixel_pairs": pixel["pairs"] if pixel else [],
-        "any_share": float(np.mean(flags)),
-    }
+    for key in ("share", "median_ratio", "n_train", "train_nn_median"):
+        out[f"pixel_{key}"] = pixel[key] if pixel else None
+    out |= {"pixel_pairs": pixel["pairs"] if pixel else [], "any_share": float(np.mean(flags))}
     if pixel is None:
         out["pixel_unavailable"] = why
     return out
@@ -178,17 +173,15 @@ LABEL = 14  # pixels of one line of text under each pair
 TITLE = 64  # pixels left of the pairs for the row titles
 
 
-def _images_of(side: Any) -> np.ndarray:
+def images_of(side: Any) -> np.ndarray:
     """uint8 (N, 3, H, W) of a SampleSet, a (Dataset, split) pair, a Dataset (its train split)
     or an array."""
     if isinstance(side, tuple):
-        ds, split = side
-        return ds.images(split)
-    if hasattr(side, "images") and not callable(side.images):
-        return side.images  # SampleSet
-    if hasattr(side, "images"):
-        return side.images("train")  # Dataset
-    return np.asarray(side)
+        return side[0].images(side[1])
+    images = getattr(side, "images", None)
+    if images is None:
+        return np.asarray(side)
+    return images("train") if callable(images) else images  # a Dataset's, a SampleSet's
 
 
 def _cell(image_chw: np.ndarray) -> Any:
@@ -205,12 +198,10 @@ def _pairs(rec: Mapping[str, Any], space: str) -> list[tuple[int, int, float, st
         found += [(int(f), int(t), float(r), "inc") for f, t, r in rec.get("pairs") or []]
     if space in ("both", "pixel"):
         found += [(int(f), int(t), float(r), "px") for f, t, r in rec.get("pixel_pairs") or []]
-    seen, out = set(), []
+    closest: dict[tuple[int, int], tuple[int, int, float, str]] = {}
     for pair in sorted(found, key=lambda p: p[2]):
-        if pair[:2] not in seen:
-            seen.add(pair[:2])
-            out.append(pair)
-    return out
+        closest.setdefault(pair[:2], pair)
+    return list(closest.values())
 
 
 def save_pairs_png(
@@ -234,7 +225,7 @@ def save_pairs_png(
     pairs = _pairs(rec or {}, space)[:k]
     if not pairs:
         return None
-    fakes, trains = _images_of(fake), _images_of(train)
+    fakes, trains = images_of(fake), images_of(train)
     threshold = float(rec.get("threshold", NEAR_COPY))
     # One column per pair (generated above, nearest training image below, the ratio under
     # them), so that the sheet is as wide as a sample grid rather than a tall strip.

@@ -1,17 +1,11 @@
-"""Every number a run is judged by, declared once: :data:`METRICS`.
-
-An entry names the metric (``key``: result.json, results.csv, the verdicts; ``label``: the page),
-says which way is better, where its value and sizes sit in its record, how its within-run noise
-is obtained (intervals, verdicts) and how it is written. result.json, results.csv, the report's
-tables, verdicts and page iterate the entries. New maths is a function in
-:mod:`diffscape.metrics.scores` that the entry names (``compute=from_scores("name")``):
-:func:`diffscape.metrics.evaluate.evaluate` calls it on every pair of feature sets.
+"""Every number a run is judged by, declared once: :data:`METRICS` (docs/architecture.md says
+what iterates it and how to add a metric).
 
 A run's records by source (:func:`records`): ``"evaluate"``, evaluate()'s result (metrics.json;
 floor.json alike); ``"judge"``, the judge's accuracy.json; ``"judge:<kind>"``, a further judge's;
 the report adds ``"train"``. Per class (``per_class[c]`` holds the same layout) and per further
 judge, each metric's versions are derived (:meth:`Metric.of_class`, :meth:`Metric.of_judge`).
-Names older versions wrote (``old``) are still read. Torch-free: the report imports it.
+Torch-free: the report imports it.
 """
 
 from __future__ import annotations
@@ -19,6 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
+
+from diffscape.core import stats
+from diffscape.core.timefmt import duration
 
 Record = Mapping[str, Any]
 Records = Mapping[str, Record | None]  # source -> record
@@ -51,30 +48,19 @@ def number(value: Any) -> float | None:
 Noise = Callable[["Metric", Records], "float | None"]  # (metric, a run's records) -> variance
 
 
-def no_noise(m: Metric, recs: Records) -> float | None:
-    """No within-run variance known (one seed then gives no interval)."""
-    return None
-
-
 def bootstrap(m: Metric, recs: Records) -> float | None:
     """FID's bootstrap: its std, else the width of its interval (``evaluate.bootstrap``)."""
-    from diffscape.core import stats
-
     return stats.fid_var(m.record(recs) or {})
 
 
 def subsets(m: Metric, recs: Records) -> float | None:
     """KID's spread over random subsets, scaled from the subset size to the n it was run on."""
-    from diffscape.core import stats
-
     sizes = m.sizes_of(recs)
     return stats.kid_var(dig(m.record(recs), m.path[:-1]), min(sizes) if sizes else None)
 
 
 def binomial(m: Metric, recs: Records) -> float | None:
     """A share of independent images: p(1 - p) / n over the metric's first size."""
-    from diffscape.core import stats
-
     sizes = m.sizes_of(recs)
     return stats.binomial_var(m.value(recs), sizes[0] if sizes else None)
 
@@ -93,7 +79,7 @@ class Metric:
     path: Path  # where its value sits in its record
     source: str = EVALUATE  # the record it is read from (module docstring)
     sizes: tuple[Path, ...] = ()  # where the numbers of images it was measured on sit
-    noise: Noise = no_noise  # its within-run variance, for intervals and verdicts
+    noise: Noise | None = None  # within-run variance, for intervals and verdicts; None: unknown
     spread: Path = ()  # a spread its record holds, shown after the value ("± std")
     fmt: str = ".2f"  # format spec; "%": a share shown as a percentage; "duration": seconds
     headline: bool = False  # a verdict column in the per-run table, and a fact on each card
@@ -115,7 +101,9 @@ class Metric:
 
     def variance(self, records: Records) -> float | None:
         """The run's own sampling variance of its value; None when unknown."""
-        return None if self.value(records) is None else self.noise(self, records)
+        if self.noise is None or self.value(records) is None:
+            return None
+        return self.noise(self, records)
 
     def sizes_of(self, records: Records) -> tuple[int, ...]:
         found = [dig(self.record(records), path) for path in self.sizes]
@@ -134,8 +122,6 @@ class Metric:
         if value is None:
             return "–"
         if self.fmt == "duration":
-            from diffscape.core.timefmt import duration
-
             return duration(value)
         if self.fmt == "%":
             return f"{100 * value:.1f}%"
@@ -227,9 +213,8 @@ def records(
     evaluate: Record | None = None, judge: Record | None = None, judges: Mapping | None = None
 ) -> dict[str, Record | None]:
     """A run's records by source: evaluate's result, the judge's, each further judge's."""
-    out: dict[str, Record | None] = {EVALUATE: evaluate, JUDGE: judge}
-    out |= {f"{JUDGE}:{kind}": rec for kind, rec in (judges or {}).items()}
-    return out
+    further = {f"{JUDGE}:{kind}": rec for kind, rec in (judges or {}).items()}
+    return {EVALUATE: evaluate, JUDGE: judge, **further}
 
 
 def class_names(runs: Iterable[Records]) -> list[str]:

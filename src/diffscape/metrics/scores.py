@@ -10,7 +10,7 @@ never moves the caller's random state).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -22,10 +22,6 @@ KID_MAX_SUBSET_SIZE = 1000  # images per subset, capped by n (torchmetrics' defa
 # Precompute KID's kernel matrices up to this many entries in all (8 bytes each: 200 MB).
 KID_MAX_KERNEL_ENTRIES = 25_000_000
 IS_SPLITS = 10  # groups the Inception Score is averaged over (Salimans et al. 2016)
-
-
-def _as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
 
 
 def _generator(seed: int | torch.Generator) -> torch.Generator:
@@ -40,7 +36,7 @@ def fid_from_features(real: np.ndarray | torch.Tensor, fake: np.ndarray | torch.
     its ``_compute_fid`` (sqrt of the eigenvalues of sigma1 @ sigma2)."""
     stats = []
     for features in (real, fake):
-        f = _as_tensor(features).double()
+        f = torch.as_tensor(features).double()
         if f.shape[0] < 2:
             raise ValueError("FID needs at least 2 images on each side")
         stats += [f.mean(dim=0), torch.cov(f.T)]
@@ -53,9 +49,6 @@ class KID:
     std: float  # over subsets (population std, as torchmetrics reports it)
     subset_size: int
     subsets: int
-
-    def to_json(self) -> dict[str, float | int]:
-        return asdict(self)
 
 
 def kid_subset_size(n_real: int, n_fake: int) -> int:
@@ -86,7 +79,7 @@ def kid_from_features(
     the MMD is a small difference of large kernel sums (float32 moved it by 4e-4 relative in a
     measured case).
     """
-    f_real, f_fake = _as_tensor(real).to(dtype), _as_tensor(fake).to(dtype)
+    f_real, f_fake = torch.as_tensor(real).to(dtype), torch.as_tensor(fake).to(dtype)
     n_real, n_fake = f_real.shape[0], f_fake.shape[0]
     size = kid_subset_size(n_real, n_fake) if subset_size is None else subset_size
     if size < 2 or size > min(n_real, n_fake):
@@ -118,7 +111,7 @@ def inception_score_from_logits(
     ``splits`` groups. The same steps as torchmetrics' ``InceptionScore.compute`` (on
     ``logits_unbiased``), with the shuffle drawn from ``seed`` instead of the global RNG.
     Only meaningful with a genuine classifier layer (see ``InceptionWeights.has_logits``)."""
-    x = _as_tensor(logits).double()
+    x = torch.as_tensor(logits).double()
     x = x[torch.randperm(x.shape[0], generator=_generator(seed))]
     prob, log_prob = x.softmax(dim=1), x.log_softmax(dim=1)
     scores = []
@@ -137,9 +130,6 @@ class Interval:
     samples: int
     confidence: float
 
-    def to_json(self) -> dict[str, float | int]:
-        return asdict(self)
-
 
 def bootstrap_fid(
     real: np.ndarray | torch.Tensor,
@@ -152,7 +142,7 @@ def bootstrap_fid(
     """Percentile bootstrap of FID: both sets resampled with replacement ``samples`` times.
     Resampling repeats images, which biases each FID up a little; read the width, not the
     position. Costs one FID (a few seconds at 2048 features on a CPU) per sample."""
-    f_real, f_fake = _as_tensor(real).double(), _as_tensor(fake).double()
+    f_real, f_fake = torch.as_tensor(real).double(), torch.as_tensor(fake).double()
     g = _generator(seed)
     values = []
     for _ in range(samples):
@@ -189,16 +179,13 @@ def precision_recall(
     k: int = PRC_K,
     device: torch.device | str = "cpu",
 ) -> PrecisionRecall:
-    """Improved precision and recall (Kynkäänniemi et al. 2019): each set's manifold is the union
-    of balls reaching every feature's k-th nearest neighbour in its own set; precision is the
-    share of fake features inside the real manifold, recall the share of real ones inside the
-    fake manifold. torch-fidelity's own function (``calculate_precision_recall_part``, the
-    row-block variant) with blocks sized so that no distance block exceeds
-    ``PRC_MAX_BLOCK_ENTRIES``. Needs more than k features on each side."""
+    """Improved precision and recall (Kynkäänniemi et al. 2019; each set's manifold is the union
+    of balls reaching every feature's k-th nearest neighbour in its own set) by torch-fidelity's
+    own row-block ``calculate_precision_recall_part``, no block over ``PRC_MAX_BLOCK_ENTRIES``."""
     from torch_fidelity.metric_prc import calculate_precision_recall_part
 
-    f_real = _as_tensor(real).float().to(device)
-    f_fake = _as_tensor(fake).float().to(device)
+    f_real = torch.as_tensor(real).float().to(device)
+    f_fake = torch.as_tensor(fake).float().to(device)
     n = max(len(f_real), len(f_fake))
     if min(len(f_real), len(f_fake)) <= k:
         raise ValueError(f"precision/recall with k={k} need more than {k} images on each side")

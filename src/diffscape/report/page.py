@@ -1,12 +1,6 @@
 """The report as one self-contained HTML page, so that it opens from disk with no server and no
-network: the page is ``templates/page.html`` (Jinja2, autoescaped; its ``table`` macro draws
-every table) with its CSS and its few lines of JS (sortable tables) inlined from ``page.css`` and
-``page.js``; this module gives it the data: the tables' cells, plots as inline SVG, sample grids
-as base64 data URIs.
-
-A sweep with seeds gets the settings table (one row per setting: mean ± 95 % interval over its
-seeds, then the verdicts against the baseline) above the per-run table; a sweep without seeds
-gets the verdicts in its per-run table."""
+network: this module gives ``templates/page.html`` its data (docs/architecture.md): the tables'
+cells, plots as inline SVG, sample grids as base64 data URIs."""
 
 from __future__ import annotations
 
@@ -27,7 +21,6 @@ from diffscape.metrics import registry
 from diffscape.metrics.registry import Metric, Records
 from diffscape.report.plots import Plot
 from diffscape.report.rows import Collection, Row
-from diffscape.report.table import records
 from diffscape.report.verdicts import TRAIN_TIME, Setting, metrics_for, settings
 
 STATUS_TEXT = {
@@ -83,7 +76,7 @@ RUN_COLUMNS: list[Column] = [
     ("Sampling", "text", "sampler, steps, guidance w", False),
 ]
 TRAINING_COLUMNS: list[Column] = [
-    ("Train time", "num", "wall time of training, summed over resumes (metrics.jsonl)", False),
+    (TRAIN_TIME.label, "num", TRAIN_TIME.about, False),
     ("img/s", "num", "training images per second (median over log windows)", True),
     ("Loss", "num", "last logged training loss", False),
 ]
@@ -204,7 +197,7 @@ def settings_table(sets: list[Setting], metrics: list[Metric]) -> dict[str, Any]
     head = SETTING_COLUMNS + metric_columns(metrics, verdicts, SETTING_VERDICT_TIP, tip)
     body = []
     for s in sets:
-        first, recs = s.rows[0], records(s.rows[0])
+        first, recs = s.rows[0], s.rows[0].records
         seeds = [r.seed for r in s.rows if r.seed is not None]
         runs = f"{s.k} of {len(s.rows)} runs" + (
             f" · seeds {', '.join(map(str, seeds))}" if seeds else ""
@@ -277,7 +270,7 @@ def results_table(
     metrics), the training's numbers, and the real data's row under it (each metric of real
     images in place of samples: the real-vs-real floor; the judge's accuracy on real test
     images)."""
-    recs = [records(r) for r in coll.rows]
+    recs = [r.records for r in coll.rows]
     ok = [x for x, r in zip(recs, coll.rows, strict=True) if r.status in ("ok", "unknown")]
     best = {}  # each metric's best value among two or more finished runs
     for m in metrics:
@@ -337,7 +330,7 @@ def _figure(path: Path, alt: str, caption: str) -> dict[str, Any]:
 def _card(row: Row) -> dict[str, Any]:
     """What the page shows of one run under its samples: the headline metrics (the registry's),
     its grid and closest pairs."""
-    recs, facts = records(row), []
+    recs, facts = row.records, []
     for m in registry.METRICS:
         if m.headline and m.value(recs) is not None:
             note = n_note(m, recs)

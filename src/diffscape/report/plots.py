@@ -1,7 +1,7 @@
 """The report's plots as inline SVG (matplotlib, no pyplot, no GUI backend).
 
-Each function returns a :class:`Plot`: the SVG when the rows support the plot, else ``None``
-and a sentence saying what is missing, which the page shows in place of the plot.
+Each plot is a :class:`Plot`: the SVG when the rows support the plot, else ``None`` and a
+sentence saying what is missing, which the page shows in place of the plot.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import math
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any
 
 from diffscape.metrics import registry
@@ -28,6 +29,9 @@ class Plot:
     svg: str | None  # None: not drawn, ``note`` says why
     note: str
     wide: bool = False  # two panels: the page gives it the full width
+
+
+Drawn = tuple[Any, str]  # (a matplotlib Figure, its note), or (None, what the plot needs)
 
 
 def _figure(panels: int = 1, height: float = 3.4):  # noqa: ANN202 - matplotlib Figure
@@ -65,26 +69,21 @@ def to_svg(fig: Any, salt: str) -> str:
 def _ema(values: list[float]) -> list[float]:
     """Exponential moving average over about a twentieth of the points (none for short logs)."""
     alpha = min(1.0, 2 / (len(values) / 20 + 1))
-    out, acc = [], None
-    for v in values:
-        acc = v if acc is None else alpha * v + (1 - alpha) * acc
-        out.append(acc)
-    return out
+    return list(accumulate(values, lambda acc, v: alpha * v + (1 - alpha) * acc))
 
 
 def _training_label(row: Row) -> str:
     return row.train_dir.name if row.train_dir is not None else row.name
 
 
-def loss_curves(rows: list[Row]) -> Plot:
-    title = "Training loss"
+def loss_curves(rows: list[Row]) -> Drawn:
     runs: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         recs = [x for x in r.log if not x.get("skipped") and x.get("loss") is not None]
         if len(recs) >= 2:
             runs.setdefault(_training_label(r), recs)
     if not runs:
-        return Plot("loss", title, None, "no run has a metrics.jsonl with two or more log lines")
+        return None, "no run has a metrics.jsonl with two or more log lines"
     fig, (ax,) = _figure(height=3.6)
     for i, (name, recs) in enumerate(runs.items()):
         steps = [x["step"] for x in recs]
@@ -105,7 +104,7 @@ def loss_curves(rows: list[Row]) -> Plot:
     ax.set_ylabel("MSE loss (log scale)")
     ax.legend(fontsize=8, frameon=False, loc="upper right")
     note = "faint: logged loss (mean over each log window); bold: its exponential moving average"
-    return Plot("loss", title, to_svg(fig, "loss"), note)
+    return fig, note
 
 
 def _floor_lines(ax: Any, floor: dict[str, Any] | None, key: str) -> None:
@@ -130,8 +129,7 @@ def _lines(
     return {k: v for k, v in groups.items() if len({s[x] for s in v}) >= 2}
 
 
-def fid_vs_steps(rows: list[Row], floor: dict[str, Any] | None) -> Plot:
-    title = "FID and KID against sampler steps"
+def fid_vs_steps(rows: list[Row], floor: dict[str, Any] | None) -> Drawn:
     # One line per model, sampler and guidance weight: only the step count varies along it.
     groups = _lines(
         rows,
@@ -140,9 +138,7 @@ def fid_vs_steps(rows: list[Row], floor: dict[str, Any] | None) -> Plot:
         lambda s: s["sampler"] + ("" if s["guidance"] is None else f" w={s['guidance']:g}"),
     )
     if not groups:
-        return Plot(
-            "steps", title, None, "needs FID for two or more step counts of one sampler and model"
-        )
+        return None, "needs FID for two or more step counts of one sampler and model"
     fig, (ax_fid, ax_kid) = _figure(2)
     several_models = len({k[0] for k in groups}) > 1
     for i, ((model, sampler), pts) in enumerate(sorted(groups.items())):
@@ -171,20 +167,14 @@ def fid_vs_steps(rows: list[Row], floor: dict[str, Any] | None) -> Plot:
         ax.legend(fontsize=8, frameon=False)
     ns = sorted({s["n_fake"] for v in groups.values() for s in v if s["n_fake"]})
     note = f"generated images per point: n = {', '.join(f'{n:,}' for n in ns)}" if ns else ""
-    return Plot("steps", title, to_svg(fig, "steps"), note, wide=True)
+    return fig, note
 
 
-def accuracy_vs_guidance(rows: list[Row]) -> Plot:
-    title = "Judge accuracy against guidance"
+def accuracy_vs_guidance(rows: list[Row]) -> Drawn:
     classes = registry.class_names(r.records for r in rows)
     groups = _lines(rows, "accuracy", "guidance", lambda s: f"{s['sampler']} {s['sampler_steps']}")
     if not groups:
-        return Plot(
-            "guidance",
-            title,
-            None,
-            "needs judge accuracy at two or more guidance weights of one model",
-        )
+        return None, "needs judge accuracy at two or more guidance weights of one model"
     with_fid = any(sum(s["fid"] is not None for s in v) >= 2 for v in groups.values())
     fig, axes = _figure(2 if with_fid else 1)
     ax = axes[0]
@@ -220,17 +210,14 @@ def accuracy_vs_guidance(rows: list[Row]) -> Plot:
         axes[1].set_ylabel("FID, lower is better")
     ns = sorted({s["n_judged"] for v in groups.values() for s in v if s["n_judged"]})
     note = f"judged images per point: n = {', '.join(f'{n:,}' for n in ns)}" if ns else ""
-    return Plot("guidance", title, to_svg(fig, "guidance"), note, wide=with_fid)
+    return fig, note
 
 
-def fid_vs_accuracy(rows: list[Row], floor: dict[str, Any] | None) -> Plot:
-    title = "FID against judge accuracy"
+def fid_vs_accuracy(rows: list[Row], floor: dict[str, Any] | None) -> Drawn:
     pts = list(zip(rows, summaries(rows), strict=True))
     pts = [(r, s) for r, s in pts if s["fid"] is not None and s["accuracy"] is not None]
     if len(pts) < 2:
-        return Plot(
-            "tradeoff", title, None, "needs two or more runs with both FID and judge accuracy"
-        )
+        return None, "needs two or more runs with both FID and judge accuracy"
     fig, (ax,) = _figure(height=3.8)
     xs = [100 * s["accuracy"] for _, s in pts]
     ys = [s["fid"] for _, s in pts]
@@ -256,7 +243,7 @@ def fid_vs_accuracy(rows: list[Row], floor: dict[str, Any] | None) -> Plot:
     ax.margins(y=0.12)
     if not replicated:
         _label_points(ax, [r.name for r, _ in pts], xs, ys)
-    return Plot("tradeoff", title, to_svg(fig, "tradeoff"), "best runs sit bottom right")
+    return fig, "best runs sit bottom right"
 
 
 def _label_points(ax: Any, names: list[str], xs: list[float], ys: list[float]) -> None:
@@ -278,9 +265,15 @@ def all_plots(rows: list[Row], floor: dict[str, Any] | None) -> list[Plot]:
     # in a run name would otherwise start a formula, or fail to parse). The setting is read when
     # each text is made, so it must hold while the figures are made and drawn.
     with matplotlib.rc_context({"text.parse_math": False}):
-        return [
-            loss_curves(rows),
-            fid_vs_steps(rows, floor),
-            accuracy_vs_guidance(rows),
-            fid_vs_accuracy(rows, floor),
-        ]
+        drawn = {
+            ("loss", "Training loss"): loss_curves(rows),
+            ("steps", "FID and KID against sampler steps"): fid_vs_steps(rows, floor),
+            ("guidance", "Judge accuracy against guidance"): accuracy_vs_guidance(rows),
+            ("tradeoff", "FID against judge accuracy"): fid_vs_accuracy(rows, floor),
+        }
+        # The key is the plot's anchor on the page and keeps its SVG's ids apart from the others'.
+        plots = []
+        for (key, title), (fig, note) in drawn.items():
+            svg = None if fig is None else to_svg(fig, key)
+            plots.append(Plot(key, title, svg, note, wide=svg is not None and len(fig.axes) > 1))
+        return plots

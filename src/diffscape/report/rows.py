@@ -5,9 +5,8 @@ searching:
 
 - a sweep folder (``sweep.json``) lists its rows: training folder, sampling folder, name, changes;
   rows not done yet still show. A demo folder (``demo.json``) holds one run in ``run/``.
-- the real-vs-real floor of a sweep or demo (:func:`diffscape.study.results.read_floor`:
-  ``_floor/floor.json``, or older ``_floor/metrics.json`` / ``floor.json``); a run folder takes
-  the floor of the study it lies in.
+- the real-vs-real floor of a sweep or demo (:func:`diffscape.study.results.read_floor` knows
+  where); a run folder takes the floor of the study it lies in.
 - a run folder (``run.json``, or ``config.json`` + ``checkpoints/``) gives ``config.json`` (the
   settings, shown as a diff from the base), ``metrics.jsonl`` (loss curves, time, img/s) and its
   samplings: the samples folders (``samples.json``) or sweep rows (``result.json``) directly in
@@ -28,12 +27,14 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from diffscape.core import layout
+from diffscape.core.atomic import read_json
 from diffscape.core.errors import DiffscapeError
 from diffscape.metrics import registry
 from diffscape.study.results import RunResult, read_floor, read_result
@@ -71,8 +72,10 @@ class Row:
 
     @property
     def records(self) -> dict[str, Any]:
-        """Its records by source, as the metric registry reads them."""
-        return registry.records(self.metrics, self.accuracy, self.judges)
+        """Its records by source, as the metric registry reads them, the training log's numbers
+        included (source ``"train"``)."""
+        recs = registry.records(self.metrics, self.accuracy, self.judges)
+        return {**recs, "train": train_stats(self.log)}
 
     @property
     def error(self) -> str | None:
@@ -83,25 +86,24 @@ class Row:
         return None if self.result is None else self.result.traceback
 
 
-@dataclass(frozen=True)
+@dataclass
 class Collection:
-    title: str
-    description: str
-    rows: list[Row]
-    floor: dict[str, Any] | None  # real-vs-real metrics.json
-    base: dict[str, Any] | None  # the base config, flattened to dotted keys
+    """What :func:`collect` found in the folders it was given."""
+
     sources: list[Path]
-    notes: list[str]
+    rows: list[Row] = field(default_factory=list)
+    floors: list[dict[str, Any]] = field(default_factory=list)  # real-vs-real metrics.json
+    title: str = ""
+    description: str = ""
+    base: dict[str, Any] | None = None  # the base config, flattened to dotted keys
+    notes: list[str] = field(default_factory=list)
     baseline: str | None = None  # the setting the others are compared with; None: the first
     seeds: list[int] | None = None  # a replicated sweep's seeds
 
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
+    @property
+    def floor(self) -> dict[str, Any] | None:
+        """The first floor found."""
+        return self.floors[0] if self.floors else None
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:
@@ -121,13 +123,39 @@ def read_log(path: Path) -> list[dict[str, Any]]:
     return out
 
 
+def train_stats(log: list[dict[str, Any]]) -> dict[str, Any]:
+    """Training time, speed, steps and last loss from metrics.jsonl.
+
+    ``seconds`` counts from the start of each ``train`` call, so a resumed run's log restarts
+    it: the time is the sum over those segments. ``img/s`` is the median of the logged windows
+    (robust to the slow first window and to pauses)."""
+    recs = [r for r in log if not r.get("skipped")]
+    if not recs:
+        return dict.fromkeys(("train_seconds", "images_per_second", "train_steps", "final_loss"))
+    total, segment, prev = 0.0, 0.0, -1.0
+    for r in recs:
+        s = r.get("seconds")
+        if s is None:
+            continue
+        if s < prev:  # a new train() call: resumed
+            total += segment
+        segment, prev = s, s
+    total += segment
+    rates = [r["images_per_second"] for r in recs if r.get("images_per_second")]
+    return {
+        "train_seconds": total or None,
+        "images_per_second": statistics.median(rates) if rates else None,
+        "train_steps": recs[-1].get("step"),
+        "final_loss": recs[-1].get("loss"),
+    }
+
+
 def flatten(config: dict[str, Any] | None) -> dict[str, Any]:
     """Nested config -> {"section.name": value}."""
     out: dict[str, Any] = {}
     for key, value in (config or {}).items():
         if isinstance(value, dict):
-            for k, v in value.items():
-                out[f"{key}.{k}"] = v
+            out |= {f"{key}.{k}": v for k, v in value.items()}
         else:
             out[key] = value
     return out
@@ -181,25 +209,20 @@ def _scores(metrics: dict[str, Any] | None, floors: list[dict[str, Any]]) -> dic
     return metrics
 
 
-def _sampling_row(
-    run_dir: Path, d: Path, only: bool, shared: dict[str, Any], floors: list[dict[str, Any]]
-) -> Row:
+def _sampling_row(run: Row, d: Path, only: bool, floors: list[dict[str, Any]]) -> Row:
+    """One sampling of ``run``; the scores kept for the whole run count as its own when it is the
+    run's only sampling."""
     result = read_result(d)
-    sampling = read_json(d / layout.SAMPLES_JSON) or (result.sample if result else None)
-    name = (result.name if result else "") or (run_dir.name if only else f"{run_dir.name}/{d.name}")
     metrics = _scores(read_json(d / layout.EVAL_JSON), floors)
-    grid = d / layout.GRID_PNG
-    pairs = d / layout.PAIRS_PNG
-    return Row(
-        name=name,
+    grid, pairs = d / layout.GRID_PNG, d / layout.PAIRS_PNG
+    return replace(
+        run,
+        name=(result.name if result else "") or (run.name if only else f"{run.name}/{d.name}"),
         status=result.status if result else "unknown",
-        train_dir=run_dir,
         sample_dir=d,
-        config=shared["config"],
-        log=shared["log"],
-        sampling=sampling,
-        metrics=metrics if metrics is not None else (shared["metrics"] if only else None),
-        accuracy=read_json(d / layout.ACCURACY_JSON) or (shared["accuracy"] if only else None),
+        sampling=read_json(d / layout.SAMPLES_JSON) or (result.sample if result else None),
+        metrics=run.metrics if metrics is None and only else metrics,
+        accuracy=read_json(d / layout.ACCURACY_JSON) or (run.accuracy if only else None),
         result=result,
         grid=grid if grid.is_file() else None,
         grid_caption="samples (grid.png)",
@@ -210,40 +233,27 @@ def _sampling_row(
 
 def further_judges(d: Path) -> dict[str, Any]:
     """{kind: accuracy record} of a sampling's further judges (``accuracy-<kind>.json``)."""
-    found = {}
-    for kind in ("svc", "cnn"):
-        data = read_json(d / layout.ACCURACY_ALSO_JSON.format(kind=kind))
-        if data is not None and isinstance(data.get("accuracy"), int | float):
-            found[kind] = data
-    return found
+    found = {k: read_json(d / layout.ACCURACY_ALSO_JSON.format(kind=k)) for k in ("svc", "cnn")}
+    return {k: v for k, v in found.items() if v and isinstance(v.get("accuracy"), int | float)}
 
 
 def rows_from_run(run_dir: Path, floors: list[dict[str, Any]]) -> list[Row]:
     """The rows of one training run folder: one per sampling (or one for the training)."""
     samplings = sample_dirs(run_dir)
-    shared = {
-        "config": read_json(run_dir / layout.CONFIG_JSON),
-        "log": read_log(run_dir / layout.METRICS_JSONL),
-        "metrics": _scores(_run_level(run_dir, layout.EVAL_JSON, samplings), floors),
-        "accuracy": _run_level(run_dir, layout.ACCURACY_JSON, samplings),
-    }
-    if samplings:
-        only = len(samplings) == 1
-        return [_sampling_row(run_dir, d, only, shared, floors) for d in samplings]
     grid = _latest_training_grid(run_dir)
-    return [
-        Row(
-            name=run_dir.name,
-            status="unknown",
-            train_dir=run_dir,
-            config=shared["config"],
-            log=shared["log"],
-            metrics=shared["metrics"],
-            accuracy=shared["accuracy"],
-            grid=grid,
-            grid_caption=f"training grid ({grid.stem})" if grid else "",
-        )
-    ]
+    run = Row(
+        name=run_dir.name,
+        status="unknown",
+        train_dir=run_dir,
+        config=read_json(run_dir / layout.CONFIG_JSON),
+        log=read_log(run_dir / layout.METRICS_JSONL),
+        metrics=_scores(_run_level(run_dir, layout.EVAL_JSON, samplings), floors),
+        accuracy=_run_level(run_dir, layout.ACCURACY_JSON, samplings),
+        grid=grid,
+        grid_caption=f"training grid ({grid.stem})" if grid else "",
+    )
+    only = len(samplings) == 1
+    return [_sampling_row(run, d, only, floors) for d in samplings] or [run]
 
 
 def _planned_paths(root: Path, run: dict[str, Any]) -> tuple[Path, Path]:
@@ -280,40 +290,26 @@ def rows_from_sweep(root: Path, sweep: dict[str, Any], floors: list[dict[str, An
 
 def _planned_row(run: dict[str, Any], train_dir: Path) -> Row:
     """A sweep row without its result.json: not started, or interrupted."""
-    exists = train_dir.is_dir()
     return Row(
         name=run["name"],
         status="incomplete" if (train_dir / layout.CHECKPOINTS).is_dir() else "not run",
-        train_dir=train_dir if exists else None,
+        train_dir=train_dir if train_dir.is_dir() else None,
         config=read_json(train_dir / layout.CONFIG_JSON),
         log=read_log(train_dir / layout.METRICS_JSONL),
         result=RunResult(name=run["name"], status="missing", changes=run.get("changes") or {}),
-        grid=_latest_training_grid(train_dir) if exists else None,
+        grid=_latest_training_grid(train_dir),
         grid_caption="latest training grid",
     )
 
 
-@dataclass
-class _Found:
-    """What collect() gathers over the folders it is given."""
-
-    rows: list[Row] = field(default_factory=list)
-    floors: list[dict[str, Any]] = field(default_factory=list)
-    title: str = ""
-    description: str = ""
-    base: dict[str, Any] | None = None
-    baseline: str | None = None
-    seeds: list[int] | None = None
-
-
-def _study_floor(study: Path, found: _Found) -> None:
+def _study_floor(study: Path, found: Collection) -> None:
     """The real-vs-real floor of a sweep or demo folder (results.read_floor knows where)."""
     floor = read_floor(study)
     if floor is not None:
         found.floors.append(floor.metrics)
 
 
-def _collect_one(p: Path, found: _Found) -> None:
+def _collect_one(p: Path, found: Collection) -> None:
     """Rows and floors of one folder: a sweep, a demo, a run, or a folder of runs."""
     if not p.is_dir():
         raise DiffscapeError(f"{p} is not a folder; give a sweep folder or a run folder")
@@ -348,31 +344,18 @@ def _collect_one(p: Path, found: _Found) -> None:
 def collect(runs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> Collection:
     """Every row found in sweep folders, demo folders, run folders, or folders of run folders."""
     paths = [Path(runs)] if isinstance(runs, str | os.PathLike) else [Path(p) for p in runs]
-    found = _Found()
+    found = Collection(sources=paths)
     for p in paths:
         _collect_one(p, found)
-    title = found.title
-    if not title:
+    if not found.title:
         # The folder and its parent: "demo/run" says more than "run".
         names = ", ".join("/".join(p.resolve().parts[-2:]) for p in paths)
-        title = f"Run: {names}" if len(found.rows) == 1 else f"Runs: {names}"
-    notes: list[str] = []
-    base = found.base
-    if base is None:
-        base, why = infer_base(found.rows)
-        if why:
-            notes.append(why)
-    return Collection(
-        title=title,
-        description=found.description,
-        rows=[_with_changes(r, base, found.rows) for r in found.rows],
-        floor=found.floors[0] if found.floors else None,
-        base=base,
-        sources=paths,
-        notes=notes,
-        baseline=found.baseline,
-        seeds=found.seeds,
-    )
+        found.title = f"Run: {names}" if len(found.rows) == 1 else f"Runs: {names}"
+    if found.base is None:
+        found.base, why = infer_base(found.rows)
+        found.notes += [why] if why else []
+    found.rows = [_with_changes(r, found.base, found.rows) for r in found.rows]
+    return found
 
 
 def infer_base(rows: list[Row]) -> tuple[dict[str, Any] | None, str]:
@@ -383,12 +366,7 @@ def infer_base(rows: list[Row]) -> tuple[dict[str, Any] | None, str]:
         return None, ""
     distinct = {json.dumps(c, sort_keys=True) for c in configs}
     if len(distinct) > 1:
-        keys = set().union(*configs)
-        shared = {
-            k: configs[0].get(k)
-            for k in keys
-            if all(c.get(k) == configs[0].get(k) for c in configs)
-        }
+        shared = {k: v for k, v in configs[0].items() if all(c.get(k) == v for c in configs)}
         return shared, "changes are shown against the settings all runs share (no sweep.json)"
     preset = configs[0].get("preset")
     try:

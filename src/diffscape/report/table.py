@@ -7,7 +7,6 @@ counts, the training's numbers, the error, and a column per changed setting."""
 from __future__ import annotations
 
 import csv
-import statistics
 from pathlib import Path
 from typing import Any
 
@@ -17,42 +16,9 @@ from diffscape.metrics.registry import Metric
 from diffscape.report.rows import Row
 
 
-def train_stats(log: list[dict[str, Any]]) -> dict[str, Any]:
-    """Training time, speed, steps and last loss from metrics.jsonl.
-
-    ``seconds`` counts from the start of each ``train`` call, so a resumed run's log restarts
-    it: the time is the sum over those segments. ``img/s`` is the median of the logged windows
-    (robust to the slow first window and to pauses)."""
-    recs = [r for r in log if not r.get("skipped")]
-    if not recs:
-        return dict.fromkeys(("train_seconds", "images_per_second", "train_steps", "final_loss"))
-    total, segment, prev = 0.0, 0.0, -1.0
-    for r in recs:
-        s = r.get("seconds")
-        if s is None:
-            continue
-        if s < prev:  # a new train() call: resumed
-            total += segment
-        segment, prev = s, s
-    total += segment
-    rates = [r["images_per_second"] for r in recs if r.get("images_per_second")]
-    return {
-        "train_seconds": total or None,
-        "images_per_second": statistics.median(rates) if rates else None,
-        "train_steps": recs[-1].get("step"),
-        "final_loss": recs[-1].get("loss"),
-    }
-
-
-def records(row: Row) -> dict[str, Any]:
-    """The row's records as its metrics read them (:mod:`diffscape.metrics.registry`), the
-    training log's numbers included (source ``"train"``)."""
-    return {**row.records, "train": train_stats(row.log)}
-
-
 def summary(row: Row, metrics: list[Metric]) -> dict[str, Any]:
     """Flat numbers of one row (None where missing): one per metric, by its key."""
-    recs, s = records(row), row.sampling or {}
+    recs, s = row.records, row.sampling or {}
     out: dict[str, Any] = {
         "name": row.name,
         "status": row.status,

@@ -1,10 +1,6 @@
 """The report's settings: runs grouped by the setting they replicate, every number's mean and 95 %
 interval over the seeds, and each setting against the baseline (:mod:`diffscape.core.stats`).
-
-Each number comes with its within-run variance where the run recorded one, as its entry in
-:mod:`diffscape.metrics.registry` says how: FID's bootstrap, KID's std over subsets, a binomial
-variance for shares of images (judge accuracy over n judged, precision over n generated, recall
-over n real, the near-copy share over n generated).
+Each run's own sampling variance is its metric's ``noise`` (:mod:`diffscape.metrics.registry`).
 """
 
 from __future__ import annotations
@@ -16,7 +12,6 @@ from diffscape.core.stats import Comparison, Estimate
 from diffscape.metrics import registry
 from diffscape.metrics.registry import Metric
 from diffscape.report.rows import Collection, Row
-from diffscape.report.table import records
 
 TRAIN_TIME = Metric(
     "train_seconds", "Train time", False, "wall time of training, summed over resumes "
@@ -56,8 +51,7 @@ def settings(coll: Collection, metrics: list[Metric] | None = None) -> list[Sett
         groups.setdefault(r.group, []).append(r)
     est = {}
     for name, rows in groups.items():
-        done = [r for r in rows if r.status in ("ok", "unknown")]
-        recs = [records(r) for r in done]
+        recs = [r.records for r in rows if r.status in ("ok", "unknown")]
         est[name] = {
             m.key: stats.estimate([m.value(x) for x in recs], [m.variance(x) for x in recs])
             for m in metrics
