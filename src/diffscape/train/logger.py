@@ -220,8 +220,6 @@ class TrainLogger:
 def pace_note(steps: int, minutes: float, step: int, steps_per_second: float, spent: float) -> str:
     """The one line that says, from the first logging window's speed, how long the run will
     take: to ``steps``, or how many steps the ``minutes`` budget will reach."""
-    if steps_per_second <= 0:
-        return "train: no speed measured yet"
     to_cap = (steps - step) / steps_per_second
     if minutes and spent + to_cap > 60 * minutes:
         reach = step + int(steps_per_second * max(0.0, 60 * minutes - spent))

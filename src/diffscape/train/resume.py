@@ -5,7 +5,8 @@ process's RNG states.
 Exact resume rests on three things: every random draw comes from generators whose state is
 checkpointed (noise, timesteps, flips, label dropout on ``gen``; dropout on torch's global RNG);
 the data order is a pure function of (seed, step), so there is no loader state to save; and the
-LR is a pure function of the step.
+LR is a pure function of the step (and, with a wall-clock budget, of the seconds trained, which
+are checkpointed too).
 """
 
 from __future__ import annotations
