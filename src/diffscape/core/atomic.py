@@ -212,11 +212,8 @@ def publish_dir(tmp: Path, out: Path) -> None:
         tmp.rename(out)
     with contextlib.suppress(FileNotFoundError):  # published: no longer a temporary
         (out / layout.TMP_MARKER).unlink()
-    _fsync_dir(out.parent)  # the rename survives a crash before anything older is deleted
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+    # the rename survives a crash before anything older is deleted
+    fd = os.open(out.parent, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:

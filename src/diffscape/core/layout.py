@@ -279,12 +279,6 @@ def _ours_in_passing(p: Path) -> bool:
     return p.name in (LOCK, TMP_MARKER) or is_our_temporary(p)
 
 
-def holds_nothing(p: Path) -> bool:
-    """Folder ``p`` holds nothing but a lock and this program's temporaries: anything else at
-    its top (a file, a folder, even empty, a link) is someone's."""
-    return all(_ours_in_passing(c) for c in p.iterdir())
-
-
 def foreign_entries(p: Path, kind: str) -> list[str]:
     """Paths below folder ``p`` (relative; the first 20 or so) that OWN_CONTENT[kind] does not
     list: files a person put there, and links (this program writes none)."""
@@ -334,7 +328,7 @@ def check_out(
         return _check_file(p, kind, overwrite, what)
     if not p.is_dir():
         raise _refuse(what, p, "is a file, not a folder", "pick another path")
-    if holds_nothing(p):
+    if all(_ours_in_passing(c) for c in p.iterdir()):  # anything else at its top is someone's
         return p
     if is_kind(p, kind):
         if kind not in REPLACED:
@@ -358,7 +352,9 @@ def _check_file(p: Path, kind: str, overwrite: bool, what: str) -> Path:
 
     mode = p.stat().st_mode
     if stat.S_ISDIR(mode):
-        raise _refuse(what, p, "is a folder", f"give a file name, such as {p}/{_example(kind)}")
+        names = {"metrics": EVAL_JSON, "html": REPORT_HTML, "csv": RESULTS_CSV, "image": GRID_PNG}
+        example = names.get(kind, f"{kind}.json")
+        raise _refuse(what, p, "is a folder", f"give a file name, such as {p}/{example}")
     if not stat.S_ISREG(mode) or not OWN_FILE[kind](p):
         raise _refuse(
             what, p, "exists and was not written by diffscape", "pick another name or move it"
@@ -382,11 +378,6 @@ def check_files_in(
     for name, kind in files.items():
         check_out(p / name, kind, overwrite=overwrite, what=what)
     return p
-
-
-def _example(kind: str) -> str:
-    names = {"metrics": EVAL_JSON, "html": REPORT_HTML, "csv": RESULTS_CSV, "image": "grid.png"}
-    return names.get(kind, f"{kind}.json")
 
 
 # ---- names that come from files ------------------------------------------------------------------

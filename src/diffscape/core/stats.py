@@ -160,13 +160,6 @@ def binomial_var(p: float | None, n: int | None) -> float | None:
     return q * (1 - q) / n
 
 
-def interval_var(low: float | None, high: float | None, level: float = LEVEL) -> float | None:
-    """The variance a normal ``level`` interval [low, high] stands for."""
-    if low is None or high is None or not high >= low:
-        return None
-    return ((high - low) / (2 * critical(math.inf, level))) ** 2
-
-
 def fid_var(metrics: dict[str, Any]) -> float | None:
     """FID's within-run variance: its bootstrap's std (``fid_bootstrap``), else the width of
     ``fid_interval``; None without a bootstrap."""
@@ -175,10 +168,9 @@ def fid_var(metrics: dict[str, Any]) -> float | None:
         return float(boot["std"]) ** 2
     for key in ("fid_bootstrap", "fid_interval"):
         iv = metrics.get(key)
-        if isinstance(iv, dict):
-            v = interval_var(iv.get("low"), iv.get("high"))
-            if v:
-                return v
+        low, high = (iv.get("low"), iv.get("high")) if isinstance(iv, dict) else (None, None)
+        if low is not None and high is not None and high > low:  # as a normal interval's
+            return ((high - low) / (2 * critical(math.inf))) ** 2
     return None
 
 
