@@ -200,12 +200,6 @@ class TrainLogger:
 
                 tracker.log_images({"samples": [Image.open(path)]}, step=step)
 
-    def __enter__(self) -> TrainLogger:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def _say(self, line: str) -> None:
         if self.main:
             (self.bar.write if self.bar is not None else print)(line, file=sys.stderr)

@@ -168,8 +168,9 @@ def train(
 
         # -- the loop
         start_step, final_ckpt = state.step, None
-        log = stack.enter_context(TrainLogger(run_dir, cfg, accelerator, step=state.step,
-                                              progress=progress, on_log=on_log))  # fmt: skip
+        log = TrainLogger(run_dir, cfg, accelerator, step=state.step, progress=progress,
+                          on_log=on_log)  # fmt: skip
+        stack.callback(log.close)
         stop = stack.enter_context(_StopFlag())
         before = state.seconds  # trained in earlier calls (the same on every process)
         while state.step < t.steps and state.seconds < budget:
