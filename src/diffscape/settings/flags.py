@@ -90,8 +90,7 @@ class Flags:
             error = e.naming(
                 f"{self.flags[name]} {raw if isinstance(raw, str) else value_text(raw)}"
             )
-            hint = getattr(args, "settings_help", None)
-            see = f" (see {hint} --help)" if hint else ""
+            see = f" (see {args.settings_help} --help)"  # set by add_to, which made the flag
             raise ConfigError(f"{error}{see}", e.path, e.shown, e.problem) from None
 
     def values(self, args: argparse.Namespace) -> dict[str, Any]:
