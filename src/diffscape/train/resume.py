@@ -34,7 +34,7 @@ from diffscape.settings.engine import ConfigError
 from diffscape.settings.presets import shape_changes
 from diffscape.settings.sections import RunConfig
 from diffscape.train.setup import any_process
-from diffscape.train.step import StepParts
+from diffscape.train.step import StepParts, inner_optimizer
 
 
 def lock_run_dir(stack: contextlib.ExitStack, run_dir: Path, accelerator: Accelerator) -> None:
@@ -127,10 +127,9 @@ def save(parts: StepParts, state: TrainingState, run_dir: Path, info: dict) -> P
         rng_states[f"torch_rank{r}"] = c
     path = None
     if acc.is_main_process:
-        optimizer = parts.optimizer
         path = save_checkpoint(
             run_dir, cfg=parts.cfg, model=parts.model, ema=parts.ema,
-            optimizer=optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
+            optimizer=inner_optimizer(parts.optimizer),
             state=state, rng_states=rng_states, keep_last=t.keep_last,
             milestone_every_steps=t.milestone_every_steps, info=info,
         )  # fmt: skip

@@ -182,21 +182,21 @@ def train_step(parts: StepParts, state: TrainingState, data: BatchSource) -> Ste
     return StepResult(loss=mean_loss, grad_norm=grad_norm, lr=lr, finite=finite)
 
 
-def _inner(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+def inner_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
     return getattr(optimizer, "optimizer", optimizer)  # Accelerate's wrapper holds the real one
 
 
 def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
     """Whether the optimizer skips its update on a device flag: torch's fused Adam/AdamW read
     ``found_inf`` (GradScaler's protocol, ``_step_supports_amp_scaling``) inside the kernel."""
-    return bool(getattr(_inner(optimizer), "_step_supports_amp_scaling", False))
+    return bool(getattr(inner_optimizer(optimizer), "_step_supports_amp_scaling", False))
 
 
 def _update_unless(parts: StepParts, finite: torch.Tensor, ema_weight: float) -> None:
     """Optimizer and EMA update, both no-ops on the device when ``finite`` is false: fused AdamW
     with ``found_inf=1`` leaves parameters and moments as they were and takes its step count back
     (torch/optim/adam.py, _fused_adam), and the EMA moves by a weight of 0. No host sync."""
-    inner = _inner(parts.optimizer)
+    inner = inner_optimizer(parts.optimizer)
     # An fp16 GradScaler sets (and then deletes) its own found_inf in the step; inf/NaN
     # gradients are what it checks, and they make ``finite`` false too.
     inner.found_inf = (~finite).float()
