@@ -1,9 +1,7 @@
 """Every file and folder name diffscape writes, what kind a folder is, and the rules for --out.
 
 The files on disk are a contract between commands (train writes what sample reads, sweeps write
-what the report reads); this module is that contract written down. Other modules import the
-names from here instead of spelling string literals. A folder's kind is known by its marker file
-(``MARKERS``); what each kind holds is ``OWN_CONTENT`` and the names below.
+what the report reads); this module is that contract written down.
 """
 
 from __future__ import annotations

@@ -1,7 +1,3 @@
-"""What a training says: metrics.jsonl, the progress bar, the ``on_log`` callback and the one
-line on how long the run will take; and the same numbers to TensorBoard, Weights & Biases or
-MLflow through Accelerate's trackers (``train.log_with``), which own those integrations."""
-
 from __future__ import annotations
 
 import json

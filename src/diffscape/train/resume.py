@@ -1,8 +1,4 @@
-"""The run folder across calls: its lock, the checkpoint to continue from (and its refusals),
-restoring a checkpoint's weights, optimizer and RNG states, and saving one with every
-process's RNG states.
-
-Exact resume rests on three things: every random draw comes from generators whose state is
+"""Exact resume rests on three things: every random draw comes from generators whose state is
 checkpointed (noise, timesteps, flips, label dropout on ``gen``; dropout on torch's global RNG);
 the data order is a pure function of (seed, step), so there is no loader state to save; and the
 LR is a pure function of the step (and, with a wall-clock budget, of the seconds trained, which

@@ -1,8 +1,3 @@
-"""What a training is set up with: the Accelerator and its precision, the network, its EMA and
-the optimizer, the step's generator, the config checked against the dataset; and a quick
-measure of training speed built from the same pieces.
-"""
-
 from __future__ import annotations
 
 import functools

@@ -1,6 +1,3 @@
-"""The training step: the pure pieces (LR, EMA, flips, the loss) and :func:`train_step`, the
-one copy of the step (``train()`` runs it; the benchmarks time it)."""
-
 from __future__ import annotations
 
 import math
