@@ -37,14 +37,8 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {
 _ACTIVATION_TYPES = tuple(_ACTIVATIONS.values())
 
 
-def num_class_embeds(cfg: ModelConfig) -> int | None:
-    """Class embeddings: one per class plus the "no class" token (the last index) for
-    classifier-free guidance; ``None`` for unconditional models."""
-    return cfg.num_classes + 1 if cfg.conditional else None
-
-
 def null_class(cfg: ModelConfig) -> int:
-    """Index of the "no class" token."""
+    """Index of the "no class" token of classifier-free guidance: the last class embedding."""
     return cfg.num_classes
 
 
@@ -77,7 +71,7 @@ def unet_kwargs(cfg: ModelConfig) -> dict[str, Any]:
         "norm_num_groups": cfg.norm_groups,
         "act_fn": cfg.activation,
         "dropout": cfg.dropout,
-        "num_class_embeds": num_class_embeds(cfg),
+        "num_class_embeds": cfg.num_classes + 1 if cfg.conditional else None,  # + "no class"
     }
 
 
