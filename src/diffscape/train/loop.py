@@ -164,7 +164,7 @@ def train(
         lock_run_dir(stack, run_dir, accelerator)
         main = accelerator.is_main_process
         parts, state, data = _start(cfg, accelerator, run_dir, resume, ds)
-        info = _write_run_files(cfg, ds, ds.root, run_dir, state.step, accelerator)
+        info = _write_run_files(cfg, ds, run_dir, state.step, accelerator)
 
         # -- the loop
         start_step, final_ckpt = state.step, None
@@ -224,12 +224,11 @@ def _log_and_check(
 
 
 def _write_run_files(
-    cfg: RunConfig, ds: Dataset, dataset_dir: str | Path, run_dir: Path, step: int,
-    accelerator: Accelerator,
-) -> dict:  # fmt: skip
+    cfg: RunConfig, ds: Dataset, run_dir: Path, step: int, accelerator: Accelerator
+) -> dict:
     """run.json (the folder's marker, first) and config.json; the log cut back to ``step``.
     Only the main process writes; every process waits for it. Returns run.json's record."""
-    info = run_info(cfg, ds, dataset_dir)
+    info = run_info(cfg, ds)
     if accelerator.is_main_process:
         atomic.write_json(run_dir / layout.RUN_JSON, info)
         atomic.write_text(run_dir / layout.CONFIG_JSON, cfg.to_json())

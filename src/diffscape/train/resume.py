@@ -98,11 +98,11 @@ def resume_state(
     return state, note
 
 
-def run_info(cfg: RunConfig, ds: Dataset, dataset_dir: str | Path) -> dict:
+def run_info(cfg: RunConfig, ds: Dataset) -> dict:
     return {
         "classes": ds.classes if cfg.model.conditional else [],
         "dataset": {
-            "path": str(Path(dataset_dir).resolve()),
+            "path": str(ds.root.resolve()),
             "content_hash": ds.content_hash,
             "classes": ds.classes,
             "size": ds.size,
