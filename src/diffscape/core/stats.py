@@ -77,9 +77,9 @@ class Comparison:
     verdict: str  # BETTER, WORSE, NO_DIFFERENCE or NO_INTERVAL
 
 
-def critical(df: float, level: float = LEVEL) -> float:
-    """The two-sided t (or normal, df = inf) quantile of ``level``."""
-    q = 0.5 + level / 2
+def critical(df: float) -> float:
+    """The two-sided t (or normal, df = inf) quantile of ``LEVEL``."""
+    q = 0.5 + LEVEL / 2
     return float(sps.norm.ppf(q)) if math.isinf(df) else float(sps.t.ppf(q, df))
 
 
@@ -126,10 +126,9 @@ def welch_df(v1: float, df1: float, v2: float, df2: float) -> float:
 
 
 def compare(
-    arm: Estimate | None, base: Estimate | None, higher_is_better: bool, level: float = LEVEL
+    arm: Estimate | None, base: Estimate | None, higher_is_better: bool
 ) -> Comparison | None:
-    """``arm`` minus ``base`` with its ``level`` interval and verdict; None when either is
-    missing."""
+    """``arm`` minus ``base``, its ``LEVEL`` interval and verdict; None when either is missing."""
     if arm is None or base is None:
         return None
     diff = arm.mean - base.mean
@@ -137,7 +136,7 @@ def compare(
         return Comparison(diff, None, None, math.inf, NO_INTERVAL)
     var = arm.var + base.var
     df = welch_df(arm.var, arm.df, base.var, base.df)
-    half = critical(df, level) * math.sqrt(var)
+    half = critical(df) * math.sqrt(var)
     low, high = diff - half, diff + half
     if low > 0 or high < 0:
         up = low > 0
