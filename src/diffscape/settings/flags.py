@@ -96,5 +96,4 @@ class Flags:
     def values(self, args: argparse.Namespace) -> dict[str, Any]:
         """These flags' settings, the section's defaults with the flags given, as keyword
         arguments (checked as :meth:`build` does)."""
-        settings = self.build(args)
-        return {name: getattr(settings, name) for name in self.rows}
+        return self.build(args).model_dump(include=set(self.rows))
