@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from diffscape.cli import add_out, add_overwrite, options
 from diffscape.core import layout
@@ -175,8 +176,6 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _score(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
     from diffscape.judge.score import format_score, score
 
     result = score(args.judge, args.samples, **options(args, "real", "out", "overwrite"))
@@ -185,8 +184,6 @@ def _score(args: argparse.Namespace) -> None:
 
 
 def _cas(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
     from diffscape.judge.cas import cas, format_cas
 
     names = ("out", "seed", "val_fraction", "progress", "overwrite")

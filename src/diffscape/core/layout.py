@@ -6,9 +6,12 @@ what the report reads); this module is that contract written down.
 
 from __future__ import annotations
 
+import fnmatch
 import functools
+import json
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Literal
 
@@ -222,8 +225,6 @@ HTML_GENERATOR = '<meta name="generator" content="diffscape">'
 
 
 def _json_keys(path: Path, keys: set[str]) -> bool:
-    import json
-
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -280,8 +281,6 @@ def _ours_in_passing(p: Path) -> bool:
 def foreign_entries(p: Path, kind: str) -> list[str]:
     """Paths below folder ``p`` (relative; the first 20 or so) that OWN_CONTENT[kind] does not
     list: files a person put there, and links (this program writes none)."""
-    import fnmatch
-
     patterns = OWN_CONTENT.get(kind, ())
     found = []
     for root, dirs, files in os.walk(p):
@@ -346,8 +345,6 @@ def check_out(
 
 
 def _check_file(p: Path, kind: str, overwrite: bool, what: str) -> Path:
-    import stat
-
     mode = p.stat().st_mode
     if stat.S_ISDIR(mode):
         names = {"metrics": EVAL_JSON, "html": REPORT_HTML, "csv": RESULTS_CSV, "image": GRID_PNG}
