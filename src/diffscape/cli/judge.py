@@ -17,13 +17,6 @@ SVC_FLAGS = Flags(SVCSettings)
 GRID_C = value_text(SVCSettings.model_fields["grid_C"].default)
 GRID_GAMMA = value_text(SVCSettings.model_fields["grid_gamma"].default)
 
-JUDGE_EXAMPLES = """\
-examples:
-  diffscape judge train data/synth --kind cnn --out judges/synth-cnn
-  diffscape judge score judges/synth-cnn samples/a
-  diffscape judge cas samples/a data/synth
-"""
-
 TRAIN_EXAMPLES = f"""\
 examples:
   diffscape judge train data/synth --kind cnn --out judges/synth-cnn
@@ -60,6 +53,11 @@ generated images only and tested on real test images, beside the same CNN traine
 real training images per class. Close to the real baseline = samples right and varied; near
 chance (1 / classes) = the samples teach nothing about the real classes. Writes cas.json.
 """
+
+# the group's: the first example of each command
+JUDGE_EXAMPLES = "examples:\n" + "".join(
+    e.splitlines(keepends=True)[1] for e in (TRAIN_EXAMPLES, SCORE_EXAMPLES, CAS_EXAMPLES)
+)
 
 
 def _add_cnn_options(p: argparse.ArgumentParser, val_help: str) -> None:
