@@ -90,9 +90,7 @@ def save_checkpoint(
         write_marker(tmp)
     except BaseException as e:
         atomic.remove_tmp(tmp)  # a failed save leaves nothing behind; the previous ones are intact
-        if atomic.is_disk_full(e):
-            raise atomic.disk_full(e, final, tmp, _checkpoint_bytes(model, optimizer)) from None
-        raise
+        raise atomic.disk_full(e, final, tmp, _checkpoint_bytes(model, optimizer)) from None
     # replaces the same step saved again (a signal right after a save)
     atomic.publish_dir(tmp, final)
     prune_checkpoints(run_dir, keep_last, milestone_every_steps)

