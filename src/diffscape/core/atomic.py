@@ -33,16 +33,6 @@ def _full(path: str | os.PathLike[str]) -> Path:
     return Path(os.path.abspath(path))
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
 def remove_tmp(p: Path) -> None:
     """Delete one of this program's temporaries (a folder only if it holds the marker)."""
     with contextlib.suppress(FileNotFoundError):
@@ -56,6 +46,8 @@ def remove_tmp(p: Path) -> None:
 def clean_stale_tmp(folder: Path) -> list[Path]:
     """Delete this program's temporaries in ``folder`` left by processes that no longer run;
     returns them."""
+    import psutil  # here: the CLI imports this module before it parses (--help stays fast)
+
     folder = Path(folder)
     removed = []
     for p in folder.iterdir() if folder.is_dir() else []:
@@ -63,7 +55,7 @@ def clean_stale_tmp(folder: Path) -> list[Path]:
         if not m or not layout.is_our_temporary(p):
             continue
         pid = int(m.group("pid"))
-        if pid != os.getpid() and not pid_alive(pid):
+        if pid != os.getpid() and not psutil.pid_exists(pid):
             with contextlib.suppress(OSError):
                 remove_tmp(p)
                 removed.append(p)
