@@ -149,8 +149,7 @@ def train(
     requires one, ``False`` refuses to touch a run folder that has one. Training ends at
     ``train.steps``, or earlier when the run has trained ``train.minutes`` (over all its calls;
     checkpoints keep the seconds): the step in progress finishes and a checkpoint is saved
-    (``stopped_by="budget"``). A decaying ``train.lr_schedule`` reaches 0 at whichever end
-    comes first.
+    (``stopped_by="budget"``); a decaying ``train.lr_schedule`` reaches 0 there too.
     """
     t_start = time.perf_counter()
     run_dir = Path(run_dir)
