@@ -149,8 +149,10 @@ def _describe(
         return None, f"unknown key {path[-1]}; known: {', '.join(model.model_fields)}"
     if kind == "value_error":
         return None, str(err["ctx"]["error"])
-    if kind == "model_type":  # every setting has a default: none is ever missing
+    if kind in ("model_type", "dict_type", "model_attributes_type"):
         return None, f"expected a table of settings, got {type(value).__name__}"
+    if kind == "missing":
+        return None, "is required"
     shown = repr(value) if isinstance(value, str) else value_text(value)
     if field is not None and kind in RANGE:
         return shown, f"is out of range; must be {_bounds(field, item=_is_list(field))}"
