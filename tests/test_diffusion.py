@@ -103,7 +103,7 @@ def test_sampler_names_are_listed_once():
 
 def test_sampler_steps_are_the_steps_really_taken():
     assert diffusion.sampler_steps(1000, "ddpm", 20) == 1000  # DDPM always walks all T
-    assert diffusion.sampler_steps(1000, "ddim") == diffusion.DEFAULT_STEPS == 50
+    assert diffusion.sampler_steps(1000, "ddim") == sections.DEFAULT_SAMPLE_STEPS == 50
     assert diffusion.sampler_steps(20, "dpm") == 20  # the default, capped at T
     assert diffusion.sampler_steps(1000, "ddim", 7) == 7
     for bad in (0, -1, 1001):

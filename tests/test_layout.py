@@ -104,7 +104,7 @@ def test_check_out_refuses_other_things_naming_them(tmp_path, setup, kind, said)
     setup(out)
     before = digest(tmp_path)
     with pytest.raises(layout.OutError) as e:
-        layout.check_out(out, kind, what="--out")
+        layout.check_out(out, kind)
     message = str(e.value)
     assert said in message and str(out) in message and "\n" not in message
     assert isinstance(e.value, DiffscapeError)

@@ -26,7 +26,7 @@ def test_every_setting_is_documented_with_its_bounds():
             if row.key.count(".") > 1:  # a nested section's (demo.sample.n): where it differs
                 continue
             line = next(ln for ln in text.splitlines() if ln.startswith(f"| `{row.key}` |"))
-            assert row.help in line and bounds_text(row.field) in line
+            assert row.field.description in line and bounds_text(row.field) in line
 
 
 def test_module_entry_point_prints_the_same_page():

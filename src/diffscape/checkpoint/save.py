@@ -6,6 +6,7 @@ pruned only afterwards, so a kill at any moment leaves the last complete checkpo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import shutil
@@ -78,10 +79,7 @@ def save_checkpoint(
         rng_tensors, rng_meta = rng_to_files(rng_states)
         save_file(rng_tensors, tmp / layout.RNG_TENSORS)
         meta = {
-            "step": state.step,
-            "bad_steps_in_a_row": state.bad_steps_in_a_row,
-            "skipped_steps": state.skipped_steps,
-            "seconds": state.seconds,
+            **dataclasses.asdict(state),  # step, bad_steps_in_a_row, skipped_steps, seconds
             "rng": rng_meta,
             "diffscape_version": __version__,
             "torch_version": torch.__version__,
@@ -92,9 +90,7 @@ def save_checkpoint(
         write_marker(tmp)
     except BaseException as e:
         atomic.remove_tmp(tmp)  # a failed save leaves nothing behind; the previous ones are intact
-        if atomic.is_disk_full(e):
-            raise atomic.disk_full(e, final, tmp, _checkpoint_bytes(model, optimizer)) from None
-        raise
+        raise atomic.disk_full(e, final, tmp, _checkpoint_bytes(model, optimizer)) from None
     # replaces the same step saved again (a signal right after a save)
     atomic.publish_dir(tmp, final)
     prune_checkpoints(run_dir, keep_last, milestone_every_steps)

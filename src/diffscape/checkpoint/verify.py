@@ -47,21 +47,16 @@ class _Damaged(Exception):
     """A checkpoint's files do not match its marker (skipped in favour of an older one)."""
 
 
-def file_records(folder: Path) -> dict[str, dict[str, Any]]:
-    """Every file below ``folder`` (but the marker) -> its size and sha256, by relative path."""
+def write_marker(folder: Path) -> None:
+    """The last file of a checkpoint: every other file with its size and sha256. Its presence
+    means every other file was complete when it was written."""
     folder = Path(folder)
     records = {}
     for path in sorted(folder.rglob("*")):
         if path.is_file() and path.name not in (COMPLETE, layout.TMP_MARKER):
             size = path.stat().st_size
             records[path.relative_to(folder).as_posix()] = {"size": size, "sha256": _sha256(path)}
-    return records
-
-
-def write_marker(folder: Path) -> None:
-    """The last file of a checkpoint: every other file with its size and sha256. Its presence
-    means every other file was complete when it was written."""
-    write_json(Path(folder) / COMPLETE, {"format": MARKER_FORMAT, "files": file_records(folder)})
+    write_json(folder / COMPLETE, {"format": MARKER_FORMAT, "files": records})
 
 
 def checkpoint_problem(ckpt: Path) -> str | None:

@@ -6,7 +6,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from diffscape.cli import add_out, add_overwrite, options
-from diffscape.core.layout import MANIFEST
+from diffscape.core.layout import MANIFEST, check_out
 
 if TYPE_CHECKING:
     from diffscape.data.dataset import Dataset
@@ -153,7 +153,6 @@ def _synth(args: argparse.Namespace) -> None:
 
 
 def _show(args: argparse.Namespace) -> None:
-    from diffscape.core.layout import check_out
     from diffscape.data.dataset import load_dataset
     from diffscape.data.imagefolder import save_image
     from diffscape.data.show import show_dataset

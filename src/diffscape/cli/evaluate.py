@@ -53,11 +53,6 @@ examples:
 """
 
 
-# Appended to help texts that explain their default in words: formats the default as an empty
-# string, which also stops HelpFormatter from adding "(default: None)".
-IN_WORDS = "%(default).0s"
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "evaluate",
@@ -67,14 +62,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--real",
         required=True,
+        default=argparse.SUPPRESS,  # no "(default: None)" in the help
         metavar="DATASET[:split]",
-        help="prepared dataset folder and split (default split: train)" + IN_WORDS,
+        help="prepared dataset folder and split (default split: train)",
     )
     p.add_argument(
         "--fake",
         required=True,
+        default=argparse.SUPPRESS,
         metavar="SAMPLES_DIR|DATASET:split|RUN_DIR",
-        help="generated images, a dataset split, or a run to sample" + IN_WORDS,
+        help="generated images, a dataset split, or a run to sample",
     )
     p.add_argument(
         "--out",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from diffscape.cli import add_out, add_overwrite, options
 from diffscape.core import layout
@@ -15,13 +16,6 @@ CNN_FLAGS = Flags(CNNSettings, rename={"max_epochs": "epochs", "patience_epochs"
 SVC_FLAGS = Flags(SVCSettings)
 GRID_C = value_text(SVCSettings.model_fields["grid_C"].default)
 GRID_GAMMA = value_text(SVCSettings.model_fields["grid_gamma"].default)
-
-JUDGE_EXAMPLES = """\
-examples:
-  diffscape judge train data/synth --kind cnn --out judges/synth-cnn
-  diffscape judge score judges/synth-cnn samples/a
-  diffscape judge cas samples/a data/synth
-"""
 
 TRAIN_EXAMPLES = f"""\
 examples:
@@ -59,6 +53,11 @@ generated images only and tested on real test images, beside the same CNN traine
 real training images per class. Close to the real baseline = samples right and varied; near
 chance (1 / classes) = the samples teach nothing about the real classes. Writes cas.json.
 """
+
+# the group's: the first example of each command
+JUDGE_EXAMPLES = "examples:\n" + "".join(
+    e.splitlines(keepends=True)[1] for e in (TRAIN_EXAMPLES, SCORE_EXAMPLES, CAS_EXAMPLES)
+)
 
 
 def _add_cnn_options(p: argparse.ArgumentParser, val_help: str) -> None:
@@ -175,8 +174,6 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _score(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
     from diffscape.judge.score import format_score, score
 
     result = score(args.judge, args.samples, **options(args, "real", "out", "overwrite"))
@@ -185,8 +182,6 @@ def _score(args: argparse.Namespace) -> None:
 
 
 def _cas(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
     from diffscape.judge.cas import cas, format_cas
 
     names = ("out", "seed", "val_fraction", "progress", "overwrite")

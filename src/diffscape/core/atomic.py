@@ -33,16 +33,6 @@ def _full(path: str | os.PathLike[str]) -> Path:
     return Path(os.path.abspath(path))
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
 def remove_tmp(p: Path) -> None:
     """Delete one of this program's temporaries (a folder only if it holds the marker)."""
     with contextlib.suppress(FileNotFoundError):
@@ -56,6 +46,8 @@ def remove_tmp(p: Path) -> None:
 def clean_stale_tmp(folder: Path) -> list[Path]:
     """Delete this program's temporaries in ``folder`` left by processes that no longer run;
     returns them."""
+    import psutil  # here: the CLI imports this module before it parses (--help stays fast)
+
     folder = Path(folder)
     removed = []
     for p in folder.iterdir() if folder.is_dir() else []:
@@ -63,7 +55,7 @@ def clean_stale_tmp(folder: Path) -> list[Path]:
         if not m or not layout.is_our_temporary(p):
             continue
         pid = int(m.group("pid"))
-        if pid != os.getpid() and not pid_alive(pid):
+        if pid != os.getpid() and not psutil.pid_exists(pid):
             with contextlib.suppress(OSError):
                 remove_tmp(p)
                 removed.append(p)
@@ -139,9 +131,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except Exception as e:
-        if is_disk_full(e):
-            raise disk_full(e, path) from None
-        raise
+        raise disk_full(e, path) from None  # any other error unchanged
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -212,11 +202,8 @@ def publish_dir(tmp: Path, out: Path) -> None:
         tmp.rename(out)
     with contextlib.suppress(FileNotFoundError):  # published: no longer a temporary
         (out / layout.TMP_MARKER).unlink()
-    _fsync_dir(out.parent)  # the rename survives a crash before anything older is deleted
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+    # the rename survives a crash before anything older is deleted
+    fd = os.open(out.parent, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:

@@ -1,16 +1,17 @@
 """Every file and folder name diffscape writes, what kind a folder is, and the rules for --out.
 
 The files on disk are a contract between commands (train writes what sample reads, sweeps write
-what the report reads); this module is that contract written down. Other modules import the
-names from here instead of spelling string literals. A folder's kind is known by its marker file
-(``MARKERS``); what each kind holds is ``OWN_CONTENT`` and the names below.
+what the report reads); this module is that contract written down.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import functools
+import json
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Literal
 
@@ -224,8 +225,6 @@ HTML_GENERATOR = '<meta name="generator" content="diffscape">'
 
 
 def _json_keys(path: Path, keys: set[str]) -> bool:
-    import json
-
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -279,17 +278,9 @@ def _ours_in_passing(p: Path) -> bool:
     return p.name in (LOCK, TMP_MARKER) or is_our_temporary(p)
 
 
-def holds_nothing(p: Path) -> bool:
-    """Folder ``p`` holds nothing but a lock and this program's temporaries: anything else at
-    its top (a file, a folder, even empty, a link) is someone's."""
-    return all(_ours_in_passing(c) for c in p.iterdir())
-
-
 def foreign_entries(p: Path, kind: str) -> list[str]:
     """Paths below folder ``p`` (relative; the first 20 or so) that OWN_CONTENT[kind] does not
     list: files a person put there, and links (this program writes none)."""
-    import fnmatch
-
     patterns = OWN_CONTENT.get(kind, ())
     found = []
     for root, dirs, files in os.walk(p):
@@ -313,63 +304,59 @@ def foreign_entries(p: Path, kind: str) -> list[str]:
     return sorted(found)
 
 
-def _refuse(what: str, p: Path, why: str, todo: str) -> OutError:
-    return OutError(f"{what} {p} {why}; {todo} (nothing was changed)")
+def _refuse(p: Path, why: str, todo: str) -> OutError:
+    return OutError(f"--out {p} {why}; {todo} (nothing was changed)")
 
 
-def check_out(
-    out: str | os.PathLike[str], kind: str, *, overwrite: bool = False, what: str = "--out"
-) -> Path:
+def check_out(out: str | os.PathLike[str], kind: str, *, overwrite: bool = False) -> Path:
     """The one rule for every output path (docs/architecture.md, "Rules that hold everywhere");
     ``kind`` is a folder kind (MARKERS) or a file kind (OWN_FILE). Returns the path to write:
     a symbolic link's target."""
     p = Path(out)
     if p.is_symlink():
         if not p.exists():
-            raise _refuse(what, p, "is a broken symbolic link", "pick another path")
+            raise _refuse(p, "is a broken symbolic link", "pick another path")
         p = Path(os.path.realpath(p))
     if not p.exists():
         return p
     if kind in OWN_FILE:
-        return _check_file(p, kind, overwrite, what)
+        return _check_file(p, kind, overwrite)
     if not p.is_dir():
-        raise _refuse(what, p, "is a file, not a folder", "pick another path")
-    if holds_nothing(p):
+        raise _refuse(p, "is a file, not a folder", "pick another path")
+    if all(_ours_in_passing(c) for c in p.iterdir()):  # anything else at its top is someone's
         return p
     if is_kind(p, kind):
         if kind not in REPLACED:
             return p
         if not overwrite:
-            raise _refuse(what, p, f"already holds a {kind}", "add --overwrite to replace it")
+            raise _refuse(p, f"already holds a {kind}", "add --overwrite to replace it")
         others = foreign_entries(p, kind)
         if others:
             raise _refuse(
-                what, p, f"holds {others[0]}, which diffscape did not write",
+                p, f"holds {others[0]}, which diffscape did not write",
                 "move it out of the folder first, or pick another folder",
             )  # fmt: skip
         return p
     found = kind_of(p)
     what_it_is = f"is a {found} folder" if found else "is not empty and not a diffscape folder"
-    raise _refuse(what, p, what_it_is, f"a {kind} goes into a new or empty folder; pick another")
+    raise _refuse(p, what_it_is, f"a {kind} goes into a new or empty folder; pick another")
 
 
-def _check_file(p: Path, kind: str, overwrite: bool, what: str) -> Path:
-    import stat
-
+def _check_file(p: Path, kind: str, overwrite: bool) -> Path:
     mode = p.stat().st_mode
     if stat.S_ISDIR(mode):
-        raise _refuse(what, p, "is a folder", f"give a file name, such as {p}/{_example(kind)}")
+        names = {"metrics": EVAL_JSON, "html": REPORT_HTML, "csv": RESULTS_CSV, "image": GRID_PNG}
+        example = names.get(kind, f"{kind}.json")
+        raise _refuse(p, "is a folder", f"give a file name, such as {p}/{example}")
     if not stat.S_ISREG(mode) or not OWN_FILE[kind](p):
-        raise _refuse(
-            what, p, "exists and was not written by diffscape", "pick another name or move it"
-        )
+        raise _refuse(p, "exists and was not written by diffscape", "pick another name or move it")
     if not overwrite:
-        raise _refuse(what, p, "exists (diffscape wrote it)", "add --overwrite to replace it")
+        raise _refuse(p, "exists (diffscape wrote it)", "add --overwrite to replace it")
     return p
 
 
 def check_files_in(
-    folder: str | os.PathLike[str], files: dict[str, str], *, overwrite: bool, what: str = "--out"
+    folder: str | os.PathLike[str], files: dict[str, str], *, overwrite: bool
 ) -> Path:
     """check_out for a command that writes a few ``files`` ({name: file kind}) into ``folder``
     (a folder of anyone's, e.g. a samples folder): the folder is followed if it is a link and
@@ -378,15 +365,10 @@ def check_files_in(
     if p.is_symlink():
         p = Path(os.path.realpath(p))
     if p.exists() and not p.is_dir():
-        raise _refuse(what, p, "is a file, not a folder", "pick another path")
+        raise _refuse(p, "is a file, not a folder", "pick another path")
     for name, kind in files.items():
-        check_out(p / name, kind, overwrite=overwrite, what=what)
+        check_out(p / name, kind, overwrite=overwrite)
     return p
-
-
-def _example(kind: str) -> str:
-    names = {"metrics": EVAL_JSON, "html": REPORT_HTML, "csv": RESULTS_CSV, "image": "grid.png"}
-    return names.get(kind, f"{kind}.json")
 
 
 # ---- names that come from files ------------------------------------------------------------------

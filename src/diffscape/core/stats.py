@@ -77,9 +77,9 @@ class Comparison:
     verdict: str  # BETTER, WORSE, NO_DIFFERENCE or NO_INTERVAL
 
 
-def critical(df: float, level: float = LEVEL) -> float:
-    """The two-sided t (or normal, df = inf) quantile of ``level``."""
-    q = 0.5 + level / 2
+def critical(df: float) -> float:
+    """The two-sided t (or normal, df = inf) quantile of ``LEVEL``."""
+    q = 0.5 + LEVEL / 2
     return float(sps.norm.ppf(q)) if math.isinf(df) else float(sps.t.ppf(q, df))
 
 
@@ -126,10 +126,9 @@ def welch_df(v1: float, df1: float, v2: float, df2: float) -> float:
 
 
 def compare(
-    arm: Estimate | None, base: Estimate | None, higher_is_better: bool, level: float = LEVEL
+    arm: Estimate | None, base: Estimate | None, higher_is_better: bool
 ) -> Comparison | None:
-    """``arm`` minus ``base`` with its ``level`` interval and verdict; None when either is
-    missing."""
+    """``arm`` minus ``base``, its ``LEVEL`` interval and verdict; None when either is missing."""
     if arm is None or base is None:
         return None
     diff = arm.mean - base.mean
@@ -137,7 +136,7 @@ def compare(
         return Comparison(diff, None, None, math.inf, NO_INTERVAL)
     var = arm.var + base.var
     df = welch_df(arm.var, arm.df, base.var, base.df)
-    half = critical(df, level) * math.sqrt(var)
+    half = critical(df) * math.sqrt(var)
     low, high = diff - half, diff + half
     if low > 0 or high < 0:
         up = low > 0
@@ -160,13 +159,6 @@ def binomial_var(p: float | None, n: int | None) -> float | None:
     return q * (1 - q) / n
 
 
-def interval_var(low: float | None, high: float | None, level: float = LEVEL) -> float | None:
-    """The variance a normal ``level`` interval [low, high] stands for."""
-    if low is None or high is None or not high >= low:
-        return None
-    return ((high - low) / (2 * critical(math.inf, level))) ** 2
-
-
 def fid_var(metrics: dict[str, Any]) -> float | None:
     """FID's within-run variance: its bootstrap's std (``fid_bootstrap``), else the width of
     ``fid_interval``; None without a bootstrap."""
@@ -175,10 +167,9 @@ def fid_var(metrics: dict[str, Any]) -> float | None:
         return float(boot["std"]) ** 2
     for key in ("fid_bootstrap", "fid_interval"):
         iv = metrics.get(key)
-        if isinstance(iv, dict):
-            v = interval_var(iv.get("low"), iv.get("high"))
-            if v:
-                return v
+        low, high = (iv.get("low"), iv.get("high")) if isinstance(iv, dict) else (None, None)
+        if low is not None and high is not None and high > low:  # as a normal interval's
+            return ((high - low) / (2 * critical(math.inf))) ** 2
     return None
 
 

@@ -1,8 +1,8 @@
 """Noise schedules, the forward process, the training target and guidance — thin over diffusers.
 
 We compute the betas ourselves and hand them to diffusers schedulers as ``trained_betas`` so that
-every sampler (DDPM, DDIM, DPM-Solver++, UniPC, Heun) uses exactly the schedule the model was trained with,
-including our rescaled linear schedule, which diffusers does not offer.
+every sampler (DDPM, DDIM, DPM-Solver++, UniPC, Heun) uses exactly the schedule the model was
+trained with, including our rescaled linear schedule, which diffusers does not offer.
 """
 
 from __future__ import annotations
@@ -23,9 +23,8 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffscape.core.errors import DiffscapeError
 from diffscape.settings.sections import DEFAULT_SAMPLE_STEPS, SAMPLERS, DiffusionConfig, Sampler
 
-# The sampler names (Sampler, SAMPLERS) are listed once, in settings/sections.py, so that the CLI can offer
-# them without importing torch; they are importable from here too.
-DEFAULT_STEPS = DEFAULT_SAMPLE_STEPS  # DDIM / DPM-Solver++ steps when none are asked for: 50
+# The sampler names (Sampler, SAMPLERS) are listed once, in settings/sections.py, so that the CLI
+# can offer them without importing torch; they are importable from here too.
 
 
 def make_betas(cfg: DiffusionConfig) -> torch.Tensor:
@@ -49,12 +48,12 @@ def make_betas(cfg: DiffusionConfig) -> torch.Tensor:
 
 def sampler_steps(timesteps: int, sampler: Sampler, steps: int | None = None) -> int:
     """The denoising steps a sampler really takes: DDPM all ``timesteps`` (T), whatever
-    ``steps`` says; DDIM and DPM-Solver++ ``steps`` (None: ``DEFAULT_STEPS``, at most T).
+    ``steps`` says; DDIM and DPM-Solver++ ``steps`` (None: ``DEFAULT_SAMPLE_STEPS``, at most T).
     More steps than T are refused: the schedulers cannot visit a training step twice."""
     if sampler == "ddpm":
         return timesteps
     if steps is None:
-        return min(DEFAULT_STEPS, timesteps)
+        return min(DEFAULT_SAMPLE_STEPS, timesteps)
     if not 1 <= steps <= timesteps:
         raise DiffscapeError(
             f"{sampler} cannot take {steps} steps: this model has diffusion.timesteps={timesteps},"

@@ -37,14 +37,8 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {
 _ACTIVATION_TYPES = tuple(_ACTIVATIONS.values())
 
 
-def num_class_embeds(cfg: ModelConfig) -> int | None:
-    """Class embeddings: one per class plus the "no class" token (the last index) for
-    classifier-free guidance; ``None`` for unconditional models."""
-    return cfg.num_classes + 1 if cfg.conditional else None
-
-
 def null_class(cfg: ModelConfig) -> int:
-    """Index of the "no class" token."""
+    """Index of the "no class" token of classifier-free guidance: the last class embedding."""
     return cfg.num_classes
 
 
@@ -77,7 +71,7 @@ def unet_kwargs(cfg: ModelConfig) -> dict[str, Any]:
         "norm_num_groups": cfg.norm_groups,
         "act_fn": cfg.activation,
         "dropout": cfg.dropout,
-        "num_class_embeds": num_class_embeds(cfg),
+        "num_class_embeds": cfg.num_classes + 1 if cfg.conditional else None,  # + "no class"
     }
 
 
@@ -121,27 +115,24 @@ def activation_bytes(cfg: ModelConfig, *, training: bool) -> int:
     return 4 * total
 
 
-def estimate_memory_bytes(cfg: ModelConfig, *, training: bool = False, batch: int = 1) -> int:
+def estimate_memory_bytes(cfg: ModelConfig, *, training: bool = False) -> int:
     """About how much memory the network needs: parameters times the bytes each costs (see
-    above) plus ``batch`` images' feature maps. A lower bound: frameworks add their own."""
+    above) plus one image's feature maps. A lower bound: frameworks add their own."""
     per_parameter = TRAIN_BYTES_PER_PARAMETER if training else LOAD_BYTES_PER_PARAMETER
-    return parameter_count(cfg) * per_parameter + batch * activation_bytes(cfg, training=training)
+    return parameter_count(cfg) * per_parameter + activation_bytes(cfg, training=training)
 
 
-def check_memory(cfg: ModelConfig, *, training: bool, batch: int = 1) -> int:
-    """Refuse (ModelTooLarge, one line) a network that would not fit in available memory;
-    return the estimate in bytes otherwise."""
-    params = parameter_count(cfg)
-    need = estimate_memory_bytes(cfg, training=training, batch=batch)
+def check_memory(cfg: ModelConfig, *, training: bool) -> None:
+    """Refuse (ModelTooLarge, one line) a network that would not fit in available memory."""
+    need = estimate_memory_bytes(cfg, training=training)
     have = available_bytes()
     if have is not None and need > have:
         raise ModelTooLarge(
-            f"model of {params:,} parameters needs about {need / _GIB:.1f} GiB "
-            f"({'training' if training else 'loading'}, batch {batch}), this machine has "
+            f"model of {parameter_count(cfg):,} parameters needs about {need / _GIB:.1f} GiB "
+            f"({'training' if training else 'loading'}, batch 1), this machine has "
             f"{have / _GIB:.1f} GiB available; use smaller model.channels, model.image_size, "
             "model.layers_per_block or fewer classes"
         )
-    return need
 
 
 def apply_activation(module: nn.Module, name: str) -> nn.Module:

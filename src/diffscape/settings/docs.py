@@ -26,7 +26,7 @@ def describe_settings(*sections: str) -> str:
     """Every dotted key of ``sections`` (all when none given), one per line:
     ``key=default  help (type; bounds)``; for a ``--help`` epilog."""
     return "\n".join(
-        f"  {row.key}={value_text(row.default)}  {row.help} ({describe(row)})"
+        f"  {row.key}={value_text(row.default)}  {row.field.description} ({describe(row)})"
         for section in sections or tuple(ALL_SECTIONS)
         for row in rows(ALL_SECTIONS[section])
     )
@@ -48,7 +48,7 @@ def settings_markdown() -> str:
                 type_text(row.field.annotation),
                 f"`{value_text(row.default)}`",
                 bounds_text(row.field),
-                row.help,
+                row.field.description,
             ]
             out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(out) + "\n"

@@ -68,11 +68,8 @@ class Settings(BaseModel):
     @classmethod
     def parse(cls, data: Any) -> Self:
         """The settings from plain data (a TOML table, a JSON object, parsed overrides)."""
-        if not isinstance(data, Mapping):
-            name = cls.section or "config"
-            raise ConfigError(f"{name}: expected a table of settings, got {type(data).__name__}")
         try:
-            return cls.model_validate(dict(data))
+            return cls.model_validate(data)
         except ValidationError as e:
             raise config_error(cls, e) from None
 
@@ -190,11 +187,6 @@ def parse_text(text: str) -> Any:
     return s
 
 
-def takes_text(field: FieldInfo) -> bool:
-    """Whether the setting is free text (a path, a split name): a flag's text is kept as is."""
-    return type_text(field.annotation) in ("str", "str or none")
-
-
 # ---- the table of settings -----------------------------------------------------------------------
 
 
@@ -205,10 +197,6 @@ class Row:
     key: str
     field: FieldInfo
     default: Any
-
-    @property
-    def help(self) -> str:
-        return self.field.description or ""
 
 
 def rows(cls: type[Settings], prefix: str | None = None, defaults: Any = None) -> Iterator[Row]:

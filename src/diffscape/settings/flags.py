@@ -16,7 +16,6 @@ from diffscape.settings.engine import (
     describe,
     parse_text,
     rows,
-    takes_text,
     type_text,
     value_text,
 )
@@ -62,7 +61,8 @@ class Flags:
             else:
                 kw["metavar"] = self.flags[name].lstrip("-").replace("-", "_").upper()
             about = f" ({describe(row)})" if "metavar" in kw else ""  # choices, bools: said
-            text = f"{row.help}{about}; default: {self.default or value_text(row.default)}"
+            default = self.default or value_text(row.default)
+            text = f"{row.field.description}{about}; default: {default}"
             group.add_argument(self.flags[name], help=text.replace("%", "%%"), **kw)
 
     def given(self, args: argparse.Namespace) -> dict[str, Any]:
@@ -71,8 +71,8 @@ class Flags:
         for name, row in self.rows.items():
             if hasattr(args, self.dest(name)):
                 value = getattr(args, self.dest(name))
-                text = isinstance(value, str) and not takes_text(row.field)
-                out[name] = parse_text(value) if text else value
+                free = type_text(row.field.annotation) in ("str", "str or none")  # a path, a name
+                out[name] = parse_text(value) if isinstance(value, str) and not free else value
         return out
 
     def build(self, args: argparse.Namespace, base: Settings | None = None) -> Any:
@@ -90,12 +90,10 @@ class Flags:
             error = e.naming(
                 f"{self.flags[name]} {raw if isinstance(raw, str) else value_text(raw)}"
             )
-            hint = getattr(args, "settings_help", None)
-            see = f" (see {hint} --help)" if hint else ""
+            see = f" (see {args.settings_help} --help)"  # set by add_to, which made the flag
             raise ConfigError(f"{error}{see}", e.path, e.shown, e.problem) from None
 
     def values(self, args: argparse.Namespace) -> dict[str, Any]:
         """These flags' settings, the section's defaults with the flags given, as keyword
         arguments (checked as :meth:`build` does)."""
-        settings = self.build(args)
-        return {name: getattr(settings, name) for name in self.rows}
+        return self.build(args).model_dump(include=set(self.rows))

@@ -60,13 +60,13 @@ def load_config_json(path: Path) -> RunConfig:
         raise ConfigError(f"{path}: {e}") from None
 
 
-def split_key(key: str, sections: Iterable[str] = RUN_SECTIONS) -> tuple[str, str]:
-    """``"train.lr"`` -> ``("train", "lr")``, the section checked against ``sections``."""
+def split_key(key: str) -> tuple[str, str]:
+    """``"train.lr"`` -> ``("train", "lr")``, the section one of a run's config."""
     section, _, name = key.strip().partition(".")
-    if section not in sections or not name or "." in name:
+    if section not in RUN_SECTIONS or not name or "." in name:
         raise ConfigError(
             f"{key!r} is not a setting; the key must be one of "
-            f"{', '.join(s + '.<name>' for s in sections)}, e.g. train.lr"
+            f"{', '.join(s + '.<name>' for s in RUN_SECTIONS)}, e.g. train.lr"
         )
     return section, name
 

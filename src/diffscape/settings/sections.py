@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import typing
-from pathlib import Path
 from typing import Annotated, ClassVar, Literal, Self
 
 from pydantic import Field, model_validator
@@ -31,9 +30,8 @@ JudgeKind = Literal["cnn", "svc"]
 MANY = 10**9  # upper bound of step counts and cadences: far beyond any run, far below overflow
 SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit seed
 DEFAULT_SAMPLE_STEPS = 50  # DDIM / DPM-Solver++ steps when none are asked for (at most T)
-JUDGE_VAL_FRACTION = (
-    0.15  # share of each class a judge holds out for validation without a val split
-)
+# share of each class a judge holds out for validation without a val split
+JUDGE_VAL_FRACTION = 0.15
 Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
 Positive = Annotated[float, Field(gt=0)]
 NoiseLevel = Annotated[float, Field(ge=0, le=1e6)]
@@ -217,11 +215,6 @@ class RunConfig(Settings):
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"
-
-    def save(self, path: Path) -> None:
-        from diffscape.core.atomic import write_text
-
-        write_text(path, self.to_json())
 
 
 # ---- sampling, evaluation, judging ---------------------------------------------------------------
@@ -446,16 +439,6 @@ class DemoSettings(Settings):
     )
 
 
-RUN_SECTIONS: dict[str, type[Settings]] = {
-    "model": ModelConfig, "diffusion": DiffusionConfig, "train": TrainConfig,
-}  # fmt: skip
-ALL_SECTIONS: dict[str, type[Settings]] = {
-    **RUN_SECTIONS,
-    **{c.section: c for c in (SampleSettings, EvaluateSettings, JudgeSettings)},
-    **{c.section: c for c in (CNNSettings, SVCSettings, DemoSettings)},
-}
-
-
 class SlurmSettings(Settings):
     """A study on a Slurm cluster (``diffscape sweep --launcher slurm``, a sweep file's
     ``[slurm]``): one job per training, each asking for these."""
@@ -477,4 +460,11 @@ class SlurmSettings(Settings):
     )  # fmt: skip
 
 
-ALL_SECTIONS[SlurmSettings.section] = SlurmSettings
+RUN_SECTIONS: dict[str, type[Settings]] = {
+    "model": ModelConfig, "diffusion": DiffusionConfig, "train": TrainConfig,
+}  # fmt: skip
+ALL_SECTIONS: dict[str, type[Settings]] = {
+    **RUN_SECTIONS,
+    **{c.section: c for c in (SampleSettings, EvaluateSettings, JudgeSettings)},
+    **{c.section: c for c in (CNNSettings, SVCSettings, DemoSettings, SlurmSettings)},
+}

@@ -1,7 +1,3 @@
-"""What a training says: metrics.jsonl, the progress bar, the ``on_log`` callback and the one
-line on how long the run will take; and the same numbers to TensorBoard, Weights & Biases or
-MLflow through Accelerate's trackers (``train.log_with``), which own those integrations."""
-
 from __future__ import annotations
 
 import json
@@ -200,12 +196,6 @@ class TrainLogger:
 
                 tracker.log_images({"samples": [Image.open(path)]}, step=step)
 
-    def __enter__(self) -> TrainLogger:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def _say(self, line: str) -> None:
         if self.main:
             (self.bar.write if self.bar is not None else print)(line, file=sys.stderr)
@@ -220,8 +210,6 @@ class TrainLogger:
 def pace_note(steps: int, minutes: float, step: int, steps_per_second: float, spent: float) -> str:
     """The one line that says, from the first logging window's speed, how long the run will
     take: to ``steps``, or how many steps the ``minutes`` budget will reach."""
-    if steps_per_second <= 0:
-        return "train: no speed measured yet"
     to_cap = (steps - step) / steps_per_second
     if minutes and spent + to_cap > 60 * minutes:
         reach = step + int(steps_per_second * max(0.0, 60 * minutes - spent))

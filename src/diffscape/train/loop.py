@@ -1,11 +1,5 @@
 """The training loop: DDPM on a prepared dataset, through Accelerate, resumable exactly.
 
-``train()``: setup (:mod:`~diffscape.train.setup`), the run folder's lock and resume
-(:mod:`~diffscape.train.resume`), then :func:`~diffscape.train.step.train_step` until the step
-cap, the budget or a signal, logging (:mod:`~diffscape.train.logger`) and saving checkpoints on
-the way. Batches come from ``diffscape.data.source``: the memory-mapped split, or the whole
-split on the training device (``train.data_on_device``).
-
 Multi-process (``accelerate launch --num_processes N``): the global batch of a step is split
 across processes by rank, gradients are averaged by DDP, and only the main process writes (and
 holds the run folder's lock). Decisions to stop (signal, budget) are reduced over processes so
@@ -102,19 +96,6 @@ class _StopFlag:
             signal.signal(s, old)
 
 
-def _check_bad_steps(gave_up: int | None, max_bad_steps: int, run_dir: Path) -> None:
-    """Stop when :meth:`TrainLogger.settle` saw ``max_bad_steps`` non-finite steps in a row
-    (ending at step ``gave_up``)."""
-    if gave_up is not None:
-        last = latest_checkpoint(run_dir)
-        raise NonFiniteLossError(
-            f"{max_bad_steps} non-finite losses or gradients in a row at step "
-            f"{gave_up}; stopping. The last good checkpoint is "
-            f"{last if last else '(none yet)'}. Lower train.lr, keep train.grad_clip on, "
-            "or use train.precision=fp32."
-        )
-
-
 def _stop_reason(
     accelerator: Accelerator, stop: _StopFlag, seconds: float, budget: float
 ) -> tuple[str | None, float]:
@@ -168,8 +149,7 @@ def train(
     requires one, ``False`` refuses to touch a run folder that has one. Training ends at
     ``train.steps``, or earlier when the run has trained ``train.minutes`` (over all its calls;
     checkpoints keep the seconds): the step in progress finishes and a checkpoint is saved
-    (``stopped_by="budget"``). A decaying ``train.lr_schedule`` reaches 0 at whichever end
-    comes first.
+    (``stopped_by="budget"``); a decaying ``train.lr_schedule`` reaches 0 there too.
     """
     t_start = time.perf_counter()
     run_dir = Path(run_dir)
@@ -183,12 +163,13 @@ def train(
         lock_run_dir(stack, run_dir, accelerator)
         main = accelerator.is_main_process
         parts, state, data = _start(cfg, accelerator, run_dir, resume, ds)
-        info = _write_run_files(cfg, ds, ds.root, run_dir, state.step, accelerator)
+        info = _write_run_files(cfg, ds, run_dir, state.step, accelerator)
 
         # -- the loop
         start_step, final_ckpt = state.step, None
-        log = stack.enter_context(TrainLogger(run_dir, cfg, accelerator, step=state.step,
-                                              progress=progress, on_log=on_log))  # fmt: skip
+        log = TrainLogger(run_dir, cfg, accelerator, step=state.step, progress=progress,
+                          on_log=on_log)  # fmt: skip
+        stack.callback(log.close)
         stop = stack.enter_context(_StopFlag())
         before = state.seconds  # trained in earlier calls (the same on every process)
         while state.step < t.steps and state.seconds < budget:
@@ -227,19 +208,26 @@ def _log_and_check(
     at_ckpt = t.checkpoint_every_steps and state.step % t.checkpoint_every_steps == 0
     saving = bool(state.step == t.steps or at_ckpt or why is not None)
     if saving or log.due(state.step):  # the step's only host sync, once per window
-        _check_bad_steps(log.settle(state, t.max_bad_steps), t.max_bad_steps, run_dir)
+        gave_up = log.settle(state, t.max_bad_steps)
+        if gave_up is not None:
+            last = latest_checkpoint(run_dir)
+            raise NonFiniteLossError(
+                f"{t.max_bad_steps} non-finite losses or gradients in a row at step "
+                f"{gave_up}; stopping. The last good checkpoint is "
+                f"{last if last else '(none yet)'}. Lower train.lr, keep train.grad_clip on, "
+                "or use train.precision=fp32."
+            )
     if log.due(state.step) or why is not None:
         log.log(state, lr, stopped_by=why)
     return saving
 
 
 def _write_run_files(
-    cfg: RunConfig, ds: Dataset, dataset_dir: str | Path, run_dir: Path, step: int,
-    accelerator: Accelerator,
-) -> dict:  # fmt: skip
+    cfg: RunConfig, ds: Dataset, run_dir: Path, step: int, accelerator: Accelerator
+) -> dict:
     """run.json (the folder's marker, first) and config.json; the log cut back to ``step``.
     Only the main process writes; every process waits for it. Returns run.json's record."""
-    info = run_info(cfg, ds, dataset_dir)
+    info = run_info(cfg, ds)
     if accelerator.is_main_process:
         atomic.write_json(run_dir / layout.RUN_JSON, info)
         atomic.write_text(run_dir / layout.CONFIG_JSON, cfg.to_json())
@@ -265,21 +253,15 @@ def _grid_when_due(
     log: TrainLogger, parts: StepParts, classes: list[str], run_dir: Path, step: int, end: bool
 ) -> None:
     """The main process's sample grid every ``train.sample_every_steps``, and one at the end
-    when the run has none; each also to the tracker."""
-    every = parts.cfg.train.sample_every_steps
+    when the run has none; each also to the tracker. From the EMA weights with fixed seeds:
+    one row per class (or 2 rows unconditional), so grids at different steps are comparable."""
+    cfg, per_row = parts.cfg, 8
+    every = cfg.train.sample_every_steps
     if not (every and log.main):
         return
     due = not (run_dir / layout.TRAIN_SAMPLES).is_dir() if end else step % every == 0
-    if due:
-        log.image(_sample_grid(parts.ema, parts.cfg, classes, run_dir, step), step)
-
-
-def _sample_grid(
-    ema: torch.nn.Module, cfg: RunConfig, classes: list[str], run_dir: Path, step: int
-) -> Path:
-    """A grid from the EMA weights with fixed seeds: one row per class (or 2 rows
-    unconditional), so grids at different steps are comparable; returns its path."""
-    per_row = 8
+    if not due:
+        return
     if cfg.model.conditional:
         class_idx = [c for c in range(len(classes)) for _ in range(per_row)]
         index = [i for _ in classes for i in range(per_row)]
@@ -287,7 +269,7 @@ def _sample_grid(
         class_idx = [None] * (2 * per_row)
         index = list(range(2 * per_row))
     imgs = generate_images(
-        ema,
+        parts.ema,
         cfg,
         class_idx=class_idx,
         index=index,
@@ -301,4 +283,4 @@ def _sample_grid(
     path = run_dir / layout.TRAIN_SAMPLES / layout.train_grid_name(step)
     with atomic.atomic_path(path) as tmp:
         grid_image(imgs, names, per_row).save(tmp, format="PNG")
-    return path
+    log.image(path, step)

@@ -1,11 +1,8 @@
-"""The run folder across calls: its lock, the checkpoint to continue from (and its refusals),
-restoring a checkpoint's weights, optimizer and RNG states, and saving one with every
-process's RNG states.
-
-Exact resume rests on three things: every random draw comes from generators whose state is
+"""Exact resume rests on three things: every random draw comes from generators whose state is
 checkpointed (noise, timesteps, flips, label dropout on ``gen``; dropout on torch's global RNG);
 the data order is a pure function of (seed, step), so there is no loader state to save; and the
-LR is a pure function of the step.
+LR is a pure function of the step (and, with a wall-clock budget, of the seconds trained, which
+are checkpointed too).
 """
 
 from __future__ import annotations
@@ -33,7 +30,7 @@ from diffscape.settings.engine import ConfigError
 from diffscape.settings.presets import shape_changes
 from diffscape.settings.sections import RunConfig
 from diffscape.train.setup import any_process
-from diffscape.train.step import StepParts
+from diffscape.train.step import StepParts, inner_optimizer
 
 
 def lock_run_dir(stack: contextlib.ExitStack, run_dir: Path, accelerator: Accelerator) -> None:
@@ -101,11 +98,11 @@ def resume_state(
     return state, note
 
 
-def run_info(cfg: RunConfig, ds: Dataset, dataset_dir: str | Path) -> dict:
+def run_info(cfg: RunConfig, ds: Dataset) -> dict:
     return {
         "classes": ds.classes if cfg.model.conditional else [],
         "dataset": {
-            "path": str(Path(dataset_dir).resolve()),
+            "path": str(ds.root.resolve()),
             "content_hash": ds.content_hash,
             "classes": ds.classes,
             "size": ds.size,
@@ -126,10 +123,9 @@ def save(parts: StepParts, state: TrainingState, run_dir: Path, info: dict) -> P
         rng_states[f"torch_rank{r}"] = c
     path = None
     if acc.is_main_process:
-        optimizer = parts.optimizer
         path = save_checkpoint(
             run_dir, cfg=parts.cfg, model=parts.model, ema=parts.ema,
-            optimizer=optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
+            optimizer=inner_optimizer(parts.optimizer),
             state=state, rng_states=rng_states, keep_last=t.keep_last,
             milestone_every_steps=t.milestone_every_steps, info=info,
         )  # fmt: skip

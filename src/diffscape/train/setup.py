@@ -1,8 +1,3 @@
-"""What a training is set up with: the Accelerator and its precision, the network, its EMA and
-the optimizer, the step's generator, the config checked against the dataset; and a quick
-measure of training speed built from the same pieces.
-"""
-
 from __future__ import annotations
 
 import functools
@@ -170,10 +165,8 @@ def prepare_config(cfg: RunConfig, ds: Dataset) -> RunConfig:
 
 @functools.cache
 def cpu_has_bf16() -> bool:
-    """Whether bf16 autocast pays on this CPU (1.6-2.1x for small/base/base64 on AMX,
-    docs/benchmarks.md); without AVX512-BF16 or AMX, bf16 is emulated in software (expected
-    slower than fp32; no such CPU was at hand to measure).
-    torch.cpu's probes are private: unknown means yes."""
+    """Whether this CPU has native bf16 (AVX512-BF16 or AMX), where bf16 autocast pays (see
+    :func:`resolve_precision`). torch.cpu's probes are private: unknown means yes."""
     # ONEDNN_MAX_CPU_ISA below the bf16 ISAs (e.g. AVX2, to stand in for an older CPU) leaves
     # bf16 to slow reference kernels: 1.5-5 img/s against fp32's 22-38 (bench/cpu_speed.py)
     cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()

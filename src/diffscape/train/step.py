@@ -1,15 +1,3 @@
-"""The training step: the pure pieces (LR, EMA, flips, the loss) and :func:`train_step`, the
-one copy of the step (``train()`` runs it; the benchmarks time it).
-
-Every random draw of a step comes from ``parts.gen`` (flips, noise, timesteps, label dropout),
-whose state is checkpointed, and the LR is a pure function of the step (and, with a wall-clock
-budget, of the seconds trained, which are checkpointed too): what exact resume needs.
-
-The step does not wait for the device: a non-finite step is skipped on the device (fused AdamW's
-``found_inf``, an EMA weight of 0), and the loop reads the steps' flags and losses once per
-logging window, checkpoint or stop (``TrainLogger.settle``).
-"""
-
 from __future__ import annotations
 
 import math
@@ -191,21 +179,21 @@ def train_step(parts: StepParts, state: TrainingState, data: BatchSource) -> Ste
     return StepResult(loss=mean_loss, grad_norm=grad_norm, lr=lr, finite=finite)
 
 
-def _inner(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+def inner_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
     return getattr(optimizer, "optimizer", optimizer)  # Accelerate's wrapper holds the real one
 
 
 def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
     """Whether the optimizer skips its update on a device flag: torch's fused Adam/AdamW read
     ``found_inf`` (GradScaler's protocol, ``_step_supports_amp_scaling``) inside the kernel."""
-    return bool(getattr(_inner(optimizer), "_step_supports_amp_scaling", False))
+    return bool(getattr(inner_optimizer(optimizer), "_step_supports_amp_scaling", False))
 
 
 def _update_unless(parts: StepParts, finite: torch.Tensor, ema_weight: float) -> None:
     """Optimizer and EMA update, both no-ops on the device when ``finite`` is false: fused AdamW
     with ``found_inf=1`` leaves parameters and moments as they were and takes its step count back
     (torch/optim/adam.py, _fused_adam), and the EMA moves by a weight of 0. No host sync."""
-    inner = _inner(parts.optimizer)
+    inner = inner_optimizer(parts.optimizer)
     # An fp16 GradScaler sets (and then deletes) its own found_inf in the step; inf/NaN
     # gradients are what it checks, and they make ``finite`` false too.
     inner.found_inf = (~finite).float()
