@@ -127,6 +127,18 @@ steps = 10
     assert runs[0].changes["sample.steps"] == 500
 
 
+ONE_SAMPLING = "[[sample.runs]]\nsampler = 'ddpm'\n"
+TWO_SAMPLINGS = ONE_SAMPLING + "[[sample.runs]]\nsampler = 'ddpm'\nguidance = 2.0\n"
+
+
+@pytest.mark.parametrize(("body", "n"), [(ONE_SAMPLING, 1), (TWO_SAMPLINGS, 2)])
+def test_a_sample_setting_every_sampling_shares_is_used(tmp_path, body, n):
+    # every [[sample.runs]] sets the sampler alike: it differs from [sample], not between them
+    runs = plan(load_sweep(spec_file(tmp_path, body)))
+    assert [r.sample.sampler for r in runs] == ["ddpm"] * n
+    assert all(r.changes["sample.sampler"] == "ddpm" for r in runs)
+
+
 def test_sampling_grid_names_rows_after_the_sampling(tmp_path):
     spec = load_sweep(spec_file(tmp_path, "[sample.grid]\nguidance = [0, 2.5]\n"))
     runs = plan(spec)

@@ -79,14 +79,15 @@ def judge_identity(path: Path) -> dict[str, Any]:
 
 def upgraded(record: Any) -> Any:
     """A settings record (result.json's, metrics.json's, train.json's) written before settings
-    were added (the evaluate command's per_class, seed, batch, ...; train.log_with, threads):
-    they read as their defaults, which are what that run used; so a re-run skips what it
-    finished."""
+    were added (the evaluate command's per_class, seed, batch, ...; sample.guidance_interval;
+    train.log_with, threads): they read as their defaults, which are what that run used; so a
+    re-run skips what it finished."""
     if not isinstance(record, dict):
         return record
     out = dict(record)
-    if isinstance(out.get("evaluate"), dict):
-        out["evaluate"] = {**results.plain(EvaluateSettings().to_dict()), **out["evaluate"]}
+    for key, cls in (("evaluate", EvaluateSettings), ("sample", SampleSettings)):
+        if isinstance(out.get(key), dict):
+            out[key] = {**results.plain(cls().to_dict()), **out[key]}
     if isinstance(out.get("config"), dict):
         with contextlib.suppress(ConfigError):  # unreadable: compared as it is (a re-run)
             out["config"] = results.plain(RunConfig.parse(out["config"]).to_dict())

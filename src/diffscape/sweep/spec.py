@@ -393,6 +393,7 @@ def sampling_variants(
     # Name by the standard triple plus whatever else differs between the variants.
     varying = [k for k in ("eta", "seed", "n") if len({getattr(s, k) for s in made}) > 1]
     varying += [k for k in ("eta", "seed") if k not in varying and getattr(made[0], k)]
-    differ = [k for k in known if len({getattr(s, k) for s in made}) > 1]
+    # what differs between the variants or from [sample] (a key every variant sets alike too)
+    differ = [k for k in known if len({getattr(s, k) for s in [sample, *made]}) > 1]
     out = [Variant(sampling_name(s, varying), {k: getattr(s, k) for k in differ}) for s in made]
     return sample, _unique(out, f"{where} (samplings)")
