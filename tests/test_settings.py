@@ -457,7 +457,9 @@ def test_old_study_records_read_back_and_still_match():
     # the tiny preset as it was when these were written (issue 26 changed its precision and LR)
     was_tiny = presets.resolve("tiny", TINY_BEFORE_ISSUE_26)
     assert presets.from_dict(old["result_settings"]["config"]) == was_tiny
-    assert DemoSettings.parse(old["demo_json"]["settings"]) == DemoSettings()
+    # the demo's sampling before issue 26 (w=1 at every step)
+    was_sample = SampleSettings(n=40, sampler="dpm", steps=20)
+    assert DemoSettings.parse(old["demo_json"]["settings"]) == DemoSettings(sample=was_sample)
     # what evaluate_stage and is_finished compare: the old record reads as the new one
     wanted = results.plain({"evaluate": e.to_dict(), "dataset": "abc", "made": 60})
     assert upgraded(old["metrics_settings"]) == wanted

@@ -28,14 +28,11 @@ from diffscape.study.results import DemoSummary, RunResult
 from diffscape.study.shared import ensure_data, prepare_study
 from diffscape.study.spec import RunSpec, Study, StudySpec, train_identity, upgraded
 
-# The demo's recipe is the tiny preset's CPU recipe (v-prediction, min-SNR, lr 1e-3, EMA 0.995;
-# docs/benchmarks.md "Demo recipe": at 600 steps of 32 on the synth set it gave 98% judge
-# accuracy where eps-prediction gave 21-60%), conditional, without the periodic sample grids,
-# at the batch of 32 that measurement and the demo's timings used (the preset's 16 was chosen on
-# real photos, docs/real-photos.md; the demo on the synth set was not re-measured with it).
+# The demo's recipe is the tiny preset's CPU recipe (v-prediction, min-SNR, lr 2e-3 decaying to
+# the deadline, EMA 0.995, batch 16; docs/benchmarks.md "Demo recipe", docs/real-photos.md),
+# conditional, without the periodic sample grids.
 DEMO_OVERRIDES = (
     "model.conditional=true",
-    "train.batch_size=32",
     "train.log_every_steps=25",
     "train.sample_every_steps=0",
     "train.milestone_every_steps=0",
