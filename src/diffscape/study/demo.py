@@ -18,6 +18,7 @@ from diffscape.core import layout, lock
 from diffscape.core.errors import DiffscapeError
 from diffscape.core.timefmt import duration
 from diffscape.data.dataset import load_dataset
+from diffscape.metrics.evaluate import CPU_MEMORISATION_N
 from diffscape.report import build_report
 from diffscape.settings.presets import resolve
 from diffscape.settings.sections import DemoSettings, JudgeSettings
@@ -71,11 +72,15 @@ MIN_TRAIN_MINUTES = 0.5  # training gets at least this, even when the other stag
 def after_training_seconds(s: DemoSettings, classes: int, inception_rate: float) -> float:
     """Estimated seconds of the stages after training: sampling (DPM-Solver++ on the tiny
     model: ~250 image-steps/s on 2 cores, twice the work with guidance), FID/KID of the samples
-    (the real side is cached by the floor), judging them and the report."""
+    (the real side is cached by the floor) and the training images of the memorisation check,
+    judging them and the report."""
     images = s.sample.n * classes
     work = images * s.sample.steps * (2 if s.sample.guidance not in (0.0, 1.0) else 1)
     n_eval = min(images, s.evaluate.n or images)
-    return work / 250 + n_eval / inception_rate + 30 + 15
+    if s.evaluate.memorisation:
+        n_eval += s.evaluate.memorisation_n or CPU_MEMORISATION_N  # fewer than that: all of them
+    # + judging and the report: under a second each in the demo; 15 s for loading and writing
+    return work / 250 + n_eval / inception_rate + 15
 
 
 def training_minutes(s: DemoSettings, elapsed: float, after: float) -> float:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from diffscape.core import layout
+from diffscape.core.timefmt import duration
 from diffscape.metrics import registry
 from diffscape.settings.sections import EvaluateSettings, SampleSettings
 from diffscape.study import results
@@ -59,7 +60,7 @@ def train_stage(study: Study, run: RunSpec, tools: Tools) -> TrainRecord:
         nar.skip("train", f"trained before ({done.steps} steps)", who=run.training)
         return done
     t = cfg.train
-    what = (f"{t.minutes:g} min of steps of {t.batch_size} (at most {t.steps})" if t.minutes
+    what = (f"{duration(60 * t.minutes)} of steps of {t.batch_size} (at most {t.steps})" if t.minutes
             else f"{t.steps} steps of {t.batch_size}")  # fmt: skip
     nar.start("train", f"{what} into {run_dir}",
               eta=60 * t.minutes if t.minutes else None, who=run.training)  # fmt: skip
