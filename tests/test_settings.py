@@ -459,7 +459,9 @@ def test_old_study_records_read_back_and_still_match():
     assert presets.from_dict(old["result_settings"]["config"]) == was_tiny
     # the demo's sampling before issue 26 (w=1 at every step)
     was_sample = SampleSettings(n=40, sampler="dpm", steps=20)
-    assert DemoSettings.parse(old["demo_json"]["settings"]) == DemoSettings(sample=was_sample)
+    was_evaluate = EvaluateSettings(split="test", n=200, n_real=200)
+    was = DemoSettings(sample=was_sample, evaluate=was_evaluate)
+    assert DemoSettings.parse(old["demo_json"]["settings"]) == was
     # what evaluate_stage and is_finished compare: the old record reads as the new one
     wanted = results.plain({"evaluate": e.to_dict(), "dataset": "abc", "made": 60})
     assert upgraded(old["metrics_settings"]) == wanted
