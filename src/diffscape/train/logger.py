@@ -166,7 +166,7 @@ class TrainLogger:
         if stopped_by is not None:
             record["stopped_by"] = stopped_by
         if self.main and stopped_by == "budget":
-            msg = (f"train: the budget (train.minutes={t.minutes:g}) ended training after step "
+            msg = (f"train: the budget ({duration(60 * t.minutes)}) ended training after step "
                    f"{state.step}; saving a checkpoint (continue with --resume)")  # fmt: skip
             self._say(msg)
         if self.main and not self.told_pace and stopped_by is None and self.window_steps:
