@@ -148,9 +148,8 @@ def sample_to_folder(
                 )
             w = 1.0 if guidance is None else guidance
             p = make_plan(model, n, per_class, classes)
-            record = samples_record(model, p, sampler, steps, eta, w, seed, per_class)
-            if guidance_interval is not None and w not in (0.0, 1.0):  # absent: every step
-                record["guidance_interval"] = list(guidance_interval)
+            record = samples_record(model, p, sampler, steps, eta, w, guidance_interval, seed,
+                                    per_class)  # fmt: skip
             if batch is None:
                 batch = 256 if next(model.unet.parameters()).device.type == "cuda" else 64
             todo = resume_partial(partial, record, p, say)
@@ -186,9 +185,11 @@ def publish(partial: Path, out: Path, p: Plan, record: dict) -> None:
 
 def samples_record(
     model: LoadedModel, p: Plan, sampler: diffusion.Sampler, steps: int | None, eta: float,
-    w: float, seed: int, per_class: bool,
+    w: float, interval: tuple[float, float] | None, seed: int, per_class: bool,
 ) -> dict:  # fmt: skip
-    """What samples.json says of the images (and, less versions, what a re-run must match)."""
+    """What samples.json says of the images (and, less versions, what a re-run must match).
+    ``guidance_interval`` only when set and w guides (records from before it still match)."""
+    guided = interval is not None and w not in (0.0, 1.0)
     return {
         "checkpoint": str(model.checkpoint.resolve()),
         "weights": model.weights,
@@ -196,6 +197,7 @@ def samples_record(
         "steps": diffusion.sampler_steps(model.cfg.diffusion.timesteps, sampler, steps),
         "eta": eta,
         "guidance": w if model.cfg.model.conditional else None,
+        **({"guidance_interval": list(interval)} if guided else {}),
         "seed": seed,
         "n": p.total,
         "per_class": per_class,

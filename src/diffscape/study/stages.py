@@ -60,8 +60,8 @@ def train_stage(study: Study, run: RunSpec, tools: Tools) -> TrainRecord:
         nar.skip("train", f"trained before ({done.steps} steps)", who=run.training)
         return done
     t = cfg.train
-    what = (f"{duration(60 * t.minutes)} of steps of {t.batch_size} (at most {t.steps})" if t.minutes
-            else f"{t.steps} steps of {t.batch_size}")  # fmt: skip
+    what = (f"{duration(60 * t.minutes)} of steps of {t.batch_size} (at most {t.steps})"
+            if t.minutes else f"{t.steps} steps of {t.batch_size}")  # fmt: skip
     nar.start("train", f"{what} into {run_dir}",
               eta=60 * t.minutes if t.minutes else None, who=run.training)  # fmt: skip
     r = train(cfg, study.data, run_dir, progress=tools.progress)

@@ -213,8 +213,10 @@ def pace_note(steps: int, minutes: float, step: int, steps_per_second: float, sp
     to_cap = (steps - step) / steps_per_second
     if minutes and spent + to_cap > 60 * minutes:
         reach = step + int(steps_per_second * max(0.0, 60 * minutes - spent))
-        return (f"train: at {steps_per_second:.2f} steps/s the budget of {duration(60 * minutes)} reaches "
-                f"about step {reach} of train.steps={steps}")  # fmt: skip
+        return (
+            f"train: at {steps_per_second:.2f} steps/s the budget of {duration(60 * minutes)} "
+            f"reaches about step {reach} of train.steps={steps}"
+        )
     hint = "" if minutes else "; --minutes M stops earlier, saved and resumable"
     return f"train: at {steps_per_second:.2f} steps/s the {steps - step} steps to go take about {duration(to_cap)}{hint}"
 
