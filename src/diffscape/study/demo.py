@@ -18,11 +18,10 @@ from diffscape.core import layout, lock
 from diffscape.core.errors import DiffscapeError
 from diffscape.core.timefmt import duration
 from diffscape.data.dataset import load_dataset
-from diffscape.metrics.evaluate import CPU_MEMORISATION_N
 from diffscape.report import build_report
 from diffscape.settings.presets import resolve
 from diffscape.settings.sections import DemoSettings, JudgeSettings
-from diffscape.study import results
+from diffscape.study import results, stages
 from diffscape.study.launch import run_study
 from diffscape.study.narrate import Narrator, Tools, pct
 from diffscape.study.results import DemoSummary, RunResult
@@ -65,22 +64,20 @@ def demo_run(s: DemoSettings, image_size: int, train_minutes: float) -> RunSpec:
     return RunSpec(layout.DEMO_RUN, layout.DEMO_RUN, layout.DEMO_SAMPLING, cfg, s.sample)
 
 
-INCEPTION_IMAGES_PER_SECOND = 3.5  # 2 CPU cores, when the floor stage did not measure it
 MIN_TRAIN_MINUTES = 0.5  # training gets at least this, even when the other stages use the budget
 
 
 def after_training_seconds(s: DemoSettings, classes: int, inception_rate: float) -> float:
-    """Estimated seconds of the stages after training: sampling (DPM-Solver++ on the tiny
-    model: ~250 image-steps/s on 2 cores, twice the work with guidance), FID/KID of the samples
-    (the real side is cached by the floor) and the training images of the memorisation check,
-    judging them and the report."""
-    images = s.sample.n * classes
-    work = images * s.sample.steps * (2 if s.sample.guidance not in (0.0, 1.0) else 1)
-    n_eval = min(images, s.evaluate.n or images)
-    if s.evaluate.memorisation:
-        n_eval += s.evaluate.memorisation_n or CPU_MEMORISATION_N  # fewer than that: all of them
-    # + judging and the report: under a second each in the demo; 15 s for loading and writing
-    return work / 250 + n_eval / inception_rate + 15
+    """Estimated seconds of the stages after training: sampling, FID/KID of the samples (the
+    floor, run before training, has the real side and memorisation's training images), judging
+    them (under a second) and the report; 15 s for loading and writing."""
+    images, e = s.sample.n * classes, s.evaluate
+    n = min(images, e.n or images)
+    return (
+        stages.sample_seconds(images, s.sample, guided=True)
+        + stages.evaluate_seconds(e, n, e.n_real, e.floor, inception_rate)
+        + 15
+    )
 
 
 def training_minutes(s: DemoSettings, elapsed: float, after: float) -> float:
@@ -93,7 +90,7 @@ def inception_rate(timings: dict[str, float], floor: results.Floor | None) -> fl
     """Images/s of the floor stage's Inception, when it ran in this call; else the default."""
     seconds = timings.get("floor") or 0.0
     if floor is None or seconds < 5 or not floor.n_fake or not floor.n_real:
-        return INCEPTION_IMAGES_PER_SECOND
+        return stages.INCEPTION_IMAGES_PER_SECOND
     return max(0.5, (floor.n_fake + floor.n_real) / seconds)
 
 

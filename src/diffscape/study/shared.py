@@ -135,7 +135,7 @@ def ensure_floor(study: Study, tools: Tools) -> Floor | None:
             "floor", f"FID {done.fid:.2f} (computed before)" if done.fid else "computed before"
         )
         return done
-    nar.start("floor", f"real {other} ({n_other}) vs {e.split} ({n_ref})", eta=(n_other + n_ref) / 3.5 + 30)  # fmt: skip
+    nar.start("floor", f"real {other} ({n_other}) vs {e.split} ({n_ref})", eta=(n_other + n_ref) / stages.INCEPTION_IMAGES_PER_SECOND + 30)  # fmt: skip
     try:
         metrics = stages.fid_kid(
             (ds, other), (ds, e.split), n_ref, n_other, f"{ds.root}:{e.split}", tools,

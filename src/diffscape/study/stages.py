@@ -49,6 +49,31 @@ def fid_kid(
     )  # fmt: skip
 
 
+INCEPTION_IMAGES_PER_SECOND = 3.5  # 2 CPU cores, 299x299 (the floor stage measures it anew)
+
+
+def sample_seconds(images: int, s: SampleSettings, guided: bool) -> float:
+    """Estimated seconds to sample ``images``: DPM-Solver++ on the tiny model makes ~250
+    image-steps/s on 2 cores, half that with guidance (two network calls a step)."""
+    return images * s.steps * (2 if guided and s.guidance not in (0.0, 1.0) else 1) / 250
+
+
+def evaluate_seconds(
+    e: EvaluateSettings, n: int, n_real: int | None, floor: bool, rate: float
+) -> float:
+    """Estimated seconds of :func:`evaluate_stage`'s embedding: its images through Inception at
+    ``rate`` images/s, less what the floor stage (``floor``: it ran) embedded already:
+    the real side (the same seeded subset) and memorisation's training images when the floor's
+    train side is the same subset (the same size)."""
+    from diffscape.metrics.evaluate import CPU_MEMORISATION_N
+
+    images = n + (0 if floor else n_real or 0)
+    mem_n = e.memorisation_n or CPU_MEMORISATION_N  # fewer training images than that: all
+    if e.memorisation and e.split != "train" and not (floor and e.n == mem_n):
+        images += mem_n
+    return images / rate
+
+
 def train_stage(study: Study, run: RunSpec, tools: Tools) -> TrainRecord:
     """Train (or resume) ``run``'s model; skipped when train.json says this config finished."""
     from diffscape.train import train
@@ -118,7 +143,7 @@ def sample_stage(study: Study, run: RunSpec, tools: Tools) -> dict[str, Any]:
     classes = "per class" if cond else "in all"
     images = s.n * (load_dataset(study.data).num_classes if cond else 1)
     nar.start("sample", f"{s.n} {classes}, {s.sampler} {s.steps} steps, w={s.guidance:g}",
-              eta=images * s.steps / 250, who=run.name)  # fmt: skip
+              eta=sample_seconds(images, s, cond), who=run.name)  # fmt: skip
     record = sample_to_folder(
         run.train_dir(study.out), out_dir, n=s.n, per_class=cond, sampler=s.sampler,
         steps=s.steps, eta=s.eta, guidance=s.guidance if cond else None, seed=s.seed,
@@ -145,8 +170,10 @@ def evaluate_stage(study: Study, run: RunSpec, made: int, tools: Tools) -> dict[
     n = made if e.n is None else min(e.n, made)
     asked = e.n_real or e.n  # real images: n_real, else as many as generated ones
     n_real = None if asked is None else min(asked, ds.count(e.split))
+    floor = e.floor and results.read_floor(study.out) is not None
     nar.start("evaluate", f"FID/KID: {n} generated vs {n_real or 'all'} real {e.split}",
-              eta=(n + (n_real or 0)) / 3.5 + 30, who=run.name)  # fmt: skip
+              eta=evaluate_seconds(e, n, n_real, floor, INCEPTION_IMAGES_PER_SECOND) + 30,
+              who=run.name)  # fmt: skip
     fake = load_sample_folder(folder)
     metrics = fid_kid((ds, e.split), fake, n, n_real, run.name, tools, e)
     results.write_metrics(folder, metrics, wanted)
