@@ -16,7 +16,13 @@ from diffscape.data.imagefolder import make_grid, save_image
 from diffscape.model import diffusion
 from diffscape.model.unet import null_class
 from diffscape.sample.folder import chosen_classes
-from diffscape.sample.generate import check_settings, denoise, image_generator, slerp, to_uint8
+from diffscape.sample.generate import (
+    denoise,
+    image_generator,
+    sample_settings,
+    slerp,
+    to_uint8,
+)
 from diffscape.sample.load import load_for_sampling
 
 MAX_FRAMES = 256  # images in an interpolation row, denoised in one batch
@@ -40,8 +46,9 @@ def interpolate(
     the sampler's default."""
     if sampler == "ddpm":
         raise DiffscapeError("interpolation needs a deterministic sampler: ddim or dpm")
-    check_settings(sampler=sampler, steps=steps, guidance=guidance, seed=seed_a)
-    check_settings(seed=seed_b)
+    s = sample_settings(None, {"sampler": sampler, "steps": steps, "guidance": guidance})
+    sample_settings(None, {"seed": seed_a})
+    sample_settings(None, {"seed": seed_b})
     if isinstance(frames, bool) or not isinstance(frames, int) or not 2 <= frames <= MAX_FRAMES:
         raise DiffscapeError(f"frames {frames!r}: give 2..{MAX_FRAMES} images in the row")
     if Path(out_png).suffix.lower() != ".png":
@@ -55,9 +62,7 @@ def interpolate(
     noise = torch.stack([slerp(a, b, u) for u in np.linspace(0.0, 1.0, frames)])
     labels = None if k is None else torch.full((frames,), k)
     gens = [torch.Generator().manual_seed(0) for _ in range(frames)]  # unused at eta 0
-    x = denoise(
-        model.unet, model.cfg, noise, labels, gens, sampler=sampler, steps=steps, guidance=guidance
-    )
+    x = denoise(model.unet, model.cfg, noise, labels, gens, s)
     images = to_uint8(x)
     save_image(Image.fromarray(make_grid(images, nrow=frames).transpose(1, 2, 0)), out_png)
     return images

@@ -23,11 +23,9 @@ from diffscape.core.errors import DiffscapeError
 from diffscape.core.timefmt import duration
 from diffscape.data.imagefolder import read_image, save_png
 from diffscape.model import diffusion
-from diffscape.sample.generate import check_settings, grid_image, iter_images
+from diffscape.sample.generate import grid_image, iter_images, sample_settings
 from diffscape.sample.load import LoadedModel, load_for_sampling
 from diffscape.settings.sections import SampleSettings
-
-SAMPLE = SampleSettings()  # the defaults: the same as `diffscape sample`'s and a study's
 
 
 def chosen_classes(model: LoadedModel, classes: Sequence[str] | None) -> tuple[int | None, ...]:
@@ -108,31 +106,26 @@ def make_plan(model: LoadedModel, n: int, per_class: bool, classes: Sequence[str
 def sample_to_folder(
     source: str | Path,
     out: str | Path,
+    settings: SampleSettings | None = None,
     *,
-    n: int = SAMPLE.n,
     per_class: bool = False,
     classes: Sequence[str] | None = None,
-    sampler: diffusion.Sampler = SAMPLE.sampler,
-    steps: int | None = SAMPLE.steps,
-    eta: float = SAMPLE.eta,
-    guidance: float | None = SAMPLE.guidance,
-    guidance_interval: tuple[float, float] | None = SAMPLE.guidance_interval,
-    seed: int = SAMPLE.seed,
-    batch: int | None = SAMPLE.batch,
     use_ema: bool = True,
     progress: bool = True,
     overwrite: bool = False,
     say: Callable[[str], None] | None = None,
+    **changes: Any,
 ) -> dict:
-    """Sample from a run or checkpoint into ``out``; returns the samples.json record.
+    """Sample from a run or checkpoint into ``out`` with ``settings`` (the defaults, those of
+    ``diffscape sample`` and of a study, when None) and ``changes`` to them (n=, sampler=, ...:
+    :func:`~diffscape.sample.generate.sample_settings`); returns the samples.json record.
 
     Images are written as they are made into the partial folder beside ``out``; the same call
     again makes only the missing ones (an image depends only on (seed, class, index), so the
     result is the uninterrupted one). An existing samples folder is replaced only with
-    ``overwrite``, never mixed with new images; ``steps`` None is the sampler's default.
+    ``overwrite``, never mixed with new images.
     """
-    check_settings(sampler=sampler, n=n, batch=batch, steps=steps, seed=seed, guidance=guidance,
-                   eta=eta, guidance_interval=guidance_interval)  # fmt: skip
+    s = sample_settings(settings, changes)
     say = say or (lambda text: print(text, file=sys.stderr))
     out = samples_out(out, overwrite)
     partial, held = partial_dir(out), False
@@ -141,23 +134,20 @@ def sample_to_folder(
             held = True
             samples_out(out, overwrite)  # again: another writer may have finished meanwhile
             model = load_for_sampling(source, use_ema=use_ema)
-            if not model.cfg.model.conditional and guidance not in (None, 0.0, 1.0):
+            if not model.cfg.model.conditional and s.guidance not in (0.0, 1.0):
                 raise DiffscapeError(
                     "this model is unconditional: --guidance needs a model trained with "
                     "--conditional"
                 )
-            w = 1.0 if guidance is None else guidance
-            p = make_plan(model, n, per_class, classes)
-            record = samples_record(model, p, sampler, steps, eta, w, guidance_interval, seed,
-                                    per_class)  # fmt: skip
-            if batch is None:
-                batch = 256 if next(model.unet.parameters()).device.type == "cuda" else 64
+            p = make_plan(model, s.n, per_class, classes)
+            record = samples_record(model, p, s, per_class)
+            if s.batch is None:
+                cuda = next(model.unet.parameters()).device.type == "cuda"
+                s = s.with_changes(batch=256 if cuda else 64)
             todo = resume_partial(partial, record, p, say)
             if len(todo):
-                say(estimate(model, p, len(todo), record, w, batch, partial))
-            make_images(model, p, todo, partial, batch=batch, progress=progress, say=say,
-                        seed=seed, sampler=sampler, steps=steps, eta=eta, guidance=w,
-                        guidance_interval=guidance_interval)  # fmt: skip
+                say(estimate(model, p, len(todo), record, s, partial))
+            make_images(model, p, todo, partial, s, progress=progress, say=say)
             publish(partial, out, p, record)
     except BaseException:
         if held and partial.is_dir() and not any(partial.glob(f"*/{layout.SAMPLE_PNG}")):
@@ -183,27 +173,53 @@ def publish(partial: Path, out: Path, p: Plan, record: dict) -> None:
     atomic.publish_dir(partial, out)
 
 
-def samples_record(
-    model: LoadedModel, p: Plan, sampler: diffusion.Sampler, steps: int | None, eta: float,
-    w: float, interval: tuple[float, float] | None, seed: int, per_class: bool,
-) -> dict:  # fmt: skip
-    """What samples.json says of the images (and, less versions, what a re-run must match).
-    ``guidance_interval`` only when set and w guides (records from before it still match)."""
-    guided = interval is not None and w not in (0.0, 1.0)
+# n is recorded as the total made and with the counts per class; batch does not change the images
+NOT_RECORDED = ("n", "batch")
+
+
+def settings_record(s: SampleSettings, conditional: bool, timesteps: int) -> dict[str, Any]:
+    """The sampling settings as samples.json records them: what makes the images, and what a
+    study compares before it skips a sampling (:func:`same_sampling`). steps as the sampler
+    runs them; guidance None for an unconditional model; guidance_interval only where w guides.
+    Settings added after the first samples.json (guidance_interval) are recorded only when set,
+    so that the records from before them still match."""
+    guided = conditional and s.guidance not in (0.0, 1.0)
+    record = {
+        "sampler": s.sampler,
+        "steps": diffusion.sampler_steps(timesteps, s.sampler, s.steps),
+        "eta": s.eta,
+        "guidance": s.guidance if conditional else None,
+        "seed": s.seed,
+    }
+    later = s.with_changes(guidance_interval=s.guidance_interval if guided else None)
+    for key, value in later.model_dump(mode="json").items():
+        if key not in record and key not in NOT_RECORDED and value is not None:
+            record[key] = value
+    return record
+
+
+def same_sampling(
+    record: dict[str, Any], s: SampleSettings, conditional: bool, timesteps: int
+) -> bool:
+    """Whether a samples.json ``record`` holds the images these settings make (checkpoint,
+    classes and counts aside)."""
+    wanted = settings_record(s, conditional, timesteps)
+    keys = [k for k in SampleSettings.model_fields if k not in NOT_RECORDED]
+    return all(record.get(k) == wanted.get(k) for k in keys)
+
+
+def samples_record(model: LoadedModel, p: Plan, s: SampleSettings, per_class: bool) -> dict:
+    """What samples.json says of the images (and, less versions, what a re-run must match)."""
+    cfg = model.cfg
     return {
         "checkpoint": str(model.checkpoint.resolve()),
         "weights": model.weights,
-        "sampler": sampler,
-        "steps": diffusion.sampler_steps(model.cfg.diffusion.timesteps, sampler, steps),
-        "eta": eta,
-        "guidance": w if model.cfg.model.conditional else None,
-        **({"guidance_interval": list(interval)} if guided else {}),
-        "seed": seed,
+        **settings_record(s, cfg.model.conditional, cfg.diffusion.timesteps),
         "n": p.total,
         "per_class": per_class,
         "classes": list(p.counts()),
         "counts": p.counts(),
-        "image_size": model.cfg.model.image_size,
+        "image_size": cfg.model.image_size,
         "versions": {
             "diffscape": __version__,
             "torch": torch.__version__,
@@ -214,14 +230,14 @@ def samples_record(
 
 
 def make_images(
-    model: LoadedModel, p: Plan, todo: np.ndarray, partial: Path, *, batch: int, progress: bool,
-    say: Callable[[str], None], **how: Any,
+    model: LoadedModel, p: Plan, todo: np.ndarray, partial: Path, s: SampleSettings, *,
+    progress: bool, say: Callable[[str], None],
 ) -> None:  # fmt: skip
     """Make the images at positions ``todo`` into ``partial``, each written as soon as its batch
     is done; when stopped, say how many are kept for the next run."""
     try:
         for start, images in iter_images(
-            model.unet, model.cfg, Todo(p, todo), batch=batch, progress=progress, **how
+            model.unet, model.cfg, Todo(p, todo), s, progress=progress
         ):
             for img, j in zip(images, todo[start : start + len(images)], strict=True):
                 k, i = p.pairs(int(j))
@@ -287,7 +303,7 @@ PNG_BYTES = 1.1  # a sample PNG's size over its raw pixels at most (noise-like i
 
 
 def estimate(
-    model: LoadedModel, p: Plan, todo: int, record: dict, w: float, batch: int, folder: Path
+    model: LoadedModel, p: Plan, todo: int, record: dict, s: SampleSettings, folder: Path
 ) -> str:
     """One line before sampling: images, time (one network call timed now) and disk; refused
     first when the images will not fit on the disk of ``folder``."""
@@ -300,7 +316,8 @@ def estimate(
             f"{folder}, which has {free / 1e6:,.0f} MB free; free space or pick another --out"
         )
     calls_per_batch = record["steps"] * (2 if record["sampler"] == "heun" else 1)
-    both = model.cfg.model.conditional and w not in (0.0, 1.0)  # cond and uncond in one call
+    both = model.cfg.model.conditional and s.guidance not in (0.0, 1.0)  # cond, uncond: one call
+    batch = s.batch or 64
     b = min(batch, todo) * (2 if both else 1)
     device = next(unet.parameters()).device
     x = torch.zeros((b, 3, size, size), device=device)

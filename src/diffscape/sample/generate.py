@@ -71,24 +71,23 @@ def denoise(
     noise: torch.Tensor,
     labels: torch.Tensor | None,
     generators: list[torch.Generator],
-    *,
-    sampler: diffusion.Sampler = "ddpm",
-    steps: int | None = None,
-    eta: float = 0.0,
-    guidance: float = 1.0,
-    guidance_interval: tuple[float, float] | None = None,
+    settings: SampleSettings | None = None,
+    **changes: Any,
 ) -> torch.Tensor:
     """Run a sampler from ``noise`` (B, 3, H, W) to images (float, on CPU), not clamped: about
-    [-1, 1] for a trained model; ``to_uint8`` clamps. ``guidance`` applies at the steps whose
-    noise level lies in ``guidance_interval`` (all when None; :func:`diffusion.guidance_at`)."""
+    [-1, 1] for a trained model; ``to_uint8`` clamps. The sampling is ``settings`` (the defaults
+    when None) with ``changes`` (:func:`sample_settings`); its guidance applies at the steps
+    whose noise level lies in its guidance_interval (:func:`diffusion.guidance_at`)."""
+    s = sample_settings(settings, changes)
+    sampler = s.sampler
     device = next(unet.parameters()).device
     sched = diffusion.make_scheduler(cfg.diffusion, sampler)
-    n_steps = diffusion.sampler_steps(cfg.diffusion.timesteps, sampler, steps)
+    n_steps = diffusion.sampler_steps(cfg.diffusion.timesteps, sampler, s.steps)
     sched.set_timesteps(n_steps, device=device)
     x = noise.to(device) * sched.init_noise_sigma
     if labels is not None:
         labels = labels.to(device)
-    extra: dict = {"eta": eta} if sampler == "ddim" else {}
+    extra: dict = {"eta": s.eta} if sampler == "ddim" else {}
     if sampler in diffusion.TAKES_GENERATOR:
         extra["generator"] = generators
     null = null_class(cfg.model)
@@ -96,13 +95,13 @@ def denoise(
     for t in sched.timesteps:
         model_in = sched.scale_model_input(x, t)
         ab = float(alpha_bar[min(int(round(float(t))), len(alpha_bar) - 1)])
-        w = diffusion.guidance_at(guidance, guidance_interval, ab)
+        w = diffusion.guidance_at(s.guidance, s.guidance_interval, ab)
         out = model_output(unet, model_in, t, labels, null, w)
         x = sched.step(out, t, x, **extra).prev_sample
     if not torch.isfinite(x).all():  # would become black images silently
         raise DiffscapeError(
             f"{sampler} produced NaN or infinite pixels: the weights are damaged or the settings "
-            f"diverge (guidance {guidance:g}); try another checkpoint or a smaller --guidance"
+            f"diverge (guidance {s.guidance:g}); try another checkpoint or a smaller --guidance"
         )
     return x.float().cpu()
 
@@ -118,14 +117,17 @@ def generate_images(
     *,
     class_idx: Sequence[int | None],
     index: Sequence[int],
-    **how: Any,
+    settings: SampleSettings | None = None,
+    progress: bool = True,
+    **changes: Any,
 ) -> np.ndarray:
-    """Images for the given (class, index) pairs as uint8 (N, 3, H, W), in memory; ``how``:
-    :func:`iter_images`' keywords (seed, sampler, steps, eta, guidance, batch, progress)."""
+    """Images for the given (class, index) pairs as uint8 (N, 3, H, W), in memory, sampled with
+    ``settings`` and ``changes`` (:func:`sample_settings`)."""
     size = cfg.model.image_size
     out = np.empty((len(index), 3, size, size), np.uint8)
     pairs = list(zip(class_idx, index, strict=True))
-    for start, images in iter_images(unet, cfg, pairs, **how):
+    s = sample_settings(settings, changes)
+    for start, images in iter_images(unet, cfg, pairs, s, progress=progress):
         out[start : start + len(images)] = images
     return out
 
@@ -134,23 +136,16 @@ def iter_images(
     unet: UNet2DModel,
     cfg: RunConfig,
     pairs: Sequence[tuple[int | None, int]],
+    s: SampleSettings,
     *,
-    seed: int,
-    sampler: diffusion.Sampler = "ddpm",
-    steps: int | None = None,
-    eta: float = 0.0,
-    guidance: float = 1.0,
-    guidance_interval: tuple[float, float] | None = None,
-    batch: int = 64,
     progress: bool = True,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """(position of the batch's first pair, its images as uint8 (B, 3, H, W)) for the (class,
-    index) ``pairs``, a batch at a time: memory holds one batch whatever the number of images."""
-    check_settings(sampler=sampler, steps=steps, eta=eta, guidance=guidance, seed=seed, batch=batch,
-                   guidance_interval=guidance_interval)  # fmt: skip
-    conditional = cfg.model.conditional
+    index) ``pairs``, ``s.batch`` (64 when None) at a time: memory holds one batch whatever the
+    number of images."""
+    conditional, batch = cfg.model.conditional, s.batch or 64
     size, null = cfg.model.image_size, null_class(cfg.model)
-    desc = f"sample ({sampler})"
+    desc = f"sample ({s.sampler})"
     bar = tqdm(total=len(pairs), desc=desc, unit="img", dynamic_ncols=True, disable=not progress)
     was_training = unet.training
     unet.eval()
@@ -159,19 +154,14 @@ def iter_images(
             chunk = pairs[start : start + batch]
             if not conditional and any(c is not None for c, _ in chunk):
                 raise DiffscapeError("this model is unconditional: it cannot sample a class")
-            if conditional and any(c is None for c, _ in chunk) and guidance != 0.0:
+            if conditional and any(c is None for c, _ in chunk) and s.guidance != 0.0:
                 raise DiffscapeError("a conditional model needs a class per image (or guidance 0)")
-            gens = [image_generator(seed, c, i) for c, i in chunk]
+            gens = [image_generator(s.seed, c, i) for c, i in chunk]
             noise = torch.stack([torch.randn((3, size, size), generator=g) for g in gens])
             labels = None
             if conditional:
                 labels = torch.tensor([null if c is None else c for c, _ in chunk])
-            x = denoise(
-                unet, cfg, noise, labels, gens,
-                sampler=sampler, steps=steps, eta=eta, guidance=guidance,
-                guidance_interval=guidance_interval,
-            )  # fmt: skip
-            yield start, to_uint8(x)
+            yield start, to_uint8(denoise(unet, cfg, noise, labels, gens, s))
             bar.update(len(gens))
     finally:
         bar.close()
@@ -184,8 +174,9 @@ def grid_image(images: np.ndarray, row_names: Sequence[str], per_row: int):  # n
     return labelled_rows_image(rows)
 
 
-def check_settings(**given: object) -> None:
-    """Sample settings given to the library (``n``, ``sampler``, ``steps``, ``eta``,
-    ``guidance``, ``seed``, ``batch``) checked by the settings engine against the bounds that
-    ``--help`` shows: a one-line ConfigError naming the setting. None: not given (default)."""
-    SampleSettings(**{k: v for k, v in given.items() if v is not None})
+def sample_settings(settings: SampleSettings | None, changes: dict[str, Any]) -> SampleSettings:
+    """``settings`` (the defaults when None) with ``changes`` (SampleSettings fields: sampler=,
+    steps=, guidance=, ...), checked by the settings engine against the bounds that ``--help``
+    shows: a one-line ConfigError naming the setting."""
+    s = settings or SampleSettings()
+    return s.with_changes(**changes) if changes else s

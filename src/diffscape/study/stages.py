@@ -102,26 +102,25 @@ def train_stage(study: Study, run: RunSpec, tools: Tools) -> TrainRecord:
 
 def _sampling_done(record: dict[str, Any], run: RunSpec, checkpoint: Path | None) -> bool:
     """Whether samples.json describes the sampling ``run`` asks for, from its latest checkpoint."""
+    from diffscape.sample.folder import same_sampling
+
     if checkpoint is None:
         return False
-    s, cond = run.sample, run.config.model.conditional
-    steps = run.config.diffusion.timesteps if s.sampler == "ddpm" else s.steps
+    s, cond = _sampling(run), run.config.model.conditional
     counts = record.get("counts") or {}
     return (
         record.get("checkpoint") == str(checkpoint.resolve())
-        and (record.get("sampler"), record.get("steps"), record.get("eta"), record.get("seed"))
-        == (s.sampler, steps, s.eta, s.seed)
+        and same_sampling(record, s, cond, run.config.diffusion.timesteps)
         and record.get("per_class") == cond
-        and record.get("guidance") == (s.guidance if cond else None)
-        and record.get("guidance_interval") == _interval(s, cond)
         and (all(c == s.n for c in counts.values()) if cond else record.get("n") == s.n)
     )
 
 
-def _interval(s: SampleSettings, cond: bool) -> list[float] | None:
-    """samples.json's guidance_interval for these settings (absent when w applies everywhere)."""
-    guided = cond and s.guidance not in (0.0, 1.0)
-    return list(s.guidance_interval) if guided and s.guidance_interval else None
+def _sampling(run: RunSpec) -> SampleSettings:
+    """The study's [sample] for this run: an unconditional model ignores its guidance."""
+    if run.config.model.conditional:
+        return run.sample
+    return run.sample.with_changes(guidance=1.0, guidance_interval=None)
 
 
 def sample_stage(study: Study, run: RunSpec, tools: Tools) -> dict[str, Any]:
@@ -131,7 +130,7 @@ def sample_stage(study: Study, run: RunSpec, tools: Tools) -> dict[str, Any]:
     from diffscape.data.dataset import load_dataset
     from diffscape.sample import sample_to_folder
 
-    s, cond, nar = run.sample, run.config.model.conditional, tools.narrator
+    s, cond, nar = _sampling(run), run.config.model.conditional, tools.narrator
     out_dir = run.sample_dir(study.out)
     done = results.read_json(out_dir / layout.SAMPLES_JSON)
     if done is not None and _sampling_done(done, run, latest_checkpoint(run.train_dir(study.out))):
@@ -145,10 +144,8 @@ def sample_stage(study: Study, run: RunSpec, tools: Tools) -> dict[str, Any]:
     nar.start("sample", f"{s.n} {classes}, {s.sampler} {s.steps} steps, w={s.guidance:g}",
               eta=sample_seconds(images, s, cond), who=run.name)  # fmt: skip
     record = sample_to_folder(
-        run.train_dir(study.out), out_dir, n=s.n, per_class=cond, sampler=s.sampler,
-        steps=s.steps, eta=s.eta, guidance=s.guidance if cond else None, seed=s.seed,
-        guidance_interval=s.guidance_interval if cond else None,
-        batch=s.batch, progress=tools.progress, overwrite=True,
+        run.train_dir(study.out), out_dir, _sampling(run), per_class=cond,
+        progress=tools.progress, overwrite=True,
     )  # fmt: skip
     nar.done(f"{record['n']} images in {out_dir}")
     return record
