@@ -194,14 +194,16 @@ def test_garbage_or_pickle_as_weights_is_one_line(run, ds, tmp_path, capsys, pla
     assert after == {p: b for p, b in before.items() if p.name != layout.LOCK}
 
 
-def test_marker_from_before_file_lists_is_refused_in_one_line(run, tmp_path, capsys):
-    (ckpt(run, 4) / layout.COMPLETE).write_text("complete\n")
-    with pytest.raises(checkpoint.CheckpointError, match="cannot be verified; train again"):
+def test_marker_that_is_not_json_is_damaged_in_one_line(run, tmp_path, capsys):
+    # e.g. the plain "complete" of diffscape before 2 December 2026: nothing to verify against
+    for step in (2, 4):
+        (ckpt(run, step) / layout.COMPLETE).write_text("complete\n")
+    with pytest.raises(checkpoint.CheckpointError, match="not JSON.*train again"):
         checkpoint.latest_checkpoint(run)
     code, err = cli(capsys, "sample", run, "--out", tmp_path / "s", "--n", "2", "--steps", "2")
     assert code == 2
     line = one_line(err)
-    assert "step-0000004" in line and "lists no files" in line and "train again" in line
+    assert "step-0000004" in line and "not JSON" in line and "train again" in line
     assert not (tmp_path / "s").exists()
 
 

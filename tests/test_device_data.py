@@ -23,8 +23,9 @@ from diffscape.data.source import (
 )
 from diffscape.settings import presets
 from diffscape.settings.engine import ConfigError
-from diffscape.train import build_model, make_accelerator, step_generator, step_parts, train
+from diffscape.train import build_model, make_accelerator, step_parts, train
 from diffscape.train import train_step as run_step
+from diffscape.train.setup import step_generator
 
 TINY = [
     "model.channels=[16, 32]",

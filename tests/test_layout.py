@@ -132,14 +132,9 @@ def test_check_out_refuses_broken_link(tmp_path):
         layout.check_out(tmp_path / "link", "run")
 
 
-def test_kind_of_and_old_layouts(tmp_path):
+def test_kind_of(tmp_path):
     assert layout.kind_of(make_run(tmp_path / "r")) == "run"
     assert layout.kind_of(tmp_path) is None
-    old_run = tmp_path / "old"  # runs from before run.json: config.json + checkpoints/
-    (old_run / layout.CHECKPOINTS).mkdir(parents=True)
-    (old_run / layout.CONFIG_JSON).write_text("{}")
-    assert layout.is_run_dir(old_run) and layout.is_kind(old_run, "run")
-    layout.check_out(old_run, "run")
     assert layout.checkpoint_step(layout.checkpoint_name(42)) == 42
     assert layout.checkpoint_step("step-x") is None
 

@@ -428,6 +428,7 @@ def test_open_fake_dataset_split_and_samples(tmp_path):
 
 def make_run(root: Path) -> Path:
     (root / "checkpoints").mkdir(parents=True)
+    (root / "run.json").write_text("{}")
     (root / "config.json").write_text("{}")
     return root
 

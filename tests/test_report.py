@@ -225,6 +225,7 @@ def make_run(
     cfg = presets.resolve("tiny", ["model.conditional=true", *overrides]).to_dict()
     cfg["model"]["num_classes"] = len(CLASSES)
     _write(run / "config.json", cfg)
+    _write(run / "run.json", {"classes": CLASSES})
     lines = []
     for i, step in enumerate(range(5, steps + 1, 5)):
         seconds = step * 0.5 - (10 if resumed and step > steps // 2 else 0)
@@ -447,26 +448,21 @@ def test_sweep_json_paths_outside_the_sweep_are_refused(tmp_path, bad):
 
 def make_demo(root: Path, floor_at: str) -> Path:
     """A demo folder: run/ with samples-final/, scores at the run level, and the floor in
-    _floor/floor.json (now), in floor.json, or inside run/metrics.json under "floor" (demos from
-    before)."""
+    _floor/floor.json (now) or in floor.json."""
     demo = root / "demo"
     run = make_run(demo, "run", ["train.steps=300"], {"final": {"fid": 50.0}})
     (run / "samples" / "final").rename(run / "samples-final")
     metrics = json.loads((run / "samples-final" / "metrics.json").read_text())
     (run / "samples-final" / "metrics.json").unlink()
     floor = metrics_json(7.5, kind="dataset")
-    if floor_at == "key":
-        metrics["floor"] = {k: floor[k] for k in ("fid", "kid", "n_fake", "n_real")}
-        _write(demo / "summary.json", {"wall_seconds": 1.0})
-    else:
-        _write(demo / floor_at, {**floor, "settings": {"n": 40}})
-        _write(demo / "demo.json", {"version": 1})
+    _write(demo / floor_at, {**floor, "settings": {"n": 40}})
+    _write(demo / "demo.json", {"version": 1})
     _write(run / "metrics.json", metrics)
     _write(run / "accuracy.json", accuracy_json(0.8))
     return demo
 
 
-@pytest.mark.parametrize("floor_at", ["_floor/floor.json", "floor.json", "key"])
+@pytest.mark.parametrize("floor_at", ["_floor/floor.json", "floor.json"])
 def test_demo_floor_found_from_the_demo_or_its_run(tmp_path, floor_at):
     demo = make_demo(tmp_path, floor_at)
     for where in (demo, demo / "run"):

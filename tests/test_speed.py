@@ -117,7 +117,7 @@ def test_bf16_on_a_cpu_without_native_bf16_warns(ds, tmp_path, monkeypatch, caps
 
 
 def test_auto_precision_is_bf16_only_on_a_cpu_with_native_bf16():
-    from diffscape.train import resolve_precision
+    from diffscape.train.setup import resolve_precision
 
     assert resolve_precision("auto", "cpu", True) == "bf16"
     assert resolve_precision("auto", "cpu", False) == "fp32"  # emulated bf16: expected slower

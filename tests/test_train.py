@@ -20,7 +20,8 @@ from diffscape.data.source import batch_indices
 from diffscape.model import diffusion
 from diffscape.settings import presets
 from diffscape.settings.engine import ConfigError
-from diffscape.train import NonFiniteLossError, lr_at, train
+from diffscape.train import NonFiniteLossError, train
+from diffscape.train.step import lr_at
 
 TINY = [
     "model.channels=[16, 32]",
@@ -420,6 +421,7 @@ def _guarded_run(ds, monkeypatch, *, fused: bool, guard: str, bad: set[int], ste
     import diffscape.train as tr
     from diffscape.checkpoint import TrainingState
     from diffscape.data.source import HostSource
+    from diffscape.train.setup import step_generator
 
     real = diffusion.training_target
     state = TrainingState(step=0)
@@ -434,7 +436,7 @@ def _guarded_run(ds, monkeypatch, *, fused: bool, guard: str, bad: set[int], ste
     acc = tr.make_accelerator(c, cpu=True)
     model, ema, _ = tr.build_model(c, acc)
     opt = torch.optim.AdamW(model.parameters(), lr=c.train.lr, fused=fused, foreach=not fused)
-    parts = tr.step_parts(c, acc, model, ema, opt, tr.step_generator(c, 0))
+    parts = tr.step_parts(c, acc, model, ema, opt, step_generator(c, 0))
     parts.guard = guard
     data = HostSource(ds.images("train"), ds.labels("train"), c.train.seed, c.train.batch_size)
     results, snaps = [], []
@@ -502,7 +504,7 @@ def test_non_finite_steps_are_counted_when_the_window_is_read(ds, tmp_path, monk
 
 
 def test_pace_note_says_how_long_the_run_takes():
-    from diffscape.train import pace_note
+    from diffscape.train.logger import pace_note
 
     # the case: `small` at ~9 img/s (0.29 steps of 32/s), 10,000 steps, no budget
     slow = pace_note(10_000, 0.0, 25, 0.29, 90.0)

@@ -43,7 +43,11 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     for _, path in reversed(found):
         problem = checkpoint_problem(path)
         if problem is None:
-            _announce_damaged(damaged, path)
+            if damaged:  # named on stderr in one line
+                first, why = damaged[0]
+                one = f"checkpoint {first.name} is damaged ({why})"
+                many = f"checkpoints {_describe(damaged)} are damaged"
+                print(f"{one if len(damaged) == 1 else many}; using {path.name}", file=sys.stderr)
             return path
         damaged.append((path, problem))
     if not damaged:
@@ -77,17 +81,6 @@ def resolve_checkpoint(path: Path) -> Path:
 
 def _describe(damaged: list[tuple[Path, str]]) -> str:
     return ", ".join(f"{p.name} ({problem})" for p, problem in damaged)
-
-
-def _announce_damaged(damaged: list[tuple[Path, str]], using: Path) -> None:
-    """One line on stderr naming the damaged checkpoints skipped."""
-    if not damaged:
-        return
-    if len(damaged) == 1:
-        line = f"checkpoint {damaged[0][0].name} is damaged ({damaged[0][1]}); using {using.name}"
-    else:
-        line = f"checkpoints {_describe(damaged)} are damaged; using {using.name}"
-    print(line, file=sys.stderr)
 
 
 def optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict) -> dict:

@@ -1,7 +1,7 @@
 """Whether a checkpoint can be trusted. A crash of the machine (or a full disk, or a copy cut
 short) can leave files shorter than the ``COMPLETE`` marker says: loading verifies every file
 against the marker (each file hashed once per process) and falls back to the newest checkpoint
-that verifies. A marker from before file lists (just "complete") is refused, not verified.
+that verifies.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def write_marker(folder: Path) -> None:
 
 def checkpoint_problem(ckpt: Path) -> str | None:
     """Why ``ckpt`` cannot be trusted (one short phrase), or None if every file matches its
-    marker. A marker from before file lists raises CheckpointError: nothing to fall back on."""
+    marker."""
     ckpt = Path(ckpt)
     try:
         listed = _marker_files(ckpt)
@@ -86,15 +86,8 @@ def _marker_files(ckpt: Path) -> dict[str, dict[str, Any]]:
     marker = ckpt / COMPLETE
     if marker.stat().st_size > _MAX_MARKER_BYTES:
         raise _Damaged(f"{COMPLETE} is {marker.stat().st_size} bytes, not a marker")
-    raw = marker.read_bytes()
-    if raw.strip() == b"complete":
-        raise CheckpointError(
-            f"checkpoint {ckpt} was written by diffscape before 2 December 2026 ({COMPLETE} "
-            "lists no files) and cannot be verified; train again, or resume it with a diffscape "
-            "of 2-6 December 2026 to write a verifiable checkpoint"
-        )
     try:
-        data = json.loads(raw)
+        data = json.loads(marker.read_bytes())
     except (ValueError, UnicodeDecodeError):
         raise _Damaged(f"{COMPLETE} is not JSON") from None
     files = data.get("files") if isinstance(data, dict) else None

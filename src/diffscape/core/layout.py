@@ -159,20 +159,9 @@ MARKERS: dict[str, str] = {
 }
 
 
-# Folders written before their kind had a marker: a file and a folder beside it that mark one.
-OLD_MARKERS: dict[str, tuple[str, str]] = {
-    "run": (CONFIG_JSON, CHECKPOINTS),
-    "demo": (SUMMARY_JSON, DEMO_RUN),
-}
-
-
 def is_kind(path: str | os.PathLike[str], kind: str) -> bool:
-    """Whether ``path`` is a folder of ``kind``: its marker file, or its older layout."""
-    p = Path(path)
-    if (p / MARKERS[kind]).is_file():
-        return True
-    file, folder = OLD_MARKERS.get(kind, (None, None))
-    return file is not None and (p / file).is_file() and (p / folder).is_dir()
+    """Whether ``path`` is a folder of ``kind``: it holds its marker file."""
+    return (Path(path) / MARKERS[kind]).is_file()
 
 
 def kind_of(path: str | os.PathLike[str]) -> str | None:

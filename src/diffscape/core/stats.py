@@ -160,16 +160,11 @@ def binomial_var(p: float | None, n: int | None) -> float | None:
 
 
 def fid_var(metrics: dict[str, Any]) -> float | None:
-    """FID's within-run variance: its bootstrap's std (``fid_bootstrap``), else the width of
-    ``fid_interval``; None without a bootstrap."""
+    """FID's within-run variance: its bootstrap's std squared (``fid_bootstrap``, which has
+    always recorded it beside ``fid_interval``); None without a bootstrap (or of one resample)."""
     boot = metrics.get("fid_bootstrap")
     if isinstance(boot, dict) and isinstance(boot.get("std"), int | float) and boot["std"] > 0:
         return float(boot["std"]) ** 2
-    for key in ("fid_bootstrap", "fid_interval"):
-        iv = metrics.get(key)
-        low, high = (iv.get("low"), iv.get("high")) if isinstance(iv, dict) else (None, None)
-        if low is not None and high is not None and high > low:  # as a normal interval's
-            return ((high - low) / (2 * critical(math.inf))) ** 2
     return None
 
 

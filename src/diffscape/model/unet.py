@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from diffusers import UNet2DModel
+from diffusers.models.activations import ACT2CLS, get_activation
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from torch import nn
 
@@ -28,13 +29,7 @@ from diffscape.settings.engine import ConfigError
 from diffscape.settings.presets import from_dict, load_config_json
 from diffscape.settings.sections import ModelConfig
 
-_ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "silu": nn.SiLU,
-    "relu": nn.ReLU,
-    "gelu": nn.GELU,
-    "mish": nn.Mish,
-}
-_ACTIVATION_TYPES = tuple(_ACTIVATIONS.values())
+_ACTIVATION_TYPES = tuple(set(ACT2CLS.values()))  # diffusers' own: SiLU, ReLU, GELU, Mish
 
 
 def null_class(cfg: ModelConfig) -> int:
@@ -139,12 +134,10 @@ def apply_activation(module: nn.Module, name: str) -> nn.Module:
     """Replace every activation submodule (SiLU, ReLU, GELU, Mish) with ``name``, in place.
 
     ResNet blocks hold theirs as ``.nonlinearity``; the time MLP as ``.act``; the head as
-    ``.conv_act`` — all are modules, so one walk over children covers them.
+    ``.conv_act`` — all are modules, so one walk over children covers them. An unknown ``name``
+    is diffusers' ValueError.
     """
-    try:
-        cls = _ACTIVATIONS[name]
-    except KeyError:
-        raise ValueError(f"unknown activation {name!r}; choose from {list(_ACTIVATIONS)}") from None
+    cls = type(get_activation(name))
     for parent in module.modules():
         for child_name, child in list(parent.named_children()):
             if isinstance(child, _ACTIVATION_TYPES) and type(child) is not cls:

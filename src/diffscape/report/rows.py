@@ -7,7 +7,7 @@ searching:
   rows not done yet still show. A demo folder (``demo.json``) holds one run in ``run/``.
 - the real-vs-real floor of a sweep or demo (:func:`diffscape.study.results.read_floor` knows
   where); a run folder takes the floor of the study it lies in.
-- a run folder (``run.json``, or ``config.json`` + ``checkpoints/``) gives ``config.json`` (the
+- a run folder (``run.json``) gives ``config.json`` (the
   settings, shown as a diff from the base), ``metrics.jsonl`` (loss curves, time, img/s) and its
   samplings: the samples folders (``samples.json``) or sweep rows (``result.json``) directly in
   it or in its ``samples/`` folder. Each holds ``grid.png``, ``metrics.json`` (``diffscape
@@ -335,7 +335,7 @@ def _collect_one(p: Path, found: Collection) -> None:
         if not children:
             raise DiffscapeError(
                 f"{p} holds no runs: expected a sweep folder (sweep.json), a run folder "
-                "(run.json, or config.json + checkpoints/) or a folder of run folders"
+                "(run.json) or a folder of run folders"
             )
         for c in children:
             found.rows += rows_from_run(c, found.floors)

@@ -117,11 +117,10 @@ def step_inputs(
     parts: StepParts, step: int, data: BatchSource
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """This process's share of the batch of ``step`` and its draws from ``parts.gen``, in this
-    order: flips, noise, timesteps, label dropout; made where the data is, then moved to the
-    training device (a no-op for a :class:`DeviceSource`). Returns (x0, noise, t, labels)."""
+    order: flips, noise, timesteps, label dropout; made where the data is (``parts.gen`` is
+    there: :func:`~diffscape.train.setup.step_generator`), then moved to the training device (a
+    no-op for a :class:`DeviceSource`). Returns (x0, noise, t, labels)."""
     cfg, t, acc, gen = parts.cfg, parts.cfg.train, parts.accelerator, parts.gen
-    if gen.device.type != data.device.type:
-        raise ValueError(f"the step's generator is on {gen.device}, the data on {data.device}")
     x0, y = data.batch(step, acc.process_index, acc.num_processes)
     if t.hflip:
         x0 = random_flip(x0, gen)
