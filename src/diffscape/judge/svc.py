@@ -32,7 +32,6 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from diffscape.core.layout import SKOPS_SCHEMA
-from diffscape.data.dataset import read_npy_header
 from diffscape.data.memory import check_fits
 from diffscape.judge.data import JudgeError, Splits, accuracy
 from diffscape.settings.sections import Gamma, SVCSettings
@@ -66,6 +65,10 @@ SKOPS_LOADERS = frozenset(
     | {"ObjectNode"}
 )
 MAX_SCHEMA_BYTES = 64 << 20  # an SVC judge's schema.json is a few kB
+NPY_HEADERS = {
+    (1, 0): np.lib.format.read_array_header_1_0,
+    (2, 0): np.lib.format.read_array_header_2_0,
+}
 
 
 def features(images: np.ndarray) -> np.ndarray:
@@ -203,7 +206,10 @@ def _check_array(
         raise JudgeError(f"{path} has an array that is not a stored .npy member; train it again")
     try:
         with zf.open(members[name]) as f:
-            shape, _, dtype = read_npy_header(f)
+            read_header = NPY_HEADERS.get(np.lib.format.read_magic(f))
+            if read_header is None:
+                raise ValueError("an .npy version numpy does not write")
+            shape, _, dtype = read_header(f)
             header = f.tell()
     except (ValueError, SyntaxError, OSError, zipfile.BadZipFile) as e:
         raise JudgeError(f"{path}: array {name} is damaged ({e}); train it again") from None
