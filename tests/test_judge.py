@@ -328,7 +328,7 @@ def test_score_draws_class_names_as_written_and_writes_all_files_or_none(
     def broken(*args):
         raise RuntimeError("the plot failed")
 
-    monkeypatch.setattr(S, "_draw_confusion", broken)
+    monkeypatch.setattr(S, "plot_confusion", broken)
     with pytest.raises(RuntimeError):
         score(tmp_path / "j", samples, out=tmp_path / "none")
     assert not (tmp_path / "none").exists() or not any((tmp_path / "none").iterdir())
