@@ -24,7 +24,6 @@ from diffscape.cli import main
 from diffscape.core.atomic import tmp_dir_beside
 from diffscape.core.errors import DiffscapeError
 from diffscape.data.dataset import Dataset, SplitWriter, write_manifest_and_publish
-from diffscape.data.imagefolder import save_png
 from diffscape.data.synth import synthesize
 from diffscape.judge.cnn import CNNConfig, CNNModel, SmallCNN
 from diffscape.judge.data import JudgeError, stratified_holdout
@@ -32,6 +31,7 @@ from diffscape.judge.score import confusion_matrix, score, variety_warning
 from diffscape.judge.store import load_judge, write_judge
 from diffscape.judge.svc import features, format_grid, load_svc
 from diffscape.judge.train import train_judge
+from diffscape.sample.folder import save_png_atomically as save_png
 from diffscape.settings.engine import value_text
 from diffscape.settings.sections import CNNSettings, SVCSettings
 
