@@ -92,11 +92,8 @@ class Todo(Sequence):
         return len(self.js)
 
     def __getitem__(self, s):  # noqa: ANN001, ANN204 - a slice, as iter_images asks
-        ks, idx = self.p.pairs(np.asarray(self.js[s]))
-        return [
-            (self.p.ks[int(k)], int(i))
-            for k, i in zip(np.atleast_1d(ks), np.atleast_1d(idx), strict=True)
-        ]
+        ks, idx = self.p.pairs(self.js[s])
+        return [(self.p.ks[int(k)], int(i)) for k, i in zip(ks, idx, strict=True)]
 
 
 def make_plan(model: LoadedModel, n: int, per_class: bool, classes: Sequence[str] | None) -> Plan:
