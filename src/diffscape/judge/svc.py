@@ -65,10 +65,6 @@ SKOPS_LOADERS = frozenset(
     | {"ObjectNode"}
 )
 MAX_SCHEMA_BYTES = 64 << 20  # an SVC judge's schema.json is a few kB
-NPY_HEADERS = {
-    (1, 0): np.lib.format.read_array_header_1_0,
-    (2, 0): np.lib.format.read_array_header_2_0,
-}
 
 
 def features(images: np.ndarray) -> np.ndarray:
@@ -206,10 +202,9 @@ def _check_array(
         raise JudgeError(f"{path} has an array that is not a stored .npy member; train it again")
     try:
         with zf.open(members[name]) as f:
-            read_header = NPY_HEADERS.get(np.lib.format.read_magic(f))
-            if read_header is None:
-                raise ValueError("an .npy version numpy does not write")
-            shape, _, dtype = read_header(f)
+            if np.lib.format.read_magic(f) != (1, 0):  # np.save writes 1.0 for such arrays
+                raise ValueError("not .npy version 1.0")
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
             header = f.tell()
     except (ValueError, SyntaxError, OSError, zipfile.BadZipFile) as e:
         raise JudgeError(f"{path}: array {name} is damaged ({e}); train it again") from None
