@@ -78,13 +78,6 @@ def test_row_height_is_the_upscaled_image_for_32_px() -> None:
         assert labelled_rows_image(rows).height == n_rows * 2 * (32 + 4)
 
 
-def test_rows_image_refuses_bad_input() -> None:
-    with pytest.raises(ValueError, match="at least one row"):
-        labelled_rows_image([])
-    with pytest.raises(ValueError, match="one shape"):
-        labelled_rows_image([("a", solid(RED, 1, 8)), ("b", solid(RED, 1, 16))])
-
-
 def test_show_dataset_one_row_per_class_seeded(tmp_path: Path) -> None:
     a = solid(RED, 3)
     b = np.stack([solid((0, 10 * i, 255), 1)[0] for i in range(10)])  # distinct blues

@@ -24,7 +24,6 @@ from diffscape.cli import main
 from diffscape.core.atomic import tmp_dir_beside
 from diffscape.core.errors import DiffscapeError
 from diffscape.data.dataset import Dataset, SplitWriter, write_manifest_and_publish
-from diffscape.data.imagefolder import save_png
 from diffscape.data.synth import synthesize
 from diffscape.judge.cnn import CNNConfig, CNNModel, SmallCNN
 from diffscape.judge.data import JudgeError, stratified_holdout
@@ -32,6 +31,7 @@ from diffscape.judge.score import confusion_matrix, score, variety_warning
 from diffscape.judge.store import load_judge, write_judge
 from diffscape.judge.svc import features, format_grid, load_svc
 from diffscape.judge.train import train_judge
+from diffscape.sample.folder import save_png_atomically as save_png
 from diffscape.settings.engine import value_text
 from diffscape.settings.sections import CNNSettings, SVCSettings
 
@@ -328,7 +328,7 @@ def test_score_draws_class_names_as_written_and_writes_all_files_or_none(
     def broken(*args):
         raise RuntimeError("the plot failed")
 
-    monkeypatch.setattr(S, "_draw_confusion", broken)
+    monkeypatch.setattr(S, "plot_confusion", broken)
     with pytest.raises(RuntimeError):
         score(tmp_path / "j", samples, out=tmp_path / "none")
     assert not (tmp_path / "none").exists() or not any((tmp_path / "none").iterdir())

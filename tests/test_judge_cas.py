@@ -12,9 +12,9 @@ from fixtures_data import assert_refused, colour_dataset
 from diffscape.cli import main
 from diffscape.core.errors import DiffscapeError
 from diffscape.data.dataset import Dataset
-from diffscape.data.imagefolder import save_png
 from diffscape.data.synth import synthesize
 from diffscape.judge.cas import cas, format_cas, matched_real_subset
+from diffscape.sample.folder import save_png_atomically as save_png
 from diffscape.settings.sections import CNNSettings
 
 FAST_CNN = CNNSettings(widths=(16, 32, 64), convs_per_block=1, max_epochs=12, patience_epochs=4)

@@ -16,9 +16,10 @@ from test_metrics_evaluate import TinyExtractor
 from diffscape.core import layout
 from diffscape.core.atomic import tmp_dir_beside
 from diffscape.data.dataset import SplitWriter, write_manifest_and_publish
-from diffscape.data.imagefolder import load_sample_folder, save_png
+from diffscape.data.imagefolder import load_sample_folder
 from diffscape.metrics import evaluate as E
 from diffscape.metrics import memorisation as M
+from diffscape.sample.folder import save_png_atomically as save_png
 from diffscape.settings.sections import EvaluateSettings
 
 SIZE = 16

@@ -21,7 +21,7 @@ from diffscape.cli import main
 from diffscape.core.atomic import tmp_dir_beside
 from diffscape.core.errors import DiffscapeError
 from diffscape.data.dataset import SplitWriter, load_dataset, write_manifest_and_publish
-from diffscape.data.imagefolder import load_sample_folder, save_png
+from diffscape.data.imagefolder import load_sample_folder
 from diffscape.metrics import evaluate as E
 from diffscape.metrics import weights as W
 from diffscape.metrics.features import check_cache_dir, dataset_features, embed_images
@@ -33,6 +33,7 @@ from diffscape.metrics.scores import (
     kid_subset_size,
     precision_recall,
 )
+from diffscape.sample.folder import save_png_atomically as save_png
 from diffscape.settings.sections import EvaluateSettings
 
 CLASSES = ["dark", "light"]

@@ -113,11 +113,6 @@ def save_image(image: Image.Image, path: str | Path) -> Path:
     return path
 
 
-def save_png(path: Path, image_chw: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    to_pil(image_chw).save(path)
-
-
 def make_grid(images: np.ndarray, nrow: int, pad: int = 2, fill: int = 255) -> np.ndarray:
     """uint8 (N, 3, H, W) -> one uint8 (3, H', W') image: torchvision's grid, ``nrow`` images
     per row (at most N), ``pad`` pixels of ``fill`` around every image."""

@@ -11,10 +11,6 @@ from diffscape.core.errors import DiffscapeError
 HEADROOM = 0.8
 
 
-class OutOfMemoryError(DiffscapeError):
-    """An operation would need more memory than this machine has available."""
-
-
 def available_bytes() -> int:
     """Memory this machine can give without swapping (on Linux the kernel's ``MemAvailable``);
     psutil comes with accelerate."""
@@ -30,7 +26,7 @@ def check_fits(nbytes: int, what: str, hint: str) -> None:
     now; ``hint`` says what to do instead."""
     available = available_bytes()
     if nbytes > HEADROOM * available:
-        raise OutOfMemoryError(
+        raise DiffscapeError(
             f"{what} needs about {gib(nbytes)} of memory but only {gib(available)} is available; "
             f"{hint}"
         )

@@ -86,8 +86,6 @@ def to_rgb(image: Image.Image) -> Image.Image:
     colour sits under it (often black or garbage), while white is how such images are shown.
     16-bit grey is scaled by 1/257 (65535 -> 255); Pillow's own conversion clips it to 255.
     """
-    if image.mode == "RGB" and "transparency" not in image.info:
-        return image
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         # Mode "I" is how Pillow reads most 16-bit grey files besides "I;16": assume that range.
         grey = np.clip(np.rint(np.asarray(image, dtype=np.float64) / 257.0), 0, 255)

@@ -21,16 +21,12 @@ MAX_PER_CLASS = 100  # images per row at most (a row of 100 32-px images is 6,80
 def labelled_rows_image(rows: list[tuple[str, np.ndarray]], scale: int = 2) -> Image.Image:
     """One RGB image: per row, ``label`` (may hold "\\n") left of its images side by side.
 
-    ``rows``: ``(label, images)`` with ``images`` uint8 (N, 3, H, W); H and W are the same in
-    every row, N may differ (0 leaves the row empty but labelled). Images are upscaled ``scale``
-    times by nearest neighbour, so that 32-px images stay crisp and visible.
+    ``rows``: at least one ``(label, images)`` with ``images`` uint8 (N, 3, H, W); H and W are
+    the same in every row (the callers draw from one dataset or one model), N may differ (0 leaves
+    the row empty but labelled). Images are upscaled ``scale`` times by nearest neighbour, so that
+    32-px images stay crisp and visible.
     """
-    if not rows:
-        raise ValueError("labelled_rows_image needs at least one row")
-    shapes = {images.shape[1:] for _, images in rows if len(images)}
-    if len(shapes) > 1:
-        raise ValueError(f"every row needs images of one shape, got {sorted(shapes)}")
-    _, h, w = shapes.pop() if shapes else (3, 0, 0)
+    _, h, w = next((images.shape[1:] for _, images in rows if len(images)), (3, 0, 0))
 
     font = ImageFont.load_default(size=FONT_PX)
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))

@@ -21,8 +21,6 @@ from diffscape.data.dataset import MAX_SIZE
 from diffscape.judge.data import JudgeError
 from diffscape.settings.sections import CNNSettings
 
-MAX_CLASSES = 10_000  # outputs of a CNN judge
-
 
 @dataclass(frozen=True)
 class CNNConfig:
@@ -37,8 +35,6 @@ class CNNConfig:
     def __post_init__(self) -> None:
         # the architecture's bounds are the settings' (a ConfigError names the setting)
         CNNSettings(widths=self.widths, convs_per_block=self.convs_per_block, dropout=self.dropout)
-        if not 1 <= self.num_classes <= MAX_CLASSES:
-            raise JudgeError(f"a CNN judge has 1 to {MAX_CLASSES} classes, got {self.num_classes}")
         if not 2 ** len(self.widths) <= self.size <= MAX_SIZE:
             raise JudgeError(
                 f"a {len(self.widths)}-block CNN takes images of {2 ** len(self.widths)} to "

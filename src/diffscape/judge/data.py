@@ -26,12 +26,7 @@ class JudgeError(DiffscapeError, ValueError):
 def resize_images(images: np.ndarray, size: int) -> np.ndarray:
     """uint8 (N, 3, H, W) -> uint8 (N, 3, size, size); a no-op (no copy) at the right size.
     Resampled as a sample folder read at ``size`` is (:func:`~diffscape.data.imagefolder.to_chw`).
-    Only what the judges are trained on is accepted: uint8 RGB in NCHW layout."""
-    images = np.asarray(images)
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] != 3:
-        raise JudgeError(
-            f"expected uint8 images of shape (N, 3, H, W), got {images.dtype} {images.shape}"
-        )
+    Every caller passes images of a dataset or a sample folder, so uint8 RGB in NCHW layout."""
     if images.shape[2:] == (size, size):
         return images
     out = np.empty((len(images), 3, size, size), np.uint8)

@@ -124,37 +124,30 @@ def plot_confusion(matrix: np.ndarray, classes: list[str], title: str) -> bytes:
     classes with fewer images read the same); requested classes down, predicted classes across.
     Class names are user text, drawn as written: a "$" starts no mathtext."""
     import matplotlib
-
-    with matplotlib.rc_context({"text.parse_math": False}):
-        return _draw_confusion(matrix, classes, title)
-
-
-def _draw_confusion(matrix: np.ndarray, classes: list[str], title: str) -> bytes:
     from matplotlib.figure import Figure  # no pyplot: no global figure state, no GUI backend
 
     k = len(classes)
     rows = matrix.sum(1, keepdims=True)
     frac = np.divide(matrix, rows, out=np.zeros(matrix.shape), where=rows > 0)
     side = 1.6 + 0.6 * k
-    fig = Figure(figsize=(side + 1, side))
-    ax = fig.add_subplot()
-    im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
-    fig.colorbar(im, ax=ax, label="fraction of the row")
-    ax.set_xticks(range(k), classes, rotation=45, ha="right")
-    ax.set_yticks(range(k), [f"{c} ({int(n)})" for c, n in zip(classes, rows[:, 0], strict=True)])
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("requested class (images)")
-    ax.set_title(title)
-    fontsize = max(5, 10 - k // 4)
-    for i in range(k):
-        for j in range(k):
+    with matplotlib.rc_context({"text.parse_math": False}):
+        fig = Figure(figsize=(side + 1, side))
+        ax = fig.add_subplot()
+        im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
+        fig.colorbar(im, ax=ax, label="fraction of the row")
+        ax.set_xticks(range(k), classes, rotation=45, ha="right")
+        labels = [f"{c} ({int(n)})" for c, n in zip(classes, rows[:, 0], strict=True)]
+        ax.set_yticks(range(k), labels)
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("requested class (images)")
+        ax.set_title(title)
+        fontsize = max(5, 10 - k // 4)
+        for (i, j), count in np.ndenumerate(matrix):
             color = "white" if frac[i, j] > 0.5 else "black"
-            ax.text(
-                j, i, str(matrix[i, j]), ha="center", va="center", color=color, fontsize=fontsize
-            )
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, dpi=120, format="png", metadata={"Software": PNG_SOFTWARE})
+            ax.text(j, i, str(count), ha="center", va="center", color=color, fontsize=fontsize)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, dpi=120, format="png", metadata={"Software": PNG_SOFTWARE})
     return buf.getvalue()
 
 

@@ -32,7 +32,6 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from diffscape.core.layout import SKOPS_SCHEMA
-from diffscape.data.dataset import read_npy_header
 from diffscape.data.memory import check_fits
 from diffscape.judge.data import JudgeError, Splits, accuracy
 from diffscape.settings.sections import Gamma, SVCSettings
@@ -203,7 +202,9 @@ def _check_array(
         raise JudgeError(f"{path} has an array that is not a stored .npy member; train it again")
     try:
         with zf.open(members[name]) as f:
-            shape, _, dtype = read_npy_header(f)
+            if np.lib.format.read_magic(f) != (1, 0):  # np.save writes 1.0 for such arrays
+                raise ValueError("not .npy version 1.0")
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
             header = f.tell()
     except (ValueError, SyntaxError, OSError, zipfile.BadZipFile) as e:
         raise JudgeError(f"{path}: array {name} is damaged ({e}); train it again") from None

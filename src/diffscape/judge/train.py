@@ -102,8 +102,6 @@ def train_judge(
 
 def _check_options(kind: str, grid: bool, val_fraction: float, size: int, cnn: CNNSettings) -> None:
     """The options that no settings model checks, each refused in one line before any work."""
-    if kind not in ("svc", "cnn"):
-        raise JudgeError(f"unknown judge kind {kind!r}; choose svc or cnn")
     if grid and kind != "svc":
         raise JudgeError("--grid searches the SVC's (C, gamma); it applies to --kind svc only")
     if not 0 < val_fraction < 1:

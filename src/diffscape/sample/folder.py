@@ -21,7 +21,7 @@ from diffscape import __version__
 from diffscape.core import atomic, layout, lock
 from diffscape.core.errors import DiffscapeError
 from diffscape.core.timefmt import duration
-from diffscape.data.imagefolder import read_image, save_png
+from diffscape.data.imagefolder import read_image, to_pil
 from diffscape.model import diffusion
 from diffscape.sample.generate import grid_image, iter_images, sample_settings
 from diffscape.sample.load import LoadedModel, load_for_sampling
@@ -90,11 +90,8 @@ class Todo(Sequence):
         return len(self.js)
 
     def __getitem__(self, s):  # noqa: ANN001, ANN204 - a slice, as iter_images asks
-        ks, idx = self.p.pairs(np.asarray(self.js[s]))
-        return [
-            (self.p.ks[int(k)], int(i))
-            for k, i in zip(np.atleast_1d(ks), np.atleast_1d(idx), strict=True)
-        ]
+        ks, idx = self.p.pairs(self.js[s])
+        return [(self.p.ks[int(k)], int(i)) for k, i in zip(ks, idx, strict=True)]
 
 
 def make_plan(model: LoadedModel, n: int, per_class: bool, classes: Sequence[str] | None) -> Plan:
@@ -337,7 +334,8 @@ def save_png_atomically(path: Path, image_chw: np.ndarray) -> None:
     """One sample PNG, complete or absent (a killed run leaves no half image to count as made).
     No fsync: a lost image after a power cut is made again by the next run."""
     tmp = path.with_name(atomic.tmp_name(path.name) + path.suffix)
-    save_png(tmp, image_chw)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    to_pil(image_chw).save(tmp)
     os.replace(tmp, path)
 
 
