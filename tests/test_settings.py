@@ -368,10 +368,15 @@ def test_one_default_for_the_cli_and_the_library():
     import inspect
 
     from diffscape.sample import sample_to_folder
+    from diffscape.sample.generate import sample_settings
 
-    defaults = {k: p.default for k, p in inspect.signature(sample_to_folder).parameters.items()}
-    for name, value in SampleSettings().to_dict().items():
-        assert defaults[name] == value, name
+    # the library samples with SampleSettings() when given none, the CLI without flags too
+    assert inspect.signature(sample_to_folder).parameters["settings"].default is None
+    assert sample_settings(None, {}) == SampleSettings()
+    parser = argparse.ArgumentParser(prog="x")
+    Flags(SampleSettings).add_to(parser)
+    assert Flags(SampleSettings).build(parser.parse_args([])) == SampleSettings()
+    assert Flags(SampleSettings).build(parser.parse_args(["--n", "16"])).n == 16
     parser = argparse.ArgumentParser(prog="x")
     Flags(EvaluateSettings).add_to(parser)
     assert Flags(EvaluateSettings).build(parser.parse_args([])).fid64 is True

@@ -94,9 +94,9 @@ def run_sample(args: argparse.Namespace) -> None:
     record = sample_to_folder(
         args.source,
         args.out,
+        SAMPLE_FLAGS.build(args),
         classes=parse_classes(args.classes),
         use_ema=not args.no_ema,
-        **SAMPLE_FLAGS.values(args),
         **options(args, "per_class", "progress", "overwrite"),
     )
     counts = ", ".join(f"{k} {v}" for k, v in record["counts"].items())
