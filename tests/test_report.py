@@ -356,12 +356,7 @@ def test_single_run_folder_as_the_demo_leaves_it(tmp_path):
     run = make_run(tmp_path, "demo", ["train.steps=300"], {"final": {"fid": 50.0}})
     metrics = json.loads((run / "samples" / "final" / "metrics.json").read_text())
     (run / "samples" / "final" / "metrics.json").unlink()
-    metrics["floor"] = {
-        "fid": 7.5,
-        "kid": {"mean": 0.001, "std": 0.0005},
-        "n_fake": 40,
-        "n_real": 40,
-    }
+    _write(tmp_path / "_floor" / "floor.json", metrics_json(7.5, kind="dataset"))
     _write(run / "metrics.json", metrics)
     _write(run / "eval" / "accuracy.json", accuracy_json(0.8))
     page = build_report([run], tmp_path / "report.html", title="Demo")
@@ -369,7 +364,7 @@ def test_single_run_folder_as_the_demo_leaves_it(tmp_path):
     assert "<title>Demo</title>" in text
     (row,) = collect(run).rows
     assert row.metrics["fid"] == 50.0 and row.accuracy["accuracy"] == 0.8
-    assert 'class="floor"' in text and "7.50" in text  # the run's own real-vs-real floor
+    assert 'class="floor"' in text and "7.50" in text  # the real-vs-real floor of its study
     assert row.changes == {"model.conditional": True, "train.steps": 300}  # against the preset
     assert "Not drawn" in text and "needs judge accuracy at two or more guidance" in text
     assert text.count("<svg") == 1  # the loss curve only
@@ -384,8 +379,7 @@ def test_run_without_samples_and_list_of_runs(tmp_path):
     assert [r.name for r in coll.rows] == ["a", "b"]
     assert coll.rows[0].grid.name.startswith("step-")  # the training grid stands in
     assert coll.rows[0].changes == {"model.activation": "gelu"}  # against what both share
-    page = build_report([a, b], tmp_path / "r.html", csv=False)
-    assert not (tmp_path / "results.csv").exists()
+    page = build_report([a, b], tmp_path / "r.html")
     assert "training grid" in page.read_text()
 
 

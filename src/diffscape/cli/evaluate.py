@@ -84,7 +84,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from diffscape.core.atomic import unwritable
+    from diffscape.core.atomic import unwritable, write_json
     from diffscape.core.errors import DiffscapeError
     from diffscape.data.dataset import parse_dataset_spec
     from diffscape.metrics.evaluate import (
@@ -94,7 +94,6 @@ def run(args: argparse.Namespace) -> None:
         format_summary,
         open_fake,
         resolve_extractor,
-        write_metrics,
     )
     from diffscape.metrics.features import check_cache_dir
     from diffscape.metrics.memorisation import save_pairs_png
@@ -120,7 +119,7 @@ def run(args: argparse.Namespace) -> None:
     extractor = extractor or resolve_extractor(settings)
     result = evaluate(real, fake, settings, extractor=extractor, fake_name=args.fake)
     # The library writes nothing; the command writes where --out says (./metrics.json by default).
-    write_metrics(out, result)
+    write_json(out, result)
     print(format_summary(result, args.out))
     pairs = save_pairs_png(fake, real[0], result, out.with_name(layout.PAIRS_PNG))
     if pairs is not None:

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffscape.core import atomic, layout
+from diffscape.core import layout
 from diffscape.core.errors import DiffscapeError
 from diffscape.data.dataset import SPLITS, Dataset, parse_dataset_spec
 from diffscape.data.imagefolder import SampleSet, load_sample_folder
@@ -37,7 +37,6 @@ from diffscape.metrics.features import (
     FEATURES_64,
     FEATURES_2048,
     LOGITS,
-    FeatureExtractor,
     InceptionExtractor,
     cache_dir,
     check_cache_dir,
@@ -216,12 +215,12 @@ class _Job:
     fake: Side
     s: EvaluateSettings
     plan: _Plan
-    extractor: FeatureExtractor
+    extractor: InceptionExtractor
     say: Callable[[str], None]
     progress: bool
 
 
-def _side_cached(side: Side, idx: np.ndarray | None, ext: FeatureExtractor, use: bool) -> bool:
+def _side_cached(side: Side, idx: np.ndarray | None, ext: InceptionExtractor, use: bool) -> bool:
     if isinstance(side, SampleSet) or not use:
         return False
     ds, split = side
@@ -270,9 +269,8 @@ def score_pair(real: Features, fake: Features, seed: int) -> dict[str, Any]:
     out: dict[str, Any] = {"n_real": len(r), "n_fake": len(f)}
     if min(len(r), len(f)) < 2:
         return out | {"skipped": "fewer than 2 images on one side"}
-    with_64 = FEATURES_64 in real and FEATURES_64 in fake
     out["fid"] = fid_from_features(r, f)
-    out["fid64"] = fid_from_features(real[FEATURES_64], fake[FEATURES_64]) if with_64 else None
+    out["fid64"] = fid_from_features(real[FEATURES_64], fake[FEATURES_64])
     out["kid"] = asdict(kid_from_features(r, f, seed=seed))
     return out | registry.computed(real, fake)
 
@@ -328,7 +326,7 @@ def _more_scores(job: _Job, real: Features, fake: Features) -> dict[str, Any]:
         b = bootstrap_fid(r, f, samples=s.bootstrap, seed=s.seed)
         out["fid_bootstrap"] = asdict(b)
         out["fid_interval"] = {"low": b.low, "high": b.high, "n_boot": b.samples}
-    if extractor.has_logits and LOGITS in fake:
+    if extractor.has_logits:
         mean, std = inception_score_from_logits(fake[LOGITS], seed=s.seed)
         out["inception_score"] = {"mean": mean, "std": std, "splits": IS_SPLITS}
     else:
@@ -339,8 +337,6 @@ def _more_scores(job: _Job, real: Features, fake: Features) -> dict[str, Any]:
         dev = extractor.device if extractor.device.type == "cuda" else "cpu"
         pr = precision_recall(r, f, k=PRC_K, device=dev)
         out |= {"precision": pr.precision, "recall": pr.recall}
-    if not (FEATURES_64 in real and FEATURES_64 in fake):
-        return out | {"fid64": None, "fid64_n": None}
     r, f = real[FEATURES_64], fake[FEATURES_64]
     if s.fid64:
         r_idx, f_idx = _subset(len(r), s.fid64_n, s.seed), _subset(len(f), s.fid64_n, s.seed + 1)
@@ -393,21 +389,9 @@ def _small_n_warning(plan: _Plan) -> str | None:
     )
 
 
-def _describe(side: Side, name: str | None) -> str:
-    if isinstance(side, SampleSet):
-        if name:
-            return name
-        parents = {
-            p.parent.parent if c else p.parent
-            for p, c in zip(side.paths, side.class_names, strict=True)
-        }
-        return str(parents.pop()) if len(parents) == 1 else "sample folder"
-    ds, split = side
-    return f"{ds.root}:{split}"
-
-
-def _sides_record(job: _Job, fake_name: str | None, cached: tuple[bool, bool]) -> dict[str, Any]:
+def _sides_record(job: _Job, fake_name: str, cached: tuple[bool, bool]) -> dict[str, Any]:
     real_ds, real_split = job.real
+    fake = job.fake
     return {
         "real": {
             "dataset": str(real_ds.root),
@@ -417,8 +401,8 @@ def _sides_record(job: _Job, fake_name: str | None, cached: tuple[bool, bool]) -
             "features_from_cache": cached[0],
         },
         "fake": {
-            "source": _describe(job.fake, fake_name),
-            "kind": "samples" if isinstance(job.fake, SampleSet) else "dataset",
+            "source": fake_name if isinstance(fake, SampleSet) else f"{fake[0].root}:{fake[1]}",
+            "kind": "samples" if isinstance(fake, SampleSet) else "dataset",
             "n_available": job.plan.fake_total,
             "features_from_cache": cached[1],
         },
@@ -433,16 +417,17 @@ def evaluate(
     fake: Side,
     settings: EvaluateSettings | None = None,
     *,
-    extractor: FeatureExtractor | None = None,
-    fake_name: str | None = None,
+    extractor: InceptionExtractor | None = None,
+    fake_name: str = "sample folder",
     progress: bool = True,
     say: Callable[[str], None] = log,
 ) -> dict[str, Any]:
     """Score ``fake`` against the real split; returns the metrics (``metrics.json``'s content).
 
-    Writes and prints nothing (``say`` gets progress lines): see :func:`write_metrics` and
-    :func:`format_summary`. ``extractor``: a network built once and shared by several calls,
-    or a stand-in (tests); None builds the FID Inception network from ``settings``.
+    Writes and prints nothing (``say`` gets progress lines): see :func:`format_summary`.
+    ``extractor``: a network built once and shared by several calls, or a stand-in (tests); None
+    builds the FID Inception network from ``settings``. ``fake_name``: what the record calls a
+    sample folder (the CLI's ``--fake``).
     """
     t0 = time.perf_counter()
     s = settings or EvaluateSettings()
@@ -483,7 +468,7 @@ def evaluate(
     return result | _provenance(extractor, s.seed, t0)
 
 
-def _provenance(extractor: FeatureExtractor, seed: int, t0: float) -> dict:
+def _provenance(extractor: InceptionExtractor, seed: int, t0: float) -> dict:
     """What the scores were made with: the network, seed, device, versions, cache, time."""
     weights = getattr(extractor, "weights", None)  # an InceptionExtractor's, not a stand-in's
     return {
@@ -495,11 +480,6 @@ def _provenance(extractor: FeatureExtractor, seed: int, t0: float) -> dict:
         "cache_dir": str(cache_dir()),
         "seconds": round(time.perf_counter() - t0, 1),
     }
-
-
-def write_metrics(path: str | os.PathLike[str], result: dict[str, Any]) -> Path:
-    """Save :func:`evaluate`'s result (atomically: readers never see half a file)."""
-    return atomic.write_json(path, result)
 
 
 # ---- summary -------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,25 +45,6 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-class FeatureExtractor(Protocol):
-    """What :func:`embed_images` needs from a network (the tests use a tiny stand-in)."""
-
-    layers: tuple[str, ...]  # names of the features returned, e.g. ("64", "2048")
-    input_size: int  # images are resized to this (for messages and estimates)
-    has_logits: bool  # whether LOGITS is among ``layers`` and genuine
-    logits_reason: str  # why not, when has_logits is False
-    device: torch.device
-
-    def identity(self) -> dict[str, str]:
-        """Everything that makes the features what they are (weights hash, preprocessing):
-        part of the cache key."""
-        ...
-
-    def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """uint8 (B, 3, H, W) -> {layer: float (B, D)}, computed on ``device``."""
-        ...
-
-
 # What each resize is, in the words recorded in metrics.json and the feature cache key. "torch"
 # keeps the exact words older diffscape versions wrote, so their cached features still match.
 _PREPROCESSING = {
@@ -81,7 +62,10 @@ _PREPROCESSING = {
 class InceptionExtractor:
     """The FID Inception network (torchmetrics' ``NoTrainInceptionV3``) returning several layers
     from one forward pass. ``resize``: "tf1" (default: torch-fidelity's and TensorFlow 1's
-    bilinear resize to 299, as published FIDs) or "torch" (torchmetrics >= 1.8's default)."""
+    bilinear resize to 299, as published FIDs) or "torch" (torchmetrics >= 1.8's default).
+    What :func:`embed_images` and ``evaluate`` need of it (the tests' stand-ins have just that):
+    ``layers``, ``input_size``, ``has_logits``, ``logits_reason``, ``device``, ``identity()``
+    and the call."""
 
     input_size = 299  # every image is resized to this
 
@@ -102,6 +86,7 @@ class InceptionExtractor:
         self._seconds_per_image: float | None = None
 
     def identity(self) -> dict[str, str]:
+        """Everything that makes the features what they are: part of the cache key."""
         return {
             "network": "inception-v3-compat (FID Inception, TF 2015-12-05)",
             "weights_sha256": self.weights.sha256,
@@ -110,6 +95,7 @@ class InceptionExtractor:
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """uint8 (B, 3, H, W) -> {layer: float (B, D)}, computed on ``device``."""
         # NoTrainInceptionV3.forward returns only the first requested feature; its
         # _torch_fidelity_forward returns them all (in ``features_list`` order).
         out = self.net._torch_fidelity_forward(images.to(self.device))
@@ -128,7 +114,7 @@ class InceptionExtractor:
         return self._seconds_per_image
 
 
-def describe_plan(extractor: FeatureExtractor, n: int, batch: int) -> str:
+def describe_plan(extractor: InceptionExtractor, n: int, batch: int) -> str:
     """``embedding N images at 299x299, about M min on this CPU``."""
     size = f"{extractor.input_size}x{extractor.input_size}"
     per = getattr(extractor, "seconds_per_image", None)  # a stand-in may not measure itself
@@ -143,7 +129,7 @@ def describe_plan(extractor: FeatureExtractor, n: int, batch: int) -> str:
 
 def embed_images(
     images: np.ndarray | torch.Tensor,
-    extractor: FeatureExtractor,
+    extractor: InceptionExtractor,
     *,
     batch: int = 32,
     desc: str = "embedding",
@@ -153,10 +139,6 @@ def embed_images(
     """uint8 (N, 3, H, W) of any size (a memory-mapped array is read one batch at a time) ->
     {layer: float32 (N, D)}. Prints the number of images and an estimated time first."""
     n = len(images)
-    if n == 0:
-        raise ValueError("no images to embed")
-    if images.ndim != 4 or images.shape[1] != 3 or images.dtype not in (np.uint8, torch.uint8):
-        raise ValueError(f"expected uint8 (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
     say(f"{desc}: {describe_plan(extractor, n, batch)}")
     chunks: dict[str, list[np.ndarray]] = {name: [] for name in extractor.layers}
     with tqdm(total=n, desc=desc, unit="img", disable=not progress, file=sys.stderr) as bar:
@@ -199,7 +181,7 @@ def check_cache_dir() -> Path:
 
 
 def cache_keys(
-    extractor: FeatureExtractor,
+    extractor: InceptionExtractor,
     *,
     content_hash: str,
     split: str,
@@ -232,7 +214,7 @@ def _cached(key: dict[str, str]) -> Path | None:
     return path if found else None
 
 
-def is_cached(extractor: FeatureExtractor, **where: Any) -> bool:
+def is_cached(extractor: InceptionExtractor, **where: Any) -> bool:
     """Whether every layer of these images is in the cache (``where``: as for cache_keys)."""
     return all(_cached(k) is not None for k in cache_keys(extractor, **where).values())
 
@@ -256,7 +238,7 @@ def store_cached(key: dict[str, str], features: np.ndarray) -> Path:
 
 def dataset_features(
     images: np.ndarray,
-    extractor: FeatureExtractor,
+    extractor: InceptionExtractor,
     *,
     content_hash: str,
     split: str,

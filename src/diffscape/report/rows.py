@@ -17,10 +17,7 @@ searching:
   for a run with one sampling, one folder below (``judge score --out RUN/eval``).
 - a folder of run folders: each run in it.
 
-Older folders still read: a ``metrics.json`` comparing two dataset splits (``fake.kind ==
-"dataset"``) is taken as the floor, not as a run's scores, and so is the ``"floor"`` entry (fid,
-kid, n_fake, n_real) that older demos added to their run's metrics.json. Without a samples
-folder, a run still shows its training log and its latest training grid.
+Without a samples folder, a run still shows its training log and its latest training grid.
 """
 
 from __future__ import annotations
@@ -92,18 +89,13 @@ class Collection:
 
     sources: list[Path]
     rows: list[Row] = field(default_factory=list)
-    floors: list[dict[str, Any]] = field(default_factory=list)  # real-vs-real metrics.json
+    floor: dict[str, Any] | None = None  # the first real-vs-real floor found (floor.json)
     title: str = ""
     description: str = ""
     base: dict[str, Any] | None = None  # the base config, flattened to dotted keys
     notes: list[str] = field(default_factory=list)
     baseline: str | None = None  # the setting the others are compared with; None: the first
     seeds: list[int] | None = None  # a replicated sweep's seeds
-
-    @property
-    def floor(self) -> dict[str, Any] | None:
-        """The first floor found."""
-        return self.floors[0] if self.floors else None
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:
@@ -195,25 +187,11 @@ def _run_level(run_dir: Path, name: str, samplings: list[Path]) -> dict[str, Any
     return below[0] if len(below) == 1 else None
 
 
-def _scores(metrics: dict[str, Any] | None, floors: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """A run's metrics, or None when they are a floor (which goes to ``floors``). An old demo's
-    metrics.json carries its floor under a "floor" key."""
-    if metrics is None:
-        return None
-    fake = metrics.get("fake")
-    if isinstance(fake, dict) and fake.get("kind") == "dataset":  # two dataset splits compared
-        floors.append(metrics)
-        return None
-    if isinstance(metrics.get("floor"), dict):
-        floors.append(metrics["floor"])
-    return metrics
-
-
-def _sampling_row(run: Row, d: Path, only: bool, floors: list[dict[str, Any]]) -> Row:
+def _sampling_row(run: Row, d: Path, only: bool) -> Row:
     """One sampling of ``run``; the scores kept for the whole run count as its own when it is the
     run's only sampling."""
     result = read_result(d)
-    metrics = _scores(read_json(d / layout.EVAL_JSON), floors)
+    metrics = read_json(d / layout.EVAL_JSON)
     grid, pairs = d / layout.GRID_PNG, d / layout.PAIRS_PNG
     return replace(
         run,
@@ -237,7 +215,7 @@ def further_judges(d: Path) -> dict[str, Any]:
     return {k: v for k, v in found.items() if v and isinstance(v.get("accuracy"), int | float)}
 
 
-def rows_from_run(run_dir: Path, floors: list[dict[str, Any]]) -> list[Row]:
+def rows_from_run(run_dir: Path) -> list[Row]:
     """The rows of one training run folder: one per sampling (or one for the training)."""
     samplings = sample_dirs(run_dir)
     grid = _latest_training_grid(run_dir)
@@ -247,13 +225,13 @@ def rows_from_run(run_dir: Path, floors: list[dict[str, Any]]) -> list[Row]:
         train_dir=run_dir,
         config=read_json(run_dir / layout.CONFIG_JSON),
         log=read_log(run_dir / layout.METRICS_JSONL),
-        metrics=_scores(_run_level(run_dir, layout.EVAL_JSON, samplings), floors),
+        metrics=_run_level(run_dir, layout.EVAL_JSON, samplings),
         accuracy=_run_level(run_dir, layout.ACCURACY_JSON, samplings),
         grid=grid,
         grid_caption=f"training grid ({grid.stem})" if grid else "",
     )
     only = len(samplings) == 1
-    return [_sampling_row(run, d, only, floors) for d in samplings] or [run]
+    return [_sampling_row(run, d, only) for d in samplings] or [run]
 
 
 def _planned_paths(root: Path, run: dict[str, Any]) -> tuple[Path, Path]:
@@ -265,7 +243,7 @@ def _planned_paths(root: Path, run: dict[str, Any]) -> tuple[Path, Path]:
     return root / training, root.joinpath(*parts)
 
 
-def rows_from_sweep(root: Path, sweep: dict[str, Any], floors: list[dict[str, Any]]) -> list[Row]:
+def rows_from_sweep(root: Path, sweep: dict[str, Any]) -> list[Row]:
     """The planned rows of a sweep (``sweep.json``), in its order; runs not done yet still get
     a row."""
     rows = []
@@ -273,7 +251,7 @@ def rows_from_sweep(root: Path, sweep: dict[str, Any], floors: list[dict[str, An
     for run in sweep.get("runs", []):
         train_dir, sample_dir = _planned_paths(root, run)
         if train_dir not in per_training:
-            per_training[train_dir] = rows_from_run(train_dir, floors) if train_dir.is_dir() else []
+            per_training[train_dir] = rows_from_run(train_dir) if train_dir.is_dir() else []
         found = [r for r in per_training[train_dir] if r.sample_dir == sample_dir]
         row = found[0] if found and found[0].result is not None else _planned_row(run, train_dir)
         seed = run.get("seed")
@@ -305,8 +283,8 @@ def _planned_row(run: dict[str, Any], train_dir: Path) -> Row:
 def _study_floor(study: Path, found: Collection) -> None:
     """The real-vs-real floor of a sweep or demo folder (results.read_floor knows where)."""
     floor = read_floor(study)
-    if floor is not None:
-        found.floors.append(floor.metrics)
+    if floor is not None and found.floor is None:
+        found.floor = floor.metrics
 
 
 def _collect_one(p: Path, found: Collection) -> None:
@@ -316,7 +294,7 @@ def _collect_one(p: Path, found: Collection) -> None:
     _study_floor(p, found)
     if layout.is_sweep_dir(p):
         sweep = read_json(p / layout.SWEEP_JSON) or {}
-        found.rows += rows_from_sweep(p, sweep, found.floors)
+        found.rows += rows_from_sweep(p, sweep)
         found.title = found.title or f"Sweep: {sweep.get('name', p.name)}"
         found.description = found.description or sweep.get("description", "")
         found.base = found.base or flatten(sweep.get("base_config"))
@@ -327,9 +305,9 @@ def _collect_one(p: Path, found: Collection) -> None:
             found.seeds = [s for s in seeds if isinstance(s, int)]
     elif layout.is_run_dir(p):
         _study_floor(p.parent, found)  # a run of a demo or sweep: the study's floor
-        found.rows += rows_from_run(p, found.floors)
+        found.rows += rows_from_run(p)
     elif layout.is_demo_dir(p) and layout.is_run_dir(p / layout.DEMO_RUN):
-        found.rows += rows_from_run(p / layout.DEMO_RUN, found.floors)
+        found.rows += rows_from_run(p / layout.DEMO_RUN)
     else:
         children = [c for c in sorted(p.iterdir()) if c.is_dir() and layout.is_run_dir(c)]
         if not children:
@@ -338,7 +316,7 @@ def _collect_one(p: Path, found: Collection) -> None:
                 "(run.json) or a folder of run folders"
             )
         for c in children:
-            found.rows += rows_from_run(c, found.floors)
+            found.rows += rows_from_run(c)
 
 
 def collect(runs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> Collection:
