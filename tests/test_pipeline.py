@@ -206,21 +206,7 @@ def test_floor_is_computed_once_in_its_own_file(ds, tmp_path, monkeypatch):
     prepare_study(tiny_spec(out, ds, n=5), Path(ds.root), tools, judge_needed=False)
     assert calls.seen == ["fid_kid", "fid_kid"]  # other sizes: another floor
     assert results.read_floor(out).n_real == 5
-
-
-def test_floors_of_older_studies_are_read_and_reused(ds, tmp_path, monkeypatch):
-    out = tmp_path / "old-sweep"
-    metrics = {"fid": 3.5, "kid": {"mean": 0.01}, "n_fake": 6, "n_real": 6}
-    metrics["fake"] = {"kind": "dataset"}
-    results.write_json(out / layout.SWEEP_FLOOR / layout.EVAL_JSON, metrics)  # sweeps before
-    old_demo = tmp_path / "old-demo"
-    results.write_json(old_demo / layout.FLOOR_JSON, {**metrics, "fid": 4.5})  # demos before
-    assert results.read_floor(out).fid == 3.5 and results.read_floor(old_demo).fid == 4.5
     assert results.read_floor(tmp_path / "nothing") is None
-    calls = Calls(monkeypatch)
-    tools = Tools(Narrator(lambda _: None), progress=False, extractor=TinyExtractor())
-    prepare_study(tiny_spec(out, ds), Path(ds.root), tools, judge_needed=False)
-    assert calls.seen == []
 
 
 def test_results_read_back_older_and_damaged_files(tmp_path):

@@ -91,7 +91,7 @@ class Floor:
     n_fake: int | None = None
     n_real: int | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
-    settings: dict[str, Any] | None = None  # None: written before floors recorded them
+    settings: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -197,21 +197,12 @@ def write_floor(study_dir: str | os.PathLike[str], metrics: dict[str, Any], sett
 
 
 def read_floor(study_dir: str | os.PathLike[str]) -> Floor | None:
-    """The floor of a sweep or demo folder: ``_floor/floor.json``; older sweeps wrote
-    ``_floor/metrics.json`` and older demos ``floor.json`` beside their run."""
-    study = Path(study_dir)
-    for path in (
-        floor_path(study),
-        study / layout.SWEEP_FLOOR / layout.EVAL_JSON,
-        study / layout.FLOOR_JSON,
-    ):
-        data = read_json(path)
-        fake = (data or {}).get("fake")
-        if data is None or (isinstance(fake, dict) and fake.get("kind") != "dataset"):
-            continue  # not a real-vs-real record
-        settings = data.pop("settings", None)
-        return from_record(Floor, {**data, "metrics": data, "settings": settings})
-    return None
+    """The floor of a sweep or demo folder (``_floor/floor.json``), or None."""
+    data = read_json(floor_path(study_dir))
+    if data is None:
+        return None
+    settings = data.pop("settings", None)
+    return from_record(Floor, {**data, "metrics": data, "settings": settings})
 
 
 def write_summary(demo_dir: str | os.PathLike[str], summary: DemoSummary) -> Path:

@@ -130,7 +130,7 @@ def ensure_floor(study: Study, tools: Tools) -> Floor | None:
         }
     )
     done = results.read_floor(study.out)
-    if done is not None and done.settings in (None, wanted):  # None: a floor from before
+    if done is not None and done.settings == wanted:
         nar.skip(
             "floor", f"FID {done.fid:.2f} (computed before)" if done.fid else "computed before"
         )
