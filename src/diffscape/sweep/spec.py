@@ -340,17 +340,17 @@ def listed_runs(runs: Any, source: str) -> tuple[Variant, ...]:
 
 def settings(cls: type[Settings], table: dict[str, Any], where: str) -> Any:
     """Settings (``SampleSettings``, ``EvaluateSettings``, ``JudgeSettings``) from a TOML table,
-    parsed by the settings engine; its errors become a SweepError saying where."""
-    if cls is SampleSettings:
-        for key, value in table.items():
-            if isinstance(value, list):
-                raise SweepError(
-                    f"{where}: {key} is a list; to vary it put it under [sample.grid], "
-                    f"e.g. [sample.grid] {key} = {value}"
-                )
+    parsed by the settings engine; its errors become a SweepError saying where. A list refused
+    as a sample setting (not ``guidance_interval = [lo, hi]``) is one meant to vary."""
     try:
         return cls.parse(table)
     except ConfigError as e:
+        key = e.path[0] if e.path else ""
+        if cls is SampleSettings and isinstance(table.get(key), list):
+            raise SweepError(
+                f"{where}: {key} is a list; to vary it put it under [sample.grid], "
+                f"e.g. [sample.grid] {key} = {table[key]}"
+            ) from None
         raise SweepError(f"{where}: {e}") from None
 
 
