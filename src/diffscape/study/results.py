@@ -1,10 +1,9 @@
 """What a study records, as typed dataclasses, written and read back through this one module.
 
-    <study>/<training>/train.json                       TrainRecord: a finished train stage
+    <study>/<training>/train.json                       a finished train stage (plain record)
     <study>/<training>/samples/<sampling>/metrics.json  FID/KID (evaluate's record + its settings)
     <study>/<training>/samples/<sampling>/result.json   RunResult: one row's outcome, written last
     <study>/_floor/floor.json                           Floor: real vs real, once per study
-    <demo>/summary.json                                 DemoSummary
     <sweep>/sweep.json, <demo>/demo.json                plain records (the folders' markers)
 
 Every write is atomic (:func:`diffscape.core.atomic.write_json`). Reading is tolerant: a missing,
@@ -70,18 +69,6 @@ class RunResult:
 
 
 @dataclass(frozen=True)
-class TrainRecord:
-    """A train stage that finished (by its steps or its time budget), and what it trained."""
-
-    steps: int  # optimizer steps in total
-    seconds: float  # wall time of the call that finished it
-    images_per_second: float  # over that call
-    stopped_by: str = "steps"  # steps | budget (train.minutes)
-    settings: dict[str, Any] = field(default_factory=dict)  # config + dataset it was trained on
-    finished_at: str | None = None
-
-
-@dataclass(frozen=True)
 class Floor:
     """FID/KID of real images against real images: what the scores read for a perfect model at
     the study's sizes. ``metrics`` is the evaluation's whole record (what the report shows)."""
@@ -92,26 +79,6 @@ class Floor:
     n_real: int | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True)
-class DemoSummary:
-    """What ``diffscape demo`` did and found (``summary.json``)."""
-
-    wall_seconds: float
-    timings_seconds: dict[str, float]  # per stage
-    settings: dict[str, Any]  # the DemoSettings
-    steps: int | None
-    train_images_per_second: float | None
-    fid: float | None
-    kid: dict[str, Any] | None
-    floor: dict[str, Any] | None  # fid, kid, n_fake, n_real of the real-vs-real floor
-    n_fake: int | None
-    n_real: int | None
-    judge_real_test_accuracy: float | None
-    judge_sample_accuracy: float | None
-    judge_per_class: dict[str, Any] | None
-    paths: dict[str, str]  # data, run, samples, grid, judge, report
 
 
 # ---- reading and writing -------------------------------------------------------------------------
@@ -161,14 +128,6 @@ def read_result(sample_dir: str | os.PathLike[str]) -> RunResult | None:
     return from_record(RunResult, read_json(result_path(sample_dir)))
 
 
-def write_train(run_dir: str | os.PathLike[str], record: TrainRecord) -> Path:
-    return write_json(Path(run_dir) / layout.TRAIN_JSON, asdict(record))
-
-
-def read_train(run_dir: str | os.PathLike[str]) -> TrainRecord | None:
-    return from_record(TrainRecord, read_json(Path(run_dir) / layout.TRAIN_JSON))
-
-
 def write_metrics(
     sample_dir: str | os.PathLike[str], metrics: dict[str, Any], settings: Any
 ) -> Path:
@@ -203,7 +162,3 @@ def read_floor(study_dir: str | os.PathLike[str]) -> Floor | None:
         return None
     settings = data.pop("settings", None)
     return from_record(Floor, {**data, "metrics": data, "settings": settings})
-
-
-def write_summary(demo_dir: str | os.PathLike[str], summary: DemoSummary) -> Path:
-    return write_json(Path(demo_dir) / layout.SUMMARY_JSON, asdict(summary))
