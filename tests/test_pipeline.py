@@ -267,7 +267,7 @@ def test_second_judge_fid64_memorisation_and_pairs_png(ds, tmp_path):
     svc = json.loads((folder / "accuracy-svc.json").read_text())
     assert svc["judge_kind"] == "svc" and r.scores["accuracy_svc_judge"] == svc["accuracy"]
     assert json.loads((folder / layout.ACCURACY_JSON).read_text())["judge_kind"] == "cnn"
-    metrics = results.read_metrics(folder)
+    metrics = results.read_json(folder / layout.EVAL_JSON)
     assert metrics["settings"]["evaluate"]["fid64"] is True
     assert metrics["memorisation"] is not None  # the stand-in's features serve it too
     assert (folder / layout.PAIRS_PNG).is_file()

@@ -185,8 +185,8 @@ def summarize(
     floor = results.read_floor(study.out)
     judge = (results.read_json(study.judge / layout.JUDGE_JSON) if study.judge else None) or {}
     samples = run.sample_dir(study.out)
-    metrics = results.read_metrics(samples) or {}
-    accuracy = results.read_accuracy(samples) or {}
+    metrics = results.read_json(samples / layout.EVAL_JSON) or {}
+    accuracy = results.read_json(samples / layout.ACCURACY_JSON) or {}
     return {
         "wall_seconds": wall_seconds,
         "timings_seconds": timings,

@@ -1,10 +1,11 @@
-"""What a study records, as typed dataclasses, written and read back through this one module.
+"""What a study records; the records the report reads back are typed here (:class:`RunResult`,
+:class:`Floor`), the others are plain JSON:
 
-    <study>/<training>/train.json                       a finished train stage (plain record)
+    <study>/<training>/train.json                       a finished train stage
     <study>/<training>/samples/<sampling>/metrics.json  FID/KID (evaluate's record + its settings)
     <study>/<training>/samples/<sampling>/result.json   RunResult: one row's outcome, written last
     <study>/_floor/floor.json                           Floor: real vs real, once per study
-    <sweep>/sweep.json, <demo>/demo.json                plain records (the folders' markers)
+    <sweep>/sweep.json, <demo>/demo.json                the folders' markers
 
 Every write is atomic (:func:`diffscape.core.atomic.write_json`). Reading is tolerant: a missing,
 unreadable or damaged file reads as None (its stage is simply done again), unknown keys are
@@ -128,31 +129,9 @@ def read_result(sample_dir: str | os.PathLike[str]) -> RunResult | None:
     return from_record(RunResult, read_json(result_path(sample_dir)))
 
 
-def write_metrics(
-    sample_dir: str | os.PathLike[str], metrics: dict[str, Any], settings: Any
-) -> Path:
-    """A sampling's metrics.json: the evaluation's record plus the settings it was made with."""
-    return write_json(Path(sample_dir) / layout.EVAL_JSON, {**metrics, "settings": settings})
-
-
-def read_metrics(sample_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
-    return read_json(Path(sample_dir) / layout.EVAL_JSON)
-
-
-def read_accuracy(sample_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
-    return read_json(Path(sample_dir) / layout.ACCURACY_JSON)
-
-
 def floor_path(study_dir: str | os.PathLike[str]) -> Path:
     """THE place of a study's real-vs-real floor (sweeps and the demo alike)."""
     return Path(study_dir) / layout.SWEEP_FLOOR / layout.FLOOR_JSON
-
-
-def write_floor(study_dir: str | os.PathLike[str], metrics: dict[str, Any], settings: Any) -> Floor:
-    write_json(floor_path(study_dir), {**metrics, "settings": settings})
-    floor = read_floor(study_dir)
-    assert floor is not None
-    return floor
 
 
 def read_floor(study_dir: str | os.PathLike[str]) -> Floor | None:

@@ -144,9 +144,9 @@ def ensure_floor(study: Study, tools: Tools) -> Floor | None:
     except Exception as err:  # optional: the runs are still worth doing
         nar.done(f"failed ({type(err).__name__}: {err}); going on without a floor")
         return None
-    floor = results.write_floor(study.out, metrics, wanted)
-    nar.done(f"FID {floor.fid:.2f}, KID {(floor.kid or {}).get('mean', float('nan')):.4f}")
-    return floor
+    results.write_json(results.floor_path(study.out), {**metrics, "settings": wanted})
+    nar.done(f"FID {metrics['fid']:.2f}, KID {metrics['kid']['mean']:.4f}")
+    return results.read_floor(study.out)
 
 
 def prepare_study(

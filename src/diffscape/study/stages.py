@@ -160,7 +160,7 @@ def evaluate_stage(study: Study, run: RunSpec, made: int, tools: Tools) -> dict[
 
     e, nar, folder = study.spec.evaluate, tools.narrator, run.sample_dir(study.out)
     wanted = results.plain({"evaluate": e.to_dict(), "dataset": study.dataset_hash, "made": made})
-    done = results.read_metrics(folder)
+    done = results.read_json(folder / layout.EVAL_JSON)
     if done is not None and upgraded(done.get("settings")) == wanted:
         nar.skip("evaluate", "scored before", who=run.name)
         return done
@@ -174,7 +174,7 @@ def evaluate_stage(study: Study, run: RunSpec, made: int, tools: Tools) -> dict[
               who=run.name)  # fmt: skip
     fake = load_sample_folder(folder)
     metrics = fid_kid((ds, e.split), fake, n, n_real, run.name, tools, e)
-    results.write_metrics(folder, metrics, wanted)
+    results.write_json(folder / layout.EVAL_JSON, {**metrics, "settings": wanted})
     pairs_png(fake, ds, metrics, folder, tools)
     nar.done(f"FID {metrics['fid']:.2f}, KID {metrics['kid']['mean']:.4f}")
     return metrics
@@ -198,7 +198,7 @@ def judge_stage(study: Study, run: RunSpec, made: int, tools: Tools) -> dict[str
     from diffscape.judge.score import score
 
     nar, folder = tools.narrator, run.sample_dir(study.out)
-    done = results.read_accuracy(folder)
+    done = results.read_json(folder / layout.ACCURACY_JSON)
     if done is not None and (done.get("judge"), done.get("n")) == (str(study.judge), made):
         nar.skip("judge samples", f"judged before: {pct(done.get('accuracy'))}", who=run.name)
         return done
