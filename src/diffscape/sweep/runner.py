@@ -39,8 +39,7 @@ def _selected(runs: list[RunSpec], only: Iterable[str] | None) -> list[RunSpec]:
     if only is None:
         return runs
     wanted = set(only)
-    unknown = wanted - {r.training for r in runs} - {r.name for r in runs}
-    unknown -= {r.setting for r in runs}
+    unknown = wanted - {n for r in runs for n in (r.training, r.name, r.setting)}
     if unknown:
         raise SweepError(
             f"--only {', '.join(sorted(unknown))}: no such run; the runs are "

@@ -17,7 +17,7 @@ from typing import Any
 
 from diffscape.core import layout
 from diffscape.core.errors import DiffscapeError
-from diffscape.settings.engine import ConfigError, Settings
+from diffscape.settings.engine import ConfigError, Settings, value_text
 from diffscape.settings.presets import split_key
 from diffscape.settings.sections import (
     DEFAULT_SAMPLE_STEPS,
@@ -274,13 +274,10 @@ def flatten_overrides(table: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _value_text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
+    """A value in a run's name: lists joined by ``-``, integers as they are (not ``10_000``)."""
     if isinstance(value, list | tuple):
         return "-".join(_value_text(v) for v in value)
-    if isinstance(value, float):
-        return format(value, "g")
-    return str(value)
+    return value_text(value) if isinstance(value, bool | float) else str(value)
 
 
 def safe_name(text: str) -> str:
