@@ -101,7 +101,6 @@ def test_training_gets_what_the_budget_leaves():
         inception_rate,
         training_minutes,
     )
-    from diffscape.study.results import Floor
 
     s = DemoSettings(minutes=9.0)
     after = after_training_seconds(s, classes=5, inception_rate=3.5)
@@ -122,7 +121,7 @@ def test_training_gets_what_the_budget_leaves():
     # a budget the other stages already use up: the minimum, not a negative deadline
     assert training_minutes(DemoSettings(minutes=1.0), 120.0, after) == MIN_TRAIN_MINUTES
     # Inception speed measured by the floor stage when it ran; the default when it was cached
-    floor = Floor(fid=1.0, kid=None, n_fake=200, n_real=200, metrics={})
+    floor = {"fid": 1.0, "kid": None, "n_fake": 200, "n_real": 200}
     assert inception_rate({"floor": 40.0}, floor) == pytest.approx(10.0)
     assert inception_rate({"floor": 0.0}, floor) == 3.5
     assert inception_rate({}, None) == 3.5

@@ -198,14 +198,14 @@ def test_floor_is_computed_once_in_its_own_file(ds, tmp_path, monkeypatch):
     assert results.floor_path(out) == path and path.is_file()
     floor = results.read_floor(out)
     # the test split (n=4, as many as the runs generate) against the reference split
-    assert floor.fid is not None and (floor.n_real, floor.n_fake) == (4, 4)
-    assert floor.metrics["fake"]["kind"] == "dataset" and floor.metrics["real"]["split"] == "test"
+    assert floor["fid"] is not None and (floor["n_real"], floor["n_fake"]) == (4, 4)
+    assert floor["fake"]["kind"] == "dataset" and floor["real"]["split"] == "test"
 
     again = ensure_floor(study, tools)
     assert calls.seen == ["fid_kid"] and again == floor  # read back, not computed
     prepare_study(tiny_spec(out, ds, n=5), Path(ds.root), tools, judge_needed=False)
     assert calls.seen == ["fid_kid", "fid_kid"]  # other sizes: another floor
-    assert results.read_floor(out).n_real == 5
+    assert results.read_floor(out)["n_real"] == 5
     assert results.read_floor(tmp_path / "nothing") is None
 
 

@@ -133,7 +133,7 @@ def test_a_metric_added_in_one_place_reaches_every_output(shift, tmp_path):
         assert result.scores["mean_shift"] == metrics["mean_shift"] > 0
         assert result.scores["mean_shift_c0"] == metrics["per_class"]["c0"]["mean_shift"]
         assert "\nMean shift " in format_summary(metrics)  # what `diffscape evaluate` prints
-    assert results.read_floor(out).metrics["mean_shift"] >= 0  # the real-vs-real floor too
+    assert results.read_floor(out)["mean_shift"] >= 0  # the real-vs-real floor too
     page = build_report(out, tmp_path / "report" / "report.html").read_text()
     with (tmp_path / "report" / "results.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))

@@ -86,12 +86,13 @@ def training_minutes(s: DemoSettings, elapsed: float, after: float) -> float:
     return max(MIN_TRAIN_MINUTES, (60 * s.minutes - elapsed - after) / 60)
 
 
-def inception_rate(timings: dict[str, float], floor: results.Floor | None) -> float:
+def inception_rate(timings: dict[str, float], floor: dict[str, Any] | None) -> float:
     """Images/s of the floor stage's Inception, when it ran in this call; else the default."""
     seconds = timings.get("floor") or 0.0
-    if floor is None or seconds < 5 or not floor.n_fake or not floor.n_real:
+    n_fake, n_real = (floor or {}).get("n_fake"), (floor or {}).get("n_real")
+    if seconds < 5 or not n_fake or not n_real:
         return stages.INCEPTION_IMAGES_PER_SECOND
-    return max(0.5, (floor.n_fake + floor.n_real) / seconds)
+    return max(0.5, (n_fake + n_real) / seconds)
 
 
 def run_demo(
@@ -195,7 +196,7 @@ def summarize(
         "train_images_per_second": trained.get("images_per_second"),
         "fid": metrics.get("fid"),
         "kid": metrics.get("kid"),
-        "floor": None if floor is None else {k: getattr(floor, k) for k in FLOOR_KEYS},
+        "floor": None if floor is None else {k: floor.get(k) for k in FLOOR_KEYS},
         "n_fake": metrics.get("n_fake"),
         "n_real": metrics.get("n_real"),
         "judge_real_test_accuracy": (judge.get("accuracy") or {}).get("test"),

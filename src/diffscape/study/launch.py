@@ -20,7 +20,7 @@ from diffscape.core import layout
 from diffscape.core.errors import DiffscapeError
 from diffscape.settings.sections import SlurmSettings
 from diffscape.study import results
-from diffscape.study.narrate import Narrator, Tools, log
+from diffscape.study.narrate import Tools, log
 from diffscape.study.results import RunResult
 from diffscape.study.spec import RunSpec, Study
 from diffscape.study.stages import is_finished, record_failure, run_training, skip_finished
@@ -152,7 +152,7 @@ def train_job(study: Study, runs: list[RunSpec], threads: int | None = None) -> 
     signal.signal(signal.SIGUSR2, _as_sigterm)
     log(f"job: {runs[0].training} on {torch.get_num_threads()} CPU thread(s)")
     try:
-        run_training(study, runs, Tools(Narrator(log), progress=False))
+        run_training(study, runs, Tools(progress=False))
     except TrainingInterrupted as e:
         # "stopped by SIGTERM after step 8"; the rest advises the train command's --resume
         why = f"{str(e).split(';')[0]}, checkpoint saved; the same sweep command resumes it"

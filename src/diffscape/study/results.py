@@ -1,15 +1,15 @@
-"""What a study records; the records the report reads back are typed here (:class:`RunResult`,
-:class:`Floor`), the others are plain JSON:
+"""What a study records; the one the report reads back field by field is typed here
+(:class:`RunResult`), the others are plain JSON:
 
     <study>/<training>/train.json                       a finished train stage
     <study>/<training>/samples/<sampling>/metrics.json  FID/KID (evaluate's record + its settings)
     <study>/<training>/samples/<sampling>/result.json   RunResult: one row's outcome, written last
-    <study>/_floor/floor.json                           Floor: real vs real, once per study
+    <study>/_floor/floor.json                           real vs real, once per study
     <sweep>/sweep.json, <demo>/demo.json                the folders' markers
 
 Every write is atomic (:func:`diffscape.core.atomic.write_json`). Reading is tolerant: a missing,
-unreadable or damaged file reads as None (its stage is simply done again), unknown keys are
-ignored and missing ones take their defaults, so files written by older versions still read.
+unreadable or damaged file reads as None (its stage is simply done again); in result.json unknown
+keys are ignored and missing ones take their defaults, so files written by older versions read.
 """
 
 from __future__ import annotations
@@ -69,19 +69,6 @@ class RunResult:
         return self.status == "ok"
 
 
-@dataclass(frozen=True)
-class Floor:
-    """FID/KID of real images against real images: what the scores read for a perfect model at
-    the study's sizes. ``metrics`` is the evaluation's whole record (what the report shows)."""
-
-    fid: float | None = None
-    kid: dict[str, Any] | None = None
-    n_fake: int | None = None
-    n_real: int | None = None
-    metrics: dict[str, Any] = field(default_factory=dict)
-    settings: dict[str, Any] | None = None
-
-
 # ---- reading and writing -------------------------------------------------------------------------
 
 
@@ -134,10 +121,7 @@ def floor_path(study_dir: str | os.PathLike[str]) -> Path:
     return Path(study_dir) / layout.SWEEP_FLOOR / layout.FLOOR_JSON
 
 
-def read_floor(study_dir: str | os.PathLike[str]) -> Floor | None:
-    """The floor of a sweep or demo folder (``_floor/floor.json``), or None."""
-    data = read_json(floor_path(study_dir))
-    if data is None:
-        return None
-    settings = data.pop("settings", None)
-    return from_record(Floor, {**data, "metrics": data, "settings": settings})
+def read_floor(study_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The floor of a sweep or demo folder: evaluate's record of real against real images (what
+    the scores read for a perfect model at the study's sizes) and its ``settings``; or None."""
+    return read_json(floor_path(study_dir))

@@ -12,7 +12,6 @@ from diffscape.core import layout
 from diffscape.core.errors import DiffscapeError
 from diffscape.study import results, stages
 from diffscape.study.narrate import Tools, pct
-from diffscape.study.results import Floor
 from diffscape.study.spec import Study, StudySpec, judge_identity
 
 
@@ -103,7 +102,7 @@ def ensure_also_judges(spec: StudySpec, ds: Any, main: Path | None, tools: Tools
     }
 
 
-def ensure_floor(study: Study, tools: Tools) -> Floor | None:
+def ensure_floor(study: Study, tools: Tools) -> dict[str, Any] | None:
     """Real vs real at the study's sizes, computed once into ``_floor/floor.json``: the other
     real split (n images, as many as the runs generate) against the reference split (n_real, the
     same seeded subset the runs' real side uses, so its features come from the cache). Optional:
@@ -130,10 +129,9 @@ def ensure_floor(study: Study, tools: Tools) -> Floor | None:
         }
     )
     done = results.read_floor(study.out)
-    if done is not None and done.settings == wanted:
-        nar.skip(
-            "floor", f"FID {done.fid:.2f} (computed before)" if done.fid else "computed before"
-        )
+    if done is not None and done.get("settings") == wanted:
+        fid = done.get("fid")
+        nar.skip("floor", f"FID {fid:.2f} (computed before)" if fid else "computed before")
         return done
     nar.start("floor", f"real {other} ({n_other}) vs {e.split} ({n_ref})", eta=(n_other + n_ref) / stages.INCEPTION_IMAGES_PER_SECOND + 30)  # fmt: skip
     try:
