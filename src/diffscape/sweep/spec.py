@@ -166,27 +166,20 @@ def parse_sweep(data: dict[str, Any], source: str, root: Path) -> SweepSpec:
     return spec
 
 
-def _axes(table: Any, where: str | None) -> list[tuple[int, str]]:
-    """(number of values, key) of each axis of a grid table (its nested tables flattened when
-    ``where`` is given); a value that is not a list counts as one (refused when expanded)."""
-    if not isinstance(table, dict):
-        return []
-    axes = flatten_overrides(table, where) if where is not None else table
-    return [(len(v) if isinstance(v, list) else 1, k) for k, v in axes.items()]
-
-
 def check_size(data: dict[str, Any], source: str) -> None:
     """Refuse a sweep of more than :data:`MAX_RUNS` runs from the lengths of its lists alone,
-    before anything is expanded."""
-    factors = _axes(data.get("grid"), f"{source} [grid]")
-    if isinstance(data.get("runs"), list):
-        factors.append((len(data["runs"]), "[[runs]]"))
+    before anything is expanded (a value that is not a list is refused when it is expanded)."""
+    grid = data.get("grid") if isinstance(data.get("grid"), dict) else {}
     sample = data.get("sample") if isinstance(data.get("sample"), dict) else {}
-    factors += [(n, f"sample.{k}") for n, k in _axes(sample.get("grid"), None)]
-    if isinstance(sample.get("runs"), list):
-        factors.append((len(sample["runs"]), "[[sample.runs]]"))
-    if isinstance(data.get("seeds"), list):
-        factors.append((len(data["seeds"]), "seeds"))
+    sample_grid = sample.get("grid") if isinstance(sample.get("grid"), dict) else {}
+    lists = {
+        **flatten_overrides(grid, f"{source} [grid]"),
+        "[[runs]]": data.get("runs"),
+        **{f"sample.{k}": v for k, v in sample_grid.items()},
+        "[[sample.runs]]": sample.get("runs"),
+        "seeds": data.get("seeds"),
+    }
+    factors = [(len(v), k) for k, v in lists.items() if isinstance(v, list)]
     total = math.prod(n for n, _ in factors)
     if total > MAX_RUNS:
         parts = " x ".join(f"{n} {what}" for n, what in factors)
