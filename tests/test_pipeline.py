@@ -236,7 +236,7 @@ def test_results_read_back_older_and_damaged_files(tmp_path):
 
 def test_a_job_pickles_as_submitit_sends_it(ds, tmp_path):
     spec = tiny_spec(tmp_path, ds)
-    study = Study(spec, Path(ds.root), "hash", tmp_path / "judge", {"kind": "svc"})
+    study = Study(spec, Path(ds.root), "hash", tmp_path / "judge")
     runs = [tiny_run(), tiny_run(sampling="other")]
     job = cloudpickle.loads(cloudpickle.dumps((train_job, study, runs)))
     assert job == (train_job, study, runs)

@@ -155,11 +155,7 @@ def prepare_study(
 
     ds = load_dataset(data)
     judge = ensure_judge(spec, ds, judge_needed, tools)
-    study = Study(
-        spec, data, ds.content_hash, judge,
-        None if judge is None else judge_identity(judge),
-        ensure_also_judges(spec, ds, judge, tools),
-    )  # fmt: skip
+    study = Study(spec, data, ds.content_hash, judge, ensure_also_judges(spec, ds, judge, tools))
     if floor:
         ensure_floor(study, tools)
     return study

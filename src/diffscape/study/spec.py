@@ -58,7 +58,6 @@ class Study:
     data: Path  # the dataset folder
     dataset_hash: str  # its content hash: what the runs were trained and scored on
     judge: Path | None  # None: no judging (off, unlabelled data, no conditional run)
-    judge_identity: dict[str, Any] | None = None  # what the judge is, not where it lies
     also: dict[str, str] = field(default_factory=dict)  # further judges: kind -> folder
 
     @property

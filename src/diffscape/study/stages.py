@@ -256,7 +256,7 @@ def settings_record(study: Study, run: RunSpec) -> dict[str, Any]:
         "config": run.config.to_dict(),
         "sample": run.sample.to_dict(),
         "evaluate": study.spec.evaluate.to_dict(),
-        "judge": study.judge_identity,
+        "judge": None if study.judge is None else judge_identity(study.judge),
         "dataset": study.dataset_hash,
     }
     if study.also:  # only then: records of studies without them stay as they were
