@@ -61,15 +61,15 @@ def ensure_judge(spec: StudySpec, ds: Any, needed: bool, tools: Tools) -> Path |
             raise DiffscapeError(f"judge path {j.path} is not a judge folder (no judge.json)")
         nar.skip("judge", f"using {j.path}")
         return Path(j.path)
-    return _judge_of_kind(spec, ds, j.kind, spec.out / spec.judge_dir, tools)
+    return _judge_of_kind(spec, ds, j.kind, spec.judge_dir, tools)
 
 
-def _judge_of_kind(spec: StudySpec, ds: Any, kind: str, path: Path, tools: Tools) -> Path:
-    """A ``kind`` judge of the real training images in ``path``, trained there once."""
+def _judge_of_kind(spec: StudySpec, ds: Any, kind: str, folder: str, tools: Tools) -> Path:
+    """A ``kind`` judge of the real training images in the study's ``folder``, trained once."""
     from diffscape.judge.train import train_judge
     from diffscape.settings.sections import CNNSettings
 
-    nar = tools.narrator
+    nar, path = tools.narrator, spec.out / folder
     if layout.is_judge_dir(path):
         nar.skip("judge", f"trained before: {path}")
         return path
@@ -91,15 +91,9 @@ def ensure_also_judges(spec: StudySpec, ds: Any, main: Path | None, tools: Tools
     if main is None or not spec.judge.also:
         return {}
     main_kind = judge_identity(main).get("kind")
-    return {
-        kind: str(
-            _judge_of_kind(
-                spec, ds, kind, spec.out / layout.SWEEP_JUDGE_ALSO.format(kind=kind), tools
-            )
-        )
-        for kind in dict.fromkeys(spec.judge.also)
-        if kind != main_kind
-    }
+    kinds = [kind for kind in dict.fromkeys(spec.judge.also) if kind != main_kind]
+    folders = {kind: layout.SWEEP_JUDGE_ALSO.format(kind=kind) for kind in kinds}
+    return {kind: str(_judge_of_kind(spec, ds, kind, f, tools)) for kind, f in folders.items()}
 
 
 def ensure_floor(study: Study, tools: Tools) -> dict[str, Any] | None:
