@@ -77,13 +77,12 @@ class Slot:
         """A submitit executor for one training's job, its files and log in ``folder``."""
         if self.slurm is not None:
             executor: submitit.Executor = submitit.SlurmExecutor(folder)
-            executor.update_parameters(
-                **slurm_parameters(self.slurm, folder.name), stderr_to_stdout=True
-            )
-            return executor
-        gpu = {} if self.gpu is None else {"visible_gpus": (self.gpu,), "gpus_per_node": 1}
-        executor = submitit.LocalExecutor(folder)
-        executor.update_parameters(timeout_min=LOCAL_TIME_LIMIT_MIN, stderr_to_stdout=True, **gpu)
+            asked = slurm_parameters(self.slurm, folder.name)
+        else:
+            executor = submitit.LocalExecutor(folder)
+            gpu = {} if self.gpu is None else {"visible_gpus": (self.gpu,), "gpus_per_node": 1}
+            asked = {"timeout_min": LOCAL_TIME_LIMIT_MIN, **gpu}
+        executor.update_parameters(stderr_to_stdout=True, **asked)
         return executor
 
 
