@@ -276,7 +276,7 @@ def make_sweep(root: Path) -> Path:
     make_run(sweep, "cosine", ["diffusion.schedule=cosine"],
              {"ddim-50-w1": {"fid": 25.0, "acc": 0.6, "name": "cosine"},
               "ddim-20-w1": {"failed": True, "name": "cosine-20"}})  # fmt: skip
-    _write(sweep / "_floor" / "metrics.json", metrics_json(4.2, kind="dataset"))
+    _write(sweep / "_floor" / "floor.json", metrics_json(4.2, kind="dataset"))
     return sweep
 
 
@@ -440,25 +440,24 @@ def test_sweep_json_paths_outside_the_sweep_are_refused(tmp_path, bad):
         collect(sweep)
 
 
-def make_demo(root: Path, floor_at: str) -> Path:
+def make_demo(root: Path) -> Path:
     """A demo folder: run/ with samples-final/, scores at the run level, and the floor in
-    _floor/floor.json (now) or in floor.json."""
+    _floor/floor.json."""
     demo = root / "demo"
     run = make_run(demo, "run", ["train.steps=300"], {"final": {"fid": 50.0}})
     (run / "samples" / "final").rename(run / "samples-final")
     metrics = json.loads((run / "samples-final" / "metrics.json").read_text())
     (run / "samples-final" / "metrics.json").unlink()
     floor = metrics_json(7.5, kind="dataset")
-    _write(demo / floor_at, {**floor, "settings": {"n": 40}})
+    _write(demo / "_floor" / "floor.json", {**floor, "settings": {"n": 40}})
     _write(demo / "demo.json", {"version": 1})
     _write(run / "metrics.json", metrics)
     _write(run / "accuracy.json", accuracy_json(0.8))
     return demo
 
 
-@pytest.mark.parametrize("floor_at", ["_floor/floor.json", "floor.json"])
-def test_demo_floor_found_from_the_demo_or_its_run(tmp_path, floor_at):
-    demo = make_demo(tmp_path, floor_at)
+def test_demo_floor_found_from_the_demo_or_its_run(tmp_path):
+    demo = make_demo(tmp_path)
     for where in (demo, demo / "run"):
         coll = collect(where)
         (row,) = coll.rows

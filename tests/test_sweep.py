@@ -169,6 +169,8 @@ def test_bad_values_and_lists_in_sample(tmp_path):
     bad.write_text('preset = "tiny"\n[sample]\nguidance = [0, 1]\n')
     with pytest.raises(SweepError, match=r"under \[sample.grid\]"):
         load_sweep(bad)
+    bad.write_text('preset = "tiny"\n[sample]\nguidance = 3.0\nguidance_interval = [0.3, 3.0]\n')
+    assert load_sweep(bad).sample.guidance_interval == (0.3, 3.0)  # a list, not a variation
     spec = load_sweep(spec_file(tmp_path, "[grid]\nmodel.activation = ['gelu', 'tanh']\n"))
     with pytest.raises(SweepError, match="activation=tanh: model.activation: 'tanh'"):
         plan(spec)  # every config is checked before anything trains

@@ -284,7 +284,7 @@ def _study_floor(study: Path, found: Collection) -> None:
     """The real-vs-real floor of a sweep or demo folder (results.read_floor knows where)."""
     floor = read_floor(study)
     if floor is not None and found.floor is None:
-        found.floor = floor.metrics
+        found.floor = floor
 
 
 def _collect_one(p: Path, found: Collection) -> None:

@@ -24,7 +24,7 @@ from diffscape.settings.sections import DemoSettings, JudgeSettings
 from diffscape.study import results, stages
 from diffscape.study.launch import run_study
 from diffscape.study.narrate import Narrator, Tools, pct
-from diffscape.study.results import DemoSummary, RunResult
+from diffscape.study.results import RunResult
 from diffscape.study.shared import ensure_data, prepare_study
 from diffscape.study.spec import RunSpec, Study, StudySpec, train_identity, upgraded
 
@@ -86,12 +86,13 @@ def training_minutes(s: DemoSettings, elapsed: float, after: float) -> float:
     return max(MIN_TRAIN_MINUTES, (60 * s.minutes - elapsed - after) / 60)
 
 
-def inception_rate(timings: dict[str, float], floor: results.Floor | None) -> float:
+def inception_rate(timings: dict[str, float], floor: dict[str, Any] | None) -> float:
     """Images/s of the floor stage's Inception, when it ran in this call; else the default."""
     seconds = timings.get("floor") or 0.0
-    if floor is None or seconds < 5 or not floor.n_fake or not floor.n_real:
+    n_fake, n_real = (floor or {}).get("n_fake"), (floor or {}).get("n_real")
+    if seconds < 5 or not n_fake or not n_real:
         return stages.INCEPTION_IMAGES_PER_SECOND
-    return max(0.5, (floor.n_fake + floor.n_real) / seconds)
+    return max(0.5, (n_fake + n_real) / seconds)
 
 
 def run_demo(
@@ -100,9 +101,9 @@ def run_demo(
     data: str | os.PathLike[str] | None = None,
     say: Callable[[str], None] = print,
     progress: bool = True,
-) -> DemoSummary:
+) -> dict[str, Any]:
     """Run the whole pipeline into ``out`` (a new or empty folder, or an earlier demo's);
-    returns the summary (also ``out/summary.json``)."""
+    returns the summary (also ``out/summary.json``, :func:`summarize`)."""
     s = settings or DemoSettings()
     demo_run(s, 32, s.minutes)  # the training config's one-line error before anything is written
     out = layout.check_out(out, "demo")
@@ -132,7 +133,7 @@ def run_demo(
         tools.narrator.done()
         wall = time.perf_counter() - t_start
         summary = summarize(study, run, result, report, tools.narrator.timings, s, wall)
-        results.write_summary(out, summary)
+        results.write_json(out / layout.SUMMARY_JSON, summary)
     say(format_summary(summary))
     return summary
 
@@ -140,8 +141,8 @@ def run_demo(
 def trained_minutes(s: DemoSettings, ds: Any, study: Study) -> float | None:
     """The training minutes of a run finished by an earlier call with the same settings: a re-run
     keeps them (a budget computed anew would differ and redo the training)."""
-    done = results.read_train(study.out / layout.DEMO_RUN)
-    settings = (done.settings or {}) if done is not None else {}
+    done = results.read_json(study.out / layout.DEMO_RUN / layout.TRAIN_JSON) or {}
+    settings = done.get("settings") or {}
     minutes = ((settings.get("config") or {}).get("train") or {}).get("minutes")
     if not minutes:
         return None
@@ -179,28 +180,29 @@ def summarize(
     timings: dict[str, float],
     s: DemoSettings,
     wall_seconds: float,
-) -> DemoSummary:
-    trained = results.read_train(run.train_dir(study.out))
+) -> dict[str, Any]:
+    """What the demo did and found (summary.json)."""
+    trained = results.read_json(run.train_dir(study.out) / layout.TRAIN_JSON) or {}
     floor = results.read_floor(study.out)
     judge = (results.read_json(study.judge / layout.JUDGE_JSON) if study.judge else None) or {}
     samples = run.sample_dir(study.out)
-    metrics = results.read_metrics(samples) or {}
-    accuracy = results.read_accuracy(samples) or {}
-    return DemoSummary(
-        wall_seconds=wall_seconds,
-        timings_seconds=timings,
-        settings=s.to_dict(),
-        steps=result.steps,
-        train_images_per_second=None if trained is None else trained.images_per_second,
-        fid=metrics.get("fid"),
-        kid=metrics.get("kid"),
-        floor=None if floor is None else {k: getattr(floor, k) for k in FLOOR_KEYS},
-        n_fake=metrics.get("n_fake"),
-        n_real=metrics.get("n_real"),
-        judge_real_test_accuracy=(judge.get("accuracy") or {}).get("test"),
-        judge_sample_accuracy=accuracy.get("accuracy"),
-        judge_per_class=accuracy.get("per_class"),
-        paths={
+    metrics = results.read_json(samples / layout.EVAL_JSON) or {}
+    accuracy = results.read_json(samples / layout.ACCURACY_JSON) or {}
+    return {
+        "wall_seconds": wall_seconds,
+        "timings_seconds": timings,
+        "settings": s.to_dict(),
+        "steps": result.steps,
+        "train_images_per_second": trained.get("images_per_second"),
+        "fid": metrics.get("fid"),
+        "kid": metrics.get("kid"),
+        "floor": None if floor is None else {k: floor.get(k) for k in FLOOR_KEYS},
+        "n_fake": metrics.get("n_fake"),
+        "n_real": metrics.get("n_real"),
+        "judge_real_test_accuracy": (judge.get("accuracy") or {}).get("test"),
+        "judge_sample_accuracy": accuracy.get("accuracy"),
+        "judge_per_class": accuracy.get("per_class"),
+        "paths": {
             "data": str(study.data),
             "run": str(run.train_dir(study.out)),
             "samples": str(samples),
@@ -208,28 +210,29 @@ def summarize(
             "judge": str(study.judge),
             "report": str(report),
         },
-    )
+    }
 
 
 def _kid(kid: dict | None) -> str:
     return "n/a" if not kid else f"{kid['mean']:.4f}"
 
 
-def format_summary(summary: DemoSummary) -> str:
-    p, floor = summary.paths, summary.floor or {}
-    per = ", ".join(f"{c} {pct(v['accuracy'])}" for c, v in (summary.judge_per_class or {}).items())
-    fid, floor_fid = summary.fid, floor.get("fid")
+def format_summary(summary: dict[str, Any]) -> str:
+    p, floor = summary["paths"], summary["floor"] or {}
+    classes = summary["judge_per_class"] or {}
+    per = ", ".join(f"{c} {pct(v['accuracy'])}" for c, v in classes.items())
+    fid, floor_fid, kid = summary["fid"], floor.get("fid"), summary["kid"]
     return "\n".join(
         [
             "",
-            f"demo finished in {duration(summary.wall_seconds)}",
-            f"  judge accuracy of the samples: {pct(summary.judge_sample_accuracy)} ({per})",
-            f"  judge accuracy on real test images: {pct(summary.judge_real_test_accuracy)}",
-            f"  KID {_kid(summary.kid)} ± {(summary.kid or {}).get('std', float('nan')):.4f}  "
+            f"demo finished in {duration(summary['wall_seconds'])}",
+            f"  judge accuracy of the samples: {pct(summary['judge_sample_accuracy'])} ({per})",
+            f"  judge accuracy on real test images: {pct(summary['judge_real_test_accuracy'])}",
+            f"  KID {_kid(kid)} ± {(kid or {}).get('std', float('nan')):.4f}  "
             f"(real-vs-real floor {_kid(floor.get('kid'))}); FID "
             f"{'n/a' if fid is None else f'{fid:.1f}'} (floor "
-            f"{'n/a' if floor_fid is None else f'{floor_fid:.1f}'}) from {summary.n_fake} "
-            f"generated vs {summary.n_real} real images: small n, compare with the floor, not "
+            f"{'n/a' if floor_fid is None else f'{floor_fid:.1f}'}) from {summary['n_fake']} "
+            f"generated vs {summary['n_real']} real images: small n, compare with the floor, not "
             "with published FIDs",
             f"  samples: {p['grid']}",
             f"  report:  {p['report']}",

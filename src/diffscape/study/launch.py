@@ -20,7 +20,7 @@ from diffscape.core import layout
 from diffscape.core.errors import DiffscapeError
 from diffscape.settings.sections import SlurmSettings
 from diffscape.study import results
-from diffscape.study.narrate import Narrator, Tools, log
+from diffscape.study.narrate import Tools, log
 from diffscape.study.results import RunResult
 from diffscape.study.spec import RunSpec, Study
 from diffscape.study.stages import is_finished, record_failure, run_training, skip_finished
@@ -77,13 +77,12 @@ class Slot:
         """A submitit executor for one training's job, its files and log in ``folder``."""
         if self.slurm is not None:
             executor: submitit.Executor = submitit.SlurmExecutor(folder)
-            executor.update_parameters(
-                **slurm_parameters(self.slurm, folder.name), stderr_to_stdout=True
-            )
-            return executor
-        gpu = {} if self.gpu is None else {"visible_gpus": (self.gpu,), "gpus_per_node": 1}
-        executor = submitit.LocalExecutor(folder)
-        executor.update_parameters(timeout_min=LOCAL_TIME_LIMIT_MIN, stderr_to_stdout=True, **gpu)
+            asked = slurm_parameters(self.slurm, folder.name)
+        else:
+            executor = submitit.LocalExecutor(folder)
+            gpu = {} if self.gpu is None else {"visible_gpus": (self.gpu,), "gpus_per_node": 1}
+            asked = {"timeout_min": LOCAL_TIME_LIMIT_MIN, **gpu}
+        executor.update_parameters(stderr_to_stdout=True, **asked)
         return executor
 
 
@@ -152,7 +151,7 @@ def train_job(study: Study, runs: list[RunSpec], threads: int | None = None) -> 
     signal.signal(signal.SIGUSR2, _as_sigterm)
     log(f"job: {runs[0].training} on {torch.get_num_threads()} CPU thread(s)")
     try:
-        run_training(study, runs, Tools(Narrator(log), progress=False))
+        run_training(study, runs, Tools(progress=False))
     except TrainingInterrupted as e:
         # "stopped by SIGTERM after step 8"; the rest advises the train command's --resume
         why = f"{str(e).split(';')[0]}, checkpoint saved; the same sweep command resumes it"

@@ -1,15 +1,15 @@
-"""What a study records, as typed dataclasses, written and read back through this one module.
+"""What a study records; the one the report reads back field by field is typed here
+(:class:`RunResult`), the others are plain JSON:
 
-    <study>/<training>/train.json                       TrainRecord: a finished train stage
+    <study>/<training>/train.json                       a finished train stage
     <study>/<training>/samples/<sampling>/metrics.json  FID/KID (evaluate's record + its settings)
     <study>/<training>/samples/<sampling>/result.json   RunResult: one row's outcome, written last
-    <study>/_floor/floor.json                           Floor: real vs real, once per study
-    <demo>/summary.json                                 DemoSummary
-    <sweep>/sweep.json, <demo>/demo.json                plain records (the folders' markers)
+    <study>/_floor/floor.json                           real vs real, once per study
+    <sweep>/sweep.json, <demo>/demo.json                the folders' markers
 
 Every write is atomic (:func:`diffscape.core.atomic.write_json`). Reading is tolerant: a missing,
-unreadable or damaged file reads as None (its stage is simply done again), unknown keys are
-ignored and missing ones take their defaults, so files written by older versions still read.
+unreadable or damaged file reads as None (its stage is simply done again); in result.json unknown
+keys are ignored and missing ones take their defaults, so files written by older versions read.
 """
 
 from __future__ import annotations
@@ -69,51 +69,6 @@ class RunResult:
         return self.status == "ok"
 
 
-@dataclass(frozen=True)
-class TrainRecord:
-    """A train stage that finished (by its steps or its time budget), and what it trained."""
-
-    steps: int  # optimizer steps in total
-    seconds: float  # wall time of the call that finished it
-    images_per_second: float  # over that call
-    stopped_by: str = "steps"  # steps | budget (train.minutes)
-    settings: dict[str, Any] = field(default_factory=dict)  # config + dataset it was trained on
-    finished_at: str | None = None
-
-
-@dataclass(frozen=True)
-class Floor:
-    """FID/KID of real images against real images: what the scores read for a perfect model at
-    the study's sizes. ``metrics`` is the evaluation's whole record (what the report shows)."""
-
-    fid: float | None = None
-    kid: dict[str, Any] | None = None
-    n_fake: int | None = None
-    n_real: int | None = None
-    metrics: dict[str, Any] = field(default_factory=dict)
-    settings: dict[str, Any] | None = None  # None: written before floors recorded them
-
-
-@dataclass(frozen=True)
-class DemoSummary:
-    """What ``diffscape demo`` did and found (``summary.json``)."""
-
-    wall_seconds: float
-    timings_seconds: dict[str, float]  # per stage
-    settings: dict[str, Any]  # the DemoSettings
-    steps: int | None
-    train_images_per_second: float | None
-    fid: float | None
-    kid: dict[str, Any] | None
-    floor: dict[str, Any] | None  # fid, kid, n_fake, n_real of the real-vs-real floor
-    n_fake: int | None
-    n_real: int | None
-    judge_real_test_accuracy: float | None
-    judge_sample_accuracy: float | None
-    judge_per_class: dict[str, Any] | None
-    paths: dict[str, str]  # data, run, samples, grid, judge, report
-
-
 # ---- reading and writing -------------------------------------------------------------------------
 
 
@@ -161,58 +116,12 @@ def read_result(sample_dir: str | os.PathLike[str]) -> RunResult | None:
     return from_record(RunResult, read_json(result_path(sample_dir)))
 
 
-def write_train(run_dir: str | os.PathLike[str], record: TrainRecord) -> Path:
-    return write_json(Path(run_dir) / layout.TRAIN_JSON, asdict(record))
-
-
-def read_train(run_dir: str | os.PathLike[str]) -> TrainRecord | None:
-    return from_record(TrainRecord, read_json(Path(run_dir) / layout.TRAIN_JSON))
-
-
-def write_metrics(
-    sample_dir: str | os.PathLike[str], metrics: dict[str, Any], settings: Any
-) -> Path:
-    """A sampling's metrics.json: the evaluation's record plus the settings it was made with."""
-    return write_json(Path(sample_dir) / layout.EVAL_JSON, {**metrics, "settings": settings})
-
-
-def read_metrics(sample_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
-    return read_json(Path(sample_dir) / layout.EVAL_JSON)
-
-
-def read_accuracy(sample_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
-    return read_json(Path(sample_dir) / layout.ACCURACY_JSON)
-
-
 def floor_path(study_dir: str | os.PathLike[str]) -> Path:
     """THE place of a study's real-vs-real floor (sweeps and the demo alike)."""
     return Path(study_dir) / layout.SWEEP_FLOOR / layout.FLOOR_JSON
 
 
-def write_floor(study_dir: str | os.PathLike[str], metrics: dict[str, Any], settings: Any) -> Floor:
-    write_json(floor_path(study_dir), {**metrics, "settings": settings})
-    floor = read_floor(study_dir)
-    assert floor is not None
-    return floor
-
-
-def read_floor(study_dir: str | os.PathLike[str]) -> Floor | None:
-    """The floor of a sweep or demo folder: ``_floor/floor.json``; older sweeps wrote
-    ``_floor/metrics.json`` and older demos ``floor.json`` beside their run."""
-    study = Path(study_dir)
-    for path in (
-        floor_path(study),
-        study / layout.SWEEP_FLOOR / layout.EVAL_JSON,
-        study / layout.FLOOR_JSON,
-    ):
-        data = read_json(path)
-        fake = (data or {}).get("fake")
-        if data is None or (isinstance(fake, dict) and fake.get("kind") != "dataset"):
-            continue  # not a real-vs-real record
-        settings = data.pop("settings", None)
-        return from_record(Floor, {**data, "metrics": data, "settings": settings})
-    return None
-
-
-def write_summary(demo_dir: str | os.PathLike[str], summary: DemoSummary) -> Path:
-    return write_json(Path(demo_dir) / layout.SUMMARY_JSON, asdict(summary))
+def read_floor(study_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The floor of a sweep or demo folder: evaluate's record of real against real images (what
+    the scores read for a perfect model at the study's sizes) and its ``settings``; or None."""
+    return read_json(floor_path(study_dir))

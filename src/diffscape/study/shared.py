@@ -12,7 +12,6 @@ from diffscape.core import layout
 from diffscape.core.errors import DiffscapeError
 from diffscape.study import results, stages
 from diffscape.study.narrate import Tools, pct
-from diffscape.study.results import Floor
 from diffscape.study.spec import Study, StudySpec, judge_identity
 
 
@@ -62,15 +61,15 @@ def ensure_judge(spec: StudySpec, ds: Any, needed: bool, tools: Tools) -> Path |
             raise DiffscapeError(f"judge path {j.path} is not a judge folder (no judge.json)")
         nar.skip("judge", f"using {j.path}")
         return Path(j.path)
-    return _judge_of_kind(spec, ds, j.kind, spec.out / spec.judge_dir, tools)
+    return _judge_of_kind(spec, ds, j.kind, spec.judge_dir, tools)
 
 
-def _judge_of_kind(spec: StudySpec, ds: Any, kind: str, path: Path, tools: Tools) -> Path:
-    """A ``kind`` judge of the real training images in ``path``, trained there once."""
+def _judge_of_kind(spec: StudySpec, ds: Any, kind: str, folder: str, tools: Tools) -> Path:
+    """A ``kind`` judge of the real training images in the study's ``folder``, trained once."""
     from diffscape.judge.train import train_judge
     from diffscape.settings.sections import CNNSettings
 
-    nar = tools.narrator
+    nar, path = tools.narrator, spec.out / folder
     if layout.is_judge_dir(path):
         nar.skip("judge", f"trained before: {path}")
         return path
@@ -92,18 +91,12 @@ def ensure_also_judges(spec: StudySpec, ds: Any, main: Path | None, tools: Tools
     if main is None or not spec.judge.also:
         return {}
     main_kind = judge_identity(main).get("kind")
-    return {
-        kind: str(
-            _judge_of_kind(
-                spec, ds, kind, spec.out / layout.SWEEP_JUDGE_ALSO.format(kind=kind), tools
-            )
-        )
-        for kind in dict.fromkeys(spec.judge.also)
-        if kind != main_kind
-    }
+    kinds = [kind for kind in dict.fromkeys(spec.judge.also) if kind != main_kind]
+    folders = {kind: layout.SWEEP_JUDGE_ALSO.format(kind=kind) for kind in kinds}
+    return {kind: str(_judge_of_kind(spec, ds, kind, f, tools)) for kind, f in folders.items()}
 
 
-def ensure_floor(study: Study, tools: Tools) -> Floor | None:
+def ensure_floor(study: Study, tools: Tools) -> dict[str, Any] | None:
     """Real vs real at the study's sizes, computed once into ``_floor/floor.json``: the other
     real split (n images, as many as the runs generate) against the reference split (n_real, the
     same seeded subset the runs' real side uses, so its features come from the cache). Optional:
@@ -130,10 +123,9 @@ def ensure_floor(study: Study, tools: Tools) -> Floor | None:
         }
     )
     done = results.read_floor(study.out)
-    if done is not None and done.settings in (None, wanted):  # None: a floor from before
-        nar.skip(
-            "floor", f"FID {done.fid:.2f} (computed before)" if done.fid else "computed before"
-        )
+    if done is not None and done.get("settings") == wanted:
+        fid = done.get("fid")
+        nar.skip("floor", f"FID {fid:.2f} (computed before)" if fid else "computed before")
         return done
     nar.start("floor", f"real {other} ({n_other}) vs {e.split} ({n_ref})", eta=(n_other + n_ref) / stages.INCEPTION_IMAGES_PER_SECOND + 30)  # fmt: skip
     try:
@@ -144,9 +136,9 @@ def ensure_floor(study: Study, tools: Tools) -> Floor | None:
     except Exception as err:  # optional: the runs are still worth doing
         nar.done(f"failed ({type(err).__name__}: {err}); going on without a floor")
         return None
-    floor = results.write_floor(study.out, metrics, wanted)
-    nar.done(f"FID {floor.fid:.2f}, KID {(floor.kid or {}).get('mean', float('nan')):.4f}")
-    return floor
+    results.write_json(results.floor_path(study.out), {**metrics, "settings": wanted})
+    nar.done(f"FID {metrics['fid']:.2f}, KID {metrics['kid']['mean']:.4f}")
+    return results.read_floor(study.out)
 
 
 def prepare_study(
@@ -157,11 +149,7 @@ def prepare_study(
 
     ds = load_dataset(data)
     judge = ensure_judge(spec, ds, judge_needed, tools)
-    study = Study(
-        spec, data, ds.content_hash, judge,
-        None if judge is None else judge_identity(judge),
-        ensure_also_judges(spec, ds, judge, tools),
-    )  # fmt: skip
+    study = Study(spec, data, ds.content_hash, judge, ensure_also_judges(spec, ds, judge, tools))
     if floor:
         ensure_floor(study, tools)
     return study

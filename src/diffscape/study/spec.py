@@ -58,7 +58,6 @@ class Study:
     data: Path  # the dataset folder
     dataset_hash: str  # its content hash: what the runs were trained and scored on
     judge: Path | None  # None: no judging (off, unlabelled data, no conditional run)
-    judge_identity: dict[str, Any] | None = None  # what the judge is, not where it lies
     also: dict[str, str] = field(default_factory=dict)  # further judges: kind -> folder
 
     @property
@@ -77,6 +76,9 @@ def judge_identity(path: Path) -> dict[str, Any]:
     return {k: info.get(k) for k in ("kind", "classes", "size", "seed", "settings", "accuracy")}
 
 
+RECORDED = {"evaluate": EvaluateSettings, "sample": SampleSettings, "config": RunConfig}
+
+
 def upgraded(record: Any) -> Any:
     """A settings record (result.json's, metrics.json's, train.json's) written before settings
     were added (the evaluate command's per_class, seed, batch, ...; sample.guidance_interval;
@@ -85,10 +87,8 @@ def upgraded(record: Any) -> Any:
     if not isinstance(record, dict):
         return record
     out = dict(record)
-    for key, cls in (("evaluate", EvaluateSettings), ("sample", SampleSettings)):
+    for key, cls in RECORDED.items():
         if isinstance(out.get(key), dict):
-            out[key] = {**results.plain(cls().to_dict()), **out[key]}
-    if isinstance(out.get("config"), dict):
-        with contextlib.suppress(ConfigError):  # unreadable: compared as it is (a re-run)
-            out["config"] = results.plain(RunConfig.parse(out["config"]).to_dict())
+            with contextlib.suppress(ConfigError):  # unreadable: compared as it is (a re-run)
+                out[key] = results.plain(cls.parse(out[key]).to_dict())
     return out

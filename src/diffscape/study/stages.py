@@ -24,7 +24,7 @@ from diffscape.metrics import registry
 from diffscape.settings.sections import EvaluateSettings, SampleSettings
 from diffscape.study import results
 from diffscape.study.narrate import Tools, pct
-from diffscape.study.results import RunResult, TrainRecord
+from diffscape.study.results import RunResult
 from diffscape.study.spec import RunSpec, Study, judge_identity, train_identity, upgraded
 
 
@@ -74,15 +74,17 @@ def evaluate_seconds(
     return images / rate
 
 
-def train_stage(study: Study, run: RunSpec, tools: Tools) -> TrainRecord:
-    """Train (or resume) ``run``'s model; skipped when train.json says this config finished."""
+def train_stage(study: Study, run: RunSpec, tools: Tools) -> dict[str, Any]:
+    """Train (or resume) ``run``'s model; skipped when train.json says this config finished.
+    Returns train.json's record: steps, seconds, images_per_second, stopped_by (steps or
+    budget), settings (config and dataset), finished_at."""
     from diffscape.train import train
 
     run_dir, cfg, nar = run.train_dir(study.out), run.config, tools.narrator
     wanted = train_identity(study, run)
-    done = results.read_train(run_dir)
-    if done is not None and upgraded(done.settings) == wanted:
-        nar.skip("train", f"trained before ({done.steps} steps)", who=run.training)
+    done = results.read_json(run_dir / layout.TRAIN_JSON)
+    if done is not None and upgraded(done.get("settings")) == wanted:
+        nar.skip("train", f"trained before ({done.get('steps')} steps)", who=run.training)
         return done
     t = cfg.train
     what = (f"{duration(60 * t.minutes)} of steps of {t.batch_size} (at most {t.steps})"
@@ -90,12 +92,11 @@ def train_stage(study: Study, run: RunSpec, tools: Tools) -> TrainRecord:
     nar.start("train", f"{what} into {run_dir}",
               eta=60 * t.minutes if t.minutes else None, who=run.training)  # fmt: skip
     r = train(cfg, study.data, run_dir, progress=tools.progress)
-    record = TrainRecord(
-        steps=r.steps, seconds=round(r.seconds, 1), images_per_second=r.images_per_second,
-        stopped_by=r.stopped_by, settings=wanted,
-        finished_at=results.now(),
-    )  # fmt: skip
-    results.write_train(run_dir, record)
+    record = {
+        "steps": r.steps, "seconds": round(r.seconds, 1), "images_per_second": r.images_per_second,
+        "stopped_by": r.stopped_by, "settings": wanted, "finished_at": results.now(),
+    }  # fmt: skip
+    results.write_json(run_dir / layout.TRAIN_JSON, record)
     nar.done(f"{r.steps} steps, {r.images_per_second:.0f} img/s")
     return record
 
@@ -159,7 +160,7 @@ def evaluate_stage(study: Study, run: RunSpec, made: int, tools: Tools) -> dict[
 
     e, nar, folder = study.spec.evaluate, tools.narrator, run.sample_dir(study.out)
     wanted = results.plain({"evaluate": e.to_dict(), "dataset": study.dataset_hash, "made": made})
-    done = results.read_metrics(folder)
+    done = results.read_json(folder / layout.EVAL_JSON)
     if done is not None and upgraded(done.get("settings")) == wanted:
         nar.skip("evaluate", "scored before", who=run.name)
         return done
@@ -173,7 +174,7 @@ def evaluate_stage(study: Study, run: RunSpec, made: int, tools: Tools) -> dict[
               who=run.name)  # fmt: skip
     fake = load_sample_folder(folder)
     metrics = fid_kid((ds, e.split), fake, n, n_real, run.name, tools, e)
-    results.write_metrics(folder, metrics, wanted)
+    results.write_json(folder / layout.EVAL_JSON, {**metrics, "settings": wanted})
     pairs_png(fake, ds, metrics, folder, tools)
     nar.done(f"FID {metrics['fid']:.2f}, KID {metrics['kid']['mean']:.4f}")
     return metrics
@@ -197,7 +198,7 @@ def judge_stage(study: Study, run: RunSpec, made: int, tools: Tools) -> dict[str
     from diffscape.judge.score import score
 
     nar, folder = tools.narrator, run.sample_dir(study.out)
-    done = results.read_accuracy(folder)
+    done = results.read_json(folder / layout.ACCURACY_JSON)
     if done is not None and (done.get("judge"), done.get("n")) == (str(study.judge), made):
         nar.skip("judge samples", f"judged before: {pct(done.get('accuracy'))}", who=run.name)
         return done
@@ -255,7 +256,7 @@ def settings_record(study: Study, run: RunSpec) -> dict[str, Any]:
         "config": run.config.to_dict(),
         "sample": run.sample.to_dict(),
         "evaluate": study.spec.evaluate.to_dict(),
-        "judge": study.judge_identity,
+        "judge": None if study.judge is None else judge_identity(study.judge),
         "dataset": study.dataset_hash,
     }
     if study.also:  # only then: records of studies without them stay as they were
@@ -285,9 +286,9 @@ def _write_result(study: Study, run: RunSpec, **outcome: Any) -> None:
     results.write_result(run.sample_dir(study.out), result)
 
 
-def finish_run(study: Study, run: RunSpec, trained: TrainRecord, tools: Tools) -> None:
+def finish_run(study: Study, run: RunSpec, trained: dict[str, Any], tools: Tools) -> None:
     """Sample -> evaluate -> judge one trained run, then write its result.json (last)."""
-    seconds = {"train": trained.seconds}
+    seconds = {"train": trained.get("seconds")}
     made = timed("sample", lambda: sample_stage(study, run, tools), seconds)["n"]
     metrics = acc = also = None
     if study.spec.evaluate.enabled:
@@ -296,7 +297,7 @@ def finish_run(study: Study, run: RunSpec, trained: TrainRecord, tools: Tools) -
         acc = timed("judge", lambda: judge_stage(study, run, made, tools), seconds)
         also = timed("judge", lambda: also_judge_stage(study, run, made, tools), seconds)
     _write_result(
-        study, run, status="ok", steps=trained.steps, n_samples=made,
+        study, run, status="ok", steps=trained.get("steps"), n_samples=made,
         scores=registry.values(registry.records(metrics, acc, also)), seconds=seconds,
     )  # fmt: skip
 

@@ -14,7 +14,7 @@ from diffscape.settings.presets import resolve
 from diffscape.settings.sections import SlurmSettings
 from diffscape.study import results
 from diffscape.study.launch import run_study, worker_slots
-from diffscape.study.narrate import Narrator, Tools, log
+from diffscape.study.narrate import Tools
 from diffscape.study.results import RunResult
 from diffscape.study.shared import ensure_data, prepare_study
 from diffscape.study.spec import RunSpec, StudySpec
@@ -39,8 +39,7 @@ def _selected(runs: list[RunSpec], only: Iterable[str] | None) -> list[RunSpec]:
     if only is None:
         return runs
     wanted = set(only)
-    unknown = wanted - {r.training for r in runs} - {r.name for r in runs}
-    unknown -= {r.setting for r in runs}
+    unknown = wanted - {n for r in runs for n in (r.training, r.name, r.setting)}
     if unknown:
         raise SweepError(
             f"--only {', '.join(sorted(unknown))}: no such run; the runs are "
@@ -85,7 +84,7 @@ def run_sweep(
         gpus = torch.cuda.device_count()
     with lock.hold(out, "sweep"):
         sspec = study_spec(spec, out, data)
-        tools = Tools(Narrator(log), progress=progress)
+        tools = Tools(progress=progress)
         if only is None or not layout.is_sweep_dir(out):  # the folder's marker, first
             results.write_json(out / layout.SWEEP_JSON, sweep_record(spec, all_runs, sspec))
         dataset = ensure_data(sspec, tools)

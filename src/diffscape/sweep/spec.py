@@ -17,7 +17,7 @@ from typing import Any
 
 from diffscape.core import layout
 from diffscape.core.errors import DiffscapeError
-from diffscape.settings.engine import ConfigError, Settings
+from diffscape.settings.engine import ConfigError, Settings, value_text
 from diffscape.settings.presets import split_key
 from diffscape.settings.sections import (
     DEFAULT_SAMPLE_STEPS,
@@ -166,27 +166,20 @@ def parse_sweep(data: dict[str, Any], source: str, root: Path) -> SweepSpec:
     return spec
 
 
-def _axes(table: Any, where: str | None) -> list[tuple[int, str]]:
-    """(number of values, key) of each axis of a grid table (its nested tables flattened when
-    ``where`` is given); a value that is not a list counts as one (refused when expanded)."""
-    if not isinstance(table, dict):
-        return []
-    axes = flatten_overrides(table, where) if where is not None else table
-    return [(len(v) if isinstance(v, list) else 1, k) for k, v in axes.items()]
-
-
 def check_size(data: dict[str, Any], source: str) -> None:
     """Refuse a sweep of more than :data:`MAX_RUNS` runs from the lengths of its lists alone,
-    before anything is expanded."""
-    factors = _axes(data.get("grid"), f"{source} [grid]")
-    if isinstance(data.get("runs"), list):
-        factors.append((len(data["runs"]), "[[runs]]"))
+    before anything is expanded (a value that is not a list is refused when it is expanded)."""
+    grid = data.get("grid") if isinstance(data.get("grid"), dict) else {}
     sample = data.get("sample") if isinstance(data.get("sample"), dict) else {}
-    factors += [(n, f"sample.{k}") for n, k in _axes(sample.get("grid"), None)]
-    if isinstance(sample.get("runs"), list):
-        factors.append((len(sample["runs"]), "[[sample.runs]]"))
-    if isinstance(data.get("seeds"), list):
-        factors.append((len(data["seeds"]), "seeds"))
+    sample_grid = sample.get("grid") if isinstance(sample.get("grid"), dict) else {}
+    lists = {
+        **flatten_overrides(grid, f"{source} [grid]"),
+        "[[runs]]": data.get("runs"),
+        **{f"sample.{k}": v for k, v in sample_grid.items()},
+        "[[sample.runs]]": sample.get("runs"),
+        "seeds": data.get("seeds"),
+    }
+    factors = [(len(v), k) for k, v in lists.items() if isinstance(v, list)]
     total = math.prod(n for n, _ in factors)
     if total > MAX_RUNS:
         parts = " x ".join(f"{n} {what}" for n, what in factors)
@@ -274,13 +267,10 @@ def flatten_overrides(table: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _value_text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
+    """A value in a run's name: lists joined by ``-``, integers as they are (not ``10_000``)."""
     if isinstance(value, list | tuple):
         return "-".join(_value_text(v) for v in value)
-    if isinstance(value, float):
-        return format(value, "g")
-    return str(value)
+    return value_text(value) if isinstance(value, bool | float) else str(value)
 
 
 def safe_name(text: str) -> str:
@@ -340,17 +330,17 @@ def listed_runs(runs: Any, source: str) -> tuple[Variant, ...]:
 
 def settings(cls: type[Settings], table: dict[str, Any], where: str) -> Any:
     """Settings (``SampleSettings``, ``EvaluateSettings``, ``JudgeSettings``) from a TOML table,
-    parsed by the settings engine; its errors become a SweepError saying where."""
-    if cls is SampleSettings:
-        for key, value in table.items():
-            if isinstance(value, list):
-                raise SweepError(
-                    f"{where}: {key} is a list; to vary it put it under [sample.grid], "
-                    f"e.g. [sample.grid] {key} = {value}"
-                )
+    parsed by the settings engine; its errors become a SweepError saying where. A list refused
+    as a sample setting (not ``guidance_interval = [lo, hi]``) is one meant to vary."""
     try:
         return cls.parse(table)
     except ConfigError as e:
+        key = e.path[0] if e.path else ""
+        if cls is SampleSettings and isinstance(table.get(key), list):
+            raise SweepError(
+                f"{where}: {key} is a list; to vary it put it under [sample.grid], "
+                f"e.g. [sample.grid] {key} = {table[key]}"
+            ) from None
         raise SweepError(f"{where}: {e}") from None
 
 

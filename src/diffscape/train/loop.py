@@ -58,7 +58,7 @@ class NonFiniteLossError(DiffscapeError):
 
 @dataclass(frozen=True)
 class TrainOutcome:
-    """What one :func:`train` call did (the study records it as train.json's TrainRecord)."""
+    """What one :func:`train` call did (the study records it in train.json)."""
 
     run_dir: Path
     steps: int  # optimizer steps done in total
