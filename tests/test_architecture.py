@@ -1,6 +1,6 @@
 """The folder tree is the architecture: every module has a line in docs/architecture.md's
 ownership table, and no diffscape module imports, directly or through others, one that imports
-it back (at module level or inside a function)."""
+it back (at module level or inside a function), and no function is over 60 lines."""
 
 from __future__ import annotations
 
@@ -247,3 +247,17 @@ def test_the_name_check_finds_literals_and_joins(tmp_path):
         'top/a.py:11: out / "run"',
         "top/a.py:11: '_images.npy'",
     ]
+
+
+MAX_FUNCTION_LINES = 60  # issue 25: a function a reader holds on one screen
+
+
+def test_no_function_is_longer_than_a_screen():
+    long = [
+        f"{path.relative_to(SRC)}:{node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for path in modules(PACKAGE).values()
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
+    ]
+    assert long == []
