@@ -26,7 +26,12 @@ import diffscape.sample
 import diffscape.train
 from diffscape.core import layout
 from diffscape.settings import presets
-from diffscape.settings.sections import EvaluateSettings, JudgeSettings, SampleSettings
+from diffscape.settings.sections import (
+    DEFAULT_SAMPLE_STEPS,
+    EvaluateSettings,
+    JudgeSettings,
+    SampleSettings,
+)
 from diffscape.study import results, stages
 from diffscape.study.demo import run_demo
 from diffscape.study.launch import run_study, train_job
@@ -273,3 +278,24 @@ def test_second_judge_fid64_memorisation_and_pairs_png(ds, tmp_path):
     assert (folder / layout.PAIRS_PNG).is_file()
     assert r.scores["memorisation"] == metrics["memorisation"]["share"]
     assert settings_record(study, run)["also"]["svc"]["kind"] == "svc"
+
+
+def test_a_sampling_without_steps_runs_and_is_skipped_when_done(ds, tmp_path, monkeypatch):
+    """[sample] without steps (the sampler's default): sampled once, recorded with the steps it
+    ran, recognised as done the next time."""
+    lines: list[str] = []
+    tools = Tools(Narrator(lines.append), progress=False, extractor=TinyExtractor())
+    base = tiny_run()
+    run = RunSpec(base.name, base.training, "ddim-default", base.config, SampleSettings(n=2))
+    spec = tiny_spec(tmp_path / "study", ds)
+    study = prepare_study(spec, ensure_data(spec, tools), tools, judge_needed=True)
+    (first,) = run_study(study, [run], tools)
+    assert first.ok, first.error
+    timesteps = run.config.diffusion.timesteps
+    record = results.read_json(run.sample_dir(study.out) / layout.SAMPLES_JSON)
+    assert record["steps"] == min(DEFAULT_SAMPLE_STEPS, timesteps)
+    assert any(f"ddim {record['steps']} steps" in line for line in lines), lines
+    results.result_path(run.sample_dir(study.out)).unlink()  # the row is redone, not its stages
+    calls = Calls(monkeypatch)
+    (second,) = run_study(study, [run], tools)
+    assert second.ok and "sample_to_folder" not in calls.seen

@@ -20,7 +20,7 @@ from diffscape.core.timefmt import duration
 from diffscape.data.dataset import load_dataset
 from diffscape.report import build_report
 from diffscape.settings.presets import resolve
-from diffscape.settings.sections import DemoSettings, JudgeSettings
+from diffscape.settings.sections import DEFAULT_SAMPLE_STEPS, DemoSettings, JudgeSettings
 from diffscape.study import results, stages
 from diffscape.study.launch import run_study
 from diffscape.study.narrate import Narrator, Tools, pct
@@ -74,7 +74,7 @@ def after_training_seconds(s: DemoSettings, classes: int, inception_rate: float)
     images, e = s.sample.n * classes, s.evaluate
     n = min(images, e.n or images)
     return (
-        stages.sample_seconds(images, s.sample, guided=True)
+        stages.sample_seconds(images, s.sample.steps or DEFAULT_SAMPLE_STEPS, s.sample.guidance)
         + stages.evaluate_seconds(e, n, e.n_real, e.floor, inception_rate)
         + 15
     )

@@ -52,10 +52,11 @@ def fid_kid(
 INCEPTION_IMAGES_PER_SECOND = 3.5  # 2 CPU cores, 299x299 (the floor stage measures it anew)
 
 
-def sample_seconds(images: int, s: SampleSettings, guided: bool) -> float:
-    """Estimated seconds to sample ``images``: DPM-Solver++ on the tiny model makes ~250
-    image-steps/s on 2 cores, half that with guidance (two network calls a step)."""
-    return images * s.steps * (2 if guided and s.guidance not in (0.0, 1.0) else 1) / 250
+def sample_seconds(images: int, steps: int, guidance: float | None) -> float:
+    """Estimated seconds to sample ``images`` in ``steps``: DPM-Solver++ on the tiny model makes
+    ~250 image-steps/s on 2 cores, half that when w guides (two network calls a step; None: an
+    unconditional model)."""
+    return images * steps * (1 if guidance in (None, 0.0, 1.0) else 2) / 250
 
 
 def evaluate_seconds(
@@ -129,6 +130,7 @@ def sample_stage(study: Study, run: RunSpec, tools: Tools) -> dict[str, Any]:
     already describes these settings and the latest checkpoint."""
     from diffscape.checkpoint import latest_checkpoint
     from diffscape.data.dataset import load_dataset
+    from diffscape.model import diffusion
     from diffscape.sample import sample_to_folder
 
     s, cond, nar = _sampling(run), run.config.model.conditional, tools.narrator
@@ -142,8 +144,10 @@ def sample_stage(study: Study, run: RunSpec, tools: Tools) -> dict[str, Any]:
         (out_dir / layout.RESULT_JSON).unlink(missing_ok=True)
     classes = "per class" if cond else "in all"
     images = s.n * (load_dataset(study.data).num_classes if cond else 1)
-    nar.start("sample", f"{s.n} {classes}, {s.sampler} {s.steps} steps, w={s.guidance:g}",
-              eta=sample_seconds(images, s, cond), who=run.name)  # fmt: skip
+    steps = diffusion.sampler_steps(run.config.diffusion.timesteps, s.sampler, s.steps)
+    eta = sample_seconds(images, steps, s.guidance if cond else None)
+    nar.start("sample", f"{s.n} {classes}, {s.sampler} {steps} steps, w={s.guidance:g}",
+              eta=eta, who=run.name)  # fmt: skip
     record = sample_to_folder(
         run.train_dir(study.out), out_dir, _sampling(run), per_class=cond,
         progress=tools.progress, overwrite=True,
