@@ -46,8 +46,9 @@ def interpolate(
     the sampler's default."""
     if sampler == "ddpm":
         raise DiffscapeError("interpolation needs a deterministic sampler: ddim or dpm")
-    s = sample_settings(None, {"sampler": sampler, "steps": steps, "guidance": guidance})
-    sample_settings(None, {"seed": seed_a})
+    s = sample_settings(
+        None, {"sampler": sampler, "steps": steps, "guidance": guidance, "seed": seed_a}
+    )
     sample_settings(None, {"seed": seed_b})
     if isinstance(frames, bool) or not isinstance(frames, int) or not 2 <= frames <= MAX_FRAMES:
         raise DiffscapeError(f"frames {frames!r}: give 2..{MAX_FRAMES} images in the row")

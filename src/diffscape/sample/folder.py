@@ -23,7 +23,7 @@ from diffscape.core.errors import DiffscapeError
 from diffscape.core.timefmt import duration
 from diffscape.data.imagefolder import read_image, to_pil
 from diffscape.model import diffusion
-from diffscape.sample.generate import grid_image, iter_images, sample_settings
+from diffscape.sample.generate import default_batch, grid_image, iter_images, sample_settings
 from diffscape.sample.load import LoadedModel, load_for_sampling
 from diffscape.settings.sections import SampleSettings
 
@@ -138,9 +138,6 @@ def sample_to_folder(
                 )
             p = make_plan(model, s.n, per_class, classes)
             record = samples_record(model, p, s, per_class)
-            if s.batch is None:
-                cuda = next(model.unet.parameters()).device.type == "cuda"
-                s = s.with_changes(batch=256 if cuda else 64)
             todo = resume_partial(partial, record, p, say)
             if len(todo):
                 say(estimate(model, p, len(todo), record, s, partial))
@@ -314,7 +311,7 @@ def estimate(
         )
     calls_per_batch = record["steps"] * (2 if record["sampler"] == "heun" else 1)
     both = model.cfg.model.conditional and s.guidance not in (0.0, 1.0)  # cond, uncond: one call
-    batch = s.batch or 64
+    batch = s.batch or default_batch(unet)
     b = min(batch, todo) * (2 if both else 1)
     device = next(unet.parameters()).device
     x = torch.zeros((b, 3, size, size), device=device)

@@ -141,9 +141,9 @@ def iter_images(
     progress: bool = True,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """(position of the batch's first pair, its images as uint8 (B, 3, H, W)) for the (class,
-    index) ``pairs``, ``s.batch`` (64 when None) at a time: memory holds one batch whatever the
-    number of images."""
-    conditional, batch = cfg.model.conditional, s.batch or 64
+    index) ``pairs``, ``s.batch`` (:func:`default_batch` when None) at a time: memory holds one
+    batch whatever the number of images."""
+    conditional, batch = cfg.model.conditional, s.batch or default_batch(unet)
     size, null = cfg.model.image_size, null_class(cfg.model)
     desc = f"sample ({s.sampler})"
     bar = tqdm(total=len(pairs), desc=desc, unit="img", dynamic_ncols=True, disable=not progress)
@@ -166,6 +166,11 @@ def iter_images(
     finally:
         bar.close()
         unet.train(was_training)
+
+
+def default_batch(unet: UNet2DModel) -> int:
+    """Images denoised together when ``sample.batch`` is none: 256 on a GPU, 64 on a CPU."""
+    return 256 if next(unet.parameters()).device.type == "cuda" else 64
 
 
 def grid_image(images: np.ndarray, row_names: Sequence[str], per_row: int):  # noqa: ANN201

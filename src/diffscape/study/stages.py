@@ -149,7 +149,7 @@ def sample_stage(study: Study, run: RunSpec, tools: Tools) -> dict[str, Any]:
     nar.start("sample", f"{s.n} {classes}, {s.sampler} {steps} steps, w={s.guidance:g}",
               eta=eta, who=run.name)  # fmt: skip
     record = sample_to_folder(
-        run.train_dir(study.out), out_dir, _sampling(run), per_class=cond,
+        run.train_dir(study.out), out_dir, s, per_class=cond,
         progress=tools.progress, overwrite=True,
     )  # fmt: skip
     nar.done(f"{record['n']} images in {out_dir}")
