@@ -1,3 +1,15 @@
+"""The training step: the pure pieces (LR, EMA, flips, the loss) and :func:`train_step`, the
+one copy of the step (``train()`` runs it; the benchmarks time it).
+
+Every random draw of a step comes from ``parts.gen`` (flips, noise, timesteps, label dropout),
+whose state is checkpointed, and the LR is a pure function of the step (and, with a wall-clock
+budget, of the seconds trained, which are checkpointed too): what exact resume needs.
+
+The step does not wait for the device: a non-finite step is skipped on the device (fused AdamW's
+``found_inf``, an EMA weight of 0), and the loop reads the steps' flags and losses once per
+logging window, checkpoint or stop (``TrainLogger.settle``).
+"""
+
 from __future__ import annotations
 
 import math
