@@ -58,6 +58,9 @@ VARIANTS: dict[str, tuple[dict[str, str], list[str], str]] = {
     # the CPU has it natively), threads by the load (train.threads=0, re-read every 5 s)
     "new": ({}, ["train.precision=auto", "train.threads=0"], "new default: spin, auto, adaptive"),
     "new-fixed": ({}, ["train.precision=auto"], "new default without adapting threads"),
+    # one process per core, one thread each, the batch split between them (DDP over gloo):
+    # launched by torchrun (PROCESSES below)
+    "ddp2": ({"OMP_NUM_THREADS": "1"}, ["train.precision=auto"], "2 processes x 1 thread, auto"),
     "compile": (PASSIVE, ["train.compile=true"], "torch.compile (inductor)"),
     "compile-spin-bf16": (
         {"GOMP_SPINCOUNT": "10000"},
@@ -70,6 +73,18 @@ VARIANTS: dict[str, tuple[dict[str, str], list[str], str]] = {
         "torch.compile + bf16",
     ),
 }
+PROCESSES = {"ddp2": 2}  # variants run as several processes (torchrun --standalone)
+
+
+def _stop(flag: bool, world: int) -> bool:
+    """Whether every process stops now (all must run the same steps: DDP syncs each step)."""
+    if world == 1:
+        return flag
+    import torch
+
+    t = torch.tensor([1.0 if flag else 0.0])
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item())
 
 
 def child(overrides: list[str], seconds: float, warmup: int) -> dict:
@@ -105,8 +120,8 @@ def child(overrides: list[str], seconds: float, warmup: int) -> dict:
         cores.check()
     float(parts.model.conv_in.weight.sum())
     start_s = time.time() - float(os.environ["BENCH_T0"])  # since the parent started us
-    t0, steps = time.perf_counter(), 0
-    while time.perf_counter() - t0 < seconds:
+    t0, steps, world = time.perf_counter(), 0, acc.num_processes
+    while not _stop(time.perf_counter() - t0 >= seconds, world):
         train_step(parts, state, data)
         cores.check()
         steps += 1
@@ -128,6 +143,9 @@ def run_one(name: str, kind: str, seconds: float, warmup: int) -> dict:
     env.update(env_extra, **(AVX2 if kind == "avx2" else {}))
     env["BENCH_T0"] = repr(time.time())
     cmd = [sys.executable, __file__, "--child", json.dumps([overrides, seconds, warmup])]
+    if name in PROCESSES:
+        cmd[1:1] = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                    str(PROCESSES[name])]  # fmt: skip
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if out.returncode:
         raise SystemExit(f"{name}/{kind} failed:\n{out.stderr[-3000:]}")
@@ -155,7 +173,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=HERE / "results" / "cpu-speed.json")
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(*json.loads(args.child))))
+        r = child(*json.loads(args.child))
+        if os.environ.get("RANK", "0") == "0":
+            print(json.dumps(r))
         return
     rows: dict[tuple[str, str, str], list[dict]] = {}
     for rep in range(args.repeats):

@@ -38,7 +38,12 @@ ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", "PYTH
 
 @pytest.fixture(scope="module")
 def ds(tmp_path_factory):
-    return colour_dataset(tmp_path_factory.mktemp("data") / "ds", n_train=40)
+    d = colour_dataset(tmp_path_factory.mktemp("data") / "ds", n_train=40)
+    # The first training in a process may differ from later identical ones in the last bits on
+    # two threads (an AMX VM, 2026-12-06: fp32 and bf16 alike; one thread never did): the
+    # exactness tests compare later ones, whatever ran before them.
+    train(cfg("train.steps=1"), d.root, tmp_path_factory.mktemp("warm") / "r", progress=False)
+    return d
 
 
 def cfg(*extra):

@@ -155,10 +155,13 @@ def guidance_at(w: float, interval: tuple[float, float] | None, alpha_bar: float
 
 
 def drop_labels(
-    labels: torch.Tensor, p: float, null_class: int, generator: torch.Generator
-) -> torch.Tensor:
-    """Replace each label by the "no class" token with probability ``p`` (per sample)."""
+    labels: torch.Tensor, p: float, null_class: int, generator: torch.Generator,
+    whole: int | None = None, share: slice = slice(None),
+) -> torch.Tensor:  # fmt: skip
+    """Replace each label by the "no class" token with probability ``p`` (per sample): one draw
+    per sample of the whole batch (``whole``; default: ``labels``'), of which ``labels`` is the
+    ``share``."""
     if p <= 0:
         return labels
-    u = torch.rand(labels.shape, generator=generator, device=generator.device)
+    u = torch.rand(whole or labels.shape[0], generator=generator, device=generator.device)[share]
     return torch.where(u.to(labels.device) < p, torch.full_like(labels, null_class), labels)

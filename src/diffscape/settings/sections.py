@@ -166,6 +166,16 @@ class TrainConfig(Settings):
         description="CPU threads of the training step; 0 = auto: every core while other "
         "processes leave them idle, one while another keeps a core busy (read every 5 s)",
     )  # fmt: skip
+    # One thread per process, the batch split (DDP over gloo): tiny on 2 AMX cores 81 img/s
+    # against 62 for one process on two threads (bench/cpu_speed.py "ddp2", docs/benchmarks.md;
+    # diffscape.train.processes). Like threads, a speed option: what is computed is the same.
+    processes: int = Field(
+        0, ge=0, le=4096,
+        description="CPU training processes of one thread each, the batch split between them "
+        "(torch's elastic launcher, DDP); 0 = auto: one per core (at least 8 images each) "
+        "while other processes leave the cores idle, else 1. Not under accelerate "
+        "launch/torchrun or on a GPU",
+    )  # fmt: skip
     compile: bool = Field(False, description="torch.compile the UNet")
     # The whole uint8 split on the training device, gathered there each step with the step's
     # draws on a device generator: no host work or copies per step (issue 17).

@@ -82,8 +82,9 @@ RECORDED = {"evaluate": EvaluateSettings, "sample": SampleSettings, "config": Ru
 def upgraded(record: Any) -> Any:
     """A settings record (result.json's, metrics.json's, train.json's) written before settings
     were added (the evaluate command's per_class, seed, batch, ...; sample.guidance_interval;
-    train.log_with, threads): they read as their defaults, which are what that run used; so a
-    re-run skips what it finished."""
+    train.log_with, threads, processes): they read as their defaults, which are what that run
+    used (or, for the speed options threads and processes, compute the same); so a re-run skips
+    what it finished."""
     if not isinstance(record, dict):
         return record
     out = dict(record)

@@ -16,20 +16,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from accelerate import Accelerator
 
 from diffscape.checkpoint import TrainingState, latest_checkpoint
 from diffscape.core import atomic, layout
-from diffscape.core.errors import DiffscapeError
+from diffscape.core.errors import DiffscapeError, TrainingInterrupted
 from diffscape.data.dataset import Dataset, load_dataset
 from diffscape.data.source import BatchSource, make_source
 from diffscape.model.unet import count_parameters
 from diffscape.sample.generate import generate_images, grid_image
 from diffscape.settings.sections import RunConfig
 from diffscape.train.logger import TrainLogger, trackers, truncate_metrics
+from diffscape.train.processes import launch, portable, process_count
 from diffscape.train.resume import checkpoint_to_resume, lock_run_dir, resume_state, run_info, save
 from diffscape.train.setup import (
     build_model,
@@ -42,14 +43,6 @@ from diffscape.train.setup import (
 from diffscape.train.step import StepParts, train_step
 
 StoppedBy = Literal["steps", "budget"]
-
-
-class TrainingInterrupted(DiffscapeError):
-    """SIGINT/SIGTERM: the run saved a checkpoint and stopped; the message says how to resume."""
-
-    def __init__(self, message: str, signum: int) -> None:
-        super().__init__(message)
-        self.signum = signum
 
 
 class NonFiniteLossError(DiffscapeError):
@@ -73,14 +66,16 @@ class TrainOutcome:
 
 
 class _StopFlag:
-    """Set by SIGINT/SIGTERM; the loop checks it between steps."""
+    """Set by SIGINT/SIGTERM/SIGUSR2; the loop checks it between steps."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
         self._old: dict[int, object] = {}
 
     def __enter__(self) -> _StopFlag:
-        for s in (signal.SIGINT, signal.SIGTERM):
+        # SIGUSR2: Slurm's warning before the time limit, which a study's job passes on as
+        # SIGTERM; with train.processes the launcher passes it on as it came.
+        for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGUSR2", signal.SIGTERM)):
             # Not the main thread (e.g. a notebook worker): no handler, Ctrl-C interrupts.
             with contextlib.suppress(ValueError):
                 self._old[s] = signal.signal(s, self._handle)
@@ -143,7 +138,7 @@ def train(
     on_log: Callable[[dict], None] | None = None,
 ) -> TrainOutcome:  # fmt: skip
     """Train (or continue) a DDPM on a dataset folder or a loaded Dataset; returns where the
-    final checkpoint is.
+    final checkpoint is. On a CPU, in ``train.processes`` processes (:mod:`.processes`).
 
     ``resume=None`` continues automatically when ``run_dir`` holds a checkpoint, ``True``
     requires one, ``False`` refuses to touch a run folder that has one. Training ends at
@@ -155,6 +150,16 @@ def train(
     run_dir = Path(run_dir)
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
     cfg = prepare_config(cfg, ds)  # the only place: a caller passes the config as resolved
+    if on_log is None and (n := process_count(cfg, cpu)) > 1:  # train.processes
+        return launch(n, _worker, (cfg, str(ds.root), str(run_dir), resume, progress), run_dir)
+    return _train_here(cfg, ds, run_dir, resume, progress, cpu, on_log, t_start)
+
+
+def _train_here(
+    cfg: RunConfig, ds: Dataset, run_dir: Path, resume: bool | None, progress: bool,
+    cpu: bool | None, on_log: Callable[[dict], None] | None, t_start: float,
+) -> TrainOutcome:  # fmt: skip
+    """:func:`train` in this process (one of several when launched: ``WORLD_SIZE``)."""
     t = cfg.train
     budget = 60 * t.minutes if t.minutes > 0 else math.inf
     with contextlib.ExitStack() as stack:
@@ -234,6 +239,16 @@ def _write_run_files(
         truncate_metrics(run_dir / layout.METRICS_JSONL, step)
     accelerator.wait_for_everyone()
     return info
+
+
+def _worker(cfg: RunConfig, dataset: str, run_dir: str, resume: bool | None, progress: bool) -> Any:
+    """One of ``train.processes``' processes: its training, or its error returned (raised by
+    :func:`~diffscape.train.processes.launch` as one line) rather than raised into the
+    launcher, which would print its own report."""
+    try:
+        return train(cfg, dataset, run_dir, resume=resume, progress=progress, cpu=True)
+    except BaseException as e:  # noqa: BLE001 - passed back whole
+        return portable(e)
 
 
 def _interrupted(

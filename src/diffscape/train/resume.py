@@ -77,24 +77,30 @@ def resume_state(
     gen: torch.Generator, rank: int, seed: int,
 ) -> tuple[TrainingState, str | None]:  # fmt: skip
     """Weights, optimizer, counters and this process's RNG states from ``ckpt``; and a note
-    when the step generator could not continue (the checkpoint's is of another device)."""
+    when the step generator could not continue (the checkpoint's is of another device).
+
+    Every process takes rank 0's step generator (they are the same; checkpoints written before
+    this rule had one per rank). A checkpoint of another process count continues too
+    (``train.processes=0`` decides by the load at each start): a rank it did not have seeds its
+    dropout stream from (seed, rank, step). Exact with the same count; with another, up to
+    float rounding (and dropout, where the model has any)."""
     state, saved = load_training_state(ckpt, model=model, ema=ema, optimizer=optimizer)
-    if f"torch_rank{rank}" not in saved:
-        raise DiffscapeError(
-            f"{ckpt} was written by a run with fewer processes; resume it with the same "
-            "number of processes"
-        )
     note = None
-    if gen_state_key(gen, rank) in saved:
-        gen.set_state(saved[gen_state_key(gen, rank)])
+    if gen_state_key(gen, 0) in saved:
+        gen.set_state(saved[gen_state_key(gen, 0)])
     else:
         # train.data_on_device resolved otherwise than in the run that saved (e.g. "auto" with
         # less free GPU memory): the data order is still exact, the noise draws go on from a seed
-        gen.manual_seed(int(np.random.SeedSequence([seed, rank, state.step]).generate_state(1)[0]))
+        gen.manual_seed(int(np.random.SeedSequence([seed, 0, state.step]).generate_state(1)[0]))
         note = (f"note: {ckpt.name} holds the step generator of another device (the batch source "
                 "changed, see train.data_on_device); the data order continues exactly, the "
                 "noise draws from a new seed")  # fmt: skip
-    torch.set_rng_state(saved[f"torch_rank{rank}"])
+    if f"torch_rank{rank}" in saved:
+        torch.set_rng_state(saved[f"torch_rank{rank}"])
+    else:
+        torch.manual_seed(
+            int(np.random.SeedSequence([seed, rank, state.step]).generate_state(1)[0])
+        )
     return state, note
 
 

@@ -90,11 +90,12 @@ def build_model(
 def step_generator(
     cfg: RunConfig, rank: int, device: torch.device | str = "cpu"
 ) -> torch.Generator:
-    """This process's generator for the step's draws, on ``device`` (where the batch source
-    makes its batches); also seeds its dropout stream (torch's global RNG). Both differ by rank.
-    On a CPU the same seed gives the same draws for either source."""
+    """The generator for the step's draws, on ``device`` (where the batch source makes its
+    batches): the same on every process (each draws for the whole batch and keeps its share);
+    also seeds this process's dropout stream (torch's global RNG), which differs by rank. On a
+    CPU the same seed gives the same draws for either source."""
     torch.manual_seed(cfg.train.seed * 1000 + rank + 7)
-    return torch.Generator(device=device).manual_seed(cfg.train.seed * 1000 + rank + 1)
+    return torch.Generator(device=device).manual_seed(cfg.train.seed * 1000 + 1)
 
 
 def step_parts(

@@ -76,9 +76,12 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, weight: float | tor
         torch._foreach_lerp_(e, m, [weight] * len(e))
 
 
-def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Flip each image left-right with probability 1/2 (one draw per image from ``gen``)."""
-    mask = torch.rand(x.shape[0], generator=gen, device=gen.device) < 0.5
+def random_flip(
+    x: torch.Tensor, gen: torch.Generator, whole: int | None = None, share: slice = slice(None)
+) -> torch.Tensor:
+    """Flip each image left-right with probability 1/2: one draw per image of the whole batch
+    (``whole`` images; default: ``x``'s) from ``gen``, of which ``x`` is the ``share``."""
+    mask = (torch.rand(whole or x.shape[0], generator=gen, device=gen.device) < 0.5)[share]
     return torch.where(mask.view(-1, 1, 1, 1), x.flip(-1), x)
 
 
@@ -128,19 +131,26 @@ class StepResult:
 def step_inputs(
     parts: StepParts, step: int, data: BatchSource
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """This process's share of the batch of ``step`` and its draws from ``parts.gen``, in this
-    order: flips, noise, timesteps, label dropout; made where the data is (``parts.gen`` is
+    """This process's share of the batch of ``step`` and of its draws from ``parts.gen``, in
+    this order: flips, noise, timesteps, label dropout; made where the data is (``parts.gen`` is
     there: :func:`~diffscape.train.setup.step_generator`), then moved to the training device (a
-    no-op for a :class:`DeviceSource`). Returns (x0, noise, t, labels)."""
+    no-op for a :class:`DeviceSource`). Returns (x0, noise, t, labels).
+
+    Every process draws for the whole batch (its generator is the same on all of them) and
+    keeps its share, as the data does: N processes train what one would, up to float rounding
+    (``train.processes``: :mod:`diffscape.train.processes`)."""
     cfg, t, acc, gen = parts.cfg, parts.cfg.train, parts.accelerator, parts.gen
     x0, y = data.batch(step, acc.process_index, acc.num_processes)
+    n, share = t.batch_size, slice(acc.process_index, None, acc.num_processes)
     if t.hflip:
-        x0 = random_flip(x0, gen)
-    noise = torch.randn(x0.shape, generator=gen, device=gen.device)
-    tt = torch.randint(0, cfg.diffusion.timesteps, (x0.shape[0],), generator=gen, device=gen.device)
+        x0 = random_flip(x0, gen, n, share)
+    noise = torch.randn((n, *x0.shape[1:]), generator=gen, device=gen.device)[share]
+    tt = torch.randint(0, cfg.diffusion.timesteps, (n,), generator=gen, device=gen.device)[share]
     class_labels = None
     if cfg.model.conditional:
-        class_labels = diffusion.drop_labels(y, t.label_dropout, null_class(cfg.model), gen)
+        class_labels = diffusion.drop_labels(
+            y, t.label_dropout, null_class(cfg.model), gen, n, share
+        )
         class_labels = class_labels.to(acc.device)
     x0, noise, tt = (v.to(acc.device) for v in (x0, noise, tt))
     return x0, noise, tt, class_labels

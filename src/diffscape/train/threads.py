@@ -71,6 +71,16 @@ class CoreSharing:
         torch.set_num_threads(self.found)
 
 
+def other_cores(seconds: float = 0.2) -> float | None:
+    """Cores that other processes keep busy, from a look of ``seconds``; None where /proc/stat
+    cannot be read."""
+    if not _readable():
+        return None
+    t0, busy0, own0 = time.perf_counter(), _busy_seconds(), _own_seconds()
+    time.sleep(seconds)
+    return ((_busy_seconds() - busy0) - (_own_seconds() - own0)) / (time.perf_counter() - t0)
+
+
 def _readable() -> bool:
     try:
         _busy_seconds()

@@ -1,0 +1,136 @@
+"""CPU training as several processes of one thread each (``train.processes``): :func:`train`
+starts them itself through torch's elastic launcher (what ``torchrun`` runs), each process
+trains its share of every batch, and DDP averages the gradients.
+
+Why (bench/cpu_speed.py "ddp2", docs/benchmarks.md "issue 26"): the tiny network's ops are too
+short for two OpenMP threads to share one batch well (they meet at every op), where two
+processes meet once per step (the gradients' all-reduce). Every process draws the random
+numbers of the whole batch and keeps its share (:func:`diffscape.train.step.step_inputs`), so
+N processes train what one would, up to float rounding.
+
+``train.processes=0`` (the default) decides at the start of each call: one process per
+core (as many as ``torch.get_num_threads()``: a study's job or ``OMP_NUM_THREADS`` narrows it)
+while other processes leave the cores idle, else one (whose threads then follow the load:
+:mod:`diffscape.train.threads`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pickle
+import signal
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diffscape.checkpoint import latest_checkpoint
+from diffscape.core.errors import DiffscapeError, TrainingInterrupted
+from diffscape.settings.engine import ConfigError
+from diffscape.settings.sections import RunConfig
+from diffscape.train.threads import BUSY, other_cores
+
+MIN_SHARE = 8  # images of the batch per process at least (measured: 2 processes of 8)
+
+
+def process_count(cfg: RunConfig, cpu: bool | None) -> int:
+    """How many processes :func:`diffscape.train.train` starts (``cpu`` as there: None picks the
+    device): 1 on a GPU, under a launcher
+    (``WORLD_SIZE`` set) or when the setting says so; ``train.processes`` when > 1; for 0,
+    one per core while the cores are idle (see the module's docstring)."""
+    t = cfg.train
+    on_cpu = bool(cpu) if cpu is not None else not torch.cuda.is_available()
+    if t.processes == 1 or not on_cpu or "WORLD_SIZE" in os.environ:
+        return 1
+    if t.processes > 1:
+        if t.batch_size % t.processes:
+            raise ConfigError(
+                f"train.processes {t.processes} must divide train.batch_size {t.batch_size}"
+            )
+        return t.processes
+    if t.threads or "OMP_NUM_THREADS" in os.environ:  # threads fixed: one process with them
+        return 1
+    cores = torch.get_num_threads()
+    n = max(
+        d for d in range(1, cores + 1) if t.batch_size % d == 0 and t.batch_size >= d * MIN_SHARE
+    )
+    return 1 if n > 1 and (other_cores() or 0.0) > BUSY else n
+
+
+def launch(n: int, worker: Callable[..., Any], args: tuple, run_dir: Path) -> Any:
+    """Run ``worker(*args)`` (a training into ``run_dir``) in ``n`` processes of one thread each
+    and return rank 0's result; an error they return is raised here (rank 0's first), without
+    the launcher's report. SIGTERM stops them as it stops one (each finishes its step, a checkpoint is saved);
+    Ctrl-C reaches them from the terminal: this process lets it pass."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    print(f"train: {n} processes of 1 thread each (train.processes)", file=sys.stderr)
+    config = LaunchConfig(
+        min_nodes=1, max_nodes=1, nproc_per_node=n, run_id=uuid.uuid4().hex,
+        rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
+        monitor_interval=0.1, start_method="spawn",
+        # SIGINT (Ctrl-C) reaches the processes from the terminal: not the launcher's to pass on
+        signals_to_handle="SIGTERM,SIGHUP,SIGQUIT",
+    )  # fmt: skip
+    try:
+        with _launch_environment():
+            outcomes = elastic_launch(config, worker)(*args)
+    except SignalException as e:
+        raise TrainingInterrupted(
+            f"stopped by {e.sigval.name}; saved {latest_checkpoint(run_dir) or 'nothing'}. Resume "
+            "with the same command", signum=int(e.sigval),
+        ) from None  # fmt: skip
+    except ChildFailedError as e:
+        raise DiffscapeError(f"a training process ended abnormally: {_failure(e)}") from None
+    first = next((outcomes[r] for r in sorted(outcomes) if isinstance(outcomes[r], BaseException)),
+                 outcomes[0])  # fmt: skip
+    if isinstance(first, BaseException):
+        raise first
+    return first
+
+
+def portable(e: BaseException) -> BaseException:
+    """``e`` if it can travel between processes (pickle), else its type and text."""
+    try:
+        pickle.dumps(e)
+        return e
+    except Exception:  # noqa: BLE001 - whatever made it unpicklable
+        return RuntimeError(f"{type(e).__name__}: {e}")
+
+
+@contextlib.contextmanager
+def _launch_environment() -> Iterator[None]:
+    """The processes' environment (one OpenMP thread each) and this process's signals: the
+    launcher turns SIGTERM into a SIGTERM to each process; SIGINT (Ctrl-C, which the terminal
+    sends to the processes too) is left to them. The launcher sets
+    TORCHELASTIC_SIGNALS_TO_HANDLE: restored after."""
+    saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "TORCHELASTIC_SIGNALS_TO_HANDLE")}
+    os.environ["OMP_NUM_THREADS"] = "1"
+    disabled = logging.root.manager.disable  # the launcher's warnings retell our one line
+    logging.disable(logging.WARNING)
+    old = None
+    with contextlib.suppress(ValueError):  # not the main thread: signals are not ours anyway
+        old = signal.signal(signal.SIGINT, lambda signum, frame: None)
+    try:
+        yield
+    finally:
+        logging.disable(disabled)
+        if old is not None:
+            signal.signal(signal.SIGINT, old)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _failure(e: Any) -> str:
+    rank, failure = e.get_first_failure()
+    return f"rank {rank} exit code {failure.exitcode}"

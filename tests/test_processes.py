@@ -1,0 +1,109 @@
+"""train.processes: CPU training in several processes started by train() itself (torch's
+elastic launcher). Two processes train what one does (up to float rounding), a run continues
+with another process count, a worker's error comes back as one line; the auto rule."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from fixtures_data import colour_dataset
+from safetensors.torch import load_file
+
+from diffscape import checkpoint
+from diffscape.core.errors import DiffscapeError
+from diffscape.settings import presets
+from diffscape.settings.engine import ConfigError
+from diffscape.train import processes, train
+
+SMALL = [
+    "model.channels=[16, 32]",
+    "model.attention_resolutions=[16]",
+    "model.conditional=true",
+    "model.dropout=0.0",  # dropout draws per process: the one thing that differs by count
+    "train.batch_size=8",
+    "train.precision=fp32",
+    "train.log_every_steps=1",
+    "train.sample_every_steps=0",
+    "train.warmup_steps=2",
+    "train.lr_schedule=constant",
+    "train.checkpoint_every_steps=0",
+]
+
+
+def cfg(*extra):
+    return presets.resolve("tiny", SMALL + list(extra))
+
+
+def losses(run: Path) -> list[float]:
+    return [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def ema(run: Path) -> dict[str, torch.Tensor]:
+    ck = checkpoint.latest_checkpoint(run)
+    return load_file(ck / "ema" / "diffusion_pytorch_model.safetensors")
+
+
+@pytest.mark.timeout(600)
+def test_two_processes_train_what_one_does_and_a_run_changes_count(tmp_path):
+    ds = colour_dataset(tmp_path / "ds", n_train=40)
+    one = train(cfg("train.steps=8", "train.processes=1"), ds.root, tmp_path / "one",
+                progress=False)  # fmt: skip
+    assert one.processes == 1
+    # 4 steps in two processes, then on to 8 in one: the same run as one process throughout
+    two = train(cfg("train.steps=4", "train.processes=2"), ds.root, tmp_path / "mixed",
+                progress=False)  # fmt: skip
+    assert (two.processes, two.steps, two.main_process) == (2, 4, True)
+    records = [
+        json.loads(x) for x in (tmp_path / "mixed" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [r["step"] for r in records] == [1, 2, 3, 4] and records[0]["processes"] == 2
+    rest = train(cfg("train.steps=8", "train.processes=1"), ds.root, tmp_path / "mixed",
+                 progress=False)  # fmt: skip
+    assert (rest.processes, rest.steps) == (1, 8)
+    assert losses(tmp_path / "mixed") == pytest.approx(losses(tmp_path / "one"), rel=1e-4)
+    a, b = ema(tmp_path / "one"), ema(tmp_path / "mixed")
+    assert a.keys() == b.keys()
+    for k in a:  # Adam's normalised steps amplify rounding: within 5% of one step (lr 2e-3)
+        torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=1e-4)
+    # a different seed is a different run: the comparison above can fail
+    other = tmp_path / "seed1"
+    train(cfg("train.steps=2", "train.processes=1", "train.seed=1"), ds.root, other,
+          progress=False)  # fmt: skip
+    assert losses(other)[:2] != pytest.approx(losses(tmp_path / "one")[:2], rel=1e-4)
+
+    # an error in the processes comes back as the error they raised, not a launcher report
+    with pytest.raises(DiffscapeError, match="already holds checkpoints; use --resume"):
+        train(cfg("train.steps=9", "train.processes=2"), ds.root, tmp_path / "one",
+              resume=False, progress=False)  # fmt: skip
+
+
+def test_how_many_processes(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    load = {"others": 0.0}
+    monkeypatch.setattr(processes, "other_cores", lambda: load["others"])
+    auto = presets.resolve("tiny", ["train.batch_size=16"])
+    assert auto.train.processes == 0  # the default: decided by the load
+    assert processes.process_count(auto, cpu=True) == 2  # quiet: one per core
+    assert processes.process_count(auto, cpu=False) == 1  # a GPU
+    load["others"] = 0.9
+    assert processes.process_count(auto, cpu=True) == 1  # a busy neighbour: one process
+    load["others"] = 0.0
+    small = auto.with_changes(train={"batch_size": 8})
+    assert processes.process_count(small, cpu=True) == 1  # 8 images: too few to split
+    fixed = auto.with_changes(train={"threads": 2})
+    assert processes.process_count(fixed, cpu=True) == 1  # threads fixed by the user
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    assert processes.process_count(auto, cpu=True) == 2  # 16 images: at most 2 of 8
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert processes.process_count(auto, cpu=True) == 1
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # already under a launcher
+    assert processes.process_count(auto, cpu=True) == 1
+    monkeypatch.delenv("WORLD_SIZE")
+    three = auto.with_changes(train={"processes": 3})
+    with pytest.raises(ConfigError, match="train.processes 3 must divide train.batch_size 16"):
+        processes.process_count(three, cpu=True)
+    assert processes.process_count(auto.with_changes(train={"processes": 4}), cpu=True) == 4
