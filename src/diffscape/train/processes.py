@@ -35,14 +35,14 @@ from diffscape.settings.engine import ConfigError
 from diffscape.settings.sections import RunConfig
 from diffscape.train.threads import BUSY, other_cores
 
-MIN_SHARE = 8  # images of the batch per process at least (measured: 2 processes of 8)
+MIN_SHARE = 8  # images of the batch per process at least (measured: 16 as 2 x 8; no fewer)
 
 
 def process_count(cfg: RunConfig, cpu: bool | None) -> int:
     """How many processes :func:`diffscape.train.train` starts (``cpu`` as there: None picks the
-    device): 1 on a GPU, under a launcher
-    (``WORLD_SIZE`` set) or when the setting says so; ``train.processes`` when > 1; for 0,
-    one per core while the cores are idle (see the module's docstring)."""
+    device): 1 on a GPU, under a launcher (``WORLD_SIZE`` set) or when the setting says so;
+    ``train.processes`` when > 1; for 0, one per core while the cores are idle (see the
+    module's docstring)."""
     t = cfg.train
     on_cpu = bool(cpu) if cpu is not None else not torch.cuda.is_available()
     if t.processes == 1 or not on_cpu or "WORLD_SIZE" in os.environ:
@@ -65,8 +65,8 @@ def process_count(cfg: RunConfig, cpu: bool | None) -> int:
 def launch(n: int, worker: Callable[..., Any], args: tuple, run_dir: Path) -> Any:
     """Run ``worker(*args)`` (a training into ``run_dir``) in ``n`` processes of one thread each
     and return rank 0's result; an error they return is raised here (rank 0's first), without
-    the launcher's report. SIGTERM stops them as it stops one (each finishes its step, a checkpoint is saved);
-    Ctrl-C reaches them from the terminal: this process lets it pass."""
+    the launcher's report. SIGTERM stops them as it stops one process (the step in progress
+    finishes, a checkpoint is saved); Ctrl-C reaches them from the terminal directly."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
