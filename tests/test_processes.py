@@ -78,6 +78,21 @@ def test_two_processes_train_what_one_does_and_a_run_changes_count(tmp_path):
               resume=False, progress=False)  # fmt: skip
 
 
+@pytest.mark.timeout(600)
+def test_two_processes_resume_exactly(tmp_path):
+    """The default on an idle 2-core CPU: two processes of one thread; a run stopped after 3
+    steps and continued (new processes) has the uninterrupted run's losses, bit for bit."""
+    ds = colour_dataset(tmp_path / "ds", n_train=40)
+    two = ("train.processes=2", "model.dropout=0.1")  # dropout: each rank's stream resumes too
+    train(cfg("train.steps=6", *two), ds.root, tmp_path / "a", progress=False)
+    train(cfg("train.steps=3", *two), ds.root, tmp_path / "b", progress=False)
+    train(cfg("train.steps=6", *two), ds.root, tmp_path / "b", progress=False)
+    assert len(losses(tmp_path / "a")) == 6
+    assert losses(tmp_path / "b") == losses(tmp_path / "a")
+    assert ema(tmp_path / "b").keys() == ema(tmp_path / "a").keys()
+    assert all(torch.equal(ema(tmp_path / "b")[k], v) for k, v in ema(tmp_path / "a").items())
+
+
 def test_how_many_processes(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
