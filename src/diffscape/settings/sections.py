@@ -166,9 +166,10 @@ class TrainConfig(Settings):
         description="CPU threads of the training step; 0 = auto: every core while other "
         "processes leave them idle, one while another keeps a core busy (read every 5 s)",
     )  # fmt: skip
-    # One thread per process, the batch split (DDP over gloo): tiny on 2 AMX cores 81 img/s
-    # against 62 for one process on two threads (bench/cpu_speed.py "ddp2", docs/benchmarks.md;
-    # diffscape.train.processes). Like threads, a speed option: what is computed is the same.
+    # One thread per process, the batch split (DDP over gloo): tiny on 2 AMX cores, 77 img/s
+    # against one two-thread process's 66 on a noisy hour, 113 against 110 on a quiet one
+    # (bench/cpu_speed.py "ddp2", docs/benchmarks.md; diffscape.train.processes). Like threads,
+    # a speed option: what is computed is the same up to float rounding.
     processes: int = Field(
         0, ge=0, le=4096,
         description="CPU training processes of one thread each, the batch split between them "
