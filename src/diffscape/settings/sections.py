@@ -174,8 +174,8 @@ class TrainConfig(Settings):
         0, ge=0, le=4096,
         description="CPU training processes of one thread each, the batch split between them "
         "(torch's elastic launcher, DDP); 0 = auto: one per core (at least 8 images each) "
-        "while other processes leave the cores idle, else 1. Not under accelerate "
-        "launch/torchrun or on a GPU",
+        "while other processes leave the cores idle, else 1 (also when train.threads or "
+        "OMP_NUM_THREADS fixes the threads). Not under accelerate launch/torchrun or on a GPU",
     )  # fmt: skip
     compile: bool = Field(False, description="torch.compile the UNet")
     # The whole uint8 split on the training device, gathered there each step with the step's
