@@ -61,6 +61,11 @@ VARIANTS: dict[str, tuple[dict[str, str], list[str], str]] = {
     # one process per core, one thread each, the batch split between them (DDP over gloo):
     # launched by torchrun (PROCESSES below)
     "ddp2": ({"OMP_NUM_THREADS": "1"}, ["train.precision=auto"], "2 processes x 1 thread, auto"),
+    "ddp2-cl": (
+        {"OMP_NUM_THREADS": "1"},
+        ["train.precision=auto", "train.channels_last=true"],
+        "2 processes x 1 thread, auto, NHWC",
+    ),
     "compile": (PASSIVE, ["train.compile=true"], "torch.compile (inductor)"),
     "compile-spin-bf16": (
         {"GOMP_SPINCOUNT": "10000"},
@@ -73,7 +78,7 @@ VARIANTS: dict[str, tuple[dict[str, str], list[str], str]] = {
         "torch.compile + bf16",
     ),
 }
-PROCESSES = {"ddp2": 2}  # variants run as several processes (torchrun --standalone)
+PROCESSES = {"ddp2": 2, "ddp2-cl": 2}  # variants run as several processes (torchrun --standalone)
 
 
 def _stop(flag: bool, world: int) -> bool:
