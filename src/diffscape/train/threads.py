@@ -48,16 +48,15 @@ class CoreSharing:
         auto = threads == 0 and "OMP_NUM_THREADS" not in os.environ
         self.active = auto and device.type == "cpu" and self.full > 1 and _readable()
         if self.active:  # decided at once from a short look, then every EVERY_S seconds
-            self.t0, self.busy0, self.own0 = time.perf_counter(), _busy_seconds(), _own_seconds()
+            self.last = _look()
             time.sleep(0.2)
             self.check(every=0.0)
 
     def check(self, every: float = EVERY_S) -> None:
-        if not self.active or time.perf_counter() - self.t0 < every:
+        if not self.active or time.perf_counter() - self.last[0] < every:
             return
-        now, busy, own = time.perf_counter(), _busy_seconds(), _own_seconds()
-        others = ((busy - self.busy0) - (own - self.own0)) / (now - self.t0)
-        self.t0, self.busy0, self.own0 = now, busy, own
+        now = _look()
+        others, self.last = _others(self.last, now), now
         current = torch.get_num_threads()
         if others > BUSY and current > 1:
             torch.set_num_threads(1)
@@ -76,9 +75,19 @@ def other_cores(seconds: float = 0.2) -> float | None:
     cannot be read."""
     if not _readable():
         return None
-    t0, busy0, own0 = time.perf_counter(), _busy_seconds(), _own_seconds()
+    first = _look()
     time.sleep(seconds)
-    return ((_busy_seconds() - busy0) - (_own_seconds() - own0)) / (time.perf_counter() - t0)
+    return _others(first, _look())
+
+
+def _look() -> tuple[float, float, float]:
+    """(wall clock, CPU seconds of the machine, CPU seconds of this process)."""
+    return time.perf_counter(), _busy_seconds(), _own_seconds()
+
+
+def _others(before: tuple[float, float, float], now: tuple[float, float, float]) -> float:
+    """Cores kept busy by other processes between two looks."""
+    return ((now[1] - before[1]) - (now[2] - before[2])) / (now[0] - before[0])
 
 
 def _readable() -> bool:
