@@ -20,6 +20,12 @@ from diffscape.settings.sections import RunConfig
 from diffscape.train.step import StepParts, train_step
 
 
+def trains_on_cpu(cpu: bool | None) -> bool:
+    """Whether training runs on the CPU: ``cpu`` when given (``--cpu``), else when there is no
+    GPU."""
+    return bool(cpu) if cpu is not None else not torch.cuda.is_available()
+
+
 def make_accelerator(
     cfg: RunConfig, cpu: bool | None = None, trackers: list[GeneralTracker] | None = None
 ) -> Accelerator:
@@ -29,7 +35,7 @@ def make_accelerator(
     t = cfg.train
     if t.precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("train.precision: fp16 needs a CUDA GPU; use bf16 or fp32 on a CPU")
-    on_cpu = bool(cpu) if cpu is not None else not torch.cuda.is_available()
+    on_cpu = trains_on_cpu(cpu)
     precision = resolve_precision(
         t.precision, "cpu" if on_cpu else "cuda", on_cpu and cpu_has_bf16()
     )
