@@ -3,6 +3,7 @@ elastic launcher). Two processes train what one does (up to float rounding), a r
 with another process count, a worker's error comes back as one line; the auto rule."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -51,8 +52,10 @@ def test_two_processes_train_what_one_does_and_a_run_changes_count(tmp_path):
                 progress=False)  # fmt: skip
     assert one.processes == 1
     # 4 steps in two processes, then on to 8 in one: the same run as one process throughout
+    env = dict(os.environ)
     two = train(cfg("train.steps=4", "train.processes=2"), ds.root, tmp_path / "mixed",
                 progress=False)  # fmt: skip
+    assert dict(os.environ) == env  # the launch's environment (and the launcher's) undone
     assert (two.processes, two.steps, two.main_process) == (2, 4, True)
     records = [
         json.loads(x) for x in (tmp_path / "mixed" / "metrics.jsonl").read_text().splitlines()

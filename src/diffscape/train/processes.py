@@ -28,6 +28,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import torch
 
@@ -35,6 +36,7 @@ from diffscape.checkpoint import latest_checkpoint
 from diffscape.core.errors import DiffscapeError, TrainingInterrupted
 from diffscape.settings.engine import ConfigError
 from diffscape.settings.sections import RunConfig
+from diffscape.train.setup import trains_on_cpu
 from diffscape.train.threads import BUSY, other_cores
 
 MIN_SHARE = 8  # images of the batch per process at least (measured: 16 as 2 x 8; no fewer)
@@ -46,8 +48,7 @@ def process_count(cfg: RunConfig, cpu: bool | None) -> int:
     ``train.processes`` when > 1; for 0, one per core while the cores are idle (see the
     module's docstring)."""
     t = cfg.train
-    on_cpu = bool(cpu) if cpu is not None else not torch.cuda.is_available()
-    if t.processes == 1 or not on_cpu or "WORLD_SIZE" in os.environ:
+    if t.processes == 1 or not trains_on_cpu(cpu) or "WORLD_SIZE" in os.environ:
         return 1
     if t.processes > 1:
         if t.batch_size % t.processes:
@@ -111,26 +112,20 @@ def portable(e: BaseException) -> BaseException:
 def _launch_environment() -> Iterator[None]:
     """The processes' environment (one OpenMP thread each) and this process's signals: the
     launcher turns SIGTERM into a SIGTERM to each process; SIGINT (Ctrl-C, which the terminal
-    sends to the processes too) is left to them. The launcher sets
-    TORCHELASTIC_SIGNALS_TO_HANDLE: restored after."""
-    saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "TORCHELASTIC_SIGNALS_TO_HANDLE")}
-    os.environ["OMP_NUM_THREADS"] = "1"
+    sends to the processes too) is left to them."""
     disabled = logging.root.manager.disable  # the launcher's warnings retell our one line
     logging.disable(logging.WARNING)
     old = None
     with contextlib.suppress(ValueError):  # not the main thread: signals are not ours anyway
         old = signal.signal(signal.SIGINT, lambda signum, frame: None)
     try:
-        yield
+        # patch.dict restores the whole environment after, the launcher's own key included
+        with mock.patch.dict(os.environ, OMP_NUM_THREADS="1"):
+            yield
     finally:
         logging.disable(disabled)
         if old is not None:
             signal.signal(signal.SIGINT, old)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _failure(e: Any) -> str:
