@@ -6,13 +6,18 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from fixtures_data import colour_dataset
+from PIL import Image
 from safetensors.torch import load_file
 
 from diffscape import checkpoint
+from diffscape.core import layout
 from diffscape.core.errors import DiffscapeError
+from diffscape.model.unet import build_unet
+from diffscape.sample.generate import generate_images, grid_image
 from diffscape.settings import presets
 from diffscape.settings.engine import ConfigError
 from diffscape.train import processes, train
@@ -86,7 +91,12 @@ def test_two_processes_resume_exactly(tmp_path):
     """The default on an idle 2-core CPU: two processes of one thread; a run stopped after 3
     steps and continued (new processes) has the uninterrupted run's losses, bit for bit."""
     ds = colour_dataset(tmp_path / "ds", n_train=40)
-    two = ("train.processes=2", "model.dropout=0.1")  # dropout: each rank's stream resumes too
+    two = (
+        "train.processes=2",
+        "model.dropout=0.1",  # dropout: each rank's stream resumes too
+        "train.sample_every_steps=3",  # the grids: each process makes its share
+        "train.sample_steps=2",
+    )
     train(cfg("train.steps=6", *two), ds.root, tmp_path / "a", progress=False)
     train(cfg("train.steps=3", *two), ds.root, tmp_path / "b", progress=False)
     train(cfg("train.steps=6", *two), ds.root, tmp_path / "b", progress=False)
@@ -94,6 +104,25 @@ def test_two_processes_resume_exactly(tmp_path):
     assert losses(tmp_path / "b") == losses(tmp_path / "a")
     assert ema(tmp_path / "b").keys() == ema(tmp_path / "a").keys()
     assert all(torch.equal(ema(tmp_path / "b")[k], v) for k, v in ema(tmp_path / "a").items())
+
+    # the grid at step 6, its images made half in each process, is the grid one process makes
+    # from the same EMA weights (each image depends only on its seed, class and index)
+    grids = [run / layout.TRAIN_SAMPLES / layout.train_grid_name(6) for run in (tmp_path / "a",
+             tmp_path / "b")]  # fmt: skip
+    assert grids[0].read_bytes() == grids[1].read_bytes()
+    c = checkpoint.read_checkpoint_config(checkpoint.latest_checkpoint(tmp_path / "a"))
+    unet = build_unet(c.model)
+    unet.load_state_dict(ema(tmp_path / "a"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the two processes
+    try:
+        imgs = generate_images(unet, c, class_idx=[k for k in range(3) for _ in range(8)],
+                               index=[i for _ in range(3) for i in range(8)], seed=1234,
+                               sampler="ddim", steps=2, guidance=1.0, progress=False)  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    whole = np.asarray(grid_image(imgs, ds.classes, 8).convert("RGB"))
+    assert np.array_equal(np.asarray(Image.open(grids[0]).convert("RGB")), whole)
 
 
 def test_how_many_processes(monkeypatch):

@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list, gather_object
 
 from diffscape.checkpoint import TrainingState, latest_checkpoint
 from diffscape.core import atomic, layout
@@ -267,15 +269,24 @@ def _interrupted(
 def _grid_when_due(
     log: TrainLogger, parts: StepParts, classes: list[str], run_dir: Path, step: int, end: bool
 ) -> None:
-    """The main process's sample grid every ``train.sample_every_steps``, and one at the end
-    when the run has none; each also to the tracker. From the EMA weights with fixed seeds:
-    one row per class (or 2 rows unconditional), so grids at different steps are comparable."""
-    cfg, per_row = parts.cfg, 8
+    """A sample grid every ``train.sample_every_steps``, and one at the end when the run has
+    none; each also to the tracker. From the EMA weights with fixed seeds: one row per class (or
+    2 rows unconditional), so grids at different steps are comparable.
+
+    Every process makes its share of the images (each depends only on its seed, class and index,
+    not on who makes it or beside which others) and the main process writes the grid: with two
+    processes of one thread, the 32 images of a grid took 6.3 s on one of them while the other
+    waited (7% of a 10-minute budget at 8 grids); shared, half that (docs/benchmarks.md)."""
+    cfg, per_row, acc = parts.cfg, 8, parts.accelerator
     every = cfg.train.sample_every_steps
-    if not (every and log.main):
+    if not every:
         return
-    due = not (run_dir / layout.TRAIN_SAMPLES).is_dir() if end else step % every == 0
-    if not due:
+    if end:  # the folder is the main process's to see; the others follow its answer
+        due = [not (run_dir / layout.TRAIN_SAMPLES).is_dir()]
+        due = broadcast_object_list(due) if acc.num_processes > 1 else due
+        if not due[0]:
+            return
+    elif step % every:
         return
     if cfg.model.conditional:
         class_idx = [c for c in range(len(classes)) for _ in range(per_row)]
@@ -283,17 +294,25 @@ def _grid_when_due(
     else:
         class_idx = [None] * (2 * per_row)
         index = list(range(2 * per_row))
+    mine = slice(acc.process_index, None, acc.num_processes)
     imgs = generate_images(
         parts.ema,
         cfg,
-        class_idx=class_idx,
-        index=index,
+        class_idx=class_idx[mine],
+        index=index[mine],
         seed=1234,
         sampler="ddim",
         steps=cfg.train.sample_steps,
         guidance=1.0,
         progress=False,
     )
+    if acc.num_processes > 1:
+        shares = gather_object([imgs])  # rank r's images are r, r + world, ...
+        imgs = np.empty((len(index), *imgs.shape[1:]), imgs.dtype)
+        for rank, share in enumerate(shares):
+            imgs[rank :: acc.num_processes] = share
+    if not log.main:
+        return
     names = classes if cfg.model.conditional else ["samples"]
     path = run_dir / layout.TRAIN_SAMPLES / layout.train_grid_name(step)
     with atomic.atomic_path(path) as tmp:
