@@ -276,7 +276,7 @@ def _grid_when_due(
     Every process makes its share of the images (each depends only on its seed, class and index,
     not on who makes it or beside which others) and the main process writes the grid: with two
     processes of one thread, the 32 images of a grid took 6.3 s on one of them while the other
-    waited (7% of a 10-minute budget at 8 grids); shared, half that (docs/benchmarks.md)."""
+    waited (7 grids, 7% of a 10-minute budget at 100 img/s); shared, half that."""
     cfg, per_row, acc = parts.cfg, 8, parts.accelerator
     every = cfg.train.sample_every_steps
     if not every:
