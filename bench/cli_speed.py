@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -29,6 +28,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from cpu_speed import neighbour, write_results  # bench/ is on the path when run as a script
 
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
@@ -73,13 +74,6 @@ def run_one(name: str, kind: str, data: str, minutes: float, old: Path | None) -
         "wall_s": wall,
         "train_s": last["seconds"],
     }
-
-
-def neighbour(load: str) -> subprocess.Popen | None:
-    """'busy': a pure-Python loop that keeps one core busy (another user's job)."""
-    if load == "quiet":
-        return None
-    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
 
 
 def main() -> None:
@@ -131,14 +125,7 @@ def main() -> None:
         per = ", ".join(f"{x:.2f}" for x in r["x_first_per_repeat"])
         print(f"| {r['variant']} | {r['kind']} | {r['load']} | {r['img_s']:.1f} "
               f"({r['min']:.1f}-{r['max']:.1f}) | {r['x_first']:.2f} | {per} |")  # fmt: skip
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next((ln.split(":", 1)[1].strip() for ln in lscpu.splitlines()
-                  if ln.startswith("Model name")), platform.processor())  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "cpu": model, "nproc": os.cpu_count(), "argv": sys.argv, "rows": table,
-    }, indent=1))  # fmt: skip
-    print(f"wrote {args.out}", file=sys.stderr)
+    write_results(args.out, table)
 
 
 if __name__ == "__main__":

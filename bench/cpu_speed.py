@@ -217,14 +217,19 @@ def main() -> None:
         print(f"| {r['variant']} | {r['kind']} | {r['load']} | {r['img_s']:.1f} "
               f"({r['min']:.1f}-{r['max']:.1f}) | {r['x_base']:.2f} | {r['start_s']:.1f} | "
               f"{r['images_10min']:,.0f} |")  # fmt: skip
+    write_results(args.out, table)
+
+
+def write_results(out: Path, table: list[dict]) -> None:
+    """The table as JSON with the CPU model (lscpu), core count and command line."""
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     model = next((ln.split(":", 1)[1].strip() for ln in lscpu.splitlines()
                   if ln.startswith("Model name")), platform.processor())  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
         "cpu": model, "nproc": os.cpu_count(), "argv": sys.argv, "rows": table,
     }, indent=1))  # fmt: skip
-    print(f"wrote {args.out}", file=sys.stderr)
+    print(f"wrote {out}", file=sys.stderr)
 
 
 if __name__ == "__main__":
