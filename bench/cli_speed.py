@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from cpu_speed import neighbour, write_results  # bench/ is on the path when run as a script
+from cpu_speed import cells, write_results  # bench/ is on the path when run as a script
 
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
@@ -92,21 +92,13 @@ def main() -> None:
     if "old" in args.variants and not args.old:
         ap.error("variant old needs --old SRC (or leave it out: --variants before now)")
     rows: dict[tuple[str, str, str], list[dict]] = {}
-    for rep in range(args.repeats):
-        for load in args.loads:
-            for kind in args.kinds:
-                busy = neighbour(load)
-                try:
-                    for name in args.variants:
-                        r = run_one(name, kind, args.data, args.minutes, args.old)
-                        rows.setdefault((name, kind, load), []).append(r)
-                        print(f"[{rep}] {load:5s} {kind:6s} {name:6s} {r['steps']:6d} steps "
-                              f"{r['images_per_second']:6.1f} img/s of wall "
-                              f"({r['wall_s']:.0f} s, {r['processes']} processes)",
-                              file=sys.stderr, flush=True)  # fmt: skip
-                finally:
-                    if busy:
-                        busy.kill()
+    for rep, load, kind, name in cells(args.repeats, args.loads, args.kinds, args.variants):
+        r = run_one(name, kind, args.data, args.minutes, args.old)
+        rows.setdefault((name, kind, load), []).append(r)
+        print(f"[{rep}] {load:5s} {kind:6s} {name:6s} {r['steps']:6d} steps "
+              f"{r['images_per_second']:6.1f} img/s of wall "
+              f"({r['wall_s']:.0f} s, {r['processes']} processes)",
+              file=sys.stderr, flush=True)  # fmt: skip
     table = []
     for (name, kind, load), rs in rows.items():
         ips = [r["images_per_second"] for r in rs]

@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -164,6 +165,24 @@ def neighbour(load: str) -> subprocess.Popen | None:
     return subprocess.Popen([sys.executable, "-c", "while True: pass"])
 
 
+def cells(
+    repeats: int, loads: list[str], kinds: list[str], variants: list[str]
+) -> Iterator[tuple[int, str, str, str]]:
+    """(repeat, load, kind, variant) in the interleaved order (the variants of a repeat one
+    after another, so that machine noise hits them alike), a busy neighbour running through
+    the cells of load 'busy'."""
+    for rep in range(repeats):
+        for load in loads:
+            for kind in kinds:
+                busy = neighbour(load)
+                try:
+                    for name in variants:
+                        yield rep, load, kind, name
+                finally:
+                    if busy:
+                        busy.kill()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -183,20 +202,12 @@ def main() -> None:
             print(json.dumps(r))
         return
     rows: dict[tuple[str, str, str], list[dict]] = {}
-    for rep in range(args.repeats):
-        for load in args.loads:
-            for kind in args.kinds:
-                busy = neighbour(load)
-                try:
-                    for name in args.variants:
-                        r = run_one(name, kind, args.seconds, args.warmup)
-                        rows.setdefault((name, kind, load), []).append(r)
-                        print(f"[{rep}] {load:5s} {kind:6s} {name:14s} "
-                              f"{r['images_per_second']:7.1f} img/s  start {r['start_s']:5.1f} s",
-                              file=sys.stderr, flush=True)  # fmt: skip
-                finally:
-                    if busy:
-                        busy.kill()
+    for rep, load, kind, name in cells(args.repeats, args.loads, args.kinds, args.variants):
+        r = run_one(name, kind, args.seconds, args.warmup)
+        rows.setdefault((name, kind, load), []).append(r)
+        print(f"[{rep}] {load:5s} {kind:6s} {name:14s} "
+              f"{r['images_per_second']:7.1f} img/s  start {r['start_s']:5.1f} s",
+              file=sys.stderr, flush=True)  # fmt: skip
     table = []
     for (name, kind, load), rs in rows.items():
         ips = [r["images_per_second"] for r in rs]
