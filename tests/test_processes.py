@@ -88,8 +88,9 @@ def test_two_processes_train_what_one_does_and_a_run_changes_count(tmp_path):
 
 @pytest.mark.timeout(600)
 def test_two_processes_resume_exactly(tmp_path):
-    """The default on an idle 2-core CPU: two processes of one thread; a run stopped after 3
-    steps and continued (new processes) has the uninterrupted run's losses, bit for bit."""
+    """The default on an idle 2-core CPU: two processes of one thread; a run stopped after 2
+    steps and continued (new processes) has the uninterrupted run's losses, bit for bit. The
+    sample grids, made half in each process, are the grids one process makes."""
     ds = colour_dataset(tmp_path / "ds", n_train=40)
     two = (
         "train.processes=2",
@@ -98,7 +99,9 @@ def test_two_processes_resume_exactly(tmp_path):
         "train.sample_steps=2",
     )
     train(cfg("train.steps=6", *two), ds.root, tmp_path / "a", progress=False)
-    train(cfg("train.steps=3", *two), ds.root, tmp_path / "b", progress=False)
+    train(cfg("train.steps=2", *two), ds.root, tmp_path / "b", progress=False)
+    # a run that ends before its first grid gets one at the end (the main process decides)
+    assert (tmp_path / "b" / layout.TRAIN_SAMPLES / layout.train_grid_name(2)).is_file()
     train(cfg("train.steps=6", *two), ds.root, tmp_path / "b", progress=False)
     assert len(losses(tmp_path / "a")) == 6
     assert losses(tmp_path / "b") == losses(tmp_path / "a")
