@@ -42,7 +42,7 @@ from diffscape.train.setup import (
     step_generator,
     step_parts,
 )
-from diffscape.train.step import StepParts, train_step
+from diffscape.train.step import StepParts, process_share, train_step
 
 StoppedBy = Literal["steps", "budget"]
 
@@ -294,7 +294,7 @@ def _grid_when_due(
     else:
         class_idx = [None] * (2 * per_row)
         index = list(range(2 * per_row))
-    mine = slice(acc.process_index, None, acc.num_processes)
+    mine = process_share(acc)
     imgs = generate_images(
         parts.ema,
         cfg,
@@ -307,10 +307,10 @@ def _grid_when_due(
         progress=False,
     )
     if acc.num_processes > 1:
-        shares = gather_object([imgs])  # rank r's images are r, r + world, ...
+        shares = gather_object([imgs])
         imgs = np.empty((len(index), *imgs.shape[1:]), imgs.dtype)
         for rank, share in enumerate(shares):
-            imgs[rank :: acc.num_processes] = share
+            imgs[rank :: acc.num_processes] = share  # as process_share split them
     if not log.main:
         return
     names = classes if cfg.model.conditional else ["samples"]

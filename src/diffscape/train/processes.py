@@ -6,9 +6,9 @@ Why (bench/cpu_speed.py "ddp2", docs/benchmarks.md "One process per core"): the 
 ops are short, and two OpenMP threads meet at every op where two processes meet once per step
 (the gradients' all-reduce). On two AMX cores that trained 77 img/s against one two-thread
 process's 66 on a noisy hour (1.37x on AVX2), and tied on a quiet one (113 against 110;
-0.97-1.04x per repeat). Every process draws the random numbers of the whole batch and keeps its share
-(:func:`diffscape.train.step.step_inputs`), so N processes train what one would, up to float
-rounding.
+0.97-1.04x per repeat). Every process draws the random numbers of the whole batch and keeps its
+share (:func:`diffscape.train.step.step_inputs`), so N processes train what one would, up to
+float rounding.
 
 ``train.processes=0`` (the default) decides at the start of each call: one process per
 core (as many as ``torch.get_num_threads()``: a study's job or ``OMP_NUM_THREADS`` narrows it)

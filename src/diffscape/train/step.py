@@ -128,6 +128,12 @@ class StepResult:
     finite: torch.Tensor  # bool; False: the step was skipped (weights, optimizer, EMA unchanged)
 
 
+def process_share(acc: Accelerator) -> slice:
+    """This process's share of what processes split: items rank, rank + world, ... (a batch's
+    images and random draws, a sample grid's images)."""
+    return slice(acc.process_index, None, acc.num_processes)
+
+
 def step_inputs(
     parts: StepParts, step: int, data: BatchSource
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -141,7 +147,7 @@ def step_inputs(
     (``train.processes``: :mod:`diffscape.train.processes`)."""
     cfg, t, acc, gen = parts.cfg, parts.cfg.train, parts.accelerator, parts.gen
     x0, y = data.batch(step, acc.process_index, acc.num_processes)
-    n, share = t.batch_size, slice(acc.process_index, None, acc.num_processes)
+    n, share = t.batch_size, process_share(acc)
     if t.hflip:
         x0 = random_flip(x0, gen, n, share)
     noise = torch.randn((n, *x0.shape[1:]), generator=gen, device=gen.device)[share]
