@@ -3,7 +3,8 @@
 issue was filed against (fp32, one process of two threads waiting passively), side by side:
 ``old`` runs the code the issue was filed against (``--old``: the ``src`` of a checkout of it,
 e.g. ``git worktree add /tmp/old26 f2418de``; first on PYTHONPATH, this venv's libraries) with
-its defaults; ``before`` runs today's code with those defaults set; ``now`` today's defaults.
+its defaults; ``before`` runs today's code with those defaults set; ``now`` today's defaults (tcmalloc in the
+training processes where the system has it), ``now-libc`` them with the C library's malloc.
 
 Each cell is one whole command in a fresh process and a fresh ``--out``: the figure is images
 trained per second of the command's wall time (steps x batch / wall: start-up, the data path,
@@ -44,6 +45,11 @@ VARIANTS: dict[str, tuple[dict[str, str], list[str], str]] = {
         "the defaults issue 26 was filed against: fp32, 1 process x 2 threads, passive waiting",
     ),
     "now": ({}, [], "today's defaults"),
+    "now-libc": (
+        {},
+        ["train.allocator=system"],
+        "today's defaults without tcmalloc (the C library's malloc)",
+    ),
 }
 
 
@@ -73,6 +79,15 @@ def run_one(name: str, kind: str, data: str, minutes: float, old: Path | None) -
         "processes": last.get("processes", 1),
         "wall_s": wall,
         "train_s": last["seconds"],
+        # what the processes that train() started were given (none said: one process, libc)
+        "allocator": next(
+            (
+                x.split("memory allocator: ", 1)[1]
+                for x in p.stderr.splitlines()
+                if "memory allocator: " in x
+            ),
+            "the C library's malloc (one process)",
+        ),
     }
 
 

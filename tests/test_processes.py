@@ -20,7 +20,7 @@ from diffscape.model.unet import build_unet
 from diffscape.sample.generate import generate_images, grid_image
 from diffscape.settings import presets
 from diffscape.settings.engine import ConfigError
-from diffscape.train import processes, train
+from diffscape.train import allocator, processes, train
 
 SMALL = [
     "model.channels=[16, 32]",
@@ -90,7 +90,9 @@ def test_two_processes_train_what_one_does_and_a_run_changes_count(tmp_path):
 def test_two_processes_resume_exactly(tmp_path):
     """The default on an idle 2-core CPU: two processes of one thread; a run stopped after 2
     steps and continued (new processes) has the uninterrupted run's losses, bit for bit. The
-    sample grids, made half in each process, are the grids one process makes."""
+    sample grids, made half in each process, are the grids one process makes. The memory
+    allocator (tcmalloc where the system has it, the C library's in the first part of "b")
+    changes nothing computed."""
     ds = colour_dataset(tmp_path / "ds", n_train=40)
     two = (
         "train.processes=2",
@@ -98,8 +100,11 @@ def test_two_processes_resume_exactly(tmp_path):
         "train.sample_every_steps=3",  # the grids: each process makes its share
         "train.sample_steps=2",
     )
-    train(cfg("train.steps=6", *two), ds.root, tmp_path / "a", progress=False)
-    train(cfg("train.steps=2", *two), ds.root, tmp_path / "b", progress=False)
+    a = train(cfg("train.steps=6", *two), ds.root, tmp_path / "a", progress=False)
+    assert a.allocator == ("tcmalloc" if allocator.find_tcmalloc() else "libc")
+    b = train(cfg("train.steps=2", "train.allocator=system", *two), ds.root, tmp_path / "b",
+              progress=False)  # fmt: skip
+    assert b.allocator == "libc"
     # a run that ends before its first grid gets one at the end (the main process decides)
     assert (tmp_path / "b" / layout.TRAIN_SAMPLES / layout.train_grid_name(2)).is_file()
     train(cfg("train.steps=6", *two), ds.root, tmp_path / "b", progress=False)
@@ -157,3 +162,30 @@ def test_how_many_processes(monkeypatch):
     with pytest.raises(ConfigError, match="train.processes 3 must divide train.batch_size 16"):
         processes.process_count(three, cpu=True)
     assert processes.process_count(auto.with_changes(train={"processes": 4}), cpu=True) == 4
+
+
+def test_allocator_environment(tmp_path):
+    """train.allocator: tcmalloc preloaded in the processes train() starts, found in the
+    environment's lib folder first; a user's own allocator and "system" are left alone."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for name in ("libtcmalloc.so.4", "libtcmalloc_minimal.so.4"):
+        (lib / name).touch()
+    env = {"CONDA_PREFIX": str(tmp_path), "LD_PRELOAD": "/opt/libhook.so"}
+    extra, said = allocator.worker_environment("auto", env)
+    assert extra["LD_PRELOAD"] == f"{lib / 'libtcmalloc_minimal.so.4'}:/opt/libhook.so"
+    assert int(extra["TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD"]) >= 1 << 40
+    assert said == f"tcmalloc ({lib / 'libtcmalloc_minimal.so.4'})"
+    assert allocator.worker_environment("system", env) == (
+        {}, "the C library's malloc (train.allocator=system)")  # fmt: skip
+    mine = {**env, "LD_PRELOAD": "/usr/lib/libjemalloc.so.2"}
+    assert allocator.worker_environment("auto", mine) == (
+        {},
+        "/usr/lib/libjemalloc.so.2 (LD_PRELOAD)",
+    )
+    maps = tmp_path / "maps"
+    maps.write_text("7f00-7f01 r-xp 0 08:01 1 /usr/lib/x86_64-linux-gnu/libc.so.6\n")
+    assert allocator.in_use(maps) == "libc"
+    maps.write_text("7f00-7f01 r-xp 0 08:01 2 /usr/lib/libtcmalloc_minimal.so.4.5.9\n")
+    assert allocator.in_use(maps) == "tcmalloc"
+    assert allocator.in_use(tmp_path / "none") == "libc"

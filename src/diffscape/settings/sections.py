@@ -177,6 +177,12 @@ class TrainConfig(Settings):
         "while other processes leave the cores idle, else 1 (also when train.threads or "
         "OMP_NUM_THREADS fixes the threads). Not under accelerate launch/torchrun or on a GPU",
     )  # fmt: skip
+    # tcmalloc: 1.08-1.14x for the two processes of tiny (diffscape.train.allocator)
+    allocator: Literal["auto", "system"] = Field(
+        "auto",
+        description="memory allocator of the processes train.processes starts: auto = tcmalloc "
+        "where the system has it (e.g. Debian's libtcmalloc-minimal4), system = the C library's",
+    )
     compile: bool = Field(False, description="torch.compile the UNet")
     # The whole uint8 split on the training device, gathered there each step with the step's
     # draws on a device generator: no host work or copies per step (issue 17).

@@ -31,6 +31,7 @@ from diffscape.data.source import BatchSource, make_source
 from diffscape.model.unet import count_parameters
 from diffscape.sample.generate import generate_images, grid_image
 from diffscape.settings.sections import RunConfig
+from diffscape.train.allocator import in_use
 from diffscape.train.logger import TrainLogger, trackers, truncate_metrics
 from diffscape.train.processes import launch, portable, process_count
 from diffscape.train.resume import checkpoint_to_resume, lock_run_dir, resume_state, run_info, save
@@ -64,6 +65,7 @@ class TrainOutcome:
     parameters: int
     processes: int  # Accelerate processes that trained together
     main_process: bool  # whether this is the process that wrote the outputs
+    allocator: str  # the memory allocator this process had (allocator.in_use)
     stopped_by: StoppedBy = "steps"  # "budget": train.minutes ended it before train.steps
 
 
@@ -153,7 +155,7 @@ def train(
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
     cfg = prepare_config(cfg, ds)  # the only place: a caller passes the config as resolved
     if on_log is None and (n := process_count(cfg, cpu)) > 1:  # train.processes
-        return launch(n, _worker, (cfg, str(ds.root), str(run_dir), resume, progress), run_dir)
+        return launch(n, cfg, _worker, (cfg, str(ds.root), str(run_dir), resume, progress), run_dir)
     return _train_here(cfg, ds, run_dir, resume, progress, cpu, on_log, t_start)
 
 
@@ -202,7 +204,7 @@ def _train_here(
         seconds=seconds, skipped_steps=state.skipped_steps,
         images_per_second=(state.step - start_step) * t.batch_size / max(seconds, 1e-9),
         parameters=count_parameters(parts.model), processes=accelerator.num_processes,
-        main_process=main, stopped_by=stopped_by,
+        main_process=main, allocator=in_use(), stopped_by=stopped_by,
     )  # fmt: skip
 
 

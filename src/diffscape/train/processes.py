@@ -36,6 +36,7 @@ from diffscape.checkpoint import latest_checkpoint
 from diffscape.core.errors import DiffscapeError, TrainingInterrupted
 from diffscape.settings.engine import ConfigError
 from diffscape.settings.sections import RunConfig
+from diffscape.train.allocator import worker_environment
 from diffscape.train.setup import trains_on_cpu
 from diffscape.train.threads import BUSY, other_cores
 
@@ -65,16 +66,18 @@ def process_count(cfg: RunConfig, cpu: bool | None) -> int:
     return 1 if n > 1 and (other_cores() or 0.0) > BUSY else n
 
 
-def launch(n: int, worker: Callable[..., Any], args: tuple, run_dir: Path) -> Any:
-    """Run ``worker(*args)`` (a training into ``run_dir``) in ``n`` processes of one thread each
-    and return rank 0's result; an error they return is raised here (rank 0's first), without
-    the launcher's report. SIGTERM stops them as it stops one process (the step in progress
+def launch(n: int, cfg: RunConfig, worker: Callable[..., Any], args: tuple, run_dir: Path) -> Any:
+    """Run ``worker(*args)`` (a training of ``cfg`` into ``run_dir``) in ``n`` processes of one
+    thread each, with ``train.allocator``'s memory allocator, and return rank 0's result; an
+    error they return is raised here (rank 0's first), without the launcher's report. SIGTERM stops them as it stops one process (the step in progress
     finishes, a checkpoint is saved); Ctrl-C reaches them from the terminal directly."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    print(f"train: {n} processes of 1 thread each (train.processes)", file=sys.stderr)
+    extra, allocator = worker_environment(cfg.train.allocator)
+    print(f"train: {n} processes of 1 thread each (train.processes); memory allocator: "
+          f"{allocator}", file=sys.stderr)  # fmt: skip
     config = LaunchConfig(
         min_nodes=1, max_nodes=1, nproc_per_node=n, run_id=uuid.uuid4().hex,
         rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
@@ -83,7 +86,7 @@ def launch(n: int, worker: Callable[..., Any], args: tuple, run_dir: Path) -> An
         signals_to_handle="SIGTERM,SIGHUP,SIGQUIT",
     )  # fmt: skip
     try:
-        with _launch_environment():
+        with _launch_environment(extra):
             outcomes = elastic_launch(config, worker)(*args)
     except SignalException as e:
         raise TrainingInterrupted(
@@ -109,10 +112,10 @@ def portable(e: BaseException) -> BaseException:
 
 
 @contextlib.contextmanager
-def _launch_environment() -> Iterator[None]:
-    """The processes' environment (one OpenMP thread each) and this process's signals: the
-    launcher turns SIGTERM into a SIGTERM to each process; SIGINT (Ctrl-C, which the terminal
-    sends to the processes too) is left to them."""
+def _launch_environment(extra: dict[str, str]) -> Iterator[None]:
+    """The processes' environment (one OpenMP thread each, ``extra``) and this process's
+    signals: the launcher turns SIGTERM into a SIGTERM to each process; SIGINT (Ctrl-C, which
+    the terminal sends to the processes too) is left to them."""
     disabled = logging.root.manager.disable  # the launcher's warnings retell our one line
     logging.disable(logging.WARNING)
     old = None
@@ -120,7 +123,7 @@ def _launch_environment() -> Iterator[None]:
         old = signal.signal(signal.SIGINT, lambda signum, frame: None)
     try:
         # patch.dict restores the whole environment after, the launcher's own key included
-        with mock.patch.dict(os.environ, OMP_NUM_THREADS="1"):
+        with mock.patch.dict(os.environ, OMP_NUM_THREADS="1", **extra):
             yield
     finally:
         logging.disable(disabled)
