@@ -3,8 +3,9 @@
 issue was filed against (fp32, one process of two threads waiting passively), side by side:
 ``old`` runs the code the issue was filed against (``--old``: the ``src`` of a checkout of it,
 e.g. ``git worktree add /tmp/old26 f2418de``; first on PYTHONPATH, this venv's libraries) with
-its defaults; ``before`` runs today's code with those defaults set; ``now`` today's defaults (tcmalloc in the
-training processes where the system has it), ``now-libc`` them with the C library's malloc.
+its defaults; ``before`` runs today's code with those defaults set; ``now`` today's defaults
+(tcmalloc in the training processes where the system has it), ``now-libc`` them with the C
+library's malloc.
 
 Each cell is one whole command in a fresh process and a fresh ``--out``: the figure is images
 trained per second of the command's wall time (steps x batch / wall: start-up, the data path,

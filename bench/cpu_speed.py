@@ -18,9 +18,11 @@ Writes bench/results/cpu-speed.json.
 from __future__ import annotations
 
 import argparse
+import ctypes.util
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -67,6 +69,18 @@ VARIANTS: dict[str, tuple[dict[str, str], list[str], str]] = {
         ["train.precision=auto", "train.channels_last=true"],
         "2 processes x 1 thread, auto, NHWC",
     ),
+    # the memory allocator of the two processes (diffscape.train.allocator; train() preloads
+    # tcmalloc in the processes it starts): preloaded where the system has the library
+    "ddp2-tc": (
+        {"OMP_NUM_THREADS": "1", "LD_PRELOAD": ctypes.util.find_library("tcmalloc_minimal") or ""},
+        ["train.precision=auto"],
+        "2 processes x 1 thread, auto, tcmalloc",
+    ),
+    "ddp2-je": (
+        {"OMP_NUM_THREADS": "1", "LD_PRELOAD": ctypes.util.find_library("jemalloc") or ""},
+        ["train.precision=auto"],
+        "2 processes x 1 thread, auto, jemalloc",
+    ),
     "compile": (PASSIVE, ["train.compile=true"], "torch.compile (inductor)"),
     "compile-spin-bf16": (
         {"GOMP_SPINCOUNT": "10000"},
@@ -79,7 +93,12 @@ VARIANTS: dict[str, tuple[dict[str, str], list[str], str]] = {
         "torch.compile + bf16",
     ),
 }
-PROCESSES = {"ddp2": 2, "ddp2-cl": 2}  # variants run as several processes (torchrun --standalone)
+PROCESSES = {
+    "ddp2": 2,
+    "ddp2-cl": 2,
+    "ddp2-tc": 2,
+    "ddp2-je": 2,
+}  # variants run as several processes (torchrun --standalone)
 
 
 def _stop(flag: bool, world: int) -> bool:
@@ -102,6 +121,7 @@ def child(overrides: list[str], seconds: float, warmup: int) -> dict:
     from diffscape.checkpoint import TrainingState
     from diffscape.data.source import make_source
     from diffscape.settings.presets import resolve
+    from diffscape.train.allocator import in_use
     from diffscape.train.setup import build_model, make_accelerator, step_parts
     from diffscape.train.step import train_step
 
@@ -126,6 +146,7 @@ def child(overrides: list[str], seconds: float, warmup: int) -> dict:
         cores.check()
     float(parts.model.conv_in.weight.sum())
     start_s = time.time() - float(os.environ["BENCH_T0"])  # since the parent started us
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     t0, steps, world = time.perf_counter(), 0, acc.num_processes
     while not _stop(time.perf_counter() - t0 >= seconds, world):
         train_step(parts, state, data)
@@ -140,6 +161,9 @@ def child(overrides: list[str], seconds: float, warmup: int) -> dict:
         "steps": steps,
         "threads": torch.get_num_threads(),
         "cpu_util": (cpu.user + cpu.system) / (time.time() - t_proc),  # cores kept busy
+        # page faults of (this) one process per timed step: what the allocator changes
+        "faults_per_step": (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps,
+        "allocator": in_use(),
     }
 
 
@@ -206,7 +230,8 @@ def main() -> None:
         r = run_one(name, kind, args.seconds, args.warmup)
         rows.setdefault((name, kind, load), []).append(r)
         print(f"[{rep}] {load:5s} {kind:6s} {name:14s} "
-              f"{r['images_per_second']:7.1f} img/s  start {r['start_s']:5.1f} s",
+              f"{r['images_per_second']:7.1f} img/s  start {r['start_s']:5.1f} s  "
+              f"{r['faults_per_step']:6.0f} faults/step ({r['allocator']})",
               file=sys.stderr, flush=True)  # fmt: skip
     table = []
     for (name, kind, load), rs in rows.items():
@@ -218,16 +243,18 @@ def main() -> None:
             "variant": name, "kind": kind, "load": load, "what": VARIANTS[name][2],
             "img_s": med, "min": min(ips), "max": max(ips), "x_base": med / base,
             "start_s": start, "images_10min": (600 - start) * med,
-            "cpu_util": statistics.median(r["cpu_util"] for r in rs), "runs": rs,
+            "cpu_util": statistics.median(r["cpu_util"] for r in rs),
+            "faults_per_step": statistics.median(r["faults_per_step"] for r in rs), "runs": rs,
         })  # fmt: skip
-    print("| variant | CPU | load | img/s (min-max) | x base | start s | images in 10 min |")
-    print("|---|---|---|---|---|---|---|")
+    print("| variant | CPU | load | img/s (min-max) | x base | start s | images in 10 min | "
+          "page faults per step |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
     for r in sorted(
         table, key=lambda r: (r["kind"], r["load"], list(VARIANTS).index(r["variant"]))
     ):
         print(f"| {r['variant']} | {r['kind']} | {r['load']} | {r['img_s']:.1f} "
               f"({r['min']:.1f}-{r['max']:.1f}) | {r['x_base']:.2f} | {r['start_s']:.1f} | "
-              f"{r['images_10min']:,.0f} |")  # fmt: skip
+              f"{r['images_10min']:,.0f} | {r['faults_per_step']:,.0f} |")  # fmt: skip
     write_results(args.out, table)
 
 

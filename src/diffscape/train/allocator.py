@@ -2,12 +2,12 @@
 itself (``train.allocator``): tcmalloc where the system has it, through ``LD_PRELOAD`` in their
 environment (an allocator is chosen when a process starts; this one is already running).
 
-Why: the tiny network's step allocates and frees hundreds of short-lived tensors. With the C
-library's malloc a process of one thread (batch 8, bf16) took ~3,700 page faults per step and
-0.65 s of system time per 100 steps; with tcmalloc 40 and 0.01 s, and 1.09-1.13x the img/s
-(/tmp script, two runs each). The two training processes trained 1.08-1.14x faster with it, on
-the AMX CPU and restricted to AVX2 alike (docs/benchmarks.md "The memory allocator"); jemalloc
-0.96-1.06x. It changes nothing computed: a run's weights are the same bit for bit.
+Why: the tiny network's step allocates and frees hundreds of short-lived tensors, and with the
+C library's malloc a training process of one thread took 1,200-5,600 page faults per step; with
+tcmalloc 40-74. The two processes trained 1.07-1.16x faster with it, on the AMX CPU and restricted
+to AVX2 alike, in two runs of three repeats (bench/cpu_speed.py "ddp2-tc", docs/benchmarks.md
+"The memory allocator"); jemalloc 0.96-1.11x. It changes nothing computed: a run's losses and
+weights are the same bit for bit (tests/test_processes.py).
 
 Written here rather than through ``torch.backends.xeon.run_cpu``, which preloads tcmalloc the
 same way: it wraps a whole command line, and looks only for an unversioned ``libtcmalloc.so`` (a

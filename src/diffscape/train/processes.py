@@ -69,8 +69,9 @@ def process_count(cfg: RunConfig, cpu: bool | None) -> int:
 def launch(n: int, cfg: RunConfig, worker: Callable[..., Any], args: tuple, run_dir: Path) -> Any:
     """Run ``worker(*args)`` (a training of ``cfg`` into ``run_dir``) in ``n`` processes of one
     thread each, with ``train.allocator``'s memory allocator, and return rank 0's result; an
-    error they return is raised here (rank 0's first), without the launcher's report. SIGTERM stops them as it stops one process (the step in progress
-    finishes, a checkpoint is saved); Ctrl-C reaches them from the terminal directly."""
+    error they return is raised here (rank 0's first), without the launcher's report. SIGTERM
+    stops them as it stops one process (the step in progress finishes, a checkpoint is saved);
+    Ctrl-C reaches them from the terminal directly."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
