@@ -426,6 +426,7 @@ def test_old_config_json_reads_back_and_writes_the_same_json():
     )  # fmt: skip
     # written again the same, plus only the settings added since, at their defaults
     written, old = json.loads(cfg.to_json()), json.loads(path.read_text())
+    # added by issues 26 and 27
     added = {"log_with": "tensorboard", "threads": 0, "processes": 0, "allocator": "auto"}
     assert written == old | {"train": old["train"] | added}
     without = {**written, "train": {k: v for k, v in written["train"].items() if k not in added}}
