@@ -69,7 +69,7 @@ VARIANTS: dict[str, tuple[dict[str, str], list[str], str]] = {
         ["train.precision=auto", "train.channels_last=true"],
         "2 processes x 1 thread, auto, NHWC",
     ),
-    # the memory allocator of the two processes (diffscape.train.allocator; train() preloads
+    # the memory allocator of the two processes (diffscape.core.allocator; train() preloads
     # tcmalloc in the processes it starts): preloaded where the system has the library
     "ddp2-tc": (
         {"OMP_NUM_THREADS": "1", "LD_PRELOAD": ctypes.util.find_library("tcmalloc_minimal") or ""},
@@ -115,9 +115,9 @@ def child(overrides: list[str], seconds: float, warmup: int) -> dict:
     import torch
 
     from diffscape.checkpoint import TrainingState
+    from diffscape.core.allocator import in_use
     from diffscape.data.source import make_source
     from diffscape.settings.presets import resolve
-    from diffscape.train.allocator import in_use
     from diffscape.train.setup import build_model, make_accelerator, step_parts
     from diffscape.train.step import train_step
 

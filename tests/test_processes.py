@@ -4,6 +4,8 @@ with another process count, a worker's error comes back as one line; the auto ru
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +16,13 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from diffscape import checkpoint
-from diffscape.core import layout
+from diffscape.core import allocator, layout
 from diffscape.core.errors import DiffscapeError
 from diffscape.model.unet import build_unet
 from diffscape.sample.generate import generate_images, grid_image
 from diffscape.settings import presets
 from diffscape.settings.engine import ConfigError
-from diffscape.train import allocator, processes, train
+from diffscape.train import processes, train
 
 SMALL = [
     "model.channels=[16, 32]",
@@ -189,3 +191,45 @@ def test_allocator_environment(tmp_path):
     maps.write_text("7f00-7f01 r-xp 0 08:01 2 /usr/lib/libtcmalloc_minimal.so.4.5.9\n")
     assert allocator.in_use(maps) == "tcmalloc"
     assert allocator.in_use(tmp_path / "none") == "libc"
+
+
+def test_the_command_restarts_with_tcmalloc_and_the_system_switch(tmp_path):
+    """The command line (``python -m diffscape``, not main() called from Python) restarts itself
+    once with tcmalloc preloaded; DIFFSCAPE_ALLOCATOR=system keeps the C library's malloc. The
+    training's last line says what its process had; a one-process training (OMP_NUM_THREADS)
+    runs in the command's own process."""
+    if allocator.find_tcmalloc() is None:
+        pytest.skip("no tcmalloc on this machine (apt install libtcmalloc-minimal4)")
+    ds = colour_dataset(tmp_path / "ds", n_train=16)
+    base = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", allocator.OWN)}
+    sets = [a for s in [*SMALL, "train.steps=1"] for a in ("--set", s)]
+    for switch, expected in (("auto", "tcmalloc"), ("system", "libc")):
+        env = {**base, allocator.SWITCH: switch, "OMP_NUM_THREADS": "1"}
+        cmd = [sys.executable, "-m", "diffscape", "train", str(ds.root), "--out",
+               str(tmp_path / switch), "--no-progress", *sets]  # fmt: skip
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert f"1 process(es), malloc: {expected})" in out.stdout, out.stdout
+
+
+def test_the_commands_own_tcmalloc_and_the_training_processes(tmp_path):
+    """What the restart sets, and how train.allocator reads it: "auto" keeps the command's
+    tcmalloc in the processes it starts, "system" takes it out of their LD_PRELOAD (and leaves
+    a user's own entries); a user's own allocator, the switch and an earlier restart mean no
+    restart."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "libtcmalloc_minimal.so.4").touch()
+    tc = str(lib / "libtcmalloc_minimal.so.4")
+    env = allocator.command_environment({"CONDA_PREFIX": str(tmp_path), "LD_PRELOAD": "/h.so"})
+    assert env is not None
+    assert env["LD_PRELOAD"] == f"{tc}:/h.so" and env[allocator.OWN] == tc
+    assert env["CONDA_PREFIX"] == str(tmp_path)  # the rest of the environment, as it was
+    assert allocator.command_environment(env) is None  # restarted once, not again
+    assert allocator.worker_environment("auto", env) == ({}, f"tcmalloc ({tc})")
+    assert allocator.worker_environment("system", env) == (
+        {"LD_PRELOAD": "/h.so"}, "the C library's malloc (train.allocator=system)")  # fmt: skip
+    off = {"CONDA_PREFIX": str(tmp_path), allocator.SWITCH: "system"}
+    assert allocator.command_environment(off) is None
+    mine = {"CONDA_PREFIX": str(tmp_path), "LD_PRELOAD": "/usr/lib/libjemalloc.so.2"}
+    assert allocator.command_environment(mine) is None

@@ -12,6 +12,7 @@ import os
 import sys
 from typing import Any, NoReturn
 
+from diffscape.core.allocator import restart_with_tcmalloc
 from diffscape.core.atomic import is_disk_full
 from diffscape.core.errors import DiffscapeError
 
@@ -99,6 +100,8 @@ SPINNING = ("train", "demo")  # commands whose training shares the cores by the 
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the command line itself, not a call from Python: tcmalloc before torch
+        restart_with_tcmalloc(sys.argv[1:])
     argv = sys.argv[1:] if argv is None else list(argv)
     # Idle OpenMP threads spin by default (libgomp: a bounded spin, then sleep) and starve a
     # busy 2-core machine (tiny, one core busy: 7 img/s spinning against 37 passive); passive

@@ -104,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"trained {result.steps} steps{budget} ({result.parameters / 1e6:.2f}M parameters, "
         f"{result.images_per_second:.1f} img/s, {result.seconds:.0f} s, "
-        f"{result.skipped_steps} skipped, {result.processes} process(es)); "
+        f"{result.skipped_steps} skipped, {result.processes} process(es), malloc: "
+        f"{result.allocator}); "
         f"checkpoint: {result.final_checkpoint}"
     )
     return 0

@@ -57,7 +57,9 @@ def hold(folder: str | os.PathLike[str], what: str = "folder") -> Iterator[Path]
                 "it, or pick another --out"
             ) from None
         os.ftruncate(fd, 0)
-        command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:200]
+        name = Path(sys.argv[0]).name
+        name = "diffscape" if name == "__main__.py" else name  # python -m diffscape (or restarted)
+        command = " ".join([name, *sys.argv[1:]])[:200]
         os.write(fd, f"{os.getpid()} ({command})\n".encode())
         yield folder
     finally:

@@ -177,7 +177,7 @@ class TrainConfig(Settings):
         "while other processes leave the cores idle, else 1 (also when train.threads or "
         "OMP_NUM_THREADS fixes the threads). Not under accelerate launch/torchrun or on a GPU",
     )  # fmt: skip
-    # tcmalloc: 1.07-1.16x for the two processes of tiny (diffscape.train.allocator)
+    # tcmalloc: 1.07-1.16x for the two processes of tiny (diffscape.core.allocator)
     allocator: Literal["auto", "system"] = Field(
         "auto",
         description="memory allocator of the processes train.processes starts: auto = tcmalloc "

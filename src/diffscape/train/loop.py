@@ -25,13 +25,13 @@ from accelerate.utils import broadcast_object_list, gather_object
 
 from diffscape.checkpoint import TrainingState, latest_checkpoint
 from diffscape.core import atomic, layout
+from diffscape.core.allocator import in_use
 from diffscape.core.errors import DiffscapeError, TrainingInterrupted
 from diffscape.data.dataset import Dataset, load_dataset
 from diffscape.data.source import BatchSource, make_source
 from diffscape.model.unet import count_parameters
 from diffscape.sample.generate import generate_images, grid_image
 from diffscape.settings.sections import RunConfig
-from diffscape.train.allocator import in_use
 from diffscape.train.logger import TrainLogger, trackers, truncate_metrics
 from diffscape.train.processes import launch, portable, process_count
 from diffscape.train.resume import checkpoint_to_resume, lock_run_dir, resume_state, run_info, save

@@ -33,10 +33,10 @@ from unittest import mock
 import torch
 
 from diffscape.checkpoint import latest_checkpoint
+from diffscape.core.allocator import worker_environment
 from diffscape.core.errors import DiffscapeError, TrainingInterrupted
 from diffscape.settings.engine import ConfigError
 from diffscape.settings.sections import RunConfig
-from diffscape.train.allocator import worker_environment
 from diffscape.train.setup import trains_on_cpu
 from diffscape.train.threads import BUSY, other_cores
 
