@@ -181,7 +181,8 @@ class TrainConfig(Settings):
     allocator: Literal["auto", "system"] = Field(
         "auto",
         description="memory allocator of the processes train.processes starts: auto = tcmalloc "
-        "where the system has it (e.g. Debian's libtcmalloc-minimal4), system = the C library's",
+        "where the system has it (e.g. Debian's libtcmalloc-minimal4), system = the C library's "
+        "(the command's own process: DIFFSCAPE_ALLOCATOR=system)",
     )
     compile: bool = Field(False, description="torch.compile the UNet")
     # The whole uint8 split on the training device, gathered there each step with the step's
