@@ -231,5 +231,6 @@ def test_the_commands_own_tcmalloc_and_the_training_processes(tmp_path):
         {"LD_PRELOAD": "/h.so"}, "the C library's malloc (train.allocator=system)")  # fmt: skip
     off = {"CONDA_PREFIX": str(tmp_path), allocator.SWITCH: "system"}
     assert allocator.command_environment(off) is None
+    assert allocator.command_environment({**off, allocator.SWITCH: "libc"}) is not None  # a typo
     mine = {"CONDA_PREFIX": str(tmp_path), "LD_PRELOAD": "/usr/lib/libjemalloc.so.2"}
     assert allocator.command_environment(mine) is None

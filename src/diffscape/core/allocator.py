@@ -39,7 +39,10 @@ OWN = "DIFFSCAPE_PRELOADED"  # the library the command preloaded into itself (an
 
 def find_tcmalloc(environ: Mapping[str, str] = os.environ) -> str | None:
     """tcmalloc's library: a path in the conda/virtual environment's lib folder, else the name
-    the dynamic loader finds it by (``ldconfig``'s cache); None when the system has none."""
+    the dynamic loader finds it by (``ldconfig``'s cache); None when the system has none, and
+    off Linux (``LD_PRELOAD`` is the Linux loader's)."""
+    if not sys.platform.startswith("linux"):
+        return None
     for prefix in dict.fromkeys(p for p in (environ.get("CONDA_PREFIX"), sys.prefix) if p):
         # the minimal library first: the full one also carries a heap profiler
         found = sorted(
@@ -97,6 +100,9 @@ def restart_with_tcmalloc(argv: list[str]) -> None:
     env = command_environment()
     if env is None:
         return
+    if (value := env.get(SWITCH, "auto")) != "auto":  # a typo would otherwise pass unseen
+        print(f"diffscape: {SWITCH}={value} is neither auto nor system: taken as auto",
+              file=sys.stderr)  # fmt: skip
     sys.stdout.flush()
     sys.stderr.flush()
     try:
