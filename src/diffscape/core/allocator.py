@@ -3,9 +3,9 @@ is chosen when a process starts, before Python runs).
 
 - The command's own process: ``diffscape`` restarts itself once, at the very start, with tcmalloc
   preloaded (:func:`restart_with_tcmalloc`; ``DIFFSCAPE_ALLOCATOR=system`` keeps the C library's
-  malloc). Sampling the demo's 200 images took 25.5-27.5 s with it against 34.3-34.6 s, training
-  the README's CNN judge 56.0 s against 66.6 s, the images bit for bit the same (docs/benchmarks.md
-  "The memory allocator").
+  malloc). Whole commands ran 1.03-1.32x faster with it (sampling the demo's 200 images, training
+  its CNN judge, evaluate; bench/cli_malloc.py), the images bit for bit the same
+  (docs/benchmarks.md "tcmalloc in the command's own process").
 - The training processes that :func:`diffscape.train.train` starts itself (``train.allocator``,
   :func:`worker_environment`): the tiny network's step allocates and frees hundreds of
   short-lived tensors, and with the C library's malloc a training process of one thread took
