@@ -15,7 +15,7 @@ import torch
 from fixtures_data import colour_dataset
 
 from diffscape import checkpoint
-from diffscape.core import layout
+from diffscape.core import allocator, layout
 from diffscape.data.source import batch_indices
 from diffscape.model import diffusion
 from diffscape.settings import presets
@@ -407,7 +407,10 @@ def test_memory_does_not_grow_with_the_dataset(tmp_path):
         ds = colour_dataset(tmp_path / f"ds{n_train}", n_train=n_train, n_test=8)
         cmd = _train_cmd(ds.root, tmp_path / f"run{n_train}", "train.steps=20")
         cmd[1:3] = ["-c", _RSS_WRAPPER]  # python -c WRAPPER train ... instead of -m diffscape
-        done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+        # the allocator the command would restart itself with, from the start: a restart would
+        # replace the wrapper
+        env = allocator.command_environment(ENV) or ENV
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
         line = next(x for x in done.stderr.splitlines() if x.startswith("PEAK_ANON_MIB"))
         return float(line.split()[1])
