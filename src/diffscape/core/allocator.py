@@ -34,6 +34,7 @@ HINT = "apt install libtcmalloc-minimal4 (or conda install gperftools) trains ~1
 # tcmalloc reports every allocation above 1 GiB on stderr; a big preset's batch may be one
 QUIET_LARGE = {"TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD": str(1 << 40)}
 SWITCH = "DIFFSCAPE_ALLOCATOR"  # "system": the command keeps the C library's malloc
+SYSTEM = "the C library's malloc (train.allocator=system)"  # what train.allocator=system gives
 OWN = "DIFFSCAPE_PRELOADED"  # the library the command preloaded into itself (and its children)
 
 
@@ -66,12 +67,12 @@ def worker_environment(
     if own and own in preload.split(":"):  # the command's restart put it there, not the user
         if policy == "system":
             rest = ":".join(p for p in preload.split(":") if p and p != own)
-            return {"LD_PRELOAD": rest}, "the C library's malloc (train.allocator=system)"
+            return {"LD_PRELOAD": rest}, SYSTEM
         return {}, f"tcmalloc ({own})"
     if any(m in preload for m in MALLOCS):
         return {}, f"{preload} (LD_PRELOAD)"
     if policy == "system":
-        return {}, "the C library's malloc (train.allocator=system)"
+        return {}, SYSTEM
     lib = find_tcmalloc(environ)
     if lib is None:
         return {}, f"the C library's malloc: no tcmalloc here ({HINT})"
