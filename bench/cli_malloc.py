@@ -14,7 +14,6 @@ RUN: a trained conditional run of 32 px (e.g. a demo's ``run``); DATA: its datas
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -23,8 +22,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from cpu_speed import write_results  # bench/ is on the path when run as a script
+
+from diffscape.core import allocator
+
 HERE = Path(__file__).resolve().parent
-ALLOCATORS = {"tcmalloc": {}, "libc": {"DIFFSCAPE_ALLOCATOR": "system"}}
+ALLOCATORS = {"tcmalloc": {}, "libc": {allocator.SWITCH: "system"}}
 
 
 def commands(run: str, data: str, tmp: Path, tag: str) -> dict[str, list[str]]:
@@ -56,7 +59,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "cli-malloc.json")
     a = ap.parse_args()
-    base = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "DIFFSCAPE_PRELOADED")}
+    base = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", allocator.OWN)}
     seconds: dict[str, dict[str, list[float]]] = {}
     same = []
     with tempfile.TemporaryDirectory() as d:
@@ -71,24 +74,18 @@ def main() -> None:
                     print(f"repeat {r + 1} {name:8s} {what:26s} {s:6.1f} s", flush=True)
             grids = [(Path(d) / f"s-{n}-{r}" / "grid.png").read_bytes() for n in ALLOCATORS]
             same.append(grids[0] == grids[1])
-    rows = {}
+    table = []
     print("\n| command | tcmalloc s | libc s | libc / tcmalloc |\n|---|---|---|---|")
     for what, by in seconds.items():
         tc, lc = statistics.median(by["tcmalloc"]), statistics.median(by["libc"])
         ratios = [b / t for t, b in zip(by["tcmalloc"], by["libc"], strict=True)]
-        rows[what] = {"tcmalloc": by["tcmalloc"], "libc": by["libc"], "ratios": ratios}
+        table.append({"command": what, **by, "ratios": ratios})
         print(
             f"| {what} | {tc:.1f} | {lc:.1f} | {lc / tc:.2f} ({', '.join(f'{x:.2f}' for x in ratios)}) |"
         )
+    table[0]["same_grid"] = same  # the sampling's row
     print(f"\nsample grids byte for byte the same under both: {same}")
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next(
-        (x.split(":", 1)[1].strip() for x in lscpu.splitlines() if x.startswith("Model name")), "?"
-    )
-    a.out.write_text(
-        json.dumps({"cpu": model, "argv": sys.argv, "rows": rows, "same_grid": same}, indent=1)
-    )
+    write_results(a.out, table)
 
 
 if __name__ == "__main__":
