@@ -92,7 +92,8 @@ def test_two_processes_train_what_one_does_and_a_run_changes_count(tmp_path):
 def test_two_processes_resume_exactly(tmp_path):
     """The default on an idle 2-core CPU: two processes of one thread; a run stopped after 2
     steps and continued (new processes) has the uninterrupted run's losses, bit for bit. The
-    sample grids, made half in each process, are the grids one process makes. The memory
+    sample grids, made half in each process, are the grids one process makes (up to a rounded
+    pixel: float sums differ between batch shapes). The memory
     allocator (tcmalloc where the system has it, the C library's in the first part of "b")
     changes nothing computed."""
     ds = colour_dataset(tmp_path / "ds", n_train=40)
@@ -116,7 +117,8 @@ def test_two_processes_resume_exactly(tmp_path):
     assert all(torch.equal(ema(tmp_path / "b")[k], v) for k, v in ema(tmp_path / "a").items())
 
     # the grid at step 6, its images made half in each process, is the grid one process makes
-    # from the same EMA weights (each image depends only on its seed, class and index)
+    # from the same EMA weights (each image depends only on its seed, class and index), up to
+    # float rounding
     grids = [run / layout.TRAIN_SAMPLES / layout.train_grid_name(6) for run in (tmp_path / "a",
              tmp_path / "b")]  # fmt: skip
     assert grids[0].read_bytes() == grids[1].read_bytes()
@@ -131,8 +133,11 @@ def test_two_processes_resume_exactly(tmp_path):
                                sampler="ddim", steps=2, guidance=1.0, progress=False)  # fmt: skip
     finally:
         torch.set_num_threads(threads)
-    whole = np.asarray(grid_image(imgs, ds.classes, 8).convert("RGB"))
-    assert np.array_equal(np.asarray(Image.open(grids[0]).convert("RGB")), whole)
+    whole = np.asarray(grid_image(imgs, ds.classes, 8).convert("RGB")).astype(int)
+    got = np.asarray(Image.open(grids[0]).convert("RGB")).astype(int)
+    # float sums may differ in the last bit between batch shapes (12 images per process there,
+    # 24 here; an AMD EPYC VM: 8 values of 371,952 off by one): allow one grey level
+    assert np.abs(got - whole).max() <= 1 and (got == whole).mean() > 0.999
 
 
 def test_how_many_processes(monkeypatch):
