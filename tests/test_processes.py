@@ -4,8 +4,10 @@ with another process count, a worker's error comes back as one line; the auto ru
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -138,6 +140,56 @@ def test_two_processes_resume_exactly(tmp_path):
     # float sums may differ in the last bit between batch shapes (12 images per process there,
     # 24 here; an AMD EPYC VM: 8 values of 371,952 off by one): allow one grey level
     assert np.abs(got - whole).max() <= 1 and (got == whole).mean() > 0.999
+
+
+def _wait_for_steps(run: Path, steps: int, proc: subprocess.Popen) -> None:
+    metrics, t0 = run / "metrics.jsonl", time.monotonic()
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= steps):
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() - t0 < 180, "no training steps in 180 s"
+        time.sleep(0.2)
+
+
+def _workers(launcher: int) -> list[int]:
+    """The training processes the launcher spawned (not multiprocessing's resource tracker)."""
+    kids = Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split()
+    return [int(k) for k in kids if b"spawn_main" in Path(f"/proc/{k}/cmdline").read_bytes()]
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc (Linux)")
+def test_sigterm_ends_two_processes_in_seconds_with_a_checkpoint(tmp_path):
+    """SIGTERM to the whole process group (Slurm's scancel and time limit, systemd) reaches
+    each training process directly and again through the launcher: one request, not a second
+    "really quit" signal. The step in progress finishes, a checkpoint is saved, and the command
+    ends in seconds (torch's launcher used to hold its processes 30 s, then SIGKILL them).
+    SIGTERM to one training process alone: the same, and a line that names its rank."""
+    ds = colour_dataset(tmp_path / "ds", n_train=40)
+    run = tmp_path / "run"
+    sets = [a for s in [*SMALL, "train.steps=100000", "train.processes=2"] for a in ("--set", s)]
+    cmd = [sys.executable, "-m", "diffscape", "train", str(ds.root), "--out", str(run),
+           "--no-progress", *sets]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    for part in ("group", "one process"):
+        proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)  # fmt: skip
+        before = checkpoint.list_checkpoints(run)
+        _wait_for_steps(run, len(before and losses(run)) + 3, proc)
+        t0 = time.monotonic()
+        if part == "group":
+            os.killpg(proc.pid, signal.SIGTERM)
+        else:
+            os.kill(_workers(proc.pid)[-1], signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+        took = time.monotonic() - t0
+        assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+        assert took < 15, f"{part}: {took:.1f} s to stop"
+        assert "Traceback" not in err, err[-3000:]
+        line = err.strip().splitlines()[-1]
+        assert line.startswith("diffscape: stopped by SIGTERM"), line
+        assert ("(rank 1)" in line) == (part == "one process"), line
+        saved = checkpoint.list_checkpoints(run)  # checkpoint_every_steps=0: the signal's save
+        assert len(saved) == len(before) + 1 and saved[-1][0] >= 3, (part, saved)
 
 
 def test_how_many_processes(monkeypatch):

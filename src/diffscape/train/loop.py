@@ -33,7 +33,7 @@ from diffscape.model.unet import count_parameters
 from diffscape.sample.generate import generate_images, grid_image
 from diffscape.settings.sections import RunConfig
 from diffscape.train.logger import TrainLogger, trackers, truncate_metrics
-from diffscape.train.processes import launch, portable, process_count
+from diffscape.train.processes import launch, process_count, worker_outcome
 from diffscape.train.resume import checkpoint_to_resume, lock_run_dir, resume_state, run_info, save
 from diffscape.train.setup import (
     build_model,
@@ -86,9 +86,13 @@ class _StopFlag:
         return self
 
     def _handle(self, signum: int, frame: object) -> None:
-        if self.signum is not None:  # second signal: the user really wants out
+        if self.signum is None:
+            self.signum = signum
+        elif not signum == self.signum == signal.SIGTERM:  # a second signal: the user wants out
             raise KeyboardInterrupt
-        self.signum = signum
+        # A repeated SIGTERM is one request delivered twice: a process-group kill (Slurm's
+        # scancel or time limit, systemd) reaches each of train.processes' processes directly
+        # and again through the launcher, which passes it on (train.processes.FORWARDED)
 
     def __exit__(self, *exc: object) -> None:
         for s, old in self._old.items():
@@ -246,13 +250,11 @@ def _write_run_files(
 
 
 def _worker(cfg: RunConfig, dataset: str, run_dir: str, resume: bool | None, progress: bool) -> Any:
-    """One of ``train.processes``' processes: its training, or its error returned (raised by
-    :func:`~diffscape.train.processes.launch` as one line) rather than raised into the
-    launcher, which would print its own report."""
-    try:
-        return train(cfg, dataset, run_dir, resume=resume, progress=progress, cpu=True)
-    except BaseException as e:  # noqa: BLE001 - passed back whole
-        return portable(e)
+    """One of ``train.processes``' processes: its training, or its error
+    (:func:`~diffscape.train.processes.worker_outcome`)."""
+    return worker_outcome(
+        lambda: train(cfg, dataset, run_dir, resume=resume, progress=progress, cpu=True)
+    )
 
 
 def _interrupted(

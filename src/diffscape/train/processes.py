@@ -41,6 +41,9 @@ from diffscape.train.setup import trains_on_cpu
 from diffscape.train.threads import BUSY, other_cores
 
 MIN_SHARE = 8  # images of the batch per process at least (measured: 16 as 2 x 8; no fewer)
+# The signals the launcher passes on to its processes (SIGINT, Ctrl-C, reaches them from the
+# terminal: not the launcher's to pass on)
+FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 
 def process_count(cfg: RunConfig, cpu: bool | None) -> int:
@@ -83,8 +86,7 @@ def launch(n: int, cfg: RunConfig, worker: Callable[..., Any], args: tuple, run_
         min_nodes=1, max_nodes=1, nproc_per_node=n, run_id=uuid.uuid4().hex,
         rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
         monitor_interval=0.1, start_method="spawn",
-        # SIGINT (Ctrl-C) reaches the processes from the terminal: not the launcher's to pass on
-        signals_to_handle="SIGTERM,SIGHUP,SIGQUIT",
+        signals_to_handle=",".join(s.name for s in FORWARDED),
     )  # fmt: skip
     try:
         with _launch_environment(extra):
@@ -95,12 +97,48 @@ def launch(n: int, cfg: RunConfig, worker: Callable[..., Any], args: tuple, run_
             "with the same command", signum=int(e.sigval),
         ) from None  # fmt: skip
     except ChildFailedError as e:
-        raise DiffscapeError(f"a training process ended abnormally: {_failure(e)}") from None
+        rank, failure = e.get_first_failure()
+        if (sig := _forwarded(failure.exitcode)) is not None:  # a process signalled by itself
+            raise TrainingInterrupted(
+                f"stopped by {sig.name} (rank {rank}); saved "
+                f"{latest_checkpoint(run_dir) or 'nothing'}. Resume with the same command",
+                signum=int(sig),
+            ) from None  # fmt: skip
+        raise DiffscapeError(
+            f"a training process ended abnormally: rank {rank} exit code {failure.exitcode}"
+        ) from None
     first = next((outcomes[r] for r in sorted(outcomes) if isinstance(outcomes[r], BaseException)),
                  outcomes[0])  # fmt: skip
     if isinstance(first, BaseException):
         raise first
     return first
+
+
+def worker_outcome(fn: Callable[[], Any]) -> Any:
+    """``fn()`` in one of :func:`launch`'s processes: its result, or its error returned (raised
+    by :func:`launch` as one line) rather than raised into the launcher, which would print its
+    own report. Stopped by a signal that the launcher passes on (``FORWARDED``; the checkpoint
+    is saved by then), the process leaves at once with the signal's exit status: the launcher is
+    closing and collects no result, and torch's wrapper around ``fn`` would hold the process
+    (it waits for an event only the launcher's polling sets) until the launcher's SIGKILL 30 s
+    later (torch.distributed.elastic.multiprocessing.api: SIGTERM took 31 s to end a
+    two-process training before this, 1-2 s after)."""
+    try:
+        return fn()
+    except TrainingInterrupted as e:
+        if e.signum in FORWARDED:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(128 + e.signum)
+        return e
+    except BaseException as e:  # noqa: BLE001 - passed back whole
+        return portable(e)
+
+
+def _forwarded(exitcode: int) -> signal.Signals | None:
+    """The forwarded signal that ended a process with ``exitcode`` (128 + N: the exit of
+    :func:`worker_outcome`; -N: killed by it), else None."""
+    return next((s for s in FORWARDED if exitcode in (128 + s, -s)), None)
 
 
 def portable(e: BaseException) -> BaseException:
@@ -117,8 +155,10 @@ def _launch_environment(extra: dict[str, str]) -> Iterator[None]:
     """The processes' environment (one OpenMP thread each, ``extra``) and this process's
     signals: the launcher turns SIGTERM into a SIGTERM to each process; SIGINT (Ctrl-C, which
     the terminal sends to the processes too) is left to them."""
-    disabled = logging.root.manager.disable  # the launcher's warnings retell our one line
-    logging.disable(logging.WARNING)
+    # the launcher's warnings and error reports (a traceback for a process that a signal ended)
+    # retell the one line that launch() says
+    disabled = logging.root.manager.disable
+    logging.disable(logging.ERROR)
     old = None
     with contextlib.suppress(ValueError):  # not the main thread: signals are not ours anyway
         old = signal.signal(signal.SIGINT, lambda signum, frame: None)
@@ -130,8 +170,3 @@ def _launch_environment(extra: dict[str, str]) -> Iterator[None]:
         logging.disable(disabled)
         if old is not None:
             signal.signal(signal.SIGINT, old)
-
-
-def _failure(e: Any) -> str:
-    rank, failure = e.get_first_failure()
-    return f"rank {rank} exit code {failure.exitcode}"
