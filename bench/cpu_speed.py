@@ -76,6 +76,12 @@ VARIANTS: dict[str, tuple[dict[str, str], list[str], str]] = {
         ["train.precision=auto"],
         "2 processes x 1 thread, auto, tcmalloc",
     ),
+    # precision on a CPU whose bf16 is AVX512-BF16 without AMX (AMD Zen 4): is auto's bf16 a win?
+    "ddp2-tc-fp32": (
+        {"OMP_NUM_THREADS": "1", "LD_PRELOAD": ctypes.util.find_library("tcmalloc_minimal") or ""},
+        ["train.precision=fp32"],
+        "2 processes x 1 thread, fp32, tcmalloc",
+    ),
     "ddp2-je": (
         {"OMP_NUM_THREADS": "1", "LD_PRELOAD": ctypes.util.find_library("jemalloc") or ""},
         ["train.precision=auto"],
