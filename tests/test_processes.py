@@ -157,7 +157,10 @@ def _workers(launcher: int) -> list[int]:
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc (Linux)")
+@pytest.mark.skipif(
+    not Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").exists(),
+    reason="finds the training processes in /proc/PID/task/PID/children (Linux)",
+)
 def test_sigterm_ends_two_processes_in_seconds_with_a_checkpoint(tmp_path):
     """SIGTERM to the whole process group (Slurm's scancel and time limit, systemd) reaches
     each training process directly and again through the launcher: one request, not a second
