@@ -190,7 +190,7 @@ def test_sigterm_ends_two_processes_in_seconds_with_a_checkpoint(tmp_path):
         assert "Traceback" not in err, err[-3000:]
         line = err.strip().splitlines()[-1]
         assert line.startswith("diffscape: stopped by SIGTERM"), line
-        assert ("(rank 1)" in line) == (part == "one process"), line
+        assert ("(rank " in line) == (part == "one process"), line
         saved = checkpoint.list_checkpoints(run)  # checkpoint_every_steps=0: the signal's save
         assert len(saved) == len(before) + 1 and saved[-1][0] >= 3, (part, saved)
 
