@@ -161,38 +161,50 @@ def _workers(launcher: int) -> list[int]:
     not Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").exists(),
     reason="finds the training processes in /proc/PID/task/PID/children (Linux)",
 )
-def test_sigterm_ends_two_processes_in_seconds_with_a_checkpoint(tmp_path):
+def test_signals_end_two_processes_in_seconds_with_a_checkpoint(tmp_path):
     """SIGTERM to the whole process group (Slurm's scancel and time limit, systemd) reaches
     each training process directly and again through the launcher: one request, not a second
     "really quit" signal. The step in progress finishes, a checkpoint is saved, and the command
     ends in seconds (torch's launcher used to hold its processes 30 s, then SIGKILL them).
-    SIGTERM to one training process alone: the same, and a line that names its rank."""
+    SIGUSR2 (Slurm's warning before a time limit) the same; SIGTERM to one training process
+    alone: the same, and a line that names its rank. Under nohup (SIGHUP ignored) a SIGHUP to
+    the group changes nothing."""
     ds = colour_dataset(tmp_path / "ds", n_train=40)
     run = tmp_path / "run"
     sets = [a for s in [*SMALL, "train.steps=100000", "train.processes=2"] for a in ("--set", s)]
     cmd = [sys.executable, "-m", "diffscape", "train", str(ds.root), "--out", str(run),
            "--no-progress", *sets]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    for part in ("group", "one process"):
+
+    def nohup() -> None:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    parts = [("group", signal.SIGTERM), ("group", signal.SIGUSR2), ("one", signal.SIGTERM),
+             ("nohup", signal.SIGTERM)]  # fmt: skip
+    for part, sig in parts:
         proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)  # fmt: skip
+                                start_new_session=True,
+                                preexec_fn=nohup if part == "nohup" else None)  # fmt: skip
         before = checkpoint.list_checkpoints(run)
         _wait_for_steps(run, len(before and losses(run)) + 3, proc)
+        if part == "nohup":
+            os.killpg(proc.pid, signal.SIGHUP)
+            _wait_for_steps(run, len(losses(run)) + 3, proc)  # it trains on
         t0 = time.monotonic()
-        if part == "group":
-            os.killpg(proc.pid, signal.SIGTERM)
+        if part == "one":
+            os.kill(_workers(proc.pid)[-1], sig)
         else:
-            os.kill(_workers(proc.pid)[-1], signal.SIGTERM)
+            os.killpg(proc.pid, sig)
         _, err = proc.communicate(timeout=120)
         took = time.monotonic() - t0
-        assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
-        assert took < 15, f"{part}: {took:.1f} s to stop"
+        assert proc.returncode == 128 + sig, (part, err[-3000:])
+        assert took < 15, f"{part} {sig.name}: {took:.1f} s to stop"
         assert "Traceback" not in err, err[-3000:]
         line = err.strip().splitlines()[-1]
-        assert line.startswith("diffscape: stopped by SIGTERM"), line
-        assert ("(rank " in line) == (part == "one process"), line
+        assert line.startswith(f"diffscape: stopped by {sig.name}"), line
+        assert ("(rank " in line) == (part == "one"), line
         saved = checkpoint.list_checkpoints(run)  # checkpoint_every_steps=0: the signal's save
-        assert len(saved) == len(before) + 1 and saved[-1][0] >= 3, (part, saved)
+        assert saved[-1][0] >= (before[-1][0] if before else 0) + 3, (part, saved)
 
 
 def test_how_many_processes(monkeypatch):

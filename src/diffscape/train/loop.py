@@ -70,7 +70,7 @@ class TrainOutcome:
 
 
 class _StopFlag:
-    """Set by SIGINT/SIGTERM/SIGUSR2; the loop checks it between steps."""
+    """Set by SIGINT/SIGTERM/SIGHUP/SIGUSR2; the loop checks it between steps."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -78,8 +78,12 @@ class _StopFlag:
 
     def __enter__(self) -> _StopFlag:
         # SIGUSR2: Slurm's warning before the time limit, which a study's job passes on as
-        # SIGTERM; with train.processes the launcher passes it on as it came.
-        for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGUSR2", signal.SIGTERM)):
+        # SIGTERM; with train.processes the launcher passes it on as it came. SIGHUP: the
+        # terminal closed (left ignored under nohup). Not on Windows: SIGTERM twice, harmless.
+        signals = ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR2")
+        for s in (getattr(signal, name, signal.SIGTERM) for name in signals):
+            if s == getattr(signal, "SIGHUP", None) and signal.getsignal(s) == signal.SIG_IGN:
+                continue
             # Not the main thread (e.g. a notebook worker): no handler, Ctrl-C interrupts.
             with contextlib.suppress(ValueError):
                 self._old[s] = signal.signal(s, self._handle)
@@ -88,11 +92,12 @@ class _StopFlag:
     def _handle(self, signum: int, frame: object) -> None:
         if self.signum is None:
             self.signum = signum
-        elif not signum == self.signum == signal.SIGTERM:  # a second signal: the user wants out
+        elif signum == signal.SIGINT or signum != self.signum:  # a second: the user wants out
             raise KeyboardInterrupt
-        # A repeated SIGTERM is one request delivered twice: a process-group kill (Slurm's
-        # scancel or time limit, systemd) reaches each of train.processes' processes directly
-        # and again through the launcher, which passes it on (train.processes.FORWARDED)
+        # A repeated SIGTERM (SIGUSR2, SIGHUP) is one request delivered twice: a process-group
+        # signal (Slurm's scancel, time limit and warning, systemd) reaches each of
+        # train.processes' processes directly and again through the launcher, which passes it
+        # on (train.processes.FORWARDED)
 
     def __exit__(self, *exc: object) -> None:
         for s, old in self._old.items():

@@ -26,6 +26,7 @@ import signal
 import sys
 import uuid
 from collections.abc import Callable, Iterator
+from multiprocessing import resource_tracker
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -41,9 +42,10 @@ from diffscape.train.setup import trains_on_cpu
 from diffscape.train.threads import BUSY, other_cores
 
 MIN_SHARE = 8  # images of the batch per process at least (measured: 16 as 2 x 8; no fewer)
-# The signals the launcher passes on to its processes (SIGINT, Ctrl-C, reaches them from the
-# terminal: not the launcher's to pass on)
-FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+# The signals the launcher passes on to its processes: SIGUSR2 too, Slurm's warning before a time
+# limit (`sbatch --signal`), which the processes take as SIGTERM. SIGINT (Ctrl-C) reaches them
+# from the terminal: not the launcher's to pass on.
+FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR2)
 
 
 def process_count(cfg: RunConfig, cpu: bool | None) -> int:
@@ -86,7 +88,7 @@ def launch(n: int, cfg: RunConfig, worker: Callable[..., Any], args: tuple, run_
         min_nodes=1, max_nodes=1, nproc_per_node=n, run_id=uuid.uuid4().hex,
         rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
         monitor_interval=0.1, start_method="spawn",
-        signals_to_handle=",".join(s.name for s in FORWARDED),
+        signals_to_handle=",".join(s.name for s in _forwarding()),
     )  # fmt: skip
     try:
         with _launch_environment(extra):
@@ -135,6 +137,14 @@ def worker_outcome(fn: Callable[[], Any]) -> Any:
         return portable(e)
 
 
+def _forwarding() -> list[signal.Signals]:
+    """``FORWARDED`` less SIGHUP where this process ignores it (``nohup``): the launcher's
+    handler would replace the ignoring, and a closed terminal would end the training. Ignored,
+    it stays ignored in the processes it starts (an ignored signal survives their exec)."""
+    ignored = signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+    return [s for s in FORWARDED if not (ignored and s == signal.SIGHUP)]
+
+
 def _forwarded(exitcode: int) -> signal.Signals | None:
     """The forwarded signal that ended a process with ``exitcode`` (128 + N: the exit of
     :func:`worker_outcome`; -N: killed by it), else None."""
@@ -162,6 +172,14 @@ def _launch_environment(extra: dict[str, str]) -> Iterator[None]:
     old = None
     with contextlib.suppress(ValueError):  # not the main thread: signals are not ours anyway
         old = signal.signal(signal.SIGINT, lambda signum, frame: None)
+        # multiprocessing's resource tracker, started with the first process, is in the process
+        # group too: a SIGUSR2 to the group (Slurm's warning) would end it, and it would print
+        # a traceback. Started here with SIGUSR2 ignored, it keeps ignoring it (and only it).
+        usr2 = signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+        try:
+            resource_tracker.ensure_running()
+        finally:
+            signal.signal(signal.SIGUSR2, usr2)
     try:
         # patch.dict restores the whole environment after, the launcher's own key included
         with mock.patch.dict(os.environ, OMP_NUM_THREADS="1", **extra):
