@@ -42,10 +42,14 @@ from diffscape.train.setup import trains_on_cpu
 from diffscape.train.threads import BUSY, other_cores
 
 MIN_SHARE = 8  # images of the batch per process at least (measured: 16 as 2 x 8; no fewer)
-# The signals the launcher passes on to its processes: SIGUSR2 too, Slurm's warning before a time
-# limit (`sbatch --signal`), which the processes take as SIGTERM. SIGINT (Ctrl-C) reaches them
-# from the terminal: not the launcher's to pass on.
-FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR2)
+# The signals the launcher passes on to its processes (those this OS has): SIGUSR2 too, Slurm's
+# warning before a time limit (`sbatch --signal`), which the processes answer as SIGTERM. SIGINT
+# (Ctrl-C) reaches them from the terminal: not the launcher's to pass on.
+FORWARDED = tuple(
+    getattr(signal, name)
+    for name in ("SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR2")
+    if hasattr(signal, name)
+)
 
 
 def process_count(cfg: RunConfig, cpu: bool | None) -> int:
@@ -141,8 +145,9 @@ def _forwarding() -> list[signal.Signals]:
     """``FORWARDED`` less SIGHUP where this process ignores it (``nohup``): the launcher's
     handler would replace the ignoring, and a closed terminal would end the training. Ignored,
     it stays ignored in the processes it starts (an ignored signal survives their exec)."""
-    ignored = signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
-    return [s for s in FORWARDED if not (ignored and s == signal.SIGHUP)]
+    hup = getattr(signal, "SIGHUP", None)
+    ignored = hup is not None and signal.getsignal(hup) == signal.SIG_IGN
+    return [s for s in FORWARDED if not (ignored and s == hup)]
 
 
 def _forwarded(exitcode: int) -> signal.Signals | None:
@@ -175,11 +180,12 @@ def _launch_environment(extra: dict[str, str]) -> Iterator[None]:
         # multiprocessing's resource tracker, started with the first process, is in the process
         # group too: a SIGUSR2 to the group (Slurm's warning) would end it, and it would print
         # a traceback. Started here with SIGUSR2 ignored, it keeps ignoring it (and only it).
-        usr2 = signal.signal(signal.SIGUSR2, signal.SIG_IGN)
-        try:
-            resource_tracker.ensure_running()
-        finally:
-            signal.signal(signal.SIGUSR2, usr2)
+        if hasattr(signal, "SIGUSR2"):
+            usr2 = signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+            try:
+                resource_tracker.ensure_running()
+            finally:
+                signal.signal(signal.SIGUSR2, usr2)
     try:
         # patch.dict restores the whole environment after, the launcher's own key included
         with mock.patch.dict(os.environ, OMP_NUM_THREADS="1", **extra):
