@@ -33,7 +33,7 @@ from diffscape.model.unet import count_parameters
 from diffscape.sample.generate import generate_images, grid_image
 from diffscape.settings.sections import RunConfig
 from diffscape.train.logger import TrainLogger, trackers, truncate_metrics
-from diffscape.train.processes import launch, process_count, worker_outcome
+from diffscape.train.processes import launch, process_count, sighup_ignored, worker_outcome
 from diffscape.train.resume import checkpoint_to_resume, lock_run_dir, resume_state, run_info, save
 from diffscape.train.setup import (
     build_model,
@@ -82,7 +82,7 @@ class _StopFlag:
         # terminal closed (left ignored under nohup). Not on Windows: SIGTERM twice, harmless.
         signals = ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR2")
         for s in (getattr(signal, name, signal.SIGTERM) for name in signals):
-            if s == getattr(signal, "SIGHUP", None) and signal.getsignal(s) == signal.SIG_IGN:
+            if s == getattr(signal, "SIGHUP", None) and sighup_ignored():
                 continue
             # Not the main thread (e.g. a notebook worker): no handler, Ctrl-C interrupts.
             with contextlib.suppress(ValueError):

@@ -98,18 +98,11 @@ def launch(n: int, cfg: RunConfig, worker: Callable[..., Any], args: tuple, run_
         with _launch_environment(extra):
             outcomes = elastic_launch(config, worker)(*args)
     except SignalException as e:
-        raise TrainingInterrupted(
-            f"stopped by {e.sigval.name}; saved {latest_checkpoint(run_dir) or 'nothing'}. Resume "
-            "with the same command", signum=int(e.sigval),
-        ) from None  # fmt: skip
+        raise _stopped(signal.Signals(e.sigval), "", run_dir) from None
     except ChildFailedError as e:
         rank, failure = e.get_first_failure()
         if (sig := _forwarded(failure.exitcode)) is not None:  # a process signalled by itself
-            raise TrainingInterrupted(
-                f"stopped by {sig.name} (rank {rank}); saved "
-                f"{latest_checkpoint(run_dir) or 'nothing'}. Resume with the same command",
-                signum=int(sig),
-            ) from None  # fmt: skip
+            raise _stopped(sig, f" (rank {rank})", run_dir) from None
         raise DiffscapeError(
             f"a training process ended abnormally: rank {rank} exit code {failure.exitcode}"
         ) from None
@@ -141,13 +134,27 @@ def worker_outcome(fn: Callable[[], Any]) -> Any:
         return portable(e)
 
 
+def _stopped(sig: signal.Signals, who: str, run_dir: Path) -> TrainingInterrupted:
+    return TrainingInterrupted(
+        f"stopped by {sig.name}{who}; saved {latest_checkpoint(run_dir) or 'nothing'}. Resume "
+        "with the same command",
+        signum=int(sig),
+    )
+
+
+def sighup_ignored() -> bool:
+    """Whether this process ignores SIGHUP (``nohup``): then neither the launcher nor the
+    training loop may take it over, and a closed terminal leaves the training running."""
+    hup = getattr(signal, "SIGHUP", None)
+    return hup is not None and signal.getsignal(hup) == signal.SIG_IGN
+
+
 def _forwarding() -> list[signal.Signals]:
     """``FORWARDED`` less SIGHUP where this process ignores it (``nohup``): the launcher's
     handler would replace the ignoring, and a closed terminal would end the training. Ignored,
     it stays ignored in the processes it starts (an ignored signal survives their exec)."""
-    hup = getattr(signal, "SIGHUP", None)
-    ignored = hup is not None and signal.getsignal(hup) == signal.SIG_IGN
-    return [s for s in FORWARDED if not (ignored and s == hup)]
+    ignored = sighup_ignored()
+    return [s for s in FORWARDED if not (ignored and s.name == "SIGHUP")]
 
 
 def _forwarded(exitcode: int) -> signal.Signals | None:
